@@ -1,0 +1,502 @@
+//! The versioned manifest of a model bundle: what a server needs to serve the model without guessing.
+//!
+//! The manifest is the contract between `vigil-train` (which writes it) and the daemon (which
+//! reads it). Every struct refuses unknown keys, so a misspelt key is an error rather than a
+//! silently ignored setting, and `schema_version` is checked before anything else so that a
+//! manifest from a newer vigil is named as such instead of failing on its first new key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest schema this build of vigil reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a server needs to know about a model: inputs, outputs, threshold, provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`SCHEMA_VERSION`] for manifests this vigil writes.
+    pub schema_version: u32,
+    /// Short identifier of the model, e.g. `surface-dae`. Letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Increases by one on every retrain of the same model.
+    pub version: u32,
+    /// When the bundle was written, RFC 3339 (UTC).
+    pub created: String,
+    /// Which kind of network computes the score.
+    pub family: Family,
+    /// Free text for people: what the model watches, how it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How a decoded image becomes the model's input tensor.
+    pub input: InputSpec,
+    /// Names of the graph outputs the server reads.
+    pub outputs: OutputSpec,
+    /// How the graph turns its output into the anomaly map and score (informational for
+    /// `external` models, whose graph is opaque to vigil).
+    pub score: ScoreSpec,
+    /// The decision threshold on `score`.
+    pub threshold: Threshold,
+    /// Statistics of scores on normal images, used to report a 0..1 normalised score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
+    /// Evaluation results, keyed by metric name (e.g. `image_auroc`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// How the model was trained; absent for external models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<Training>,
+    /// The bundle this one was retrained from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+}
+
+/// The model family, which decides how the score head was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Denoising convolutional autoencoder.
+    Dae,
+    /// Variational autoencoder.
+    Vae,
+    /// DCGAN trained with the minimax loss.
+    Gan,
+    /// Wasserstein GAN with gradient penalty.
+    Wgan,
+    /// A model made elsewhere; its graph already outputs a score.
+    External,
+}
+
+impl Family {
+    /// The name used in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Dae => "dae",
+            Family::Vae => "vae",
+            Family::Gan => "gan",
+            Family::Wgan => "wgan",
+            Family::External => "external",
+        }
+    }
+}
+
+/// Colour handling of the input image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColorMode {
+    /// One channel, luma of the decoded image.
+    Gray,
+    /// Three channels, R G B in that order.
+    Rgb,
+}
+
+impl ColorMode {
+    /// The number of tensor channels this mode produces.
+    pub fn channels(self) -> usize {
+        match self {
+            ColorMode::Gray => 1,
+            ColorMode::Rgb => 3,
+        }
+    }
+}
+
+/// The interpolation used when resizing to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeFilter {
+    /// Nearest neighbour.
+    Nearest,
+    /// Bilinear (a triangle kernel); the default, as in most training pipelines.
+    #[default]
+    Bilinear,
+    /// Bicubic (Catmull-Rom).
+    Bicubic,
+    /// Lanczos with a window of 3.
+    Lanczos3,
+}
+
+/// What happens to the aspect ratio when the image does not have the model's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Scale each axis independently to the input size (the aspect ratio may change).
+    #[default]
+    Stretch,
+    /// Scale so the shorter side fits, then cut the centre (nothing is distorted, edges are lost).
+    CenterCrop,
+}
+
+/// Memory layout of the input tensor. Only NCHW exists today; the field makes it explicit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Batch, channels, height, width.
+    #[default]
+    Nchw,
+}
+
+/// How a decoded image becomes the input tensor: `((pixel * scale) - mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Name of the graph input.
+    pub name: String,
+    /// Tensor channels: 1 for `gray`, 3 for `rgb`.
+    pub channels: usize,
+    /// Tensor height in pixels.
+    pub height: usize,
+    /// Tensor width in pixels.
+    pub width: usize,
+    /// Whether the image is converted to gray or RGB before scaling.
+    pub color: ColorMode,
+    /// Interpolation used by the resize.
+    #[serde(default)]
+    pub resize_filter: ResizeFilter,
+    /// Aspect handling of the resize.
+    #[serde(default)]
+    pub resize_mode: ResizeMode,
+    /// Multiplies 8-bit pixel values; 1/255 maps them to [0, 1].
+    pub scale: f32,
+    /// Subtracted per channel after scaling.
+    pub mean: Vec<f32>,
+    /// Divides per channel after the mean is subtracted.
+    pub std: Vec<f32>,
+    /// Tensor layout.
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+/// Names of the outputs the server reads from the graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The image score, shape `[N]` (or `[N, 1]`); higher means more anomalous.
+    pub score: String,
+    /// The per-pixel anomaly map, shape `[N, 1, H, W]`, if the model has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_map: Option<String>,
+}
+
+/// Where the score comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreSource {
+    /// Error between the input and the model's reconstruction of it.
+    Reconstruction,
+    /// How fake the discriminator or critic finds the input (−logit).
+    Discriminator,
+    /// Reconstruction through an encoder into the generator's latent space plus the
+    /// discriminator-feature error (f-AnoGAN).
+    EncoderFeatures,
+    /// Computed by a graph vigil did not write.
+    External,
+}
+
+/// The per-pixel error measure of a reconstruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelError {
+    /// `(x - x̂)²`, averaged over channels.
+    #[default]
+    Squared,
+    /// `|x - x̂|`, averaged over channels.
+    Absolute,
+}
+
+/// How the image score is reduced from the anomaly map.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reduction {
+    /// The largest map value: sensitive to small defects.
+    Max,
+    /// The mean of the map.
+    Mean,
+    /// The mean of the `k` largest map values: nearly as sensitive as `max`, less noisy.
+    TopKMean {
+        /// How many pixels are averaged.
+        k: usize,
+    },
+}
+
+/// How the graph computes the anomaly map and score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSpec {
+    /// What the score measures.
+    pub source: ScoreSource,
+    /// Per-pixel error of the reconstruction.
+    #[serde(default)]
+    pub pixel_error: PixelError,
+    /// Standard deviation in pixels of the Gaussian that smooths the map; 0 for none.
+    #[serde(default)]
+    pub smoothing_sigma: f32,
+    /// Map to image score.
+    pub reduction: Reduction,
+    /// Weight of the discriminator-feature error (`encoder_features` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_weight: Option<f32>,
+}
+
+/// How a threshold was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdMethod {
+    /// A quantile of the scores of held-out normal images.
+    Quantile,
+    /// The threshold that maximises F1 on labelled validation images.
+    F1,
+    /// Set by a person.
+    Manual,
+}
+
+/// The decision threshold: a frame is anomalous when `score > value`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// Scores strictly above this are anomalous.
+    pub value: f32,
+    /// How `value` was chosen.
+    pub method: ThresholdMethod,
+    /// The quantile used (`quantile` method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
+    /// What the threshold was calibrated on, for people (e.g. "validation normals: 120 images").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated_on: Option<String>,
+}
+
+/// Statistics of scores on normal images.
+///
+/// The normalised score maps the median normal score to 0, the threshold to 0.5 and
+/// twice that distance to 1 (clamped), so that 0.5 means "at the threshold" on every model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    /// How many normal images the statistics come from.
+    pub count: usize,
+    /// Mean normal score.
+    pub mean: f32,
+    /// Standard deviation of normal scores.
+    pub std: f32,
+    /// Smallest normal score.
+    pub min: f32,
+    /// Median normal score.
+    pub median: f32,
+    /// Largest normal score.
+    pub max: f32,
+}
+
+impl Normalization {
+    /// Maps a raw score to 0..1 with the threshold at 0.5.
+    pub fn normalize(&self, score: f32, threshold: f32) -> f32 {
+        let span = threshold - self.median;
+        if !(span > 0.0) || !score.is_finite() {
+            // A degenerate calibration (threshold at or below the median) cannot be scaled;
+            // fall back to the decision alone.
+            return if score > threshold { 1.0 } else { 0.0 };
+        }
+        (0.5 + 0.5 * (score - threshold) / span).clamp(0.0, 1.0)
+    }
+}
+
+/// How the model was trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    /// SHA-256 over the sorted training file names and contents.
+    pub data_fingerprint: String,
+    /// Where the data came from, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Seed of every random choice in training.
+    pub seed: u64,
+    /// Epochs trained.
+    pub epochs: u32,
+    /// Number of training images.
+    #[serde(default)]
+    pub images: usize,
+    /// The vigil version that trained the model.
+    pub vigil_version: String,
+    /// Training device, e.g. `cpu` or the GPU adapter name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Everything else worth keeping (hyper-parameters), as free JSON.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The bundle a retrained bundle came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parent {
+    /// Name of the parent bundle.
+    pub name: String,
+    /// Version of the parent bundle.
+    pub version: u32,
+    /// SHA-256 of the parent's `model.onnx`.
+    pub model_sha256: String,
+}
+
+/// A manifest that parsed but says something impossible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {problem}")]
+pub struct ManifestProblem {
+    /// Dotted path of the offending key.
+    pub key: String,
+    /// What is wrong and what to write instead.
+    pub problem: String,
+}
+
+impl Manifest {
+    /// Checks the values serde cannot: sizes, matching lengths, finite numbers.
+    pub fn validate(&self) -> Result<(), ManifestProblem> {
+        let bad = |key: &str, problem: String| {
+            Err(ManifestProblem {
+                key: key.to_owned(),
+                problem,
+            })
+        };
+        if self.schema_version != SCHEMA_VERSION {
+            return bad(
+                "schema_version",
+                format!(
+                    "is {}, this vigil reads {SCHEMA_VERSION}",
+                    self.schema_version
+                ),
+            );
+        }
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad(
+                "name",
+                format!(
+                    "{:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                    self.name
+                ),
+            );
+        }
+        let input = &self.input;
+        if input.name.is_empty() {
+            return bad("input.name", "must name the graph input".into());
+        }
+        if input.channels != input.color.channels() {
+            return bad(
+                "input.channels",
+                format!(
+                    "is {} but input.color {:?} has {} channel(s)",
+                    input.channels,
+                    input.color,
+                    input.color.channels()
+                ),
+            );
+        }
+        for (key, v) in [("input.height", input.height), ("input.width", input.width)] {
+            if !(1..=8192).contains(&v) {
+                return bad(key, format!("is {v}, expected 1..=8192 pixels"));
+            }
+        }
+        if !(input.scale.is_finite() && input.scale > 0.0) {
+            return bad(
+                "input.scale",
+                format!(
+                    "is {}, expected a positive number such as 0.00392156862745098 (1/255)",
+                    input.scale
+                ),
+            );
+        }
+        for (key, values) in [("input.mean", &input.mean), ("input.std", &input.std)] {
+            if values.len() != input.channels {
+                return bad(
+                    key,
+                    format!(
+                        "has {} value(s), expected one per channel ({})",
+                        values.len(),
+                        input.channels
+                    ),
+                );
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                return bad(key, "must hold finite numbers".into());
+            }
+        }
+        if input.std.iter().any(|v| *v <= 0.0) {
+            return bad("input.std", "must be positive".into());
+        }
+        if self.outputs.score.is_empty() {
+            return bad("outputs.score", "must name the graph's score output".into());
+        }
+        if let Some(map) = &self.outputs.anomaly_map
+            && (map.is_empty() || *map == self.outputs.score)
+        {
+            return bad(
+                "outputs.anomaly_map",
+                "must name an output other than the score, or be left out".into(),
+            );
+        }
+        if !(self.score.smoothing_sigma.is_finite() && self.score.smoothing_sigma >= 0.0) {
+            return bad(
+                "score.smoothing_sigma",
+                "must be 0 or a positive number of pixels".into(),
+            );
+        }
+        if let Reduction::TopKMean { k } = self.score.reduction {
+            let pixels = input.height * input.width;
+            if k == 0 || k > pixels {
+                return bad(
+                    "score.reduction.k",
+                    format!("is {k}, expected 1..={pixels} (the map's pixel count)"),
+                );
+            }
+        }
+        if !self.threshold.value.is_finite() {
+            return bad("threshold.value", "must be a finite number".into());
+        }
+        if let Some(q) = self.threshold.quantile
+            && !(0.0..=1.0).contains(&q)
+        {
+            return bad("threshold.quantile", format!("is {q}, expected 0..=1"));
+        }
+        if let Some(n) = &self.normalization {
+            let values = [n.mean, n.std, n.min, n.median, n.max];
+            if values.iter().any(|v| !v.is_finite()) || n.min > n.max {
+                return bad(
+                    "normalization",
+                    "must hold finite statistics with min <= max".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The score normalised to 0..1 (0.5 at the threshold), when statistics exist.
+    pub fn normalized_score(&self, score: f32, threshold: f32) -> Option<f32> {
+        self.normalization
+            .as_ref()
+            .map(|n| n.normalize(score, threshold))
+    }
+}
+
+impl InputSpec {
+    /// The usual input of vigil's own models: pixels scaled to [0, 1], no mean/std shift.
+    pub fn unit_range(name: &str, color: ColorMode, height: usize, width: usize) -> Self {
+        let c = color.channels();
+        InputSpec {
+            name: name.into(),
+            channels: c,
+            height,
+            width,
+            color,
+            resize_filter: ResizeFilter::Bilinear,
+            resize_mode: ResizeMode::Stretch,
+            scale: 1.0 / 255.0,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+            layout: Layout::Nchw,
+        }
+    }
+}

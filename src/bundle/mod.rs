@@ -1,0 +1,285 @@
+//! The model bundle: `model.onnx` plus `manifest.json`, read, written and validated here only.
+//!
+//! A bundle is a folder `NAME/` holding `model.onnx` and `manifest.json` (optionally a
+//! `README.md` model card and `weights.safetensors`). The manifest is also embedded in the
+//! ONNX file's `metadata_props` under [`METADATA_KEY`], so a lone `.onnx` file written by
+//! vigil is a complete bundle too. When both exist, `manifest.json` wins: it is the copy a
+//! person edits (a hand-tuned threshold, say).
+
+pub mod manifest;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub use manifest::{Manifest, SCHEMA_VERSION};
+
+use crate::onnx::{graph, pb};
+
+/// The `metadata_props` key that holds the manifest JSON inside `model.onnx`.
+pub const METADATA_KEY: &str = "vigil.manifest";
+/// File name of the model inside a bundle folder.
+pub const MODEL_FILE: &str = "model.onnx";
+/// File name of the manifest inside a bundle folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// What can go wrong reading or writing a bundle. Every message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The path does not exist.
+    #[error(
+        "model bundle {0}: not found; pass a bundle folder (holding model.onnx and manifest.json) or a .onnx file written by vigil-train"
+    )]
+    NotFound(PathBuf),
+    /// A bundle folder without `model.onnx`.
+    #[error(
+        "model bundle {0}: no model.onnx in this folder; a bundle folder holds model.onnx and manifest.json (vigil-train export writes both)"
+    )]
+    MissingModel(PathBuf),
+    /// A file could not be read or written.
+    #[error("model bundle {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The system error.
+        source: std::io::Error,
+    },
+    /// `model.onnx` is not a readable ONNX protobuf.
+    #[error(
+        "model bundle {path}: not a valid ONNX file ({reason}); the file may be truncated or not ONNX: export it again"
+    )]
+    BadOnnx {
+        /// The model file.
+        path: PathBuf,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// Neither `manifest.json` nor an embedded manifest exists.
+    #[error(
+        "model bundle {0}: no manifest.json beside the model and none embedded in it; write a manifest.json (see README, 'Model bundle') or export the model with vigil-train"
+    )]
+    NoManifest(PathBuf),
+    /// The manifest is not valid JSON of the expected shape.
+    #[error("model bundle {origin}: {detail}; {hint}")]
+    BadManifest {
+        /// The manifest file (or `model.onnx#vigil.manifest`).
+        origin: String,
+        /// What serde or validation reported, with the key.
+        detail: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// The manifest was written by a newer vigil.
+    #[error(
+        "model bundle {origin}: schema_version {found} is newer than this vigil reads ({supported}); upgrade vigil, or re-export the bundle with this version of vigil-train"
+    )]
+    NewerSchema {
+        /// The manifest file.
+        origin: String,
+        /// The version in the file.
+        found: u64,
+        /// The version this build reads.
+        supported: u32,
+    },
+}
+
+/// A loaded bundle: the manifest, the model bytes and their hash.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The path the bundle was loaded from (folder or `.onnx` file).
+    pub path: PathBuf,
+    /// The ONNX file.
+    pub model_path: PathBuf,
+    /// The validated manifest.
+    pub manifest: Manifest,
+    /// The ONNX file's bytes, read once and shared with the engines.
+    pub model_bytes: Arc<[u8]>,
+    /// Hex SHA-256 of `model_bytes`, reported in alerts.
+    pub model_sha256: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Hex SHA-256 of some bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses and validates manifest JSON; `origin` names it in errors.
+pub fn parse_manifest(bytes: &[u8], origin: &str) -> Result<Manifest, BundleError> {
+    let bad = |detail: String, hint: &str| BundleError::BadManifest {
+        origin: origin.to_owned(),
+        detail,
+        hint: hint.to_owned(),
+    };
+    // Look at the version before the shape, so a newer manifest is reported as newer
+    // rather than as having "unknown fields".
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not valid JSON: {e}"), "fix the JSON syntax"))?;
+    match value.get("schema_version") {
+        None => {
+            return Err(bad(
+                "missing `schema_version`".into(),
+                &format!("add \"schema_version\": {SCHEMA_VERSION}"),
+            ));
+        }
+        Some(v) => match v.as_u64() {
+            Some(found) if found > u64::from(SCHEMA_VERSION) => {
+                return Err(BundleError::NewerSchema {
+                    origin: origin.to_owned(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(found) if found == u64::from(SCHEMA_VERSION) => {}
+            _ => {
+                return Err(bad(
+                    format!("`schema_version` is {v}"),
+                    &format!("this vigil reads schema_version {SCHEMA_VERSION}"),
+                ));
+            }
+        },
+    }
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+        let msg = e.to_string();
+        let hint = if msg.contains("unknown field") {
+            "remove or correct that key (README, 'Model bundle', lists every key)"
+        } else if msg.contains("missing field") {
+            "add that key (README, 'Model bundle', lists every key)"
+        } else {
+            "correct that value (README, 'Model bundle', lists every key)"
+        };
+        bad(msg, hint)
+    })?;
+    manifest.validate().map_err(|p| {
+        bad(
+            p.to_string(),
+            "correct that value and load the bundle again",
+        )
+    })?;
+    Ok(manifest)
+}
+
+/// The manifest JSON embedded in a model, if any.
+pub fn embedded_manifest(model: &pb::ModelProto) -> Option<&str> {
+    model
+        .metadata_props
+        .iter()
+        .find(|p| p.key == METADATA_KEY)
+        .map(|p| p.value.as_str())
+}
+
+/// Stores the manifest JSON in the model's `metadata_props`, replacing an older copy.
+pub fn embed_manifest(model: &mut pb::ModelProto, manifest: &Manifest) {
+    let json = serde_json::to_string(manifest).expect("a manifest always serialises");
+    model.metadata_props.retain(|p| p.key != METADATA_KEY);
+    model.metadata_props.push(pb::StringStringEntryProto {
+        key: METADATA_KEY.into(),
+        value: json,
+    });
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+impl Bundle {
+    /// Loads a bundle folder, or a lone `.onnx` file with an embedded manifest.
+    pub fn load(path: impl AsRef<Path>) -> Result<Bundle, BundleError> {
+        let path = path.as_ref();
+        let meta = fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => BundleError::NotFound(path.to_path_buf()),
+            _ => io_err(path)(e),
+        })?;
+        let (model_path, manifest_path) = if meta.is_dir() {
+            let model = path.join(MODEL_FILE);
+            if !model.is_file() {
+                return Err(BundleError::MissingModel(path.to_path_buf()));
+            }
+            (model, Some(path.join(MANIFEST_FILE)).filter(|m| m.exists()))
+        } else {
+            (path.to_path_buf(), None)
+        };
+        let model_bytes: Arc<[u8]> = fs::read(&model_path).map_err(io_err(&model_path))?.into();
+        let manifest = match manifest_path {
+            Some(m) => {
+                let bytes = fs::read(&m).map_err(io_err(&m))?;
+                let manifest = parse_manifest(&bytes, &m.display().to_string())?;
+                // Still refuse a model file that is not ONNX, even with a good manifest.
+                graph::decode(&model_bytes).map_err(|e| BundleError::BadOnnx {
+                    path: model_path.clone(),
+                    reason: e.to_string(),
+                })?;
+                manifest
+            }
+            None => {
+                let model = graph::decode(&model_bytes).map_err(|e| BundleError::BadOnnx {
+                    path: model_path.clone(),
+                    reason: e.to_string(),
+                })?;
+                let json = embedded_manifest(&model)
+                    .ok_or_else(|| BundleError::NoManifest(path.to_path_buf()))?;
+                parse_manifest(
+                    json.as_bytes(),
+                    &format!("{}#{METADATA_KEY}", model_path.display()),
+                )?
+            }
+        };
+        let model_sha256 = sha256_hex(&model_bytes);
+        Ok(Bundle {
+            path: path.to_path_buf(),
+            model_path,
+            manifest,
+            model_bytes,
+            model_sha256,
+        })
+    }
+
+    /// Writes a bundle folder: the model with the manifest embedded, and `manifest.json`.
+    /// Files are written to a temporary name and renamed, so a reader never sees half a bundle
+    /// file. `extra` files (model card, weights) are written beside them.
+    pub fn write(
+        dir: impl AsRef<Path>,
+        manifest: &Manifest,
+        mut model: pb::ModelProto,
+        extra: &[(&str, &[u8])],
+    ) -> Result<Bundle, BundleError> {
+        let dir = dir.as_ref();
+        manifest.validate().map_err(|p| BundleError::BadManifest {
+            origin: dir.join(MANIFEST_FILE).display().to_string(),
+            detail: p.to_string(),
+            hint: "this is a bug in the program that wrote the bundle".into(),
+        })?;
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        embed_manifest(&mut model, manifest);
+        let bytes = graph::encode(&model);
+        for (name, content) in extra {
+            write_atomic(&dir.join(name), content)?;
+        }
+        let json = serde_json::to_vec_pretty(manifest).expect("a manifest always serialises");
+        write_atomic(&dir.join(MANIFEST_FILE), &json)?;
+        write_atomic(&dir.join(MODEL_FILE), &bytes)?;
+        Bundle::load(dir)
+    }
+
+    /// The model decoded as ONNX protobuf (for inspection; engines read `model_bytes`).
+    pub fn model_proto(&self) -> Result<pb::ModelProto, BundleError> {
+        graph::decode(&self.model_bytes).map_err(|e| BundleError::BadOnnx {
+            path: self.model_path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! The one-shot commands behind the `vigil` binary's subcommands (the daemon lives elsewhere).
+
+pub mod inspect;
+pub mod score;
+pub mod wrap;

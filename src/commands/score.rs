@@ -1,0 +1,116 @@
+//! `vigil score`: score image files with a bundle and print one JSON line per image.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array4, Axis};
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::engine::{self, EngineConfig, LoadedEngine};
+use crate::preprocess::Preprocessor;
+
+/// One line of `vigil score` output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreLine {
+    /// The image file as given.
+    pub file: String,
+    /// The raw score (higher = more anomalous).
+    pub score: f32,
+    /// 0..1 with 0.5 at the threshold, when the bundle has normal-score statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalized_score: Option<f32>,
+    /// The bundle's threshold.
+    pub threshold: f32,
+    /// `score > threshold`.
+    pub anomalous: bool,
+    /// `ort` or `tract`.
+    pub engine: &'static str,
+}
+
+/// The line printed for an image that could not be scored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorLine {
+    /// The image file as given.
+    pub file: String,
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// Scores `images` and writes one JSON line per image to `out`, in order. Returns how many
+/// images failed; the others are still scored.
+pub fn run(
+    bundle: &Bundle,
+    engine: &LoadedEngine,
+    images: &[PathBuf],
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    let pre = Preprocessor::new(&bundle.manifest.input);
+    let threshold = bundle.manifest.threshold.value;
+    let [c, h, w] = pre.chw();
+    let mut failures = 0;
+    for chunk in images.chunks(engine.max_batch().min(16)) {
+        // Decode the chunk first, so that bad files do not cost a batch slot.
+        let mut tensors = Vec::with_capacity(chunk.len());
+        let mut lines: Vec<Result<usize, String>> = Vec::with_capacity(chunk.len());
+        for path in chunk {
+            match load(&pre, path) {
+                Ok(t) => {
+                    lines.push(Ok(tensors.len()));
+                    tensors.push(t);
+                }
+                Err(e) => lines.push(Err(e)),
+            }
+        }
+        let scores = if tensors.is_empty() {
+            Ok(vec![])
+        } else {
+            let mut batch = Array4::<f32>::zeros((tensors.len(), c, h, w));
+            for (mut slot, t) in batch.axis_iter_mut(Axis(0)).zip(&tensors) {
+                slot.assign(t);
+            }
+            engine.run(batch.view()).map(|s| s.scores)
+        };
+        for (path, line) in chunk.iter().zip(lines) {
+            let file = path.display().to_string();
+            let json = match (line, &scores) {
+                (Ok(i), Ok(scores)) => {
+                    let score = scores[i];
+                    serde_json::to_string(&ScoreLine {
+                        file,
+                        score,
+                        normalized_score: bundle.manifest.normalized_score(score, threshold),
+                        threshold,
+                        anomalous: score > threshold,
+                        engine: engine.name(),
+                    })?
+                }
+                (Ok(_), Err(e)) => {
+                    failures += 1;
+                    serde_json::to_string(&ErrorLine {
+                        file,
+                        error: e.to_string(),
+                    })?
+                }
+                (Err(error), _) => {
+                    failures += 1;
+                    serde_json::to_string(&ErrorLine { file, error })?
+                }
+            };
+            writeln!(out, "{json}")?;
+        }
+    }
+    Ok(failures)
+}
+
+fn load(pre: &Preprocessor, path: &Path) -> Result<ndarray::Array3<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    pre.tensor_from_bytes(&bytes).map_err(|e| e.to_string())
+}
+
+/// Loads the bundle and engine for `vigil score`.
+pub fn prepare(bundle: &Path, config: &EngineConfig) -> anyhow::Result<(Bundle, LoadedEngine)> {
+    let bundle = Bundle::load(bundle)?;
+    let engine = engine::load(&bundle, config)?;
+    Ok((bundle, engine))
+}

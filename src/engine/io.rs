@@ -1,0 +1,161 @@
+//! Checks a model's declared inputs and outputs against its manifest, engine-independently.
+
+use tract_onnx::pb;
+
+use super::EngineError;
+use crate::bundle::Bundle;
+
+/// The largest batch vigil sends to a model whose batch dimension is free.
+pub const MAX_BATCH: usize = 64;
+
+/// The model's interface as vigil uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIo {
+    /// Graph input name.
+    pub input: String,
+    /// Graph output holding the score.
+    pub score: String,
+    /// Graph output holding the anomaly map, if any.
+    pub map: Option<String>,
+    /// Whether the batch dimension is free (symbolic) in the model.
+    pub batch_is_free: bool,
+    /// The largest batch one call takes.
+    pub max_batch: usize,
+}
+
+/// One declared dimension: fixed size, or free.
+pub fn declared_dims(v: &pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
+    use pb::tensor_shape_proto::dimension::Value;
+    match &v.r#type {
+        Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(t)),
+            ..
+        }) => t.shape.as_ref().map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Value::DimValue(n)) if n > 0 => Some(n),
+                    _ => None,
+                })
+                .collect()
+        }),
+        _ => None,
+    }
+}
+
+/// Formats declared dimensions like `[N, 3, 128, 128]`.
+pub fn format_dims(dims: &Option<Vec<Option<i64>>>) -> String {
+    match dims {
+        None => "[?]".into(),
+        Some(d) => {
+            let parts: Vec<String> = d
+                .iter()
+                .map(|x| x.map_or("N".into(), |n| n.to_string()))
+                .collect();
+            format!("[{}]", parts.join(", "))
+        }
+    }
+}
+
+/// Reads the model's declared interface and checks it against the manifest.
+pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
+    let path = bundle.model_path.clone();
+    let model = bundle.model_proto().map_err(|e| EngineError::Load {
+        engine: "vigil",
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let graph = model.graph.as_ref().ok_or_else(|| EngineError::Load {
+        engine: "vigil",
+        path: path.clone(),
+        reason: "the file holds no graph".into(),
+    })?;
+    let m = &bundle.manifest;
+    let inits: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .collect();
+    let input_err = |problem: String| EngineError::Input {
+        path: path.clone(),
+        problem,
+    };
+    let Some(input) = inputs.iter().find(|i| i.name == m.input.name) else {
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        return Err(input_err(format!(
+            "the manifest names input `{}` but the model's inputs are {names:?}",
+            m.input.name
+        )));
+    };
+    if inputs.len() != 1 {
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        return Err(input_err(format!(
+            "the model needs {} inputs {names:?}; vigil feeds one image tensor",
+            inputs.len()
+        )));
+    }
+    let dims = declared_dims(input);
+    let want = [
+        m.input.channels as i64,
+        m.input.height as i64,
+        m.input.width as i64,
+    ];
+    let (batch_is_free, max_batch) = match &dims {
+        Some(d) if d.len() == 4 => {
+            for (axis, (got, want)) in ["channels", "height", "width"]
+                .iter()
+                .zip(d[1..].iter().zip(want))
+            {
+                if let Some(got) = got
+                    && *got != want
+                {
+                    return Err(input_err(format!(
+                        "input `{}` is {} but the manifest says {axis} = {want} ({}x{}x{})",
+                        m.input.name,
+                        format_dims(&dims),
+                        want,
+                        m.input.height,
+                        m.input.width
+                    )));
+                }
+            }
+            match d[0] {
+                Some(n) => (false, n as usize),
+                None => (true, MAX_BATCH),
+            }
+        }
+        // Undeclared shapes are allowed (the test batch will tell); batch one at a time.
+        None => (false, 1),
+        Some(_) => {
+            return Err(input_err(format!(
+                "input `{}` has shape {}, expected [N, C, H, W]",
+                m.input.name,
+                format_dims(&dims)
+            )));
+        }
+    };
+    let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let out_err = |key: &str, name: &str| EngineError::Output {
+        path: path.clone(),
+        problem: format!(
+            "the manifest's outputs.{key} is `{name}` but the model's outputs are {outputs:?}"
+        ),
+    };
+    if !outputs.contains(&m.outputs.score.as_str()) {
+        return Err(out_err("score", &m.outputs.score));
+    }
+    if let Some(map) = &m.outputs.anomaly_map
+        && !outputs.contains(&map.as_str())
+    {
+        return Err(out_err("anomaly_map", map));
+    }
+    Ok(ModelIo {
+        input: m.input.name.clone(),
+        score: m.outputs.score.clone(),
+        map: m.outputs.anomaly_map.clone(),
+        batch_is_free,
+        max_batch: max_batch.clamp(1, MAX_BATCH),
+    })
+}

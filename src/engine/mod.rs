@@ -1,0 +1,271 @@
+//! Inference engines: load a bundle's model once, then score batches from many workers.
+//!
+//! Two engines run the same ONNX graph: ONNX Runtime (fastest where its library is
+//! installed) and tract (pure Rust, always built in). `auto` prefers ONNX Runtime and falls
+//! back to tract with one log line saying why. Before an engine is handed out, the model's
+//! inputs and outputs are checked against the manifest and a test batch is run, so a model
+//! that cannot serve is refused at load time, not on the first camera frame.
+
+pub mod io;
+pub mod ort;
+pub mod tract;
+
+use std::path::PathBuf;
+
+use ndarray::{Array4, ArrayView4};
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::Bundle;
+
+/// Which engine to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// ONNX Runtime when its library loads, else tract.
+    #[default]
+    Auto,
+    /// ONNX Runtime only; an error when its library is missing.
+    Ort,
+    /// tract only.
+    Tract,
+}
+
+/// Engine settings (`[engine]` in the daemon config).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `auto`, `ort` or `tract`.
+    #[serde(default)]
+    pub kind: EngineChoice,
+    /// Threads one inference may use; default: the machine's cores.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`, say); default: the
+    /// `ORT_DYLIB_PATH` variable, then the usual system locations.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+}
+
+impl EngineConfig {
+    /// The intra-op thread count actually used.
+    pub fn effective_threads(&self) -> usize {
+        self.threads
+            .filter(|&t| t > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+/// What an engine returns for a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// One score per image, higher = more anomalous.
+    pub scores: Vec<f32>,
+    /// `[N, 1, H, W]` anomaly maps, when the model has them.
+    pub maps: Option<Array4<f32>>,
+}
+
+/// Engine failures. Each message names the model or library and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine could not parse or prepare the model.
+    #[error(
+        "model {path}: {engine} cannot load it: {reason}; re-export the model, or check that the file is complete"
+    )]
+    Load {
+        /// Engine name.
+        engine: &'static str,
+        /// Model file.
+        path: PathBuf,
+        /// The engine's message.
+        reason: String,
+    },
+    /// The model's input does not fit the manifest.
+    #[error(
+        "model {path}: {problem}; make the manifest's `input` match the model (vigil inspect shows both)"
+    )]
+    Input {
+        /// Model file.
+        path: PathBuf,
+        /// What differs.
+        problem: String,
+    },
+    /// An output named by the manifest is missing or misshapen.
+    #[error(
+        "model {path}: {problem}; make the manifest's `outputs` match the model (vigil inspect shows both)"
+    )]
+    Output {
+        /// Model file.
+        path: PathBuf,
+        /// What differs.
+        problem: String,
+    },
+    /// No ONNX Runtime library was found.
+    #[error(
+        "ONNX Runtime library not found (looked in: {searched}); install it with `pip install onnxruntime==1.31.1` and set ORT_DYLIB_PATH (or engine.ort_library) to its onnxruntime/capi/libonnxruntime.so.1.31.1, or use the tract engine"
+    )]
+    OrtNotFound {
+        /// Every place looked at, in order.
+        searched: String,
+    },
+    /// A library was found but cannot be used.
+    #[error(
+        "ONNX Runtime library {path}: {reason}; vigil needs ONNX Runtime 1.31 or newer (`pip install onnxruntime==1.31.1`), or use the tract engine"
+    )]
+    OrtUnusable {
+        /// The library file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A batch does not have the model's input shape.
+    #[error(
+        "batch of shape {got:?} does not fit the model input [N, {c}, {h}, {w}] with N at most {max_batch}"
+    )]
+    BatchShape {
+        /// The shape given.
+        got: [usize; 4],
+        /// Channels expected.
+        c: usize,
+        /// Height expected.
+        h: usize,
+        /// Width expected.
+        w: usize,
+        /// Largest batch the model takes.
+        max_batch: usize,
+    },
+    /// Inference itself failed.
+    #[error("{engine} inference failed: {reason}")]
+    Run {
+        /// Engine name.
+        engine: &'static str,
+        /// The engine's message.
+        reason: String,
+    },
+}
+
+/// A loaded model that scores batches; shared by workers (`&self`, `Send + Sync`).
+pub trait Engine: Send + Sync {
+    /// `ort` or `tract`.
+    fn name(&self) -> &'static str;
+    /// Runs the graph on `[N, C, H, W]` and returns what the manifest's outputs hold.
+    fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError>;
+}
+
+/// An engine plus the facts about its model that callers need.
+pub struct LoadedEngine {
+    engine: Box<dyn Engine>,
+    /// Checked model input and outputs.
+    pub io: io::ModelIo,
+    /// `[C, H, W]` of one input image.
+    pub chw: [usize; 3],
+}
+
+impl std::fmt::Debug for LoadedEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedEngine")
+            .field("engine", &self.engine.name())
+            .field("io", &self.io)
+            .finish()
+    }
+}
+
+impl LoadedEngine {
+    /// `ort` or `tract`.
+    pub fn name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// The largest batch one call takes.
+    pub fn max_batch(&self) -> usize {
+        self.io.max_batch
+    }
+
+    /// Scores a batch after checking its shape.
+    pub fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+        let s = batch.shape();
+        let got = [s[0], s[1], s[2], s[3]];
+        let [c, h, w] = self.chw;
+        if got[0] == 0 || got[0] > self.io.max_batch || got[1..] != [c, h, w] {
+            return Err(EngineError::BatchShape {
+                got,
+                c,
+                h,
+                w,
+                max_batch: self.io.max_batch,
+            });
+        }
+        let out = self.engine.run(batch)?;
+        if out.scores.len() != got[0] {
+            return Err(EngineError::Run {
+                engine: self.engine.name(),
+                reason: format!(
+                    "the score output holds {} values for {} images",
+                    out.scores.len(),
+                    got[0]
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Loads the bundle's model on the configured engine, checks it and runs a test batch.
+pub fn load(bundle: &Bundle, config: &EngineConfig) -> Result<LoadedEngine, EngineError> {
+    let io = io::check_model(bundle)?;
+    let engine: Box<dyn Engine> = match config.kind {
+        EngineChoice::Tract => Box::new(tract::TractEngine::load(bundle, &io, config)?),
+        EngineChoice::Ort => Box::new(ort::OrtEngine::load(bundle, &io, config)?),
+        EngineChoice::Auto => match ort::OrtEngine::load(bundle, &io, config) {
+            Ok(e) => Box::new(e),
+            Err(e @ (EngineError::OrtNotFound { .. } | EngineError::OrtUnusable { .. })) => {
+                tracing::info!("engine auto: using tract, because {e}");
+                Box::new(tract::TractEngine::load(bundle, &io, config)?)
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let m = &bundle.manifest.input;
+    let loaded = LoadedEngine {
+        engine,
+        io,
+        chw: [m.channels, m.height, m.width],
+    };
+    smoke_test(bundle, &loaded)?;
+    Ok(loaded)
+}
+
+/// Runs one blank image through the model and checks the output shapes, so a model that
+/// loads but cannot serve is refused now.
+fn smoke_test(bundle: &Bundle, engine: &LoadedEngine) -> Result<(), EngineError> {
+    let [c, h, w] = engine.chw;
+    let blank = Array4::<f32>::zeros((1, c, h, w));
+    let out = engine.run(blank.view()).map_err(|e| match e {
+        EngineError::Run { reason, .. } => EngineError::Output {
+            path: bundle.model_path.clone(),
+            problem: format!("a test image could not be scored ({reason})"),
+        },
+        other => other,
+    })?;
+    if let Some(maps) = &out.maps
+        && maps.shape() != [1, 1, h, w]
+    {
+        return Err(EngineError::Output {
+            path: bundle.model_path.clone(),
+            problem: format!(
+                "anomaly map has shape {:?}, expected [1, 1, {h}, {w}]",
+                maps.shape()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Turns a map output of shape `[N, 1, H, W]` or `[N, H, W]` into `[N, 1, H, W]`.
+pub(crate) fn map_to_nchw(shape: &[usize], data: Vec<f32>) -> Option<Array4<f32>> {
+    let dims = match shape {
+        [n, 1, h, w] => (*n, 1, *h, *w),
+        [n, h, w] => (*n, 1, *h, *w),
+        _ => return None,
+    };
+    Array4::from_shape_vec(dims, data).ok()
+}

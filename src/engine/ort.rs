@@ -1,0 +1,209 @@
+//! The ONNX Runtime engine, loaded at run time from a shared library (nothing is downloaded
+//! at build time), with the library searched for where installers put it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ndarray::ArrayView4;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use super::io::ModelIo;
+use super::{Engine, EngineConfig, EngineError, Scored, map_to_nchw};
+use crate::bundle::Bundle;
+
+/// The library file name prefix that every ONNX Runtime release uses on Linux.
+const LIB_PREFIX: &str = "libonnxruntime.so";
+
+/// The process-wide ONNX Runtime environment. ONNX Runtime allows one library per process,
+/// so the first successful load wins; a failed attempt is not remembered, so a corrected
+/// path can be tried again.
+static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+
+/// Places to look for the library when neither the config nor `ORT_DYLIB_PATH` names one.
+fn default_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
+        dirs.push(dir.join("../lib/vigil"));
+    }
+    for d in [
+        "/usr/lib/vigil",
+        "/usr/local/lib",
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/opt/onnxruntime/lib",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    // A Python virtual environment in the working directory (how the tests install it).
+    if let Ok(entries) = std::fs::read_dir(".venv/lib") {
+        for e in entries.flatten() {
+            dirs.push(e.path().join("site-packages/onnxruntime/capi"));
+        }
+    }
+    dirs
+}
+
+/// The best library file in `dir`: the plain `libonnxruntime.so`, else the highest version.
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_prefix(LIB_PREFIX)?;
+            let version: Option<Vec<u32>> = if rest.is_empty() {
+                Some(vec![u32::MAX])
+            } else {
+                rest.strip_prefix('.')?
+                    .split('.')
+                    .map(|p| p.parse().ok())
+                    .collect()
+            };
+            Some((version?, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// Finds the library: the configured path, else `ORT_DYLIB_PATH`, else the usual places.
+/// Returns every place looked at when nothing is found.
+pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, EngineError> {
+    let explicit = configured
+        .map(|p| (p.to_path_buf(), "engine.ort_library"))
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|v| !v.is_empty())
+                .map(|v| (PathBuf::from(v), "ORT_DYLIB_PATH"))
+        });
+    if let Some((path, origin)) = explicit {
+        if path.is_file() {
+            return Ok(path);
+        }
+        if path.is_dir()
+            && let Some(lib) = library_in(&path)
+        {
+            return Ok(lib);
+        }
+        return Err(EngineError::OrtNotFound {
+            searched: format!("{} from {origin}, which does not exist", path.display()),
+        });
+    }
+    let dirs = default_dirs();
+    for dir in &dirs {
+        if let Some(lib) = library_in(dir) {
+            return Ok(lib);
+        }
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(EngineError::OrtNotFound {
+        searched: format!("ORT_DYLIB_PATH (unset), {}", searched.join(", ")),
+    })
+}
+
+/// The process-wide environment for `library`, loading the library on first use.
+pub fn environment(library: &Path) -> Result<Environment, EngineError> {
+    let mut guard = ENVIRONMENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((loaded, env)) = guard.as_ref() {
+        if loaded != library {
+            tracing::warn!(
+                "ONNX Runtime is already loaded from {}; one library per process, so {} is not used",
+                loaded.display(),
+                library.display()
+            );
+        }
+        return Ok(env.clone());
+    }
+    let unusable = |reason: String| EngineError::OrtUnusable {
+        path: library.to_path_buf(),
+        reason,
+    };
+    let env = ort::init_from(library)
+        .map_err(|e| unusable(e.to_string()))?
+        .with_name("vigil")
+        .build()
+        .map_err(|e| unusable(e.to_string()))?;
+    *guard = Some((library.to_path_buf(), env.clone()));
+    Ok(env)
+}
+
+/// An ONNX Runtime session. ONNX Runtime sessions need exclusive access to run, so calls
+/// from several workers take turns; each call already uses `threads` cores.
+pub struct OrtEngine {
+    session: Mutex<Session>,
+    score: String,
+    map: Option<String>,
+}
+
+impl OrtEngine {
+    /// Loads the library (once per process), then builds an optimised session.
+    pub fn load(bundle: &Bundle, io: &ModelIo, config: &EngineConfig) -> Result<Self, EngineError> {
+        let library = find_library(config.ort_library.as_deref())?;
+        let env = environment(&library)?;
+        let load_err = |e: ort::Error| EngineError::Load {
+            engine: "ort",
+            path: bundle.model_path.clone(),
+            reason: e.to_string(),
+        };
+        let threads = config.effective_threads();
+        let session = Session::builder(&env)
+            .map_err(load_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load_err(e.into()))?
+            .with_intra_threads(threads)
+            .map_err(|e| load_err(e.into()))?
+            .with_inter_threads(1)
+            .map_err(|e| load_err(e.into()))?
+            .commit_from_memory(&bundle.model_bytes)
+            .map_err(load_err)?;
+        Ok(OrtEngine {
+            session: Mutex::new(session),
+            score: io.score.clone(),
+            map: io.map.clone(),
+        })
+    }
+}
+
+impl Engine for OrtEngine {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+        let run_err = |e: ort::Error| EngineError::Run {
+            engine: "ort",
+            reason: e.to_string(),
+        };
+        let contiguous = batch.as_standard_layout();
+        let input = TensorRef::from_array_view(contiguous.view()).map_err(run_err)?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(ort::inputs![input]).map_err(run_err)?;
+        let (_, scores) = outputs[self.score.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(run_err)?;
+        let scores = scores.to_vec();
+        let maps = match &self.map {
+            Some(name) => {
+                let (shape, data) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(run_err)?;
+                let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+                Some(
+                    map_to_nchw(&dims, data.to_vec()).ok_or_else(|| EngineError::Run {
+                        engine: "ort",
+                        reason: format!("anomaly map has shape {dims:?}, expected [N, 1, H, W]"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Scored { scores, maps })
+    }
+}

@@ -1,0 +1,198 @@
+//! The score head: the nodes that turn an image and the model's view of it into the
+//! `anomaly_map` and `score` outputs, so every engine computes the same score as training.
+
+use tract_onnx::pb;
+
+use super::graph::{Dim, GraphBuilder, OPSET};
+use super::net::{NetError, Sequential};
+use crate::bundle::manifest::{InputSpec, PixelError, Reduction, ScoreSource, ScoreSpec};
+
+/// The networks whose outputs a score head reads.
+#[derive(Debug, Clone)]
+pub enum ScoreNet {
+    /// `decoder(encoder(x))` against `x` (DAE; VAE with the encoder cut to `mu`).
+    Reconstruction {
+        /// `C x H x W -> latent x 1 x 1`.
+        encoder: Sequential,
+        /// `latent x 1 x 1 -> C x H x W`.
+        decoder: Sequential,
+    },
+    /// `-critic(x)`: how fake the discriminator finds `x`.
+    Discriminator {
+        /// `C x H x W -> 1 x 1 x 1` logit.
+        critic: Sequential,
+    },
+    /// f-AnoGAN: `generator(encoder(x))` against `x`, plus the distance of the critic's
+    /// features of both.
+    EncoderFeatures {
+        /// Encoder into the generator's latent space.
+        encoder: Sequential,
+        /// The frozen generator.
+        generator: Sequential,
+        /// The discriminator whose features are compared.
+        critic: Sequential,
+        /// How many leading critic layers produce the features.
+        feature_layers: usize,
+    },
+}
+
+/// Why a model could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExportError {
+    /// A network's weights do not fit together.
+    #[error("{network}: {source}")]
+    Net {
+        /// Which network.
+        network: &'static str,
+        /// The layer problem.
+        source: NetError,
+    },
+    /// The networks do not fit the input or the score settings.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// The graph names vigil gives its outputs.
+pub const SCORE_OUTPUT: &str = "score";
+/// The graph name of the anomaly map output.
+pub const MAP_OUTPUT: &str = "anomaly_map";
+
+fn fold(
+    net: &Sequential,
+    name: &'static str,
+    input: [usize; 3],
+) -> Result<(Sequential, [usize; 3]), ExportError> {
+    let err = |source| ExportError::Net {
+        network: name,
+        source,
+    };
+    let folded = net.fold_batch_norm().map_err(err)?;
+    let out = folded.output_shape(input).map_err(err)?;
+    Ok((folded, out))
+}
+
+fn expect_shape(name: &str, got: [usize; 3], want: [usize; 3]) -> Result<(), ExportError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(ExportError::Mismatch(format!(
+            "{name} produces {got:?} but the score head needs {want:?}"
+        )))
+    }
+}
+
+/// Appends the reconstruction score head: per-pixel error, channel mean, smoothing, then the
+/// reduction. `x` and `recon` are `[N, C, H, W]`; returns `(anomaly_map [N,1,H,W], score [N])`.
+pub fn reconstruction_head(
+    g: &mut GraphBuilder,
+    x: &str,
+    recon: &str,
+    spec: &ScoreSpec,
+    height: usize,
+    width: usize,
+) -> (String, String) {
+    let diff = g.sub(x, recon);
+    let err = match spec.pixel_error {
+        PixelError::Squared => g.mul(&diff, &diff),
+        PixelError::Absolute => g.abs(&diff),
+    };
+    let per_pixel = g.reduce_mean(&err, &[1], true);
+    let map = g.gaussian_blur(&per_pixel, spec.smoothing_sigma, height.min(width) - 1);
+    let score = reduce_map(g, &map, spec.reduction);
+    (map, score)
+}
+
+/// Reduces an `[N, 1, H, W]` map to an `[N]` score.
+pub fn reduce_map(g: &mut GraphBuilder, map: &str, reduction: Reduction) -> String {
+    match reduction {
+        Reduction::Max => g.reduce_max(map, &[1, 2, 3], false),
+        Reduction::Mean => g.reduce_mean(map, &[1, 2, 3], false),
+        Reduction::TopKMean { k } => {
+            let flat = g.reshape(map, &[0, -1]);
+            let top = g.top_k_values(&flat, k, 1);
+            g.reduce_mean(&top, &[1], false)
+        }
+    }
+}
+
+/// Writes the complete scoring graph of a vigil-trained model: input `[N, C, H, W]` named
+/// as the manifest says, outputs `score [N]` and, for reconstruction models, `anomaly_map`.
+pub fn build_scoring_model(
+    net: &ScoreNet,
+    input: &InputSpec,
+    spec: &ScoreSpec,
+) -> Result<pb::ModelProto, ExportError> {
+    let (c, h, w) = (input.channels, input.height, input.width);
+    let image = [c, h, w];
+    let mut g = GraphBuilder::new("vigil", OPSET);
+    let n = Dim::Symbol("N".into());
+    let x = g.input(
+        &input.name,
+        &[n.clone(), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)],
+    );
+    let map_dims = [n.clone(), Dim::Fixed(1), Dim::Fixed(h), Dim::Fixed(w)];
+
+    let check_source = |want: ScoreSource| {
+        if spec.source == want {
+            Ok(())
+        } else {
+            Err(ExportError::Mismatch(format!(
+                "score.source is {:?} but the networks given compute {want:?}",
+                spec.source
+            )))
+        }
+    };
+    match net {
+        ScoreNet::Reconstruction { encoder, decoder } => {
+            check_source(ScoreSource::Reconstruction)?;
+            let (enc, z) = fold(encoder, "encoder", image)?;
+            let (dec, r) = fold(decoder, "decoder", z)?;
+            expect_shape("decoder", r, image)?;
+            let latent = enc.emit(&mut g, &x);
+            let recon = dec.emit(&mut g, &latent);
+            let (map, score) = reconstruction_head(&mut g, &x, &recon, spec, h, w);
+            g.output(&map, MAP_OUTPUT, &map_dims);
+            g.output(&score, SCORE_OUTPUT, &[n]);
+        }
+        ScoreNet::Discriminator { critic } => {
+            check_source(ScoreSource::Discriminator)?;
+            let (d, o) = fold(critic, "critic", image)?;
+            expect_shape("critic", o, [1, 1, 1])?;
+            let logit = d.emit(&mut g, &x);
+            let flat = g.reshape(&logit, &[-1]);
+            let score = g.neg(&flat);
+            g.output(&score, SCORE_OUTPUT, &[n]);
+        }
+        ScoreNet::EncoderFeatures {
+            encoder,
+            generator,
+            critic,
+            feature_layers,
+        } => {
+            check_source(ScoreSource::EncoderFeatures)?;
+            let (enc, z) = fold(encoder, "encoder", image)?;
+            let (gen_net, r) = fold(generator, "generator", z)?;
+            expect_shape("generator", r, image)?;
+            fold(critic, "critic", image)?;
+            // Folding removes batch-norm layers, so count the features by what they were
+            // computed from: the first `feature_layers` layers of the unfolded critic.
+            let unfolded_prefix = Sequential::new(
+                critic.layers[..(*feature_layers).min(critic.layers.len())].to_vec(),
+            );
+            let prefix = fold(&unfolded_prefix, "critic features", image)?.0;
+            let latent = enc.emit(&mut g, &x);
+            let recon = gen_net.emit(&mut g, &latent);
+            let (map, residual) = reconstruction_head(&mut g, &x, &recon, spec, h, w);
+            let fx = prefix.emit(&mut g, &x);
+            let fr = prefix.emit(&mut g, &recon);
+            let fd = g.sub(&fx, &fr);
+            let fsq = g.mul(&fd, &fd);
+            let feat = g.reduce_mean(&fsq, &[1, 2, 3], false);
+            let weighted = g.scale(&feat, spec.feature_weight.unwrap_or(1.0));
+            let score = g.add(&residual, &weighted);
+            g.output(&map, MAP_OUTPUT, &map_dims);
+            g.output(&score, SCORE_OUTPUT, &[n]);
+        }
+    }
+    Ok(g.finish())
+}

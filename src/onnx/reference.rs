@@ -1,0 +1,217 @@
+//! The reference encoder, decoder and discriminator shapes (`REFERENCE-ARCHITECTURES.md`),
+//! as layer lists with seeded random weights, for benchmarks and writer tests.
+//!
+//! Training builds the same shapes in burn and exports its learned weights through
+//! [`Sequential`]; these constructors give the untrained twins, so the writer, the engines
+//! and the benchmarks can be exercised without a training run.
+
+use super::graph::{ConvParams, Tensor};
+use super::net::{BatchNorm, Layer, Sequential};
+
+/// Sizes of the reference networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchSpec {
+    /// Image channels (1 gray, 3 RGB).
+    pub channels: usize,
+    /// Square input side; a power of two, at least 32.
+    pub size: usize,
+    /// Latent size.
+    pub latent: usize,
+    /// Channels of the first encoder convolution; the others double from it.
+    pub width: usize,
+}
+
+impl Default for ArchSpec {
+    fn default() -> Self {
+        ArchSpec {
+            channels: 3,
+            size: 128,
+            latent: 128,
+            width: 32,
+        }
+    }
+}
+
+impl ArchSpec {
+    /// Checks that the sizes make the reference shapes work.
+    pub fn validate(&self) -> Result<(), String> {
+        if !matches!(self.channels, 1 | 3) {
+            return Err(format!("channels is {}, expected 1 or 3", self.channels));
+        }
+        if self.size < 32 || !self.size.is_power_of_two() || self.size > 1024 {
+            return Err(format!(
+                "size is {}, expected a power of two from 32 to 1024 (the networks halve it four times)",
+                self.size
+            ));
+        }
+        if self.latent == 0 || self.width == 0 {
+            return Err("latent and width must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Side of the last feature map before the projection (size / 16).
+    pub fn bottom(&self) -> usize {
+        self.size / 16
+    }
+}
+
+/// A seeded source of weights (SplitMix64), so the same seed gives the same network anywhere.
+#[derive(Debug, Clone)]
+pub struct WeightRng(u64);
+
+impl WeightRng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        WeightRng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.uniform()
+    }
+
+    /// A tensor of uniform values in [lo, hi).
+    pub fn tensor(&mut self, shape: Vec<usize>, lo: f32, hi: f32) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::new(shape, (0..n).map(|_| self.range(lo, hi)).collect())
+    }
+}
+
+fn conv(
+    rng: &mut WeightRng,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Layer {
+    let bound = 1.0 / ((cin * k * k) as f32).sqrt();
+    Layer::Conv {
+        weight: rng.tensor(vec![cout, cin, k, k], -bound, bound),
+        bias: Some(rng.tensor(vec![cout], -bound, bound)),
+        params: ConvParams { stride, pad },
+    }
+}
+
+fn conv_t(
+    rng: &mut WeightRng,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Layer {
+    // Fan-in of a transposed convolution output pixel is cin * (k / stride)².
+    let fan_in = cin * (k / stride).max(1).pow(2);
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    Layer::ConvTranspose {
+        weight: rng.tensor(vec![cin, cout, k, k], -bound, bound),
+        bias: Some(rng.tensor(vec![cout], -bound, bound)),
+        params: ConvParams { stride, pad },
+    }
+}
+
+fn batch_norm(rng: &mut WeightRng, c: usize) -> Layer {
+    // Non-trivial statistics, so that folding is actually exercised.
+    Layer::BatchNorm(BatchNorm {
+        gamma: rng.tensor(vec![c], 0.5, 1.5),
+        beta: rng.tensor(vec![c], -0.1, 0.1),
+        mean: rng.tensor(vec![c], -0.1, 0.1),
+        var: rng.tensor(vec![c], 0.5, 1.5),
+        eps: 1e-5,
+    })
+}
+
+/// Encoder `E(out)`: `C x S x S -> out x 1 x 1`; `bn` puts batch norm after convolutions 2–4.
+pub fn encoder(spec: &ArchSpec, out: usize, bn: bool, rng: &mut WeightRng) -> Sequential {
+    let w = spec.width;
+    let mut layers = vec![conv(rng, spec.channels, w, 4, 2, 1), Layer::LeakyRelu(0.2)];
+    for (cin, cout) in [(w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w)] {
+        layers.push(conv(rng, cin, cout, 4, 2, 1));
+        if bn {
+            layers.push(batch_norm(rng, cout));
+        }
+        layers.push(Layer::LeakyRelu(0.2));
+    }
+    layers.push(conv(rng, 8 * w, out, spec.bottom(), 1, 0));
+    Sequential::new(layers)
+}
+
+/// Decoder / generator `G`: `latent x 1 x 1 -> C x S x S`, sigmoid output.
+pub fn decoder(spec: &ArchSpec, rng: &mut WeightRng) -> Sequential {
+    let w = spec.width;
+    let mut layers = vec![
+        conv_t(rng, spec.latent, 8 * w, spec.bottom(), 1, 0),
+        batch_norm(rng, 8 * w),
+        Layer::Relu,
+    ];
+    for (cin, cout) in [(8 * w, 4 * w), (4 * w, 2 * w), (2 * w, w)] {
+        layers.push(conv_t(rng, cin, cout, 4, 2, 1));
+        layers.push(batch_norm(rng, cout));
+        layers.push(Layer::Relu);
+    }
+    layers.push(conv_t(rng, w, spec.channels, 4, 2, 1));
+    layers.push(Layer::Sigmoid);
+    Sequential::new(layers)
+}
+
+/// How many leading layers of a reference discriminator give the features f-AnoGAN compares
+/// (everything before the final projection: `8w x S/16 x S/16`).
+pub fn discriminator_feature_layers(d: &Sequential) -> usize {
+    d.layers.len() - 1
+}
+
+/// The scoring networks of a family with random weights: what an untrained export of
+/// `vigil-train` would contain. `encoder_features` picks the f-AnoGAN score for GANs.
+pub fn scoring_net(
+    family: crate::bundle::manifest::Family,
+    spec: &ArchSpec,
+    encoder_features: bool,
+    seed: u64,
+) -> Result<super::head::ScoreNet, String> {
+    use super::head::ScoreNet;
+    use crate::bundle::manifest::Family;
+    spec.validate()?;
+    let mut rng = WeightRng::new(seed);
+    Ok(match family {
+        Family::Dae => ScoreNet::Reconstruction {
+            encoder: encoder(spec, spec.latent, true, &mut rng),
+            decoder: decoder(spec, &mut rng),
+        },
+        Family::Vae => ScoreNet::Reconstruction {
+            encoder: encoder(spec, 2 * spec.latent, true, &mut rng)
+                .keep_last_conv_channels(0..spec.latent)
+                .map_err(|e| e.to_string())?,
+            decoder: decoder(spec, &mut rng),
+        },
+        Family::Gan | Family::Wgan => {
+            let critic = encoder(spec, 1, family == Family::Gan, &mut rng);
+            if encoder_features {
+                let feature_layers = discriminator_feature_layers(&critic);
+                ScoreNet::EncoderFeatures {
+                    encoder: encoder(spec, spec.latent, true, &mut rng),
+                    generator: decoder(spec, &mut rng),
+                    critic,
+                    feature_layers,
+                }
+            } else {
+                ScoreNet::Discriminator { critic }
+            }
+        }
+        Family::External => return Err("external models are not built by vigil".into()),
+    })
+}

@@ -1,0 +1,155 @@
+//! Decode an image and turn it into the model's input tensor exactly as the manifest says.
+//!
+//! The daemon, `vigil score` and the training pipeline's evaluation all call this one
+//! function, so a model is served on the same pixels it was evaluated on (no train/serve skew).
+
+use std::io::Cursor;
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, Limits};
+use ndarray::{Array3, ArrayViewMut3};
+
+use crate::bundle::manifest::{ColorMode, InputSpec, ResizeFilter, ResizeMode};
+
+/// Largest width or height accepted from a frame; bigger declared sizes are refused before
+/// any pixel is decoded (a decompression bomb declares huge sizes in a tiny file).
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest memory the decoder may allocate for one frame.
+pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Why a frame could not become a tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// The bytes are not an image in a supported format.
+    #[error("not a readable image ({0}); vigil reads PNG, JPEG, BMP and TIFF")]
+    Format(String),
+    /// The image is corrupt or truncated.
+    #[error("corrupt or truncated image ({0})")]
+    Corrupt(String),
+    /// The image declares a size beyond the limits.
+    #[error("image too large ({0}); frames up to {MAX_SIDE}x{MAX_SIDE} pixels are accepted")]
+    TooLarge(String),
+    /// The file is empty.
+    #[error("empty file")]
+    Empty,
+}
+
+/// Decodes PNG, JPEG, BMP or TIFF bytes with size and memory limits.
+pub fn decode(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::Empty);
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::Format(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(PreprocessError::Format("unknown format".into()));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => PreprocessError::TooLarge(l.to_string()),
+        image::ImageError::Unsupported(u) => PreprocessError::Format(u.to_string()),
+        other => PreprocessError::Corrupt(other.to_string()),
+    })
+}
+
+fn filter(f: ResizeFilter) -> FilterType {
+    match f {
+        ResizeFilter::Nearest => FilterType::Nearest,
+        ResizeFilter::Bilinear => FilterType::Triangle,
+        ResizeFilter::Bicubic => FilterType::CatmullRom,
+        ResizeFilter::Lanczos3 => FilterType::Lanczos3,
+    }
+}
+
+/// Turns decoded images into input tensors for one manifest's `input`.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    spec: InputSpec,
+}
+
+impl Preprocessor {
+    /// A preprocessor for the given input description.
+    pub fn new(spec: &InputSpec) -> Self {
+        Preprocessor { spec: spec.clone() }
+    }
+
+    /// The input description.
+    pub fn spec(&self) -> &InputSpec {
+        &self.spec
+    }
+
+    /// `[C, H, W]` of one tensor.
+    pub fn chw(&self) -> [usize; 3] {
+        [self.spec.channels, self.spec.height, self.spec.width]
+    }
+
+    /// The image cropped (for `center_crop`) and resized to the input size.
+    pub fn resize(&self, img: &DynamicImage) -> DynamicImage {
+        let (w, h) = (self.spec.width as u32, self.spec.height as u32);
+        let img = match self.spec.resize_mode {
+            ResizeMode::Stretch => img.clone(),
+            ResizeMode::CenterCrop => {
+                // Largest centred region with the target's aspect ratio.
+                let (iw, ih) = (img.width() as u64, img.height() as u64);
+                let (cw, ch) = if iw * h as u64 > ih * w as u64 {
+                    ((ih * w as u64 / h as u64).max(1), ih)
+                } else {
+                    (iw, (iw * h as u64 / w as u64).max(1))
+                };
+                img.crop_imm(
+                    ((iw - cw) / 2) as u32,
+                    ((ih - ch) / 2) as u32,
+                    cw as u32,
+                    ch as u32,
+                )
+            }
+        };
+        if img.width() == w && img.height() == h {
+            img
+        } else {
+            img.resize_exact(w, h, filter(self.spec.resize_filter))
+        }
+    }
+
+    /// Writes the tensor of `img` into `out` (`[C, H, W]`).
+    pub fn fill(&self, img: &DynamicImage, mut out: ArrayViewMut3<'_, f32>) {
+        let resized = self.resize(img);
+        let s = &self.spec;
+        let (scale, mean, std) = (s.scale, &s.mean, &s.std);
+        match s.color {
+            ColorMode::Gray => {
+                let g = resized.to_luma8();
+                for (x, y, p) in g.enumerate_pixels() {
+                    out[[0, y as usize, x as usize]] = (p.0[0] as f32 * scale - mean[0]) / std[0];
+                }
+            }
+            ColorMode::Rgb => {
+                let rgb = resized.to_rgb8();
+                for (x, y, p) in rgb.enumerate_pixels() {
+                    for c in 0..3 {
+                        out[[c, y as usize, x as usize]] =
+                            (p.0[c] as f32 * scale - mean[c]) / std[c];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tensor of `img`, `[C, H, W]`.
+    pub fn tensor(&self, img: &DynamicImage) -> Array3<f32> {
+        let [c, h, w] = self.chw();
+        let mut out = Array3::zeros((c, h, w));
+        self.fill(img, out.view_mut());
+        out
+    }
+
+    /// Decodes `bytes` and returns its tensor.
+    pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Array3<f32>, PreprocessError> {
+        Ok(self.tensor(&decode(bytes)?))
+    }
+}

@@ -1,0 +1,8 @@
+//! vigil's integration tests: one binary, a module per topic, real files and real engines.
+
+mod common;
+
+mod bundle;
+mod cli;
+mod engines;
+mod onnx_writer;

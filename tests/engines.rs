@@ -1,1 +1,212 @@
+//! The engines: tract and ONNX Runtime agree on vigil bundles, batch correctly, and refuse
+//! models and libraries that cannot serve with the documented error, never a panic.
 
+use ndarray::{Array4, Axis, Ix4};
+use vigil::bundle::manifest::{ColorMode, Family, InputSpec, Reduction, ScoreSource};
+use vigil::bundle::{Bundle, MANIFEST_FILE};
+use vigil::engine::{self, EngineChoice, EngineConfig, EngineError};
+use vigil::onnx::graph::{Dim, GraphBuilder, OPSET};
+
+use crate::common::{default_score_spec, engine_config, manifest, random, reference_bundle};
+
+fn batch(n: usize, c: usize, size: usize, seed: u64) -> Array4<f32> {
+    random(&[n, c, size, size], 0.0, 1.0, seed)
+        .into_dimensionality::<Ix4>()
+        .unwrap()
+}
+
+#[test]
+fn tract_and_onnx_runtime_give_the_same_scores_and_maps() {
+    for (family, color) in [
+        (Family::Dae, ColorMode::Rgb),
+        (Family::Vae, ColorMode::Gray),
+        (Family::Wgan, ColorMode::Gray),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = reference_bundle(dir.path(), family, color, 64);
+        let tract = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
+        let ort = engine::load(&bundle, &engine_config(EngineChoice::Ort)).unwrap();
+        assert_eq!((tract.name(), ort.name()), ("tract", "ort"));
+        let x = batch(3, color.channels(), 64, 1);
+        let (a, b) = (tract.run(x.view()).unwrap(), ort.run(x.view()).unwrap());
+        assert_eq!(a.scores.len(), 3);
+        for (s, t) in a.scores.iter().zip(&b.scores) {
+            assert!((s - t).abs() <= 1e-5, "{family:?}: tract {s} vs ort {t}");
+        }
+        match (a.maps, b.maps) {
+            (Some(ma), Some(mb)) => {
+                assert_eq!(ma.shape(), [3, 1, 64, 64]);
+                let d = ma
+                    .iter()
+                    .zip(mb.iter())
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(d <= 1e-5, "{family:?}: maps differ by {d}");
+            }
+            (None, None) => assert_eq!(
+                family,
+                Family::Wgan,
+                "only discriminator scoring has no map"
+            ),
+            _ => panic!("{family:?}: one engine returned a map, the other none"),
+        }
+    }
+}
+
+#[test]
+fn a_batch_scores_like_its_images_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Rgb, 32);
+    for kind in [EngineChoice::Tract, EngineChoice::Ort] {
+        let e = engine::load(&bundle, &engine_config(kind)).unwrap();
+        assert_eq!(
+            e.max_batch(),
+            engine::io::MAX_BATCH,
+            "the writer leaves the batch free"
+        );
+        let x = batch(4, 3, 32, 2);
+        let together = e.run(x.view()).unwrap().scores;
+        for (i, image) in x.axis_iter(Axis(0)).enumerate() {
+            let alone = e.run(image.insert_axis(Axis(0))).unwrap().scores[0];
+            assert!(
+                (alone - together[i]).abs() <= 1e-5,
+                "{kind:?}: image {i}: {alone} alone, {} in a batch",
+                together[i]
+            );
+        }
+        let err = e.run(batch(1, 3, 16, 3).view()).unwrap_err();
+        assert!(matches!(err, EngineError::BatchShape { .. }), "{err}");
+    }
+}
+
+fn edit_manifest(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) -> Bundle {
+    let path = dir.join(MANIFEST_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    Bundle::load(dir).unwrap()
+}
+
+#[test]
+fn a_model_that_does_not_fit_its_manifest_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    reference_bundle(dir.path(), Family::Dae, ColorMode::Rgb, 32);
+    let wrong_size = edit_manifest(dir.path(), |v| {
+        v["input"]["height"] = 64.into();
+        v["input"]["width"] = 64.into();
+    });
+    for kind in [EngineChoice::Tract, EngineChoice::Ort] {
+        let err = engine::load(&wrong_size, &engine_config(kind)).unwrap_err();
+        assert!(matches!(err, EngineError::Input { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("input `image` is [N, 3, 32, 32] but the manifest says height = 64"),
+            "{msg}"
+        );
+        assert!(msg.contains("vigil inspect"), "{msg}");
+    }
+    let wrong_input = edit_manifest(dir.path(), |v| {
+        v["input"]["height"] = 32.into();
+        v["input"]["width"] = 32.into();
+        v["input"]["name"] = "input".into();
+    });
+    let err = engine::load(&wrong_input, &engine_config(EngineChoice::Tract)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("names input `input` but the model's inputs are [\"image\"]"),
+        "{err}"
+    );
+    let missing_output = edit_manifest(dir.path(), |v| {
+        v["input"]["name"] = "image".into();
+        v["outputs"]["anomaly_map"] = "heatmap".into();
+    });
+    for kind in [EngineChoice::Tract, EngineChoice::Ort] {
+        let err = engine::load(&missing_output, &engine_config(kind)).unwrap_err();
+        assert!(matches!(err, EngineError::Output { .. }), "{err}");
+        assert!(err.to_string().contains("outputs.anomaly_map is `heatmap` but the model's outputs are [\"anomaly_map\", \"score\"]"), "{err}");
+    }
+}
+
+#[test]
+fn a_missing_onnx_runtime_library_is_an_error_for_ort_and_a_fallback_for_auto() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Gray, 32);
+    let absent = EngineConfig {
+        kind: EngineChoice::Ort,
+        threads: Some(1),
+        ort_library: Some("/nonexistent/libonnxruntime.so.1.31.1".into()),
+    };
+    let err = engine::load(&bundle, &absent).unwrap_err();
+    assert!(matches!(err, EngineError::OrtNotFound { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(
+            "/nonexistent/libonnxruntime.so.1.31.1 from engine.ort_library, which does not exist"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("pip install onnxruntime==1.31.1") && msg.contains("ORT_DYLIB_PATH"),
+        "{msg}"
+    );
+    let auto = engine::load(
+        &bundle,
+        &EngineConfig {
+            kind: EngineChoice::Auto,
+            ..absent
+        },
+    )
+    .unwrap();
+    assert_eq!(auto.name(), "tract");
+}
+
+#[test]
+fn an_external_model_that_scores_by_itself_is_served_from_a_hand_written_manifest() {
+    // Shaped like an anomalib export: `pred_score` [N, 1] and `anomaly_map` [N, 1, H, W].
+    let mut g = GraphBuilder::new("anomalib", OPSET);
+    let n = Dim::Symbol("batch".into());
+    let x = g.input(
+        "input",
+        &[n.clone(), Dim::Fixed(3), Dim::Fixed(32), Dim::Fixed(32)],
+    );
+    let map = g.reduce_mean(&x, &[1], true);
+    let score = g.reduce_max(&map, &[2, 3], false);
+    let score = g.reshape(&score, &[-1, 1]);
+    g.output(
+        &map,
+        "anomaly_map",
+        &[n.clone(), Dim::Fixed(1), Dim::Fixed(32), Dim::Fixed(32)],
+    );
+    g.output(&score, "pred_score", &[n, Dim::Fixed(1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manifest(
+        "anomalib-patchcore",
+        Family::External,
+        InputSpec::unit_range("input", ColorMode::Rgb, 32, 32),
+        vigil::bundle::manifest::ScoreSpec {
+            reduction: Reduction::Max,
+            ..default_score_spec(ScoreSource::External)
+        },
+        true,
+    );
+    m.outputs.score = "pred_score".into();
+    let bundle = Bundle::write(dir.path(), &m, g.finish(), &[]).unwrap();
+    let x = batch(2, 3, 32, 5);
+    for kind in [EngineChoice::Tract, EngineChoice::Ort] {
+        let e = engine::load(&bundle, &engine_config(kind)).unwrap();
+        let out = e.run(x.view()).unwrap();
+        assert_eq!(out.scores.len(), 2, "{kind:?}: [N, 1] scores are flattened");
+        let want = x
+            .index_axis(Axis(0), 1)
+            .mean_axis(Axis(0))
+            .unwrap()
+            .iter()
+            .cloned()
+            .fold(f32::MIN, f32::max);
+        assert!(
+            (out.scores[1] - want).abs() < 1e-5,
+            "{kind:?}: {} vs {want}",
+            out.scores[1]
+        );
+    }
+}

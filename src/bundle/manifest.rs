@@ -291,7 +291,7 @@ impl Normalization {
     /// Maps a raw score to 0..1 with the threshold at 0.5.
     pub fn normalize(&self, score: f32, threshold: f32) -> f32 {
         let span = threshold - self.median;
-        if !(span > 0.0) || !score.is_finite() {
+        if span.is_nan() || span <= 0.0 || !score.is_finite() {
             // A degenerate calibration (threshold at or below the median) cannot be scaled;
             // fall back to the decision alone.
             return if score > threshold { 1.0 } else { 0.0 };

@@ -11,11 +11,7 @@ use vigil::commands::{inspect, score, wrap};
 use vigil::engine::{EngineChoice, EngineConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "vigil",
-    version,
-    about = "Edge anomaly detection for factory cameras"
-)]
+#[command(name = "vigil", version, about = "Edge anomaly detection for factory cameras")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,11 +32,7 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn config(&self) -> EngineConfig {
-        EngineConfig {
-            kind: self.engine,
-            threads: self.threads,
-            ort_library: self.ort_library.clone(),
-        }
+        EngineConfig { kind: self.engine, threads: self.threads, ort_library: self.ort_library.clone() }
     }
 }
 
@@ -116,30 +108,20 @@ fn parse_reduction(s: &str) -> Result<Reduction, String> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Score {
-            model,
-            engine,
-            images,
-        } => {
+        Command::Score { model, engine, images } => {
             let (bundle, engine) = score::prepare(&model, &engine.config())?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let failures = score::run(&bundle, &engine, &images, &mut out)?;
             out.flush()?;
             if failures > 0 {
-                eprintln!(
-                    "vigil score: {failures} of {} image(s) could not be scored",
-                    images.len()
-                );
+                eprintln!("vigil score: {failures} of {} image(s) could not be scored", images.len());
                 return Ok(ExitCode::FAILURE);
             }
         }
         Command::Inspect { bundle } => {
             let bundle = Bundle::load(&bundle)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&inspect::inspect(&bundle)?)?
-            );
+            println!("{}", serde_json::to_string_pretty(&inspect::inspect(&bundle)?)?);
         }
         Command::Wrap {
             model,
@@ -182,8 +164,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-                .unwrap_or_else(|_| "info,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .init();
     match run(Cli::parse()) {

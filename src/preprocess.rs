@@ -101,12 +101,7 @@ impl Preprocessor {
                 } else {
                     (iw, (iw * h as u64 / w as u64).max(1))
                 };
-                img.crop_imm(
-                    ((iw - cw) / 2) as u32,
-                    ((ih - ch) / 2) as u32,
-                    cw as u32,
-                    ch as u32,
-                )
+                img.crop_imm(((iw - cw) / 2) as u32, ((ih - ch) / 2) as u32, cw as u32, ch as u32)
             }
         };
         if img.width() == w && img.height() == h {
@@ -132,8 +127,7 @@ impl Preprocessor {
                 let rgb = resized.to_rgb8();
                 for (x, y, p) in rgb.enumerate_pixels() {
                     for c in 0..3 {
-                        out[[c, y as usize, x as usize]] =
-                            (p.0[c] as f32 * scale - mean[c]) / std[c];
+                        out[[c, y as usize, x as usize]] = (p.0[c] as f32 * scale - mean[c]) / std[c];
                     }
                 }
             }

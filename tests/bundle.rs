@@ -30,10 +30,7 @@ fn manifest_json_wins_over_the_embedded_copy() {
     let path = dir.path().join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("\"value\": 0.05", "\"value\": 0.25")).unwrap();
-    assert_eq!(
-        Bundle::load(dir.path()).unwrap().manifest.threshold.value,
-        0.25
-    );
+    assert_eq!(Bundle::load(dir.path()).unwrap().manifest.threshold.value, 0.25);
 }
 
 /// Writes a reference bundle, edits its manifest JSON with `edit`, and returns the error.
@@ -45,10 +42,7 @@ fn load_with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
     edit(&mut v);
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     let err = Bundle::load(dir.path()).unwrap_err().to_string();
-    assert!(
-        err.contains(&path.display().to_string()),
-        "the error names the file: {err}"
-    );
+    assert!(err.contains(&path.display().to_string()), "the error names the file: {err}");
     err
 }
 
@@ -77,10 +71,7 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
         (
             "newer schema",
             Box::new(|v| v["schema_version"] = 2.into()),
-            &[
-                "schema_version 2 is newer than this vigil reads (1)",
-                "upgrade vigil",
-            ],
+            &["schema_version 2 is newer than this vigil reads (1)", "upgrade vigil"],
         ),
         (
             "no schema",
@@ -96,11 +87,7 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
             }),
             &["missing field `outputs`", "add that key"],
         ),
-        (
-            "bad family",
-            Box::new(|v| v["family"] = "autoencoder".into()),
-            &["unknown variant `autoencoder`"],
-        ),
+        ("bad family", Box::new(|v| v["family"] = "autoencoder".into()), &["unknown variant `autoencoder`"]),
         (
             "channels against color",
             Box::new(|v| v["input"]["channels"] = 1.into()),
@@ -118,26 +105,16 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
         ),
         (
             "top-k too large",
-            Box::new(|v| {
-                v["score"]["reduction"] = serde_json::json!({"method": "top_k_mean", "k": 5000})
-            }),
+            Box::new(|v| v["score"]["reduction"] = serde_json::json!({"method": "top_k_mean", "k": 5000})),
             &["`score.reduction.k`", "expected 1..=1024"],
         ),
-        (
-            "bad name",
-            Box::new(|v| v["name"] = "../evil".into()),
-            &["`name`", "only letters, digits"],
-        ),
+        ("bad name", Box::new(|v| v["name"] = "../evil".into()), &["`name`", "only letters, digits"]),
         (
             "bad quantile",
             Box::new(|v| v["threshold"]["quantile"] = 1.5.into()),
             &["`threshold.quantile`", "expected 0..=1"],
         ),
-        (
-            "not json",
-            Box::new(|v| *v = serde_json::Value::String("{".into())),
-            &["missing `schema_version`"],
-        ),
+        ("not json", Box::new(|v| *v = serde_json::Value::String("{".into())), &["missing `schema_version`"]),
     ];
     for (what, edit, expected) in cases {
         let err = load_with(edit);
@@ -153,10 +130,7 @@ fn broken_json_is_reported_with_its_position() {
     reference_bundle(dir.path(), Family::Dae, ColorMode::Rgb, 32);
     std::fs::write(dir.path().join(MANIFEST_FILE), "{\"schema_version\": 1,").unwrap();
     let err = Bundle::load(dir.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("not valid JSON") && err.contains("line 1"),
-        "{err}"
-    );
+    assert!(err.contains("not valid JSON") && err.contains("line 1"), "{err}");
 }
 
 #[test]

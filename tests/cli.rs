@@ -9,9 +9,7 @@ use crate::common::{ort_library, reference_bundle, write_png};
 
 fn vigil(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
-    c.args(args)
-        .env("ORT_DYLIB_PATH", ort_library())
-        .env_remove("VIGIL_LOG");
+    c.args(args).env("ORT_DYLIB_PATH", ort_library()).env_remove("VIGIL_LOG");
     c
 }
 
@@ -46,13 +44,7 @@ fn score_prints_one_line_per_image_with_matching_scores_on_both_engines() {
     let imgs = path_args(&images(dir.path()));
     let mut results = vec![];
     for engine in ["tract", "ort"] {
-        let mut args = vec![
-            "score",
-            "--model",
-            bundle.to_str().unwrap(),
-            "--engine",
-            engine,
-        ];
+        let mut args = vec!["score", "--model", bundle.to_str().unwrap(), "--engine", engine];
         args.extend(imgs.iter().map(String::as_str));
         let out = vigil(&args).output().unwrap();
         assert!(out.status.success(), "{engine}: {}", stderr(&out));
@@ -88,49 +80,18 @@ fn a_bad_image_gets_an_error_line_and_a_failing_exit_while_the_others_are_scored
     std::fs::write(&empty, b"").unwrap();
     let missing = dir.path().join("missing.png");
     let files = path_args(&[good.clone(), truncated, text, empty, missing, good]);
-    let mut args = vec![
-        "score",
-        "--model",
-        bundle.to_str().unwrap(),
-        "--engine",
-        "tract",
-    ];
+    let mut args = vec!["score", "--model", bundle.to_str().unwrap(), "--engine", "tract"];
     args.extend(files.iter().map(String::as_str));
     let out = vigil(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("4 of 6 image(s) could not be scored"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("4 of 6 image(s) could not be scored"), "{}", stderr(&out));
     let l = lines(&out);
     assert_eq!(l.len(), 6);
     assert!(l[0]["score"].is_number() && l[5]["score"].is_number());
-    assert!(
-        l[1]["error"]
-            .as_str()
-            .unwrap()
-            .contains("corrupt or truncated image"),
-        "{}",
-        l[1]
-    );
-    assert!(
-        l[2]["error"]
-            .as_str()
-            .unwrap()
-            .contains("not a readable image"),
-        "{}",
-        l[2]
-    );
+    assert!(l[1]["error"].as_str().unwrap().contains("corrupt or truncated image"), "{}", l[1]);
+    assert!(l[2]["error"].as_str().unwrap().contains("not a readable image"), "{}", l[2]);
     assert_eq!(l[3]["error"], "empty file");
-    assert!(
-        l[4]["error"]
-            .as_str()
-            .unwrap()
-            .contains("cannot read the file"),
-        "{}",
-        l[4]
-    );
+    assert!(l[4]["error"].as_str().unwrap().contains("cannot read the file"), "{}", l[4]);
 }
 
 #[test]
@@ -139,24 +100,14 @@ fn auto_falls_back_to_tract_with_one_log_line_when_onnx_runtime_is_missing() {
     let bundle = dir.path().join("bundle");
     reference_bundle(&bundle, Family::Dae, ColorMode::Gray, 32);
     let img = write_png(dir.path(), "a.png", 32, 32, false, 5);
-    let out = vigil(&[
-        "score",
-        "--model",
-        bundle.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ])
-    .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
-    .output()
-    .unwrap();
+    let out = vigil(&["score", "--model", bundle.to_str().unwrap(), img.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(lines(&out)[0]["engine"], "tract");
     let err = stderr(&out);
-    assert_eq!(
-        err.matches("engine auto: using tract, because ONNX Runtime library not found")
-            .count(),
-        1,
-        "{err}"
-    );
+    assert_eq!(err.matches("engine auto: using tract, because ONNX Runtime library not found").count(), 1, "{err}");
 }
 
 #[test]
@@ -181,37 +132,23 @@ fn an_unusable_onnx_runtime_library_is_a_clear_error_not_a_panic() {
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.contains(&format!("ONNX Runtime library {}", fake.display())),
-        "{err}"
-    );
-    assert!(
-        err.contains("vigil needs ONNX Runtime 1.31 or newer"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("ONNX Runtime library {}", fake.display())), "{err}");
+    assert!(err.contains("vigil needs ONNX Runtime 1.31 or newer"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
 fn a_missing_bundle_is_named_on_stderr() {
-    let out = vigil(&["score", "--model", "/nonexistent/bundle", "x.png"])
-        .output()
-        .unwrap();
+    let out = vigil(&["score", "--model", "/nonexistent/bundle", "x.png"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("model bundle /nonexistent/bundle: not found"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("model bundle /nonexistent/bundle: not found"), "{}", stderr(&out));
 }
 
 #[test]
 fn inspect_prints_the_manifest_and_the_model_interface() {
     let dir = tempfile::tempdir().unwrap();
     reference_bundle(dir.path(), Family::Vae, ColorMode::Gray, 32);
-    let out = vigil(&["inspect", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = vigil(&["inspect", dir.path().to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["manifest"]["family"], "vae");
@@ -228,24 +165,11 @@ fn inspect_prints_the_manifest_and_the_model_interface() {
 fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
     use vigil::onnx::graph::{Dim, GraphBuilder};
     use vigil::onnx::reference::{ArchSpec, WeightRng, decoder, encoder};
-    let spec = ArchSpec {
-        size: 32,
-        channels: 3,
-        latent: 8,
-        width: 8,
-    };
+    let spec = ArchSpec { size: 32, channels: 3, latent: 8, width: 8 };
     let mut rng = WeightRng::new(3);
-    let (e, d) = (
-        encoder(&spec, 8, false, &mut rng),
-        decoder(&spec, &mut rng).fold_batch_norm().unwrap(),
-    );
+    let (e, d) = (encoder(&spec, 8, false, &mut rng), decoder(&spec, &mut rng).fold_batch_norm().unwrap());
     let mut g = GraphBuilder::new("exported", 13);
-    let dims = [
-        Dim::Symbol("b".into()),
-        Dim::Fixed(3),
-        Dim::Fixed(32),
-        Dim::Fixed(32),
-    ];
+    let dims = [Dim::Symbol("b".into()), Dim::Fixed(3), Dim::Fixed(32), Dim::Fixed(32)];
     let x = g.input("pixels", &dims);
     let z = e.emit(&mut g, &x);
     let r = d.emit(&mut g, &z);
@@ -272,19 +196,9 @@ fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
     let loaded = vigil::bundle::Bundle::load(&bundle).unwrap();
     assert_eq!(loaded.manifest.name, "exported");
     assert_eq!(loaded.manifest.input.name, "pixels");
-    assert_eq!(
-        loaded.manifest.score.reduction,
-        vigil::bundle::manifest::Reduction::TopKMean { k: 50 }
-    );
+    assert_eq!(loaded.manifest.score.reduction, vigil::bundle::manifest::Reduction::TopKMean { k: 50 });
     let img = write_png(dir.path(), "a.png", 32, 32, true, 7);
-    let out = vigil(&[
-        "score",
-        "--model",
-        bundle.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    let out = vigil(&["score", "--model", bundle.to_str().unwrap(), img.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(lines(&out)[0]["threshold"], 0.2);
 
@@ -302,9 +216,5 @@ fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no output `output` (it has [\"reconstruction\"])"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no output `output` (it has [\"reconstruction\"])"), "{}", stderr(&out));
 }

@@ -10,18 +10,14 @@ use vigil::onnx::graph::{Dim, GraphBuilder, OPSET};
 use crate::common::{default_score_spec, engine_config, manifest, random, reference_bundle};
 
 fn batch(n: usize, c: usize, size: usize, seed: u64) -> Array4<f32> {
-    random(&[n, c, size, size], 0.0, 1.0, seed)
-        .into_dimensionality::<Ix4>()
-        .unwrap()
+    random(&[n, c, size, size], 0.0, 1.0, seed).into_dimensionality::<Ix4>().unwrap()
 }
 
 #[test]
 fn tract_and_onnx_runtime_give_the_same_scores_and_maps() {
-    for (family, color) in [
-        (Family::Dae, ColorMode::Rgb),
-        (Family::Vae, ColorMode::Gray),
-        (Family::Wgan, ColorMode::Gray),
-    ] {
+    for (family, color) in
+        [(Family::Dae, ColorMode::Rgb), (Family::Vae, ColorMode::Gray), (Family::Wgan, ColorMode::Gray)]
+    {
         let dir = tempfile::tempdir().unwrap();
         let bundle = reference_bundle(dir.path(), family, color, 64);
         let tract = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
@@ -36,18 +32,10 @@ fn tract_and_onnx_runtime_give_the_same_scores_and_maps() {
         match (a.maps, b.maps) {
             (Some(ma), Some(mb)) => {
                 assert_eq!(ma.shape(), [3, 1, 64, 64]);
-                let d = ma
-                    .iter()
-                    .zip(mb.iter())
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, f32::max);
+                let d = ma.iter().zip(mb.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
                 assert!(d <= 1e-5, "{family:?}: maps differ by {d}");
             }
-            (None, None) => assert_eq!(
-                family,
-                Family::Wgan,
-                "only discriminator scoring has no map"
-            ),
+            (None, None) => assert_eq!(family, Family::Wgan, "only discriminator scoring has no map"),
             _ => panic!("{family:?}: one engine returned a map, the other none"),
         }
     }
@@ -59,11 +47,7 @@ fn a_batch_scores_like_its_images_one_at_a_time() {
     let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Rgb, 32);
     for kind in [EngineChoice::Tract, EngineChoice::Ort] {
         let e = engine::load(&bundle, &engine_config(kind)).unwrap();
-        assert_eq!(
-            e.max_batch(),
-            engine::io::MAX_BATCH,
-            "the writer leaves the batch free"
-        );
+        assert_eq!(e.max_batch(), engine::io::MAX_BATCH, "the writer leaves the batch free");
         let x = batch(4, 3, 32, 2);
         let together = e.run(x.view()).unwrap().scores;
         for (i, image) in x.axis_iter(Axis(0)).enumerate() {
@@ -99,10 +83,7 @@ fn a_model_that_does_not_fit_its_manifest_is_refused_at_load() {
         let err = engine::load(&wrong_size, &engine_config(kind)).unwrap_err();
         assert!(matches!(err, EngineError::Input { .. }), "{err}");
         let msg = err.to_string();
-        assert!(
-            msg.contains("input `image` is [N, 3, 32, 32] but the manifest says height = 64"),
-            "{msg}"
-        );
+        assert!(msg.contains("input `image` is [N, 3, 32, 32] but the manifest says height = 64"), "{msg}");
         assert!(msg.contains("vigil inspect"), "{msg}");
     }
     let wrong_input = edit_manifest(dir.path(), |v| {
@@ -111,11 +92,7 @@ fn a_model_that_does_not_fit_its_manifest_is_refused_at_load() {
         v["input"]["name"] = "input".into();
     });
     let err = engine::load(&wrong_input, &engine_config(EngineChoice::Tract)).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("names input `input` but the model's inputs are [\"image\"]"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("names input `input` but the model's inputs are [\"image\"]"), "{err}");
     let missing_output = edit_manifest(dir.path(), |v| {
         v["input"]["name"] = "image".into();
         v["outputs"]["anomaly_map"] = "heatmap".into();
@@ -123,7 +100,11 @@ fn a_model_that_does_not_fit_its_manifest_is_refused_at_load() {
     for kind in [EngineChoice::Tract, EngineChoice::Ort] {
         let err = engine::load(&missing_output, &engine_config(kind)).unwrap_err();
         assert!(matches!(err, EngineError::Output { .. }), "{err}");
-        assert!(err.to_string().contains("outputs.anomaly_map is `heatmap` but the model's outputs are [\"anomaly_map\", \"score\"]"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("outputs.anomaly_map is `heatmap` but the model's outputs are [\"anomaly_map\", \"score\"]"),
+            "{err}"
+        );
     }
 }
 
@@ -140,23 +121,11 @@ fn a_missing_onnx_runtime_library_is_an_error_for_ort_and_a_fallback_for_auto() 
     assert!(matches!(err, EngineError::OrtNotFound { .. }), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains(
-            "/nonexistent/libonnxruntime.so.1.31.1 from engine.ort_library, which does not exist"
-        ),
+        msg.contains("/nonexistent/libonnxruntime.so.1.31.1 from engine.ort_library, which does not exist"),
         "{msg}"
     );
-    assert!(
-        msg.contains("pip install onnxruntime==1.31.1") && msg.contains("ORT_DYLIB_PATH"),
-        "{msg}"
-    );
-    let auto = engine::load(
-        &bundle,
-        &EngineConfig {
-            kind: EngineChoice::Auto,
-            ..absent
-        },
-    )
-    .unwrap();
+    assert!(msg.contains("pip install onnxruntime==1.31.1") && msg.contains("ORT_DYLIB_PATH"), "{msg}");
+    let auto = engine::load(&bundle, &EngineConfig { kind: EngineChoice::Auto, ..absent }).unwrap();
     assert_eq!(auto.name(), "tract");
 }
 
@@ -165,28 +134,18 @@ fn an_external_model_that_scores_by_itself_is_served_from_a_hand_written_manifes
     // Shaped like an anomalib export: `pred_score` [N, 1] and `anomaly_map` [N, 1, H, W].
     let mut g = GraphBuilder::new("anomalib", OPSET);
     let n = Dim::Symbol("batch".into());
-    let x = g.input(
-        "input",
-        &[n.clone(), Dim::Fixed(3), Dim::Fixed(32), Dim::Fixed(32)],
-    );
+    let x = g.input("input", &[n.clone(), Dim::Fixed(3), Dim::Fixed(32), Dim::Fixed(32)]);
     let map = g.reduce_mean(&x, &[1], true);
     let score = g.reduce_max(&map, &[2, 3], false);
     let score = g.reshape(&score, &[-1, 1]);
-    g.output(
-        &map,
-        "anomaly_map",
-        &[n.clone(), Dim::Fixed(1), Dim::Fixed(32), Dim::Fixed(32)],
-    );
+    g.output(&map, "anomaly_map", &[n.clone(), Dim::Fixed(1), Dim::Fixed(32), Dim::Fixed(32)]);
     g.output(&score, "pred_score", &[n, Dim::Fixed(1)]);
     let dir = tempfile::tempdir().unwrap();
     let mut m = manifest(
         "anomalib-patchcore",
         Family::External,
         InputSpec::unit_range("input", ColorMode::Rgb, 32, 32),
-        vigil::bundle::manifest::ScoreSpec {
-            reduction: Reduction::Max,
-            ..default_score_spec(ScoreSource::External)
-        },
+        vigil::bundle::manifest::ScoreSpec { reduction: Reduction::Max, ..default_score_spec(ScoreSource::External) },
         true,
     );
     m.outputs.score = "pred_score".into();
@@ -196,17 +155,7 @@ fn an_external_model_that_scores_by_itself_is_served_from_a_hand_written_manifes
         let e = engine::load(&bundle, &engine_config(kind)).unwrap();
         let out = e.run(x.view()).unwrap();
         assert_eq!(out.scores.len(), 2, "{kind:?}: [N, 1] scores are flattened");
-        let want = x
-            .index_axis(Axis(0), 1)
-            .mean_axis(Axis(0))
-            .unwrap()
-            .iter()
-            .cloned()
-            .fold(f32::MIN, f32::max);
-        assert!(
-            (out.scores[1] - want).abs() < 1e-5,
-            "{kind:?}: {} vs {want}",
-            out.scores[1]
-        );
+        let want = x.index_axis(Axis(0), 1).mean_axis(Axis(0)).unwrap().iter().cloned().fold(f32::MIN, f32::max);
+        assert!((out.scores[1] - want).abs() < 1e-5, "{kind:?}: {} vs {want}", out.scores[1]);
     }
 }

@@ -9,9 +9,7 @@ use vigil::onnx::net::Sequential;
 use vigil::onnx::reference::{ArchSpec, WeightRng, decoder, encoder, scoring_net};
 use vigil::onnx::wrap::wrap_reconstruction;
 
-use crate::common::{
-    Case, check_against_reference, default_score_spec, max_abs_diff, random, run_tract,
-};
+use crate::common::{Case, check_against_reference, default_score_spec, max_abs_diff, random, run_tract};
 
 /// Every op and composite vigil writes must agree with the reference to this.
 const TOL: f32 = 1e-5;
@@ -36,11 +34,7 @@ fn single(
     let x = g.input("x", &fixed(shape));
     let y = build(&mut g, &x);
     g.output(&y, "y", &free(out_rank));
-    Case {
-        name: name.into(),
-        model: g.finish(),
-        inputs: vec![("x", random(shape, -1.0, 1.0, seed))],
-    }
+    Case { name: name.into(), model: g.finish(), inputs: vec![("x", random(shape, -1.0, 1.0, seed))] }
 }
 
 fn t(rng: &mut WeightRng, shape: &[usize]) -> Tensor {
@@ -84,39 +78,23 @@ fn every_op_passes_the_checker_and_matches_the_reference_on_both_engines() {
             g.matmul(&f, &w)
         }),
         single("add_sub_mul_broadcast", &s4, 4, 11, |g, x| {
-            let (a, s, m) = (
-                t(&mut r, &[1, 3, 1, 1]),
-                t(&mut r, &[1, 3, 1, 1]),
-                t(&mut r, &[1, 1, 8, 8]),
-            );
-            let (a, s, m) = (
-                g.constant("a", &a),
-                g.constant("s", &s),
-                g.constant("m", &m),
-            );
+            let (a, s, m) = (t(&mut r, &[1, 3, 1, 1]), t(&mut r, &[1, 3, 1, 1]), t(&mut r, &[1, 1, 8, 8]));
+            let (a, s, m) = (g.constant("a", &a), g.constant("s", &s), g.constant("m", &m));
             let y = g.add(x, &a);
             let y = g.sub(&y, &s);
             g.mul(&y, &m)
         }),
         single("pow", &s4, 4, 12, |g, x| g.pow(x, 2.0)),
-        single("reduce_mean_channels", &s4, 4, 13, |g, x| {
-            g.reduce_mean(x, &[1], true)
-        }),
-        single("reduce_max_all", &s4, 1, 14, |g, x| {
-            g.reduce_max(x, &[1, 2, 3], false)
-        }),
+        single("reduce_mean_channels", &s4, 4, 13, |g, x| g.reduce_mean(x, &[1], true)),
+        single("reduce_max_all", &s4, 1, 14, |g, x| g.reduce_max(x, &[1, 2, 3], false)),
         single("pad_reflect", &[2, 1, 8, 8], 4, 15, |g, x| {
             g.pad_spatial(x, 2, 2, 3, 3, vigil::onnx::graph::PadMode::Reflect)
         }),
-        single("gaussian_blur", &[2, 1, 16, 16], 4, 16, |g, x| {
-            g.gaussian_blur(x, 1.5, 15)
-        }),
+        single("gaussian_blur", &[2, 1, 16, 16], 4, 16, |g, x| g.gaussian_blur(x, 1.5, 15)),
         single("top_k_mean", &[2, 1, 8, 8], 1, 17, |g, x| {
             vigil::onnx::head::reduce_map(g, x, Reduction::TopKMean { k: 10 })
         }),
-        single("mean_map", &[2, 1, 8, 8], 1, 18, |g, x| {
-            vigil::onnx::head::reduce_map(g, x, Reduction::Mean)
-        }),
+        single("mean_map", &[2, 1, 8, 8], 1, 18, |g, x| vigil::onnx::head::reduce_map(g, x, Reduction::Mean)),
     ];
     let worst = check_against_reference(&cases, TOL);
     assert_eq!(worst.len(), cases.len());
@@ -135,14 +113,7 @@ fn scoring_case(
     let mut spec = default_score_spec(source);
     tweak(&mut spec);
     let model = build_scoring_model(&net, &input, &spec).unwrap();
-    Case {
-        name: name.into(),
-        model,
-        inputs: vec![(
-            "image",
-            random(&[2, color.channels(), size, size], 0.0, 1.0, 99),
-        )],
-    }
+    Case { name: name.into(), model, inputs: vec![("image", random(&[2, color.channels(), size, size], 0.0, 1.0, 99))] }
 }
 
 #[test]
@@ -202,17 +173,10 @@ fn reference_architectures_with_score_heads_match_the_reference() {
 
 #[test]
 fn batch_norm_folding_keeps_the_function() {
-    let spec = ArchSpec {
-        size: 32,
-        ..ArchSpec::default()
-    };
+    let spec = ArchSpec { size: 32, ..ArchSpec::default() };
     let mut rng = WeightRng::new(5);
     for (name, net, shape) in [
-        (
-            "encoder",
-            encoder(&spec, 16, true, &mut rng),
-            [2, 3, 32, 32],
-        ),
+        ("encoder", encoder(&spec, 16, true, &mut rng), [2, 3, 32, 32]),
         ("decoder", decoder(&spec, &mut rng), [2, 128, 1, 1]),
     ] {
         let run = |n: &Sequential| -> ArrayD<f32> {
@@ -220,26 +184,13 @@ fn batch_norm_folding_keeps_the_function() {
             let x = g.input("x", &fixed(&shape));
             let y = n.emit(&mut g, &x);
             g.output(&y, "y", &free(4));
-            run_tract(&g.finish(), &[("x", random(&shape, 0.0, 1.0, 3))])
-                .remove(0)
-                .1
+            run_tract(&g.finish(), &[("x", random(&shape, 0.0, 1.0, 3))]).remove(0).1
         };
         let folded = net.fold_batch_norm().unwrap();
-        let bn_layers = |n: &Sequential| {
-            n.layers
-                .iter()
-                .filter(|l| matches!(l, vigil::onnx::net::Layer::BatchNorm(_)))
-                .count()
-        };
-        assert!(
-            bn_layers(&net) > 0,
-            "{name}: the test needs batch norms to fold"
-        );
-        assert_eq!(
-            bn_layers(&folded),
-            0,
-            "{name}: every batch norm follows a convolution and folds"
-        );
+        let bn_layers =
+            |n: &Sequential| n.layers.iter().filter(|l| matches!(l, vigil::onnx::net::Layer::BatchNorm(_))).count();
+        assert!(bn_layers(&net) > 0, "{name}: the test needs batch norms to fold");
+        assert_eq!(bn_layers(&folded), 0, "{name}: every batch norm follows a convolution and folds");
         let d = max_abs_diff(&run(&net), &run(&folded));
         assert!(d <= TOL, "{name}: folding changed the output by {d}");
     }
@@ -249,40 +200,15 @@ fn batch_norm_folding_keeps_the_function() {
 /// norm folded (as PyTorch's exporter does in eval mode; ONNX's reference evaluator also
 /// runs opset 9–13 BatchNormalization in training mode, so unfolded ones cannot be compared).
 fn foreign_autoencoder(opset: i64) -> vigil::onnx::pb::ModelProto {
-    let spec = ArchSpec {
-        size: 32,
-        channels: 1,
-        ..ArchSpec::default()
-    };
+    let spec = ArchSpec { size: 32, channels: 1, ..ArchSpec::default() };
     let mut rng = WeightRng::new(8);
-    let e = encoder(&spec, 16, true, &mut rng)
-        .fold_batch_norm()
-        .unwrap();
-    let d = decoder(&ArchSpec { latent: 16, ..spec }, &mut rng)
-        .fold_batch_norm()
-        .unwrap();
+    let e = encoder(&spec, 16, true, &mut rng).fold_batch_norm().unwrap();
+    let d = decoder(&ArchSpec { latent: 16, ..spec }, &mut rng).fold_batch_norm().unwrap();
     let mut g = GraphBuilder::new("torch_jit", opset);
-    let x = g.input(
-        "input.1",
-        &[
-            Dim::Symbol("batch".into()),
-            Dim::Fixed(1),
-            Dim::Fixed(32),
-            Dim::Fixed(32),
-        ],
-    );
+    let x = g.input("input.1", &[Dim::Symbol("batch".into()), Dim::Fixed(1), Dim::Fixed(32), Dim::Fixed(32)]);
     let z = e.emit(&mut g, &x);
     let r = d.emit(&mut g, &z);
-    g.output(
-        &r,
-        "recon",
-        &[
-            Dim::Symbol("batch".into()),
-            Dim::Fixed(1),
-            Dim::Fixed(32),
-            Dim::Fixed(32),
-        ],
-    );
+    g.output(&r, "recon", &[Dim::Symbol("batch".into()), Dim::Fixed(1), Dim::Fixed(32), Dim::Fixed(32)]);
     g.finish()
 }
 
@@ -298,10 +224,7 @@ fn a_foreign_autoencoder_gets_the_score_head_at_old_and_new_opsets() {
         })
         .collect();
     for c in &cases {
-        assert_eq!(
-            crate::common::output_names(&c.model),
-            ["anomaly_map", "score"]
-        );
+        assert_eq!(crate::common::output_names(&c.model), ["anomaly_map", "score"]);
     }
     check_against_reference(&cases, TOL);
 }
@@ -310,10 +233,7 @@ fn a_foreign_autoencoder_gets_the_score_head_at_old_and_new_opsets() {
 fn wrapping_refuses_unknown_outputs_and_unsupported_opsets() {
     let spec = default_score_spec(ScoreSource::Reconstruction);
     let err = wrap_reconstruction(foreign_autoencoder(13), "output", &spec, 32, 32).unwrap_err();
-    assert!(
-        err.to_string().contains("no output `output`") && err.to_string().contains("recon"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("no output `output`") && err.to_string().contains("recon"), "{err}");
     let err = wrap_reconstruction(foreign_autoencoder(9), "recon", &spec, 32, 32).unwrap_err();
     assert!(err.to_string().contains("opset Some(9)"), "{err}");
 }

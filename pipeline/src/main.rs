@@ -8,11 +8,7 @@ use vigil::bundle::manifest::Family;
 use vigil::onnx::reference::ArchSpec;
 
 #[derive(Parser)]
-#[command(
-    name = "vigil-train",
-    version,
-    about = "Train, calibrate, evaluate and export vigil model bundles"
-)]
+#[command(name = "vigil-train", version, about = "Train, calibrate, evaluate and export vigil model bundles")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,20 +57,9 @@ enum Command {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::ReferenceBundle {
-            model,
-            channels,
-            size,
-            seed,
-            out,
-        } => {
-            let spec = ArchSpec {
-                channels,
-                size,
-                ..ArchSpec::default()
-            };
-            let bundle =
-                vigil_pipeline::reference::write_reference_bundle(&out, model.into(), &spec, seed)?;
+        Command::ReferenceBundle { model, channels, size, seed, out } => {
+            let spec = ArchSpec { channels, size, ..ArchSpec::default() };
+            let bundle = vigil_pipeline::reference::write_reference_bundle(&out, model.into(), &spec, seed)?;
             eprintln!("wrote bundle {}", bundle.path.display());
         }
     }

@@ -5,24 +5,15 @@ use std::path::Path;
 
 use vigil::bundle::Bundle;
 use vigil::bundle::manifest::{
-    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, SCHEMA_VERSION,
-    ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
+    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, SCHEMA_VERSION, ScoreSource, ScoreSpec,
+    Threshold, ThresholdMethod,
 };
 use vigil::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
 use vigil::onnx::reference::{ArchSpec, scoring_net};
 
 /// Writes an untrained reference bundle of `family` to `out`.
-pub fn write_reference_bundle(
-    out: &Path,
-    family: Family,
-    spec: &ArchSpec,
-    seed: u64,
-) -> anyhow::Result<Bundle> {
-    let color = if spec.channels == 1 {
-        ColorMode::Gray
-    } else {
-        ColorMode::Rgb
-    };
+pub fn write_reference_bundle(out: &Path, family: Family, spec: &ArchSpec, seed: u64) -> anyhow::Result<Bundle> {
+    let color = if spec.channels == 1 { ColorMode::Gray } else { ColorMode::Rgb };
     let source = match family {
         Family::Gan | Family::Wgan => ScoreSource::Discriminator,
         _ => ScoreSource::Reconstruction,

@@ -351,33 +351,15 @@ pub struct ManifestProblem {
 impl Manifest {
     /// Checks the values serde cannot: sizes, matching lengths, finite numbers.
     pub fn validate(&self) -> Result<(), ManifestProblem> {
-        let bad = |key: &str, problem: String| {
-            Err(ManifestProblem {
-                key: key.to_owned(),
-                problem,
-            })
-        };
+        let bad = |key: &str, problem: String| Err(ManifestProblem { key: key.to_owned(), problem });
         if self.schema_version != SCHEMA_VERSION {
-            return bad(
-                "schema_version",
-                format!(
-                    "is {}, this vigil reads {SCHEMA_VERSION}",
-                    self.schema_version
-                ),
-            );
+            return bad("schema_version", format!("is {}, this vigil reads {SCHEMA_VERSION}", self.schema_version));
         }
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return bad(
                 "name",
-                format!(
-                    "{:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
-                    self.name
-                ),
+                format!("{:?} must be non-empty and use only letters, digits, '-', '_' and '.'", self.name),
             );
         }
         let input = &self.input;
@@ -403,21 +385,14 @@ impl Manifest {
         if !(input.scale.is_finite() && input.scale > 0.0) {
             return bad(
                 "input.scale",
-                format!(
-                    "is {}, expected a positive number such as 0.00392156862745098 (1/255)",
-                    input.scale
-                ),
+                format!("is {}, expected a positive number such as 0.00392156862745098 (1/255)", input.scale),
             );
         }
         for (key, values) in [("input.mean", &input.mean), ("input.std", &input.std)] {
             if values.len() != input.channels {
                 return bad(
                     key,
-                    format!(
-                        "has {} value(s), expected one per channel ({})",
-                        values.len(),
-                        input.channels
-                    ),
+                    format!("has {} value(s), expected one per channel ({})", values.len(), input.channels),
                 );
             }
             if values.iter().any(|v| !v.is_finite()) {
@@ -433,24 +408,15 @@ impl Manifest {
         if let Some(map) = &self.outputs.anomaly_map
             && (map.is_empty() || *map == self.outputs.score)
         {
-            return bad(
-                "outputs.anomaly_map",
-                "must name an output other than the score, or be left out".into(),
-            );
+            return bad("outputs.anomaly_map", "must name an output other than the score, or be left out".into());
         }
         if !(self.score.smoothing_sigma.is_finite() && self.score.smoothing_sigma >= 0.0) {
-            return bad(
-                "score.smoothing_sigma",
-                "must be 0 or a positive number of pixels".into(),
-            );
+            return bad("score.smoothing_sigma", "must be 0 or a positive number of pixels".into());
         }
         if let Reduction::TopKMean { k } = self.score.reduction {
             let pixels = input.height * input.width;
             if k == 0 || k > pixels {
-                return bad(
-                    "score.reduction.k",
-                    format!("is {k}, expected 1..={pixels} (the map's pixel count)"),
-                );
+                return bad("score.reduction.k", format!("is {k}, expected 1..={pixels} (the map's pixel count)"));
             }
         }
         if !self.threshold.value.is_finite() {
@@ -464,10 +430,7 @@ impl Manifest {
         if let Some(n) = &self.normalization {
             let values = [n.mean, n.std, n.min, n.median, n.max];
             if values.iter().any(|v| !v.is_finite()) || n.min > n.max {
-                return bad(
-                    "normalization",
-                    "must hold finite statistics with min <= max".into(),
-                );
+                return bad("normalization", "must hold finite statistics with min <= max".into());
             }
         }
         Ok(())
@@ -475,9 +438,7 @@ impl Manifest {
 
     /// The score normalised to 0..1 (0.5 at the threshold), when statistics exist.
     pub fn normalized_score(&self, score: f32, threshold: f32) -> Option<f32> {
-        self.normalization
-            .as_ref()
-            .map(|n| n.normalize(score, threshold))
+        self.normalization.as_ref().map(|n| n.normalize(score, threshold))
     }
 }
 

@@ -102,10 +102,7 @@ pub struct Bundle {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| BundleError::Io { path: path.to_path_buf(), source }
 }
 
 /// Hex SHA-256 of some bytes.
@@ -123,22 +120,15 @@ pub fn parse_manifest(bytes: &[u8], origin: &str) -> Result<Manifest, BundleErro
     };
     // Look at the version before the shape, so a newer manifest is reported as newer
     // rather than as having "unknown fields".
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| bad(format!("not valid JSON: {e}"), "fix the JSON syntax"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}"), "fix the JSON syntax"))?;
     match value.get("schema_version") {
         None => {
-            return Err(bad(
-                "missing `schema_version`".into(),
-                &format!("add \"schema_version\": {SCHEMA_VERSION}"),
-            ));
+            return Err(bad("missing `schema_version`".into(), &format!("add \"schema_version\": {SCHEMA_VERSION}")));
         }
         Some(v) => match v.as_u64() {
             Some(found) if found > u64::from(SCHEMA_VERSION) => {
-                return Err(BundleError::NewerSchema {
-                    origin: origin.to_owned(),
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
+                return Err(BundleError::NewerSchema { origin: origin.to_owned(), found, supported: SCHEMA_VERSION });
             }
             Some(found) if found == u64::from(SCHEMA_VERSION) => {}
             _ => {
@@ -160,32 +150,20 @@ pub fn parse_manifest(bytes: &[u8], origin: &str) -> Result<Manifest, BundleErro
         };
         bad(msg, hint)
     })?;
-    manifest.validate().map_err(|p| {
-        bad(
-            p.to_string(),
-            "correct that value and load the bundle again",
-        )
-    })?;
+    manifest.validate().map_err(|p| bad(p.to_string(), "correct that value and load the bundle again"))?;
     Ok(manifest)
 }
 
 /// The manifest JSON embedded in a model, if any.
 pub fn embedded_manifest(model: &pb::ModelProto) -> Option<&str> {
-    model
-        .metadata_props
-        .iter()
-        .find(|p| p.key == METADATA_KEY)
-        .map(|p| p.value.as_str())
+    model.metadata_props.iter().find(|p| p.key == METADATA_KEY).map(|p| p.value.as_str())
 }
 
 /// Stores the manifest JSON in the model's `metadata_props`, replacing an older copy.
 pub fn embed_manifest(model: &mut pb::ModelProto, manifest: &Manifest) {
     let json = serde_json::to_string(manifest).expect("a manifest always serialises");
     model.metadata_props.retain(|p| p.key != METADATA_KEY);
-    model.metadata_props.push(pb::StringStringEntryProto {
-        key: METADATA_KEY.into(),
-        value: json,
-    });
+    model.metadata_props.push(pb::StringStringEntryProto { key: METADATA_KEY.into(), value: json });
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
@@ -219,33 +197,19 @@ impl Bundle {
                 let bytes = fs::read(&m).map_err(io_err(&m))?;
                 let manifest = parse_manifest(&bytes, &m.display().to_string())?;
                 // Still refuse a model file that is not ONNX, even with a good manifest.
-                graph::decode(&model_bytes).map_err(|e| BundleError::BadOnnx {
-                    path: model_path.clone(),
-                    reason: e.to_string(),
-                })?;
+                graph::decode(&model_bytes)
+                    .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
                 manifest
             }
             None => {
-                let model = graph::decode(&model_bytes).map_err(|e| BundleError::BadOnnx {
-                    path: model_path.clone(),
-                    reason: e.to_string(),
-                })?;
-                let json = embedded_manifest(&model)
-                    .ok_or_else(|| BundleError::NoManifest(path.to_path_buf()))?;
-                parse_manifest(
-                    json.as_bytes(),
-                    &format!("{}#{METADATA_KEY}", model_path.display()),
-                )?
+                let model = graph::decode(&model_bytes)
+                    .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
+                let json = embedded_manifest(&model).ok_or_else(|| BundleError::NoManifest(path.to_path_buf()))?;
+                parse_manifest(json.as_bytes(), &format!("{}#{METADATA_KEY}", model_path.display()))?
             }
         };
         let model_sha256 = sha256_hex(&model_bytes);
-        Ok(Bundle {
-            path: path.to_path_buf(),
-            model_path,
-            manifest,
-            model_bytes,
-            model_sha256,
-        })
+        Ok(Bundle { path: path.to_path_buf(), model_path, manifest, model_bytes, model_sha256 })
     }
 
     /// Writes a bundle folder: the model with the manifest embedded, and `manifest.json`.
@@ -277,9 +241,7 @@ impl Bundle {
 
     /// The model decoded as ONNX protobuf (for inspection; engines read `model_bytes`).
     pub fn model_proto(&self) -> Result<pb::ModelProto, BundleError> {
-        graph::decode(&self.model_bytes).map_err(|e| BundleError::BadOnnx {
-            path: self.model_path.clone(),
-            reason: e.to_string(),
-        })
+        graph::decode(&self.model_bytes)
+            .map_err(|e| BundleError::BadOnnx { path: self.model_path.clone(), reason: e.to_string() })
     }
 }

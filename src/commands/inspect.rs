@@ -42,27 +42,17 @@ pub struct Inspection {
 pub fn inspect(bundle: &Bundle) -> anyhow::Result<Inspection> {
     let model = bundle.model_proto()?;
     let graph = model.graph.clone().unwrap_or_default();
-    let inits: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let port = |v: &crate::onnx::pb::ValueInfoProto| Port {
-        name: v.name.clone(),
-        shape: format_dims(&declared_dims(v)),
-    };
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let port =
+        |v: &crate::onnx::pb::ValueInfoProto| Port { name: v.name.clone(), shape: format_dims(&declared_dims(v)) };
     Ok(Inspection {
         bundle: bundle.path.display().to_string(),
         model_file: bundle.model_path.display().to_string(),
         model_sha256: bundle.model_sha256.clone(),
         model_bytes: bundle.model_bytes.len(),
         opset: default_opset(&model),
-        producer: format!("{} {}", model.producer_name, model.producer_version)
-            .trim()
-            .to_string(),
-        inputs: graph
-            .input
-            .iter()
-            .filter(|i| !inits.contains(i.name.as_str()))
-            .map(port)
-            .collect(),
+        producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+        inputs: graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(port).collect(),
         outputs: graph.output.iter().map(port).collect(),
         manifest: bundle.manifest.clone(),
     })

@@ -39,12 +39,7 @@ pub struct ErrorLine {
 
 /// Scores `images` and writes one JSON line per image to `out`, in order. Returns how many
 /// images failed; the others are still scored.
-pub fn run(
-    bundle: &Bundle,
-    engine: &LoadedEngine,
-    images: &[PathBuf],
-    out: &mut dyn Write,
-) -> anyhow::Result<usize> {
+pub fn run(bundle: &Bundle, engine: &LoadedEngine, images: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<usize> {
     let pre = Preprocessor::new(&bundle.manifest.input);
     let threshold = bundle.manifest.threshold.value;
     let [c, h, w] = pre.chw();
@@ -87,10 +82,7 @@ pub fn run(
                 }
                 (Ok(_), Err(e)) => {
                     failures += 1;
-                    serde_json::to_string(&ErrorLine {
-                        file,
-                        error: e.to_string(),
-                    })?
+                    serde_json::to_string(&ErrorLine { file, error: e.to_string() })?
                 }
                 (Err(error), _) => {
                     failures += 1;

@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 
 use crate::bundle::Bundle;
 use crate::bundle::manifest::{
-    ColorMode, Family, InputSpec, Layout, Manifest, OutputSpec, PixelError, Reduction,
-    ResizeFilter, ResizeMode, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
+    ColorMode, Family, InputSpec, Layout, Manifest, OutputSpec, PixelError, Reduction, ResizeFilter, ResizeMode,
+    SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
 };
 use crate::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT};
 use crate::onnx::{graph, wrap};
@@ -67,8 +67,7 @@ fn per_channel(values: &[f32], channels: usize, what: &str) -> anyhow::Result<Ve
 pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
     let origin = req.model.display();
     let bytes = std::fs::read(&req.model).with_context(|| format!("reading {origin}"))?;
-    let model =
-        graph::decode(&bytes).with_context(|| format!("{origin} is not a valid ONNX file"))?;
+    let model = graph::decode(&bytes).with_context(|| format!("{origin} is not a valid ONNX file"))?;
     let input = wrap::foreign_input(&model).with_context(|| origin.to_string())?;
     let Some([c, h, w]) = input.chw else {
         bail!(
@@ -79,10 +78,7 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
     let color = match c {
         1 => ColorMode::Gray,
         3 => ColorMode::Rgb,
-        _ => bail!(
-            "{origin}: input `{}` has {c} channels; vigil feeds 1 (gray) or 3 (RGB)",
-            input.name
-        ),
+        _ => bail!("{origin}: input `{}` has {c} channels; vigil feeds 1 (gray) or 3 (RGB)", input.name),
     };
     let name = match &req.name {
         Some(n) => n.clone(),
@@ -98,24 +94,13 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
     let (model, outputs, description) = match &req.outputs {
         ForeignOutputs::Reconstruction(recon) => {
             score.source = ScoreSource::Reconstruction;
-            let wrapped = wrap::wrap_reconstruction(model, recon, &score, h, w)
-                .with_context(|| origin.to_string())?;
-            let outputs = OutputSpec {
-                score: SCORE_OUTPUT.into(),
-                anomaly_map: Some(MAP_OUTPUT.into()),
-            };
-            (
-                wrapped,
-                outputs,
-                format!("{origin}: reconstruction `{recon}` with vigil's score head"),
-            )
+            let wrapped = wrap::wrap_reconstruction(model, recon, &score, h, w).with_context(|| origin.to_string())?;
+            let outputs = OutputSpec { score: SCORE_OUTPUT.into(), anomaly_map: Some(MAP_OUTPUT.into()) };
+            (wrapped, outputs, format!("{origin}: reconstruction `{recon}` with vigil's score head"))
         }
         ForeignOutputs::Score { score: s, map } => {
             wrap::check_external(&model, s, map.as_deref()).with_context(|| origin.to_string())?;
-            let outputs = OutputSpec {
-                score: s.clone(),
-                anomaly_map: map.clone(),
-            };
+            let outputs = OutputSpec { score: s.clone(), anomaly_map: map.clone() };
             (model, outputs, format!("{origin}: scores by itself"))
         }
     };
@@ -161,17 +146,7 @@ fn file_stem(p: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
         .collect();
-    if stem.is_empty() {
-        "external".into()
-    } else {
-        stem
-    }
+    if stem.is_empty() { "external".into() } else { stem }
 }

@@ -27,10 +27,7 @@ pub struct ModelIo {
 pub fn declared_dims(v: &pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
     use pb::tensor_shape_proto::dimension::Value;
     match &v.r#type {
-        Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(t)),
-            ..
-        }) => t.shape.as_ref().map(|s| {
+        Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(t)), .. }) => t.shape.as_ref().map(|s| {
             s.dim
                 .iter()
                 .map(|d| match d.value {
@@ -48,10 +45,7 @@ pub fn format_dims(dims: &Option<Vec<Option<i64>>>) -> String {
     match dims {
         None => "[?]".into(),
         Some(d) => {
-            let parts: Vec<String> = d
-                .iter()
-                .map(|x| x.map_or("N".into(), |n| n.to_string()))
-                .collect();
+            let parts: Vec<String> = d.iter().map(|x| x.map_or("N".into(), |n| n.to_string())).collect();
             format!("[{}]", parts.join(", "))
         }
     }
@@ -71,17 +65,9 @@ pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
         reason: "the file holds no graph".into(),
     })?;
     let m = &bundle.manifest;
-    let inits: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .collect();
-    let input_err = |problem: String| EngineError::Input {
-        path: path.clone(),
-        problem,
-    };
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
+    let input_err = |problem: String| EngineError::Input { path: path.clone(), problem };
     let Some(input) = inputs.iter().find(|i| i.name == m.input.name) else {
         let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
         return Err(input_err(format!(
@@ -97,17 +83,10 @@ pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
         )));
     }
     let dims = declared_dims(input);
-    let want = [
-        m.input.channels as i64,
-        m.input.height as i64,
-        m.input.width as i64,
-    ];
+    let want = [m.input.channels as i64, m.input.height as i64, m.input.width as i64];
     let (batch_is_free, max_batch) = match &dims {
         Some(d) if d.len() == 4 => {
-            for (axis, (got, want)) in ["channels", "height", "width"]
-                .iter()
-                .zip(d[1..].iter().zip(want))
-            {
+            for (axis, (got, want)) in ["channels", "height", "width"].iter().zip(d[1..].iter().zip(want)) {
                 if let Some(got) = got
                     && *got != want
                 {
@@ -139,9 +118,7 @@ pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
     let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let out_err = |key: &str, name: &str| EngineError::Output {
         path: path.clone(),
-        problem: format!(
-            "the manifest's outputs.{key} is `{name}` but the model's outputs are {outputs:?}"
-        ),
+        problem: format!("the manifest's outputs.{key} is `{name}` but the model's outputs are {outputs:?}"),
     };
     if !outputs.contains(&m.outputs.score.as_str()) {
         return Err(out_err("score", &m.outputs.score));

@@ -49,9 +49,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// The intra-op thread count actually used.
     pub fn effective_threads(&self) -> usize {
-        self.threads
-            .filter(|&t| t > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        self.threads.filter(|&t| t > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 }
 
@@ -68,9 +66,7 @@ pub struct Scored {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The engine could not parse or prepare the model.
-    #[error(
-        "model {path}: {engine} cannot load it: {reason}; re-export the model, or check that the file is complete"
-    )]
+    #[error("model {path}: {engine} cannot load it: {reason}; re-export the model, or check that the file is complete")]
     Load {
         /// Engine name.
         engine: &'static str,
@@ -80,9 +76,7 @@ pub enum EngineError {
         reason: String,
     },
     /// The model's input does not fit the manifest.
-    #[error(
-        "model {path}: {problem}; make the manifest's `input` match the model (vigil inspect shows both)"
-    )]
+    #[error("model {path}: {problem}; make the manifest's `input` match the model (vigil inspect shows both)")]
     Input {
         /// Model file.
         path: PathBuf,
@@ -90,9 +84,7 @@ pub enum EngineError {
         problem: String,
     },
     /// An output named by the manifest is missing or misshapen.
-    #[error(
-        "model {path}: {problem}; make the manifest's `outputs` match the model (vigil inspect shows both)"
-    )]
+    #[error("model {path}: {problem}; make the manifest's `outputs` match the model (vigil inspect shows both)")]
     Output {
         /// Model file.
         path: PathBuf,
@@ -118,9 +110,7 @@ pub enum EngineError {
         reason: String,
     },
     /// A batch does not have the model's input shape.
-    #[error(
-        "batch of shape {got:?} does not fit the model input [N, {c}, {h}, {w}] with N at most {max_batch}"
-    )]
+    #[error("batch of shape {got:?} does not fit the model input [N, {c}, {h}, {w}] with N at most {max_batch}")]
     BatchShape {
         /// The shape given.
         got: [usize; 4],
@@ -162,10 +152,7 @@ pub struct LoadedEngine {
 
 impl std::fmt::Debug for LoadedEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedEngine")
-            .field("engine", &self.engine.name())
-            .field("io", &self.io)
-            .finish()
+        f.debug_struct("LoadedEngine").field("engine", &self.engine.name()).field("io", &self.io).finish()
     }
 }
 
@@ -186,23 +173,13 @@ impl LoadedEngine {
         let got = [s[0], s[1], s[2], s[3]];
         let [c, h, w] = self.chw;
         if got[0] == 0 || got[0] > self.io.max_batch || got[1..] != [c, h, w] {
-            return Err(EngineError::BatchShape {
-                got,
-                c,
-                h,
-                w,
-                max_batch: self.io.max_batch,
-            });
+            return Err(EngineError::BatchShape { got, c, h, w, max_batch: self.io.max_batch });
         }
         let out = self.engine.run(batch)?;
         if out.scores.len() != got[0] {
             return Err(EngineError::Run {
                 engine: self.engine.name(),
-                reason: format!(
-                    "the score output holds {} values for {} images",
-                    out.scores.len(),
-                    got[0]
-                ),
+                reason: format!("the score output holds {} values for {} images", out.scores.len(), got[0]),
             });
         }
         Ok(out)
@@ -225,11 +202,7 @@ pub fn load(bundle: &Bundle, config: &EngineConfig) -> Result<LoadedEngine, Engi
         },
     };
     let m = &bundle.manifest.input;
-    let loaded = LoadedEngine {
-        engine,
-        io,
-        chw: [m.channels, m.height, m.width],
-    };
+    let loaded = LoadedEngine { engine, io, chw: [m.channels, m.height, m.width] };
     smoke_test(bundle, &loaded)?;
     Ok(loaded)
 }
@@ -251,10 +224,7 @@ fn smoke_test(bundle: &Bundle, engine: &LoadedEngine) -> Result<(), EngineError>
     {
         return Err(EngineError::Output {
             path: bundle.model_path.clone(),
-            problem: format!(
-                "anomaly map has shape {:?}, expected [1, 1, {h}, {w}]",
-                maps.shape()
-            ),
+            problem: format!("anomaly map has shape {:?}, expected [1, 1, {h}, {w}]", maps.shape()),
         });
     }
     Ok(())

@@ -61,10 +61,7 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
             let version: Option<Vec<u32>> = if rest.is_empty() {
                 Some(vec![u32::MAX])
             } else {
-                rest.strip_prefix('.')?
-                    .split('.')
-                    .map(|p| p.parse().ok())
-                    .collect()
+                rest.strip_prefix('.')?.split('.').map(|p| p.parse().ok()).collect()
             };
             Some((version?, e.path()))
         })
@@ -76,13 +73,9 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 /// Finds the library: the configured path, else `ORT_DYLIB_PATH`, else the usual places.
 /// Returns every place looked at when nothing is found.
 pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, EngineError> {
-    let explicit = configured
-        .map(|p| (p.to_path_buf(), "engine.ort_library"))
-        .or_else(|| {
-            std::env::var_os("ORT_DYLIB_PATH")
-                .filter(|v| !v.is_empty())
-                .map(|v| (PathBuf::from(v), "ORT_DYLIB_PATH"))
-        });
+    let explicit = configured.map(|p| (p.to_path_buf(), "engine.ort_library")).or_else(|| {
+        std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(|v| (PathBuf::from(v), "ORT_DYLIB_PATH"))
+    });
     if let Some((path, origin)) = explicit {
         if path.is_file() {
             return Ok(path);
@@ -103,9 +96,7 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, EngineError> {
         }
     }
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    Err(EngineError::OrtNotFound {
-        searched: format!("ORT_DYLIB_PATH (unset), {}", searched.join(", ")),
-    })
+    Err(EngineError::OrtNotFound { searched: format!("ORT_DYLIB_PATH (unset), {}", searched.join(", ")) })
 }
 
 /// The process-wide environment for `library`, loading the library on first use.
@@ -121,10 +112,7 @@ pub fn environment(library: &Path) -> Result<Environment, EngineError> {
         }
         return Ok(env.clone());
     }
-    let unusable = |reason: String| EngineError::OrtUnusable {
-        path: library.to_path_buf(),
-        reason,
-    };
+    let unusable = |reason: String| EngineError::OrtUnusable { path: library.to_path_buf(), reason };
     let env = ort::init_from(library)
         .map_err(|e| unusable(e.to_string()))?
         .with_name("vigil")
@@ -147,11 +135,8 @@ impl OrtEngine {
     pub fn load(bundle: &Bundle, io: &ModelIo, config: &EngineConfig) -> Result<Self, EngineError> {
         let library = find_library(config.ort_library.as_deref())?;
         let env = environment(&library)?;
-        let load_err = |e: ort::Error| EngineError::Load {
-            engine: "ort",
-            path: bundle.model_path.clone(),
-            reason: e.to_string(),
-        };
+        let load_err =
+            |e: ort::Error| EngineError::Load { engine: "ort", path: bundle.model_path.clone(), reason: e.to_string() };
         let threads = config.effective_threads();
         let session = Session::builder(&env)
             .map_err(load_err)?
@@ -163,11 +148,7 @@ impl OrtEngine {
             .map_err(|e| load_err(e.into()))?
             .commit_from_memory(&bundle.model_bytes)
             .map_err(load_err)?;
-        Ok(OrtEngine {
-            session: Mutex::new(session),
-            score: io.score.clone(),
-            map: io.map.clone(),
-        })
+        Ok(OrtEngine { session: Mutex::new(session), score: io.score.clone(), map: io.map.clone() })
     }
 }
 
@@ -177,30 +158,21 @@ impl Engine for OrtEngine {
     }
 
     fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
-        let run_err = |e: ort::Error| EngineError::Run {
-            engine: "ort",
-            reason: e.to_string(),
-        };
+        let run_err = |e: ort::Error| EngineError::Run { engine: "ort", reason: e.to_string() };
         let contiguous = batch.as_standard_layout();
         let input = TensorRef::from_array_view(contiguous.view()).map_err(run_err)?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(ort::inputs![input]).map_err(run_err)?;
-        let (_, scores) = outputs[self.score.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(run_err)?;
+        let (_, scores) = outputs[self.score.as_str()].try_extract_tensor::<f32>().map_err(run_err)?;
         let scores = scores.to_vec();
         let maps = match &self.map {
             Some(name) => {
-                let (shape, data) = outputs[name.as_str()]
-                    .try_extract_tensor::<f32>()
-                    .map_err(run_err)?;
+                let (shape, data) = outputs[name.as_str()].try_extract_tensor::<f32>().map_err(run_err)?;
                 let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-                Some(
-                    map_to_nchw(&dims, data.to_vec()).ok_or_else(|| EngineError::Run {
-                        engine: "ort",
-                        reason: format!("anomaly map has shape {dims:?}, expected [N, 1, H, W]"),
-                    })?,
-                )
+                Some(map_to_nchw(&dims, data.to_vec()).ok_or_else(|| EngineError::Run {
+                    engine: "ort",
+                    reason: format!("anomaly map has shape {dims:?}, expected [N, 1, H, W]"),
+                })?)
             }
             None => None,
         };

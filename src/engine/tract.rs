@@ -31,33 +31,16 @@ impl TractEngine {
         let onnx = tract_onnx::onnx();
         let mut model = onnx.model_for_proto_model(&proto).map_err(load_err)?;
         let m = &bundle.manifest.input;
-        let batch: TDim = if io.batch_is_free {
-            model.sym("N").into()
-        } else {
-            (io.max_batch as i64).into()
-        };
+        let batch: TDim = if io.batch_is_free { model.sym("N").into() } else { (io.max_batch as i64).into() };
         let input_fact = f32::fact(&[batch, m.channels.into(), m.height.into(), m.width.into()]);
-        model
-            .set_input_fact(0, input_fact.into())
-            .map_err(load_err)?;
+        model.set_input_fact(0, input_fact.into()).map_err(load_err)?;
         let mut outputs = vec![io.score.as_str()];
         outputs.extend(io.map.as_deref());
         model.select_outputs_by_name(&outputs).map_err(load_err)?;
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(load_err)?;
+        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(load_err)?;
         let threads = config.effective_threads();
-        let executor = if threads > 1 {
-            Executor::multithread(threads)
-        } else {
-            Executor::SingleThread
-        };
-        Ok(TractEngine {
-            plan,
-            executor,
-            has_map: io.map.is_some(),
-        })
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        Ok(TractEngine { plan, executor, has_map: io.map.is_some() })
     }
 }
 
@@ -67,31 +50,18 @@ impl Engine for TractEngine {
     }
 
     fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
-        let run_err = |e: anyhow::Error| EngineError::Run {
-            engine: "tract",
-            reason: format!("{e:#}"),
-        };
+        let run_err = |e: anyhow::Error| EngineError::Run { engine: "tract", reason: format!("{e:#}") };
         let input: Tensor = batch.to_owned().into_tensor();
         let outputs =
-            multithread_tract_scope(self.executor.clone(), || self.plan.run(tvec!(input.into())))
-                .map_err(run_err)?;
-        let scores = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(run_err)?
-            .iter()
-            .copied()
-            .collect();
+            multithread_tract_scope(self.executor.clone(), || self.plan.run(tvec!(input.into()))).map_err(run_err)?;
+        let scores = outputs[0].to_plain_array_view::<f32>().map_err(run_err)?.iter().copied().collect();
         let maps = if self.has_map {
             let view = outputs[1].to_plain_array_view::<f32>().map_err(run_err)?;
             let shape = view.shape().to_vec();
-            Some(
-                map_to_nchw(&shape, view.iter().copied().collect()).ok_or_else(|| {
-                    EngineError::Run {
-                        engine: "tract",
-                        reason: format!("anomaly map has shape {shape:?}, expected [N, 1, H, W]"),
-                    }
-                })?,
-            )
+            Some(map_to_nchw(&shape, view.iter().copied().collect()).ok_or_else(|| EngineError::Run {
+                engine: "tract",
+                reason: format!("anomaly map has shape {shape:?}, expected [N, 1, H, W]"),
+            })?)
         } else {
             None
         };

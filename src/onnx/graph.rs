@@ -29,11 +29,7 @@ impl Tensor {
     /// # Panics
     /// When `data.len()` does not match `shape`: that is a bug in the caller, not bad input.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "tensor data does not match its shape {shape:?}"
-        );
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not match its shape {shape:?}");
         Tensor { shape, data }
     }
 
@@ -179,10 +175,7 @@ impl GraphBuilder {
     /// An empty graph written for `opset` (use [`OPSET`] for new models).
     pub fn new(name: &str, opset: i64) -> Self {
         GraphBuilder {
-            graph: pb::GraphProto {
-                name: name.into(),
-                ..Default::default()
-            },
+            graph: pb::GraphProto { name: name.into(), ..Default::default() },
             opset,
             next_id: 0,
             prefix: String::new(),
@@ -192,12 +185,7 @@ impl GraphBuilder {
     /// Extends an existing graph (a foreign model's), prefixing every new name with
     /// `prefix` so nothing collides with the names already there.
     pub fn extend(graph: pb::GraphProto, opset: i64, prefix: &str) -> Self {
-        GraphBuilder {
-            graph,
-            opset,
-            next_id: 0,
-            prefix: prefix.into(),
-        }
+        GraphBuilder { graph, opset, next_id: 0, prefix: prefix.into() }
     }
 
     /// The opset the graph is written for.
@@ -238,13 +226,7 @@ impl GraphBuilder {
         name
     }
 
-    fn node(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        output: &str,
-        attribute: Vec<pb::AttributeProto>,
-    ) {
+    fn node(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>) {
         let name = format!("node_{output}");
         self.graph.node.push(pb::NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -274,13 +256,7 @@ impl GraphBuilder {
     }
 
     /// `Conv`: weight `[out, in, kh, kw]`, optional bias `[out]`.
-    pub fn conv(
-        &mut self,
-        x: &str,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        p: ConvParams,
-    ) -> String {
+    pub fn conv(&mut self, x: &str, weight: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> String {
         let w = self.constant("conv_w", weight);
         let mut inputs = vec![x.to_string(), w];
         if let Some(b) = bias {
@@ -291,13 +267,7 @@ impl GraphBuilder {
     }
 
     /// `ConvTranspose`: weight `[in, out, kh, kw]`, optional bias `[out]`.
-    pub fn conv_transpose(
-        &mut self,
-        x: &str,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        p: ConvParams,
-    ) -> String {
+    pub fn conv_transpose(&mut self, x: &str, weight: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> String {
         let w = self.constant("convt_w", weight);
         let mut inputs = vec![x.to_string(), w];
         if let Some(b) = bias {
@@ -322,11 +292,7 @@ impl GraphBuilder {
         let b = self.constant("bn_bias", beta);
         let m = self.constant("bn_mean", mean);
         let v = self.constant("bn_var", var);
-        self.op(
-            "BatchNormalization",
-            &[x, &g, &b, &m, &v],
-            vec![attr_float("epsilon", eps)],
-        )
+        self.op("BatchNormalization", &[x, &g, &b, &m, &v], vec![attr_float("epsilon", eps)])
     }
 
     /// `Relu`.
@@ -444,11 +410,7 @@ impl GraphBuilder {
             output: vec![values.clone(), indices],
             name,
             op_type: "TopK".into(),
-            attribute: vec![
-                attr_int("axis", axis),
-                attr_int("largest", 1),
-                attr_int("sorted", 1),
-            ],
+            attribute: vec![attr_int("axis", axis), attr_int("largest", 1), attr_int("sorted", 1)],
             ..Default::default()
         });
         values
@@ -496,10 +458,7 @@ impl GraphBuilder {
     pub fn finish(self) -> pb::ModelProto {
         pb::ModelProto {
             ir_version: IR_VERSION.max(if self.opset >= 18 { 9 } else { 8 }),
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: self.opset,
-            }],
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: self.opset }],
             producer_name: "vigil".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.graph),
@@ -539,9 +498,5 @@ pub fn decode(bytes: &[u8]) -> Result<pb::ModelProto, prost::DecodeError> {
 
 /// The default-domain opset a model imports, if any.
 pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
-    model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
+    model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
 }

@@ -57,15 +57,8 @@ pub const SCORE_OUTPUT: &str = "score";
 /// The graph name of the anomaly map output.
 pub const MAP_OUTPUT: &str = "anomaly_map";
 
-fn fold(
-    net: &Sequential,
-    name: &'static str,
-    input: [usize; 3],
-) -> Result<(Sequential, [usize; 3]), ExportError> {
-    let err = |source| ExportError::Net {
-        network: name,
-        source,
-    };
+fn fold(net: &Sequential, name: &'static str, input: [usize; 3]) -> Result<(Sequential, [usize; 3]), ExportError> {
+    let err = |source| ExportError::Net { network: name, source };
     let folded = net.fold_batch_norm().map_err(err)?;
     let out = folded.output_shape(input).map_err(err)?;
     Ok((folded, out))
@@ -75,9 +68,7 @@ fn expect_shape(name: &str, got: [usize; 3], want: [usize; 3]) -> Result<(), Exp
     if got == want {
         Ok(())
     } else {
-        Err(ExportError::Mismatch(format!(
-            "{name} produces {got:?} but the score head needs {want:?}"
-        )))
+        Err(ExportError::Mismatch(format!("{name} produces {got:?} but the score head needs {want:?}")))
     }
 }
 
@@ -117,19 +108,12 @@ pub fn reduce_map(g: &mut GraphBuilder, map: &str, reduction: Reduction) -> Stri
 
 /// Writes the complete scoring graph of a vigil-trained model: input `[N, C, H, W]` named
 /// as the manifest says, outputs `score [N]` and, for reconstruction models, `anomaly_map`.
-pub fn build_scoring_model(
-    net: &ScoreNet,
-    input: &InputSpec,
-    spec: &ScoreSpec,
-) -> Result<pb::ModelProto, ExportError> {
+pub fn build_scoring_model(net: &ScoreNet, input: &InputSpec, spec: &ScoreSpec) -> Result<pb::ModelProto, ExportError> {
     let (c, h, w) = (input.channels, input.height, input.width);
     let image = [c, h, w];
     let mut g = GraphBuilder::new("vigil", OPSET);
     let n = Dim::Symbol("N".into());
-    let x = g.input(
-        &input.name,
-        &[n.clone(), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)],
-    );
+    let x = g.input(&input.name, &[n.clone(), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)]);
     let map_dims = [n.clone(), Dim::Fixed(1), Dim::Fixed(h), Dim::Fixed(w)];
 
     let check_source = |want: ScoreSource| {
@@ -163,12 +147,7 @@ pub fn build_scoring_model(
             let score = g.neg(&flat);
             g.output(&score, SCORE_OUTPUT, &[n]);
         }
-        ScoreNet::EncoderFeatures {
-            encoder,
-            generator,
-            critic,
-            feature_layers,
-        } => {
+        ScoreNet::EncoderFeatures { encoder, generator, critic, feature_layers } => {
             check_source(ScoreSource::EncoderFeatures)?;
             let (enc, z) = fold(encoder, "encoder", image)?;
             let (gen_net, r) = fold(generator, "generator", z)?;
@@ -176,9 +155,7 @@ pub fn build_scoring_model(
             fold(critic, "critic", image)?;
             // Folding removes batch-norm layers, so count the features by what they were
             // computed from: the first `feature_layers` layers of the unfolded critic.
-            let unfolded_prefix = Sequential::new(
-                critic.layers[..(*feature_layers).min(critic.layers.len())].to_vec(),
-            );
+            let unfolded_prefix = Sequential::new(critic.layers[..(*feature_layers).min(critic.layers.len())].to_vec());
             let prefix = fold(&unfolded_prefix, "critic features", image)?.0;
             let latent = enc.emit(&mut g, &x);
             let recon = gen_net.emit(&mut g, &latent);

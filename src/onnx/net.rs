@@ -84,12 +84,7 @@ pub enum NetError {
 }
 
 fn fold_scale(bn: &BatchNorm) -> Vec<f32> {
-    bn.gamma
-        .data
-        .iter()
-        .zip(&bn.var.data)
-        .map(|(g, v)| g / (v + bn.eps).sqrt())
-        .collect()
+    bn.gamma.data.iter().zip(&bn.var.data).map(|(g, v)| g / (v + bn.eps).sqrt()).collect()
 }
 
 impl Sequential {
@@ -112,10 +107,7 @@ impl Sequential {
                 if t.len() != channels {
                     return Err(NetError::Shape {
                         layer: i,
-                        problem: format!(
-                            "batch norm {name} has {} values, gamma {channels}",
-                            t.len()
-                        ),
+                        problem: format!("batch norm {name} has {} values, gamma {channels}", t.len()),
                     });
                 }
             }
@@ -124,9 +116,7 @@ impl Sequential {
                 Some(Layer::Conv { weight, bias, .. }) if weight.shape[0] == channels => {
                     let per = weight.len() / channels;
                     for (o, s) in scale.iter().enumerate() {
-                        weight.data[o * per..(o + 1) * per]
-                            .iter_mut()
-                            .for_each(|w| *w *= s);
+                        weight.data[o * per..(o + 1) * per].iter_mut().for_each(|w| *w *= s);
                     }
                     *bias = Some(folded_bias(bias.as_ref(), bn, &scale));
                     true
@@ -136,9 +126,7 @@ impl Sequential {
                     for i in 0..cin {
                         for (o, s) in scale.iter().enumerate() {
                             let start = (i * channels + o) * k;
-                            weight.data[start..start + k]
-                                .iter_mut()
-                                .for_each(|w| *w *= s);
+                            weight.data[start..start + k].iter_mut().for_each(|w| *w *= s);
                         }
                     }
                     *bias = Some(folded_bias(bias.as_ref(), bn, &scale));
@@ -164,19 +152,9 @@ impl Sequential {
         let mut v = x.to_string();
         for layer in &self.layers[..n.min(self.layers.len())] {
             v = match layer {
-                Layer::Conv {
-                    weight,
-                    bias,
-                    params,
-                } => g.conv(&v, weight, bias.as_ref(), *params),
-                Layer::ConvTranspose {
-                    weight,
-                    bias,
-                    params,
-                } => g.conv_transpose(&v, weight, bias.as_ref(), *params),
-                Layer::BatchNorm(bn) => {
-                    g.batch_norm(&v, &bn.gamma, &bn.beta, &bn.mean, &bn.var, bn.eps)
-                }
+                Layer::Conv { weight, bias, params } => g.conv(&v, weight, bias.as_ref(), *params),
+                Layer::ConvTranspose { weight, bias, params } => g.conv_transpose(&v, weight, bias.as_ref(), *params),
+                Layer::BatchNorm(bn) => g.batch_norm(&v, &bn.gamma, &bn.beta, &bn.mean, &bn.var, bn.eps),
                 Layer::Relu => g.relu(&v),
                 Layer::LeakyRelu(a) => g.leaky_relu(&v, *a),
                 Layer::Sigmoid => g.sigmoid(&v),
@@ -195,38 +173,24 @@ impl Sequential {
         for (i, layer) in self.layers.iter().enumerate() {
             let shape_err = |problem: String| NetError::Shape { layer: i, problem };
             s = match layer {
-                Layer::Conv { weight, params, .. }
-                | Layer::ConvTranspose { weight, params, .. } => {
+                Layer::Conv { weight, params, .. } | Layer::ConvTranspose { weight, params, .. } => {
                     let transpose = matches!(layer, Layer::ConvTranspose { .. });
                     if weight.shape.len() != 4 {
-                        return Err(shape_err(format!(
-                            "kernel shape {:?} is not 4-D",
-                            weight.shape
-                        )));
+                        return Err(shape_err(format!("kernel shape {:?} is not 4-D", weight.shape)));
                     }
-                    let (cin, cout) = if transpose {
-                        (weight.shape[0], weight.shape[1])
-                    } else {
-                        (weight.shape[1], weight.shape[0])
-                    };
+                    let (cin, cout) =
+                        if transpose { (weight.shape[0], weight.shape[1]) } else { (weight.shape[1], weight.shape[0]) };
                     if cin != s[0] {
-                        return Err(shape_err(format!(
-                            "expects {cin} input channels, gets {}",
-                            s[0]
-                        )));
+                        return Err(shape_err(format!("expects {cin} input channels, gets {}", s[0])));
                     }
-                    let (kh, kw, st, p) =
-                        (weight.shape[2], weight.shape[3], params.stride, params.pad);
+                    let (kh, kw, st, p) = (weight.shape[2], weight.shape[3], params.stride, params.pad);
                     let dim = |n: usize, k: usize| -> Result<usize, NetError> {
                         if transpose {
                             Ok(((n - 1) * st + k).saturating_sub(2 * p))
                         } else if n + 2 * p < k {
                             Err(NetError::Shape {
                                 layer: i,
-                                problem: format!(
-                                    "kernel {k} is larger than the padded input {}",
-                                    n + 2 * p
-                                ),
+                                problem: format!("kernel {k} is larger than the padded input {}", n + 2 * p),
                             })
                         } else {
                             Ok((n + 2 * p - k) / st + 1)
@@ -236,11 +200,7 @@ impl Sequential {
                 }
                 Layer::BatchNorm(bn) => {
                     if bn.gamma.len() != s[0] {
-                        return Err(shape_err(format!(
-                            "batch norm over {} channels, gets {}",
-                            bn.gamma.len(),
-                            s[0]
-                        )));
+                        return Err(shape_err(format!("batch norm over {} channels, gets {}", bn.gamma.len(), s[0])));
                     }
                     s
                 }
@@ -263,17 +223,11 @@ impl Sequential {
 
     /// Keeps only output channels `range` of the last convolution (the VAE's `mu` half of
     /// its `[mu, logvar]` encoder output, which is all that scoring needs).
-    pub fn keep_last_conv_channels(
-        &self,
-        range: std::ops::Range<usize>,
-    ) -> Result<Sequential, NetError> {
+    pub fn keep_last_conv_channels(&self, range: std::ops::Range<usize>) -> Result<Sequential, NetError> {
         let mut net = self.clone();
         let last = net.layers.len().saturating_sub(1);
         let Some(Layer::Conv { weight, bias, .. }) = net.layers.last_mut() else {
-            return Err(NetError::Shape {
-                layer: last,
-                problem: "the last layer is not a convolution".into(),
-            });
+            return Err(NetError::Shape { layer: last, problem: "the last layer is not a convolution".into() });
         };
         if range.end > weight.shape[0] || range.is_empty() {
             return Err(NetError::Shape {
@@ -284,10 +238,7 @@ impl Sequential {
         let per = weight.len() / weight.shape[0];
         let mut shape = weight.shape.clone();
         shape[0] = range.len();
-        *weight = Tensor::new(
-            shape,
-            weight.data[range.start * per..range.end * per].to_vec(),
-        );
+        *weight = Tensor::new(shape, weight.data[range.start * per..range.end * per].to_vec());
         if let Some(b) = bias {
             *b = Tensor::new(vec![range.len()], b.data[range].to_vec());
         }

@@ -23,12 +23,7 @@ pub struct ArchSpec {
 
 impl Default for ArchSpec {
     fn default() -> Self {
-        ArchSpec {
-            channels: 3,
-            size: 128,
-            latent: 128,
-            width: 32,
-        }
+        ArchSpec { channels: 3, size: 128, latent: 128, width: 32 }
     }
 }
 
@@ -91,14 +86,7 @@ impl WeightRng {
     }
 }
 
-fn conv(
-    rng: &mut WeightRng,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-) -> Layer {
+fn conv(rng: &mut WeightRng, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Layer {
     let bound = 1.0 / ((cin * k * k) as f32).sqrt();
     Layer::Conv {
         weight: rng.tensor(vec![cout, cin, k, k], -bound, bound),
@@ -107,14 +95,7 @@ fn conv(
     }
 }
 
-fn conv_t(
-    rng: &mut WeightRng,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-) -> Layer {
+fn conv_t(rng: &mut WeightRng, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Layer {
     // Fan-in of a transposed convolution output pixel is cin * (k / stride)².
     let fan_in = cin * (k / stride).max(1).pow(2);
     let bound = 1.0 / (fan_in as f32).sqrt();
@@ -154,11 +135,7 @@ pub fn encoder(spec: &ArchSpec, out: usize, bn: bool, rng: &mut WeightRng) -> Se
 /// Decoder / generator `G`: `latent x 1 x 1 -> C x S x S`, sigmoid output.
 pub fn decoder(spec: &ArchSpec, rng: &mut WeightRng) -> Sequential {
     let w = spec.width;
-    let mut layers = vec![
-        conv_t(rng, spec.latent, 8 * w, spec.bottom(), 1, 0),
-        batch_norm(rng, 8 * w),
-        Layer::Relu,
-    ];
+    let mut layers = vec![conv_t(rng, spec.latent, 8 * w, spec.bottom(), 1, 0), batch_norm(rng, 8 * w), Layer::Relu];
     for (cin, cout) in [(8 * w, 4 * w), (4 * w, 2 * w), (2 * w, w)] {
         layers.push(conv_t(rng, cin, cout, 4, 2, 1));
         layers.push(batch_norm(rng, cout));

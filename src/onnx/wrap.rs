@@ -23,9 +23,7 @@ pub enum WrapError {
     #[error("the model has no graph")]
     NoGraph,
     /// The graph's inputs are not one image tensor.
-    #[error(
-        "expected one image input, the model has {0:?}; export it with a single [N, C, H, W] input"
-    )]
+    #[error("expected one image input, the model has {0:?}; export it with a single [N, C, H, W] input")]
     Inputs(Vec<String>),
     /// The named output does not exist.
     #[error("the model has no output `{wanted}` (it has {available:?}); pass one of those")]
@@ -45,36 +43,22 @@ pub enum WrapError {
 /// The image input of a foreign model: its graph inputs that are not initializers.
 pub fn foreign_input(model: &pb::ModelProto) -> Result<ForeignInput, WrapError> {
     let graph = model.graph.as_ref().ok_or(WrapError::NoGraph)?;
-    let inits: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .collect();
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
     let [input] = inputs.as_slice() else {
-        return Err(WrapError::Inputs(
-            inputs.iter().map(|i| i.name.clone()).collect(),
-        ));
+        return Err(WrapError::Inputs(inputs.iter().map(|i| i.name.clone()).collect()));
     };
     let dims = fixed_dims(input);
     let chw = match dims.as_slice() {
         [_, Some(c), Some(h), Some(w)] => Some([*c, *h, *w]),
         _ => None,
     };
-    Ok(ForeignInput {
-        name: input.name.clone(),
-        chw,
-    })
+    Ok(ForeignInput { name: input.name.clone(), chw })
 }
 
 fn fixed_dims(v: &pb::ValueInfoProto) -> Vec<Option<usize>> {
     use pb::tensor_shape_proto::dimension::Value;
-    let Some(pb::TypeProto {
-        value: Some(pb::type_proto::Value::TensorType(t)),
-        ..
-    }) = &v.r#type
-    else {
+    let Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(t)), .. }) = &v.r#type else {
         return vec![];
     };
     t.shape
@@ -113,26 +97,13 @@ pub fn wrap_reconstruction(
     let mut graph = model.graph.take().ok_or(WrapError::NoGraph)?;
     let available = output_names(&graph);
     if !available.iter().any(|o| o == reconstruction) {
-        return Err(WrapError::NoSuchOutput {
-            wanted: reconstruction.into(),
-            available,
-        });
+        return Err(WrapError::NoSuchOutput { wanted: reconstruction.into(), available });
     }
     graph.output.clear();
     let mut g = GraphBuilder::extend(graph, opset, "vigil_head/");
-    let (map, score) =
-        reconstruction_head(&mut g, &input.name, reconstruction, spec, height, width);
+    let (map, score) = reconstruction_head(&mut g, &input.name, reconstruction, spec, height, width);
     let n = Dim::Symbol("N".into());
-    g.output(
-        &map,
-        MAP_OUTPUT,
-        &[
-            n.clone(),
-            Dim::Fixed(1),
-            Dim::Fixed(height),
-            Dim::Fixed(width),
-        ],
-    );
+    g.output(&map, MAP_OUTPUT, &[n.clone(), Dim::Fixed(1), Dim::Fixed(height), Dim::Fixed(width)]);
     g.output(&score, SCORE_OUTPUT, &[n]);
     model.graph = Some(g.into_graph());
     Ok(model)
@@ -140,20 +111,13 @@ pub fn wrap_reconstruction(
 
 /// Checks that a model which scores by itself (an anomalib export, say) has the outputs a
 /// hand-written manifest names.
-pub fn check_external(
-    model: &pb::ModelProto,
-    score: &str,
-    map: Option<&str>,
-) -> Result<(), WrapError> {
+pub fn check_external(model: &pb::ModelProto, score: &str, map: Option<&str>) -> Result<(), WrapError> {
     let graph = model.graph.as_ref().ok_or(WrapError::NoGraph)?;
     foreign_input(model)?;
     let available = output_names(graph);
     for wanted in std::iter::once(score).chain(map) {
         if !available.iter().any(|o| o == wanted) {
-            return Err(WrapError::NoSuchOutput {
-                wanted: wanted.into(),
-                available,
-            });
+            return Err(WrapError::NoSuchOutput { wanted: wanted.into(), available });
         }
     }
     Ok(())

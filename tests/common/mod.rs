@@ -10,8 +10,8 @@ use std::process::Command;
 use ndarray::{ArrayD, IxDyn};
 use vigil::bundle::Bundle;
 use vigil::bundle::manifest::{
-    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, SCHEMA_VERSION,
-    ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
+    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, SCHEMA_VERSION, ScoreSource, ScoreSpec,
+    Threshold, ThresholdMethod,
 };
 use vigil::engine::{EngineChoice, EngineConfig};
 use vigil::onnx::graph;
@@ -24,28 +24,19 @@ pub fn python() -> PathBuf {
     let p = std::env::var_os("VIGIL_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "the Python test environment is missing ({}): run scripts/test, which sets it up",
-        p.display()
-    );
+    assert!(p.exists(), "the Python test environment is missing ({}): run scripts/test, which sets it up", p.display());
     p
 }
 
 /// The ONNX Runtime library the tests use.
 pub fn ort_library() -> PathBuf {
-    vigil::engine::ort::find_library(None).unwrap_or_else(|e| {
-        panic!("{e}\nrun scripts/test, which installs the ONNX Runtime library into .venv")
-    })
+    vigil::engine::ort::find_library(None)
+        .unwrap_or_else(|e| panic!("{e}\nrun scripts/test, which installs the ONNX Runtime library into .venv"))
 }
 
 /// Engine settings for one engine, single-threaded so tests running side by side stay fast.
 pub fn engine_config(kind: EngineChoice) -> EngineConfig {
-    EngineConfig {
-        kind,
-        threads: Some(1),
-        ort_library: (kind == EngineChoice::Ort).then(ort_library),
-    }
+    EngineConfig { kind, threads: Some(1), ort_library: (kind == EngineChoice::Ort).then(ort_library) }
 }
 
 /// A random f32 array, uniform in [lo, hi).
@@ -56,40 +47,21 @@ pub fn random(shape: &[usize], lo: f32, hi: f32, seed: u64) -> ArrayD<f32> {
 }
 
 /// Runs a graph in tract on concrete inputs; outputs in graph order with their names.
-pub fn run_tract(
-    model: &pb::ModelProto,
-    inputs: &[(&str, ArrayD<f32>)],
-) -> Vec<(String, ArrayD<f32>)> {
+pub fn run_tract(model: &pb::ModelProto, inputs: &[(&str, ArrayD<f32>)]) -> Vec<(String, ArrayD<f32>)> {
     use tract_onnx::prelude::*;
-    let mut m = tract_onnx::onnx()
-        .model_for_proto_model(model)
-        .expect("tract parses the model");
+    let mut m = tract_onnx::onnx().model_for_proto_model(model).expect("tract parses the model");
     for (i, (_, a)) in inputs.iter().enumerate() {
         m.set_input_fact(i, f32::fact(a.shape()).into()).unwrap();
     }
-    let plan = m
-        .into_optimized()
-        .expect("tract optimises the model")
-        .into_runnable()
-        .unwrap();
-    let tensors: TVec<TValue> = inputs
-        .iter()
-        .map(|(_, a)| a.clone().into_tensor().into())
-        .collect();
+    let plan = m.into_optimized().expect("tract optimises the model").into_runnable().unwrap();
+    let tensors: TVec<TValue> = inputs.iter().map(|(_, a)| a.clone().into_tensor().into()).collect();
     let out = plan.run(tensors).expect("tract runs the model");
     let names = output_names(model);
-    names
-        .into_iter()
-        .zip(out.iter())
-        .map(|(n, t)| (n, t.to_plain_array_view::<f32>().unwrap().to_owned()))
-        .collect()
+    names.into_iter().zip(out.iter()).map(|(n, t)| (n, t.to_plain_array_view::<f32>().unwrap().to_owned())).collect()
 }
 
 /// Runs a graph in ONNX Runtime on concrete inputs.
-pub fn run_ort(
-    model: &pb::ModelProto,
-    inputs: &[(&str, ArrayD<f32>)],
-) -> Vec<(String, ArrayD<f32>)> {
+pub fn run_ort(model: &pb::ModelProto, inputs: &[(&str, ArrayD<f32>)]) -> Vec<(String, ArrayD<f32>)> {
     let env = vigil::engine::ort::environment(&ort_library()).expect("ONNX Runtime loads");
     let bytes = graph::encode(model);
     let mut session = ort::session::Session::builder(&env)
@@ -100,35 +72,20 @@ pub fn run_ort(
         .expect("ONNX Runtime loads the model");
     let values: Vec<(String, ort::session::SessionInputValue)> = inputs
         .iter()
-        .map(|(n, a)| {
-            (
-                n.to_string(),
-                ort::value::Tensor::from_array(a.clone()).unwrap().into(),
-            )
-        })
+        .map(|(n, a)| (n.to_string(), ort::value::Tensor::from_array(a.clone()).unwrap().into()))
         .collect();
     let outputs = session.run(values).expect("ONNX Runtime runs the model");
     output_names(model)
         .into_iter()
         .map(|n| {
-            let a = outputs[n.as_str()]
-                .try_extract_array::<f32>()
-                .unwrap()
-                .to_owned();
+            let a = outputs[n.as_str()].try_extract_array::<f32>().unwrap().to_owned();
             (n, a)
         })
         .collect()
 }
 
 pub fn output_names(model: &pb::ModelProto) -> Vec<String> {
-    model
-        .graph
-        .as_ref()
-        .unwrap()
-        .output
-        .iter()
-        .map(|o| o.name.clone())
-        .collect()
+    model.graph.as_ref().unwrap().output.iter().map(|o| o.name.clone()).collect()
 }
 
 fn json_array(a: &ArrayD<f32>) -> serde_json::Value {
@@ -138,10 +95,7 @@ fn json_array(a: &ArrayD<f32>) -> serde_json::Value {
 /// Largest absolute difference between two arrays of the same shape.
 pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.iter()
-        .zip(b.iter())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// One graph, run on tract and ONNX Runtime, written for the Python reference check.
@@ -166,71 +120,36 @@ pub fn check_against_reference(cases: &[Case], tol: f32) -> BTreeMap<String, f64
         let ort = run_ort(&case.model, &case.inputs);
         for ((name, t), (_, o)) in tract.iter().zip(&ort) {
             let d = max_abs_diff(t, o);
-            assert!(
-                d <= tol,
-                "{}: output {name}: tract and ONNX Runtime differ by {d}",
-                case.name
-            );
+            assert!(d <= tol, "{}: output {name}: tract and ONNX Runtime differ by {d}", case.name);
         }
         let outputs = |v: &[(String, ArrayD<f32>)]| -> serde_json::Value {
-            v.iter()
-                .map(|(n, a)| (n.clone(), json_array(a)))
-                .collect::<serde_json::Map<_, _>>()
-                .into()
+            v.iter().map(|(n, a)| (n.clone(), json_array(a))).collect::<serde_json::Map<_, _>>().into()
         };
         let json = serde_json::json!({
             "inputs": case.inputs.iter().map(|(n, a)| (n.to_string(), json_array(a))).collect::<serde_json::Map<_, _>>(),
             "outputs": { "tract": outputs(&tract), "ort": outputs(&ort) },
         });
-        std::fs::write(
-            dir.path().join(format!("{}.onnx", case.name)),
-            graph::encode(&case.model),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join(format!("{}.json", case.name)),
-            json.to_string(),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(format!("{}.onnx", case.name)), graph::encode(&case.model)).unwrap();
+        std::fs::write(dir.path().join(format!("{}.json", case.name)), json.to_string()).unwrap();
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/onnx_reference.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "the reference checker failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("the checker prints JSON");
+    let out = Command::new(python()).arg(&script).arg(dir.path()).output().expect("python runs");
+    assert!(out.status.success(), "the reference checker failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the checker prints JSON");
     let mut worst = BTreeMap::new();
     for case in cases {
         let r = &report["cases"][&case.name];
-        assert_eq!(
-            r["checker"], "ok",
-            "{}: onnx.checker rejects the model: {}",
-            case.name, r["checker"]
-        );
+        assert_eq!(r["checker"], "ok", "{}: onnx.checker rejects the model: {}", case.name, r["checker"]);
         assert!(
             r.get("reference_error").is_none(),
             "{}: reference evaluator failed: {}",
             case.name,
             r["reference_error"]
         );
-        assert!(
-            r.get("shape_errors").is_none(),
-            "{}: shapes differ: {}",
-            case.name,
-            r["shape_errors"]
-        );
+        assert!(r.get("shape_errors").is_none(), "{}: shapes differ: {}", case.name, r["shape_errors"]);
         let mut case_worst: f64 = 0.0;
         for engine in ["tract", "ort"] {
-            let d = r["max_abs_diff"][engine]
-                .as_f64()
-                .unwrap_or_else(|| panic!("{}: no {engine} result", case.name));
+            let d = r["max_abs_diff"][engine].as_f64().unwrap_or_else(|| panic!("{}: no {engine} result", case.name));
             assert!(
                 d <= tol as f64,
                 "{}: {engine} differs from the ONNX reference by {d} (> {tol}): {}",
@@ -256,13 +175,7 @@ pub fn default_score_spec(source: ScoreSource) -> ScoreSpec {
 }
 
 /// A manifest for a vigil-written model of `family`.
-pub fn manifest(
-    name: &str,
-    family: Family,
-    input: InputSpec,
-    score: ScoreSpec,
-    has_map: bool,
-) -> Manifest {
+pub fn manifest(name: &str, family: Family, input: InputSpec, score: ScoreSpec, has_map: bool) -> Manifest {
     Manifest {
         schema_version: SCHEMA_VERSION,
         name: name.into(),
@@ -271,17 +184,9 @@ pub fn manifest(
         family,
         description: None,
         input,
-        outputs: OutputSpec {
-            score: SCORE_OUTPUT.into(),
-            anomaly_map: has_map.then(|| MAP_OUTPUT.into()),
-        },
+        outputs: OutputSpec { score: SCORE_OUTPUT.into(), anomaly_map: has_map.then(|| MAP_OUTPUT.into()) },
         score,
-        threshold: Threshold {
-            value: 0.05,
-            method: ThresholdMethod::Manual,
-            quantile: None,
-            calibrated_on: None,
-        },
+        threshold: Threshold { value: 0.05, method: ThresholdMethod::Manual, quantile: None, calibrated_on: None },
         normalization: None,
         metrics: Default::default(),
         training: None,
@@ -291,11 +196,7 @@ pub fn manifest(
 
 /// Writes a bundle of a reference architecture with random weights.
 pub fn reference_bundle(dir: &Path, family: Family, color: ColorMode, size: usize) -> Bundle {
-    let spec = ArchSpec {
-        channels: color.channels(),
-        size,
-        ..ArchSpec::default()
-    };
+    let spec = ArchSpec { channels: color.channels(), size, ..ArchSpec::default() };
     let source = match family {
         Family::Gan | Family::Wgan => ScoreSource::Discriminator,
         _ => ScoreSource::Reconstruction,
@@ -319,15 +220,11 @@ pub fn write_png(dir: &Path, name: &str, w: u32, h: u32, rgb: bool, seed: u64) -
     let mut rng = WeightRng::new(seed);
     let path = dir.join(name);
     if rgb {
-        image::RgbImage::from_fn(w, h, |_, _| {
-            image::Rgb([0, 0, 0].map(|_: u8| (rng.uniform() * 255.0) as u8))
-        })
-        .save(&path)
-        .unwrap();
-    } else {
-        image::GrayImage::from_fn(w, h, |_, _| image::Luma([(rng.uniform() * 255.0) as u8]))
+        image::RgbImage::from_fn(w, h, |_, _| image::Rgb([0, 0, 0].map(|_: u8| (rng.uniform() * 255.0) as u8)))
             .save(&path)
             .unwrap();
+    } else {
+        image::GrayImage::from_fn(w, h, |_, _| image::Luma([(rng.uniform() * 255.0) as u8])).save(&path).unwrap();
     }
     path
 }

@@ -13,12 +13,15 @@
 //! - [`preprocess`]: image decoding and the manifest's preprocessing, shared with training.
 //! - [`engine`]: ONNX Runtime and tract, behind one `Engine` interface.
 //! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`).
+//! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
 
 pub mod bundle;
 pub mod commands;
 pub mod engine;
 pub mod onnx;
 pub mod preprocess;
+pub mod rng;
+pub mod synth;
 
 /// This build's version, recorded in manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

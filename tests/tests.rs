@@ -6,3 +6,4 @@ mod bundle;
 mod cli;
 mod engines;
 mod onnx_writer;
+mod synth;

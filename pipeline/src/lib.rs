@@ -2,5 +2,22 @@
 //!
 //! It writes bundles through the `vigil` library (bundle contract, ONNX writer, engines,
 //! preprocessing), so training, evaluation and serving share one code path.
+//!
+//! - [`data`]: finding images, the train/validation split, loading through vigil's preprocessing.
+//! - [`model`]: the families as burn modules; [`device`]: GPU or CPU.
+//! - [`config`], [`train`]: the training loop, checkpoints, resume.
+//! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
+//! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
+//! - [`reference`]: untrained reference bundles for benchmarks.
 
+pub mod calibrate;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod evaluate;
+pub mod export;
+pub mod forward;
+pub mod metrics;
+pub mod model;
 pub mod reference;
+pub mod train;

@@ -2,10 +2,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use vigil::bundle::manifest::Family;
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use vigil::bundle::Bundle;
+use vigil::engine::{self, EngineChoice, EngineConfig};
 use vigil::onnx::reference::ArchSpec;
+use vigil_pipeline::config::TrainConfig;
+use vigil_pipeline::data::{DataSource, discover};
+use vigil_pipeline::device::DeviceChoice;
+use vigil_pipeline::export::{ExportRequest, export};
+use vigil_pipeline::model::ModelKind;
+use vigil_pipeline::train::{Outcome, RunDir, TrainRequest, train};
 
 #[derive(Parser)]
 #[command(name = "vigil-train", version, about = "Train, calibrate, evaluate and export vigil model bundles")]
@@ -14,32 +24,126 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ModelArg {
-    Dae,
-    Vae,
-    Gan,
-    Wgan,
+#[derive(Args, Default)]
+struct DataArgs {
+    /// A data set in MVTec AD layout (train/good, test/<type>, ground_truth/<type>).
+    #[arg(long, conflicts_with = "normal")]
+    data: Option<PathBuf>,
+    /// A plain folder of normal images (instead of --data).
+    #[arg(long)]
+    normal: Option<PathBuf>,
+    /// A plain folder of defective images for evaluation (with --normal).
+    #[arg(long, requires = "normal")]
+    abnormal: Option<PathBuf>,
+    /// Masks of the defective images, `<stem>_mask.png` (with --abnormal).
+    #[arg(long, requires = "abnormal")]
+    masks: Option<PathBuf>,
 }
 
-impl From<ModelArg> for Family {
-    fn from(m: ModelArg) -> Family {
-        match m {
-            ModelArg::Dae => Family::Dae,
-            ModelArg::Vae => Family::Vae,
-            ModelArg::Gan => Family::Gan,
-            ModelArg::Wgan => Family::Wgan,
+impl DataArgs {
+    fn source(&self) -> Option<DataSource> {
+        match (&self.data, &self.normal) {
+            (Some(d), _) => Some(DataSource::Mvtec(d.clone())),
+            (None, Some(n)) => Some(DataSource::Folders { normal: n.clone(), abnormal: self.abnormal.clone(), masks: self.masks.clone() }),
+            (None, None) => None,
         }
     }
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    /// Model family.
+    #[arg(long, value_enum)]
+    model: Option<ModelKind>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Run folder (checkpoints, losses, config); also the default bundle name.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Batch size.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Model input side in pixels (power of two, at least 32).
+    #[arg(long)]
+    size: Option<usize>,
+    /// 1 (gray) or 3 (RGB); default: from the images.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Seed of every random choice.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to train.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// A TOML file with any of the training options (command-line options win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "config"])]
+    resume: Option<PathBuf>,
+    /// Stop after training; export later with `vigil-train export`.
+    #[arg(long)]
+    no_export: bool,
+    /// Bundle folder to export to (default: RUN_DIR/bundle).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Write the procedural data set (textured surfaces and defects, MVTec layout with masks).
+    Synth {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Normal training images.
+        #[arg(long, default_value_t = 200)]
+        n_train: usize,
+        /// Test images (half normal, half defective).
+        #[arg(long, default_value_t = 80)]
+        n_test: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+        /// Tinted RGB images instead of gray.
+        #[arg(long)]
+        rgb: bool,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a model on normal images, then calibrate, evaluate and export a bundle.
+    Train(Box<TrainArgs>),
+    /// Export a finished run as a bundle (calibrated and evaluated).
+    Export {
+        /// The run folder.
+        run: PathBuf,
+        /// Bundle folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Bundle name (default: the run folder's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Evaluate a bundle on labelled images; prints JSON.
+    Eval {
+        /// The bundle.
+        #[arg(long)]
+        bundle: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Engine.
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: EngineChoice,
+    },
     /// Write an untrained reference-architecture bundle (random weights) for benchmarks.
     ReferenceBundle {
         /// Model family.
         #[arg(long, value_enum, default_value = "dae")]
-        model: ModelArg,
+        model: ModelKind,
         /// Image channels: 1 (gray) or 3 (RGB).
         #[arg(long, default_value_t = 3)]
         channels: usize,
@@ -55,20 +159,122 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn train_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::from_file(p)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(m) = a.model {
+        cfg.model = m;
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f { cfg.$f = v; } )* };
+    }
+    set!(epochs, batch, size, seed);
+    if a.channels.is_some() {
+        cfg.channels = a.channels;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Synth { out, n_train, n_test, size, rgb, seed } => {
+            anyhow::ensure!(size >= 32, "--size must be at least 32");
+            let cfg = vigil::synth::SynthConfig { size, n_train, n_test, rgb, seed };
+            let s = vigil::synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Train(a) => {
+            let (run, cfg, resume) = match &a.resume {
+                Some(dir) => (RunDir(dir.clone()), TrainConfig::default(), true),
+                None => {
+                    let out = a.out.clone().context("pass --out RUN_DIR (or --resume RUN_DIR)")?;
+                    (RunDir(out), train_config(&a)?, false)
+                }
+            };
+            let source = a.data.source();
+            if !resume && source.is_none() {
+                bail!("no data: pass --data DIR (MVTec layout) or --normal DIR");
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
+            })?;
+            let req = TrainRequest { config: cfg, source, run: run.clone(), device: a.device, resume };
+            if train(&req, &stop)? == Outcome::Interrupted {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !a.no_export {
+                let out = a.bundle.clone().unwrap_or_else(|| run.0.join("bundle"));
+                let exported = export(&ExportRequest {
+                    run,
+                    out,
+                    name: None,
+                    version: 1,
+                    parent: None,
+                    engine: EngineConfig::default(),
+                })?;
+                print_export(&exported)?;
+            }
+        }
+        Command::Export { run, out, name } => {
+            let exported =
+                export(&ExportRequest { run: RunDir(run), out, name, version: 1, parent: None, engine: EngineConfig::default() })?;
+            print_export(&exported)?;
+        }
+        Command::Eval { bundle, data, engine: kind } => {
+            let bundle = Bundle::load(&bundle)?;
+            let engine = engine::load(&bundle, &EngineConfig { kind, ..EngineConfig::default() })?;
+            let source = data.source().context("pass --data DIR (MVTec layout) or --normal DIR --abnormal DIR")?;
+            let set = discover(&source, 0.1, 0)?;
+            // Evaluate on every labelled image: the test images, and for plain folders the normals too.
+            let mut test = set.test.clone();
+            if matches!(source, DataSource::Folders { .. }) {
+                for p in set.train.iter().chain(&set.val) {
+                    test.push(vigil_pipeline::data::TestImage { path: p.clone(), kind: "good".into(), mask: None });
+                }
+            }
+            anyhow::ensure!(!test.is_empty(), "no test images: MVTec layout needs DIR/test/<type>/");
+            let (e, _) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &test);
+            println!("{}", serde_json::to_string(&e)?);
+        }
         Command::ReferenceBundle { model, channels, size, seed, out } => {
             let spec = ArchSpec { channels, size, ..ArchSpec::default() };
-            let bundle = vigil_pipeline::reference::write_reference_bundle(&out, model.into(), &spec, seed)?;
+            let bundle = vigil_pipeline::reference::write_reference_bundle(&out, model.family(), &spec, seed)?;
             eprintln!("wrote bundle {}", bundle.path.display());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_export(e: &vigil_pipeline::export::Exported) -> anyhow::Result<()> {
+    eprintln!("wrote bundle {}", e.bundle.path.display());
+    let summary = serde_json::json!({
+        "bundle": e.bundle.path,
+        "threshold": e.bundle.manifest.threshold,
+        "metrics": e.bundle.manifest.metrics,
+        "evaluation": e.evaluation,
+    });
+    println!("{summary}");
     Ok(())
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+                .unwrap_or_else(|_| "info,wgpu_core=warn,wgpu_hal=warn,cubecl=warn,ort=warn".into()),
+        )
+        .init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("vigil-train: {e:#}");
             ExitCode::FAILURE

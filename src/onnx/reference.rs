@@ -51,34 +51,10 @@ impl ArchSpec {
     }
 }
 
-/// A seeded source of weights (SplitMix64), so the same seed gives the same network anywhere.
-#[derive(Debug, Clone)]
-pub struct WeightRng(u64);
+/// The seeded generator weights are drawn from.
+pub use crate::rng::Rng as WeightRng;
 
 impl WeightRng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        WeightRng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-
     /// A tensor of uniform values in [lo, hi).
     pub fn tensor(&mut self, shape: Vec<usize>, lo: f32, hi: f32) -> Tensor {
         let n = shape.iter().product();

@@ -1,0 +1,144 @@
+//! The training configuration: every `vigil-train train` option, settable from a TOML file,
+//! saved in the run folder so that a run can be resumed and reproduced.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vigil::bundle::manifest::Reduction;
+use vigil::onnx::reference::ArchSpec;
+
+use crate::model::{GanScore, ModelKind};
+
+/// Data augmentation of the training images (all off by default: many parts have an
+/// orientation, and a flipped part is not a normal part).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Random horizontal flips.
+    pub hflip: bool,
+    /// Random vertical flips.
+    pub vflip: bool,
+    /// Random brightness change of up to ± this (pixels are in [0, 1]).
+    pub brightness: f32,
+}
+
+/// Everything that shapes a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// `dae`, `vae`, `gan` or `wgan`.
+    pub model: ModelKind,
+    /// Passes over the training images.
+    pub epochs: u32,
+    /// Images per step (lowered to the number of training images when there are fewer).
+    pub batch: usize,
+    /// Side of the square model input in pixels (a power of two, at least 32).
+    pub size: usize,
+    /// 1 (gray) or 3 (RGB); absent: gray when the first training image is gray, else RGB.
+    pub channels: Option<usize>,
+    /// Latent size.
+    pub latent: usize,
+    /// Channels of the first encoder convolution.
+    pub width: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Adam beta 1.
+    pub beta1: f32,
+    /// Adam beta 2.
+    pub beta2: f32,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Share of the normal images held out to calibrate the threshold.
+    pub val_fraction: f64,
+    /// Quantile of validation-normal scores used as the threshold.
+    pub quantile: f64,
+    /// DAE corruption: standard deviation of the Gaussian noise added to inputs.
+    pub noise_sigma: f32,
+    /// VAE: weight of the KL term (per pixel).
+    pub kl_weight: f32,
+    /// WGAN: critic steps per generator step.
+    pub n_critic: usize,
+    /// WGAN: gradient penalty weight.
+    pub gp_weight: f32,
+    /// f-AnoGAN: weight of the discriminator-feature error, in training and in the score.
+    pub feature_weight: f32,
+    /// f-AnoGAN: encoder epochs after the GAN (default: the GAN's epochs).
+    pub encoder_epochs: Option<u32>,
+    /// How GANs are scored.
+    pub gan_score: GanScore,
+    /// Gaussian smoothing of the anomaly map, in pixels at the model's size.
+    pub smoothing_sigma: f32,
+    /// Anomaly map to image score.
+    pub reduction: Reduction,
+    /// Training-time augmentation.
+    pub augment: Augment,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelKind::Dae,
+            epochs: 30,
+            batch: 64,
+            size: 128,
+            channels: None,
+            latent: 128,
+            width: 32,
+            lr: 2e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            seed: 0,
+            val_fraction: 0.1,
+            quantile: crate::calibrate::DEFAULT_QUANTILE,
+            noise_sigma: 0.1,
+            kl_weight: 1.0,
+            n_critic: 5,
+            gp_weight: 10.0,
+            feature_weight: 1.0,
+            encoder_epochs: None,
+            gan_score: GanScore::Encoder,
+            smoothing_sigma: 4.0,
+            reduction: Reduction::Max,
+            augment: Augment::default(),
+        }
+    }
+}
+
+/// File name of the resolved config inside a run folder.
+pub const CONFIG_FILE: &str = "train.toml";
+
+impl TrainConfig {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    /// Writes the config as TOML.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, toml::to_string_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// The network sizes, once the channel count is known.
+    pub fn arch(&self, channels: usize) -> ArchSpec {
+        ArchSpec { channels, size: self.size, latent: self.latent, width: self.width }
+    }
+
+    /// Checks values before any work starts; the message names the option and the fix.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.arch(self.channels.unwrap_or(3)).validate().map_err(|e| anyhow::anyhow!("--size/--channels/latent/width: {e}"))?;
+        anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
+        anyhow::ensure!(self.batch >= 2, "batch must be at least 2 (batch norm needs two images)");
+        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number");
+        anyhow::ensure!((0.0..0.9).contains(&self.val_fraction), "val_fraction must be in 0..0.9");
+        anyhow::ensure!((0.5..=1.0).contains(&self.quantile), "quantile must be in 0.5..=1");
+        anyhow::ensure!(self.noise_sigma >= 0.0, "noise_sigma must be 0 or more");
+        anyhow::ensure!(self.n_critic >= 1, "n_critic must be at least 1");
+        anyhow::ensure!(self.smoothing_sigma >= 0.0, "smoothing_sigma must be 0 or more");
+        if let Reduction::TopKMean { k } = self.reduction {
+            anyhow::ensure!(k >= 1 && k <= self.size * self.size, "reduction k must be 1..={}", self.size * self.size);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! Data sets: finding images (MVTec AD layout or plain folders), the deterministic
+//! train/validation split, and loading them through the daemon's own preprocessing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use vigil::preprocess::{Preprocessor, decode};
+use vigil::rng::mix;
+
+/// File extensions read as images.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+
+/// Where the images come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// `ROOT/train/good`, `ROOT/test/<type>`, `ROOT/ground_truth/<type>/<stem>_mask.png`.
+    Mvtec(PathBuf),
+    /// Plain folders.
+    Folders {
+        /// Normal images (split into train and validation).
+        normal: PathBuf,
+        /// Defective images for testing, if any.
+        abnormal: Option<PathBuf>,
+        /// Masks of the defective images, named `<stem>_mask.png` or `<stem>.png`.
+        masks: Option<PathBuf>,
+    },
+}
+
+/// A labelled test image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestImage {
+    /// The image file.
+    pub path: PathBuf,
+    /// `good` for normal images, else the defect type (folder name).
+    pub kind: String,
+    /// The defect mask, when one exists.
+    pub mask: Option<PathBuf>,
+}
+
+impl TestImage {
+    /// Whether the image shows a defect.
+    pub fn is_defect(&self) -> bool {
+        self.kind != "good"
+    }
+}
+
+/// The images of one run, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSet {
+    /// Normal images to train on.
+    pub train: Vec<PathBuf>,
+    /// Held-out normal images that calibrate the threshold.
+    pub val: Vec<PathBuf>,
+    /// Labelled test images (may be empty).
+    pub test: Vec<TestImage>,
+    /// Describes the source, for logs and the manifest.
+    pub description: String,
+}
+
+/// Why a data set cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The folder layout is not what was asked for.
+    #[error("data set {path}: {problem}; expected {expected}")]
+    Layout {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// The layout that was expected.
+        expected: &'static str,
+    },
+    /// Too few normal images to train and calibrate.
+    #[error("data set {path}: only {found} normal image(s); at least {needed} are needed to train and calibrate a threshold")]
+    TooFew {
+        /// The folder.
+        path: PathBuf,
+        /// Images found.
+        found: usize,
+        /// Images needed.
+        needed: usize,
+    },
+    /// A folder could not be read.
+    #[error("data set {path}: {source}")]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The system error.
+        source: std::io::Error,
+    },
+}
+
+const MVTEC_LAYOUT: &str = "MVTec AD layout: DIR/train/good/*.png, optional DIR/test/<type>/*.png and DIR/ground_truth/<type>/<stem>_mask.png (or pass --normal DIR for a plain folder of normal images)";
+const FOLDER_LAYOUT: &str = "a folder of PNG, JPEG, BMP or TIFF images";
+
+/// The fewest normal images a run accepts (some for training, some for the threshold).
+pub const MIN_NORMAL: usize = 4;
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// The images directly inside `dir`, sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let mut v: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file() && is_image(p)).collect();
+    v.sort();
+    Ok(v)
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let mut v: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    v.sort();
+    Ok(v)
+}
+
+fn find_mask(dir: &Path, image: &Path) -> Option<PathBuf> {
+    let stem = image.file_stem()?.to_string_lossy().into_owned();
+    [format!("{stem}_mask.png"), format!("{stem}.png")].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+/// Splits normal images into train and validation by a seeded hash of each file name, so the
+/// split does not depend on listing order and adding images moves few others.
+pub fn split(normal: Vec<PathBuf>, val_fraction: f64, seed: u64) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let n_val = ((normal.len() as f64 * val_fraction).round() as usize).clamp(2, normal.len().saturating_sub(2).max(1));
+    let key = |p: &PathBuf| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let h: [u8; 8] = Sha256::digest(name.as_bytes())[..8].try_into().expect("8 bytes");
+        mix(u64::from_le_bytes(h) ^ seed)
+    };
+    let mut ranked: Vec<(u64, PathBuf)> = normal.into_iter().map(|p| (key(&p), p)).collect();
+    ranked.sort();
+    let val: Vec<PathBuf> = ranked[..n_val].iter().map(|(_, p)| p.clone()).collect();
+    let mut train: Vec<PathBuf> = ranked[n_val..].iter().map(|(_, p)| p.clone()).collect();
+    let mut val = val;
+    train.sort();
+    val.sort();
+    (train, val)
+}
+
+/// Finds the images of `source` and splits the normal ones.
+pub fn discover(source: &DataSource, val_fraction: f64, seed: u64) -> Result<DataSet, DataError> {
+    let (normal, test, description, root) = match source {
+        DataSource::Mvtec(root) => {
+            let train_dir = root.join("train/good");
+            if !train_dir.is_dir() {
+                return Err(DataError::Layout {
+                    path: root.clone(),
+                    problem: "no train/good folder".into(),
+                    expected: MVTEC_LAYOUT,
+                });
+            }
+            let normal = list_images(&train_dir)?;
+            let mut test = vec![];
+            let test_dir = root.join("test");
+            if test_dir.is_dir() {
+                for kind_dir in subdirs(&test_dir)? {
+                    let kind = kind_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let gt = root.join("ground_truth").join(&kind);
+                    for path in list_images(&kind_dir)? {
+                        let mask = if kind == "good" { None } else { find_mask(&gt, &path) };
+                        test.push(TestImage { path, kind: kind.clone(), mask });
+                    }
+                }
+            }
+            (normal, test, format!("MVTec layout {}", root.display()), root.clone())
+        }
+        DataSource::Folders { normal, abnormal, masks } => {
+            if !normal.is_dir() {
+                return Err(DataError::Layout {
+                    path: normal.clone(),
+                    problem: "not a folder".into(),
+                    expected: FOLDER_LAYOUT,
+                });
+            }
+            let mut test = vec![];
+            if let Some(ab) = abnormal {
+                for path in list_images(ab)? {
+                    let mask = masks.as_ref().and_then(|m| find_mask(m, &path));
+                    test.push(TestImage { path, kind: "defect".into(), mask });
+                }
+            }
+            (list_images(normal)?, test, format!("folder {}", normal.display()), normal.clone())
+        }
+    };
+    if normal.len() < MIN_NORMAL {
+        if normal.is_empty() {
+            return Err(DataError::Layout {
+                path: root,
+                problem: "no normal images".into(),
+                expected: if matches!(source, DataSource::Mvtec(_)) { MVTEC_LAYOUT } else { FOLDER_LAYOUT },
+            });
+        }
+        return Err(DataError::TooFew { path: root, found: normal.len(), needed: MIN_NORMAL });
+    }
+    let (train, val) = split(normal, val_fraction, seed);
+    Ok(DataSet { train, val, test, description })
+}
+
+/// A file that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// Reads and preprocesses one image exactly as the daemon does.
+pub fn load_image(pre: &Preprocessor, path: &Path) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let img = decode(&bytes).map_err(|e| e.to_string())?;
+    Ok(pre.tensor(&img).into_raw_vec_and_offset().0)
+}
+
+/// Loads a mask resized (nearest) to the model's input; `true` = defect.
+pub fn load_mask(path: &Path, width: u32, height: u32) -> Result<Vec<bool>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let img = decode(&bytes).map_err(|e| e.to_string())?.to_luma8();
+    let img = image::imageops::resize(&img, width, height, image::imageops::FilterType::Nearest);
+    Ok(img.pixels().map(|p| p.0[0] > 127).collect())
+}
+
+/// Loads many images, skipping (and naming) the ones that cannot be read.
+pub fn load_all(pre: &Preprocessor, paths: &[PathBuf]) -> (Vec<(PathBuf, Vec<f32>)>, Vec<Skipped>) {
+    let mut ok = Vec::with_capacity(paths.len());
+    let mut skipped = vec![];
+    for p in paths {
+        match load_image(pre, p) {
+            Ok(t) => ok.push((p.clone(), t)),
+            Err(reason) => {
+                tracing::warn!("skipping {}: {reason}", p.display());
+                skipped.push(Skipped { path: p.clone(), reason });
+            }
+        }
+    }
+    (ok, skipped)
+}
+
+/// A fingerprint of the training data: SHA-256 over sorted file names and contents.
+pub fn fingerprint(paths: &[PathBuf]) -> String {
+    let mut h = Sha256::new();
+    let mut sorted: Vec<&PathBuf> = paths.iter().collect();
+    sorted.sort();
+    for p in sorted {
+        h.update(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        h.update([0]);
+        if let Ok(bytes) = std::fs::read(p) {
+            h.update(Sha256::digest(&bytes));
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Test images per kind, for per-type metrics.
+pub fn kinds(test: &[TestImage]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in test {
+        *m.entry(t.kind.clone()).or_insert(0) += 1;
+    }
+    m
+}

@@ -1,0 +1,162 @@
+//! Scoring image files through an exported bundle (the daemon's preprocessing and engines),
+//! and the evaluation of a bundle on labelled test images.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array4;
+use serde::Serialize;
+use vigil::bundle::Bundle;
+use vigil::engine::LoadedEngine;
+use vigil::preprocess::Preprocessor;
+
+use crate::data::{Skipped, TestImage, load_image, load_mask};
+use crate::metrics::{Confusion, aupro, auroc, confusion, pixel_auroc};
+
+/// One image's result.
+#[derive(Debug, Clone)]
+pub struct ScoredFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its score.
+    pub score: f32,
+    /// Its anomaly map, flat `H * W`, when the model has one.
+    pub map: Option<Vec<f32>>,
+}
+
+/// Scores files in batches through `engine`; unreadable files are skipped and named.
+pub fn score_files(engine: &LoadedEngine, pre: &Preprocessor, paths: &[PathBuf]) -> (Vec<ScoredFile>, Vec<Skipped>) {
+    let [c, h, w] = pre.chw();
+    let per = c * h * w;
+    let batch = engine.max_batch().min(16);
+    let mut out = Vec::with_capacity(paths.len());
+    let mut skipped = vec![];
+    for chunk in paths.chunks(batch) {
+        let mut loaded = vec![];
+        for p in chunk {
+            match load_image(pre, p) {
+                Ok(t) => loaded.push((p.clone(), t)),
+                Err(reason) => skipped.push(Skipped { path: p.clone(), reason }),
+            }
+        }
+        if loaded.is_empty() {
+            continue;
+        }
+        let mut data = Vec::with_capacity(loaded.len() * per);
+        for (_, t) in &loaded {
+            data.extend_from_slice(t);
+        }
+        let x = Array4::from_shape_vec((loaded.len(), c, h, w), data).expect("tensors have the input shape");
+        match engine.run(x.view()) {
+            Ok(scored) => {
+                for (i, (path, _)) in loaded.into_iter().enumerate() {
+                    let map = scored.maps.as_ref().map(|m| m.index_axis(ndarray::Axis(0), i).iter().copied().collect());
+                    out.push(ScoredFile { path, score: scored.scores[i], map });
+                }
+            }
+            Err(e) => {
+                for (path, _) in loaded {
+                    skipped.push(Skipped { path, reason: e.to_string() });
+                }
+            }
+        }
+    }
+    (out, skipped)
+}
+
+/// What `vigil-train eval` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// The bundle evaluated.
+    pub bundle: String,
+    /// The engine that ran it.
+    pub engine: &'static str,
+    /// Image-level AUROC (normal vs defective), when both exist.
+    pub image_auroc: Option<f64>,
+    /// Pixel-level AUROC over the test images that have masks (and all normal images).
+    pub pixel_auroc: Option<f64>,
+    /// Per-region overlap up to 30 % false positive rate, normalised.
+    pub aupro: Option<f64>,
+    /// The bundle's threshold.
+    pub threshold: f32,
+    /// Counts, precision, recall and F1 at the threshold.
+    pub at_threshold: Confusion,
+    /// AUROC of each defect type against the normal test images.
+    pub auroc_per_type: BTreeMap<String, Option<f64>>,
+    /// Test images per type.
+    pub counts: BTreeMap<String, usize>,
+    /// Files that could not be scored.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Per-image results kept for reports.
+#[derive(Debug, Clone)]
+pub struct Detail {
+    /// The test image.
+    pub image: TestImage,
+    /// Its score.
+    pub score: f32,
+    /// Its map.
+    pub map: Option<Vec<f32>>,
+}
+
+/// Evaluates `bundle` on labelled test images.
+pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (Evaluation, Vec<Detail>) {
+    let pre = Preprocessor::new(&bundle.manifest.input);
+    let paths: Vec<PathBuf> = test.iter().map(|t| t.path.clone()).collect();
+    let (scored, mut skipped) = score_files(engine, &pre, &paths);
+    let by_path: BTreeMap<&Path, &TestImage> = test.iter().map(|t| (t.path.as_path(), t)).collect();
+    let details: Vec<Detail> = scored
+        .into_iter()
+        .map(|s| Detail { image: by_path[s.path.as_path()].clone(), score: s.score, map: s.map })
+        .collect();
+    let scores: Vec<f32> = details.iter().map(|d| d.score).collect();
+    let labels: Vec<bool> = details.iter().map(|d| d.image.is_defect()).collect();
+    let threshold = bundle.manifest.threshold.value;
+
+    let mut per_type = BTreeMap::new();
+    let mut counts = BTreeMap::new();
+    for d in &details {
+        *counts.entry(d.image.kind.clone()).or_insert(0) += 1;
+    }
+    for kind in counts.keys().filter(|k| *k != "good") {
+        let (s, l): (Vec<f32>, Vec<bool>) =
+            details.iter().filter(|d| !d.image.is_defect() || &d.image.kind == kind).map(|d| (d.score, d.image.is_defect())).unzip();
+        per_type.insert(kind.clone(), auroc(&s, &l));
+    }
+
+    // Pixel metrics over normal images (all-normal masks) and defects with masks.
+    let (h, w) = (bundle.manifest.input.height, bundle.manifest.input.width);
+    let mut maps = vec![];
+    let mut masks = vec![];
+    for d in &details {
+        let Some(map) = &d.map else { continue };
+        let mask = match &d.image.mask {
+            Some(p) => match load_mask(p, w as u32, h as u32) {
+                Ok(m) => m,
+                Err(reason) => {
+                    skipped.push(Skipped { path: p.clone(), reason });
+                    continue;
+                }
+            },
+            None if !d.image.is_defect() => vec![false; h * w],
+            None => continue,
+        };
+        maps.push(map.clone());
+        masks.push(mask);
+    }
+    let has_masks = masks.iter().any(|m| m.iter().any(|t| *t));
+    let evaluation = Evaluation {
+        bundle: bundle.path.display().to_string(),
+        engine: engine.name(),
+        image_auroc: auroc(&scores, &labels),
+        pixel_auroc: if has_masks { pixel_auroc(&maps, &masks, 4_000_000) } else { None },
+        aupro: if has_masks { aupro(&maps, &masks, w, h, 0.3, 60) } else { None },
+        threshold,
+        at_threshold: confusion(&scores, &labels, threshold),
+        auroc_per_type: per_type,
+        counts,
+        skipped,
+    };
+    (evaluation, details)
+}

@@ -1,0 +1,231 @@
+//! `vigil-train export`: a run folder becomes a bundle — ONNX graph with the score head,
+//! threshold calibrated on held-out normals through the exported graph itself, evaluation
+//! on the test images, model card and safetensors weights.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use vigil::bundle::Bundle;
+use vigil::bundle::manifest::{
+    Family, Manifest, OutputSpec, Parent, PixelError, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
+    Training,
+};
+use vigil::engine::{self, EngineConfig};
+use vigil::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
+use vigil::preprocess::Preprocessor;
+
+use crate::calibrate;
+use crate::config::TrainConfig;
+use crate::data::{discover, fingerprint};
+use crate::evaluate::{Evaluation, evaluate, score_files};
+use crate::model::Trained;
+use crate::train::{RunDir, RunState, input_spec, load_trained};
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    /// The run folder.
+    pub run: RunDir,
+    /// The bundle folder to write.
+    pub out: PathBuf,
+    /// Bundle name (default: the run folder's name).
+    pub name: Option<String>,
+    /// Version (default 1).
+    pub version: u32,
+    /// The bundle this run was fine-tuned from.
+    pub parent: Option<Parent>,
+    /// Engine used to calibrate and evaluate the exported graph.
+    pub engine: EngineConfig,
+}
+
+/// The result of an export.
+#[derive(Debug)]
+pub struct Exported {
+    /// The written bundle.
+    pub bundle: Bundle,
+    /// Its evaluation on the test images, if there were any.
+    pub evaluation: Option<Evaluation>,
+}
+
+/// The score settings a config exports.
+pub fn score_spec(cfg: &TrainConfig, source: ScoreSource) -> ScoreSpec {
+    ScoreSpec {
+        source,
+        pixel_error: PixelError::Squared,
+        smoothing_sigma: cfg.smoothing_sigma,
+        reduction: cfg.reduction,
+        feature_weight: (source == ScoreSource::EncoderFeatures).then_some(cfg.feature_weight),
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).collect();
+    if s.is_empty() { "model".into() } else { s }
+}
+
+/// The networks as a burn module tree, for the safetensors file.
+#[derive(Module, Debug)]
+struct Weights {
+    autoencoder: Option<crate::model::Autoencoder>,
+    gan: Option<crate::model::GanModel>,
+}
+
+fn write_weights(trained: Trained, path: &Path) -> anyhow::Result<()> {
+    let w = match trained {
+        Trained::Autoencoder(a) => Weights { autoencoder: Some(a), gan: None },
+        Trained::Gan(g) => Weights { autoencoder: None, gan: Some(g) },
+    };
+    w.save_into(&mut SafetensorsStore::from_file(path).overwrite(true)).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+/// Writes the bundle of a finished run.
+pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
+    let run = &req.run;
+    let cfg = TrainConfig::from_file(&run.config())?;
+    let state = RunState::load(run)?;
+    anyhow::ensure!(
+        state.epochs_done >= cfg.epochs && (!cfg.model.is_gan() || state.encoder_epochs_done >= cfg.encoder_epochs.unwrap_or(cfg.epochs)),
+        "{}: training is not finished ({} of {} epochs); continue it with `vigil-train train --resume {}`",
+        run.0.display(),
+        state.epochs_done,
+        cfg.epochs,
+        run.0.display()
+    );
+    let data = discover(&state.data.source()?, cfg.val_fraction, cfg.seed)?;
+    let spec = cfg.arch(state.channels);
+    let trained = load_trained(run, &cfg, state.channels)?;
+    let (net, source) = trained.score_net(&spec, cfg.gan_score)?;
+    let input = input_spec(&cfg, state.channels);
+    let score = score_spec(&cfg, source);
+    let model = build_scoring_model(&net, &input, &score)?;
+    let name = sanitize(&req.name.clone().unwrap_or_else(|| {
+        run.0.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+    }));
+    let mut manifest = Manifest {
+        schema_version: SCHEMA_VERSION,
+        name,
+        version: req.version,
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        family: cfg.model.family(),
+        description: Some(format!("{} trained by vigil-train on {}", cfg.model.family().as_str(), data.description)),
+        input,
+        outputs: OutputSpec {
+            score: SCORE_OUTPUT.into(),
+            anomaly_map: (source != ScoreSource::Discriminator).then(|| MAP_OUTPUT.into()),
+        },
+        score,
+        threshold: Threshold { value: 0.0, method: ThresholdMethod::Manual, quantile: None, calibrated_on: None },
+        normalization: None,
+        metrics: BTreeMap::new(),
+        training: Some(Training {
+            data_fingerprint: fingerprint(&data.train),
+            data: Some(data.description.clone()),
+            seed: cfg.seed,
+            epochs: cfg.epochs,
+            images: state.images,
+            vigil_version: vigil::VERSION.into(),
+            device: Some(state.device.clone()),
+            config: match serde_json::to_value(&cfg)? {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
+        }),
+        parent: req.parent.clone(),
+    };
+    // Calibrate through the exported graph itself, with the daemon's preprocessing.
+    let provisional = Bundle::write(&req.out, &manifest, model.clone(), &[])?;
+    let engine = engine::load(&provisional, &req.engine)?;
+    let pre = Preprocessor::new(&manifest.input);
+    let (val, val_skipped) = score_files(&engine, &pre, &data.val);
+    for s in &val_skipped {
+        tracing::warn!("validation image {} skipped: {}", s.path.display(), s.reason);
+    }
+    let val_scores: Vec<f32> = val.iter().map(|s| s.score).collect();
+    manifest.threshold = calibrate::threshold(&val_scores, &[], cfg.quantile)
+        .context("no readable validation image to calibrate the threshold on")?;
+    manifest.normalization = calibrate::normalization(&val_scores);
+    let evaluation = if data.test.is_empty() {
+        None
+    } else {
+        let calibrated = Bundle::write(&req.out, &manifest, model.clone(), &[])?;
+        let (e, _) = evaluate(&calibrated, &engine, &data.test);
+        Some(e)
+    };
+    if let Some(e) = &evaluation {
+        let m = &mut manifest.metrics;
+        for (k, v) in [("image_auroc", e.image_auroc), ("pixel_auroc", e.pixel_auroc), ("aupro", e.aupro)] {
+            if let Some(v) = v {
+                m.insert(k.into(), v);
+            }
+        }
+        m.insert("f1".into(), e.at_threshold.f1);
+        m.insert("precision".into(), e.at_threshold.precision);
+        m.insert("recall".into(), e.at_threshold.recall);
+        m.insert("test_images".into(), e.counts.values().sum::<usize>() as f64);
+    }
+    let card = model_card(&manifest, evaluation.as_ref());
+    let bundle = Bundle::write(&req.out, &manifest, model, &[("README.md", card.as_bytes())])?;
+    write_weights(trained, &req.out.join("weights.safetensors"))?;
+    Ok(Exported { bundle, evaluation })
+}
+
+/// A model card with Hugging Face-style YAML front matter.
+pub fn model_card(m: &Manifest, e: Option<&Evaluation>) -> String {
+    let family = m.family.as_str();
+    let mut s = String::new();
+    s.push_str("---\nlibrary_name: vigil\npipeline_tag: image-classification\n");
+    s.push_str(&format!("tags:\n- anomaly-detection\n- onnx\n- vigil\n- {family}\n"));
+    if !m.metrics.is_empty() {
+        s.push_str("model-index:\n- name: ");
+        s.push_str(&m.name);
+        s.push_str("\n  results:\n  - task:\n      type: anomaly-detection\n    metrics:\n");
+        for (k, v) in &m.metrics {
+            s.push_str(&format!("    - type: {k}\n      value: {v:.4}\n"));
+        }
+    }
+    s.push_str("---\n\n");
+    s.push_str(&format!("# {} (version {})\n\n", m.name, m.version));
+    if let Some(d) = &m.description {
+        s.push_str(&format!("{d}.\n\n"));
+    }
+    let i = &m.input;
+    s.push_str(&format!(
+        "- Family: `{family}`, score from `{:?}`, reduction {:?}, map smoothing sigma {} px.\n",
+        m.score.source, m.score.reduction, m.score.smoothing_sigma
+    ));
+    s.push_str(&format!("- Input: `{}` {:?} {}x{} ({:?} resize).\n", i.name, i.color, i.width, i.height, i.resize_mode));
+    s.push_str(&format!(
+        "- Threshold: {} ({:?}{}).\n",
+        m.threshold.value,
+        m.threshold.method,
+        m.threshold.calibrated_on.as_ref().map(|c| format!(", {c}")).unwrap_or_default()
+    ));
+    if let Some(t) = &m.training {
+        s.push_str(&format!(
+            "- Trained: {} epochs on {} images (seed {}, data fingerprint `{}`), vigil {}, {}.\n",
+            t.epochs,
+            t.images,
+            t.seed,
+            &t.data_fingerprint[..16.min(t.data_fingerprint.len())],
+            t.vigil_version,
+            t.device.clone().unwrap_or_default()
+        ));
+    }
+    if let Some(e) = e {
+        s.push_str("\n## Evaluation\n\n| metric | value |\n| --- | --- |\n");
+        for (k, v) in &m.metrics {
+            s.push_str(&format!("| {k} | {v:.4} |\n"));
+        }
+        for (kind, a) in &e.auroc_per_type {
+            s.push_str(&format!("| image AUROC, {kind} | {} |\n", a.map_or("n/a".into(), |a| format!("{a:.4}"))));
+        }
+    }
+    s.push_str("\nServe it with `vigil score --model <this folder> IMAGE...` or the vigil daemon.\n");
+    if m.family == Family::External {
+        s.push_str("\nThis model was made outside vigil.\n");
+    }
+    s
+}

@@ -1,0 +1,139 @@
+//! The model families vigil-train trains, as burn modules, and what each exports.
+
+pub mod blocks;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use vigil::bundle::manifest::{Family, ScoreSource};
+use vigil::onnx::head::ScoreNet;
+use vigil::onnx::reference::ArchSpec;
+
+pub use blocks::{Decoder, Encoder};
+
+/// The families on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Denoising convolutional autoencoder.
+    Dae,
+    /// Variational autoencoder.
+    Vae,
+    /// DCGAN, minimax loss (non-saturating generator).
+    Gan,
+    /// Wasserstein GAN with gradient penalty.
+    Wgan,
+}
+
+impl ModelKind {
+    /// The manifest family.
+    pub fn family(self) -> Family {
+        match self {
+            ModelKind::Dae => Family::Dae,
+            ModelKind::Vae => Family::Vae,
+            ModelKind::Gan => Family::Gan,
+            ModelKind::Wgan => Family::Wgan,
+        }
+    }
+
+    /// Whether the family is a GAN (generator + discriminator).
+    pub fn is_gan(self) -> bool {
+        matches!(self, ModelKind::Gan | ModelKind::Wgan)
+    }
+}
+
+/// How a GAN is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GanScore {
+    /// f-AnoGAN: an encoder into the frozen generator's latent space; reconstruction error
+    /// plus discriminator-feature error. Gives an anomaly map; the default.
+    #[default]
+    Encoder,
+    /// How fake the discriminator finds the image (−logit); no map.
+    Discriminator,
+}
+
+/// An encoder–decoder pair (DAE, VAE). The VAE's encoder outputs `[mu, logvar]`.
+#[derive(Module, Debug)]
+pub struct Autoencoder {
+    /// Image to latent.
+    pub encoder: Encoder,
+    /// Latent to image.
+    pub decoder: Decoder,
+}
+
+impl Autoencoder {
+    /// A new pair; `vae` doubles the encoder's output for `[mu, logvar]`.
+    pub fn new(spec: &ArchSpec, vae: bool, device: &Device) -> Self {
+        let out = if vae { 2 * spec.latent } else { spec.latent };
+        Autoencoder { encoder: Encoder::new(spec, out, true, device), decoder: Decoder::new(spec, device) }
+    }
+
+    /// The deterministic reconstruction (the VAE decodes `mu`).
+    pub fn reconstruct(&self, x: Tensor<4>, latent: usize) -> Tensor<4> {
+        let z = self.encoder.forward(x);
+        let z = if z.dims()[1] == latent { z } else { z.narrow(1, 0, latent) };
+        self.decoder.forward(z)
+    }
+}
+
+/// A GAN: generator, discriminator (critic), and the f-AnoGAN encoder trained afterwards.
+#[derive(Module, Debug)]
+pub struct GanModel {
+    /// Latent to image.
+    pub generator: Decoder,
+    /// Image to logit; batch norm for `gan`, none for `wgan` (the gradient penalty is per sample).
+    pub critic: Encoder,
+    /// Image to latent, trained with the generator and critic frozen.
+    pub encoder: Encoder,
+}
+
+impl GanModel {
+    /// New networks for `kind`.
+    pub fn new(spec: &ArchSpec, kind: ModelKind, device: &Device) -> Self {
+        GanModel {
+            generator: Decoder::new(spec, device),
+            critic: Encoder::new(spec, 1, kind == ModelKind::Gan, device),
+            encoder: Encoder::new(spec, spec.latent, true, device),
+        }
+    }
+}
+
+/// The networks of a trained model, whatever the family.
+#[derive(Debug)]
+pub enum Trained {
+    /// DAE or VAE.
+    Autoencoder(Autoencoder),
+    /// GAN or WGAN.
+    Gan(GanModel),
+}
+
+impl Trained {
+    /// The networks the score head reads, in the writer's form, and what the score measures.
+    pub fn score_net(&self, spec: &ArchSpec, gan_score: GanScore) -> anyhow::Result<(ScoreNet, ScoreSource)> {
+        Ok(match self {
+            Trained::Autoencoder(ae) => {
+                let mut encoder = ae.encoder.to_sequential();
+                if ae.encoder.forward_channels() != spec.latent {
+                    encoder = encoder.keep_last_conv_channels(0..spec.latent)?;
+                }
+                (ScoreNet::Reconstruction { encoder, decoder: ae.decoder.to_sequential() }, ScoreSource::Reconstruction)
+            }
+            Trained::Gan(g) => match gan_score {
+                GanScore::Discriminator => {
+                    (ScoreNet::Discriminator { critic: g.critic.to_sequential() }, ScoreSource::Discriminator)
+                }
+                GanScore::Encoder => (
+                    ScoreNet::EncoderFeatures {
+                        encoder: g.encoder.to_sequential(),
+                        generator: g.generator.to_sequential(),
+                        critic: g.critic.to_sequential(),
+                        feature_layers: g.critic.feature_layers(),
+                    },
+                    ScoreSource::EncoderFeatures,
+                ),
+            },
+        })
+    }
+}

@@ -1,0 +1,638 @@
+//! The training loop of every family, with a checkpoint every epoch, resume, and a clean
+//! stop on Ctrl-C.
+//!
+//! A run folder holds `train.toml` (the resolved config), `state.json` (data source, epochs
+//! done, loss history, skipped files), `losses.csv`, and `checkpoint/` (weights and Adam
+//! state as burnpack files, which keep parameter ids so resumed Adam moments line up).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::softplus;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use vigil::bundle::manifest::{ColorMode, InputSpec};
+use vigil::preprocess::{Preprocessor, decode};
+use vigil::rng::{Rng, mix};
+
+use crate::config::{CONFIG_FILE, TrainConfig};
+use crate::data::{DataSet, DataSource, Skipped, discover, load_image};
+use crate::device::{DeviceChoice, choose};
+use crate::model::{Autoencoder, Decoder, Encoder, GanModel, ModelKind, Trained};
+
+/// Where a run keeps its files.
+#[derive(Debug, Clone)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// `train.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join(CONFIG_FILE)
+    }
+    /// `state.json`.
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    /// `losses.csv`.
+    pub fn losses(&self) -> PathBuf {
+        self.0.join("losses.csv")
+    }
+    /// A checkpoint file.
+    pub fn checkpoint(&self, name: &str) -> PathBuf {
+        self.0.join("checkpoint").join(format!("{name}.bpk"))
+    }
+}
+
+/// The data source as stored in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// MVTec root.
+    pub mvtec: Option<PathBuf>,
+    /// Plain folder of normal images.
+    pub normal: Option<PathBuf>,
+    /// Plain folder of defective images.
+    pub abnormal: Option<PathBuf>,
+    /// Masks of the defective images.
+    pub masks: Option<PathBuf>,
+}
+
+impl From<&DataSource> for SourceSpec {
+    fn from(s: &DataSource) -> Self {
+        match s {
+            DataSource::Mvtec(root) => SourceSpec { mvtec: Some(root.clone()), normal: None, abnormal: None, masks: None },
+            DataSource::Folders { normal, abnormal, masks } => {
+                SourceSpec { mvtec: None, normal: Some(normal.clone()), abnormal: abnormal.clone(), masks: masks.clone() }
+            }
+        }
+    }
+}
+
+impl SourceSpec {
+    /// Back to a source.
+    pub fn source(&self) -> anyhow::Result<DataSource> {
+        match (&self.mvtec, &self.normal) {
+            (Some(root), _) => Ok(DataSource::Mvtec(root.clone())),
+            (None, Some(normal)) => {
+                Ok(DataSource::Folders { normal: normal.clone(), abnormal: self.abnormal.clone(), masks: self.masks.clone() })
+            }
+            (None, None) => bail!("state.json names no data source"),
+        }
+    }
+}
+
+/// One epoch's averages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// `train` (the model) or `encoder` (the f-AnoGAN encoder after a GAN).
+    pub phase: String,
+    /// 1-based epoch within the phase.
+    pub epoch: u32,
+    /// Loss name to its mean over the epoch.
+    pub losses: Vec<(String, f64)>,
+    /// Training images per second.
+    pub samples_per_s: f64,
+}
+
+/// What `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunState {
+    /// The data the run trains on.
+    pub data: SourceSpec,
+    /// Input channels (resolved from the data when the config left it open).
+    pub channels: usize,
+    /// Epochs finished in the model phase.
+    pub epochs_done: u32,
+    /// Epochs finished in the encoder phase (GANs).
+    pub encoder_epochs_done: u32,
+    /// The device trained on.
+    pub device: String,
+    /// Per-epoch loss averages.
+    pub history: Vec<EpochLog>,
+    /// Training images that could not be read.
+    pub skipped: Vec<Skipped>,
+    /// Training images used.
+    pub images: usize,
+    /// Seconds spent training.
+    pub seconds: f64,
+}
+
+impl RunState {
+    /// Reads `state.json` of a run.
+    pub fn load(run: &RunDir) -> anyhow::Result<Self> {
+        let path = run.state();
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: not a vigil-train run folder (no state.json)", run.0.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))
+    }
+
+    fn save(&self, run: &RunDir) -> anyhow::Result<()> {
+        let tmp = run.state().with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, run.state())?;
+        Ok(())
+    }
+}
+
+/// The input spec of the models a config trains.
+pub fn input_spec(cfg: &TrainConfig, channels: usize) -> InputSpec {
+    let color = if channels == 1 { ColorMode::Gray } else { ColorMode::Rgb };
+    InputSpec::unit_range("image", color, cfg.size, cfg.size)
+}
+
+/// Gray when the first readable training image is gray, else RGB.
+pub fn detect_channels(paths: &[PathBuf]) -> usize {
+    for p in paths.iter().take(8) {
+        if let Ok(img) = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| decode(&b).map_err(|e| e.to_string())) {
+            return if img.color().has_color() { 3 } else { 1 };
+        }
+    }
+    3
+}
+
+/// Training images, in memory when they fit the budget, else read per batch.
+enum Images {
+    Cached { per: usize, data: Vec<f32> },
+    Streamed { pre: Box<Preprocessor>, paths: Vec<PathBuf> },
+}
+
+/// The most decoded training data kept in memory; larger sets are read from disk per batch.
+const CACHE_BYTES: usize = 2 << 30;
+
+impl Images {
+    fn load(pre: &Preprocessor, paths: &[PathBuf], skipped: &mut Vec<Skipped>) -> Images {
+        let [c, h, w] = pre.chw();
+        let per = c * h * w;
+        if paths.len() * per * 4 > CACHE_BYTES {
+            tracing::info!("{} training images exceed the {} MiB cache: reading them per batch", paths.len(), CACHE_BYTES >> 20);
+            let mut ok = vec![];
+            for p in paths {
+                // Check each once, so that a corrupt file is named and counted up front.
+                match std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| decode(&b).map(|_| ()).map_err(|e| e.to_string())) {
+                    Ok(()) => ok.push(p.clone()),
+                    Err(reason) => {
+                        tracing::warn!("skipping {}: {reason}", p.display());
+                        skipped.push(Skipped { path: p.clone(), reason });
+                    }
+                }
+            }
+            return Images::Streamed { pre: Box::new(pre.clone()), paths: ok };
+        }
+        let (loaded, bad) = crate::data::load_all(pre, paths);
+        skipped.extend(bad);
+        let mut data = Vec::with_capacity(loaded.len() * per);
+        for (_, t) in loaded {
+            data.extend(t);
+        }
+        Images::Cached { per, data }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Images::Cached { per, data } => data.len() / per,
+            Images::Streamed { paths, .. } => paths.len(),
+        }
+    }
+
+    fn batch(&self, idx: &[usize]) -> Vec<f32> {
+        match self {
+            Images::Cached { per, data } => idx.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect(),
+            Images::Streamed { pre, paths } => idx
+                .iter()
+                .flat_map(|&i| {
+                    load_image(pre, &paths[i]).unwrap_or_else(|e| {
+                        tracing::warn!("{} became unreadable during training ({e}); using a blank image", paths[i].display());
+                        vec![0.0; pre.chw().iter().product()]
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A training request from the command line.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    /// The configuration (ignored on resume: the run's own is used).
+    pub config: TrainConfig,
+    /// The data (ignored on resume).
+    pub source: Option<DataSource>,
+    /// The run folder.
+    pub run: RunDir,
+    /// Where to train.
+    pub device: DeviceChoice,
+    /// Continue an existing run.
+    pub resume: bool,
+}
+
+/// How a training call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every epoch ran.
+    Finished,
+    /// Stopped by Ctrl-C after saving a checkpoint.
+    Interrupted,
+}
+
+fn adam(cfg: &TrainConfig) -> AdamConfig {
+    AdamConfig::new().with_beta_1(cfg.beta1).with_beta_2(cfg.beta2).with_epsilon(1e-8)
+}
+
+fn load_opt(cfg: &TrainConfig, run: &RunDir, name: &str, resume: bool) -> anyhow::Result<ModuleOptimizer> {
+    let opt = adam(cfg).init();
+    let path = run.checkpoint(name);
+    if resume && path.exists() {
+        return opt.load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()));
+    }
+    Ok(opt)
+}
+
+fn load_module<M: Module>(m: M, run: &RunDir, name: &str, resume: bool) -> anyhow::Result<M> {
+    let path = run.checkpoint(name);
+    if resume && path.exists() {
+        return m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()));
+    }
+    Ok(m)
+}
+
+fn save_module<M: Module>(m: &M, run: &RunDir, name: &str) -> anyhow::Result<()> {
+    let path = run.checkpoint(name);
+    m.clone().save_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+fn save_opt(o: &ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<()> {
+    let path = run.checkpoint(name);
+    o.save(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+/// All networks and optimizers of one family during training.
+enum Nets {
+    Ae { model: Autoencoder, opt: ModuleOptimizer },
+    Gan { generator: Decoder, critic: Encoder, encoder: Encoder, opt_g: ModuleOptimizer, opt_d: ModuleOptimizer, opt_e: ModuleOptimizer },
+}
+
+impl Nets {
+    fn new(cfg: &TrainConfig, channels: usize, device: &Device, run: &RunDir, resume: bool) -> anyhow::Result<Nets> {
+        let spec = cfg.arch(channels);
+        Ok(match cfg.model {
+            ModelKind::Dae | ModelKind::Vae => Nets::Ae {
+                model: load_module(Autoencoder::new(&spec, cfg.model == ModelKind::Vae, device), run, "model", resume)?,
+                opt: load_opt(cfg, run, "adam", resume)?,
+            },
+            ModelKind::Gan | ModelKind::Wgan => {
+                let g = GanModel::new(&spec, cfg.model, device);
+                Nets::Gan {
+                    generator: load_module(g.generator, run, "generator", resume)?,
+                    critic: load_module(g.critic, run, "critic", resume)?,
+                    encoder: load_module(g.encoder, run, "encoder", resume)?,
+                    opt_g: load_opt(cfg, run, "adam_generator", resume)?,
+                    opt_d: load_opt(cfg, run, "adam_critic", resume)?,
+                    opt_e: load_opt(cfg, run, "adam_encoder", resume)?,
+                }
+            }
+        })
+    }
+
+    fn save(&self, run: &RunDir) -> anyhow::Result<()> {
+        std::fs::create_dir_all(run.0.join("checkpoint"))?;
+        match self {
+            Nets::Ae { model, opt } => {
+                save_module(model, run, "model")?;
+                save_opt(opt, run, "adam")
+            }
+            Nets::Gan { generator, critic, encoder, opt_g, opt_d, opt_e } => {
+                save_module(generator, run, "generator")?;
+                save_module(critic, run, "critic")?;
+                save_module(encoder, run, "encoder")?;
+                save_opt(opt_g, run, "adam_generator")?;
+                save_opt(opt_d, run, "adam_critic")?;
+                save_opt(opt_e, run, "adam_encoder")
+            }
+        }
+    }
+}
+
+/// Loads the trained networks of a run (eval mode, no autodiff) for export.
+pub fn load_trained(run: &RunDir, cfg: &TrainConfig, channels: usize) -> anyhow::Result<Trained> {
+    let device = Device::flex();
+    let spec = cfg.arch(channels);
+    Ok(match cfg.model {
+        ModelKind::Dae | ModelKind::Vae => {
+            let m = load_module(Autoencoder::new(&spec, cfg.model == ModelKind::Vae, &device), run, "model", true)?;
+            Trained::Autoencoder(m.valid())
+        }
+        ModelKind::Gan | ModelKind::Wgan => {
+            let g = GanModel::new(&spec, cfg.model, &device);
+            Trained::Gan(GanModel {
+                generator: load_module(g.generator, run, "generator", true)?.valid(),
+                critic: load_module(g.critic, run, "critic", true)?.valid(),
+                encoder: load_module(g.encoder, run, "encoder", true)?.valid(),
+            })
+        }
+    })
+}
+
+/// Non-saturating GAN losses and the WGAN critic loss need the critic as `[B]`.
+fn logits(critic: &Encoder, x: Tensor<4>) -> Tensor<1> {
+    let b = x.dims()[0];
+    critic.forward(x).reshape([b])
+}
+
+/// The WGAN-GP penalty `(‖∇ₓD(x̂)‖ − 1)²`. burn 0.22 has first-order autodiff only, so the
+/// norm is the directional derivative along the (fixed) gradient direction, taken by a
+/// central difference: by Danskin's theorem its gradient in the critic's weights is the
+/// gradient of the norm itself, as ε → 0.
+fn gradient_penalty(critic: &Encoder, real: Tensor<4>, fake: Tensor<4>) -> Tensor<1> {
+    const EPS: f64 = 1e-2;
+    let [b, c, h, w] = real.dims();
+    let device = real.device();
+    let alpha = Tensor::<4>::random([b, 1, 1, 1], Distribution::Uniform(0.0, 1.0), &device);
+    let x_hat = (real * alpha.clone() + fake * (alpha.neg() + 1.0)).detach();
+    let probe = x_hat.clone().require_grad();
+    let grads = logits(critic, probe.clone()).sum().backward();
+    let g = probe.grad(&grads).expect("the probe tracks its gradient");
+    let norm = g.clone().reshape([b, c * h * w]).powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+    let u = (g / norm.reshape([b, 1, 1, 1])).autodiff();
+    let plus = logits(critic, x_hat.clone() + u.clone().mul_scalar(EPS));
+    let minus = logits(critic, x_hat - u.mul_scalar(EPS));
+    (plus - minus).div_scalar(2.0 * EPS).sub_scalar(1.0).powf_scalar(2.0).mean()
+}
+
+fn augment(cfg: &TrainConfig, x: Tensor<4>) -> Tensor<4> {
+    let a = &cfg.augment;
+    let [b, ..] = x.dims();
+    let device = x.device();
+    let mut x = x;
+    for (on, axis) in [(a.hflip, 3usize), (a.vflip, 2usize)] {
+        if on {
+            let m = Tensor::<4>::random([b, 1, 1, 1], Distribution::Bernoulli(0.5), &device);
+            x = x.clone().flip([axis]) * m.clone() + x * (m.neg() + 1.0);
+        }
+    }
+    if a.brightness > 0.0 {
+        let d = Tensor::<4>::random([b, 1, 1, 1], Distribution::Uniform(-a.brightness as f64, a.brightness as f64), &device);
+        x = (x + d).clamp(0.0, 1.0);
+    }
+    x
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+/// Runs (or resumes) training until every epoch is done or `stop` is set.
+pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
+    let run = &req.run;
+    let (cfg, mut state, data) = if req.resume {
+        let cfg = TrainConfig::from_file(&run.config())?;
+        let state = RunState::load(run)?;
+        let data = discover(&state.data.source()?, cfg.val_fraction, cfg.seed)?;
+        (cfg, state, data)
+    } else {
+        let cfg = req.config.clone();
+        cfg.validate()?;
+        let source = req.source.clone().context("no data: pass --data DIR (MVTec layout) or --normal DIR")?;
+        let data = discover(&source, cfg.val_fraction, cfg.seed)?;
+        if run.state().exists() {
+            bail!("{} already holds a run; pass --resume to continue it, or another --out", run.0.display());
+        }
+        std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
+        let channels = cfg.channels.unwrap_or_else(|| detect_channels(&data.train));
+        let mut cfg = cfg;
+        cfg.channels = Some(channels);
+        cfg.save(&run.config())?;
+        let state = RunState {
+            data: SourceSpec::from(&source),
+            channels,
+            epochs_done: 0,
+            encoder_epochs_done: 0,
+            device: String::new(),
+            history: vec![],
+            skipped: vec![],
+            images: 0,
+            seconds: 0.0,
+        };
+        (cfg, state, data)
+    };
+    let chosen = choose(req.device)?;
+    state.device = chosen.description.clone();
+    let device = chosen.device;
+    log_data(&data);
+    let pre = Preprocessor::new(&input_spec(&cfg, state.channels));
+    let mut skipped = vec![];
+    let images = Images::load(&pre, &data.train, &mut skipped);
+    state.skipped = skipped;
+    state.images = images.len();
+    if images.len() < 2 {
+        bail!("{}: fewer than 2 readable training images", data.description);
+    }
+    let batch = cfg.batch.min(images.len());
+    let mut nets = Nets::new(&cfg, state.channels, &device, run, req.resume)?;
+    let encoder_epochs = cfg.encoder_epochs.unwrap_or(cfg.epochs);
+    let phases: Vec<(&str, u32)> =
+        if cfg.model.is_gan() { vec![("train", cfg.epochs), ("encoder", encoder_epochs)] } else { vec![("train", cfg.epochs)] };
+    let started = Instant::now();
+    let seconds_before = state.seconds;
+    for (phase, total) in phases {
+        let done = if phase == "train" { state.epochs_done } else { state.encoder_epochs_done };
+        for epoch in done..total {
+            let log = run_epoch(&cfg, &mut nets, &images, batch, phase, epoch, total, &device, stop)?;
+            state.seconds = seconds_before + started.elapsed().as_secs_f64();
+            let Some(log) = log else {
+                nets.save(run)?;
+                state.save(run)?;
+                tracing::info!("stopped: checkpoint saved in {}; continue with --resume", run.0.display());
+                return Ok(Outcome::Interrupted);
+            };
+            append_losses(run, &log)?;
+            state.history.push(log);
+            if phase == "train" {
+                state.epochs_done = epoch + 1;
+            } else {
+                state.encoder_epochs_done = epoch + 1;
+            }
+            nets.save(run)?;
+            state.save(run)?;
+        }
+    }
+    Ok(Outcome::Finished)
+}
+
+fn log_data(data: &DataSet) {
+    tracing::info!(
+        "data: {}: {} training, {} validation normal images, {} test images",
+        data.description,
+        data.train.len(),
+        data.val.len(),
+        data.test.len()
+    );
+}
+
+fn append_losses(run: &RunDir, log: &EpochLog) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = run.losses();
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    if new {
+        writeln!(f, "phase,epoch,metric,value")?;
+    }
+    for (k, v) in &log.losses {
+        writeln!(f, "{},{},{k},{v}", log.phase, log.epoch)?;
+    }
+    writeln!(f, "{},{},samples_per_s,{}", log.phase, log.epoch, log.samples_per_s)?;
+    Ok(())
+}
+
+/// One epoch; `None` when stopped part-way.
+#[allow(clippy::too_many_arguments)]
+fn run_epoch(
+    cfg: &TrainConfig,
+    nets: &mut Nets,
+    images: &Images,
+    batch: usize,
+    phase: &str,
+    epoch: u32,
+    total: u32,
+    device: &Device,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<EpochLog>> {
+    // Seeded per epoch, so a resumed run draws what an uninterrupted one would.
+    let epoch_seed = mix(cfg.seed ^ ((epoch as u64 + 1) << 32) ^ if phase == "train" { 0 } else { 0xE0C0 });
+    device.seed(epoch_seed);
+    let mut order: Vec<usize> = (0..images.len()).collect();
+    Rng::new(epoch_seed).shuffle(&mut order);
+    // Drop the last partial batch: batch norm on one or two images is noise.
+    let steps = order.len() / batch;
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{phase} epoch {}/{total}", epoch + 1));
+    let started = Instant::now();
+    let mut sums: Vec<(String, f64)> = vec![];
+    let (c, s) = (cfg.channels.unwrap_or(3), cfg.size);
+    for step in 0..steps {
+        if stop.load(Ordering::SeqCst) {
+            bar.abandon();
+            return Ok(None);
+        }
+        let idx = &order[step * batch..(step + 1) * batch];
+        let x = Tensor::<4>::from_data(TensorData::new(images.batch(idx), [batch, c, s, s]), device);
+        let x = augment(cfg, x);
+        let losses = train_step(cfg, nets, x, phase, step)?;
+        if sums.is_empty() {
+            sums = losses.iter().map(|(k, _)| (k.to_string(), 0.0)).collect();
+        }
+        for ((_, acc), (_, v)) in sums.iter_mut().zip(&losses) {
+            *acc += v;
+        }
+        bar.set_message(losses.iter().map(|(k, v)| format!("{k} {v:.5}")).collect::<Vec<_>>().join(" "));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let log = EpochLog {
+        phase: phase.into(),
+        epoch: epoch + 1,
+        losses: sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect(),
+        samples_per_s: (steps * batch) as f64 / secs.max(1e-9),
+    };
+    tracing::info!(
+        "{phase} epoch {}/{total}: {} ({:.1} images/s)",
+        epoch + 1,
+        log.losses.iter().map(|(k, v)| format!("{k} {v:.5}")).collect::<Vec<_>>().join(", "),
+        log.samples_per_s
+    );
+    Ok(Some(log))
+}
+
+fn train_step(cfg: &TrainConfig, nets: &mut Nets, x: Tensor<4>, phase: &str, step: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let device = x.device();
+    let [b, c, h, w] = x.dims();
+    let lr = cfg.lr;
+    let latent = cfg.latent;
+    Ok(match nets {
+        Nets::Ae { model, opt } => {
+            if cfg.model == ModelKind::Dae {
+                let noisy = x.clone() + Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, cfg.noise_sigma as f64), &device);
+                let recon = model.decoder.forward(model.encoder.forward(noisy));
+                let loss = (recon - x).powf_scalar(2.0).mean();
+                let value = scalar(loss.clone());
+                let grads = GradientsParams::from_grads(loss.backward(), &*model);
+                *model = opt.step(lr, model.clone(), grads);
+                vec![("loss", value)]
+            } else {
+                let hidden = model.encoder.forward(x.clone()); // [B, 2L, 1, 1]
+                let mu = hidden.clone().narrow(1, 0, latent);
+                let logvar = hidden.narrow(1, latent, latent).clamp(-10.0, 10.0);
+                let eps = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
+                let z = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
+                let rec = (model.decoder.forward(z) - x).powf_scalar(2.0).mean();
+                let kl = (logvar.clone().add_scalar(1.0) - mu.powf_scalar(2.0) - logvar.exp()).sum_dim(1).mean().mul_scalar(-0.5);
+                let loss = rec.clone() + kl.clone().mul_scalar(cfg.kl_weight as f64 / (c * h * w) as f64);
+                let values = (scalar(loss.clone()), scalar(rec), scalar(kl));
+                let grads = GradientsParams::from_grads(loss.backward(), &*model);
+                *model = opt.step(lr, model.clone(), grads);
+                vec![("loss", values.0), ("reconstruction", values.1), ("kl", values.2)]
+            }
+        }
+        Nets::Gan { generator, critic, encoder, opt_g, opt_d, opt_e } if phase == "train" => {
+            let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
+            let fake = generator.forward(z).detach();
+            let (d_loss, gp) = if cfg.model == ModelKind::Gan {
+                let l = softplus(logits(critic, x.clone()).neg(), 1.0).mean() + softplus(logits(critic, fake), 1.0).mean();
+                (l, None)
+            } else {
+                let gp = gradient_penalty(critic, x.clone(), fake.clone());
+                let l = logits(critic, fake).mean() - logits(critic, x.clone()).mean() + gp.clone().mul_scalar(cfg.gp_weight as f64);
+                (l, Some(scalar(gp)))
+            };
+            let d_value = scalar(d_loss.clone());
+            let grads = GradientsParams::from_grads(d_loss.backward(), &*critic);
+            *critic = opt_d.step(lr, critic.clone(), grads);
+            let n_critic = if cfg.model == ModelKind::Wgan { cfg.n_critic } else { 1 };
+            let mut out = vec![("d_loss", d_value)];
+            if step % n_critic == 0 {
+                let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
+                let fake_logits = logits(critic, generator.forward(z));
+                let g_loss =
+                    if cfg.model == ModelKind::Gan { softplus(fake_logits.neg(), 1.0).mean() } else { fake_logits.mean().neg() };
+                let g_value = scalar(g_loss.clone());
+                let mut grads = g_loss.backward();
+                let grads = GradientsParams::from_module(&mut grads, &*generator);
+                *generator = opt_g.step(lr, generator.clone(), grads);
+                out.push(("g_loss", g_value));
+            }
+            if let Some(gp) = gp {
+                out.push(("gp", gp));
+            }
+            let _ = encoder;
+            let _ = opt_e;
+            out
+        }
+        Nets::Gan { generator, critic, encoder, opt_e, .. } => {
+            // f-AnoGAN izi_f: the generator and critic are fixed (eval-mode batch norm).
+            let (g, d) = (generator.clone().freeze(), critic.clone().freeze());
+            let recon = g.forward(encoder.forward(x.clone()));
+            let pixel = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
+            let feature = (d.features(recon) - d.features(x)).powf_scalar(2.0).mean();
+            let loss = pixel.clone() + feature.clone().mul_scalar(cfg.feature_weight as f64);
+            let values = (scalar(loss.clone()), scalar(pixel), scalar(feature));
+            let mut grads = loss.backward();
+            let grads = GradientsParams::from_module(&mut grads, &*encoder);
+            *encoder = opt_e.step(lr, encoder.clone(), grads);
+            vec![("e_loss", values.0), ("pixel", values.1), ("feature", values.2)]
+        }
+    })
+}
+
+/// Whether `dir` holds a finished or interrupted run.
+pub fn is_run(dir: &Path) -> bool {
+    dir.join("state.json").is_file()
+}

@@ -1,0 +1,71 @@
+//! `vigil-train` as a user runs it: every error path names the problem and the fix.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vigil_train(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil-train")).args(args).env_remove("VIGIL_LOG").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fails_with(args: &[&str], expected: &[&str]) {
+    let out = vigil_train(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?} should fail: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    for e in expected {
+        assert!(err.contains(e), "{args:?}: expected `{e}` in: {err}");
+    }
+}
+
+#[test]
+fn synth_writes_an_mvtec_data_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vigil_train(&["synth", "--out", dir.path().to_str().unwrap(), "--n-train", "4", "--n-test", "8", "--size", "32"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["train_good"], 4);
+    assert!(dir.path().join("ground_truth/crack/0000_mask.png").is_file());
+}
+
+#[test]
+fn training_errors_name_the_problem_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let run = s(&d.join("run"));
+    fails_with(&["train", "--out", &run], &["no data: pass --data DIR"]);
+    fails_with(&["train", "--data", &s(d), "--out", &run], &["no train/good folder", "expected MVTec AD layout"]);
+    let empty = d.join("empty/train/good");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails_with(&["train", "--data", &s(&d.join("empty")), "--out", &run], &["no normal images"]);
+    fails_with(&["train", "--normal", &s(&d.join("missing")), "--out", &run], &["missing: not a folder"]);
+    fails_with(&["train", "--data", &s(d), "--out", &run, "--size", "48"], &["power of two"]);
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, "epochs = 3\nlearning_rate = 0.1\n").unwrap();
+    fails_with(&["train", "--data", &s(d), "--out", &run, "--config", &s(&bad)], &["bad.toml", "unknown field `learning_rate`"]);
+    fails_with(&["train", "--resume", &s(&d.join("nothing"))], &["not a vigil-train run folder"]);
+    fails_with(&["export", &s(&d.join("nothing")), "--out", &s(&d.join("b"))], &["not a vigil-train run folder"]);
+    fails_with(&["eval", "--bundle", &s(&d.join("nothing")), "--data", &s(d)], &["not found"]);
+}
+
+#[test]
+fn asking_for_a_gpu_without_one_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 32, n_train: 8, n_test: 0, rgb: false, seed: 1 }).unwrap();
+    let out = vigil_train(&[
+        "train", "--data", data.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap(),
+        "--device", "gpu", "--size", "32", "--epochs", "1", "--batch", "4", "--no-export",
+    ]);
+    if !out.status.success() {
+        let err = stderr(&out);
+        assert!(err.contains("no hardware GPU") && err.contains("--device cpu"), "{err}");
+    } else {
+        // A machine with a real GPU trained on it and said which.
+        assert!(stderr(&out).contains("training on gpu:"), "{}", stderr(&out));
+    }
+}

@@ -76,7 +76,8 @@ fn value_noise(x: f32, y: f32, seed: u64) -> f32 {
     let (fx, fy) = (x - x0, y - y0);
     let (sx, sy) = (fx * fx * (3.0 - 2.0 * fx), fy * fy * (3.0 - 2.0 * fy));
     let h = |ix: f32, iy: f32| -> f32 {
-        let k = seed ^ ((ix as i64 as u64).wrapping_mul(0x9E37_79B9)) ^ ((iy as i64 as u64).wrapping_mul(0x85EB_CA6B) << 1);
+        let k =
+            seed ^ ((ix as i64 as u64).wrapping_mul(0x9E37_79B9)) ^ ((iy as i64 as u64).wrapping_mul(0x85EB_CA6B) << 1);
         (mix(k) >> 40) as f32 / (1u64 << 24) as f32
     };
     let a = h(x0, y0) + (h(x0 + 1.0, y0) - h(x0, y0)) * sx;
@@ -167,7 +168,10 @@ fn paint_defect(c: &mut Canvas, kind: DefectKind, rng: &mut Rng) -> Vec<bool> {
             let a = random_point(rng, n, 0.2);
             let phi = rng.range(0.0, std::f32::consts::PI);
             let len = rng.range(0.2, 0.45) * n as f32;
-            let b = ((a.0 + phi.cos() * len).clamp(1.0, n as f32 - 2.0), (a.1 + phi.sin() * len).clamp(1.0, n as f32 - 2.0));
+            let b = (
+                (a.0 + phi.cos() * len).clamp(1.0, n as f32 - 2.0),
+                (a.1 + phi.sin() * len).clamp(1.0, n as f32 - 2.0),
+            );
             paint_polyline(c, &mut mask, &[a, b], rng.range(0.5, 1.1) * s, sign * rng.range(0.22, 0.35));
         }
         DefectKind::Crack => {
@@ -178,7 +182,10 @@ fn paint_defect(c: &mut Canvas, kind: DefectKind, rng: &mut Rng) -> Vec<bool> {
             let mut branch = None;
             for i in 0..steps {
                 dir += rng.range(-0.5, 0.5);
-                p = ((p.0 + dir.cos() * 3.0 * s).clamp(1.0, n as f32 - 2.0), (p.1 + dir.sin() * 3.0 * s).clamp(1.0, n as f32 - 2.0));
+                p = (
+                    (p.0 + dir.cos() * 3.0 * s).clamp(1.0, n as f32 - 2.0),
+                    (p.1 + dir.sin() * 3.0 * s).clamp(1.0, n as f32 - 2.0),
+                );
                 pts.push(p);
                 if i == steps / 2 {
                     branch = Some((p, dir + rng.range(0.6, 1.2)));
@@ -190,7 +197,10 @@ fn paint_defect(c: &mut Canvas, kind: DefectKind, rng: &mut Rng) -> Vec<bool> {
                 let mut bpts = vec![q];
                 for _ in 0..steps / 3 {
                     d += rng.range(-0.5, 0.5);
-                    q = ((q.0 + d.cos() * 3.0 * s).clamp(1.0, n as f32 - 2.0), (q.1 + d.sin() * 3.0 * s).clamp(1.0, n as f32 - 2.0));
+                    q = (
+                        (q.0 + d.cos() * 3.0 * s).clamp(1.0, n as f32 - 2.0),
+                        (q.1 + d.sin() * 3.0 * s).clamp(1.0, n as f32 - 2.0),
+                    );
                     bpts.push(q);
                 }
                 paint_polyline(c, &mut mask, &bpts, width * 0.8, -rng.range(0.25, 0.35));
@@ -259,12 +269,12 @@ pub fn sample(size: u32, rgb: bool, defect: Option<DefectKind>, seed: u64) -> (i
         });
         image::DynamicImage::ImageRgb8(buf)
     } else {
-        let buf: GrayImage = ImageBuffer::from_fn(size, size, |x, y| Luma([to_u8(canvas.lum[y as usize * n + x as usize])]));
+        let buf: GrayImage =
+            ImageBuffer::from_fn(size, size, |x, y| Luma([to_u8(canvas.lum[y as usize * n + x as usize])]));
         image::DynamicImage::ImageLuma8(buf)
     };
-    let mask = mask.map(|m| {
-        ImageBuffer::from_fn(size, size, |x, y| Luma([if m[y as usize * n + x as usize] { 255 } else { 0 }]))
-    });
+    let mask = mask
+        .map(|m| ImageBuffer::from_fn(size, size, |x, y| Luma([if m[y as usize * n + x as usize] { 255 } else { 0 }])));
     (img, mask)
 }
 

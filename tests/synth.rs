@@ -10,7 +10,14 @@ fn the_same_seed_writes_the_same_files_in_mvtec_layout() {
     generate(b.path(), &cfg).unwrap();
     assert_eq!(summary.test_good, 5);
     assert_eq!(summary.test_defects.iter().map(|(_, n)| n).sum::<usize>(), 5);
-    for rel in ["train/good/0002.png", "test/good/0004.png", "test/scratch/0001.png", "ground_truth/scratch/0001_mask.png", "test/missing/0000.png", "ground_truth/missing/0000_mask.png"] {
+    for rel in [
+        "train/good/0002.png",
+        "test/good/0004.png",
+        "test/scratch/0001.png",
+        "ground_truth/scratch/0001_mask.png",
+        "test/missing/0000.png",
+        "ground_truth/missing/0000_mask.png",
+    ] {
         let (x, y) = (std::fs::read(a.path().join(rel)).unwrap(), std::fs::read(b.path().join(rel)).unwrap());
         assert_eq!(x, y, "{rel} differs between two runs with the same seed");
     }
@@ -31,7 +38,7 @@ fn every_defect_changes_the_pixels_its_mask_covers() {
             let (defect, mask) = sample(128, false, Some(kind), seed);
             let mask = mask.unwrap();
             let area = mask.pixels().filter(|p| p.0[0] == 255).count();
-            assert!(area >= 20 && area < 128 * 128 / 5, "{kind:?} seed {seed}: mask area {area}");
+            assert!((20..128 * 128 / 5).contains(&area), "{kind:?} seed {seed}: mask area {area}");
             let (c, d) = (clean.to_luma8(), defect.to_luma8());
             // The same seed gives the same surface, so the difference is the defect alone.
             let mut inside = 0.0;
@@ -41,8 +48,14 @@ fn every_defect_changes_the_pixels_its_mask_covers() {
                 if m.0[0] == 255 { inside += diff } else { outside += diff }
             }
             let mean_inside = inside / area as f32;
-            assert!(mean_inside > 20.0, "{kind:?} seed {seed}: the defect changes its pixels by {mean_inside} on average");
-            assert!(outside / ((128 * 128 - area) as f32) < 2.0, "{kind:?} seed {seed}: the defect spills outside its mask");
+            assert!(
+                mean_inside > 20.0,
+                "{kind:?} seed {seed}: the defect changes its pixels by {mean_inside} on average"
+            );
+            assert!(
+                outside / ((128 * 128 - area) as f32) < 2.0,
+                "{kind:?} seed {seed}: the defect spills outside its mask"
+            );
         }
     }
 }

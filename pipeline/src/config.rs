@@ -127,7 +127,9 @@ impl TrainConfig {
 
     /// Checks values before any work starts; the message names the option and the fix.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.arch(self.channels.unwrap_or(3)).validate().map_err(|e| anyhow::anyhow!("--size/--channels/latent/width: {e}"))?;
+        self.arch(self.channels.unwrap_or(3))
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--size/--channels/latent/width: {e}"))?;
         anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
         anyhow::ensure!(self.batch >= 2, "batch must be at least 2 (batch norm needs two images)");
         anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number");

@@ -73,7 +73,9 @@ pub enum DataError {
         expected: &'static str,
     },
     /// Too few normal images to train and calibrate.
-    #[error("data set {path}: only {found} normal image(s); at least {needed} are needed to train and calibrate a threshold")]
+    #[error(
+        "data set {path}: only {found} normal image(s); at least {needed} are needed to train and calibrate a threshold"
+    )]
     TooFew {
         /// The folder.
         path: PathBuf,
@@ -99,9 +101,7 @@ const FOLDER_LAYOUT: &str = "a folder of PNG, JPEG, BMP or TIFF images";
 pub const MIN_NORMAL: usize = 4;
 
 fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// The images directly inside `dir`, sorted by name.

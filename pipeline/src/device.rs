@@ -30,7 +30,9 @@ pub struct Chosen {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The build has no GPU support.
-    #[error("this vigil-train was built without GPU support (cargo feature `gpu`); use --device cpu or rebuild with the default features")]
+    #[error(
+        "this vigil-train was built without GPU support (cargo feature `gpu`); use --device cpu or rebuild with the default features"
+    )]
     NoGpuSupport,
     /// No adapter, or only a software one.
     #[error("no hardware GPU: {0}; use --device cpu (or --device auto, which falls back to the CPU)")]
@@ -45,15 +47,27 @@ fn cpu() -> Chosen {
 fn gpu() -> Result<Chosen, DeviceError> {
     use burn::tensor::DeviceKind;
     use burn::tensor::wgpu::{WgpuBackend, wgpu};
-    let api = if cfg!(target_os = "macos") { WgpuBackend::Metal } else if cfg!(windows) { WgpuBackend::Dx12 } else { WgpuBackend::Vulkan };
+    let api = if cfg!(target_os = "macos") {
+        WgpuBackend::Metal
+    } else if cfg!(windows) {
+        WgpuBackend::Dx12
+    } else {
+        WgpuBackend::Vulkan
+    };
     // Asking for the API explicitly keeps wgpu from falling back to GL on a software renderer.
     match Device::wgpu_options().device_kind(DeviceKind::DefaultDevice).graphics_api(api).init_with_setup() {
         Ok((device, setup)) => {
             let info = setup.adapter.get_info();
             if info.device_type == wgpu::DeviceType::Cpu {
-                Err(DeviceError::NoGpu(format!("the only adapter is {} ({:?}), a software renderer", info.name, info.backend)))
+                Err(DeviceError::NoGpu(format!(
+                    "the only adapter is {} ({:?}), a software renderer",
+                    info.name, info.backend
+                )))
             } else {
-                Ok(Chosen { device: device.autodiff(), description: format!("gpu: {} ({:?}, {:?})", info.name, info.device_type, info.backend) })
+                Ok(Chosen {
+                    device: device.autodiff(),
+                    description: format!("gpu: {} ({:?}, {:?})", info.name, info.device_type, info.backend),
+                })
             }
         }
         Err(e) => Err(DeviceError::NoGpu(format!("no {api:?} adapter ({e})"))),

@@ -120,8 +120,11 @@ pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (
         *counts.entry(d.image.kind.clone()).or_insert(0) += 1;
     }
     for kind in counts.keys().filter(|k| *k != "good") {
-        let (s, l): (Vec<f32>, Vec<bool>) =
-            details.iter().filter(|d| !d.image.is_defect() || &d.image.kind == kind).map(|d| (d.score, d.image.is_defect())).unzip();
+        let (s, l): (Vec<f32>, Vec<bool>) = details
+            .iter()
+            .filter(|d| !d.image.is_defect() || &d.image.kind == kind)
+            .map(|d| (d.score, d.image.is_defect()))
+            .unzip();
         per_type.insert(kind.clone(), auroc(&s, &l));
     }
 

@@ -10,8 +10,8 @@ use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use vigil::bundle::Bundle;
 use vigil::bundle::manifest::{
-    Family, Manifest, OutputSpec, Parent, PixelError, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
-    Training,
+    Family, Manifest, OutputSpec, Parent, PixelError, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold,
+    ThresholdMethod, Training,
 };
 use vigil::engine::{self, EngineConfig};
 use vigil::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
@@ -62,7 +62,8 @@ pub fn score_spec(cfg: &TrainConfig, source: ScoreSource) -> ScoreSpec {
 }
 
 fn sanitize(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).collect();
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).collect();
     if s.is_empty() { "model".into() } else { s }
 }
 
@@ -78,16 +79,18 @@ fn write_weights(trained: Trained, path: &Path) -> anyhow::Result<()> {
         Trained::Autoencoder(a) => Weights { autoencoder: Some(a), gan: None },
         Trained::Gan(g) => Weights { autoencoder: None, gan: Some(g) },
     };
-    w.save_into(&mut SafetensorsStore::from_file(path).overwrite(true)).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+    w.save_into(&mut SafetensorsStore::from_file(path).overwrite(true))
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
 
 /// Writes the bundle of a finished run.
 pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let run = &req.run;
-    let cfg = TrainConfig::from_file(&run.config())?;
     let state = RunState::load(run)?;
+    let cfg = TrainConfig::from_file(&run.config())?;
     anyhow::ensure!(
-        state.epochs_done >= cfg.epochs && (!cfg.model.is_gan() || state.encoder_epochs_done >= cfg.encoder_epochs.unwrap_or(cfg.epochs)),
+        state.epochs_done >= cfg.epochs
+            && (!cfg.model.is_gan() || state.encoder_epochs_done >= cfg.encoder_epochs.unwrap_or(cfg.epochs)),
         "{}: training is not finished ({} of {} epochs); continue it with `vigil-train train --resume {}`",
         run.0.display(),
         state.epochs_done,
@@ -196,7 +199,10 @@ pub fn model_card(m: &Manifest, e: Option<&Evaluation>) -> String {
         "- Family: `{family}`, score from `{:?}`, reduction {:?}, map smoothing sigma {} px.\n",
         m.score.source, m.score.reduction, m.score.smoothing_sigma
     ));
-    s.push_str(&format!("- Input: `{}` {:?} {}x{} ({:?} resize).\n", i.name, i.color, i.width, i.height, i.resize_mode));
+    s.push_str(&format!(
+        "- Input: `{}` {:?} {}x{} ({:?} resize).\n",
+        i.name, i.color, i.width, i.height, i.resize_mode
+    ));
     s.push_str(&format!(
         "- Threshold: {} ({:?}{}).\n",
         m.threshold.value,

@@ -28,13 +28,15 @@ pub fn blur(map: &[f32], h: usize, w: usize, sigma: f32) -> Vec<f32> {
     let mut tmp = vec![0.0f32; h * w];
     for y in 0..h {
         for x in 0..w {
-            tmp[y * w + x] = k.iter().enumerate().map(|(j, kv)| kv * map[reflect(y as isize + j as isize - r, h) * w + x]).sum();
+            tmp[y * w + x] =
+                k.iter().enumerate().map(|(j, kv)| kv * map[reflect(y as isize + j as isize - r, h) * w + x]).sum();
         }
     }
     let mut out = vec![0.0f32; h * w];
     for y in 0..h {
         for x in 0..w {
-            out[y * w + x] = k.iter().enumerate().map(|(j, kv)| kv * tmp[y * w + reflect(x as isize + j as isize - r, w)]).sum();
+            out[y * w + x] =
+                k.iter().enumerate().map(|(j, kv)| kv * tmp[y * w + reflect(x as isize + j as isize - r, w)]).sum();
         }
     }
     out
@@ -76,7 +78,14 @@ fn error_maps(x: &[f32], recon: &[f32], n: usize, c: usize, h: usize, w: usize, 
 
 /// Scores `x` (`[n, c, h, w]` flat) with the trained networks in eval mode; returns the
 /// scores and, for reconstruction scores, the anomaly maps.
-pub fn score(trained: &Trained, latent: usize, gan_score: GanScore, spec: &ScoreSpec, x: &[f32], dims: [usize; 4]) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
+pub fn score(
+    trained: &Trained,
+    latent: usize,
+    gan_score: GanScore,
+    spec: &ScoreSpec,
+    x: &[f32],
+    dims: [usize; 4],
+) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
     let [n, c, h, w] = dims;
     let device = Device::flex();
     let input = || Tensor::<4>::from_data(TensorData::new(x.to_vec(), dims), &device);
@@ -101,7 +110,9 @@ pub fn score(trained: &Trained, latent: usize, gan_score: GanScore, spec: &Score
             let scores = maps
                 .iter()
                 .enumerate()
-                .map(|(i, m)| reduce(m, spec.reduction) + kappa * feat[i * per..(i + 1) * per].iter().sum::<f32>() / per as f32)
+                .map(|(i, m)| {
+                    reduce(m, spec.reduction) + kappa * feat[i * per..(i + 1) * per].iter().sum::<f32>() / per as f32
+                })
                 .collect();
             (scores, Some(maps))
         }

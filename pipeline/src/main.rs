@@ -44,7 +44,11 @@ impl DataArgs {
     fn source(&self) -> Option<DataSource> {
         match (&self.data, &self.normal) {
             (Some(d), _) => Some(DataSource::Mvtec(d.clone())),
-            (None, Some(n)) => Some(DataSource::Folders { normal: n.clone(), abnormal: self.abnormal.clone(), masks: self.masks.clone() }),
+            (None, Some(n)) => Some(DataSource::Folders {
+                normal: n.clone(),
+                abnormal: self.abnormal.clone(),
+                masks: self.masks.clone(),
+            }),
             (None, None) => None,
         }
     }
@@ -224,8 +228,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Export { run, out, name } => {
-            let exported =
-                export(&ExportRequest { run: RunDir(run), out, name, version: 1, parent: None, engine: EngineConfig::default() })?;
+            let exported = export(&ExportRequest {
+                run: RunDir(run),
+                out,
+                name,
+                version: 1,
+                parent: None,
+                engine: EngineConfig::default(),
+            })?;
             print_export(&exported)?;
         }
         Command::Eval { bundle, data, engine: kind } => {

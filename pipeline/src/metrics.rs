@@ -30,7 +30,11 @@ pub fn roc_curve(scores: &[f32], labels: &[bool]) -> Vec<CurvePoint> {
     while i < v.len() {
         let t = v[i].0;
         while i < v.len() && v[i].0 == t {
-            if v[i].1 { tp += 1.0 } else { fp += 1.0 }
+            if v[i].1 {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             i += 1;
         }
         pts.push(CurvePoint {
@@ -62,7 +66,11 @@ pub fn pr_curve(scores: &[f32], labels: &[bool]) -> Vec<CurvePoint> {
     while i < v.len() {
         let t = v[i].0;
         while i < v.len() && v[i].0 == t {
-            if v[i].1 { tp += 1.0 } else { fp += 1.0 }
+            if v[i].1 {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             i += 1;
         }
         pts.push(CurvePoint { threshold: t, x: if pos > 0.0 { tp / pos } else { 0.0 }, y: tp / (tp + fp) });
@@ -120,7 +128,11 @@ pub fn f1_optimal_threshold(scores: &[f32], labels: &[bool]) -> Option<(f32, f64
     while i < v.len() {
         let t = v[i].0;
         while i < v.len() && v[i].0 == t {
-            if v[i].1 { tp += 1 } else { fp += 1 }
+            if v[i].1 {
+                tp += 1
+            } else {
+                fp += 1
+            }
             i += 1;
         }
         let precision = tp as f64 / (tp + fp) as f64;
@@ -158,7 +170,7 @@ pub fn pixel_auroc(maps: &[Vec<f32>], masks: &[Vec<bool>], max_pixels: usize) ->
     let mut k = 0usize;
     for (m, mask) in maps.iter().zip(masks) {
         for (v, t) in m.iter().zip(mask) {
-            if k % step == 0 {
+            if k.is_multiple_of(step) {
                 s.push(*v);
                 l.push(*t);
             }
@@ -189,10 +201,18 @@ fn regions(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, u32) {
                     stack.push(q);
                 }
             };
-            if x > 0 { visit(p - 1) }
-            if x + 1 < w { visit(p + 1) }
-            if y > 0 { visit(p - w) }
-            if y + 1 < h { visit(p + w) }
+            if x > 0 {
+                visit(p - 1)
+            }
+            if x + 1 < w {
+                visit(p + 1)
+            }
+            if y > 0 {
+                visit(p - w)
+            }
+            if y + 1 < h {
+                visit(p + w)
+            }
         }
     }
     (id, next)
@@ -283,10 +303,10 @@ mod tests {
         let (w, h) = (8, 8);
         let mask: Vec<bool> = (0..64).map(|i| i % 8 < 2 && i / 8 < 2).collect();
         let map: Vec<f32> = mask.iter().map(|m| if *m { 1.0 } else { 0.0 }).collect();
-        let v = aupro(&[map.clone()], &[mask.clone()], w, h, 0.3, 30).unwrap();
+        let v = aupro(std::slice::from_ref(&map), std::slice::from_ref(&mask), w, h, 0.3, 30).unwrap();
         assert!((v - 1.0).abs() < 1e-9, "{v}");
         let inverted: Vec<f32> = map.iter().map(|v| 1.0 - v).collect();
-        assert!(aupro(&[inverted], &[mask.clone()], w, h, 0.3, 30).unwrap() < 0.01);
+        assert!(aupro(&[inverted], std::slice::from_ref(&mask), w, h, 0.3, 30).unwrap() < 0.01);
         assert_eq!(pixel_auroc(&[map], &[mask], 1000), Some(1.0));
     }
 }

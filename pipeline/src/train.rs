@@ -64,10 +64,15 @@ pub struct SourceSpec {
 impl From<&DataSource> for SourceSpec {
     fn from(s: &DataSource) -> Self {
         match s {
-            DataSource::Mvtec(root) => SourceSpec { mvtec: Some(root.clone()), normal: None, abnormal: None, masks: None },
-            DataSource::Folders { normal, abnormal, masks } => {
-                SourceSpec { mvtec: None, normal: Some(normal.clone()), abnormal: abnormal.clone(), masks: masks.clone() }
+            DataSource::Mvtec(root) => {
+                SourceSpec { mvtec: Some(root.clone()), normal: None, abnormal: None, masks: None }
             }
+            DataSource::Folders { normal, abnormal, masks } => SourceSpec {
+                mvtec: None,
+                normal: Some(normal.clone()),
+                abnormal: abnormal.clone(),
+                masks: masks.clone(),
+            },
         }
     }
 }
@@ -77,9 +82,11 @@ impl SourceSpec {
     pub fn source(&self) -> anyhow::Result<DataSource> {
         match (&self.mvtec, &self.normal) {
             (Some(root), _) => Ok(DataSource::Mvtec(root.clone())),
-            (None, Some(normal)) => {
-                Ok(DataSource::Folders { normal: normal.clone(), abnormal: self.abnormal.clone(), masks: self.masks.clone() })
-            }
+            (None, Some(normal)) => Ok(DataSource::Folders {
+                normal: normal.clone(),
+                abnormal: self.abnormal.clone(),
+                masks: self.masks.clone(),
+            }),
             (None, None) => bail!("state.json names no data source"),
         }
     }
@@ -126,7 +133,8 @@ impl RunState {
     /// Reads `state.json` of a run.
     pub fn load(run: &RunDir) -> anyhow::Result<Self> {
         let path = run.state();
-        let bytes = std::fs::read(&path).with_context(|| format!("{}: not a vigil-train run folder (no state.json)", run.0.display()))?;
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("{}: not a vigil-train run folder (no state.json)", run.0.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))
     }
 
@@ -147,7 +155,8 @@ pub fn input_spec(cfg: &TrainConfig, channels: usize) -> InputSpec {
 /// Gray when the first readable training image is gray, else RGB.
 pub fn detect_channels(paths: &[PathBuf]) -> usize {
     for p in paths.iter().take(8) {
-        if let Ok(img) = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| decode(&b).map_err(|e| e.to_string())) {
+        if let Ok(img) = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| decode(&b).map_err(|e| e.to_string()))
+        {
             return if img.color().has_color() { 3 } else { 1 };
         }
     }
@@ -168,11 +177,18 @@ impl Images {
         let [c, h, w] = pre.chw();
         let per = c * h * w;
         if paths.len() * per * 4 > CACHE_BYTES {
-            tracing::info!("{} training images exceed the {} MiB cache: reading them per batch", paths.len(), CACHE_BYTES >> 20);
+            tracing::info!(
+                "{} training images exceed the {} MiB cache: reading them per batch",
+                paths.len(),
+                CACHE_BYTES >> 20
+            );
             let mut ok = vec![];
             for p in paths {
                 // Check each once, so that a corrupt file is named and counted up front.
-                match std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| decode(&b).map(|_| ()).map_err(|e| e.to_string())) {
+                match std::fs::read(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| decode(&b).map(|_| ()).map_err(|e| e.to_string()))
+                {
                     Ok(()) => ok.push(p.clone()),
                     Err(reason) => {
                         tracing::warn!("skipping {}: {reason}", p.display());
@@ -200,12 +216,17 @@ impl Images {
 
     fn batch(&self, idx: &[usize]) -> Vec<f32> {
         match self {
-            Images::Cached { per, data } => idx.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect(),
+            Images::Cached { per, data } => {
+                idx.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect()
+            }
             Images::Streamed { pre, paths } => idx
                 .iter()
                 .flat_map(|&i| {
                     load_image(pre, &paths[i]).unwrap_or_else(|e| {
-                        tracing::warn!("{} became unreadable during training ({e}); using a blank image", paths[i].display());
+                        tracing::warn!(
+                            "{} became unreadable during training ({e}); using a blank image",
+                            paths[i].display()
+                        );
                         vec![0.0; pre.chw().iter().product()]
                     })
                 })
@@ -269,10 +290,22 @@ fn save_opt(o: &ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<()>
     o.save(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
 
-/// All networks and optimizers of one family during training.
+/// All networks and optimizers of one family during training (one value per run, so the
+/// size difference of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Nets {
-    Ae { model: Autoencoder, opt: ModuleOptimizer },
-    Gan { generator: Decoder, critic: Encoder, encoder: Encoder, opt_g: ModuleOptimizer, opt_d: ModuleOptimizer, opt_e: ModuleOptimizer },
+    Ae {
+        model: Autoencoder,
+        opt: ModuleOptimizer,
+    },
+    Gan {
+        generator: Decoder,
+        critic: Encoder,
+        encoder: Encoder,
+        opt_g: ModuleOptimizer,
+        opt_d: ModuleOptimizer,
+        opt_e: ModuleOptimizer,
+    },
 }
 
 impl Nets {
@@ -301,10 +334,15 @@ impl Nets {
         std::fs::create_dir_all(run.0.join("checkpoint"))?;
         match self {
             Nets::Ae { model, opt } => {
+                model.encoder.sync_running_stats();
+                model.decoder.sync_running_stats();
                 save_module(model, run, "model")?;
                 save_opt(opt, run, "adam")
             }
             Nets::Gan { generator, critic, encoder, opt_g, opt_d, opt_e } => {
+                generator.sync_running_stats();
+                critic.sync_running_stats();
+                encoder.sync_running_stats();
                 save_module(generator, run, "generator")?;
                 save_module(critic, run, "critic")?;
                 save_module(encoder, run, "encoder")?;
@@ -374,7 +412,11 @@ fn augment(cfg: &TrainConfig, x: Tensor<4>) -> Tensor<4> {
         }
     }
     if a.brightness > 0.0 {
-        let d = Tensor::<4>::random([b, 1, 1, 1], Distribution::Uniform(-a.brightness as f64, a.brightness as f64), &device);
+        let d = Tensor::<4>::random(
+            [b, 1, 1, 1],
+            Distribution::Uniform(-a.brightness as f64, a.brightness as f64),
+            &device,
+        );
         x = (x + d).clamp(0.0, 1.0);
     }
     x
@@ -384,10 +426,21 @@ fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
 
+/// burn's random source is per backend, not per run: two trainings in one process would
+/// draw from it in turns and neither would be reproducible, so they take turns as a whole.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs (or resumes) training until every epoch is done or `stop` is set.
 pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
+    let _turn = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
     let run = &req.run;
     let (cfg, mut state, data) = if req.resume {
+        if !is_run(&run.0) {
+            bail!(
+                "{}: not a vigil-train run folder (no state.json); start a run with --out instead of --resume",
+                run.0.display()
+            );
+        }
         let cfg = TrainConfig::from_file(&run.config())?;
         let state = RunState::load(run)?;
         let data = discover(&state.data.source()?, cfg.val_fraction, cfg.seed)?;
@@ -433,8 +486,11 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let batch = cfg.batch.min(images.len());
     let mut nets = Nets::new(&cfg, state.channels, &device, run, req.resume)?;
     let encoder_epochs = cfg.encoder_epochs.unwrap_or(cfg.epochs);
-    let phases: Vec<(&str, u32)> =
-        if cfg.model.is_gan() { vec![("train", cfg.epochs), ("encoder", encoder_epochs)] } else { vec![("train", cfg.epochs)] };
+    let phases: Vec<(&str, u32)> = if cfg.model.is_gan() {
+        vec![("train", cfg.epochs), ("encoder", encoder_epochs)]
+    } else {
+        vec![("train", cfg.epochs)]
+    };
     let started = Instant::now();
     let seconds_before = state.seconds;
     for (phase, total) in phases {
@@ -552,7 +608,13 @@ fn run_epoch(
     Ok(Some(log))
 }
 
-fn train_step(cfg: &TrainConfig, nets: &mut Nets, x: Tensor<4>, phase: &str, step: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
+fn train_step(
+    cfg: &TrainConfig,
+    nets: &mut Nets,
+    x: Tensor<4>,
+    phase: &str,
+    step: usize,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
     let device = x.device();
     let [b, c, h, w] = x.dims();
     let lr = cfg.lr;
@@ -560,7 +622,8 @@ fn train_step(cfg: &TrainConfig, nets: &mut Nets, x: Tensor<4>, phase: &str, ste
     Ok(match nets {
         Nets::Ae { model, opt } => {
             if cfg.model == ModelKind::Dae {
-                let noisy = x.clone() + Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, cfg.noise_sigma as f64), &device);
+                let noisy = x.clone()
+                    + Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, cfg.noise_sigma as f64), &device);
                 let recon = model.decoder.forward(model.encoder.forward(noisy));
                 let loss = (recon - x).powf_scalar(2.0).mean();
                 let value = scalar(loss.clone());
@@ -574,7 +637,10 @@ fn train_step(cfg: &TrainConfig, nets: &mut Nets, x: Tensor<4>, phase: &str, ste
                 let eps = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
                 let z = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
                 let rec = (model.decoder.forward(z) - x).powf_scalar(2.0).mean();
-                let kl = (logvar.clone().add_scalar(1.0) - mu.powf_scalar(2.0) - logvar.exp()).sum_dim(1).mean().mul_scalar(-0.5);
+                let kl = (logvar.clone().add_scalar(1.0) - mu.powf_scalar(2.0) - logvar.exp())
+                    .sum_dim(1)
+                    .mean()
+                    .mul_scalar(-0.5);
                 let loss = rec.clone() + kl.clone().mul_scalar(cfg.kl_weight as f64 / (c * h * w) as f64);
                 let values = (scalar(loss.clone()), scalar(rec), scalar(kl));
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
@@ -586,11 +652,13 @@ fn train_step(cfg: &TrainConfig, nets: &mut Nets, x: Tensor<4>, phase: &str, ste
             let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
             let fake = generator.forward(z).detach();
             let (d_loss, gp) = if cfg.model == ModelKind::Gan {
-                let l = softplus(logits(critic, x.clone()).neg(), 1.0).mean() + softplus(logits(critic, fake), 1.0).mean();
+                let l =
+                    softplus(logits(critic, x.clone()).neg(), 1.0).mean() + softplus(logits(critic, fake), 1.0).mean();
                 (l, None)
             } else {
                 let gp = gradient_penalty(critic, x.clone(), fake.clone());
-                let l = logits(critic, fake).mean() - logits(critic, x.clone()).mean() + gp.clone().mul_scalar(cfg.gp_weight as f64);
+                let l = logits(critic, fake).mean() - logits(critic, x.clone()).mean()
+                    + gp.clone().mul_scalar(cfg.gp_weight as f64);
                 (l, Some(scalar(gp)))
             };
             let d_value = scalar(d_loss.clone());
@@ -598,11 +666,14 @@ fn train_step(cfg: &TrainConfig, nets: &mut Nets, x: Tensor<4>, phase: &str, ste
             *critic = opt_d.step(lr, critic.clone(), grads);
             let n_critic = if cfg.model == ModelKind::Wgan { cfg.n_critic } else { 1 };
             let mut out = vec![("d_loss", d_value)];
-            if step % n_critic == 0 {
+            if step.is_multiple_of(n_critic) {
                 let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
                 let fake_logits = logits(critic, generator.forward(z));
-                let g_loss =
-                    if cfg.model == ModelKind::Gan { softplus(fake_logits.neg(), 1.0).mean() } else { fake_logits.mean().neg() };
+                let g_loss = if cfg.model == ModelKind::Gan {
+                    softplus(fake_logits.neg(), 1.0).mean()
+                } else {
+                    fake_logits.mean().neg()
+                };
                 let g_value = scalar(g_loss.clone());
                 let mut grads = g_loss.backward();
                 let grads = GradientsParams::from_module(&mut grads, &*generator);

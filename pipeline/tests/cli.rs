@@ -24,7 +24,17 @@ fn fails_with(args: &[&str], expected: &[&str]) {
 #[test]
 fn synth_writes_an_mvtec_data_set() {
     let dir = tempfile::tempdir().unwrap();
-    let out = vigil_train(&["synth", "--out", dir.path().to_str().unwrap(), "--n-train", "4", "--n-test", "8", "--size", "32"]);
+    let out = vigil_train(&[
+        "synth",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--n-train",
+        "4",
+        "--n-test",
+        "8",
+        "--size",
+        "32",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["train_good"], 4);
@@ -46,7 +56,10 @@ fn training_errors_name_the_problem_and_the_fix() {
     fails_with(&["train", "--data", &s(d), "--out", &run, "--size", "48"], &["power of two"]);
     let bad = d.join("bad.toml");
     std::fs::write(&bad, "epochs = 3\nlearning_rate = 0.1\n").unwrap();
-    fails_with(&["train", "--data", &s(d), "--out", &run, "--config", &s(&bad)], &["bad.toml", "unknown field `learning_rate`"]);
+    fails_with(
+        &["train", "--data", &s(d), "--out", &run, "--config", &s(&bad)],
+        &["bad.toml", "unknown field `learning_rate`"],
+    );
     fails_with(&["train", "--resume", &s(&d.join("nothing"))], &["not a vigil-train run folder"]);
     fails_with(&["export", &s(&d.join("nothing")), "--out", &s(&d.join("b"))], &["not a vigil-train run folder"]);
     fails_with(&["eval", "--bundle", &s(&d.join("nothing")), "--data", &s(d)], &["not found"]);
@@ -56,10 +69,23 @@ fn training_errors_name_the_problem_and_the_fix() {
 fn asking_for_a_gpu_without_one_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 32, n_train: 8, n_test: 0, rgb: false, seed: 1 }).unwrap();
+    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 32, n_train: 8, n_test: 0, rgb: false, seed: 1 })
+        .unwrap();
     let out = vigil_train(&[
-        "train", "--data", data.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap(),
-        "--device", "gpu", "--size", "32", "--epochs", "1", "--batch", "4", "--no-export",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+        "--device",
+        "gpu",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--no-export",
     ]);
     if !out.status.success() {
         let err = stderr(&out);

@@ -138,7 +138,12 @@ impl Decoder {
     /// The same function as a layer list for the ONNX writer.
     pub fn to_sequential(&self) -> Sequential {
         let mut layers = vec![];
-        for (t, bn, stride, pad) in [(&self.t1, &self.bn1, 1, 0), (&self.t2, &self.bn2, 2, 1), (&self.t3, &self.bn3, 2, 1), (&self.t4, &self.bn4, 2, 1)] {
+        for (t, bn, stride, pad) in [
+            (&self.t1, &self.bn1, 1, 0),
+            (&self.t2, &self.bn2, 2, 1),
+            (&self.t3, &self.bn3, 2, 1),
+            (&self.t4, &self.bn4, 2, 1),
+        ] {
             layers.push(conv_t_layer(t, stride, pad));
             layers.push(bn_layer(bn));
             layers.push(Layer::Relu);
@@ -185,5 +190,31 @@ impl Encoder {
     /// Output channels of the projection.
     pub fn forward_channels(&self) -> usize {
         self.c5.weight.val().dims()[0]
+    }
+}
+
+/// Folds pending batch-norm statistics updates into the stored values. burn applies a
+/// running-statistics update lazily, on the next one, so a checkpoint written without this
+/// would miss the last step's update and a resumed run would drift from an uninterrupted one.
+fn sync_bn(bn: &BatchNorm) {
+    bn.running_mean.value_sync();
+    bn.running_var.value_sync();
+}
+
+impl Encoder {
+    /// See [`sync_bn`].
+    pub fn sync_running_stats(&self) {
+        for bn in [&self.bn2, &self.bn3, &self.bn4].into_iter().flatten() {
+            sync_bn(bn);
+        }
+    }
+}
+
+impl Decoder {
+    /// See [`sync_bn`].
+    pub fn sync_running_stats(&self) {
+        for bn in [&self.bn1, &self.bn2, &self.bn3, &self.bn4] {
+            sync_bn(bn);
+        }
     }
 }

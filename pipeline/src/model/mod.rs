@@ -100,8 +100,9 @@ impl GanModel {
     }
 }
 
-/// The networks of a trained model, whatever the family.
+/// The networks of a trained model, whatever the family (one value per export).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Trained {
     /// DAE or VAE.
     Autoencoder(Autoencoder),

@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use burn::module::Module;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
 use vigil::bundle::Bundle;
 use vigil::bundle::manifest::{
     Family, Manifest, OutputSpec, Parent, PixelError, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold,
@@ -65,22 +63,6 @@ fn sanitize(name: &str) -> String {
     let s: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).collect();
     if s.is_empty() { "model".into() } else { s }
-}
-
-/// The networks as a burn module tree, for the safetensors file.
-#[derive(Module, Debug)]
-struct Weights {
-    autoencoder: Option<crate::model::Autoencoder>,
-    gan: Option<crate::model::GanModel>,
-}
-
-fn write_weights(trained: Trained, path: &Path) -> anyhow::Result<()> {
-    let w = match trained {
-        Trained::Autoencoder(a) => Weights { autoencoder: Some(a), gan: None },
-        Trained::Gan(g) => Weights { autoencoder: None, gan: Some(g) },
-    };
-    w.save_into(&mut SafetensorsStore::from_file(path).overwrite(true))
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
 
 /// Writes the bundle of a finished run.
@@ -171,7 +153,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     }
     let card = model_card(&manifest, evaluation.as_ref());
     let bundle = Bundle::write(&req.out, &manifest, model, &[("README.md", card.as_bytes())])?;
-    write_weights(trained, &req.out.join("weights.safetensors"))?;
+    crate::model::BundleWeights::from(trained).save(&req.out.join(crate::model::WEIGHTS_FILE))?;
     Ok(Exported { bundle, evaluation })
 }
 

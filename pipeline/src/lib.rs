@@ -8,6 +8,7 @@
 //! - [`config`], [`train`]: the training loop, checkpoints, resume.
 //! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
 //! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
+//! - [`retrain`]: fine-tuning a bundle on new data into its next version.
 //! - [`reference`]: untrained reference bundles for benchmarks.
 
 pub mod calibrate;
@@ -20,4 +21,5 @@ pub mod forward;
 pub mod metrics;
 pub mod model;
 pub mod reference;
+pub mod retrain;
 pub mod train;

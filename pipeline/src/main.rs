@@ -132,6 +132,26 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Fine-tune a bundle on new data; writes the next version with its parent recorded.
+    Retrain {
+        /// The bundle to start from.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// The bundle folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Fine-tuning epochs (default: a quarter of the original run's).
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Run folder for checkpoints (default: OUT.run).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Where to train.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Evaluate a bundle on labelled images; prints JSON.
     Eval {
         /// The bundle.
@@ -142,6 +162,22 @@ enum Command {
         /// Engine.
         #[arg(long, value_enum, default_value = "auto")]
         engine: EngineChoice,
+    },
+    /// Time training steps of the reference architectures on random 3x128x128 data; prints
+    /// one JSON line per model, in the form of shared/bench/reference_torch.py.
+    BenchTrain {
+        /// Families, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "dae,vae,gan,wgan")]
+        model: Vec<ModelKind>,
+        /// Images per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed steps (after 3 warm-up steps).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Where to train.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
     },
     /// Write an untrained reference-architecture bundle (random weights) for benchmarks.
     ReferenceBundle {
@@ -210,7 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
             })?;
-            let req = TrainRequest { config: cfg, source, run: run.clone(), device: a.device, resume };
+            let req =
+                TrainRequest { config: cfg, source, run: run.clone(), device: a.device, resume, init_weights: None };
             if train(&req, &stop)? == Outcome::Interrupted {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -224,6 +261,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     parent: None,
                     engine: EngineConfig::default(),
                 })?;
+                print_export(&exported)?;
+            }
+        }
+        Command::Retrain { from, data, out, epochs, run, device } => {
+            let source = data.source().context("pass the new data with --data DIR (MVTec layout) or --normal DIR")?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
+            })?;
+            let req = vigil_pipeline::retrain::RetrainRequest { from, source, out, run, epochs, device };
+            if let Some(exported) = vigil_pipeline::retrain::retrain(&req, &stop)? {
                 print_export(&exported)?;
             }
         }
@@ -253,6 +305,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(!test.is_empty(), "no test images: MVTec layout needs DIR/test/<type>/");
             let (e, _) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &test);
             println!("{}", serde_json::to_string(&e)?);
+        }
+        Command::BenchTrain { model, batch, steps, device } => {
+            for m in model {
+                let r = vigil_pipeline::train::bench(m, batch, steps, device)?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
         }
         Command::ReferenceBundle { model, channels, size, seed, out } => {
             let spec = ArchSpec { channels, size, ..ArchSpec::default() };

@@ -248,6 +248,8 @@ pub struct TrainRequest {
     pub device: DeviceChoice,
     /// Continue an existing run.
     pub resume: bool,
+    /// Start from these weights (a bundle's `weights.safetensors`) instead of random ones.
+    pub init_weights: Option<PathBuf>,
 }
 
 /// How a training call ended.
@@ -326,6 +328,23 @@ impl Nets {
                     opt_d: load_opt(cfg, run, "adam_critic", resume)?,
                     opt_e: load_opt(cfg, run, "adam_encoder", resume)?,
                 }
+            }
+        })
+    }
+
+    /// Replaces the networks by the weights of a bundle (fine-tuning); Adam starts afresh.
+    fn with_weights(self, path: &Path) -> anyhow::Result<Nets> {
+        use crate::model::BundleWeights;
+        Ok(match self {
+            Nets::Ae { model, opt } => {
+                let w = BundleWeights { autoencoder: Some(model), gan: None }.load(path)?;
+                Nets::Ae { model: w.autoencoder.expect("loaded into Some"), opt }
+            }
+            Nets::Gan { generator, critic, encoder, opt_g, opt_d, opt_e } => {
+                let w = BundleWeights { autoencoder: None, gan: Some(GanModel { generator, critic, encoder }) }
+                    .load(path)?;
+                let g = w.gan.expect("loaded into Some");
+                Nets::Gan { generator: g.generator, critic: g.critic, encoder: g.encoder, opt_g, opt_d, opt_e }
             }
         })
     }
@@ -485,6 +504,9 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     }
     let batch = cfg.batch.min(images.len());
     let mut nets = Nets::new(&cfg, state.channels, &device, run, req.resume)?;
+    if let (Some(path), false) = (&req.init_weights, req.resume) {
+        nets = nets.with_weights(path)?;
+    }
     let encoder_epochs = cfg.encoder_epochs.unwrap_or(cfg.epochs);
     let phases: Vec<(&str, u32)> = if cfg.model.is_gan() {
         vec![("train", cfg.epochs), ("encoder", encoder_epochs)]
@@ -706,4 +728,62 @@ fn train_step(
 /// Whether `dir` holds a finished or interrupted run.
 pub fn is_run(dir: &Path) -> bool {
     dir.join("state.json").is_file()
+}
+
+/// What one training benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Family.
+    pub model: ModelKind,
+    /// The device, as [`choose`] describes it.
+    pub device: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Images per second over the timed steps.
+    pub samples_per_s: f64,
+    /// Milliseconds per step.
+    pub ms_per_step: f64,
+}
+
+/// Times training steps of the reference architecture (3x128x128, latent 128) on random
+/// data, as `shared/bench/reference_torch.py` does: 3 warm-up steps, then `steps` timed
+/// ones; a GAN step is one discriminator and one generator update.
+pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice) -> anyhow::Result<BenchResult> {
+    let _turn = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
+    let cfg = TrainConfig { model, batch, channels: Some(3), n_critic: 1, ..TrainConfig::default() };
+    cfg.validate()?;
+    let chosen = choose(device)?;
+    let device = chosen.device;
+    device.seed(0);
+    let scratch = RunDir(std::env::temp_dir().join("vigil-bench-unused"));
+    let mut nets = Nets::new(&cfg, 3, &device, &scratch, false)?;
+    let mut rng = Rng::new(0);
+    let data: Vec<f32> = (0..batch * 3 * cfg.size * cfg.size).map(|_| rng.uniform()).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(data, [batch, 3, cfg.size, cfg.size]), &device);
+    let params = match &nets {
+        Nets::Ae { model, .. } => model.num_params(),
+        Nets::Gan { generator, critic, .. } => generator.num_params() + critic.num_params(),
+    };
+    for step in 0..3 {
+        train_step(&cfg, &mut nets, x.clone(), "train", step)?;
+    }
+    let started = Instant::now();
+    for step in 0..steps {
+        // Every step reads its losses back, which waits for the device: the timing is honest.
+        train_step(&cfg, &mut nets, x.clone(), "train", step)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(BenchResult {
+        model,
+        device: chosen.description,
+        batch,
+        steps,
+        params,
+        samples_per_s: (batch * steps) as f64 / secs,
+        ms_per_step: 1000.0 * secs / steps as f64,
+    })
 }

@@ -48,6 +48,7 @@ fn run(cfg: TrainConfig, dir: &Path) -> RunDir {
         run: run.clone(),
         device: DeviceChoice::Cpu,
         resume: false,
+        init_weights: None,
     };
     assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
     run
@@ -192,6 +193,7 @@ fn a_resumed_run_continues_from_its_checkpoint_exactly() {
         run: split.clone(),
         device: DeviceChoice::Cpu,
         resume: false,
+        init_weights: None,
     };
     train(&req, &AtomicBool::new(false)).unwrap();
     let mut saved = TrainConfig::from_file(&split.config()).unwrap();
@@ -226,6 +228,7 @@ fn a_stop_request_saves_a_checkpoint_that_resume_finishes() {
         run: run.clone(),
         device: DeviceChoice::Cpu,
         resume: false,
+        init_weights: None,
     };
     assert_eq!(train(&req, &AtomicBool::new(true)).unwrap(), Outcome::Interrupted);
     assert!(run.checkpoint("model").is_file());
@@ -258,6 +261,7 @@ fn corrupt_training_images_are_skipped_named_and_counted() {
         run: run.clone(),
         device: DeviceChoice::Cpu,
         resume: false,
+        init_weights: None,
     };
     train(&req, &AtomicBool::new(false)).unwrap();
     let state = RunState::load(&run).unwrap();
@@ -294,4 +298,41 @@ fn describe(x: &vigil::onnx::net::Layer, y: &vigil::onnx::net::Layer) -> String 
         }
         _ => "other".into(),
     }
+}
+
+#[test]
+fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run(small(ModelKind::Dae, 3), &dir.path().join("surface"));
+    let first = export(&ExportRequest {
+        run,
+        out: dir.path().join("v1"),
+        name: None,
+        version: 1,
+        parent: None,
+        engine: engine_config(EngineChoice::Tract),
+    })
+    .unwrap()
+    .bundle;
+    let req = vigil_pipeline::retrain::RetrainRequest {
+        from: dir.path().join("v1"),
+        source: DataSource::Mvtec(synthetic().to_path_buf()),
+        out: dir.path().join("v2"),
+        run: None,
+        epochs: Some(1),
+        device: DeviceChoice::Cpu,
+    };
+    let second = vigil_pipeline::retrain::retrain(&req, &AtomicBool::new(false)).unwrap().unwrap().bundle;
+    assert_eq!(second.manifest.name, "surface");
+    assert_eq!(second.manifest.version, 2);
+    let parent = second.manifest.parent.clone().unwrap();
+    assert_eq!((parent.name.as_str(), parent.version), ("surface", 1));
+    assert_eq!(parent.model_sha256, first.model_sha256);
+    // It started from the parent's weights: after one epoch it is far better than a fresh model.
+    let state = RunState::load(&RunDir(dir.path().join("v2.run"))).unwrap();
+    let fresh = RunState::load(&RunDir(dir.path().join("surface"))).unwrap();
+    let (resumed_first, _) = first_last(&state, "train", "loss");
+    let (fresh_first, _) = first_last(&fresh, "train", "loss");
+    assert!(resumed_first < fresh_first * 0.7, "fine-tuning starts at {resumed_first}, a fresh model at {fresh_first}");
+    assert!(second.manifest.metrics.contains_key("image_auroc"));
 }

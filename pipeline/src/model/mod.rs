@@ -2,7 +2,10 @@
 
 pub mod blocks;
 
+use std::path::Path;
+
 use burn::module::Module;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use vigil::bundle::manifest::{Family, ScoreSource};
@@ -136,5 +139,50 @@ impl Trained {
                 ),
             },
         })
+    }
+}
+
+/// File name of the weights inside a bundle.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+
+/// The networks of any family as one module tree, as stored in a bundle's safetensors file
+/// (keys such as `autoencoder.encoder.c1.weight`), so that a bundle can be fine-tuned.
+#[derive(Module, Debug)]
+pub struct BundleWeights {
+    /// DAE or VAE networks.
+    pub autoencoder: Option<Autoencoder>,
+    /// GAN or WGAN networks.
+    pub gan: Option<GanModel>,
+}
+
+impl From<Trained> for BundleWeights {
+    fn from(t: Trained) -> Self {
+        match t {
+            Trained::Autoencoder(a) => BundleWeights { autoencoder: Some(a), gan: None },
+            Trained::Gan(g) => BundleWeights { autoencoder: None, gan: Some(g) },
+        }
+    }
+}
+
+impl BundleWeights {
+    /// Writes the safetensors file.
+    pub fn save(self, path: &Path) -> anyhow::Result<()> {
+        self.save_into(&mut SafetensorsStore::from_file(path).overwrite(true))
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+    }
+
+    /// Loads the safetensors file into these networks (which fix the shapes).
+    pub fn load(mut self, path: &Path) -> anyhow::Result<Self> {
+        let r = self.load_from(&mut SafetensorsStore::from_file(path)).map_err(|e| {
+            anyhow::anyhow!("{}: {e:?}; the bundle's weights do not fit its training config", path.display())
+        })?;
+        anyhow::ensure!(
+            r.missing.is_empty() && r.errors.is_empty(),
+            "{}: the weights do not fit the networks (missing {:?}, errors {:?})",
+            path.display(),
+            r.missing,
+            r.errors
+        );
+        Ok(self)
     }
 }

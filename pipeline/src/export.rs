@@ -3,7 +3,7 @@
 //! on the test images, model card and safetensors weights.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use vigil::bundle::Bundle;
@@ -19,7 +19,6 @@ use crate::calibrate;
 use crate::config::TrainConfig;
 use crate::data::{discover, fingerprint};
 use crate::evaluate::{Evaluation, evaluate, score_files};
-use crate::model::Trained;
 use crate::train::{RunDir, RunState, input_spec, load_trained};
 
 /// What to export.

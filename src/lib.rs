@@ -13,12 +13,14 @@
 //! - [`preprocess`]: image decoding and the manifest's preprocessing, shared with training.
 //! - [`engine`]: ONNX Runtime and tract, behind one `Engine` interface.
 //! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`).
+//! - [`overlay`]: heatmaps drawn over frames (snapshots, reports).
 //! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
 
 pub mod bundle;
 pub mod commands;
 pub mod engine;
 pub mod onnx;
+pub mod overlay;
 pub mod preprocess;
 pub mod rng;
 pub mod synth;

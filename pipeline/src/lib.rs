@@ -8,6 +8,7 @@
 //! - [`config`], [`train`]: the training loop, checkpoints, resume.
 //! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
 //! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
+//! - [`report`]: curves, histograms and heatmap overlays as PNG with a Markdown page.
 //! - [`retrain`]: fine-tuning a bundle on new data into its next version.
 //! - [`reference`]: untrained reference bundles for benchmarks.
 
@@ -21,5 +22,6 @@ pub mod forward;
 pub mod metrics;
 pub mod model;
 pub mod reference;
+pub mod report;
 pub mod retrain;
 pub mod train;

@@ -162,6 +162,9 @@ enum Command {
         /// Engine.
         #[arg(long, value_enum, default_value = "auto")]
         engine: EngineChoice,
+        /// Also write a report folder: ROC/PR curves, score histogram, heatmap overlays, index.md.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Time training steps of the reference architectures on random 3x128x128 data; prints
     /// one JSON line per model, in the form of shared/bench/reference_torch.py.
@@ -290,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             print_export(&exported)?;
         }
-        Command::Eval { bundle, data, engine: kind } => {
+        Command::Eval { bundle, data, engine: kind, report } => {
             let bundle = Bundle::load(&bundle)?;
             let engine = engine::load(&bundle, &EngineConfig { kind, ..EngineConfig::default() })?;
             let source = data.source().context("pass --data DIR (MVTec layout) or --normal DIR --abnormal DIR")?;
@@ -303,7 +306,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             anyhow::ensure!(!test.is_empty(), "no test images: MVTec layout needs DIR/test/<type>/");
-            let (e, _) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &test);
+            let (e, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &test);
+            if let Some(dir) = report {
+                vigil_pipeline::report::write(&dir, &bundle, &e, &details)?;
+                eprintln!("report: {}", dir.join("index.md").display());
+            }
             println!("{}", serde_json::to_string(&e)?);
         }
         Command::BenchTrain { model, batch, steps, device } => {

@@ -528,6 +528,10 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             };
             append_losses(run, &log)?;
             state.history.push(log);
+            let chart = crate::report::loss_chart(&state.history);
+            chart
+                .save(run.0.join("losses.png"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", run.0.join("losses.png").display()))?;
             if phase == "train" {
                 state.epochs_done = epoch + 1;
             } else {

@@ -143,6 +143,18 @@ fn the_dae_trains_separates_synthetic_defects_and_exports_with_parity() {
     assert_eq!(bundle.manifest.threshold.method, vigil::bundle::manifest::ThresholdMethod::Quantile);
     assert!(bundle.manifest.normalization.is_some());
     assert!(dir.path().join("bundle/README.md").is_file() && dir.path().join("bundle/weights.safetensors").is_file());
+    assert!(run.0.join("losses.png").is_file());
+    // The evaluation report: curves, histogram, overlays and the page that shows them.
+    let engine = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
+    let set = vigil_pipeline::data::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
+    let (evaluation, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test);
+    let report = dir.path().join("report");
+    vigil_pipeline::report::write(&report, &bundle, &evaluation, &details).unwrap();
+    for f in ["roc.png", "pr.png", "histogram.png", "case_01.png", "index.md", "evaluation.json"] {
+        assert!(report.join(f).is_file(), "report lacks {f}");
+    }
+    let page = std::fs::read_to_string(report.join("index.md")).unwrap();
+    assert!(page.contains("| image AUROC | 0.9") && page.contains("![ROC](roc.png)"), "{page}");
     let csv = std::fs::read_to_string(run.losses()).unwrap();
     assert!(csv.starts_with("phase,epoch,metric,value\ntrain,1,loss,"), "{csv}");
 }

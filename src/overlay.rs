@@ -32,8 +32,8 @@ pub fn overlay(frame: &RgbImage, map: &[f32], h: usize, w: usize, low: f32, high
         }
         let c = heat_color(t);
         let a = 0.6 * t.sqrt();
-        for k in 0..3 {
-            p.0[k] = (p.0[k] as f32 * (1.0 - a) + c[k] as f32 * a).round() as u8;
+        for (channel, heat) in p.0.iter_mut().zip(c) {
+            *channel = (*channel as f32 * (1.0 - a) + heat as f32 * a).round() as u8;
         }
     }
     out

@@ -95,3 +95,45 @@ fn asking_for_a_gpu_without_one_says_so() {
         assert!(stderr(&out).contains("training on gpu:"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn train_from_the_command_line_exports_an_evaluated_bundle_that_vigil_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 64, n_train: 24, n_test: 8, rgb: true, seed: 2 })
+        .unwrap();
+    let cfg = dir.path().join("train.toml");
+    std::fs::write(&cfg, "size = 32\nlatent = 16\nwidth = 8\nbatch = 8\nsmoothing_sigma = 1.0\n").unwrap();
+    let run = dir.path().join("run");
+    let out = vigil_train(&[
+        "train",
+        "--model",
+        "dae",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["metrics"]["image_auroc"].is_number(), "{summary}");
+    assert_eq!(summary["threshold"]["method"], "quantile");
+    assert!(stderr(&out).contains("training on cpu (flex)"), "{}", stderr(&out));
+    // The resolved config is saved, with the channels found in the data.
+    let saved = std::fs::read_to_string(run.join("train.toml")).unwrap();
+    assert!(saved.contains("channels = 3") && saved.contains("epochs = 2"), "{saved}");
+    let bundle = vigil::bundle::Bundle::load(run.join("bundle")).unwrap();
+    assert_eq!(bundle.manifest.input.color, vigil::bundle::manifest::ColorMode::Rgb);
+    assert_eq!(bundle.manifest.training.as_ref().unwrap().epochs, 2);
+    // Running it again into the same folder is refused rather than overwriting the run.
+    let again =
+        vigil_train(&["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("already holds a run; pass --resume"), "{}", stderr(&again));
+}

@@ -241,14 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !resume && source.is_none() {
                 bail!("no data: pass --data DIR (MVTec layout) or --normal DIR");
             }
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
-            })?;
+            let stop = stop_on_ctrl_c()?;
             let req =
                 TrainRequest { config: cfg, source, run: run.clone(), device: a.device, resume, init_weights: None };
             if train(&req, &stop)? == Outcome::Interrupted {
@@ -269,14 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Retrain { from, data, out, epochs, run, device } => {
             let source = data.source().context("pass the new data with --data DIR (MVTec layout) or --normal DIR")?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
-            })?;
+            let stop = stop_on_ctrl_c()?;
             let req = vigil_pipeline::retrain::RetrainRequest { from, source, out, run, epochs, device };
             if let Some(exported) = vigil_pipeline::retrain::retrain(&req, &stop)? {
                 print_export(&exported)?;
@@ -326,6 +312,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A flag set by the first Ctrl-C (training stops after the step and saves a checkpoint);
+/// a second Ctrl-C quits at once.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
+    })?;
+    Ok(stop)
 }
 
 fn print_export(e: &vigil_pipeline::export::Exported) -> anyhow::Result<()> {

@@ -19,31 +19,47 @@ fn sorted_desc(scores: &[f32], labels: &[bool]) -> Vec<(f32, bool)> {
     v
 }
 
+/// One step of a threshold sweep: flagging every score `>= score` gives `tp` and `fp`;
+/// `next` is the next lower distinct score, if any.
+struct SweepStep {
+    score: f32,
+    next: Option<f32>,
+    tp: usize,
+    fp: usize,
+}
+
+/// Lowers the threshold through every distinct score, from the highest.
+fn sweep(scores: &[f32], labels: &[bool]) -> Vec<SweepStep> {
+    let v = sorted_desc(scores, labels);
+    let (mut tp, mut fp, mut i) = (0, 0, 0);
+    let mut steps = vec![];
+    while i < v.len() {
+        let score = v[i].0;
+        while i < v.len() && v[i].0 == score {
+            if v[i].1 {
+                tp += 1
+            } else {
+                fp += 1
+            }
+            i += 1;
+        }
+        steps.push(SweepStep { score, next: v.get(i).map(|n| n.0), tp, fp });
+    }
+    steps
+}
+
 /// The ROC curve, one point per distinct score, from (0, 0) to (1, 1).
 pub fn roc_curve(scores: &[f32], labels: &[bool]) -> Vec<CurvePoint> {
     let pos = labels.iter().filter(|l| **l).count() as f64;
     let neg = labels.len() as f64 - pos;
-    let v = sorted_desc(scores, labels);
-    let mut pts = vec![CurvePoint { threshold: f32::INFINITY, x: 0.0, y: 0.0 }];
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let mut i = 0;
-    while i < v.len() {
-        let t = v[i].0;
-        while i < v.len() && v[i].0 == t {
-            if v[i].1 {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            i += 1;
-        }
-        pts.push(CurvePoint {
-            threshold: t,
-            x: if neg > 0.0 { fp / neg } else { 0.0 },
-            y: if pos > 0.0 { tp / pos } else { 0.0 },
-        });
-    }
-    pts
+    let rate = |n: usize, of: f64| if of > 0.0 { n as f64 / of } else { 0.0 };
+    std::iter::once(CurvePoint { threshold: f32::INFINITY, x: 0.0, y: 0.0 })
+        .chain(sweep(scores, labels).into_iter().map(|s| CurvePoint {
+            threshold: s.score,
+            x: rate(s.fp, neg),
+            y: rate(s.tp, pos),
+        }))
+        .collect()
 }
 
 /// Area under the ROC curve; `None` when one class is missing.
@@ -59,23 +75,14 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
 /// The precision-recall curve (x = recall, y = precision), one point per distinct score.
 pub fn pr_curve(scores: &[f32], labels: &[bool]) -> Vec<CurvePoint> {
     let pos = labels.iter().filter(|l| **l).count() as f64;
-    let v = sorted_desc(scores, labels);
-    let mut pts = vec![];
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let mut i = 0;
-    while i < v.len() {
-        let t = v[i].0;
-        while i < v.len() && v[i].0 == t {
-            if v[i].1 {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            i += 1;
-        }
-        pts.push(CurvePoint { threshold: t, x: if pos > 0.0 { tp / pos } else { 0.0 }, y: tp / (tp + fp) });
-    }
-    pts
+    sweep(scores, labels)
+        .into_iter()
+        .map(|s| CurvePoint {
+            threshold: s.score,
+            x: if pos > 0.0 { s.tp as f64 / pos } else { 0.0 },
+            y: s.tp as f64 / (s.tp + s.fp) as f64,
+        })
+        .collect()
 }
 
 /// Counts and rates at one threshold (anomalous when score > threshold).
@@ -121,28 +128,15 @@ pub fn f1_optimal_threshold(scores: &[f32], labels: &[bool]) -> Option<(f32, f64
     if pos == 0 || pos == labels.len() {
         return None;
     }
-    let v = sorted_desc(scores, labels);
-    let (mut tp, mut fp) = (0usize, 0usize);
     let mut best: Option<(f32, f64)> = None;
-    let mut i = 0;
-    while i < v.len() {
-        let t = v[i].0;
-        while i < v.len() && v[i].0 == t {
-            if v[i].1 {
-                tp += 1
-            } else {
-                fp += 1
-            }
-            i += 1;
-        }
-        let precision = tp as f64 / (tp + fp) as f64;
-        let recall = tp as f64 / pos as f64;
+    for s in sweep(scores, labels) {
+        let precision = s.tp as f64 / (s.tp + s.fp) as f64;
+        let recall = s.tp as f64 / pos as f64;
         let f1 = 2.0 * precision * recall / (precision + recall);
-        // Everything scoring >= t is flagged: the threshold lies below t, above the next score.
-        let next = v.get(i).map_or(t - t.abs().max(1e-6) * 1e-3, |n| n.0);
-        let threshold = next + (t - next) / 2.0;
+        // Everything scoring >= s.score is flagged: the threshold lies below it, above the next.
+        let next = s.next.unwrap_or(s.score - s.score.abs().max(1e-6) * 1e-3);
         if best.is_none_or(|(_, b)| f1 > b) {
-            best = Some((threshold, f1));
+            best = Some((next + (s.score - next) / 2.0, f1));
         }
     }
     best

@@ -17,7 +17,7 @@ use vigil::preprocess::Preprocessor;
 
 use crate::calibrate;
 use crate::config::TrainConfig;
-use crate::data::{discover, fingerprint};
+use crate::data::{discover, fingerprint, list_images};
 use crate::evaluate::{Evaluation, evaluate, score_files};
 use crate::train::{RunDir, RunState, input_spec, load_trained};
 
@@ -128,7 +128,17 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         tracing::warn!("validation image {} skipped: {}", s.path.display(), s.reason);
     }
     let val_scores: Vec<f32> = val.iter().map(|s| s.score).collect();
-    manifest.threshold = calibrate::threshold(&val_scores, &[], cfg.quantile)
+    let defect_scores: Vec<f32> = match &state.data.val_abnormal {
+        Some(dir) => {
+            let (scored, skipped) = score_files(&engine, &pre, &list_images(dir)?);
+            for s in &skipped {
+                tracing::warn!("validation defect {} skipped: {}", s.path.display(), s.reason);
+            }
+            scored.iter().map(|s| s.score).collect()
+        }
+        None => vec![],
+    };
+    manifest.threshold = calibrate::threshold(&val_scores, &defect_scores, cfg.quantile)
         .context("no readable validation image to calibrate the threshold on")?;
     manifest.normalization = calibrate::normalization(&val_scores);
     let evaluation = if data.test.is_empty() {

@@ -88,6 +88,10 @@ struct TrainArgs {
     /// Continue the run in this folder from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "config"])]
     resume: Option<PathBuf>,
+    /// Labelled defective images held out for calibration: the threshold becomes the one with
+    /// the best F1 on them and the validation normals (default: a quantile of normal scores).
+    #[arg(long)]
+    val_abnormal: Option<PathBuf>,
     /// Stop after training; export later with `vigil-train export`.
     #[arg(long)]
     no_export: bool,
@@ -242,8 +246,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("no data: pass --data DIR (MVTec layout) or --normal DIR");
             }
             let stop = stop_on_ctrl_c()?;
-            let req =
-                TrainRequest { config: cfg, source, run: run.clone(), device: a.device, resume, init_weights: None };
+            let req = TrainRequest {
+                config: cfg,
+                source,
+                run: run.clone(),
+                device: a.device,
+                resume,
+                init_weights: None,
+                val_abnormal: a.val_abnormal.clone(),
+            };
             if train(&req, &stop)? == Outcome::Interrupted {
                 return Ok(ExitCode::SUCCESS);
             }

@@ -67,6 +67,7 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
         device: req.device,
         resume: false,
         init_weights: Some(weights),
+        val_abnormal: None,
     };
     if train(&train_req, stop)? == Outcome::Interrupted {
         return Ok(None);

@@ -59,19 +59,23 @@ pub struct SourceSpec {
     pub abnormal: Option<PathBuf>,
     /// Masks of the defective images.
     pub masks: Option<PathBuf>,
+    /// Labelled defective images held out for calibration (F1-optimal threshold).
+    #[serde(default)]
+    pub val_abnormal: Option<PathBuf>,
 }
 
 impl From<&DataSource> for SourceSpec {
     fn from(s: &DataSource) -> Self {
         match s {
             DataSource::Mvtec(root) => {
-                SourceSpec { mvtec: Some(root.clone()), normal: None, abnormal: None, masks: None }
+                SourceSpec { mvtec: Some(root.clone()), normal: None, abnormal: None, masks: None, val_abnormal: None }
             }
             DataSource::Folders { normal, abnormal, masks } => SourceSpec {
                 mvtec: None,
                 normal: Some(normal.clone()),
                 abnormal: abnormal.clone(),
                 masks: masks.clone(),
+                val_abnormal: None,
             },
         }
     }
@@ -250,6 +254,8 @@ pub struct TrainRequest {
     pub resume: bool,
     /// Start from these weights (a bundle's `weights.safetensors`) instead of random ones.
     pub init_weights: Option<PathBuf>,
+    /// Labelled defective images for calibration: the threshold becomes the F1-optimal one.
+    pub val_abnormal: Option<PathBuf>,
 }
 
 /// How a training call ended.
@@ -478,7 +484,7 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         cfg.channels = Some(channels);
         cfg.save(&run.config())?;
         let state = RunState {
-            data: SourceSpec::from(&source),
+            data: SourceSpec { val_abnormal: req.val_abnormal.clone(), ..SourceSpec::from(&source) },
             channels,
             epochs_done: 0,
             encoder_epochs_done: 0,

@@ -49,6 +49,7 @@ fn run(cfg: TrainConfig, dir: &Path) -> RunDir {
         device: DeviceChoice::Cpu,
         resume: false,
         init_weights: None,
+        val_abnormal: None,
     };
     assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
     run
@@ -206,6 +207,7 @@ fn a_resumed_run_continues_from_its_checkpoint_exactly() {
         device: DeviceChoice::Cpu,
         resume: false,
         init_weights: None,
+        val_abnormal: None,
     };
     train(&req, &AtomicBool::new(false)).unwrap();
     let mut saved = TrainConfig::from_file(&split.config()).unwrap();
@@ -241,6 +243,7 @@ fn a_stop_request_saves_a_checkpoint_that_resume_finishes() {
         device: DeviceChoice::Cpu,
         resume: false,
         init_weights: None,
+        val_abnormal: None,
     };
     assert_eq!(train(&req, &AtomicBool::new(true)).unwrap(), Outcome::Interrupted);
     assert!(run.checkpoint("model").is_file());
@@ -274,6 +277,7 @@ fn corrupt_training_images_are_skipped_named_and_counted() {
         device: DeviceChoice::Cpu,
         resume: false,
         init_weights: None,
+        val_abnormal: None,
     };
     train(&req, &AtomicBool::new(false)).unwrap();
     let state = RunState::load(&run).unwrap();
@@ -347,4 +351,33 @@ fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
     let (fresh_first, _) = first_last(&fresh, "train", "loss");
     assert!(resumed_first < fresh_first * 0.7, "fine-tuning starts at {resumed_first}, a fresh model at {fresh_first}");
     assert!(second.manifest.metrics.contains_key("image_auroc"));
+}
+
+#[test]
+fn labelled_validation_defects_give_the_f1_optimal_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir(dir.path().join("run"));
+    let req = TrainRequest {
+        config: small(ModelKind::Dae, 3),
+        source: Some(DataSource::Folders { normal: synthetic().join("train/good"), abnormal: None, masks: None }),
+        run: run.clone(),
+        device: DeviceChoice::Cpu,
+        resume: false,
+        init_weights: None,
+        val_abnormal: Some(synthetic().join("test/missing")),
+    };
+    train(&req, &AtomicBool::new(false)).unwrap();
+    let bundle = export(&ExportRequest {
+        run,
+        out: dir.path().join("bundle"),
+        name: None,
+        version: 1,
+        parent: None,
+        engine: engine_config(EngineChoice::Tract),
+    })
+    .unwrap()
+    .bundle;
+    let t = &bundle.manifest.threshold;
+    assert_eq!(t.method, vigil::bundle::manifest::ThresholdMethod::F1);
+    assert!(t.calibrated_on.as_ref().unwrap().contains("defective images (F1"), "{t:?}");
 }

@@ -72,6 +72,9 @@ pub struct TrainConfig {
     pub reduction: Reduction,
     /// Training-time augmentation.
     pub augment: Augment,
+    /// Decoded training images kept in memory, in MiB; a larger set is read from disk per
+    /// batch, so data sets larger than memory train too.
+    pub cache_mib: usize,
 }
 
 impl Default for TrainConfig {
@@ -100,6 +103,7 @@ impl Default for TrainConfig {
             smoothing_sigma: 4.0,
             reduction: Reduction::Max,
             augment: Augment::default(),
+            cache_mib: 2048,
         }
     }
 }

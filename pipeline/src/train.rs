@@ -173,18 +173,14 @@ enum Images {
     Streamed { pre: Box<Preprocessor>, paths: Vec<PathBuf> },
 }
 
-/// The most decoded training data kept in memory; larger sets are read from disk per batch.
-const CACHE_BYTES: usize = 2 << 30;
-
 impl Images {
-    fn load(pre: &Preprocessor, paths: &[PathBuf], skipped: &mut Vec<Skipped>) -> Images {
+    fn load(pre: &Preprocessor, paths: &[PathBuf], skipped: &mut Vec<Skipped>, cache_mib: usize) -> Images {
         let [c, h, w] = pre.chw();
         let per = c * h * w;
-        if paths.len() * per * 4 > CACHE_BYTES {
+        if paths.len() * per * 4 > cache_mib << 20 {
             tracing::info!(
-                "{} training images exceed the {} MiB cache: reading them per batch",
-                paths.len(),
-                CACHE_BYTES >> 20
+                "{} training images exceed the {cache_mib} MiB cache (cache_mib): reading them per batch",
+                paths.len()
             );
             let mut ok = vec![];
             for p in paths {
@@ -502,7 +498,7 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     log_data(&data);
     let pre = Preprocessor::new(&input_spec(&cfg, state.channels));
     let mut skipped = vec![];
-    let images = Images::load(&pre, &data.train, &mut skipped);
+    let images = Images::load(&pre, &data.train, &mut skipped, cfg.cache_mib);
     state.skipped = skipped;
     state.images = images.len();
     if images.len() < 2 {

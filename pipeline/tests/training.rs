@@ -263,30 +263,33 @@ fn corrupt_training_images_are_skipped_named_and_counted() {
     for f in std::fs::read_dir(synthetic().join("train/good")).unwrap().flatten().take(12) {
         std::fs::copy(f.path(), normal.join(f.file_name())).unwrap();
     }
-    std::fs::write(
-        normal.join("zz_truncated.png"),
-        &std::fs::read(synthetic().join("train/good/0000.png")).unwrap()[..100],
-    )
-    .unwrap();
-    std::fs::write(normal.join("zz_text.jpg"), "not an image").unwrap();
-    let run = RunDir(dir.path().join("run"));
-    let req = TrainRequest {
-        config: TrainConfig { batch: 4, ..small(ModelKind::Dae, 1) },
-        source: Some(DataSource::Folders { normal, abnormal: None, masks: None }),
-        run: run.clone(),
-        device: DeviceChoice::Cpu,
-        resume: false,
-        init_weights: None,
-        val_abnormal: None,
-    };
-    train(&req, &AtomicBool::new(false)).unwrap();
-    let state = RunState::load(&run).unwrap();
-    let names: Vec<String> =
-        state.skipped.iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    // The split is by name hash, so a bad file may land in validation instead of training:
-    // count what training saw, and check each named one is one of the two.
-    assert!(names.iter().all(|n| n.starts_with("zz_")), "{names:?}");
-    assert_eq!(state.images + names.len(), state_train_count(&run), "every training file is used or skipped");
+    let png = std::fs::read(synthetic().join("train/good/0000.png")).unwrap();
+    // Six bad files: validation takes two images, so at least four reach training.
+    for i in 0..3 {
+        std::fs::write(normal.join(format!("zz_truncated_{i}.png")), &png[..100 + 50 * i]).unwrap();
+        std::fs::write(normal.join(format!("zz_text_{i}.jpg")), "not an image").unwrap();
+    }
+    // Both ways of holding the data: decoded in memory, and read from disk per batch (as for
+    // data sets larger than memory).
+    for cache_mib in [2048, 0] {
+        let run = RunDir(dir.path().join(format!("run_{cache_mib}")));
+        let req = TrainRequest {
+            config: TrainConfig { batch: 4, cache_mib, ..small(ModelKind::Dae, 1) },
+            source: Some(DataSource::Folders { normal: normal.clone(), abnormal: None, masks: None }),
+            run: run.clone(),
+            device: DeviceChoice::Cpu,
+            resume: false,
+            init_weights: None,
+            val_abnormal: None,
+        };
+        train(&req, &AtomicBool::new(false)).unwrap();
+        let state = RunState::load(&run).unwrap();
+        let names: Vec<String> =
+            state.skipped.iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert!(names.len() >= 4 && names.iter().all(|n| n.starts_with("zz_")), "cache {cache_mib}: {names:?}");
+        assert!(state.skipped.iter().all(|s| !s.reason.is_empty()));
+        assert_eq!(state.images + names.len(), state_train_count(&run), "every training file is used or skipped");
+    }
 }
 
 fn state_train_count(run: &RunDir) -> usize {

@@ -443,8 +443,14 @@ fn augment(cfg: &TrainConfig, x: Tensor<4>) -> Tensor<4> {
     x
 }
 
-fn scalar(t: Tensor<1>) -> f64 {
-    t.into_scalar::<f32>() as f64
+/// A loss value kept on the device: reading it back waits for the device, so the loop reads
+/// sums only now and then instead of every step.
+fn kept(t: Tensor<1>) -> Tensor<1> {
+    t.detach()
+}
+
+fn read(t: &Tensor<1>) -> f64 {
+    t.clone().into_scalar::<f32>() as f64
 }
 
 /// burn's random source is per backend, not per run: two trainings in one process would
@@ -599,7 +605,9 @@ fn run_epoch(
     );
     bar.set_prefix(format!("{phase} epoch {}/{total}", epoch + 1));
     let started = Instant::now();
-    let mut sums: Vec<(String, f64)> = vec![];
+    // Per loss: the sum on the device and how many steps reported it (a WGAN generator
+    // loss comes every n_critic steps only).
+    let mut sums: Vec<(&'static str, Tensor<1>, usize)> = vec![];
     let (c, s) = (cfg.channels.unwrap_or(3), cfg.size);
     for step in 0..steps {
         if stop.load(Ordering::SeqCst) {
@@ -609,14 +617,20 @@ fn run_epoch(
         let idx = &order[step * batch..(step + 1) * batch];
         let x = Tensor::<4>::from_data(TensorData::new(images.batch(idx), [batch, c, s, s]), device);
         let x = augment(cfg, x);
-        let losses = train_step(cfg, nets, x, phase, step)?;
-        if sums.is_empty() {
-            sums = losses.iter().map(|(k, _)| (k.to_string(), 0.0)).collect();
+        for (key, value) in train_step(cfg, nets, x, phase, step)? {
+            match sums.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, sum, n)) => {
+                    *sum = sum.clone() + value;
+                    *n += 1;
+                }
+                None => sums.push((key, value, 1)),
+            }
         }
-        for ((_, acc), (_, v)) in sums.iter_mut().zip(&losses) {
-            *acc += v;
+        if step % 20 == 19 || step + 1 == steps {
+            bar.set_message(
+                sums.iter().map(|(k, v, n)| format!("{k} {:.5}", read(v) / *n as f64)).collect::<Vec<_>>().join(" "),
+            );
         }
-        bar.set_message(losses.iter().map(|(k, v)| format!("{k} {v:.5}")).collect::<Vec<_>>().join(" "));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -624,7 +638,7 @@ fn run_epoch(
     let log = EpochLog {
         phase: phase.into(),
         epoch: epoch + 1,
-        losses: sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect(),
+        losses: sums.iter().map(|(k, v, n)| (k.to_string(), read(v) / *n as f64)).collect(),
         samples_per_s: (steps * batch) as f64 / secs.max(1e-9),
     };
     tracing::info!(
@@ -642,7 +656,7 @@ fn train_step(
     x: Tensor<4>,
     phase: &str,
     step: usize,
-) -> anyhow::Result<Vec<(&'static str, f64)>> {
+) -> anyhow::Result<Vec<(&'static str, Tensor<1>)>> {
     let device = x.device();
     let [b, c, h, w] = x.dims();
     let lr = cfg.lr;
@@ -654,7 +668,7 @@ fn train_step(
                     + Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, cfg.noise_sigma as f64), &device);
                 let recon = model.decoder.forward(model.encoder.forward(noisy));
                 let loss = (recon - x).powf_scalar(2.0).mean();
-                let value = scalar(loss.clone());
+                let value = kept(loss.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
                 *model = opt.step(lr, model.clone(), grads);
                 vec![("loss", value)]
@@ -670,7 +684,7 @@ fn train_step(
                     .mean()
                     .mul_scalar(-0.5);
                 let loss = rec.clone() + kl.clone().mul_scalar(cfg.kl_weight as f64 / (c * h * w) as f64);
-                let values = (scalar(loss.clone()), scalar(rec), scalar(kl));
+                let values = (kept(loss.clone()), kept(rec), kept(kl));
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
                 *model = opt.step(lr, model.clone(), grads);
                 vec![("loss", values.0), ("reconstruction", values.1), ("kl", values.2)]
@@ -687,9 +701,9 @@ fn train_step(
                 let gp = gradient_penalty(critic, x.clone(), fake.clone());
                 let l = logits(critic, fake).mean() - logits(critic, x.clone()).mean()
                     + gp.clone().mul_scalar(cfg.gp_weight as f64);
-                (l, Some(scalar(gp)))
+                (l, Some(kept(gp)))
             };
-            let d_value = scalar(d_loss.clone());
+            let d_value = kept(d_loss.clone());
             let grads = GradientsParams::from_grads(d_loss.backward(), &*critic);
             *critic = opt_d.step(lr, critic.clone(), grads);
             let n_critic = if cfg.model == ModelKind::Wgan { cfg.n_critic } else { 1 };
@@ -702,7 +716,7 @@ fn train_step(
                 } else {
                     fake_logits.mean().neg()
                 };
-                let g_value = scalar(g_loss.clone());
+                let g_value = kept(g_loss.clone());
                 let mut grads = g_loss.backward();
                 let grads = GradientsParams::from_module(&mut grads, &*generator);
                 *generator = opt_g.step(lr, generator.clone(), grads);
@@ -722,7 +736,7 @@ fn train_step(
             let pixel = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
             let feature = (d.features(recon) - d.features(x)).powf_scalar(2.0).mean();
             let loss = pixel.clone() + feature.clone().mul_scalar(cfg.feature_weight as f64);
-            let values = (scalar(loss.clone()), scalar(pixel), scalar(feature));
+            let values = (kept(loss.clone()), kept(pixel), kept(feature));
             let mut grads = loss.backward();
             let grads = GradientsParams::from_module(&mut grads, &*encoder);
             *encoder = opt_e.step(lr, encoder.clone(), grads);
@@ -775,12 +789,18 @@ pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice)
         Nets::Gan { generator, critic, .. } => generator.num_params() + critic.num_params(),
     };
     for step in 0..3 {
-        train_step(&cfg, &mut nets, x.clone(), "train", step)?;
+        for (_, v) in train_step(&cfg, &mut nets, x.clone(), "train", step)? {
+            read(&v);
+        }
     }
     let started = Instant::now();
+    let mut last = vec![];
     for step in 0..steps {
-        // Every step reads its losses back, which waits for the device: the timing is honest.
-        train_step(&cfg, &mut nets, x.clone(), "train", step)?;
+        last = train_step(&cfg, &mut nets, x.clone(), "train", step)?;
+    }
+    // Reading the last losses waits for every queued step, as torch.cuda.synchronize does.
+    for (_, v) in &last {
+        read(v);
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(BenchResult {

@@ -605,17 +605,50 @@ fn run_epoch(
     );
     bar.set_prefix(format!("{phase} epoch {}/{total}", epoch + 1));
     let started = Instant::now();
+    let (c, s) = (cfg.channels.unwrap_or(3), cfg.size);
+    // Batches are assembled (and, for streamed data, decoded) on a second thread, two ahead,
+    // while the device trains on the current one.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+    std::thread::scope(|scope| -> anyhow::Result<Option<EpochLog>> {
+        let order = &order;
+        scope.spawn(move || {
+            for step in 0..steps {
+                if tx.send(images.batch(&order[step * batch..(step + 1) * batch])).is_err() {
+                    break; // the epoch stopped early
+                }
+            }
+        });
+        run_steps(cfg, nets, rx, [batch, c, s, s], steps, phase, epoch, total, device, stop, &bar, started)
+    })
+}
+
+/// The steps of one epoch, fed by the loader thread; `None` when stopped part-way.
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    cfg: &TrainConfig,
+    nets: &mut Nets,
+    batches: std::sync::mpsc::Receiver<Vec<f32>>,
+    dims: [usize; 4],
+    steps: usize,
+    phase: &str,
+    epoch: u32,
+    total: u32,
+    device: &Device,
+    stop: &AtomicBool,
+    bar: &indicatif::ProgressBar,
+    started: Instant,
+) -> anyhow::Result<Option<EpochLog>> {
+    let batch = dims[0];
     // Per loss: the sum on the device and how many steps reported it (a WGAN generator
     // loss comes every n_critic steps only).
     let mut sums: Vec<(&'static str, Tensor<1>, usize)> = vec![];
-    let (c, s) = (cfg.channels.unwrap_or(3), cfg.size);
     for step in 0..steps {
         if stop.load(Ordering::SeqCst) {
             bar.abandon();
             return Ok(None);
         }
-        let idx = &order[step * batch..(step + 1) * batch];
-        let x = Tensor::<4>::from_data(TensorData::new(images.batch(idx), [batch, c, s, s]), device);
+        let data = batches.recv().map_err(|_| anyhow::anyhow!("the data loader thread stopped"))?;
+        let x = Tensor::<4>::from_data(TensorData::new(data, dims), device);
         let x = augment(cfg, x);
         for (key, value) in train_step(cfg, nets, x, phase, step)? {
             match sums.iter_mut().find(|(k, _, _)| *k == key) {

@@ -84,19 +84,23 @@ fn first_last(state: &RunState, phase: &str, loss: &str) -> (f64, f64) {
     (values[0], *values.last().unwrap())
 }
 
-/// Exports a run and checks that the graph's scores and maps equal burn's own eval-mode
-/// forward within 1e-4 on tract and ONNX Runtime.
-fn export_with_parity(run: &RunDir, out: &Path) -> Bundle {
-    let exported = export(&ExportRequest {
+/// Exports a run as version 1, calibrating and evaluating on tract.
+fn export_run(run: &RunDir, out: &Path) -> Bundle {
+    let req = ExportRequest {
         run: run.clone(),
         out: out.to_path_buf(),
         name: None,
         version: 1,
         parent: None,
         engine: engine_config(EngineChoice::Tract),
-    })
-    .unwrap();
-    let bundle = exported.bundle;
+    };
+    export(&req).unwrap().bundle
+}
+
+/// Exports a run and checks that the graph's scores and maps equal burn's own eval-mode
+/// forward within 1e-4 on tract and ONNX Runtime.
+fn export_with_parity(run: &RunDir, out: &Path) -> Bundle {
+    let bundle = export_run(run, out);
     let cfg = TrainConfig::from_file(&run.config()).unwrap();
     let state = RunState::load(run).unwrap();
     let trained = load_trained(run, &cfg, state.channels).unwrap();
@@ -323,16 +327,7 @@ fn describe(x: &vigil::onnx::net::Layer, y: &vigil::onnx::net::Layer) -> String 
 fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
     let dir = tempfile::tempdir().unwrap();
     let run = run(small(ModelKind::Dae, 3), &dir.path().join("surface"));
-    let first = export(&ExportRequest {
-        run,
-        out: dir.path().join("v1"),
-        name: None,
-        version: 1,
-        parent: None,
-        engine: engine_config(EngineChoice::Tract),
-    })
-    .unwrap()
-    .bundle;
+    let first = export_run(&run, &dir.path().join("v1"));
     let req = vigil_pipeline::retrain::RetrainRequest {
         from: dir.path().join("v1"),
         source: DataSource::Mvtec(synthetic().to_path_buf()),
@@ -370,16 +365,7 @@ fn labelled_validation_defects_give_the_f1_optimal_threshold() {
         val_abnormal: Some(synthetic().join("test/missing")),
     };
     train(&req, &AtomicBool::new(false)).unwrap();
-    let bundle = export(&ExportRequest {
-        run,
-        out: dir.path().join("bundle"),
-        name: None,
-        version: 1,
-        parent: None,
-        engine: engine_config(EngineChoice::Tract),
-    })
-    .unwrap()
-    .bundle;
+    let bundle = export_run(&run, &dir.path().join("bundle"));
     let t = &bundle.manifest.threshold;
     assert_eq!(t.method, vigil::bundle::manifest::ThresholdMethod::F1);
     assert!(t.calibrated_on.as_ref().unwrap().contains("defective images (F1"), "{t:?}");

@@ -1,7 +1,6 @@
 //! Data sets: finding images (MVTec AD layout or plain folders), the deterministic
 //! train/validation split, and loading them through the daemon's own preprocessing.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -255,13 +254,4 @@ pub fn fingerprint(paths: &[PathBuf]) -> String {
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Test images per kind, for per-type metrics.
-pub fn kinds(test: &[TestImage]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for t in test {
-        *m.entry(t.kind.clone()).or_insert(0) += 1;
-    }
-    m
 }

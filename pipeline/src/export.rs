@@ -144,7 +144,8 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let evaluation = if data.test.is_empty() {
         None
     } else {
-        let calibrated = Bundle::write(&req.out, &manifest, model.clone(), &[])?;
+        // The same graph with the calibrated threshold: no need to write it out again first.
+        let calibrated = Bundle { manifest: manifest.clone(), ..provisional.clone() };
         let (e, _) = evaluate(&calibrated, &engine, &data.test);
         Some(e)
     };

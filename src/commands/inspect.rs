@@ -3,8 +3,7 @@
 use serde::Serialize;
 
 use crate::bundle::{Bundle, Manifest};
-use crate::engine::io::{declared_dims, format_dims};
-use crate::onnx::graph::default_opset;
+use crate::onnx::graph::{declared_dims, default_opset, format_dims, image_inputs};
 
 /// A declared graph input or output.
 #[derive(Debug, Serialize)]
@@ -42,7 +41,6 @@ pub struct Inspection {
 pub fn inspect(bundle: &Bundle) -> anyhow::Result<Inspection> {
     let model = bundle.model_proto()?;
     let graph = model.graph.clone().unwrap_or_default();
-    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let port =
         |v: &crate::onnx::pb::ValueInfoProto| Port { name: v.name.clone(), shape: format_dims(&declared_dims(v)) };
     Ok(Inspection {
@@ -52,7 +50,7 @@ pub fn inspect(bundle: &Bundle) -> anyhow::Result<Inspection> {
         model_bytes: bundle.model_bytes.len(),
         opset: default_opset(&model),
         producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
-        inputs: graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(port).collect(),
+        inputs: image_inputs(&graph).into_iter().map(port).collect(),
         outputs: graph.output.iter().map(port).collect(),
         manifest: bundle.manifest.clone(),
     })

@@ -1,9 +1,8 @@
 //! Checks a model's declared inputs and outputs against its manifest, engine-independently.
 
-use tract_onnx::pb;
-
 use super::EngineError;
 use crate::bundle::Bundle;
+use crate::onnx::graph::{declared_dims, format_dims, image_inputs};
 
 /// The largest batch vigil sends to a model whose batch dimension is free.
 pub const MAX_BATCH: usize = 64;
@@ -23,34 +22,6 @@ pub struct ModelIo {
     pub max_batch: usize,
 }
 
-/// One declared dimension: fixed size, or free.
-pub fn declared_dims(v: &pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
-    use pb::tensor_shape_proto::dimension::Value;
-    match &v.r#type {
-        Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(t)), .. }) => t.shape.as_ref().map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(Value::DimValue(n)) if n > 0 => Some(n),
-                    _ => None,
-                })
-                .collect()
-        }),
-        _ => None,
-    }
-}
-
-/// Formats declared dimensions like `[N, 3, 128, 128]`.
-pub fn format_dims(dims: &Option<Vec<Option<i64>>>) -> String {
-    match dims {
-        None => "[?]".into(),
-        Some(d) => {
-            let parts: Vec<String> = d.iter().map(|x| x.map_or("N".into(), |n| n.to_string())).collect();
-            format!("[{}]", parts.join(", "))
-        }
-    }
-}
-
 /// Reads the model's declared interface and checks it against the manifest.
 pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
     let path = bundle.model_path.clone();
@@ -65,8 +36,7 @@ pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
         reason: "the file holds no graph".into(),
     })?;
     let m = &bundle.manifest;
-    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
+    let inputs = image_inputs(graph);
     let input_err = |problem: String| EngineError::Input { path: path.clone(), problem };
     let Some(input) = inputs.iter().find(|i| i.name == m.input.name) else {
         let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();

@@ -500,3 +500,39 @@ pub fn decode(bytes: &[u8]) -> Result<pb::ModelProto, prost::DecodeError> {
 pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
     model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
 }
+
+/// The declared dimensions of a graph input or output: `Some(size)` when fixed, `None` when
+/// free; `None` overall when the shape is not declared.
+pub fn declared_dims(v: &pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
+    use pb::tensor_shape_proto::dimension::Value;
+    match &v.r#type {
+        Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(t)), .. }) => t.shape.as_ref().map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Value::DimValue(n)) if n > 0 => Some(n),
+                    _ => None,
+                })
+                .collect()
+        }),
+        _ => None,
+    }
+}
+
+/// Formats declared dimensions like `[N, 3, 128, 128]`.
+pub fn format_dims(dims: &Option<Vec<Option<i64>>>) -> String {
+    match dims {
+        None => "[?]".into(),
+        Some(d) => {
+            let parts: Vec<String> = d.iter().map(|x| x.map_or("N".into(), |n| n.to_string())).collect();
+            format!("[{}]", parts.join(", "))
+        }
+    }
+}
+
+/// The graph's real inputs: its declared inputs that are not initializers (older exporters
+/// list every weight as an input too).
+pub fn image_inputs(graph: &pb::GraphProto) -> Vec<&pb::ValueInfoProto> {
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
+}

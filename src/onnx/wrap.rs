@@ -3,7 +3,7 @@
 
 use tract_onnx::pb;
 
-use super::graph::{Dim, GraphBuilder, default_opset};
+use super::graph::{Dim, GraphBuilder, declared_dims, default_opset, image_inputs};
 use super::head::{MAP_OUTPUT, SCORE_OUTPUT, reconstruction_head};
 use crate::bundle::manifest::ScoreSpec;
 
@@ -43,36 +43,15 @@ pub enum WrapError {
 /// The image input of a foreign model: its graph inputs that are not initializers.
 pub fn foreign_input(model: &pb::ModelProto) -> Result<ForeignInput, WrapError> {
     let graph = model.graph.as_ref().ok_or(WrapError::NoGraph)?;
-    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
+    let inputs = image_inputs(graph);
     let [input] = inputs.as_slice() else {
         return Err(WrapError::Inputs(inputs.iter().map(|i| i.name.clone()).collect()));
     };
-    let dims = fixed_dims(input);
-    let chw = match dims.as_slice() {
-        [_, Some(c), Some(h), Some(w)] => Some([*c, *h, *w]),
+    let chw = match declared_dims(input).as_deref() {
+        Some([_, Some(c), Some(h), Some(w)]) => Some([*c as usize, *h as usize, *w as usize]),
         _ => None,
     };
     Ok(ForeignInput { name: input.name.clone(), chw })
-}
-
-fn fixed_dims(v: &pb::ValueInfoProto) -> Vec<Option<usize>> {
-    use pb::tensor_shape_proto::dimension::Value;
-    let Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(t)), .. }) = &v.r#type else {
-        return vec![];
-    };
-    t.shape
-        .as_ref()
-        .map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(Value::DimValue(n)) if n > 0 => Some(n as usize),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn output_names(graph: &pb::GraphProto) -> Vec<String> {

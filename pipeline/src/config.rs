@@ -20,6 +20,9 @@ pub struct Augment {
     pub vflip: bool,
     /// Random brightness change of up to ± this (pixels are in [0, 1]).
     pub brightness: f32,
+    /// Random shift of up to ± this many pixels in each direction, edges repeated
+    /// (for cameras whose parts are not placed to the pixel).
+    pub shift: usize,
 }
 
 /// Everything that shapes a training run.

@@ -443,6 +443,28 @@ fn augment(cfg: &TrainConfig, x: Tensor<4>) -> Tensor<4> {
     x
 }
 
+/// Moves each image of a `[B, C, H, W]` batch by its own random offset of up to `max` pixels
+/// in each direction, repeating the edge pixels into the uncovered border.
+fn shift_images(data: &mut [f32], [b, c, h, w]: [usize; 4], max: usize, rng: &mut Rng) {
+    let span = 2 * max + 1;
+    let mut plane = vec![0f32; h * w];
+    for i in 0..b {
+        let dy = rng.below(span) as isize - max as isize;
+        let dx = rng.below(span) as isize - max as isize;
+        for ch in 0..c {
+            let at = (i * c + ch) * h * w;
+            plane.copy_from_slice(&data[at..at + h * w]);
+            for y in 0..h {
+                let sy = (y as isize - dy).clamp(0, h as isize - 1) as usize;
+                for x in 0..w {
+                    let sx = (x as isize - dx).clamp(0, w as isize - 1) as usize;
+                    data[at + y * w + x] = plane[sy * w + sx];
+                }
+            }
+        }
+    }
+}
+
 /// A loss value kept on the device: reading it back waits for the device, so the loop reads
 /// sums only now and then instead of every step.
 fn kept(t: Tensor<1>) -> Tensor<1> {
@@ -611,9 +633,15 @@ fn run_epoch(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
     std::thread::scope(|scope| -> anyhow::Result<Option<EpochLog>> {
         let order = &order;
+        let max_shift = cfg.augment.shift;
         scope.spawn(move || {
+            let mut rng = Rng::new(mix(epoch_seed ^ 0x5A1F7));
             for step in 0..steps {
-                if tx.send(images.batch(&order[step * batch..(step + 1) * batch])).is_err() {
+                let mut data = images.batch(&order[step * batch..(step + 1) * batch]);
+                if max_shift > 0 {
+                    shift_images(&mut data, [batch, c, s, s], max_shift, &mut rng);
+                }
+                if tx.send(data).is_err() {
                     break; // the epoch stopped early
                 }
             }
@@ -845,4 +873,31 @@ pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice)
         samples_per_s: (batch * steps) as f64 / secs,
         ms_per_step: 1000.0 * secs / steps as f64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_images_keep_their_content_and_repeat_their_edges() {
+        // Two 1x4x4 images holding 0..16 and 100..116.
+        let original: Vec<f32> = (0..16).map(|v| v as f32).chain((0..16).map(|v| 100.0 + v as f32)).collect();
+        let mut seen_moved = false;
+        for seed in 0..20 {
+            let mut data = original.clone();
+            shift_images(&mut data, [2, 1, 4, 4], 1, &mut Rng::new(seed));
+            for (i, img) in data.chunks(16).enumerate() {
+                let base = 100.0 * i as f32;
+                // Each pixel comes from the same image, at most one pixel away in each direction.
+                for (at, v) in img.iter().enumerate() {
+                    let src = (v - base) as usize;
+                    let (y, x, sy, sx) = (at / 4, at % 4, src / 4, src % 4);
+                    assert!(src < 16 && y.abs_diff(sy) <= 1 && x.abs_diff(sx) <= 1, "seed {seed}: {img:?}");
+                }
+                seen_moved |= img != &original[i * 16..(i + 1) * 16];
+            }
+        }
+        assert!(seen_moved, "no image was ever shifted");
+    }
 }

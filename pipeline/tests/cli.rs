@@ -137,3 +137,35 @@ fn train_from_the_command_line_exports_an_evaluated_bundle_that_vigil_serves() {
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("already holds a run; pass --resume"), "{}", stderr(&again));
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 32, n_train: 32, n_test: 0, rgb: false, seed: 3 })
+        .unwrap();
+    let run = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-train"))
+        .args(["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .args(["--size", "32", "--batch", "4", "--epochs", "100000", "--device", "cpu", "--no-export"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first finished epoch, so there is something to keep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run.join("losses.csv").exists() {
+        assert!(std::time::Instant::now() < deadline, "no epoch finished in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("continue with --resume"), "{err}");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    let done = state["epochs_done"].as_u64().unwrap();
+    assert!((1..100000).contains(&done), "{state}");
+    assert!(run.join("checkpoint").read_dir().unwrap().count() > 0);
+}

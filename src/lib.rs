@@ -4,8 +4,18 @@
 //!
 //! ```text
 //! source -> decode/preprocess -> engine -> score/decide -> sink
-//!           (preprocess)         (engine)
+//! (source)  (scoring, preprocess) (engine) (decide, alert)  (sink, broker)
 //! ```
+//!
+//! - [`config`]: the daemon's documented config and its validation.
+//! - [`daemon`]: `run(config, shutdown)`, which wires the parts below together.
+//! - [`source`]: watched folders and MQTT topics; [`frame`]: what they produce.
+//! - [`scoring`]: decode workers and the batching inference thread.
+//! - [`decide`]: thresholds, cooldown and hysteresis, the anomalous region.
+//! - [`alert`]: the alert JSON and its ULID; [`snapshot`]: the heatmap JPEG.
+//! - [`sink`]: JSON lines and stdout; [`broker`]: the MQTT connection (alerts out, frames
+//!   and threshold changes in).
+//! - [`state`]: what survives a restart; [`metrics`]: Prometheus and `/healthz`.
 //!
 //! - [`bundle`]: the model bundle contract (ONNX model + versioned manifest), shared with
 //!   `vigil-train`.
@@ -16,13 +26,25 @@
 //! - [`overlay`]: heatmaps drawn over frames (snapshots, reports).
 //! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
 
+pub mod alert;
+pub mod broker;
 pub mod bundle;
 pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod decide;
 pub mod engine;
+pub mod frame;
+pub mod metrics;
 pub mod onnx;
 pub mod overlay;
 pub mod preprocess;
 pub mod rng;
+pub mod scoring;
+pub mod sink;
+pub mod snapshot;
+pub mod source;
+pub mod state;
 pub mod synth;
 
 /// This build's version, recorded in manifests.

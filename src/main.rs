@@ -38,6 +38,18 @@ impl EngineArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: watch the configured cameras, score frames, publish alerts.
+    Run {
+        /// The config file (TOML); keys can be overridden with VIGIL__SECTION__KEY variables.
+        #[arg(long, short, env = "VIGIL_CONFIG", default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
+    /// Check a config without starting: every problem with its key; exit 1 on any.
+    Validate {
+        /// The config file (TOML).
+        #[arg(long, short, env = "VIGIL_CONFIG", default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
     /// Score image files; prints one JSON line per image.
     Score {
         /// Bundle folder, or a .onnx file with an embedded manifest.
@@ -108,6 +120,34 @@ fn parse_reduction(s: &str) -> Result<Reduction, String> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            let cfg = vigil::config::load(&config)?;
+            init_logging(Some(&cfg.log));
+            let problems = vigil::daemon::check(&cfg);
+            if !problems.is_empty() {
+                return Err(vigil::config::ConfigError { path: config, problems }.into());
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("vigil-io")
+                .enable_all()
+                .build()?;
+            rt.block_on(vigil::daemon::run(cfg, stop_signal()))?;
+        }
+        Command::Validate { config } => {
+            init_logging(None);
+            let (cfg, mut problems) = vigil::config::load_lenient(&config);
+            // What parsed is checked too, so one run lists every problem.
+            if let Some(cfg) = &cfg {
+                problems.extend(vigil::daemon::check(cfg));
+            }
+            match cfg {
+                Some(cfg) if problems.is_empty() => {
+                    println!("{}: ok ({} camera(s))", config.display(), cfg.cameras.len())
+                }
+                _ => return Err(vigil::config::ConfigError { path: config, problems }.into()),
+            }
+        }
         Command::Score { model, engine, images } => {
             let (bundle, engine) = score::prepare(&model, &engine.config())?;
             let stdout = std::io::stdout();
@@ -160,14 +200,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Completes on the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Logs to stderr (the journal under systemd): `VIGIL_LOG` wins over the config's level.
+fn init_logging(log: Option<&vigil::config::LogConfig>) {
+    let level = log.map_or("info", |l| l.level.as_str());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},ort=warn")));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let _ = match log.map(|l| l.format) {
+        Some(vigil::config::LogFormat::Json) => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Validate { .. }) {
+        init_logging(None);
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vigil: {e:#}");

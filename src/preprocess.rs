@@ -88,22 +88,26 @@ impl Preprocessor {
         [self.spec.channels, self.spec.height, self.spec.width]
     }
 
+    /// The part of a `width × height` image that becomes the input: all of it for
+    /// `stretch`, the largest centred region with the input's aspect ratio for
+    /// `center_crop`. `(x, y, w, h)` in image pixels.
+    pub fn crop_rect(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
+        let (w, h) = (self.spec.width as u64, self.spec.height as u64);
+        match self.spec.resize_mode {
+            ResizeMode::Stretch => (0, 0, width, height),
+            ResizeMode::CenterCrop => {
+                let (iw, ih) = (width as u64, height as u64);
+                let (cw, ch) = if iw * h > ih * w { ((ih * w / h).max(1), ih) } else { (iw, (iw * h / w).max(1)) };
+                (((iw - cw) / 2) as u32, ((ih - ch) / 2) as u32, cw as u32, ch as u32)
+            }
+        }
+    }
+
     /// The image cropped (for `center_crop`) and resized to the input size.
     pub fn resize(&self, img: &DynamicImage) -> DynamicImage {
         let (w, h) = (self.spec.width as u32, self.spec.height as u32);
-        let img = match self.spec.resize_mode {
-            ResizeMode::Stretch => img.clone(),
-            ResizeMode::CenterCrop => {
-                // Largest centred region with the target's aspect ratio.
-                let (iw, ih) = (img.width() as u64, img.height() as u64);
-                let (cw, ch) = if iw * h as u64 > ih * w as u64 {
-                    ((ih * w as u64 / h as u64).max(1), ih)
-                } else {
-                    (iw, (iw * h as u64 / w as u64).max(1))
-                };
-                img.crop_imm(((iw - cw) / 2) as u32, ((ih - ch) / 2) as u32, cw as u32, ch as u32)
-            }
-        };
+        let (x, y, cw, ch) = self.crop_rect(img.width(), img.height());
+        let img = if (cw, ch) == (img.width(), img.height()) { img.clone() } else { img.crop_imm(x, y, cw, ch) };
         if img.width() == w && img.height() == h {
             img
         } else {

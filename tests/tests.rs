@@ -4,6 +4,7 @@ mod common;
 
 mod bundle;
 mod cli;
+mod daemon;
 mod engines;
 mod onnx_writer;
 mod synth;

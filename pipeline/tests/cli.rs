@@ -145,7 +145,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_0() {
     vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 32, n_train: 32, n_test: 0, rgb: false, seed: 3 })
         .unwrap();
     let run = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-train"))
+    let child = Command::new(env!("CARGO_BIN_EXE_vigil-train"))
         .args(["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()])
         .args(["--size", "32", "--batch", "4", "--epochs", "100000", "--device", "cpu", "--no-export"])
         .stdout(std::process::Stdio::null())

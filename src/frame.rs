@@ -1,0 +1,54 @@
+//! A frame on its way through the daemon, and where it came from.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+/// Where a frame came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file in a watched folder.
+    File(PathBuf),
+    /// An MQTT message.
+    Topic(String),
+}
+
+impl Origin {
+    /// The file path or topic, as shown in alerts and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::File(p) => p.display().to_string(),
+            Origin::Topic(t) => t.clone(),
+        }
+    }
+}
+
+/// What became of a frame, reported back to its source (which then marks a file done, moves
+/// it, or acknowledges the message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Scored; its alert, if any, was handed to the sinks.
+    Scored,
+    /// Refused (bad input) with this reason.
+    Rejected(String),
+}
+
+/// One frame from a source.
+#[derive(Debug)]
+pub struct Frame {
+    /// Index of the `[[cameras]]` entry that produced it.
+    pub slot: usize,
+    /// The camera id (for MQTT groups, the id taken from the topic or payload).
+    pub camera: String,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The encoded image.
+    pub bytes: Vec<u8>,
+    /// When the frame was taken (file modification time, payload time, or arrival).
+    pub time: SystemTime,
+    /// When vigil received it, for latency.
+    pub received: Instant,
+    /// Told what became of the frame, once it is done.
+    pub done: Option<oneshot::Sender<Outcome>>,
+}

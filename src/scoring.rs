@@ -1,0 +1,289 @@
+//! The scoring stages between the sources and the decision: decode workers turn frames into
+//! tensors (overlapping the engine), and one inference thread batches what has queued up
+//! (up to `max_batch`, waiting at most `max_wait`) and runs the engine.
+//!
+//! All queues are bounded: a full queue makes the stage before it wait, up to the sources.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use anyhow::Context;
+use image::DynamicImage;
+use ndarray::{Array2, Array3, Array4, Axis};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::bundle::Bundle;
+use crate::config::ScoringConfig;
+use crate::decide::Area;
+use crate::engine::{self, EngineConfig, LoadedEngine};
+use crate::frame::Frame;
+use crate::preprocess::{PreprocessError, Preprocessor, decode};
+
+/// A bundle loaded on an engine, ready to serve.
+#[derive(Debug)]
+pub struct Model {
+    /// The bundle.
+    pub bundle: Bundle,
+    /// Its engine.
+    pub engine: LoadedEngine,
+    /// Its preprocessing.
+    pub pre: Preprocessor,
+}
+
+impl Model {
+    /// Loads, checks and test-runs a bundle (blocking).
+    pub fn load(path: &Path, config: &EngineConfig) -> anyhow::Result<Model> {
+        let bundle = Bundle::load(path)?;
+        let engine = engine::load(&bundle, config).with_context(|| format!("bundle {}", path.display()))?;
+        let pre = Preprocessor::new(&bundle.manifest.input);
+        Ok(Model { bundle, engine, pre })
+    }
+}
+
+/// The model each camera slot serves; swapped whole on reload.
+#[derive(Debug)]
+pub struct Models {
+    slots: RwLock<Vec<Arc<Model>>>,
+    /// The bundle path of each slot.
+    pub paths: Vec<PathBuf>,
+}
+
+impl Models {
+    /// Slots in `[[cameras]]` order.
+    pub fn new(models: Vec<Arc<Model>>, paths: Vec<PathBuf>) -> Models {
+        Models { slots: RwLock::new(models), paths }
+    }
+
+    /// The model of a slot.
+    pub fn get(&self, slot: usize) -> Arc<Model> {
+        self.slots.read().expect("models lock")[slot].clone()
+    }
+
+    /// Replaces the model of every slot that serves `path`.
+    pub fn swap(&self, path: &Path, model: Arc<Model>) {
+        let mut slots = self.slots.write().expect("models lock");
+        for (slot, p) in self.paths.iter().enumerate() {
+            if p == path {
+                slots[slot] = model.clone();
+            }
+        }
+    }
+}
+
+/// A decoded frame with its input tensor.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The frame (its bytes are released once decoded).
+    pub frame: Frame,
+    /// The model it is scored with (fixed at decode time, so a reload never mixes models).
+    pub model: Arc<Model>,
+    /// `[C, H, W]` input.
+    pub tensor: Array3<f32>,
+    /// The decoded frame, for the snapshot.
+    pub image: DynamicImage,
+    /// The part of the frame the input was cut from.
+    pub area: Area,
+    /// SHA-256 of the encoded frame, for the alert id.
+    pub sha256: [u8; 32],
+}
+
+/// What leaves the scoring stages.
+#[derive(Debug)]
+pub enum Finished {
+    /// Scored.
+    Scored {
+        /// The frame and its tensor.
+        prepared: Box<Prepared>,
+        /// The raw score.
+        score: f32,
+        /// The `[H, W]` anomaly map, when the model has one.
+        map: Option<Array2<f32>>,
+    },
+    /// Refused.
+    Rejected {
+        /// The frame.
+        frame: Frame,
+        /// The kind of problem, a metric label (`corrupt`, `format`, `too_large`, ...).
+        kind: &'static str,
+        /// What was wrong and what to do.
+        reason: String,
+    },
+}
+
+/// A frame refused while preparing it: the frame, the kind of problem, the reason.
+pub type Refused = Box<(Frame, &'static str, String)>;
+
+/// Decodes a frame, crops its region of interest and builds the model input.
+pub fn prepare(mut frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result<Prepared, Refused> {
+    let sha256: [u8; 32] = Sha256::digest(&frame.bytes).into();
+    let image = match decode(&frame.bytes) {
+        Ok(i) => i,
+        Err(e) => {
+            let kind = match e {
+                PreprocessError::Empty => "empty",
+                PreprocessError::Format(_) => "format",
+                PreprocessError::Corrupt(_) => "corrupt",
+                PreprocessError::TooLarge(_) => "too_large",
+            };
+            return Err(Box::new((frame, kind, e.to_string())));
+        }
+    };
+    let (iw, ih) = (image.width(), image.height());
+    let (rx, ry, rw, rh) = match roi {
+        Some([x, y, w, h]) => {
+            if x.saturating_add(w) > iw || y.saturating_add(h) > ih {
+                let reason =
+                    format!("the camera's roi [{x}, {y}, {w}, {h}] does not fit this {iw}x{ih} frame; fix cameras.roi");
+                return Err(Box::new((frame, "roi", reason)));
+            }
+            (x, y, w, h)
+        }
+        None => (0, 0, iw, ih),
+    };
+    let cropped = if (rw, rh) == (iw, ih) { None } else { Some(image.crop_imm(rx, ry, rw, rh)) };
+    let scored = cropped.as_ref().unwrap_or(&image);
+    let tensor = model.pre.tensor(scored);
+    let (cx, cy, cw, ch) = model.pre.crop_rect(rw, rh);
+    frame.bytes = Vec::new();
+    Ok(Prepared { frame, model, tensor, image, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256 })
+}
+
+/// The running scoring stages.
+pub struct Stages {
+    /// Where sources put frames.
+    pub frames: mpsc::Sender<Frame>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Stages {
+    /// Waits for the stages to drain (after every frame sender is dropped).
+    pub fn join(self) {
+        drop(self.frames);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the decode workers and the inference thread; results go to `out`.
+pub fn start(
+    config: &ScoringConfig,
+    models: Arc<Models>,
+    rois: Vec<Option<[u32; 4]>>,
+    out: mpsc::Sender<Finished>,
+) -> Stages {
+    let (frames_tx, frames_rx) = mpsc::channel::<Frame>(config.queue);
+    let frames_rx = Arc::new(Mutex::new(frames_rx));
+    let (prep_tx, prep_rx) = std::sync::mpsc::sync_channel::<Prepared>(config.max_batch * 2);
+    let rois = Arc::new(rois);
+    let mut threads = vec![];
+    for i in 0..config.decode_workers {
+        let (rx, tx, out, models, rois) =
+            (frames_rx.clone(), prep_tx.clone(), out.clone(), models.clone(), rois.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("vigil-decode-{i}"))
+            .spawn(move || decode_worker(rx, tx, out, models, rois))
+            .expect("spawning a decode thread");
+        threads.push(t);
+    }
+    drop(prep_tx);
+    let (max_batch, max_wait) = (config.max_batch, config.max_wait);
+    let t = std::thread::Builder::new()
+        .name("vigil-infer".into())
+        .spawn(move || infer(prep_rx, out, max_batch, max_wait))
+        .expect("spawning the inference thread");
+    threads.push(t);
+    Stages { frames: frames_tx, threads }
+}
+
+fn decode_worker(
+    rx: Arc<Mutex<mpsc::Receiver<Frame>>>,
+    tx: SyncSender<Prepared>,
+    out: mpsc::Sender<Finished>,
+    models: Arc<Models>,
+    rois: Arc<Vec<Option<[u32; 4]>>>,
+) {
+    loop {
+        let frame = { rx.lock().expect("frame queue lock").blocking_recv() };
+        let Some(frame) = frame else { return };
+        let model = models.get(frame.slot);
+        let roi = rois[frame.slot];
+        match prepare(frame, model, roi) {
+            Ok(p) => {
+                if tx.send(p).is_err() {
+                    return;
+                }
+            }
+            Err(refused) => {
+                let (frame, kind, reason) = *refused;
+                if out.blocking_send(Finished::Rejected { frame, kind, reason }).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn infer(rx: Receiver<Prepared>, out: mpsc::Sender<Finished>, max_batch: usize, max_wait: std::time::Duration) {
+    let mut carry: Option<Prepared> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let limit = max_batch.min(first.model.engine.max_batch()).max(1);
+        let deadline = Instant::now() + max_wait;
+        let mut batch = vec![first];
+        while batch.len() < limit {
+            let next = match rx.try_recv() {
+                Ok(p) => p,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(p) => p,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if Arc::ptr_eq(&next.model, &batch[0].model) {
+                batch.push(next);
+            } else {
+                carry = Some(next);
+                break;
+            }
+        }
+        for f in run_batch(batch) {
+            if out.blocking_send(f).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn run_batch(batch: Vec<Prepared>) -> Vec<Finished> {
+    let model = batch[0].model.clone();
+    let [c, h, w] = model.pre.chw();
+    let mut input = Array4::<f32>::zeros((batch.len(), c, h, w));
+    for (mut slot, p) in input.axis_iter_mut(Axis(0)).zip(&batch) {
+        slot.assign(&p.tensor);
+    }
+    match model.engine.run(input.view()) {
+        Ok(scored) => batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, prepared)| Finished::Scored {
+                score: scored.scores[i],
+                map: scored.maps.as_ref().map(|m| m.index_axis(Axis(0), i).index_axis(Axis(0), 0).to_owned()),
+                prepared: Box::new(prepared),
+            })
+            .collect(),
+        Err(e) => batch
+            .into_iter()
+            .map(|p| Finished::Rejected { frame: p.frame, kind: "engine", reason: e.to_string() })
+            .collect(),
+    }
+}

@@ -1,0 +1,285 @@
+//! The folder source: watches a directory with `notify` and takes each image once it is
+//! fully written: at its close-after-write event, or once its size has not changed for
+//! `settle`. Files present at start are the backlog. A ledger in the state directory records
+//! which file versions were done, so a restart neither re-scores nor skips.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{AfterScoring, FolderSource};
+use crate::frame::{Frame, Origin, Outcome};
+use crate::metrics::Metrics;
+use crate::state::{FileKey, Ledger};
+
+/// One folder camera.
+pub struct FolderCamera {
+    /// Its `[[cameras]]` index.
+    pub slot: usize,
+    /// Camera id.
+    pub camera: String,
+    /// Its config.
+    pub config: FolderSource,
+    /// Its ledger.
+    pub ledger: Arc<Mutex<Ledger>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    size: u64,
+    changed: Instant,
+    closed: bool,
+}
+
+fn globs(patterns: &[String]) -> anyhow::Result<globset::GlobSet> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        b.add(globset::GlobBuilder::new(p).case_insensitive(true).build().with_context(|| format!("glob `{p}`"))?);
+    }
+    Ok(b.build()?)
+}
+
+fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && recursive => walk(&p, recursive, out),
+            Ok(t) if !t.is_dir() => out.push(p),
+            _ => {}
+        }
+    }
+}
+
+/// Watches the folder until `stop` turns true. Returns once every frame it queued is done.
+pub async fn run(
+    cam: FolderCamera,
+    frames: mpsc::Sender<Frame>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let cfg = &cam.config;
+    let root = cfg.path.canonicalize().with_context(|| format!("folder {}", cfg.path.display()))?;
+    let include = globs(&cfg.include)?;
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res| {
+        let _ = ev_tx.send(res);
+    })
+    .context("starting the file watcher")?;
+    let mode = if cfg.recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+    watcher.watch(&root, mode).with_context(|| format!("watching {}", root.display()))?;
+
+    let wanted = |p: &Path| {
+        p.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            !n.starts_with('.') && include.is_match(n.as_ref())
+        })
+    };
+    let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+    let in_flight: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
+    // The backlog, oldest first, through the same settle check as new files.
+    let mut backlog = vec![];
+    walk(&root, cfg.recursive, &mut backlog);
+    backlog.retain(|p| wanted(p));
+    backlog.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH));
+    let long_ago = Instant::now().checked_sub(cfg.settle).unwrap_or_else(Instant::now);
+    let mut order: Vec<PathBuf> = vec![];
+    for p in backlog {
+        let size = std::fs::metadata(&p).map_or(0, |m| m.len());
+        pending.insert(p.clone(), Pending { size, changed: long_ago, closed: false });
+        order.push(p);
+    }
+    let tick = (cfg.settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut ticker = tokio::time::interval(tick);
+    let mut tasks = tokio::task::JoinSet::new();
+    tracing::info!(camera = cam.camera, "watching {} ({} file(s) in the backlog)", root.display(), pending.len());
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::warn!(camera = cam.camera, "file watcher: {e}");
+                        metrics.inc("vigil_errors_total", &[("kind", "watcher")]);
+                        continue;
+                    }
+                };
+                for p in ev.paths.iter().filter(|p| wanted(p)) {
+                    match ev.kind {
+                        EventKind::Remove(_) => { pending.remove(p); }
+                        EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => {
+                            let e = pending.entry(p.clone()).or_insert_with(|| { order.push(p.clone()); Pending { size: 0, changed: Instant::now(), closed: false } });
+                            e.closed = true;
+                        }
+                        EventKind::Create(_) | EventKind::Modify(_) => {
+                            let size = std::fs::metadata(p).map_or(0, |m| m.len());
+                            let e = pending.entry(p.clone()).or_insert_with(|| { order.push(p.clone()); Pending { size, changed: Instant::now(), closed: false } });
+                            if e.size != size || matches!(ev.kind, EventKind::Modify(notify::event::ModifyKind::Data(_))) {
+                                e.size = size;
+                                e.changed = Instant::now();
+                                e.closed = false;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+        // Take what is complete, in arrival order.
+        let now = Instant::now();
+        let mut ready = vec![];
+        order.retain(|p| {
+            let Some(e) = pending.get_mut(p) else { return false };
+            let Ok(meta) = std::fs::symlink_metadata(p) else {
+                pending.remove(p);
+                return false;
+            };
+            if meta.len() != e.size && !meta.file_type().is_symlink() {
+                e.size = meta.len();
+                e.changed = now;
+                e.closed = false;
+                return true;
+            }
+            if e.closed || now.duration_since(e.changed) >= cfg.settle {
+                pending.remove(p);
+                ready.push(p.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for p in ready {
+            if in_flight.lock().expect("in-flight lock").contains(&p) {
+                continue;
+            }
+            let Some((frame, key, done_rx)) = take(&cam, &root, &p, &metrics) else { continue };
+            in_flight.lock().expect("in-flight lock").insert(p.clone());
+            tokio::select! {
+                sent = frames.send(frame) => if sent.is_err() { break },
+                _ = stop.changed() => {
+                    in_flight.lock().expect("in-flight lock").remove(&p);
+                    break;
+                }
+            }
+            let (ledger, in_flight, camera, after, move_to) =
+                (cam.ledger.clone(), in_flight.clone(), cam.camera.clone(), cfg.after, cfg.move_to.clone());
+            tasks.spawn(async move {
+                if let Ok(outcome) = done_rx.await {
+                    finish(&camera, &key, outcome, &ledger, after, move_to.as_deref());
+                }
+                in_flight.lock().expect("in-flight lock").remove(&key.path);
+            });
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    drop(watcher);
+    // Frames already queued are finished by the pipeline; wait for their bookkeeping.
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Reads a complete file into a frame, or rejects it (counted) and returns `None`.
+fn take(
+    cam: &FolderCamera,
+    root: &Path,
+    p: &Path,
+    metrics: &Metrics,
+) -> Option<(Frame, FileKey, oneshot::Receiver<Outcome>)> {
+    let source = p.display().to_string();
+    let reject = |kind, reason: String| metrics.rejected(&cam.camera, &source, kind, &reason);
+    let meta = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(_) => return None, // gone before it was read: nothing to score
+    };
+    if meta.file_type().is_symlink() {
+        match p.canonicalize() {
+            Ok(target) if target.starts_with(root) => {}
+            Ok(target) => {
+                reject(
+                    "symlink_escape",
+                    format!("a symlink to {}, outside the watched folder; refused", target.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                reject("unreadable", format!("a broken symlink ({e})"));
+                return None;
+            }
+        }
+    }
+    let meta = std::fs::metadata(p).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let key = FileKey::of(p, &meta);
+    if cam.ledger.lock().expect("ledger lock").contains(&key) {
+        return None;
+    }
+    if meta.len() > cam.config.max_bytes {
+        reject(
+            "file_too_large",
+            format!("{} bytes, over the limit of {} (source.max_bytes)", meta.len(), cam.config.max_bytes),
+        );
+        let _ = cam.ledger.lock().expect("ledger lock").mark(key);
+        return None;
+    }
+    let bytes = match std::fs::read(p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            reject("unreadable", format!("cannot read it ({e}); check its permissions"));
+            return None;
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    let frame = Frame {
+        slot: cam.slot,
+        camera: cam.camera.clone(),
+        origin: Origin::File(p.to_path_buf()),
+        bytes,
+        time: meta.modified().unwrap_or_else(|_| SystemTime::now()),
+        received: Instant::now(),
+        done: Some(tx),
+    };
+    Some((frame, key, rx))
+}
+
+/// After scoring: record the file as done, then keep, delete or move it.
+fn finish(
+    camera: &str,
+    key: &FileKey,
+    _outcome: Outcome,
+    ledger: &Mutex<Ledger>,
+    after: AfterScoring,
+    move_to: Option<&Path>,
+) {
+    // Done first: if vigil dies right after, the file is not scored again.
+    if let Err(e) = ledger.lock().expect("ledger lock").mark(key.clone()) {
+        tracing::error!(camera, "{e:#}");
+    }
+    let result = match (after, move_to) {
+        (AfterScoring::Delete, _) => std::fs::remove_file(&key.path),
+        (AfterScoring::Move, Some(dir)) => {
+            let name = key.path.file_name().unwrap_or_default();
+            std::fs::rename(&key.path, dir.join(name)).or_else(|_| {
+                // Another file system: copy, then remove.
+                std::fs::copy(&key.path, dir.join(name)).and_then(|_| std::fs::remove_file(&key.path))
+            })
+        }
+        _ => return,
+    };
+    match result {
+        Ok(()) => ledger.lock().expect("ledger lock").forget(key),
+        Err(e) => tracing::warn!(camera, "{}: could not {after:?} it after scoring: {e}", key.path.display()),
+    }
+}

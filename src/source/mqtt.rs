@@ -1,0 +1,206 @@
+//! The MQTT source: frames published on topic filters, as raw JPEG/PNG bytes or as JSON with
+//! a base64 image. The camera id comes from a topic level, a JSON field, or the config. A
+//! message is acknowledged only once its frame is done, so with QoS 1 the broker's in-flight
+//! window paces a camera that publishes faster than vigil scores.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use rumqttc::Publish;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::broker::{Broker, topic_matches};
+use crate::config::{MqttSource, PayloadFormat, valid_id};
+use crate::frame::{Frame, Origin};
+use crate::metrics::Metrics;
+
+/// One `[[cameras]]` entry with an MQTT source.
+#[derive(Debug, Clone)]
+pub struct MqttCamera {
+    /// Its `[[cameras]]` index.
+    pub slot: usize,
+    /// Its id (the group name when the id comes from the topic or payload).
+    pub id: String,
+    /// Its config.
+    pub config: MqttSource,
+}
+
+/// A message turned into a frame's parts.
+#[derive(Debug, PartialEq)]
+pub struct Parsed {
+    /// The `[[cameras]]` index.
+    pub slot: usize,
+    /// The camera id.
+    pub camera: String,
+    /// The image bytes.
+    pub bytes: Vec<u8>,
+    /// The frame time.
+    pub time: SystemTime,
+}
+
+/// Why a message was refused: `(camera or group, metric kind, reason)`.
+pub type Refusal = (String, &'static str, String);
+
+/// Parses a message for the first camera whose filter matches its topic; `None` when no
+/// camera subscribed to it.
+pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Result<Parsed, Refusal>> {
+    let cam = cameras.iter().find(|c| topic_matches(&c.config.topic, topic))?;
+    let cfg = &cam.config;
+    let refuse = |kind, reason: String| Some(Err((cam.id.clone(), kind, reason)));
+    if payload.len() as u64 > cfg.max_bytes {
+        return refuse(
+            "payload_too_large",
+            format!("{} bytes, over the limit of {} (source.max_bytes)", payload.len(), cfg.max_bytes),
+        );
+    }
+    let mut camera = match cfg.camera_from_topic {
+        Some(level) => topic.split('/').nth(level).unwrap_or_default().to_owned(),
+        None => cam.id.clone(),
+    };
+    let mut time = SystemTime::now();
+    let bytes = match cfg.payload {
+        PayloadFormat::Raw => payload.to_vec(),
+        PayloadFormat::Json => {
+            let v: serde_json::Value = match serde_json::from_slice(payload) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
+                Ok(_) => return refuse("bad_payload", "the JSON payload is not an object".into()),
+                Err(e) => {
+                    return refuse("bad_payload", format!("not JSON ({e}); the source expects payload = \"json\""));
+                }
+            };
+            let Some(b64) = v.get(&cfg.image_field).and_then(|s| s.as_str()) else {
+                return refuse("bad_payload", format!("no string field `{}` with the base64 image", cfg.image_field));
+            };
+            let bytes = match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+                Ok(b) => b,
+                Err(e) => {
+                    return refuse("bad_payload", format!("field `{}` is not valid base64 ({e})", cfg.image_field));
+                }
+            };
+            if let Some(f) = &cfg.camera_field
+                && let Some(c) = v.get(f)
+            {
+                match c.as_str() {
+                    Some(c) => camera = c.to_owned(),
+                    None => return refuse("bad_payload", format!("field `{f}` (the camera id) is not a string")),
+                }
+            }
+            if let Some(f) = &cfg.time_field
+                && let Some(t) = v.get(f)
+            {
+                time = match (t.as_u64(), t.as_str().map(humantime::parse_rfc3339_weak)) {
+                    (Some(ms), _) => UNIX_EPOCH + Duration::from_millis(ms),
+                    (None, Some(Ok(t))) => t,
+                    _ => {
+                        return refuse("bad_payload", format!("field `{f}`: give RFC 3339 text or Unix milliseconds"));
+                    }
+                };
+            }
+            bytes
+        }
+    };
+    if !valid_id(&camera) {
+        return refuse(
+            "bad_camera_id",
+            format!("camera id `{}` is not 1–64 letters, digits, `-` or `_`; refused", camera.escape_default()),
+        );
+    }
+    Some(Ok(Parsed { slot: cam.slot, camera, bytes, time }))
+}
+
+/// Turns frame messages into frames until the channel closes; each is acknowledged once done.
+pub async fn run(
+    cameras: Vec<MqttCamera>,
+    mut messages: mpsc::Receiver<Publish>,
+    frames: mpsc::Sender<Frame>,
+    broker: Broker,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let p = tokio::select! {
+            p = messages.recv() => match p { Some(p) => p, None => break },
+            _ = stop.changed() => break,
+        };
+        match parse(&cameras, &p.topic, &p.payload) {
+            None => broker.ack(&p).await,
+            Some(Err((camera, kind, reason))) => {
+                metrics.rejected(&camera, &p.topic, kind, &reason);
+                broker.ack(&p).await;
+            }
+            Some(Ok(parsed)) => {
+                let (tx, rx) = oneshot::channel();
+                let frame = Frame {
+                    slot: parsed.slot,
+                    camera: parsed.camera,
+                    origin: Origin::Topic(p.topic.clone()),
+                    bytes: parsed.bytes,
+                    time: parsed.time,
+                    received: Instant::now(),
+                    done: Some(tx),
+                };
+                tokio::select! {
+                    sent = frames.send(frame) => if sent.is_err() { break },
+                    // Not acknowledged: the broker delivers it again after the restart.
+                    _ = stop.changed() => break,
+                }
+                let b = broker.clone();
+                tasks.spawn(async move {
+                    if rx.await.is_ok() {
+                        b.ack(&p).await;
+                    }
+                });
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cams(payload: PayloadFormat, from_topic: Option<usize>) -> Vec<MqttCamera> {
+        vec![MqttCamera {
+            slot: 0,
+            id: "line".into(),
+            config: MqttSource {
+                topic: "factory/+/camera/+/frame".into(),
+                payload,
+                camera_from_topic: from_topic,
+                image_field: "image".into(),
+                camera_field: Some("camera".into()),
+                time_field: Some("time".into()),
+                max_bytes: 100,
+            },
+        }]
+    }
+
+    #[test]
+    fn raw_and_json_payloads_become_frames() {
+        let raw = parse(&cams(PayloadFormat::Raw, Some(3)), "factory/l1/camera/c7/frame", b"PNG").unwrap().unwrap();
+        assert_eq!((raw.camera.as_str(), raw.bytes.as_slice()), ("c7", &b"PNG"[..]));
+        let json = br#"{"image":"UE5H","camera":"c9","time":1000}"#;
+        let j = parse(&cams(PayloadFormat::Json, None), "factory/l1/camera/x/frame", json).unwrap().unwrap();
+        assert_eq!((j.camera.as_str(), j.bytes.as_slice()), ("c9", &b"PNG"[..]));
+        assert_eq!(j.time, UNIX_EPOCH + Duration::from_secs(1));
+        assert!(parse(&cams(PayloadFormat::Raw, None), "other/topic", b"x").is_none());
+    }
+
+    #[test]
+    fn bad_messages_are_refused_with_a_kind() {
+        let kind = |c: &[MqttCamera], topic: &str, p: &[u8]| parse(c, topic, p).unwrap().unwrap_err().1;
+        let t = "factory/l1/camera/c7/frame";
+        assert_eq!(kind(&cams(PayloadFormat::Raw, None), t, &[0; 101]), "payload_too_large");
+        assert_eq!(kind(&cams(PayloadFormat::Json, None), t, b"{nope"), "bad_payload");
+        assert_eq!(kind(&cams(PayloadFormat::Json, None), t, br#"{"image":"%%%"}"#), "bad_payload");
+        assert_eq!(
+            kind(&cams(PayloadFormat::Json, None), t, br#"{"image":"UE5H","camera":"../etc"}"#),
+            "bad_camera_id"
+        );
+        assert_eq!(kind(&cams(PayloadFormat::Raw, Some(3)), "factory/l1/camera/..%2f/frame", b"x"), "bad_camera_id");
+    }
+}

@@ -186,6 +186,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .context("installing the SIGHUP handler")?;
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(3600));
     let mut watchdog_tick = tokio::time::interval(watchdog);
+    let mut gauge_tick = tokio::time::interval(Duration::from_secs(1));
     let stats_every = config.mqtt.as_ref().map(|m| m.stats_interval).filter(|d| !d.is_zero());
     let mut stats_tick = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
     stats_tick.tick().await;
@@ -228,6 +229,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
             _ = watchdog_tick.tick() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = gauge_tick.tick() => {
                 metrics.set("vigil_queue_depth", &[], (stages.frames.max_capacity() - stages.frames.capacity()) as f64);
             }
             _ = stats_tick.tick(), if stats_every.is_some() => {

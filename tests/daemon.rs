@@ -636,3 +636,35 @@ fn scored_files_are_moved_or_deleted_as_configured() {
     assert_eq!(std::fs::read(done.join("a.png")).unwrap(), plant.anomalous);
     daemon.stop();
 }
+
+#[test]
+fn under_systemd_it_says_ready_pings_the_watchdog_and_says_stopping() {
+    let plant = Plant::new();
+    let cfg = plant.config(&format!("[alerts]\nstdout = true\n{}", plant.folder_camera("")));
+    let socket_path = plant.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = vec![];
+    let mut buf = [0u8; 256];
+    let mut expect = |wanted: &str| {
+        while !seen.iter().any(|m: &String| m.contains(wanted)) {
+            let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("waiting for {wanted}: {e}; got {seen:?}"));
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    expect("READY=1");
+    // Pings come every half watchdog period.
+    expect("WATCHDOG=1");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    expect("STOPPING=1");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

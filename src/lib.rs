@@ -10,7 +10,8 @@
 //! - [`config`]: the daemon's documented config and its validation.
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts below together.
 //! - [`source`]: watched folders and MQTT topics; [`frame`]: what they produce.
-//! - [`scoring`]: decode workers and the batching inference thread.
+//! - [`scoring`]: decode workers and the batching inference thread; [`tiling`]: frames to
+//!   model inputs (resized or tiled) and model outputs back to frame scores and maps.
 //! - [`decide`]: thresholds, cooldown and hysteresis, the anomalous region.
 //! - [`alert`]: the alert JSON and its ULID; [`snapshot`]: the heatmap JPEG.
 //! - [`sink`]: JSON lines and stdout; [`broker`]: the MQTT connection (alerts out, frames
@@ -46,6 +47,7 @@ pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod synth;
+pub mod tiling;
 
 /// This build's version, recorded in manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

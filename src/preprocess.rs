@@ -10,6 +10,7 @@ use image::{DynamicImage, ImageReader, Limits};
 use ndarray::{Array3, ArrayViewMut3};
 
 use crate::bundle::manifest::{ColorMode, InputSpec, ResizeFilter, ResizeMode};
+use crate::tiling::{self, Inputs};
 
 /// Largest width or height accepted from a frame; bigger declared sizes are refused before
 /// any pixel is decoded (a decompression bomb declares huge sizes in a tiny file).
@@ -144,6 +145,34 @@ impl Preprocessor {
         let mut out = Array3::zeros((c, h, w));
         self.fill(img, out.view_mut());
         out
+    }
+
+    /// The model inputs of an image: its one resized tensor, or, for a tiled model, one
+    /// tensor per tile (see [`crate::tiling`]).
+    pub fn inputs(&self, img: &DynamicImage) -> Inputs {
+        let Some(t) = &self.spec.tiling else {
+            return Inputs {
+                tensors: vec![self.tensor(img)],
+                grid: None,
+                area: self.crop_rect(img.width(), img.height()),
+            };
+        };
+        let tile = (self.spec.width as u32, self.spec.height as u32);
+        let f = filter(self.spec.resize_filter);
+        let mut scaled = std::borrow::Cow::Borrowed(img);
+        if let Some(m) = t.max_side
+            && img.width().max(img.height()) > m
+        {
+            scaled = std::borrow::Cow::Owned(img.resize(m, m, f));
+        }
+        // A frame smaller than a tile is stretched up to it on that side.
+        if scaled.width() < tile.0 || scaled.height() < tile.1 {
+            let (w, h) = (scaled.width().max(tile.0), scaled.height().max(tile.1));
+            scaled = std::borrow::Cow::Owned(scaled.resize_exact(w, h, f));
+        }
+        let grid = tiling::grid(scaled.width(), scaled.height(), tile, t.overlap as u32);
+        let tensors = grid.origins.iter().map(|&(x, y)| self.tensor(&scaled.crop_imm(x, y, tile.0, tile.1))).collect();
+        Inputs { tensors, grid: Some(grid), area: (0, 0, img.width(), img.height()) }
     }
 
     /// Decodes `bytes` and returns its tensor.

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use image::DynamicImage;
-use ndarray::{Array2, Array3, Array4, Axis};
+use ndarray::Array2;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -21,6 +21,7 @@ use crate::decide::Area;
 use crate::engine::{self, EngineConfig, LoadedEngine};
 use crate::frame::Frame;
 use crate::preprocess::{PreprocessError, Preprocessor, decode};
+use crate::tiling::{Inputs, score_frames};
 
 /// A bundle loaded on an engine, ready to serve.
 #[derive(Debug)]
@@ -80,8 +81,8 @@ pub struct Prepared {
     pub frame: Frame,
     /// The model it is scored with (fixed at decode time, so a reload never mixes models).
     pub model: Arc<Model>,
-    /// `[C, H, W]` input.
-    pub tensor: Array3<f32>,
+    /// The model inputs (one tensor, or one per tile).
+    pub inputs: Inputs,
     /// The decoded frame, for the snapshot.
     pub image: DynamicImage,
     /// The part of the frame the input was cut from.
@@ -145,10 +146,10 @@ pub fn prepare(mut frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Re
     };
     let cropped = if (rw, rh) == (iw, ih) { None } else { Some(image.crop_imm(rx, ry, rw, rh)) };
     let scored = cropped.as_ref().unwrap_or(&image);
-    let tensor = model.pre.tensor(scored);
-    let (cx, cy, cw, ch) = model.pre.crop_rect(rw, rh);
+    let inputs = model.pre.inputs(scored);
+    let (cx, cy, cw, ch) = inputs.area;
     frame.bytes = Vec::new();
-    Ok(Prepared { frame, model, tensor, image, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256 })
+    Ok(Prepared { frame, model, inputs, image, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256 })
 }
 
 /// The running scoring stages.
@@ -266,20 +267,12 @@ fn infer(rx: Receiver<Prepared>, out: mpsc::Sender<Finished>, max_batch: usize, 
 
 fn run_batch(batch: Vec<Prepared>) -> Vec<Finished> {
     let model = batch[0].model.clone();
-    let [c, h, w] = model.pre.chw();
-    let mut input = Array4::<f32>::zeros((batch.len(), c, h, w));
-    for (mut slot, p) in input.axis_iter_mut(Axis(0)).zip(&batch) {
-        slot.assign(&p.tensor);
-    }
-    match model.engine.run(input.view()) {
+    let inputs: Vec<&Inputs> = batch.iter().map(|p| &p.inputs).collect();
+    match score_frames(&model.engine, &model.bundle.manifest.score, &inputs) {
         Ok(scored) => batch
             .into_iter()
-            .enumerate()
-            .map(|(i, prepared)| Finished::Scored {
-                score: scored.scores[i],
-                map: scored.maps.as_ref().map(|m| m.index_axis(Axis(0), i).index_axis(Axis(0), 0).to_owned()),
-                prepared: Box::new(prepared),
-            })
+            .zip(scored)
+            .map(|(prepared, (score, map))| Finished::Scored { score, map, prepared: Box::new(prepared) })
             .collect(),
         Err(e) => batch
             .into_iter()

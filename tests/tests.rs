@@ -8,3 +8,4 @@ mod daemon;
 mod engines;
 mod onnx_writer;
 mod synth;
+mod tiling;

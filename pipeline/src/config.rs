@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vigil::bundle::manifest::Reduction;
+use vigil::bundle::manifest::{Reduction, Tiling};
 use vigil::onnx::reference::ArchSpec;
 
 use crate::model::{GanScore, ModelKind};
@@ -78,6 +78,10 @@ pub struct TrainConfig {
     /// Decoded training images kept in memory, in MiB; a larger set is read from disk per
     /// batch, so data sets larger than memory train too.
     pub cache_mib: usize,
+    /// Cut images into `size`-pixel tiles instead of resizing them (`{ overlap = 16,
+    /// max_side = 1024 }`): for large images with small defects. Training takes every tile
+    /// as a sample; scoring stitches the tiles' maps. Absent: resize.
+    pub tiling: Option<Tiling>,
 }
 
 impl Default for TrainConfig {
@@ -107,6 +111,7 @@ impl Default for TrainConfig {
             reduction: Reduction::Max,
             augment: Augment::default(),
             cache_mib: 2048,
+            tiling: None,
         }
     }
 }
@@ -145,6 +150,18 @@ impl TrainConfig {
         anyhow::ensure!(self.noise_sigma >= 0.0, "noise_sigma must be 0 or more");
         anyhow::ensure!(self.n_critic >= 1, "n_critic must be at least 1");
         anyhow::ensure!(self.smoothing_sigma >= 0.0, "smoothing_sigma must be 0 or more");
+        if let Some(t) = &self.tiling {
+            anyhow::ensure!(t.overlap < self.size, "tiling.overlap must be below size ({})", self.size);
+            anyhow::ensure!(
+                t.max_side.is_none_or(|m| m as usize >= self.size),
+                "tiling.max_side must be at least size ({})",
+                self.size
+            );
+            anyhow::ensure!(
+                !self.model.is_gan(),
+                "tiling needs a score computed from the anomaly map: use it with dae or vae"
+            );
+        }
         if let Reduction::TopKMean { k } = self.reduction {
             anyhow::ensure!(k >= 1 && k <= self.size * self.size, "reduction k must be 1..={}", self.size * self.size);
         }

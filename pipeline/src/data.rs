@@ -7,6 +7,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vigil::preprocess::{Preprocessor, decode};
 use vigil::rng::mix;
+use vigil::tiling::Inputs;
 
 /// File extensions read as images.
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
@@ -210,35 +211,31 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Reads and preprocesses one image exactly as the daemon does.
-pub fn load_image(pre: &Preprocessor, path: &Path) -> Result<Vec<f32>, String> {
+/// Reads one image and makes its model inputs exactly as the daemon does.
+pub fn load_inputs(pre: &Preprocessor, path: &Path) -> Result<Inputs, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let img = decode(&bytes).map_err(|e| e.to_string())?;
-    Ok(pre.tensor(&img).into_raw_vec_and_offset().0)
+    Ok(pre.inputs(&img))
 }
 
-/// Loads a mask resized (nearest) to the model's input; `true` = defect.
-pub fn load_mask(path: &Path, width: u32, height: u32) -> Result<Vec<bool>, String> {
+/// Reads one image as flat `[C, H, W]` tensors: one, or one per tile for a tiled model.
+pub fn load_image(pre: &Preprocessor, path: &Path) -> Result<Vec<Vec<f32>>, String> {
+    Ok(load_inputs(pre, path)?.tensors.into_iter().map(|t| t.into_raw_vec_and_offset().0).collect())
+}
+
+/// Loads a mask aligned with an anomaly map: the map's `area` of the image, resized
+/// (nearest) to the map's `width × height`; `true` = defect.
+pub fn load_mask(path: &Path, area: (u32, u32, u32, u32), width: u32, height: u32) -> Result<Vec<bool>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let img = decode(&bytes).map_err(|e| e.to_string())?.to_luma8();
+    let (x, y, w, h) = area;
+    let img = if x + w <= img.width() && y + h <= img.height() {
+        image::imageops::crop_imm(&img, x, y, w, h).to_image()
+    } else {
+        img // a mask of another size than its image: taken whole
+    };
     let img = image::imageops::resize(&img, width, height, image::imageops::FilterType::Nearest);
     Ok(img.pixels().map(|p| p.0[0] > 127).collect())
-}
-
-/// Loads many images, skipping (and naming) the ones that cannot be read.
-pub fn load_all(pre: &Preprocessor, paths: &[PathBuf]) -> (Vec<(PathBuf, Vec<f32>)>, Vec<Skipped>) {
-    let mut ok = Vec::with_capacity(paths.len());
-    let mut skipped = vec![];
-    for p in paths {
-        match load_image(pre, p) {
-            Ok(t) => ok.push((p.clone(), t)),
-            Err(reason) => {
-                tracing::warn!("skipping {}: {reason}", p.display());
-                skipped.push(Skipped { path: p.clone(), reason });
-            }
-        }
-    }
-    (ok, skipped)
 }
 
 /// A fingerprint of the training data: SHA-256 over sorted file names and contents.

@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ndarray::Array4;
+use ndarray::Array2;
 use serde::Serialize;
 use vigil::bundle::Bundle;
+use vigil::bundle::manifest::ScoreSpec;
 use vigil::engine::LoadedEngine;
 use vigil::preprocess::Preprocessor;
+use vigil::tiling::{Inputs, score_frames};
 
-use crate::data::{Skipped, TestImage, load_image, load_mask};
+use crate::data::{Skipped, TestImage, load_inputs, load_mask};
 use crate::metrics::{Confusion, aupro, auroc, confusion, pixel_auroc};
 
 /// One image's result.
@@ -20,21 +22,27 @@ pub struct ScoredFile {
     pub path: PathBuf,
     /// Its score.
     pub score: f32,
-    /// Its anomaly map, flat `H * W`, when the model has one.
-    pub map: Option<Vec<f32>>,
+    /// Its anomaly map (`[H, W]`: the model's input size, or the tiled image's), when the
+    /// model has one.
+    pub map: Option<Array2<f32>>,
+    /// The part of the image the map covers, `(x, y, w, h)` in image pixels.
+    pub area: (u32, u32, u32, u32),
 }
 
-/// Scores files in batches through `engine`; unreadable files are skipped and named.
-pub fn score_files(engine: &LoadedEngine, pre: &Preprocessor, paths: &[PathBuf]) -> (Vec<ScoredFile>, Vec<Skipped>) {
-    let [c, h, w] = pre.chw();
-    let per = c * h * w;
-    let batch = engine.max_batch().min(16);
+/// Scores files through `engine` exactly as the daemon does; unreadable files are skipped
+/// and named.
+pub fn score_files(
+    engine: &LoadedEngine,
+    pre: &Preprocessor,
+    score: &ScoreSpec,
+    paths: &[PathBuf],
+) -> (Vec<ScoredFile>, Vec<Skipped>) {
     let mut out = Vec::with_capacity(paths.len());
     let mut skipped = vec![];
-    for chunk in paths.chunks(batch) {
+    for chunk in paths.chunks(16) {
         let mut loaded = vec![];
         for p in chunk {
-            match load_image(pre, p) {
+            match load_inputs(pre, p) {
                 Ok(t) => loaded.push((p.clone(), t)),
                 Err(reason) => skipped.push(Skipped { path: p.clone(), reason }),
             }
@@ -42,16 +50,11 @@ pub fn score_files(engine: &LoadedEngine, pre: &Preprocessor, paths: &[PathBuf])
         if loaded.is_empty() {
             continue;
         }
-        let mut data = Vec::with_capacity(loaded.len() * per);
-        for (_, t) in &loaded {
-            data.extend_from_slice(t);
-        }
-        let x = Array4::from_shape_vec((loaded.len(), c, h, w), data).expect("tensors have the input shape");
-        match engine.run(x.view()) {
+        let inputs: Vec<&Inputs> = loaded.iter().map(|(_, i)| i).collect();
+        match score_frames(engine, score, &inputs) {
             Ok(scored) => {
-                for (i, (path, _)) in loaded.into_iter().enumerate() {
-                    let map = scored.maps.as_ref().map(|m| m.index_axis(ndarray::Axis(0), i).iter().copied().collect());
-                    out.push(ScoredFile { path, score: scored.scores[i], map });
+                for ((path, inputs), (score, map)) in loaded.into_iter().zip(scored) {
+                    out.push(ScoredFile { path, score, map, area: inputs.area });
                 }
             }
             Err(e) => {
@@ -97,18 +100,20 @@ pub struct Detail {
     /// Its score.
     pub score: f32,
     /// Its map.
-    pub map: Option<Vec<f32>>,
+    pub map: Option<Array2<f32>>,
+    /// The part of the image the map covers.
+    pub area: (u32, u32, u32, u32),
 }
 
 /// Evaluates `bundle` on labelled test images.
 pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (Evaluation, Vec<Detail>) {
     let pre = Preprocessor::new(&bundle.manifest.input);
     let paths: Vec<PathBuf> = test.iter().map(|t| t.path.clone()).collect();
-    let (scored, mut skipped) = score_files(engine, &pre, &paths);
+    let (scored, mut skipped) = score_files(engine, &pre, &bundle.manifest.score, &paths);
     let by_path: BTreeMap<&Path, &TestImage> = test.iter().map(|t| (t.path.as_path(), t)).collect();
     let details: Vec<Detail> = scored
         .into_iter()
-        .map(|s| Detail { image: by_path[s.path.as_path()].clone(), score: s.score, map: s.map })
+        .map(|s| Detail { image: by_path[s.path.as_path()].clone(), score: s.score, map: s.map, area: s.area })
         .collect();
     let scores: Vec<f32> = details.iter().map(|d| d.score).collect();
     let labels: Vec<bool> = details.iter().map(|d| d.image.is_defect()).collect();
@@ -129,13 +134,14 @@ pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (
     }
 
     // Pixel metrics over normal images (all-normal masks) and defects with masks.
-    let (h, w) = (bundle.manifest.input.height, bundle.manifest.input.width);
     let mut maps = vec![];
     let mut masks = vec![];
+    let mut dims = vec![];
     for d in &details {
         let Some(map) = &d.map else { continue };
+        let (h, w) = map.dim();
         let mask = match &d.image.mask {
-            Some(p) => match load_mask(p, w as u32, h as u32) {
+            Some(p) => match load_mask(p, d.area, w as u32, h as u32) {
                 Ok(m) => m,
                 Err(reason) => {
                     skipped.push(Skipped { path: p.clone(), reason });
@@ -145,8 +151,9 @@ pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (
             None if !d.image.is_defect() => vec![false; h * w],
             None => continue,
         };
-        maps.push(map.clone());
+        maps.push(map.iter().copied().collect::<Vec<f32>>());
         masks.push(mask);
+        dims.push((w, h));
     }
     let has_masks = masks.iter().any(|m| m.iter().any(|t| *t));
     let evaluation = Evaluation {
@@ -154,7 +161,7 @@ pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (
         engine: engine.name(),
         image_auroc: auroc(&scores, &labels),
         pixel_auroc: if has_masks { pixel_auroc(&maps, &masks, 4_000_000) } else { None },
-        aupro: if has_masks { aupro(&maps, &masks, w, h, 0.3, 60) } else { None },
+        aupro: if has_masks { aupro(&maps, &masks, &dims, 0.3, 60) } else { None },
         threshold,
         at_threshold: confusion(&scores, &labels, threshold),
         auroc_per_type: per_type,

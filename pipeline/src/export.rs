@@ -123,14 +123,14 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let provisional = Bundle::write(&req.out, &manifest, model.clone(), &[])?;
     let engine = engine::load(&provisional, &req.engine)?;
     let pre = Preprocessor::new(&manifest.input);
-    let (val, val_skipped) = score_files(&engine, &pre, &data.val);
+    let (val, val_skipped) = score_files(&engine, &pre, &manifest.score, &data.val);
     for s in &val_skipped {
         tracing::warn!("validation image {} skipped: {}", s.path.display(), s.reason);
     }
     let val_scores: Vec<f32> = val.iter().map(|s| s.score).collect();
     let defect_scores: Vec<f32> = match &state.data.val_abnormal {
         Some(dir) => {
-            let (scored, skipped) = score_files(&engine, &pre, &list_images(dir)?);
+            let (scored, skipped) = score_files(&engine, &pre, &manifest.score, &list_images(dir)?);
             for s in &skipped {
                 tracing::warn!("validation defect {} skipped: {}", s.path.display(), s.reason);
             }

@@ -215,10 +215,16 @@ fn regions(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, u32) {
 /// AUPRO: the area under the per-region overlap curve up to a false positive rate of
 /// `max_fpr` (0.3 in the MVTec AD papers), normalised to 0..1. Each defect region counts
 /// equally however large it is, which a pixel AUROC does not do.
-pub fn aupro(maps: &[Vec<f32>], masks: &[Vec<bool>], w: usize, h: usize, max_fpr: f64, steps: usize) -> Option<f64> {
+pub fn aupro(
+    maps: &[Vec<f32>],
+    masks: &[Vec<bool>],
+    dims: &[(usize, usize)],
+    max_fpr: f64,
+    steps: usize,
+) -> Option<f64> {
     let mut region_list: Vec<(usize, Vec<u32>, u32)> = vec![];
     let mut normal_pixels = vec![];
-    for (i, (m, mask)) in maps.iter().zip(masks).enumerate() {
+    for (i, ((m, mask), &(w, h))) in maps.iter().zip(masks).zip(dims).enumerate() {
         let (id, n) = regions(mask, w, h);
         if n > 0 {
             region_list.push((i, id, n));
@@ -297,10 +303,10 @@ mod tests {
         let (w, h) = (8, 8);
         let mask: Vec<bool> = (0..64).map(|i| i % 8 < 2 && i / 8 < 2).collect();
         let map: Vec<f32> = mask.iter().map(|m| if *m { 1.0 } else { 0.0 }).collect();
-        let v = aupro(std::slice::from_ref(&map), std::slice::from_ref(&mask), w, h, 0.3, 30).unwrap();
+        let v = aupro(std::slice::from_ref(&map), std::slice::from_ref(&mask), &[(w, h)], 0.3, 30).unwrap();
         assert!((v - 1.0).abs() < 1e-9, "{v}");
         let inverted: Vec<f32> = map.iter().map(|v| 1.0 - v).collect();
-        assert!(aupro(&[inverted], std::slice::from_ref(&mask), w, h, 0.3, 30).unwrap() < 0.01);
+        assert!(aupro(&[inverted], std::slice::from_ref(&mask), &[(w, h)], 0.3, 30).unwrap() < 0.01);
         assert_eq!(pixel_auroc(&[map], &[mask], 1000), Some(1.0));
     }
 }

@@ -209,8 +209,11 @@ pub fn write(dir: &Path, bundle: &Bundle, e: &Evaluation, details: &[Detail]) ->
             else {
                 continue;
             };
-            let frame = img.to_rgb8();
-            let over = overlay(&frame, map, m.input.height, m.input.width, low, high);
+            let (x, y, w, h) = d.area;
+            let frame = image::imageops::crop_imm(&img.to_rgb8(), x, y, w, h).to_image();
+            let (mh, mw) = map.dim();
+            let values: Vec<f32> = map.iter().copied().collect();
+            let over = overlay(&frame, &values, mh, mw, low, high);
             n += 1;
             let name = format!("case_{n:02}.png");
             save(&over, &dir.join(&name))?;

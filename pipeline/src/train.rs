@@ -127,7 +127,7 @@ pub struct RunState {
     pub history: Vec<EpochLog>,
     /// Training images that could not be read.
     pub skipped: Vec<Skipped>,
-    /// Training images used.
+    /// Training samples used (images, or their tiles for a tiled model).
     pub images: usize,
     /// Seconds spent training.
     pub seconds: f64,
@@ -153,7 +153,7 @@ impl RunState {
 /// The input spec of the models a config trains.
 pub fn input_spec(cfg: &TrainConfig, channels: usize) -> InputSpec {
     let color = if channels == 1 { ColorMode::Gray } else { ColorMode::Rgb };
-    InputSpec::unit_range("image", color, cfg.size, cfg.size)
+    InputSpec { tiling: cfg.tiling.clone(), ..InputSpec::unit_range("image", color, cfg.size, cfg.size) }
 }
 
 /// Gray when the first readable training image is gray, else RGB.
@@ -167,42 +167,53 @@ pub fn detect_channels(paths: &[PathBuf]) -> usize {
     3
 }
 
-/// Training images, in memory when they fit the budget, else read per batch.
+/// Training samples (images, or their tiles for a tiled model), in memory when they fit the
+/// budget, else read per batch.
 enum Images {
-    Cached { per: usize, data: Vec<f32> },
-    Streamed { pre: Box<Preprocessor>, paths: Vec<PathBuf> },
+    Cached {
+        per: usize,
+        data: Vec<f32>,
+    },
+    /// Each sample is a file and the index of its tile.
+    Streamed {
+        pre: Box<Preprocessor>,
+        samples: Vec<(PathBuf, usize)>,
+    },
 }
 
 impl Images {
     fn load(pre: &Preprocessor, paths: &[PathBuf], skipped: &mut Vec<Skipped>, cache_mib: usize) -> Images {
         let [c, h, w] = pre.chw();
         let per = c * h * w;
-        if paths.len() * per * 4 > cache_mib << 20 {
+        // Tiles per image, from the first readable one (a guide for the budget only).
+        let tiles = paths.iter().take(4).find_map(|p| load_image(pre, p).ok()).map_or(1, |t| t.len());
+        if paths.len() * tiles * per * 4 > cache_mib << 20 {
             tracing::info!(
                 "{} training images exceed the {cache_mib} MiB cache (cache_mib): reading them per batch",
                 paths.len()
             );
-            let mut ok = vec![];
+            let mut samples = vec![];
             for p in paths {
                 // Check each once, so that a corrupt file is named and counted up front.
-                match std::fs::read(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| decode(&b).map(|_| ()).map_err(|e| e.to_string()))
-                {
-                    Ok(()) => ok.push(p.clone()),
+                match load_image(pre, p) {
+                    Ok(t) => samples.extend((0..t.len()).map(|i| (p.clone(), i))),
                     Err(reason) => {
                         tracing::warn!("skipping {}: {reason}", p.display());
                         skipped.push(Skipped { path: p.clone(), reason });
                     }
                 }
             }
-            return Images::Streamed { pre: Box::new(pre.clone()), paths: ok };
+            return Images::Streamed { pre: Box::new(pre.clone()), samples };
         }
-        let (loaded, bad) = crate::data::load_all(pre, paths);
-        skipped.extend(bad);
-        let mut data = Vec::with_capacity(loaded.len() * per);
-        for (_, t) in loaded {
-            data.extend(t);
+        let mut data = Vec::with_capacity(paths.len() * tiles * per);
+        for p in paths {
+            match load_image(pre, p) {
+                Ok(tensors) => data.extend(tensors.into_iter().flatten()),
+                Err(reason) => {
+                    tracing::warn!("skipping {}: {reason}", p.display());
+                    skipped.push(Skipped { path: p.clone(), reason });
+                }
+            }
         }
         Images::Cached { per, data }
     }
@@ -210,7 +221,7 @@ impl Images {
     fn len(&self) -> usize {
         match self {
             Images::Cached { per, data } => data.len() / per,
-            Images::Streamed { paths, .. } => paths.len(),
+            Images::Streamed { samples, .. } => samples.len(),
         }
     }
 
@@ -219,16 +230,17 @@ impl Images {
             Images::Cached { per, data } => {
                 idx.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect()
             }
-            Images::Streamed { pre, paths } => idx
+            Images::Streamed { pre, samples } => idx
                 .iter()
                 .flat_map(|&i| {
-                    load_image(pre, &paths[i]).unwrap_or_else(|e| {
-                        tracing::warn!(
-                            "{} became unreadable during training ({e}); using a blank image",
-                            paths[i].display()
-                        );
-                        vec![0.0; pre.chw().iter().product()]
-                    })
+                    let (path, tile) = &samples[i];
+                    load_image(pre, path)
+                        .ok()
+                        .and_then(|mut t| (*tile < t.len()).then(|| t.swap_remove(*tile)))
+                        .unwrap_or_else(|| {
+                            tracing::warn!("{} became unreadable during training; using a blank image", path.display());
+                            vec![0.0; pre.chw().iter().product()]
+                        })
                 })
                 .collect(),
         }

@@ -111,7 +111,7 @@ fn export_with_parity(run: &RunDir, out: &Path) -> Bundle {
         .collect();
     let mut x = vec![];
     for f in &files {
-        x.extend(load_image(&pre, f).unwrap());
+        x.extend(load_image(&pre, f).unwrap().concat());
     }
     let [c, h, w] = pre.chw();
     let dims = [files.len(), c, h, w];
@@ -369,4 +369,28 @@ fn labelled_validation_defects_give_the_f1_optimal_threshold() {
     let t = &bundle.manifest.threshold;
     assert_eq!(t.method, vigil::bundle::manifest::ThresholdMethod::F1);
     assert!(t.calibrated_on.as_ref().unwrap().contains("defective images (F1"), "{t:?}");
+}
+
+#[test]
+fn a_tiled_dae_trains_on_tiles_and_its_bundle_scores_whole_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiling = vigil::bundle::manifest::Tiling { overlap: 8, max_side: None };
+    let cfg = TrainConfig { tiling: Some(tiling.clone()), ..small(ModelKind::Dae, 4) };
+    let run = run(cfg, &dir.path().join("run"));
+    // 64-pixel images in 32-pixel tiles with 8 shared: 3 x 3 tiles each.
+    let state = RunState::load(&run).unwrap();
+    assert_eq!(state.images, 9 * state_train_count(&run));
+    let (first, last) = first_last(&state, "train", "loss");
+    assert!(last < first, "loss should fall: {first} -> {last}");
+    let bundle = export_run(&run, &dir.path().join("bundle"));
+    assert_eq!(bundle.manifest.input.tiling, Some(tiling));
+    eprintln!("tiled dae metrics: {:?}", bundle.manifest.metrics);
+    for key in ["image_auroc", "pixel_auroc", "aupro"] {
+        assert!((0.0..=1.0).contains(&bundle.manifest.metrics[key]), "{key}: {:?}", bundle.manifest.metrics);
+    }
+    // Maps cover the whole 64-pixel frame.
+    let engine = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
+    let set = vigil_pipeline::data::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
+    let (_, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test[..4]);
+    assert_eq!(details[0].map.as_ref().unwrap().dim(), (64, 64));
 }

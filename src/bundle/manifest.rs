@@ -165,6 +165,25 @@ pub struct InputSpec {
     /// Tensor layout.
     #[serde(default)]
     pub layout: Layout,
+    /// Cut frames into model-sized tiles instead of resizing them (large frames, small
+    /// defects); absent: resize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiling: Option<Tiling>,
+}
+
+/// Tiling: a frame is cut into tiles of the input's size, each tile is scored, the tiles'
+/// anomaly maps are stitched back into one map of the frame (averaged where tiles overlap),
+/// and the frame's score is `score.reduction` of that map. `resize_mode` does not apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tiling {
+    /// Pixels that neighbouring tiles share at least (tiles are spread evenly over the frame).
+    #[serde(default)]
+    pub overlap: usize,
+    /// Frames whose longer side is above this are first scaled down, aspect kept, which
+    /// bounds the number of tiles; absent: tiles at the frame's own resolution.
+    #[serde(default)]
+    pub max_side: Option<u32>,
 }
 
 /// Names of the outputs the server reads from the graph.
@@ -402,6 +421,23 @@ impl Manifest {
         if input.std.iter().any(|v| *v <= 0.0) {
             return bad("input.std", "must be positive".into());
         }
+        if let Some(t) = &input.tiling {
+            if t.overlap >= input.height.min(input.width) {
+                return bad("input.tiling.overlap", format!("is {}, must be below the tile size", t.overlap));
+            }
+            if t.max_side.is_some_and(|m| (m as usize) < input.height.max(input.width)) {
+                return bad("input.tiling.max_side", "must be at least the tile size".into());
+            }
+            if self.outputs.anomaly_map.is_none()
+                || matches!(self.score.source, ScoreSource::Discriminator | ScoreSource::EncoderFeatures)
+            {
+                return bad(
+                    "input.tiling",
+                    "needs a model whose score is a reduction of its anomaly_map output (stitched from the tiles)"
+                        .into(),
+                );
+            }
+        }
         if self.outputs.score.is_empty() {
             return bad("outputs.score", "must name the graph's score output".into());
         }
@@ -458,6 +494,7 @@ impl InputSpec {
             mean: vec![0.0; c],
             std: vec![1.0; c],
             layout: Layout::Nchw,
+            tiling: None,
         }
     }
 }

@@ -3,12 +3,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array4, Axis};
 use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::engine::{self, EngineConfig, LoadedEngine};
-use crate::preprocess::Preprocessor;
+use crate::preprocess::{Preprocessor, decode};
+use crate::tiling::{Inputs, score_frames};
 
 /// One line of `vigil score` output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,29 +42,25 @@ pub struct ErrorLine {
 pub fn run(bundle: &Bundle, engine: &LoadedEngine, images: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<usize> {
     let pre = Preprocessor::new(&bundle.manifest.input);
     let threshold = bundle.manifest.threshold.value;
-    let [c, h, w] = pre.chw();
     let mut failures = 0;
     for chunk in images.chunks(engine.max_batch().min(16)) {
         // Decode the chunk first, so that bad files do not cost a batch slot.
-        let mut tensors = Vec::with_capacity(chunk.len());
+        let mut inputs = Vec::with_capacity(chunk.len());
         let mut lines: Vec<Result<usize, String>> = Vec::with_capacity(chunk.len());
         for path in chunk {
             match load(&pre, path) {
                 Ok(t) => {
-                    lines.push(Ok(tensors.len()));
-                    tensors.push(t);
+                    lines.push(Ok(inputs.len()));
+                    inputs.push(t);
                 }
                 Err(e) => lines.push(Err(e)),
             }
         }
-        let scores = if tensors.is_empty() {
+        let scores = if inputs.is_empty() {
             Ok(vec![])
         } else {
-            let mut batch = Array4::<f32>::zeros((tensors.len(), c, h, w));
-            for (mut slot, t) in batch.axis_iter_mut(Axis(0)).zip(&tensors) {
-                slot.assign(t);
-            }
-            engine.run(batch.view()).map(|s| s.scores)
+            score_frames(engine, &bundle.manifest.score, &inputs.iter().collect::<Vec<_>>())
+                .map(|s| s.into_iter().map(|(score, _)| score).collect::<Vec<_>>())
         };
         for (path, line) in chunk.iter().zip(lines) {
             let file = path.display().to_string();
@@ -95,9 +91,9 @@ pub fn run(bundle: &Bundle, engine: &LoadedEngine, images: &[PathBuf], out: &mut
     Ok(failures)
 }
 
-fn load(pre: &Preprocessor, path: &Path) -> Result<ndarray::Array3<f32>, String> {
+fn load(pre: &Preprocessor, path: &Path) -> Result<Inputs, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    pre.tensor_from_bytes(&bytes).map_err(|e| e.to_string())
+    Ok(pre.inputs(&decode(&bytes).map_err(|e| e.to_string())?))
 }
 
 /// Loads the bundle and engine for `vigil score`.

@@ -123,6 +123,7 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
             mean: per_channel(&req.mean, c, "mean")?,
             std: per_channel(&req.std, c, "std")?,
             layout: Layout::Nchw,
+            tiling: None,
         },
         outputs,
         score,

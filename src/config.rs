@@ -371,7 +371,7 @@ impl std::fmt::Display for Problem {
 
 /// A config that could not be loaded or is invalid: every problem found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("config {}: {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+#[error("config{}: {} problem(s):\n{}", if path.as_os_str().is_empty() { String::new() } else { format!(" {}", path.display()) }, problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigError {
     /// The config file.
     pub path: PathBuf,

@@ -68,8 +68,8 @@ pub fn check(config: &Config) -> Vec<Problem> {
     problems
 }
 
-fn config_error(config_path: &str, problems: Vec<Problem>) -> anyhow::Error {
-    ConfigError { path: PathBuf::from(config_path), problems }.into()
+fn config_error(problems: Vec<Problem>) -> anyhow::Error {
+    ConfigError { path: PathBuf::new(), problems }.into()
 }
 
 /// Runs the daemon until `shutdown` completes, then stops gracefully: sources stop, frames
@@ -77,8 +77,9 @@ fn config_error(config_path: &str, problems: Vec<Problem>) -> anyhow::Error {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let problems = config.validate();
     if !problems.is_empty() {
-        return Err(config_error("(given)", problems));
+        return Err(config_error(problems));
     }
+    tracing::info!("vigil {} starting: device {}", crate::VERSION, config.device_id);
     std::fs::create_dir_all(&config.state_dir).with_context(|| {
         format!("state_dir {}: cannot create it; fix the path or its permissions", config.state_dir.display())
     })?;
@@ -86,7 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let started = Instant::now();
     let cfg = config.clone();
     let loaded =
-        tokio::task::spawn_blocking(move || load_models(&cfg)).await?.map_err(|p| config_error("(given)", p))?;
+        tokio::task::spawn_blocking(move || load_models(&cfg)).await?.map_err(|p| config_error(p))?;
     for (c, m) in config.cameras.iter().zip(&loaded) {
         tracing::info!(
             camera = c.id,

@@ -123,10 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = vigil::config::load(&config)?;
             init_logging(Some(&cfg.log));
-            let problems = vigil::daemon::check(&cfg);
-            if !problems.is_empty() {
-                return Err(vigil::config::ConfigError { path: config, problems }.into());
-            }
+            // `run` validates the config and loads (and test-runs) every bundle before starting.
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("vigil-io")

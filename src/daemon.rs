@@ -86,8 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let metrics = Arc::new(Metrics::default());
     let started = Instant::now();
     let cfg = config.clone();
-    let loaded =
-        tokio::task::spawn_blocking(move || load_models(&cfg)).await?.map_err(|p| config_error(p))?;
+    let loaded = tokio::task::spawn_blocking(move || load_models(&cfg)).await?.map_err(config_error)?;
     for (c, m) in config.cameras.iter().zip(&loaded) {
         tracing::info!(
             camera = c.id,

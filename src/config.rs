@@ -191,6 +191,9 @@ pub struct AlertsConfig {
     pub stdout: bool,
     /// Append each alert as a JSON line to this file.
     pub jsonl: Option<PathBuf>,
+    /// Append every frame's decision (score, threshold, result, alert id or rejection) as a
+    /// JSON line to this file: an audit trail, and what `vigil demo` reads.
+    pub decisions_jsonl: Option<PathBuf>,
     /// Folder for JPEG snapshots (the frame with the heatmap); default `<state_dir>/snapshots`.
     pub snapshot_dir: Option<PathBuf>,
     /// Snapshots kept per camera (oldest removed first); 0 keeps none on disk.
@@ -209,6 +212,7 @@ impl Default for AlertsConfig {
         AlertsConfig {
             stdout: false,
             jsonl: None,
+            decisions_jsonl: None,
             snapshot_dir: None,
             snapshot_keep: 200,
             cooldown: Duration::ZERO,
@@ -570,10 +574,12 @@ impl Config {
         if !(0.0..1.0).contains(&a.hysteresis) {
             add("alerts.hysteresis".into(), format!("{}: must be in [0, 1)", a.hysteresis));
         }
-        if let Some(j) = &a.jsonl
-            && j.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
-        {
-            add("alerts.jsonl".into(), format!("{}: its folder does not exist", j.display()));
+        for (key, file) in [("alerts.jsonl", &a.jsonl), ("alerts.decisions_jsonl", &a.decisions_jsonl)] {
+            if let Some(j) = file
+                && j.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                add(key.into(), format!("{}: its folder does not exist", j.display()));
+            }
         }
         if self.mqtt.is_none() && a.jsonl.is_none() && !a.stdout {
             add(

@@ -135,7 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let policy = Arc::new(Policy { cameras: config.cameras.clone(), models: models.clone(), thresholds });
     let sinks = Sinks {
         stdout: config.alerts.stdout,
-        jsonl: config.alerts.jsonl.as_deref().map(Jsonl::open).transpose()?,
+        jsonl: config.alerts.jsonl.as_deref().map(|p| Jsonl::open(p, true)).transpose()?,
         mqtt: broker.clone(),
         metrics: metrics.clone(),
     };
@@ -146,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             policy: policy.clone(),
             metrics: metrics.clone(),
             snapshot_dir: config.alerts.snapshot_dir.clone().unwrap_or_else(|| config.state_dir.join("snapshots")),
+            decisions: config.alerts.decisions_jsonl.as_deref().map(|p| Jsonl::open(p, false)).transpose()?,
         },
         results_rx,
         sinks,
@@ -448,17 +449,34 @@ struct DecideContext {
     policy: Arc<Policy>,
     metrics: Arc<Metrics>,
     snapshot_dir: PathBuf,
+    decisions: Option<Jsonl>,
+}
+
+impl DecideContext {
+    /// Appends a frame's decision to `decisions_jsonl`, if configured.
+    fn record(&mut self, line: serde_json::Value) {
+        if let Some(d) = &mut self.decisions
+            && let Err(e) = d.append(&line.to_string())
+        {
+            tracing::warn!("{e:#}");
+            self.metrics.inc("vigil_errors_total", &[("kind", "sink_decisions")]);
+        }
+    }
 }
 
 /// Decides for every scored frame, sends alerts, and reports each frame done to its source.
-async fn decide_loop(ctx: DecideContext, mut results: mpsc::Receiver<Finished>, mut sinks: Sinks) {
+async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finished>, mut sinks: Sinks) {
     let mut decider = Decider::default();
-    let a = &ctx.config.alerts;
+    let a = ctx.config.alerts.clone();
     let publish_scores = ctx.config.mqtt.as_ref().is_some_and(|m| m.publish_scores);
     while let Some(finished) = results.recv().await {
         match finished {
             Finished::Rejected { mut frame, kind, reason } => {
                 ctx.metrics.rejected(&frame.camera, &frame.origin.describe(), kind, &reason);
+                ctx.record(serde_json::json!({
+                    "camera": frame.camera, "source": frame.origin.describe(), "result": "rejected",
+                    "kind": kind, "error": reason,
+                }));
                 if let Some(done) = frame.done.take() {
                     let _ = done.send(Outcome::Rejected(reason));
                 }
@@ -484,6 +502,11 @@ async fn decide_loop(ctx: DecideContext, mut results: mpsc::Receiver<Finished>, 
                     b.publish_lossy(b.topics.camera(&frame.camera, "score"), false, body.to_string().into_bytes())
                         .await;
                 }
+                let mut record = serde_json::json!({
+                    "camera": frame.camera, "source": source, "frame_time": rfc3339(frame.time), "score": score,
+                    "normalized_score": normalized, "threshold": threshold, "result": result,
+                    "latency_ms": frame.received.elapsed().as_secs_f64() * 1e3,
+                });
                 match decision {
                     Decision::Normal => {}
                     Decision::Suppressed => {
@@ -545,11 +568,13 @@ async fn decide_loop(ctx: DecideContext, mut results: mpsc::Receiver<Finished>, 
                             "anomaly: score {score:.4} > {threshold:.4} in {}",
                             alert.source
                         );
+                        record["alert"] = alert.id.clone().into();
                         sinks.alert(&alert, jpeg.as_deref()).await;
                         ctx.metrics.inc("vigil_alerts_total", &[("camera", &alert.camera)]);
                     }
                 }
                 ctx.metrics.latency(frame.received.elapsed().as_secs_f64());
+                ctx.record(record);
                 if let Some(done) = frame.done.take() {
                     let _ = done.send(Outcome::Scored);
                 }

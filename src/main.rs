@@ -44,6 +44,33 @@ enum Command {
         #[arg(long, short, env = "VIGIL_CONFIG", default_value = "/etc/vigil/vigil.toml")]
         config: PathBuf,
     },
+    /// See vigil work: a simulated camera writes synthetic frames, the daemon scores them with
+    /// the built-in model, and a line per frame and a summary are printed. No config, no broker.
+    Demo {
+        /// Where frames, alerts and overlays go (default: a new folder under the temp dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Frames the simulated camera writes (every fourth has a defect).
+        #[arg(long, default_value_t = 24)]
+        frames: usize,
+        /// Time between frames.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Also publish to this MQTT broker, e.g. mqtt://localhost:1883.
+        #[arg(long)]
+        mqtt: Option<String>,
+        /// Keep watching the folder after the simulated frames (drop your own in; Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
+        /// A bundle to use instead of the built-in one.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Seed of the synthetic frames.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Check a config without starting: every problem with its key; exit 1 on any.
     Validate {
         /// The config file (TOML).
@@ -130,6 +157,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(vigil::daemon::run(cfg, stop_signal()))?;
+        }
+        Command::Demo { out, frames, interval, mqtt, follow, model, seed, engine } => {
+            let out = out.unwrap_or_else(|| {
+                let stamp =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                std::env::temp_dir().join(format!("vigil-demo-{stamp}"))
+            });
+            let opts = vigil::commands::demo::DemoOptions {
+                out,
+                frames,
+                interval,
+                mqtt,
+                follow,
+                engine: engine.config(),
+                model,
+                seed,
+            };
+            let summary = vigil::commands::demo::run(&opts)?;
+            if summary.frames == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Validate { config } => {
             init_logging(None);
@@ -224,8 +272,13 @@ fn init_logging(log: Option<&vigil::config::LogConfig>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. } | Command::Validate { .. }) {
-        init_logging(None);
+    match &cli.command {
+        Command::Run { .. } | Command::Validate { .. } => {}
+        // The demo prints its own lines; the log shows only what needs attention.
+        Command::Demo { .. } => {
+            init_logging(Some(&vigil::config::LogConfig { level: "warn".into(), ..Default::default() }))
+        }
+        _ => init_logging(None),
     }
     match run(cli) {
         Ok(code) => code,

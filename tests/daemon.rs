@@ -668,3 +668,13 @@ fn under_systemd_it_says_ready_pings_the_watchdog_and_says_stopping() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn the_example_config_parses_and_only_its_placeholder_paths_are_missing() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vigil.toml");
+    let (cfg, problems) = vigil::config::load_lenient(&example);
+    assert!(problems.is_empty(), "{problems:?}");
+    let cfg = cfg.unwrap();
+    let keys: Vec<String> = cfg.validate().into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["cameras[0].bundle", "cameras[0].source.path"]);
+}

@@ -12,25 +12,30 @@ use anyhow::Context;
 pub struct Jsonl {
     path: PathBuf,
     file: File,
+    sync: bool,
 }
 
 impl Jsonl {
-    /// Opens `path` for appending, creating it.
-    pub fn open(path: &Path) -> anyhow::Result<Jsonl> {
+    /// Opens `path` for appending, creating it; with `sync`, each line is on disk before
+    /// `append` returns (alerts), else the OS writes it when it will (per-frame records).
+    pub fn open(path: &Path, sync: bool) -> anyhow::Result<Jsonl> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("alerts.jsonl {}: cannot open for appending", path.display()))?;
-        Ok(Jsonl { path: path.to_path_buf(), file })
+            .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+        Ok(Jsonl { path: path.to_path_buf(), file, sync })
     }
 
-    /// Appends one line and syncs it to disk.
+    /// Appends one line (and syncs it, if so opened).
     pub fn append(&mut self, line: &str) -> anyhow::Result<()> {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         self.file.write_all(&buf).with_context(|| format!("writing {}", self.path.display()))?;
-        self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))
+        if self.sync {
+            self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))?;
+        }
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@ pub mod calibrate;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod elpv;
 pub mod evaluate;
 pub mod export;
 pub mod forward;

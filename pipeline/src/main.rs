@@ -123,6 +123,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Convert the ELPV solar-cell data set (`pip install elpv-dataset`) into MVTec layout.
+    Elpv {
+        /// Output folder (MVTec layout; defect folders defect_p033, defect_p067, defect_p100).
+        #[arg(long)]
+        out: PathBuf,
+        /// The package's data folder (labels.csv, images/); default: found through python3.
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
     /// Train a model on normal images, then calibrate, evaluate and export a bundle.
     Train(Box<TrainArgs>),
     /// Export a finished run as a bundle (calibrated and evaluated).
@@ -231,6 +240,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(size >= 32, "--size must be at least 32");
             let cfg = vigil::synth::SynthConfig { size, n_train, n_test, rgb, seed };
             let s = vigil::synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Elpv { out, source } => {
+            let source = match source {
+                Some(s) => s,
+                None => vigil_pipeline::elpv::find_installed()?,
+            };
+            let s = vigil_pipeline::elpv::convert(&source, &out)?;
             println!("{}", serde_json::to_string(&s)?);
         }
         Command::Train(a) => {

@@ -71,6 +71,20 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Time the daemon's per-frame path on a folder of frames, then the engine alone; JSON lines.
+    Bench {
+        /// Bundle folder, or a .onnx file with an embedded manifest.
+        #[arg(long)]
+        model: PathBuf,
+        /// Folder of frames (PNG, JPEG, BMP, TIFF).
+        #[arg(long)]
+        frames: PathBuf,
+        /// Passes over the folder.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Check a config without starting: every problem with its key; exit 1 on any.
     Validate {
         /// The config file (TOML).
@@ -177,6 +191,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = vigil::commands::demo::run(&opts)?;
             if summary.frames == 0 {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Bench { model, frames, repeat, engine } => {
+            let config = engine.config();
+            let (bundle, loaded) = score::prepare(&model, &config)?;
+            let files = vigil::commands::bench::frame_files(&frames)?;
+            let threads = config.effective_threads();
+            let path = vigil::commands::bench::per_frame(&bundle, &loaded, &files, repeat.max(1), threads)?;
+            println!("{}", serde_json::to_string(&path)?);
+            for batch in [1, 8.min(loaded.max_batch())] {
+                let calls = (200 / batch).max(10);
+                println!("{}", serde_json::to_string(&vigil::commands::bench::engine_only(&loaded, batch, calls)?)?);
             }
         }
         Command::Validate { config } => {

@@ -218,3 +218,29 @@ fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no output `output` (it has [\"reconstruction\"])"), "{}", stderr(&out));
 }
+
+#[test]
+fn bench_times_the_per_frame_path_and_the_engine_alone_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    reference_bundle(&dir.path().join("b"), Family::Dae, ColorMode::Rgb, 32);
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..3 {
+        write_png(&frames, &format!("{i}.png"), 64, 48, true, i);
+    }
+    std::fs::write(frames.join("notes.txt"), "not a frame").unwrap();
+    let out = vigil(&["bench", "--model", dir.path().join("b").to_str().unwrap(), "--frames", frames.to_str().unwrap()])
+        .args(["--engine", "tract", "--threads", "1", "--repeat", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["frames"], 6);
+    assert_eq!((lines[0]["engine"].as_str(), lines[0]["threads"].as_u64()), (Some("tract"), Some(1)));
+    for key in ["frames_per_s", "p50_ms", "p99_ms"] {
+        assert!(lines[0][key].as_f64().unwrap() > 0.0, "{key}: {}", lines[0]);
+    }
+    assert_eq!(lines[1]["mode"], "engine_only");
+    assert!(lines[1]["ms_per_frame"].as_f64().unwrap() > 0.0);
+}

@@ -1,5 +1,6 @@
 //! The one-shot commands behind the `vigil` binary's subcommands (the daemon lives elsewhere).
 
+pub mod bench;
 pub mod demo;
 pub mod inspect;
 pub mod score;

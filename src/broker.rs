@@ -166,12 +166,14 @@ pub fn start(
                         (topics.available(), frame_filters.clone(), topics.threshold_set_filter());
                     metrics.shift("vigil_alerts_pending", &[], 1.0);
                     // Through the request queue, which this loop drains: spawn, never await here.
+                    // Subscriptions first: the broker handles a client's packets in order, so
+                    // once `online` is seen, frames and threshold changes are being received.
                     tokio::spawn(async move {
-                        let _ = c.publish(online, QoS::AtLeastOnce, true, "online").await;
                         for f in filters {
                             let _ = c.subscribe(f, QoS::AtLeastOnce).await;
                         }
                         let _ = c.subscribe(tset, QoS::AtLeastOnce).await;
+                        let _ = c.publish(online, QoS::AtLeastOnce, true, "online").await;
                     });
                     let _ = incoming.send(Incoming::Connected);
                 }

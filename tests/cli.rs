@@ -229,10 +229,11 @@ fn bench_times_the_per_frame_path_and_the_engine_alone_as_json() {
         write_png(&frames, &format!("{i}.png"), 64, 48, true, i);
     }
     std::fs::write(frames.join("notes.txt"), "not a frame").unwrap();
-    let out = vigil(&["bench", "--model", dir.path().join("b").to_str().unwrap(), "--frames", frames.to_str().unwrap()])
-        .args(["--engine", "tract", "--threads", "1", "--repeat", "2"])
-        .output()
-        .unwrap();
+    let out =
+        vigil(&["bench", "--model", dir.path().join("b").to_str().unwrap(), "--frames", frames.to_str().unwrap()])
+            .args(["--engine", "tract", "--threads", "1", "--repeat", "2"])
+            .output()
+            .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();

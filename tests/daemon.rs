@@ -271,9 +271,8 @@ fn frames_published_on_mqtt_topics_are_scored_and_alerted() {
         plant.threshold,
     ));
     let daemon = Daemon::start(&plant, &cfg);
+    // `online` comes after the subscriptions.
     sub.wait_for_text("vigil/box1/available", "online", WAIT);
-    // Subscriptions are made after the ConnAck; give the broker a moment to register them.
-    std::thread::sleep(Duration::from_millis(300));
     sub.publish("factory/l1/camera/c7/frame", false, plant.anomalous.clone());
     sub.publish("factory/l1/camera/c8/frame", false, plant.normal.clone());
     use base64::Engine as _;
@@ -299,6 +298,7 @@ fn a_threshold_set_over_mqtt_takes_effect_and_survives_a_restart() {
     let sub = Subscriber::new(broker.port, "vigil/#");
     let cfg = plant.config(&format!("{}{}", mqtt_section(broker.port), plant.folder_camera("")));
     let daemon = Daemon::start(&plant, &cfg);
+    sub.wait_for_text("vigil/box1/available", "online", WAIT);
     let state = sub.wait_for("vigil/box1/cam1/threshold/state", 1, WAIT);
     assert_eq!(state[0].json()["source"], "config");
     sub.publish("vigil/box1/cam1/threshold/set", false, b"1e9".to_vec());
@@ -310,6 +310,7 @@ fn a_threshold_set_over_mqtt_takes_effect_and_survives_a_restart() {
     // After a restart the raised threshold still holds, and is announced again.
     let daemon = Daemon::start(&plant, &cfg);
     sub.wait_for("vigil/box1/cam1/threshold/state", 3, WAIT);
+    sub.wait_for_text("vigil/box1/available", "online", WAIT);
     assert_eq!(sub.on("vigil/box1/cam1/threshold/state")[2].json()["threshold"], 1e9);
     plant.drop_frame("b.png", &plant.anomalous);
     plant.wait_frames("cam1", "normal", 1.0);

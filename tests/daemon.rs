@@ -372,11 +372,12 @@ fn reload_swaps_in_a_good_bundle_and_refuses_a_broken_one() {
 fn files_are_taken_only_once_complete_and_a_restart_neither_realerts_nor_skips() {
     let plant = Plant::new();
     let jsonl = plant.path("alerts.jsonl");
-    // A long settle time, so only the close-after-write event can make a file ready early.
+    // A settle time longer than the test waits: only the close-after-write and rename events
+    // can make a new file ready.
     let cfg = plant.config(&format!(
         "[alerts]\njsonl = \"{}\"\n{}",
         jsonl.display(),
-        plant.folder_camera(", settle = \"3s\"").replace("settle = \"200ms\" ,", "")
+        plant.folder_camera(", settle = \"60s\"").replace("settle = \"200ms\" ,", "")
     ));
     // One frame waits in the folder before the daemon starts (backlog).
     plant.drop_frame("before.png", &plant.anomalous);
@@ -392,7 +393,9 @@ fn files_are_taken_only_once_complete_and_a_restart_neither_realerts_nor_skips()
         std::thread::sleep(Duration::from_millis(700));
         f.write_all(&plant.anomalous[half..]).unwrap();
     }
-    plant.wait_frames("cam1", "anomalous", 2.0);
+    // A frame renamed into place is complete at once.
+    plant.drop_frame("renamed.png", &plant.anomalous);
+    plant.wait_frames("cam1", "anomalous", 3.0);
     let m = plant.metrics();
     assert_eq!(metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"rejected\"}"), 0.0, "{m}");
     daemon.stop();
@@ -410,7 +413,7 @@ fn files_are_taken_only_once_complete_and_a_restart_neither_realerts_nor_skips()
         .map(|s| Path::new(&s).file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     sources.sort();
-    assert_eq!(sources, ["before.png", "slow.png", "while-down.png"]);
+    assert_eq!(sources, ["before.png", "renamed.png", "slow.png", "while-down.png"]);
 }
 
 fn vigil(args: &[&str]) -> std::process::Output {

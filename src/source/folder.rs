@@ -114,8 +114,16 @@ pub async fn run(
                 for p in ev.paths.iter().filter(|p| wanted(p)) {
                     match ev.kind {
                         EventKind::Remove(_) => { pending.remove(p); }
-                        EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => {
-                            let e = pending.entry(p.clone()).or_insert_with(|| { order.push(p.clone()); Pending { size: 0, changed: Instant::now(), closed: false } });
+                        // Complete: the writer closed it, or it was renamed into place
+                        // (the usual way to publish a finished file). The size is taken now,
+                        // so the check below does not mistake it for still growing.
+                        EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+                        | EventKind::Modify(notify::event::ModifyKind::Name(
+                            notify::event::RenameMode::To | notify::event::RenameMode::Both,
+                        )) => {
+                            let size = std::fs::metadata(p).map_or(0, |m| m.len());
+                            let e = pending.entry(p.clone()).or_insert_with(|| { order.push(p.clone()); Pending { size, changed: Instant::now(), closed: false } });
+                            e.size = size;
                             e.closed = true;
                         }
                         EventKind::Create(_) | EventKind::Modify(_) => {

@@ -141,6 +141,7 @@ pub fn start(
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         let mut stopping = false;
+        let mut disconnecting = false;
         let mut stop_deadline = None;
         loop {
             let event = tokio::select! {
@@ -151,8 +152,15 @@ pub fn start(
                     continue;
                 }
                 _ = async { tokio::time::sleep_until(stop_deadline.expect("set when stopping")).await }, if stop_deadline.is_some() => {
+                    if disconnecting {
+                        break;
+                    }
+                    // Still a clean DISCONNECT, so the broker does not send the Last-Will.
                     tracing::warn!("mqtt: the broker did not confirm the last messages in time; closing anyway");
-                    break;
+                    let _ = client.try_disconnect();
+                    disconnecting = true;
+                    stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    continue;
                 }
             };
             match event {
@@ -221,8 +229,9 @@ pub fn start(
                     backoff = (backoff * 2).min(max_backoff);
                 }
             }
-            if stopping && pending(&metrics) <= 0.0 {
+            if stopping && !disconnecting && pending(&metrics) <= 0.0 {
                 let _ = client.try_disconnect();
+                disconnecting = true;
                 stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             }
         }

@@ -154,15 +154,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sources = tokio::task::JoinSet::new();
+    let mut watching = vec![];
     for (slot, c) in config.cameras.iter().enumerate() {
         if let SourceConfig::Folder(f) = &c.source {
             let ledger = Ledger::open(&config.state_dir.join("folders").join(format!("{}.done", c.id)))?;
             let cam =
                 FolderCamera { slot, camera: c.id.clone(), config: f.clone(), ledger: Arc::new(Mutex::new(ledger)) };
             let (frames, metrics, stop) = (stages.frames.clone(), metrics.clone(), stop_rx.clone());
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+            watching.push(started_rx);
             sources.spawn(async move {
                 let id = cam.camera.clone();
-                if let Err(e) = folder::run(cam, frames, metrics, stop).await {
+                if let Err(e) = folder::run(cam, frames, metrics, stop, started_tx).await {
                     tracing::error!(camera = id, "folder source stopped: {e:#}");
                 }
             });
@@ -192,6 +195,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut stats_tick = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
     stats_tick.tick().await;
 
+    // Ready once every folder is watched (a source that failed has logged why).
+    for w in watching {
+        let _ = w.await;
+    }
     metrics.set_ready(true);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(

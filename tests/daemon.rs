@@ -379,8 +379,11 @@ fn files_are_taken_only_once_complete_and_a_restart_neither_realerts_nor_skips()
         jsonl.display(),
         plant.folder_camera(", settle = \"60s\"").replace("settle = \"200ms\" ,", "")
     ));
-    // One frame waits in the folder before the daemon starts (backlog).
-    plant.drop_frame("before.png", &plant.anomalous);
+    // One frame waits in the folder before the daemon starts (backlog), written a while ago;
+    // a backlog file written within the settle time would wait like a new one.
+    let before = plant.drop_frame("before.png", &plant.anomalous);
+    let old = std::time::SystemTime::now() - Duration::from_secs(600);
+    std::fs::File::options().write(true).open(&before).unwrap().set_modified(old).unwrap();
     let daemon = Daemon::start(&plant, &cfg);
     // A frame written slowly, in two parts: never scored half-written.
     let slow = plant.path("frames/slow.png");
@@ -400,7 +403,8 @@ fn files_are_taken_only_once_complete_and_a_restart_neither_realerts_nor_skips()
     assert_eq!(metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"rejected\"}"), 0.0, "{m}");
     daemon.stop();
     // While it is down, one more frame arrives; after the restart only that one is scored.
-    plant.drop_frame("while-down.png", &plant.anomalous);
+    let down = plant.drop_frame("while-down.png", &plant.anomalous);
+    std::fs::File::options().write(true).open(&down).unwrap().set_modified(old).unwrap();
     let daemon = Daemon::start(&plant, &cfg);
     plant.wait_frames("cam1", "anomalous", 1.0);
     std::thread::sleep(Duration::from_millis(500));

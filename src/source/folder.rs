@@ -62,6 +62,7 @@ pub async fn run(
     frames: mpsc::Sender<Frame>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
+    watching: oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let cfg = &cam.config;
     let root = cfg.path.canonicalize().with_context(|| format!("folder {}", cfg.path.display()))?;
@@ -87,13 +88,22 @@ pub async fn run(
     walk(&root, cfg.recursive, &mut backlog);
     backlog.retain(|p| wanted(p));
     backlog.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH));
-    let long_ago = Instant::now().checked_sub(cfg.settle).unwrap_or_else(Instant::now);
     let mut order: Vec<PathBuf> = vec![];
     for p in backlog {
-        let size = std::fs::metadata(&p).map_or(0, |m| m.len());
-        pending.insert(p.clone(), Pending { size, changed: long_ago, closed: false });
+        let meta = std::fs::metadata(&p).ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        // A file last written longer ago than `settle` is complete; a fresher one may still
+        // be in the writing, so it waits like a new file (its events come from now on).
+        let age = meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or(cfg.settle)
+            .min(cfg.settle);
+        let changed = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        pending.insert(p.clone(), Pending { size, changed, closed: false });
         order.push(p);
     }
+    let _ = watching.send(());
     let tick = (cfg.settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     let mut ticker = tokio::time::interval(tick);
     let mut tasks = tokio::task::JoinSet::new();

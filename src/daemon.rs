@@ -26,12 +26,17 @@ use crate::state::{Ledger, Thresholds};
 /// timeout is 90 s; this leaves room).
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Loads every camera's bundle (each distinct path once), checks and test-runs it.
-pub fn load_models(config: &Config) -> Result<Vec<Arc<Model>>, Vec<Problem>> {
+/// Loads every camera's bundle (each distinct path once), checks and test-runs it; with
+/// `skip_missing`, cameras whose bundle path does not exist are left out (validation has
+/// reported them). Returns the models loaded and a problem per bundle that failed.
+fn load_each(config: &Config, skip_missing: bool) -> (Vec<Arc<Model>>, Vec<Problem>) {
     let mut loaded: HashMap<PathBuf, Arc<Model>> = HashMap::new();
     let mut problems = vec![];
     let mut out = vec![];
     for (i, c) in config.cameras.iter().enumerate() {
+        if skip_missing && !c.bundle.exists() {
+            continue;
+        }
         if let Some(m) = loaded.get(&c.bundle) {
             out.push(m.clone());
             continue;
@@ -45,26 +50,20 @@ pub fn load_models(config: &Config) -> Result<Vec<Arc<Model>>, Vec<Problem>> {
             Err(e) => problems.push(Problem { key: format!("cameras[{i}].bundle"), message: format!("{e:#}") }),
         }
     }
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    (out, problems)
+}
+
+/// Loads every camera's bundle, in `[[cameras]]` order, or says which failed and why.
+pub fn load_models(config: &Config) -> Result<Vec<Arc<Model>>, Vec<Problem>> {
+    let (models, problems) = load_each(config, false);
+    if problems.is_empty() { Ok(models) } else { Err(problems) }
 }
 
 /// Everything `vigil validate` checks: the config's own rules, then each bundle loaded and
 /// test-run on the configured engine.
 pub fn check(config: &Config) -> Vec<Problem> {
     let mut problems = config.validate();
-    // Bundles that do not exist were reported already.
-    let present =
-        Config { cameras: config.cameras.iter().filter(|c| c.bundle.exists()).cloned().collect(), ..config.clone() };
-    if let Err(more) = load_models(&present) {
-        // Keys must point at the original entries.
-        for p in more {
-            let idx: usize =
-                p.key.trim_start_matches("cameras[").split(']').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-            let bundle = &present.cameras[idx].bundle;
-            let orig = config.cameras.iter().position(|c| &c.bundle == bundle).unwrap_or(idx);
-            problems.push(Problem { key: format!("cameras[{orig}].bundle"), message: p.message });
-        }
-    }
+    problems.extend(load_each(config, true).1);
     problems
 }
 

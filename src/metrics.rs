@@ -102,11 +102,6 @@ impl Metrics {
         h.count += 1;
     }
 
-    /// A counter's value (tests, stats).
-    pub fn counter(&self, name: &'static str, l: &[(&'static str, &str)]) -> u64 {
-        self.inner.lock().expect("metrics lock").counters.get(&(name, labels(l))).copied().unwrap_or(0)
-    }
-
     /// A gauge's value.
     pub fn gauge(&self, name: &'static str, l: &[(&'static str, &str)]) -> f64 {
         self.inner.lock().expect("metrics lock").gauges.get(&(name, labels(l))).copied().unwrap_or(0.0)

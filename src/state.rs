@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
 
@@ -144,11 +144,6 @@ impl Thresholds {
         std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
         Ok(())
     }
-}
-
-/// Seconds since 1970 of a time, for JSON.
-pub fn unix_ms(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
 #[cfg(test)]

@@ -104,6 +104,27 @@ fn tls(cfg: &MqttConfig) -> anyhow::Result<Option<Transport>> {
     Ok(Some(Transport::tls_with_config(TlsConfiguration::Simple { ca, alpn: None, client_auth })))
 }
 
+/// The client id of the main connection (the alert connection appends `-alerts`).
+pub fn client_id(cfg: &MqttConfig, device: &str) -> String {
+    cfg.client_id.clone().unwrap_or_else(|| format!("vigil-{device}"))
+}
+
+/// Options shared by the daemon's connections: endpoint, keep-alive, packet limits,
+/// credentials and TLS.
+pub fn options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.effective_port());
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024 * 1024);
+    if let Some(user) = &cfg.username {
+        let password = cfg.effective_password().context("reading mqtt.password_file")?.unwrap_or_default();
+        opts.set_credentials(user.clone(), password);
+    }
+    if let Some(t) = tls(cfg)? {
+        opts.set_transport(t);
+    }
+    Ok(opts)
+}
+
 /// Connects (in the background: the first attempt happens in the task) and starts the loop.
 /// `frame_filters` are subscribed at QoS 1 with manual acknowledgement, so the broker's
 /// in-flight window paces a flooding camera instead of vigil's memory.
@@ -116,22 +137,12 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Broker, Connection)> {
     let topics = Topics::new(&cfg.topic_prefix, device);
-    let client_id = cfg.client_id.clone().unwrap_or_else(|| format!("vigil-{device}"));
-    let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.effective_port());
-    opts.set_keep_alive(cfg.keep_alive);
+    let mut opts = options(cfg, &client_id(cfg, device))?;
     opts.set_last_will(LastWill::new(topics.available(), "offline", QoS::AtLeastOnce, true));
     opts.set_manual_acks(true);
     // A persistent session: frames published while vigil is away wait at the broker.
     opts.set_clean_session(false);
-    opts.set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024 * 1024);
     opts.set_request_channel_capacity(4096);
-    if let Some(user) = &cfg.username {
-        let password = cfg.effective_password().context("reading mqtt.password_file")?.unwrap_or_default();
-        opts.set_credentials(user.clone(), password);
-    }
-    if let Some(t) = tls(cfg)? {
-        opts.set_transport(t);
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     let connected = Arc::new(AtomicBool::new(false));
     let broker = Broker { client: client.clone(), topics: topics.clone(), connected: connected.clone() };

@@ -205,6 +205,12 @@ pub struct AlertsConfig {
     /// After an alert, the camera re-arms only once a score falls below
     /// `threshold × (1 − hysteresis)` (0: no hysteresis).
     pub hysteresis: f32,
+    /// MQTT alerts kept in the durable outbox (`<state_dir>/outbox.jsonl`) while the broker is
+    /// away; each leaves it once the broker acknowledged it.
+    pub outbox_max: usize,
+    /// When the outbox is full: `drop_oldest` (default) or `drop_newest`; either is logged and
+    /// counted in `vigil_alerts_dropped_total{reason="outbox_full"}`.
+    pub outbox_full: crate::sink::outbox::FullPolicy,
 }
 
 impl Default for AlertsConfig {
@@ -217,6 +223,8 @@ impl Default for AlertsConfig {
             snapshot_keep: 200,
             cooldown: Duration::ZERO,
             hysteresis: 0.0,
+            outbox_max: 100_000,
+            outbox_full: crate::sink::outbox::FullPolicy::DropOldest,
         }
     }
 }
@@ -292,6 +300,10 @@ pub struct FolderSource {
     /// Files larger than this are refused.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Folder where refused files (corrupt, too large, not an image) are moved; absent: they
+    /// stay where they are, remembered as done.
+    #[serde(default)]
+    pub quarantine: Option<PathBuf>,
 }
 
 fn default_include() -> Vec<String> {
@@ -631,6 +643,13 @@ impl Config {
                             "is inside the recursively watched folder: moved files would be scored again".into(),
                         ),
                         _ => {}
+                    }
+                    if let Some(q) = &f.quarantine {
+                        if !q.is_dir() {
+                            add(k("source.quarantine"), format!("{}: not a folder; create it", q.display()));
+                        } else if q.starts_with(&f.path) && (f.recursive || q == &f.path) {
+                            add(k("source.quarantine"), "is inside the watched folder: pick a folder outside it".into());
+                        }
                     }
                     if f.max_bytes == 0 {
                         add(k("source.max_bytes"), "must be positive".into());

@@ -17,6 +17,8 @@ use crate::decide::{Decider, Decision, region};
 use crate::frame::Outcome;
 use crate::metrics::Metrics;
 use crate::scoring::{self, Finished, Model, Models};
+use crate::sink::delivery::Delivery;
+use crate::sink::outbox::Outbox;
 use crate::sink::{Sinks, jsonl::Jsonl};
 use crate::source::folder::{self, FolderCamera};
 use crate::source::mqtt::{self as mqtt_source, MqttCamera};
@@ -132,10 +134,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let thresholds = Arc::new(Mutex::new(Thresholds::open(&config.state_dir)?));
     let policy = Arc::new(Policy { cameras: config.cameras.clone(), models: models.clone(), thresholds });
+    let delivery = match &config.mqtt {
+        Some(m) => {
+            let path = config.state_dir.join("outbox.jsonl");
+            let outbox = Outbox::open(&path, config.alerts.outbox_max, config.alerts.outbox_full)?;
+            Some(Delivery::start(m, &config.device_id, outbox, metrics.clone())?)
+        }
+        None => None,
+    };
     let sinks = Sinks {
         stdout: config.alerts.stdout,
         jsonl: config.alerts.jsonl.as_deref().map(|p| Jsonl::open(p, true)).transpose()?,
         mqtt: broker.clone(),
+        delivery,
         metrics: metrics.clone(),
     };
     let decide = tokio::spawn(decide_loop(
@@ -256,11 +267,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let _ = stop_tx.send(true);
         while sources.join_next().await.is_some() {}
         tokio::task::spawn_blocking(move || stages.join()).await.ok();
-        decide.await.ok();
+        decide.await.ok()
     })
     .await;
-    if drained.is_err() {
-        tracing::warn!("stop: frames still in flight after {}s were abandoned", STOP_TIMEOUT.as_secs());
+    let sinks = match drained {
+        Ok(sinks) => sinks,
+        Err(_) => {
+            tracing::warn!("stop: frames still in flight after {}s were abandoned", STOP_TIMEOUT.as_secs());
+            None
+        }
+    };
+    if let Some(d) = sinks.and_then(|s| s.delivery) {
+        d.stop().await;
     }
     if let Some((b, conn)) = connection {
         conn.stop(&b, &metrics).await;
@@ -471,7 +489,7 @@ impl DecideContext {
 }
 
 /// Decides for every scored frame, sends alerts, and reports each frame done to its source.
-async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finished>, mut sinks: Sinks) {
+async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finished>, mut sinks: Sinks) -> Sinks {
     let mut decider = Decider::default();
     let a = ctx.config.alerts.clone();
     let publish_scores = ctx.config.mqtt.as_ref().is_some_and(|m| m.publish_scores);
@@ -508,6 +526,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                     b.publish_lossy(b.topics.camera(&frame.camera, "score"), false, body.to_string().into_bytes())
                         .await;
                 }
+                let mut outcome = Outcome::Scored;
                 let mut record = serde_json::json!({
                     "camera": frame.camera, "source": source, "frame_time": rfc3339(frame.time), "score": score,
                     "normalized_score": normalized, "threshold": threshold, "result": result,
@@ -575,18 +594,21 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                             alert.source
                         );
                         record["alert"] = alert.id.clone().into();
-                        sinks.alert(&alert, jpeg.as_deref()).await;
+                        if let Err(e) = sinks.alert(&alert, jpeg.as_deref()).await {
+                            outcome = Outcome::Retry(format!("{e:#}"));
+                        }
                         ctx.metrics.inc("vigil_alerts_total", &[("camera", &alert.camera)]);
                     }
                 }
                 ctx.metrics.latency(frame.received.elapsed().as_secs_f64());
                 ctx.record(record);
                 if let Some(done) = frame.done.take() {
-                    let _ = done.send(Outcome::Scored);
+                    let _ = done.send(outcome);
                 }
             }
         }
     }
+    sinks
 }
 
 #[cfg(test)]

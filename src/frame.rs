@@ -32,6 +32,8 @@ pub enum Outcome {
     Scored,
     /// Refused (bad input) with this reason.
     Rejected(String),
+    /// Scored, but its alert could not be stored durably: not done, score it again later.
+    Retry(String),
 }
 
 /// One frame from a source.

@@ -124,6 +124,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
                 after: Default::default(),
                 move_to: None,
                 max_bytes: 64 << 20,
+                quarantine: None,
             }),
             threshold: None,
             cooldown: None,

@@ -1,7 +1,9 @@
-//! Where alerts go: MQTT (see [`crate::broker`]), a JSON-lines file and standard output,
-//! all with the same alert JSON.
+//! Where alerts go: MQTT (through the durable [`outbox`] and its own [`delivery`]
+//! connection), a JSON-lines file and standard output, all with the same alert JSON.
 
+pub mod delivery;
 pub mod jsonl;
+pub mod outbox;
 
 use std::sync::Arc;
 
@@ -15,16 +17,19 @@ pub struct Sinks {
     pub stdout: bool,
     /// The JSON-lines file.
     pub jsonl: Option<jsonl::Jsonl>,
-    /// The MQTT connection.
+    /// The MQTT connection (snapshots, retained state).
     pub mqtt: Option<Broker>,
+    /// The outbox and the connection that delivers alerts from it.
+    pub delivery: Option<delivery::Delivery>,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
 
 impl Sinks {
     /// Sends one alert to every sink; a failing sink is logged and counted, and does not
-    /// keep the alert from the others.
-    pub async fn alert(&mut self, alert: &Alert, snapshot: Option<&[u8]>) {
+    /// keep the alert from the others. An error means the alert could not be stored in the
+    /// outbox: the frame must not be marked done, so that it is scored again.
+    pub async fn alert(&mut self, alert: &Alert, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
         let json = serde_json::to_string(alert).expect("an alert serialises");
         if self.stdout {
             println!("{json}");
@@ -35,18 +40,21 @@ impl Sinks {
             tracing::error!("alert {}: {e:#}", alert.id);
             self.metrics.inc("vigil_errors_total", &[("kind", "sink_jsonl")]);
         }
-        if let Some(b) = &self.mqtt {
-            if let Some(jpeg) = snapshot {
-                let topic = b.topics.camera(&alert.camera, "snapshot");
-                if let Err(e) = b.publish(&self.metrics, topic, true, jpeg.to_vec()).await {
-                    tracing::error!("snapshot of alert {}: {e:#}", alert.id);
-                }
-            }
+        if let (Some(b), Some(jpeg)) = (&self.mqtt, snapshot) {
+            // The latest snapshot of the camera, retained; best effort (the alert is what must
+            // arrive, and it names the snapshot file too).
+            let topic = b.topics.camera(&alert.camera, "snapshot");
+            b.publish_lossy(topic, true, jpeg.to_vec()).await;
+        }
+        if let (Some(b), Some(d)) = (&self.mqtt, &self.delivery) {
             let topic = b.topics.camera(&alert.camera, "anomaly");
-            if let Err(e) = b.publish(&self.metrics, topic, false, json.into_bytes()).await {
-                tracing::error!("alert {}: {e:#}", alert.id);
-                self.metrics.inc("vigil_errors_total", &[("kind", "sink_mqtt")]);
+            let entry = outbox::Entry { id: alert.id.clone(), topic, payload: json };
+            if let Err(e) = d.put(entry) {
+                tracing::error!("alert {}: not stored in the outbox: {e:#}; the frame will be scored again", alert.id);
+                self.metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
+                return Err(e);
             }
         }
+        Ok(())
     }
 }

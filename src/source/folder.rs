@@ -187,11 +187,10 @@ pub async fn run(
                     break;
                 }
             }
-            let (ledger, in_flight, camera, after, move_to) =
-                (cam.ledger.clone(), in_flight.clone(), cam.camera.clone(), cfg.after, cfg.move_to.clone());
+            let (ledger, in_flight, camera, cfg) = (cam.ledger.clone(), in_flight.clone(), cam.camera.clone(), cfg.clone());
             tasks.spawn(async move {
                 if let Ok(outcome) = done_rx.await {
-                    finish(&camera, &key, outcome, &ledger, after, move_to.as_deref());
+                    finish(&camera, &key, outcome, &ledger, &cfg);
                 }
                 in_flight.lock().expect("in-flight lock").remove(&key.path);
             });
@@ -248,7 +247,9 @@ fn take(
             "file_too_large",
             format!("{} bytes, over the limit of {} (source.max_bytes)", meta.len(), cam.config.max_bytes),
         );
-        let _ = cam.ledger.lock().expect("ledger lock").mark(key);
+        if !quarantine(&cam.camera, p, cam.config.quarantine.as_deref()) {
+            let _ = cam.ledger.lock().expect("ledger lock").mark(key);
+        }
         return None;
     }
     let bytes = match std::fs::read(p) {
@@ -272,32 +273,55 @@ fn take(
     Some((frame, key, rx))
 }
 
-/// After scoring: record the file as done, then keep, delete or move it.
-fn finish(
-    camera: &str,
-    key: &FileKey,
-    _outcome: Outcome,
-    ledger: &Mutex<Ledger>,
-    after: AfterScoring,
-    move_to: Option<&Path>,
-) {
+/// After scoring: record the file as done, then keep, delete or move it; a rejected file
+/// goes to the quarantine folder when one is set.
+fn finish(camera: &str, key: &FileKey, outcome: Outcome, ledger: &Mutex<Ledger>, cfg: &FolderSource) {
+    match outcome {
+        Outcome::Retry(reason) => {
+            // Not marked done: the next start scores it again (and alerts under the same id).
+            tracing::warn!(camera, "{}: left for the next start: {reason}", key.path.display());
+            return;
+        }
+        Outcome::Rejected(_) if quarantine(camera, &key.path, cfg.quarantine.as_deref()) => return,
+        _ => {}
+    }
     // Done first: if vigil dies right after, the file is not scored again.
     if let Err(e) = ledger.lock().expect("ledger lock").mark(key.clone()) {
         tracing::error!(camera, "{e:#}");
     }
-    let result = match (after, move_to) {
+    let after = cfg.after;
+    let result = match (after, cfg.move_to.as_deref()) {
         (AfterScoring::Delete, _) => std::fs::remove_file(&key.path),
-        (AfterScoring::Move, Some(dir)) => {
-            let name = key.path.file_name().unwrap_or_default();
-            std::fs::rename(&key.path, dir.join(name)).or_else(|_| {
-                // Another file system: copy, then remove.
-                std::fs::copy(&key.path, dir.join(name)).and_then(|_| std::fs::remove_file(&key.path))
-            })
-        }
+        (AfterScoring::Move, Some(dir)) => move_into(&key.path, dir),
         _ => return,
     };
     match result {
         Ok(()) => ledger.lock().expect("ledger lock").forget(key),
         Err(e) => tracing::warn!(camera, "{}: could not {after:?} it after scoring: {e}", key.path.display()),
+    }
+}
+
+/// Moves `path` into `dir` (renaming when the folders share a file system, else copying).
+fn move_into(path: &Path, dir: &Path) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default();
+    std::fs::rename(path, dir.join(name)).or_else(|_| {
+        // Another file system: copy, then remove.
+        std::fs::copy(path, dir.join(name)).and_then(|_| std::fs::remove_file(path))
+    })
+}
+
+/// Moves a rejected file into the quarantine folder, if one is set; whether it was moved (a
+/// moved file needs no ledger entry: it is no longer in the watched folder).
+fn quarantine(camera: &str, path: &Path, dir: Option<&Path>) -> bool {
+    let Some(dir) = dir else { return false };
+    match move_into(path, dir) {
+        Ok(()) => {
+            tracing::info!(camera, "{}: moved to the quarantine folder {}", path.display(), dir.display());
+            true
+        }
+        Err(e) => {
+            tracing::warn!(camera, "{}: could not move it to quarantine {}: {e}", path.display(), dir.display());
+            false
+        }
     }
 }

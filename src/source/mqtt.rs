@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::{Broker, topic_matches};
 use crate::config::{MqttSource, PayloadFormat, valid_id};
-use crate::frame::{Frame, Origin};
+use crate::frame::{Frame, Origin, Outcome};
 use crate::metrics::Metrics;
 
 /// One `[[cameras]]` entry with an MQTT source.
@@ -148,7 +148,9 @@ pub async fn run(
                 }
                 let b = broker.clone();
                 tasks.spawn(async move {
-                    if rx.await.is_ok() {
+                    // A frame whose alert could not be stored stays unacknowledged, so the
+                    // broker delivers it again after the next reconnect.
+                    if rx.await.is_ok_and(|o| !matches!(o, Outcome::Retry(_))) {
                         b.ack(&p).await;
                     }
                 });

@@ -1,0 +1,201 @@
+//! The alert connection: an MQTT session of its own that publishes what the durable outbox
+//! holds, oldest first, and takes each alert out only once the broker's PUBACK for it came.
+//!
+//! Each connection attempt gets a fresh client with a clean session, so nothing rumqttc queued
+//! for an earlier connection is sent again behind vigil's back; after every (re)connect the
+//! whole outbox is sent again in order. Packet ids are matched to alerts in the order the
+//! client reports its outgoing publishes, which on one fresh client is the order of the
+//! requests.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use tokio::sync::{Notify, watch};
+
+use super::outbox::{Entry, Outbox, Put};
+use crate::config::MqttConfig;
+use crate::metrics::Metrics;
+
+/// Alerts in flight at once on the connection.
+const WINDOW: usize = 64;
+
+/// The running alert connection.
+pub struct Delivery {
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Delivery {
+    /// Starts the connection (in the background) over `outbox`; what the outbox already holds
+    /// from an earlier run is sent first.
+    pub fn start(cfg: &MqttConfig, device: &str, outbox: Outbox, metrics: Arc<Metrics>) -> anyhow::Result<Delivery> {
+        let mut opts = crate::broker::options(cfg, &format!("{}-alerts", crate::broker::client_id(cfg, device)))?;
+        opts.set_clean_session(true);
+        opts.set_inflight(WINDOW as u16 + 1);
+        let waiting = outbox.len();
+        if waiting > 0 {
+            tracing::info!("outbox: {waiting} alert(s) from before wait for the broker; sending them first");
+        }
+        metrics.set("vigil_outbox_pending", &[], waiting as f64);
+        let outbox = Arc::new(Mutex::new(outbox));
+        let wake = Arc::new(Notify::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let endpoint = format!("{}:{}", cfg.host, cfg.effective_port());
+        let task = tokio::spawn(run(opts, endpoint, cfg.max_backoff, outbox.clone(), wake.clone(), stop_rx, metrics.clone()));
+        Ok(Delivery { outbox, wake, stop, task, metrics })
+    }
+
+    /// Stores an alert durably and queues it for the broker. An error means it is not stored
+    /// (the frame must not be marked done).
+    pub fn put(&self, entry: Entry) -> anyhow::Result<()> {
+        let id = entry.id.clone();
+        let mut o = self.outbox.lock().expect("outbox lock");
+        match o.put(entry)? {
+            Put::Stored => {}
+            Put::StoredDroppingOldest(old) => {
+                tracing::warn!(
+                    "outbox full (alerts.outbox_max): dropped the oldest undelivered alert {old} to keep {id}; is the broker reachable?"
+                );
+                self.metrics.inc("vigil_alerts_dropped_total", &[("reason", "outbox_full")]);
+            }
+            Put::DroppedNewest => {
+                tracing::warn!(
+                    "outbox full (alerts.outbox_max, outbox_full = \"drop_newest\"): alert {id} dropped; is the broker reachable?"
+                );
+                self.metrics.inc("vigil_alerts_dropped_total", &[("reason", "outbox_full")]);
+            }
+            Put::Duplicate => {
+                tracing::info!("alert {id} was already sent or queued (frame scored again after a restart): not sent twice");
+                self.metrics.inc("vigil_alerts_duplicate_total", &[]);
+            }
+        }
+        self.metrics.set("vigil_outbox_pending", &[], o.len() as f64);
+        drop(o);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends what it can within a few seconds, then disconnects; the rest stays in the outbox
+    /// for the next start.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(6), self.task).await;
+        let left = self.outbox.lock().expect("outbox lock").len();
+        if left > 0 {
+            tracing::warn!("outbox: {left} alert(s) not yet acknowledged by the broker; they are sent at the next start");
+        }
+    }
+}
+
+async fn run(
+    opts: rumqttc::MqttOptions,
+    endpoint: String,
+    max_backoff: Duration,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    let max_backoff = max_backoff.max(Duration::from_secs(1));
+    let mut stopping = false;
+    let mut deadline = tokio::time::Instant::now();
+    let mut was_connected = false;
+    'connections: loop {
+        let (client, mut eventloop) = AsyncClient::new(opts.clone(), 2 * WINDOW);
+        let mut connected = false;
+        // Sequence number of the last alert handed to the client on this connection.
+        let mut cursor: Option<u64> = None;
+        let mut queued: VecDeque<String> = VecDeque::new();
+        let mut inflight: HashMap<u16, String> = HashMap::new();
+        loop {
+            if connected {
+                let room = WINDOW.saturating_sub(queued.len() + inflight.len());
+                if room > 0 {
+                    let next = outbox.lock().expect("outbox lock").after(cursor, room);
+                    for (seq, e) in next {
+                        if client.try_publish(e.topic, QoS::AtLeastOnce, false, e.payload).is_err() {
+                            break;
+                        }
+                        queued.push_back(e.id);
+                        cursor = Some(seq);
+                    }
+                }
+            }
+            let empty = outbox.lock().expect("outbox lock").is_empty();
+            if stopping && ((empty && connected) || !connected || tokio::time::Instant::now() >= deadline) {
+                if connected {
+                    let _ = client.try_disconnect();
+                    // Let the DISCONNECT go out.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        while let Ok(ev) = eventloop.poll().await {
+                            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+                break 'connections;
+            }
+            tokio::select! {
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if !was_connected {
+                            tracing::info!("mqtt: alert connection to {endpoint} up");
+                        }
+                        connected = true;
+                        was_connected = true;
+                        backoff = Duration::from_secs(1);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(id) = queued.pop_front() {
+                            inflight.insert(pkid, id);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(id) = inflight.remove(&ack.pkid) {
+                            let mut o = outbox.lock().expect("outbox lock");
+                            if let Err(e) = o.ack(&id) {
+                                tracing::error!("{e:#}");
+                                metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
+                            }
+                            metrics.set("vigil_outbox_pending", &[], o.len() as f64);
+                            metrics.inc("vigil_alerts_delivered_total", &[]);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if was_connected {
+                            tracing::warn!("mqtt: alert connection to {endpoint} lost: {e}; alerts wait in the outbox");
+                            was_connected = false;
+                        } else {
+                            tracing::debug!("mqtt: alert connection to {endpoint}: {e}; retrying in {}s", backoff.as_secs());
+                        }
+                        metrics.inc("vigil_errors_total", &[("kind", "broker_alerts")]);
+                        if stopping {
+                            break 'connections;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => { stopping = true; deadline = tokio::time::Instant::now(); }
+                        }
+                        backoff = (backoff * 2).min(max_backoff);
+                        continue 'connections;
+                    }
+                },
+                _ = wake.notified() => {}
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                }
+                _ = tokio::time::sleep_until(deadline), if stopping => {}
+            }
+        }
+    }
+}

@@ -648,7 +648,10 @@ impl Config {
                         if !q.is_dir() {
                             add(k("source.quarantine"), format!("{}: not a folder; create it", q.display()));
                         } else if q.starts_with(&f.path) && (f.recursive || q == &f.path) {
-                            add(k("source.quarantine"), "is inside the watched folder: pick a folder outside it".into());
+                            add(
+                                k("source.quarantine"),
+                                "is inside the watched folder: pick a folder outside it".into(),
+                            );
                         }
                     }
                     if f.max_bytes == 0 {

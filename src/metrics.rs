@@ -49,16 +49,29 @@ const HELP: &[(&str, &str, &str)] = &[
     ("vigil_frames_dropped_total", "counter", "Frames dropped by reason (only where the config allows dropping)."),
     ("vigil_reloads_total", "counter", "Bundle reloads by result."),
     ("vigil_queue_depth", "gauge", "Frames waiting to be decoded and scored."),
-    ("vigil_alerts_pending", "gauge", "Alerts not yet acknowledged by the broker."),
+    ("vigil_alerts_pending", "gauge", "Messages (availability, state) not yet acknowledged by the broker."),
+    ("vigil_outbox_pending", "gauge", "Alerts in the durable outbox, not yet acknowledged by the broker."),
+    ("vigil_alerts_delivered_total", "counter", "Alerts the broker acknowledged."),
+    ("vigil_alerts_dropped_total", "counter", "Alerts dropped by reason (a full outbox)."),
+    (
+        "vigil_alerts_duplicate_total",
+        "counter",
+        "Alerts not sent again because the same id was already sent or queued.",
+    ),
     ("vigil_mqtt_connected", "gauge", "1 while connected to the broker."),
     ("vigil_model_info", "gauge", "The bundle each camera serves."),
     ("vigil_latency_seconds", "histogram", "From frame arrival to decision."),
     ("vigil_normalized_score", "histogram", "Normalised scores (0.5 = threshold) by camera."),
 ];
 
+fn known(name: &str) -> bool {
+    HELP.iter().any(|(n, _, _)| *n == name)
+}
+
 impl Metrics {
     /// Adds `n` to a counter.
     pub fn add(&self, name: &'static str, l: &[(&'static str, &str)], n: u64) {
+        debug_assert!(known(name), "metric {name} has no HELP entry, so it would never be shown");
         *self.inner.lock().expect("metrics lock").counters.entry((name, labels(l))).or_default() += n;
     }
 
@@ -69,6 +82,7 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, l: &[(&'static str, &str)], v: f64) {
+        debug_assert!(known(name), "metric {name} has no HELP entry, so it would never be shown");
         self.inner.lock().expect("metrics lock").gauges.insert((name, labels(l)), v);
     }
 

@@ -11,7 +11,7 @@ use vigil::engine::EngineChoice;
 use crate::common::mosquitto::{Mosquitto, Subscriber, free_port, http_get, metric};
 use crate::common::{engine_config, reference_bundle};
 
-const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A bundle, a normal and an anomalous frame for it, and a threshold between their scores.
 pub struct Plant {
@@ -187,7 +187,7 @@ fn check_schema(alert: &serde_json::Value) {
     assert_eq!(text.trim(), "ok");
 }
 
-fn mqtt_section(port: u16) -> String {
+pub fn mqtt_section(port: u16) -> String {
     format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive = \"5s\"\nmax_backoff = \"1s\"\n")
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod demo;
 mod engines;
+mod faults;
 mod models;
 mod onnx_writer;
 mod synth;

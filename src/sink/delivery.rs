@@ -1,20 +1,21 @@
 //! The alert connection: an MQTT session of its own that publishes what the durable outbox
-//! holds, oldest first, and takes each alert out only once the broker's PUBACK for it came.
+//! holds, oldest first, at QoS 2, and takes each alert out only once its flow is complete
+//! (PUBCOMP).
 //!
-//! Each connection attempt gets a fresh client with a clean session, so nothing rumqttc queued
-//! for an earlier connection is sent again behind vigil's back; after every (re)connect the
-//! whole outbox is sent again in order. Packet ids are matched to alerts in the order the
-//! client reports its outgoing publishes, which on one fresh client is the order of the
-//! requests.
+//! vigil, not the MQTT client, owns the flows: packet ids are chosen and recorded by the
+//! outbox before anything is sent, and each connection attempt gets a fresh client whose
+//! queue holds only what this task put there. After a reconnect to the same broker session
+//! (or a restart), flows resume under their packet ids (PUBLISH again with DUP, or PUBREL
+//! where the broker had confirmed receipt), so the broker forwards each alert once; when the
+//! broker lost the session, every alert still waiting is sent again.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, PubRel, Publish, QoS, Request};
 use tokio::sync::{Notify, watch};
 
-use super::outbox::{Entry, Outbox, Put};
+use super::outbox::{Entry, Flow, Outbox, PACKET_IDS, Put};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 
@@ -35,8 +36,10 @@ impl Delivery {
     /// from an earlier run is sent first.
     pub fn start(cfg: &MqttConfig, device: &str, outbox: Outbox, metrics: Arc<Metrics>) -> anyhow::Result<Delivery> {
         let mut opts = crate::broker::options(cfg, &format!("{}-alerts", crate::broker::client_id(cfg, device)))?;
-        opts.set_clean_session(true);
-        opts.set_inflight(WINDOW as u16 + 1);
+        // A persistent session: the broker keeps its side of unfinished QoS 2 flows across a
+        // reconnect or a restart of vigil.
+        opts.set_clean_session(false);
+        opts.set_inflight(PACKET_IDS);
         let waiting = outbox.len();
         if waiting > 0 {
             tracing::info!("outbox: {waiting} alert(s) from before wait for the broker; sending them first");
@@ -46,7 +49,8 @@ impl Delivery {
         let wake = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let endpoint = format!("{}:{}", cfg.host, cfg.effective_port());
-        let task = tokio::spawn(run(opts, endpoint, cfg.max_backoff, outbox.clone(), wake.clone(), stop_rx, metrics.clone()));
+        let task =
+            tokio::spawn(run(opts, endpoint, cfg.max_backoff, outbox.clone(), wake.clone(), stop_rx, metrics.clone()));
         Ok(Delivery { outbox, wake, stop, task, metrics })
     }
 
@@ -70,7 +74,9 @@ impl Delivery {
                 self.metrics.inc("vigil_alerts_dropped_total", &[("reason", "outbox_full")]);
             }
             Put::Duplicate => {
-                tracing::info!("alert {id} was already sent or queued (frame scored again after a restart): not sent twice");
+                tracing::info!(
+                    "alert {id} was already sent or queued (frame scored again after a restart): not sent twice"
+                );
                 self.metrics.inc("vigil_alerts_duplicate_total", &[]);
             }
         }
@@ -87,7 +93,9 @@ impl Delivery {
         let _ = tokio::time::timeout(Duration::from_secs(6), self.task).await;
         let left = self.outbox.lock().expect("outbox lock").len();
         if left > 0 {
-            tracing::warn!("outbox: {left} alert(s) not yet acknowledged by the broker; they are sent at the next start");
+            tracing::warn!(
+                "outbox: {left} alert(s) not yet acknowledged by the broker; they are sent at the next start"
+            );
         }
     }
 }
@@ -107,23 +115,23 @@ async fn run(
     let mut deadline = tokio::time::Instant::now();
     let mut was_connected = false;
     'connections: loop {
-        let (client, mut eventloop) = AsyncClient::new(opts.clone(), 2 * WINDOW);
+        let (client, mut eventloop) = AsyncClient::new(opts.clone(), 16);
         let mut connected = false;
-        // Sequence number of the last alert handed to the client on this connection.
-        let mut cursor: Option<u64> = None;
-        let mut queued: VecDeque<String> = VecDeque::new();
-        let mut inflight: HashMap<u16, String> = HashMap::new();
         loop {
             if connected {
-                let room = WINDOW.saturating_sub(queued.len() + inflight.len());
+                let mut o = outbox.lock().expect("outbox lock");
+                let room = WINDOW.saturating_sub(o.in_flight_count());
                 if room > 0 {
-                    let next = outbox.lock().expect("outbox lock").after(cursor, room);
-                    for (seq, e) in next {
-                        if client.try_publish(e.topic, QoS::AtLeastOnce, false, e.payload).is_err() {
-                            break;
+                    match o.send_next(room) {
+                        Ok(next) => {
+                            for (e, pkid) in next {
+                                eventloop.pending.push_back(Request::Publish(publish(e, pkid, false)));
+                            }
                         }
-                        queued.push_back(e.id);
-                        cursor = Some(seq);
+                        Err(e) => {
+                            tracing::error!("{e:#}");
+                            metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
+                        }
                     }
                 }
             }
@@ -145,29 +153,45 @@ async fn run(
             }
             tokio::select! {
                 ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if !was_connected {
-                            tracing::info!("mqtt: alert connection to {endpoint} up");
+                            tracing::info!("mqtt: alert connection to {endpoint} up (session present: {})", ack.session_present);
                         }
                         connected = true;
                         was_connected = true;
                         backoff = Duration::from_secs(1);
-                    }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(id) = queued.pop_front() {
-                            inflight.insert(pkid, id);
+                        let mut o = outbox.lock().expect("outbox lock");
+                        if ack.session_present {
+                            // Resume each flow where it stopped.
+                            for (e, flow) in o.in_flight() {
+                                eventloop.pending.push_back(match flow {
+                                    Flow::Sent(pkid) => Request::Publish(publish(e, pkid, true)),
+                                    Flow::Received(pkid) => Request::PubRel(PubRel::new(pkid)),
+                                    Flow::Unsent => continue,
+                                });
+                            }
+                        } else if let Err(e) = o.reset() {
+                            tracing::error!("{e:#}");
+                            metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(id) = inflight.remove(&ack.pkid) {
-                            let mut o = outbox.lock().expect("outbox lock");
-                            if let Err(e) = o.ack(&id) {
+                    Ok(Event::Incoming(Packet::PubRec(rec))) => {
+                        if let Err(e) = outbox.lock().expect("outbox lock").received(rec.pkid) {
+                            tracing::error!("{e:#}");
+                            metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                        let mut o = outbox.lock().expect("outbox lock");
+                        match o.completed(comp.pkid) {
+                            Ok(Some(_)) => metrics.inc("vigil_alerts_delivered_total", &[]),
+                            Ok(None) => {}
+                            Err(e) => {
                                 tracing::error!("{e:#}");
                                 metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
                             }
-                            metrics.set("vigil_outbox_pending", &[], o.len() as f64);
-                            metrics.inc("vigil_alerts_delivered_total", &[]);
                         }
+                        metrics.set("vigil_outbox_pending", &[], o.len() as f64);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -198,4 +222,11 @@ async fn run(
             }
         }
     }
+}
+
+fn publish(e: Entry, pkid: u16, dup: bool) -> Publish {
+    let mut p = Publish::new(e.topic, QoS::ExactlyOnce, e.payload);
+    p.pkid = pkid;
+    p.dup = dup;
+    p
 }

@@ -1,11 +1,17 @@
 //! The durable outbox of MQTT alerts: each alert is appended and fsync'd here before it is
-//! published, and leaves only once the broker acknowledged it (QoS 1 PUBACK), so a broker
-//! outage, a dropped connection or a SIGKILL loses none.
+//! published, and leaves only once the broker has it for good, so a broker outage, a dropped
+//! connection or a SIGKILL loses none.
+//!
+//! Alerts go out at QoS 2, and the outbox also records each alert's QoS 2 flow (the packet id
+//! it was sent under, and whether the broker confirmed receipt), so that after a crash the
+//! flow is resumed where it stopped instead of starting again: the broker then forwards each
+//! alert once, even when vigil died between the broker's receipt and its answer.
 //!
 //! The file is a JSON-lines log in the state folder: `{"put": entry}` when an alert enters,
-//! `{"ack": id}` when the broker took it, `{"drop": id}` when the bound pushed it out. A torn
-//! last line (the process died mid-write) is ignored. The log is rewritten compactly at open
-//! and when it has grown well past what it holds.
+//! `{"sent": [id, packet id]}`, `{"rec": id}` (PUBREC), `{"ack": id}` (PUBCOMP: delivered),
+//! `{"drop": id}` (pushed out by the bound) and `{"reset": null}` (the broker lost the
+//! session: flows start again). A torn last line (the process died mid-write) is ignored. The
+//! log is rewritten compactly at open and when it has grown well past what it holds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -42,9 +48,28 @@ pub struct Entry {
 #[serde(rename_all = "snake_case")]
 enum Record {
     Put(Entry),
+    Sent(String, u16),
+    Rec(String),
     Ack(String),
     Drop(String),
+    Reset(()),
 }
+
+/// Where an alert's QoS 2 flow stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flow {
+    /// Not sent in the broker's current session.
+    #[default]
+    Unsent,
+    /// PUBLISH sent under this packet id; no PUBREC yet.
+    Sent(u16),
+    /// The broker confirmed receipt (PUBREC) of this packet id; PUBREL/PUBCOMP remain.
+    Received(u16),
+}
+
+/// Packet ids used for alerts: 1..=PACKET_IDS (the MQTT client's in-flight table is this
+/// size).
+pub const PACKET_IDS: u16 = 128;
 
 /// What [`Outbox::put`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,8 +93,9 @@ const REMEMBERED: usize = 20_000;
 pub struct Outbox {
     path: PathBuf,
     file: File,
-    /// Undelivered, oldest first, each with its sequence number.
-    pending: VecDeque<(u64, Entry)>,
+    /// Undelivered, oldest first, each with its sequence number and flow.
+    pending: VecDeque<(u64, Entry, Flow)>,
+    by_packet: HashMap<u16, String>,
     seq_of: HashMap<String, u64>,
     next_seq: u64,
     delivered: VecDeque<String>,
@@ -88,6 +114,7 @@ impl Outbox {
             path: path.to_owned(),
             file: open_append(path)?,
             pending: VecDeque::new(),
+            by_packet: HashMap::new(),
             seq_of: HashMap::new(),
             next_seq: 0,
             delivered: VecDeque::new(),
@@ -108,6 +135,13 @@ impl Outbox {
                 Ok(Record::Put(e)) => {
                     o.insert(e);
                 }
+                Ok(Record::Sent(id, pkid)) => o.set_flow(&id, Flow::Sent(pkid)),
+                Ok(Record::Rec(id)) => {
+                    if let Some(Flow::Sent(pkid)) = o.flow(&id) {
+                        o.set_flow(&id, Flow::Received(pkid));
+                    }
+                }
+                Ok(Record::Reset(())) => o.reset_flows(),
                 Ok(Record::Ack(id)) => o.remove(&id, true),
                 Ok(Record::Drop(id)) => o.remove(&id, false),
                 Err(_) => torn += 1,
@@ -117,7 +151,8 @@ impl Outbox {
             tracing::warn!("outbox {}: {torn} torn line(s) ignored (written when vigil died)", path.display());
         }
         while o.pending.len() > o.max {
-            o.pending.pop_front().map(|(_, e)| o.seq_of.remove(&e.id));
+            let id = o.pending.front().map(|(_, e, _)| e.id.clone()).expect("not empty");
+            o.remove(&id, false);
         }
         o.compact()?;
         Ok(o)
@@ -128,18 +163,45 @@ impl Outbox {
             return false;
         }
         self.seq_of.insert(e.id.clone(), self.next_seq);
-        self.pending.push_back((self.next_seq, e));
+        self.pending.push_back((self.next_seq, e, Flow::Unsent));
         self.next_seq += 1;
         true
     }
 
-    fn remove(&mut self, id: &str, delivered: bool) {
-        if let Some(seq) = self.seq_of.remove(id) {
-            let at = self.pending.partition_point(|(s, _)| *s < seq);
-            if self.pending.get(at).is_some_and(|(s, _)| *s == seq) {
-                self.pending.remove(at);
-            }
+    fn position(&self, id: &str) -> Option<usize> {
+        let seq = *self.seq_of.get(id)?;
+        let at = self.pending.partition_point(|(s, _, _)| *s < seq);
+        self.pending.get(at).is_some_and(|(s, _, _)| *s == seq).then_some(at)
+    }
+
+    fn flow(&self, id: &str) -> Option<Flow> {
+        self.position(id).map(|at| self.pending[at].2)
+    }
+
+    fn set_flow(&mut self, id: &str, flow: Flow) {
+        let Some(at) = self.position(id) else { return };
+        if let Flow::Sent(p) | Flow::Received(p) = self.pending[at].2 {
+            self.by_packet.remove(&p);
         }
+        if let Flow::Sent(p) | Flow::Received(p) = flow {
+            self.by_packet.insert(p, id.to_owned());
+        }
+        self.pending[at].2 = flow;
+    }
+
+    fn reset_flows(&mut self) {
+        for (_, _, f) in self.pending.iter_mut() {
+            *f = Flow::Unsent;
+        }
+        self.by_packet.clear();
+    }
+
+    fn remove(&mut self, id: &str, delivered: bool) {
+        if let Some(at) = self.position(id) {
+            self.set_flow(id, Flow::Unsent);
+            self.pending.remove(at);
+        }
+        self.seq_of.remove(id);
         if delivered && self.delivered_set.insert(id.to_owned()) {
             self.delivered.push_back(id.to_owned());
             if self.delivered.len() > REMEMBERED
@@ -171,7 +233,7 @@ impl Outbox {
             match self.policy {
                 FullPolicy::DropNewest => return Ok(Put::DroppedNewest),
                 FullPolicy::DropOldest => {
-                    let (_, old) = self.pending.front().cloned().expect("full means not empty");
+                    let (_, old, _) = self.pending.front().cloned().expect("full means not empty");
                     self.append(&Record::Drop(old.id.clone()), false)?;
                     self.remove(&old.id, false);
                     dropped = Some(old.id);
@@ -187,22 +249,65 @@ impl Outbox {
         })
     }
 
-    /// Records that the broker acknowledged `id`. Not fsync'd: the write survives the
-    /// process dying, and if the machine loses power first, the alert is only sent again
-    /// under the same id.
-    pub fn ack(&mut self, id: &str) -> anyhow::Result<()> {
-        if !self.seq_of.contains_key(id) {
-            return Ok(());
+    /// The broker's session was lost (or never existed): every flow starts again.
+    pub fn reset(&mut self) -> anyhow::Result<()> {
+        if self.pending.iter().any(|(_, _, f)| *f != Flow::Unsent) {
+            self.append(&Record::Reset(()), false)?;
+            self.reset_flows();
         }
-        self.append(&Record::Ack(id.to_owned()), false)?;
-        self.remove(id, true);
-        self.maybe_compact()
+        Ok(())
     }
 
-    /// Undelivered alerts with a sequence number above `after` (all: `None`), oldest first.
-    pub fn after(&self, after: Option<u64>, limit: usize) -> Vec<(u64, Entry)> {
-        let from = after.map_or(0, |a| self.pending.partition_point(|(s, _)| *s <= a));
-        self.pending.range(from..).take(limit).cloned().collect()
+    /// Flows under way (sent, or received by the broker), oldest first, to resume after a
+    /// reconnect to the same session.
+    pub fn in_flight(&self) -> Vec<(Entry, Flow)> {
+        self.pending.iter().filter(|(_, _, f)| *f != Flow::Unsent).map(|(_, e, f)| (e.clone(), *f)).collect()
+    }
+
+    /// Up to `limit` alerts not yet sent, oldest first, each given a free packet id (recorded
+    /// before it is sent, so a crash resumes the flow under the same id).
+    pub fn send_next(&mut self, limit: usize) -> anyhow::Result<Vec<(Entry, u16)>> {
+        let mut out = vec![];
+        let mut free = (1..=PACKET_IDS).filter(|p| !self.by_packet.contains_key(p)).collect::<VecDeque<_>>();
+        let ids: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, _, f)| *f == Flow::Unsent)
+            .take(limit.min(free.len()))
+            .map(|(_, e, _)| e.id.clone())
+            .collect();
+        for id in ids {
+            let pkid = free.pop_front().expect("limited to the free ids");
+            self.append(&Record::Sent(id.clone(), pkid), false)?;
+            self.set_flow(&id, Flow::Sent(pkid));
+            let at = self.position(&id).expect("pending");
+            out.push((self.pending[at].1.clone(), pkid));
+        }
+        Ok(out)
+    }
+
+    /// Alerts whose flow is under way.
+    pub fn in_flight_count(&self) -> usize {
+        self.by_packet.len()
+    }
+
+    /// PUBREC: the broker has the alert sent under `pkid`.
+    pub fn received(&mut self, pkid: u16) -> anyhow::Result<()> {
+        let Some(id) = self.by_packet.get(&pkid).cloned() else { return Ok(()) };
+        self.append(&Record::Rec(id.clone()), false)?;
+        self.set_flow(&id, Flow::Received(pkid));
+        Ok(())
+    }
+
+    /// PUBCOMP: the alert sent under `pkid` is delivered and leaves the outbox; its id.
+    /// Not fsync'd: the write survives the process dying, and if the machine loses power
+    /// first, the flow is only completed again.
+    pub fn completed(&mut self, pkid: u16) -> anyhow::Result<Option<String>> {
+        let Some(id) = self.by_packet.get(&pkid).cloned() else { return Ok(None) };
+        self.append(&Record::Ack(id.clone()), false)?;
+        self.remove(&id, true);
+        self.maybe_compact()?;
+        Ok(Some(id))
     }
 
     /// Undelivered alerts.
@@ -216,7 +321,7 @@ impl Outbox {
     }
 
     fn maybe_compact(&mut self) -> anyhow::Result<()> {
-        if self.records > 4 * (self.pending.len() + self.delivered.len()) + self.slack {
+        if self.records > 2 * (3 * self.pending.len() + self.delivered.len()) + self.slack {
             self.compact()?;
         }
         Ok(())
@@ -236,10 +341,18 @@ impl Outbox {
             records += 1;
         }
         // An ack of an id never put only fills the remembered set on the next open.
-        for (_, e) in &self.pending {
-            serde_json::to_writer(&mut out, &Record::Put(e.clone()))?;
-            out.write_all(b"\n")?;
-            records += 1;
+        for (_, e, f) in &self.pending {
+            let mut rs = vec![Record::Put(e.clone())];
+            match f {
+                Flow::Unsent => {}
+                Flow::Sent(p) => rs.push(Record::Sent(e.id.clone(), *p)),
+                Flow::Received(p) => rs.extend([Record::Sent(e.id.clone(), *p), Record::Rec(e.id.clone())]),
+            }
+            for r in rs {
+                serde_json::to_writer(&mut out, &r)?;
+                out.write_all(b"\n")?;
+                records += 1;
+            }
         }
         let file = out.into_inner().map_err(|e| anyhow::anyhow!("outbox {}: {e}", tmp.display()))?;
         file.sync_all()?;
@@ -272,27 +385,66 @@ mod tests {
         Entry { id: format!("id{i}"), topic: "t".into(), payload: format!("{{\"n\":{i}}}") }
     }
 
+    fn ids(o: &Outbox) -> Vec<String> {
+        o.pending.iter().map(|(_, e, _)| e.id.clone()).collect()
+    }
+
+    /// Sends every unsent alert and completes the flows of `done`.
+    fn deliver(o: &mut Outbox, done: &[&str]) {
+        for (e, pkid) in o.send_next(usize::MAX).unwrap() {
+            if done.contains(&e.id.as_str()) {
+                o.received(pkid).unwrap();
+                assert_eq!(o.completed(pkid).unwrap(), Some(e.id));
+            }
+        }
+    }
+
     #[test]
-    fn survives_reopen_keeps_order_and_forgets_acked() {
+    fn survives_reopen_keeps_order_and_forgets_delivered() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.jsonl");
         let mut o = Outbox::open(&path, 100, FullPolicy::DropOldest).unwrap();
         for i in 0..5 {
             assert_eq!(o.put(entry(i)).unwrap(), Put::Stored);
         }
-        o.ack("id1").unwrap();
-        o.ack("id3").unwrap();
+        deliver(&mut o, &["id1", "id3"]);
         drop(o);
         // A torn line, as when the process dies mid-write.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"put\":{\"id\":\"x").unwrap();
         let mut o = Outbox::open(&path, 100, FullPolicy::DropOldest).unwrap();
-        let ids: Vec<_> = o.after(None, 10).into_iter().map(|(_, e)| e.id).collect();
-        assert_eq!(ids, ["id0", "id2", "id4"]);
+        assert_eq!(ids(&o), ["id0", "id2", "id4"]);
         // Delivered and queued ids are not stored twice.
         assert_eq!(o.put(entry(1)).unwrap(), Put::Duplicate);
         assert_eq!(o.put(entry(2)).unwrap(), Put::Duplicate);
-        let (seq, _) = o.after(None, 1)[0].clone();
-        assert_eq!(o.after(Some(seq), 10).len(), 2);
+    }
+
+    #[test]
+    fn flows_resume_under_the_same_packet_id_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let mut o = Outbox::open(&path, 100, FullPolicy::DropOldest).unwrap();
+        for i in 0..3 {
+            o.put(entry(i)).unwrap();
+        }
+        let sent = o.send_next(2).unwrap();
+        assert_eq!(sent.iter().map(|(e, _)| e.id.as_str()).collect::<Vec<_>>(), ["id0", "id1"]);
+        let (p0, p1) = (sent[0].1, sent[1].1);
+        assert_ne!(p0, p1);
+        o.received(p0).unwrap();
+        drop(o);
+        let mut o = Outbox::open(&path, 100, FullPolicy::DropOldest).unwrap();
+        assert_eq!(
+            o.in_flight().into_iter().map(|(e, f)| (e.id, f)).collect::<Vec<_>>(),
+            [("id0".to_owned(), Flow::Received(p0)), ("id1".to_owned(), Flow::Sent(p1))]
+        );
+        // A packet id in use is not given to another alert.
+        let next = o.send_next(10).unwrap();
+        assert_eq!(next.len(), 1);
+        assert!(next[0].1 != p0 && next[0].1 != p1);
+        // The broker lost the session: every flow starts again.
+        o.reset().unwrap();
+        assert!(o.in_flight().is_empty());
+        assert_eq!(o.send_next(10).unwrap().len(), 3);
     }
 
     #[test]
@@ -308,7 +460,7 @@ mod tests {
         assert_eq!(n.put(entry(1)).unwrap(), Put::DroppedNewest);
         drop(o);
         let o = Outbox::open(&path, 2, FullPolicy::DropOldest).unwrap();
-        assert_eq!(o.after(None, 10).into_iter().map(|(_, e)| e.id).collect::<Vec<_>>(), ["id1", "id2"]);
+        assert_eq!(ids(&o), ["id1", "id2"]);
     }
 
     #[test]
@@ -316,17 +468,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.jsonl");
         let mut o = Outbox::open(&path, 100_000, FullPolicy::DropOldest).unwrap();
-        o.slack = 10;
         for i in 0..300 {
             o.put(entry(i)).unwrap_or_else(|e| panic!("{e}"));
+            let id = format!("id{i}");
             if i % 3 != 0 {
-                o.ack(&format!("id{i}")).unwrap();
+                deliver(&mut o, &[id.as_str()]);
             }
         }
-        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
-        assert!(lines < 600, "{lines} lines: the log was not compacted");
+        let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
+        // Each delivered alert left 4 lines (put, sent, rec, ack), each waiting one 2.
+        assert_eq!(lines(), 200 * 4 + 100 * 2);
+        o.compact().unwrap();
+        // Compacted: one line per remembered id, two per waiting alert (put, sent).
+        assert_eq!(lines(), 200 + 100 * 2);
         drop(o);
         let o = Outbox::open(&path, 100_000, FullPolicy::DropOldest).unwrap();
         assert_eq!(o.len(), 100);
+        assert_eq!(o.in_flight().len(), 100);
+        assert_eq!(o.delivered.len(), 200);
     }
 }

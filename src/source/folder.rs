@@ -187,7 +187,8 @@ pub async fn run(
                     break;
                 }
             }
-            let (ledger, in_flight, camera, cfg) = (cam.ledger.clone(), in_flight.clone(), cam.camera.clone(), cfg.clone());
+            let (ledger, in_flight, camera, cfg) =
+                (cam.ledger.clone(), in_flight.clone(), cam.camera.clone(), cfg.clone());
             tasks.spawn(async move {
                 if let Ok(outcome) = done_rx.await {
                     finish(&camera, &key, outcome, &ledger, &cfg);

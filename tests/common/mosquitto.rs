@@ -54,7 +54,11 @@ impl Mosquitto {
         let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("per_listener_settings true\npersistence false\nmax_inflight_messages 20\n{}", self.listener),
+            format!(
+                "per_listener_settings true\n{}max_inflight_messages 20\n{}",
+                if self.listener.contains("persistence ") { "" } else { "persistence false\n" },
+                self.listener
+            ),
         )
         .unwrap();
         let child = Command::new(binary())
@@ -69,6 +73,15 @@ impl Mosquitto {
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "mosquitto did not listen on {} within 10 s", self.port);
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker gracefully (SIGTERM), so that a broker started with persistence
+    /// saves its sessions and queued messages.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
         }
     }
 
@@ -112,8 +125,18 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(port: u16, filter: &str) -> Subscriber {
-        let id = format!("test-sub-{}", free_port());
+        Subscriber::with_session(port, filter, &format!("test-sub-{}", free_port()), true)
+    }
+
+    /// A subscriber with a persistent session under `id`: with a persistent broker, messages
+    /// published while it is away (or the broker restarts) are kept for it.
+    pub fn persistent(port: u16, filter: &str, id: &str) -> Subscriber {
+        Subscriber::with_session(port, filter, id, false)
+    }
+
+    fn with_session(port: u16, filter: &str, id: &str, clean: bool) -> Subscriber {
         let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(clean);
         opts.set_max_packet_size(64 << 20, 64 << 20);
         opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut conn) = rumqttc::Client::new(opts, 100);

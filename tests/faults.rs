@@ -128,3 +128,149 @@ fn a_daemon_killed_mid_stream_loses_no_frame_and_sends_no_alert_twice() {
     );
     assert!(scored.values().all(|n| *n <= 2), "a frame scored three times: {scored:?}");
 }
+
+/// CRC-32 (IEEE) of PNG chunks.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for b in bytes {
+        c ^= *b as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A 100-byte PNG that declares `w` x `h` pixels: a decompression bomb if decoded blindly.
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        let body: Vec<u8> = kind.iter().chain(data).copied().collect();
+        c.extend(&body);
+        c.extend(crc32(&body).to_be_bytes());
+        c
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    // A zlib stream of a few zero bytes: the decoder would expand it row by row.
+    let idat = [0x78, 0x9c, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01];
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &idat));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+fn encoded(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(vec![]);
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// A CMYK JPEG, written by Pillow (the `image` crate cannot write one).
+fn cmyk_jpeg(dir: &Path) -> Vec<u8> {
+    let path = dir.join("cmyk.jpg");
+    let script = format!(
+        "from PIL import Image; Image.new('CMYK', (48, 40), (0, 128, 255, 30)).save(r'{}', 'JPEG')",
+        path.display()
+    );
+    let out = Command::new(crate::common::python()).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anomaly_still_alerts() {
+    let plant = Plant::new();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(broker.port, "vigil/#");
+    let quarantine = plant.path("quarantine/x").parent().unwrap().to_owned();
+    let cfg = plant.config(&format!(
+        "{}{}[[cameras]]\nid = \"raw\"\nbundle = \"{}\"\nthreshold = {}\nsource = {{ type = \"mqtt\", topic = \"raw/+\", camera_from_topic = 1, max_bytes = 4000 }}\n\
+         [[cameras]]\nid = \"json\"\nbundle = \"{}\"\nthreshold = {}\nsource = {{ type = \"mqtt\", topic = \"json/frames\", payload = \"json\" }}\n",
+        mqtt_section(broker.port),
+        plant.folder_camera(&format!(", max_bytes = 200000, quarantine = \"{}\"", quarantine.display())),
+        plant.bundle.display(),
+        plant.threshold,
+        plant.bundle.display(),
+        plant.threshold,
+    ));
+    let daemon = Daemon::start(&plant, &cfg);
+    sub.wait_for_text("vigil/box1/available", "online", WAIT);
+
+    // Files: each refused with its kind.
+    let good = &plant.anomalous;
+    let refused = [
+        ("truncated.png", good[..good.len() / 2].to_vec(), "corrupt"),
+        ("empty.png", vec![], "empty"),
+        ("text.jpg", b"this is a text file, not a JPEG\n".to_vec(), "format"),
+        ("bomb.png", png_declaring(50_000, 50_000), "too_large"),
+        ("big.png", [b"\x89PNG\r\n\x1a\n".as_slice(), &vec![7u8; 300_000]].concat(), "file_too_large"),
+    ];
+    for (name, bytes, _) in &refused {
+        plant.drop_frame(name, bytes);
+    }
+    let outside = plant.path("outside/secret.png");
+    std::fs::write(&outside, good).unwrap();
+    std::os::unix::fs::symlink(&outside, plant.path("frames/escape.png")).unwrap();
+    // Converted, not refused: 16-bit gray, RGBA, CMYK.
+    let gray16 = image::ImageBuffer::from_fn(48, 40, |x, _| image::Luma([(x * 1000) as u16]));
+    plant.drop_frame("gray16.png", &encoded(image::DynamicImage::ImageLuma16(gray16), image::ImageFormat::Png));
+    let rgba = image::RgbaImage::from_pixel(48, 40, image::Rgba([10, 200, 30, 128]));
+    plant.drop_frame("rgba.png", &encoded(image::DynamicImage::ImageRgba8(rgba), image::ImageFormat::Png));
+    plant.drop_frame("cmyk.jpg", &cmyk_jpeg(plant.dir.path()));
+
+    // MQTT payloads: over the limit, a camera id that would escape a folder, not JSON, bad
+    // base64, no image field.
+    sub.publish("raw/c1", false, vec![1u8; 5000]);
+    sub.publish("raw/..", false, good.clone());
+    sub.publish("json/frames", false, b"{not json".to_vec());
+    sub.publish("json/frames", false, br#"{"image": "%%% not base64 %%%"}"#.to_vec());
+    sub.publish("json/frames", false, br#"{"picture": "AAAA"}"#.to_vec());
+
+    let key = |kind: &str| format!("vigil_errors_total{{kind=\"{kind}\"}}");
+    let expected = [
+        ("corrupt", 1.0),
+        ("empty", 1.0),
+        ("format", 1.0),
+        ("too_large", 1.0),
+        ("file_too_large", 1.0),
+        ("symlink_escape", 1.0),
+        ("payload_too_large", 1.0),
+        ("bad_camera_id", 1.0),
+        ("bad_payload", 3.0),
+    ];
+    wait_until("every bad input counted", WAIT, || {
+        let m = plant.metrics();
+        expected.iter().all(|(k, n)| metric(&m, &key(k)) >= *n)
+    });
+    wait_until("the converted frames scored", WAIT, || {
+        let m = plant.metrics();
+        metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"normal\"}")
+            + metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"anomalous\"}")
+            >= 3.0
+    });
+    let m = plant.metrics();
+    for (k, n) in expected {
+        assert_eq!(metric(&m, &key(k)), n, "{k}:\n{m}");
+    }
+    assert_eq!(metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"rejected\"}"), 6.0, "{m}");
+    // Refused files were moved to quarantine (the symlink stays: it is not vigil's to move).
+    for (name, _, _) in &refused {
+        assert!(quarantine.join(name).exists(), "{name} not in quarantine");
+        assert!(!plant.path(&format!("frames/{name}")).exists(), "{name} still in the watched folder");
+    }
+    // Still serving: the next anomalous frame on each source alerts.
+    plant.drop_frame("next.png", good);
+    sub.publish("raw/c1", false, good.clone());
+    use base64::Engine as _;
+    let body = serde_json::json!({ "image": base64::engine::general_purpose::STANDARD.encode(good) });
+    sub.publish("json/frames", false, body.to_string().into_bytes());
+    wait_until("an alert for next.png", WAIT, || {
+        sub.on("vigil/box1/cam1/anomaly").iter().any(|m| m.json()["source"].as_str().unwrap().ends_with("next.png"))
+    });
+    sub.wait_for("vigil/box1/c1/anomaly", 1, WAIT);
+    sub.wait_for("vigil/box1/json/anomaly", 1, WAIT);
+    daemon.stop();
+}

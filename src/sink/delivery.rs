@@ -136,7 +136,7 @@ async fn run(
                 }
             }
             let empty = outbox.lock().expect("outbox lock").is_empty();
-            if stopping && ((empty && connected) || !connected || tokio::time::Instant::now() >= deadline) {
+            if stopping && (!connected || empty || tokio::time::Instant::now() >= deadline) {
                 if connected {
                     let _ = client.try_disconnect();
                     // Let the DISCONNECT go out.

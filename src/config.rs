@@ -118,9 +118,14 @@ pub struct MqttConfig {
     /// A file holding the password (trailing newline ignored), e.g. a systemd credential.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// TLS; absent: plain TCP.
+    /// TLS, with the server's certificate verified against `ca_file`. Required for a broker
+    /// on another machine unless `plaintext = true`; absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Accept plain TCP to a broker on another machine (frames, alerts and the password then
+    /// cross the network in clear). Off: such a config is refused, never silently insecure.
+    #[serde(default)]
+    pub plaintext: bool,
     /// Topic prefix: topics are `<prefix>/<device_id>/...`.
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
@@ -426,6 +431,21 @@ pub fn load_lenient(path: &Path) -> (Option<Config>, Vec<Problem>) {
     from_value(value)
 }
 
+/// Whether `host` is this machine (plain TCP to it never leaves the machine).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Parses TOML text (no environment overrides), collecting every shape problem as
+/// [`load_lenient`] does.
+pub fn parse_str(text: &str) -> (Option<Config>, Vec<Problem>) {
+    let built = config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml)).build();
+    match built.and_then(|b| b.try_deserialize::<serde_json::Value>()) {
+        Ok(v) => from_value(v),
+        Err(e) => (None, vec![Problem { key: "(file)".into(), message: e.to_string() }]),
+    }
+}
+
 /// Parses `value` into a [`Config`], collecting every shape problem: an unknown key or a
 /// wrongly typed value is reported and removed, and parsing is tried again. Returns the
 /// config that parses once they are removed, if any, and the problems.
@@ -558,6 +578,15 @@ impl Config {
             }
             if (m.password.is_some() || m.password_file.is_some()) && m.username.is_none() {
                 add("mqtt.username".into(), "a password needs a username".into());
+            }
+            if m.tls.is_none() && !m.plaintext && !is_loopback(&m.host) {
+                add(
+                    "mqtt.tls".into(),
+                    format!(
+                        "`{}` is another machine and there is no [mqtt.tls]: frames, alerts and the password would cross the network in clear; add [mqtt.tls] with the broker's ca_file, or set mqtt.plaintext = true to accept that",
+                        m.host
+                    ),
+                );
             }
             if let Some(t) = &m.tls {
                 for (key, file) in [

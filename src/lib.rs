@@ -36,6 +36,7 @@ pub mod daemon;
 pub mod decide;
 pub mod engine;
 pub mod frame;
+pub mod fuzz_targets;
 pub mod metrics;
 pub mod onnx;
 pub mod overlay;

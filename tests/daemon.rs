@@ -505,7 +505,7 @@ fn the_binary_goes_offline_when_killed_and_says_stopped_on_sigterm() {
 
 /// Writes a CA, a server certificate for `localhost` and a client certificate into `dir`
 /// with the `openssl` command.
-fn certificates(dir: &Path) {
+pub fn certificates(dir: &Path) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,0 +1,55 @@
+//! What the fuzzers in `fuzz/` exercise, one function per target, shared with the test that
+//! replays their corpora and crashers in CI: each must return (any `Result`), never panic,
+//! for every input.
+
+use crate::bundle::manifest::{ColorMode, InputSpec, ResizeMode, Tiling};
+use crate::config::{MqttSource, PayloadFormat};
+use crate::preprocess::Preprocessor;
+use crate::source::mqtt::{MqttCamera, parse};
+
+/// Frame decoding and preprocessing: the bytes as a camera file, into each kind of model
+/// input (gray, RGB centre-cropped, tiled).
+pub fn decode(data: &[u8]) {
+    let Ok(img) = crate::preprocess::decode(data) else { return };
+    let gray = InputSpec::unit_range("x", ColorMode::Gray, 32, 32);
+    let _ = Preprocessor::new(&gray).tensor(&img);
+    let mut rgb = InputSpec::unit_range("x", ColorMode::Rgb, 16, 24);
+    rgb.resize_mode = ResizeMode::CenterCrop;
+    let _ = Preprocessor::new(&rgb).tensor(&img);
+    let mut tiled = InputSpec::unit_range("x", ColorMode::Gray, 16, 16);
+    tiled.tiling = Some(Tiling { overlap: 4, max_side: Some(64) });
+    let _ = Preprocessor::new(&tiled).inputs(&img);
+}
+
+/// An MQTT frame message: the first line is the topic, the rest the payload; the first byte
+/// picks raw or JSON payloads.
+pub fn mqtt_payload(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let split = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+    let topic = String::from_utf8_lossy(&rest[..split]);
+    let payload = rest.get(split + 1..).unwrap_or_default();
+    let source = MqttSource {
+        topic: "factory/+/camera/+/frame".into(),
+        payload: if mode & 1 == 0 { PayloadFormat::Raw } else { PayloadFormat::Json },
+        camera_from_topic: (mode & 2 != 0).then_some(3),
+        image_field: "image".into(),
+        camera_field: (mode & 4 != 0).then(|| "camera".into()),
+        time_field: (mode & 8 != 0).then(|| "time".into()),
+        max_bytes: 1 << 16,
+    };
+    let cameras = [MqttCamera { slot: 0, id: "cam".into(), config: source }];
+    let _ = parse(&cameras, &topic, payload);
+}
+
+/// A `vigil.toml`: parsed, then validated.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let (Some(c), _) = crate::config::parse_str(text) {
+        let _ = c.validate();
+    }
+}
+
+/// A bundle's `manifest.json`: parsed and validated.
+pub fn manifest(data: &[u8]) {
+    let _ = crate::bundle::parse_manifest(data, "fuzz");
+}

@@ -1,0 +1,43 @@
+//! Replays the fuzzers' seeds and every crasher they found (`fuzz/seeds`, `fuzz/regressions`)
+//! through the same entry points, so CI checks them without fuzzing for long.
+
+use std::path::Path;
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut n = 0;
+    for folder in ["seeds", "regressions"] {
+        let dir = root.join(folder).join(target);
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            let data = std::fs::read(&path).unwrap();
+            let outcome = std::panic::catch_unwind(|| run(&data));
+            assert!(outcome.is_ok(), "{} panics in the {target} target", path.display());
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no inputs for the {target} target");
+}
+
+#[test]
+fn decode_inputs_never_panic() {
+    replay("decode", vigil::fuzz_targets::decode);
+}
+
+#[test]
+fn mqtt_payloads_never_panic() {
+    replay("mqtt_payload", vigil::fuzz_targets::mqtt_payload);
+}
+
+#[test]
+fn configs_never_panic() {
+    replay("config", vigil::fuzz_targets::config);
+}
+
+#[test]
+fn manifests_never_panic() {
+    replay("manifest", vigil::fuzz_targets::manifest);
+}

@@ -204,14 +204,11 @@ pub fn start(
                         tokio::spawn(async move {
                             let _ = c.ack(&p).await;
                         });
-                    } else if let Err(mpsc::error::TrySendError::Full(p)) = frames.try_send(p) {
-                        // Only when a camera floods at QoS 0 (QoS 1 is paced by the broker's
-                        // in-flight window, far below this queue).
-                        metrics.inc("vigil_frames_dropped_total", &[("reason", "mqtt_queue_full")]);
-                        tracing::warn!(
-                            "mqtt: frame on {} dropped: the frame queue is full (publish frames at QoS 1 to be paced instead)",
-                            p.topic
-                        );
+                    } else {
+                        // When the frame queue is full, this waits: the connection is not read
+                        // meanwhile, so a flooding camera is held back by TCP and the broker's
+                        // queue, not by vigil's memory (alerts have a connection of their own).
+                        let _ = frames.send(p).await;
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {

@@ -9,6 +9,7 @@ mod demo;
 mod engines;
 mod faults;
 mod fuzz_corpus;
+mod load;
 mod models;
 mod onnx_writer;
 mod security;

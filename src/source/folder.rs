@@ -90,18 +90,7 @@ pub async fn run(
     backlog.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH));
     let mut order: Vec<PathBuf> = vec![];
     for p in backlog {
-        let meta = std::fs::metadata(&p).ok();
-        let size = meta.as_ref().map_or(0, |m| m.len());
-        // A file last written longer ago than `settle` is complete; a fresher one may still
-        // be in the writing, so it waits like a new file (its events come from now on).
-        let age = meta
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .unwrap_or(cfg.settle)
-            .min(cfg.settle);
-        let changed = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        pending.insert(p.clone(), Pending { size, changed, closed: false });
-        order.push(p);
+        add_existing(p, cfg.settle, &mut pending, &mut order);
     }
     let _ = watching.send(());
     let tick = (cfg.settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
@@ -113,6 +102,13 @@ pub async fn run(
             _ = stop.changed() => break,
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { break };
+                // A burst (thousands of files at once) is taken in one pass: drain what is
+                // queued before looking at the files.
+                let mut batch = vec![ev];
+                while batch.len() < 4096 && let Ok(more) = ev_rx.try_recv() {
+                    batch.push(more);
+                }
+                for ev in batch {
                 let ev = match ev {
                     Ok(ev) => ev,
                     Err(e) => {
@@ -121,6 +117,18 @@ pub async fn run(
                         continue;
                     }
                 };
+                if ev.need_rescan() {
+                    // The kernel's event queue overflowed: events were lost, so look at the
+                    // folder itself; files already done are skipped by the ledger.
+                    tracing::warn!(camera = cam.camera, "file watcher: events were lost (queue overflow); rescanning {}", root.display());
+                    metrics.inc("vigil_errors_total", &[("kind", "watcher_overflow")]);
+                    let mut found = vec![];
+                    walk(&root, cfg.recursive, &mut found);
+                    found.retain(|p| wanted(p) && !pending.contains_key(p));
+                    for p in found {
+                        add_existing(p, cfg.settle, &mut pending, &mut order);
+                    }
+                }
                 for p in ev.paths.iter().filter(|p| wanted(p)) {
                     match ev.kind {
                         EventKind::Remove(_) => { pending.remove(p); }
@@ -148,6 +156,7 @@ pub async fn run(
                         _ => {}
                     }
                 }
+                }
             }
             _ = ticker.tick() => {}
         }
@@ -156,6 +165,10 @@ pub async fn run(
         let mut ready = vec![];
         order.retain(|p| {
             let Some(e) = pending.get_mut(p) else { return false };
+            if !e.closed && now.duration_since(e.changed) < cfg.settle {
+                // Not due yet: no need to look at the file.
+                return true;
+            }
             let Ok(meta) = std::fs::symlink_metadata(p) else {
                 pending.remove(p);
                 return false;
@@ -300,6 +313,22 @@ fn finish(camera: &str, key: &FileKey, outcome: Outcome, ledger: &Mutex<Ledger>,
         Ok(()) => ledger.lock().expect("ledger lock").forget(key),
         Err(e) => tracing::warn!(camera, "{}: could not {after:?} it after scoring: {e}", key.path.display()),
     }
+}
+
+/// Adds a file found on disk (backlog, rescan): one last written longer ago than `settle` is
+/// complete; a fresher one may still be in the writing, so it waits like a new file (its
+/// events come from now on).
+fn add_existing(p: PathBuf, settle: Duration, pending: &mut HashMap<PathBuf, Pending>, order: &mut Vec<PathBuf>) {
+    let meta = std::fs::metadata(&p).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let age = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or(settle)
+        .min(settle);
+    let changed = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    pending.insert(p.clone(), Pending { size, changed, closed: false });
+    order.push(p);
 }
 
 /// Moves `path` into `dir` (renaming when the folders share a file system, else copying).

@@ -25,6 +25,22 @@ pub struct Augment {
     pub shift: usize,
 }
 
+/// What the autoencoders (DAE, VAE) learn to remove from their input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Corruption {
+    /// Synthetic defects (blobs of foreign texture, intensity changes, scratches; see
+    /// `corrupt.rs`): the network learns to restore normal images, so real defects stand out
+    /// in the residual. The default: on real images it detects defects that a network
+    /// trained on noise reconstructs.
+    #[default]
+    Synthetic,
+    /// Gaussian noise of `noise_sigma` (the classic denoising autoencoder; DAE only).
+    Gaussian,
+    /// None: the input is the image (a plain autoencoder).
+    None,
+}
+
 /// Everything that shapes a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,7 +71,9 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Quantile of validation-normal scores used as the threshold.
     pub quantile: f64,
-    /// DAE corruption: standard deviation of the Gaussian noise added to inputs.
+    /// What the DAE and VAE learn to remove: `synthetic` defects, `gaussian` noise, `none`.
+    pub corruption: Corruption,
+    /// Standard deviation of the noise with `corruption = "gaussian"`.
     pub noise_sigma: f32,
     /// VAE: weight of the KL term (per pixel).
     pub kl_weight: f32,
@@ -100,6 +118,7 @@ impl Default for TrainConfig {
             seed: 0,
             val_fraction: 0.1,
             quantile: crate::calibrate::DEFAULT_QUANTILE,
+            corruption: Corruption::Synthetic,
             noise_sigma: 0.1,
             kl_weight: 1.0,
             n_critic: 5,

@@ -5,7 +5,7 @@
 //!
 //! - [`data`]: finding images, the train/validation split, loading through vigil's preprocessing.
 //! - [`model`]: the families as burn modules; [`device`]: GPU or CPU.
-//! - [`config`], [`train`]: the training loop, checkpoints, resume.
+//! - [`config`], [`train`]: the training loop, checkpoints, resume; [`corrupt`]: synthetic defects.
 //! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
 //! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
 //! - [`report`]: curves, histograms and heatmap overlays as PNG with a Markdown page.
@@ -14,6 +14,7 @@
 
 pub mod calibrate;
 pub mod config;
+pub mod corrupt;
 pub mod data;
 pub mod device;
 pub mod elpv;

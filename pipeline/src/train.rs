@@ -19,7 +19,7 @@ use vigil::bundle::manifest::{ColorMode, InputSpec};
 use vigil::preprocess::{Preprocessor, decode};
 use vigil::rng::{Rng, mix};
 
-use crate::config::{CONFIG_FILE, TrainConfig};
+use crate::config::{CONFIG_FILE, Corruption, TrainConfig};
 use crate::data::{DataSet, DataSource, Skipped, discover, load_image};
 use crate::device::{DeviceChoice, choose};
 use crate::model::{Autoencoder, Decoder, Encoder, GanModel, ModelKind, Trained};
@@ -433,26 +433,29 @@ fn gradient_penalty(critic: &Encoder, real: Tensor<4>, fake: Tensor<4>) -> Tenso
     (plus - minus).div_scalar(2.0 * EPS).sub_scalar(1.0).powf_scalar(2.0).mean()
 }
 
-fn augment(cfg: &TrainConfig, x: Tensor<4>) -> Tensor<4> {
-    let a = &cfg.augment;
-    let [b, ..] = x.dims();
-    let device = x.device();
-    let mut x = x;
-    for (on, axis) in [(a.hflip, 3usize), (a.vflip, 2usize)] {
-        if on {
-            let m = Tensor::<4>::random([b, 1, 1, 1], Distribution::Bernoulli(0.5), &device);
-            x = x.clone().flip([axis]) * m.clone() + x * (m.neg() + 1.0);
+/// Flips and brightness changes per image, on the loader thread (before any corruption, so
+/// the network's input and target are the same augmented image).
+fn augment_images(data: &mut [f32], [b, c, h, w]: [usize; 4], a: &crate::config::Augment, rng: &mut Rng) {
+    let image = c * h * w;
+    for img in data.chunks_mut(image).take(b) {
+        if a.hflip && rng.uniform() < 0.5 {
+            for row in img.chunks_mut(w) {
+                row.reverse();
+            }
+        }
+        if a.vflip && rng.uniform() < 0.5 {
+            for plane in img.chunks_mut(h * w) {
+                for y in 0..h / 2 {
+                    let (top, bottom) = plane.split_at_mut((h - 1 - y) * w);
+                    top[y * w..(y + 1) * w].swap_with_slice(&mut bottom[..w]);
+                }
+            }
+        }
+        if a.brightness > 0.0 {
+            let d = rng.range(-a.brightness, a.brightness);
+            img.iter_mut().for_each(|v| *v = (*v + d).clamp(0.0, 1.0));
         }
     }
-    if a.brightness > 0.0 {
-        let d = Tensor::<4>::random(
-            [b, 1, 1, 1],
-            Distribution::Uniform(-a.brightness as f64, a.brightness as f64),
-            &device,
-        );
-        x = (x + d).clamp(0.0, 1.0);
-    }
-    x
 }
 
 /// Moves each image of a `[B, C, H, W]` batch by its own random offset of up to `max` pixels
@@ -642,18 +645,21 @@ fn run_epoch(
     let (c, s) = (cfg.channels.unwrap_or(3), cfg.size);
     // Batches are assembled (and, for streamed data, decoded) on a second thread, two ahead,
     // while the device trains on the current one.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+    // Synthetic defects are for the autoencoders' own training, not the f-AnoGAN encoder's.
+    let corrupt = phase == "train" && !cfg.model.is_gan() && cfg.corruption == Corruption::Synthetic;
     std::thread::scope(|scope| -> anyhow::Result<Option<EpochLog>> {
         let order = &order;
-        let max_shift = cfg.augment.shift;
         scope.spawn(move || {
             let mut rng = Rng::new(mix(epoch_seed ^ 0x5A1F7));
             for step in 0..steps {
                 let mut data = images.batch(&order[step * batch..(step + 1) * batch]);
-                if max_shift > 0 {
-                    shift_images(&mut data, [batch, c, s, s], max_shift, &mut rng);
+                augment_images(&mut data, [batch, c, s, s], &cfg.augment, &mut rng);
+                if cfg.augment.shift > 0 {
+                    shift_images(&mut data, [batch, c, s, s], cfg.augment.shift, &mut rng);
                 }
-                if tx.send(data).is_err() {
+                let input = corrupt.then(|| crate::corrupt::corrupt_batch(&data, [batch, c, s, s], &mut rng));
+                if tx.send(Batch { target: data, input }).is_err() {
                     break; // the epoch stopped early
                 }
             }
@@ -662,12 +668,19 @@ fn run_epoch(
     })
 }
 
+/// One batch from the loader thread: the images, and the network's input when it differs
+/// (the images with synthetic defects).
+struct Batch {
+    target: Vec<f32>,
+    input: Option<Vec<f32>>,
+}
+
 /// The steps of one epoch, fed by the loader thread; `None` when stopped part-way.
 #[allow(clippy::too_many_arguments)]
 fn run_steps(
     cfg: &TrainConfig,
     nets: &mut Nets,
-    batches: std::sync::mpsc::Receiver<Vec<f32>>,
+    batches: std::sync::mpsc::Receiver<Batch>,
     dims: [usize; 4],
     steps: usize,
     phase: &str,
@@ -688,9 +701,9 @@ fn run_steps(
             return Ok(None);
         }
         let data = batches.recv().map_err(|_| anyhow::anyhow!("the data loader thread stopped"))?;
-        let x = Tensor::<4>::from_data(TensorData::new(data, dims), device);
-        let x = augment(cfg, x);
-        for (key, value) in train_step(cfg, nets, x, phase, step)? {
+        let x = Tensor::<4>::from_data(TensorData::new(data.target, dims), device);
+        let input = data.input.map(|i| Tensor::<4>::from_data(TensorData::new(i, dims), device));
+        for (key, value) in train_step(cfg, nets, x, input, phase, step)? {
             match sums.iter_mut().find(|(k, _, _)| *k == key) {
                 Some((_, sum, n)) => {
                     *sum = sum.clone() + value;
@@ -727,6 +740,7 @@ fn train_step(
     cfg: &TrainConfig,
     nets: &mut Nets,
     x: Tensor<4>,
+    input: Option<Tensor<4>>,
     phase: &str,
     step: usize,
 ) -> anyhow::Result<Vec<(&'static str, Tensor<1>)>> {
@@ -737,8 +751,18 @@ fn train_step(
     Ok(match nets {
         Nets::Ae { model, opt } => {
             if cfg.model == ModelKind::Dae {
-                let noisy = x.clone()
-                    + Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, cfg.noise_sigma as f64), &device);
+                let noisy = match (input, cfg.corruption) {
+                    (Some(i), _) => i,
+                    (None, Corruption::Gaussian) => {
+                        x.clone()
+                            + Tensor::<4>::random(
+                                [b, c, h, w],
+                                Distribution::Normal(0.0, cfg.noise_sigma as f64),
+                                &device,
+                            )
+                    }
+                    (None, _) => x.clone(),
+                };
                 let recon = model.decoder.forward(model.encoder.forward(noisy));
                 let loss = (recon - x).powf_scalar(2.0).mean();
                 let value = kept(loss.clone());
@@ -746,7 +770,7 @@ fn train_step(
                 *model = opt.step(lr, model.clone(), grads);
                 vec![("loss", value)]
             } else {
-                let hidden = model.encoder.forward(x.clone()); // [B, 2L, 1, 1]
+                let hidden = model.encoder.forward(input.unwrap_or_else(|| x.clone())); // [B, 2L, 1, 1]
                 let mu = hidden.clone().narrow(1, 0, latent);
                 let logvar = hidden.narrow(1, latent, latent).clamp(-10.0, 10.0);
                 let eps = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
@@ -847,7 +871,15 @@ pub struct BenchResult {
 /// ones; a GAN step is one discriminator and one generator update.
 pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice) -> anyhow::Result<BenchResult> {
     let _turn = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
-    let cfg = TrainConfig { model, batch, channels: Some(3), n_critic: 1, ..TrainConfig::default() };
+    // Gaussian noise, as reference_torch.py's DAE: the same arithmetic on both sides.
+    let cfg = TrainConfig {
+        model,
+        batch,
+        channels: Some(3),
+        n_critic: 1,
+        corruption: Corruption::Gaussian,
+        ..TrainConfig::default()
+    };
     cfg.validate()?;
     let chosen = choose(device)?;
     let device = chosen.device;
@@ -862,14 +894,14 @@ pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice)
         Nets::Gan { generator, critic, .. } => generator.num_params() + critic.num_params(),
     };
     for step in 0..3 {
-        for (_, v) in train_step(&cfg, &mut nets, x.clone(), "train", step)? {
+        for (_, v) in train_step(&cfg, &mut nets, x.clone(), None, "train", step)? {
             read(&v);
         }
     }
     let started = Instant::now();
     let mut last = vec![];
     for step in 0..steps {
-        last = train_step(&cfg, &mut nets, x.clone(), "train", step)?;
+        last = train_step(&cfg, &mut nets, x.clone(), None, "train", step)?;
     }
     // Reading the last losses waits for every queued step, as torch.cuda.synchronize does.
     for (_, v) in &last {

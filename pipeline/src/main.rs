@@ -179,6 +179,27 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Train and evaluate each family with its defaults on one data set (MVTec layout); prints
+    /// one JSON line per model: image AUROC (overall and per defect type), pixel AUROC and
+    /// AUPRO where masks exist, precision, recall and F1 at the calibrated threshold, training
+    /// time.
+    BenchQuality {
+        /// A data set in MVTec AD layout.
+        #[arg(long)]
+        data: PathBuf,
+        /// Families, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "dae,vae,gan,wgan")]
+        models: Vec<ModelKind>,
+        /// Where to train.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Epochs (default: each family's default).
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Where the runs and bundles go (default: a temporary folder, removed afterwards).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Time training steps of the reference architectures on random 3x128x128 data; prints
     /// one JSON line per model, in the form of shared/bench/reference_torch.py.
     BenchTrain {
@@ -327,6 +348,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("{}", serde_json::to_string(&e)?);
         }
+        Command::BenchQuality { data, models, device, epochs, out } => {
+            let tmp = match &out {
+                Some(_) => None,
+                None => Some(tempfile_dir()?),
+            };
+            let root = out.clone().unwrap_or_else(|| tmp.clone().expect("set when out is absent"));
+            let stop = stop_on_ctrl_c()?;
+            for model in models {
+                let mut config = TrainConfig { model, ..TrainConfig::default() };
+                if let Some(e) = epochs {
+                    config.epochs = e;
+                }
+                let run = RunDir(root.join(format!("{model:?}").to_lowercase()));
+                let started = std::time::Instant::now();
+                let req = TrainRequest {
+                    config,
+                    source: Some(vigil_pipeline::data::DataSource::Mvtec(data.clone())),
+                    run: run.clone(),
+                    device,
+                    resume: false,
+                    init_weights: None,
+                    val_abnormal: None,
+                };
+                if train(&req, &stop)? == Outcome::Interrupted {
+                    break;
+                }
+                let train_s = started.elapsed().as_secs_f64();
+                let exported = export(&ExportRequest {
+                    out: run.0.join("bundle"),
+                    run,
+                    name: None,
+                    version: 1,
+                    parent: None,
+                    engine: EngineConfig::default(),
+                })?;
+                let e = exported.evaluation.as_ref();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "model": model,
+                        "data": data,
+                        "image_auroc": e.and_then(|e| e.image_auroc),
+                        "auroc_per_type": e.map(|e| &e.auroc_per_type),
+                        "pixel_auroc": e.and_then(|e| e.pixel_auroc),
+                        "aupro": e.and_then(|e| e.aupro),
+                        "precision": e.map(|e| e.at_threshold.precision),
+                        "recall": e.map(|e| e.at_threshold.recall),
+                        "f1": e.map(|e| e.at_threshold.f1),
+                        "train_s": train_s,
+                        "bundle": exported.bundle.path,
+                    })
+                );
+            }
+            if let Some(t) = tmp {
+                let _ = std::fs::remove_dir_all(t);
+            }
+        }
         Command::BenchTrain { model, batch, steps, device } => {
             for m in model {
                 let r = vigil_pipeline::train::bench(m, batch, steps, device)?;
@@ -354,6 +432,13 @@ fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
         eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
     })?;
     Ok(stop)
+}
+
+/// A fresh folder under the system's temporary folder.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vigil-bench-quality-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn print_export(e: &vigil_pipeline::export::Exported) -> anyhow::Result<()> {

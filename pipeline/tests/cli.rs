@@ -169,3 +169,37 @@ fn ctrl_c_saves_a_checkpoint_and_exits_0() {
     assert!((1..100000).contains(&done), "{state}");
     assert!(run.join("checkpoint").read_dir().unwrap().count() > 0);
 }
+
+#[test]
+fn bench_quality_trains_and_evaluates_every_family_with_its_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let out = vigil_train(&["synth", "--out", &s(&data), "--n-train", "10", "--n-test", "4", "--size", "32"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = vigil_train(&[
+        "bench-quality",
+        "--data",
+        &s(&data),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        &s(&dir.path().join("runs")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let models: Vec<&str> = lines.iter().map(|l| l["model"].as_str().unwrap()).collect();
+    assert_eq!(models, ["dae", "vae", "gan", "wgan"]);
+    for l in &lines {
+        for key in ["image_auroc", "pixel_auroc", "f1", "train_s"] {
+            let v = l[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {l}"));
+            assert!((0.0..=1.0).contains(&v) || key == "train_s", "{key} = {v} in {l}");
+        }
+        let per_type = l["auroc_per_type"].as_object().unwrap();
+        assert!(!per_type.is_empty() && per_type.values().all(|v| v.is_number()), "{l}");
+        assert!(Path::new(l["bundle"].as_str().unwrap()).join("model.onnx").is_file());
+    }
+}

@@ -6,7 +6,7 @@
 use std::io::Cursor;
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 use ndarray::{Array3, ArrayViewMut3};
 
 use crate::bundle::manifest::{ColorMode, InputSpec, ResizeFilter, ResizeMode};
@@ -17,6 +17,13 @@ use crate::tiling::{self, Inputs};
 pub const MAX_SIDE: u32 = 16_384;
 /// Largest memory the decoder may allocate for one frame.
 pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+/// Frames up to this many pixels are decoded whatever their file size.
+pub const FREE_PIXELS: u64 = 4 << 20;
+/// Above [`FREE_PIXELS`], the most pixels a frame may declare per byte of file. Real frames,
+/// even a blank one, stay far below (a uniform 40-megapixel JPEG or PNG holds a few hundred
+/// pixels per byte); a tiny file declaring a huge image would make vigil spend a second of
+/// CPU per kilobyte it receives.
+pub const MAX_PIXELS_PER_BYTE: u64 = 4096;
 
 /// Why a frame could not become a tensor.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +58,24 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    reader.decode().map_err(|e| match e {
+    let decoder = reader.into_decoder().map_err(decode_error)?;
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > FREE_PIXELS && pixels > bytes.len() as u64 * MAX_PIXELS_PER_BYTE {
+        return Err(PreprocessError::TooLarge(format!(
+            "{w}x{h} pixels declared by a file of only {} bytes (a decompression bomb)",
+            bytes.len()
+        )));
+    }
+    DynamicImage::from_decoder(decoder).map_err(decode_error)
+}
+
+fn decode_error(e: image::ImageError) -> PreprocessError {
+    match e {
         image::ImageError::Limits(l) => PreprocessError::TooLarge(l.to_string()),
         image::ImageError::Unsupported(u) => PreprocessError::Format(u.to_string()),
         other => PreprocessError::Corrupt(other.to_string()),
-    })
+    }
 }
 
 fn filter(f: ResizeFilter) -> FilterType {

@@ -200,9 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let threads = config.effective_threads();
             let path = vigil::commands::bench::per_frame(&bundle, &loaded, &files, repeat.max(1), threads)?;
             println!("{}", serde_json::to_string(&path)?);
+            let macs = vigil::engine::tract::multiply_adds(&bundle)?;
             for batch in [1, 8.min(loaded.max_batch())] {
                 let calls = (200 / batch).max(10);
-                println!("{}", serde_json::to_string(&vigil::commands::bench::engine_only(&loaded, batch, calls)?)?);
+                let r = vigil::commands::bench::engine_only(&loaded, batch, calls, macs)?;
+                println!("{}", serde_json::to_string(&r)?);
             }
         }
         Command::Validate { config } => {

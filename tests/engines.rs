@@ -159,3 +159,13 @@ fn an_external_model_that_scores_by_itself_is_served_from_a_hand_written_manifes
         assert!((out.scores[1] - want).abs() < 1e-5, "{kind:?}: {} vs {want}", out.scores[1]);
     }
 }
+
+#[test]
+fn the_reference_dae_costs_0_22_g_multiply_adds_per_frame() {
+    // The figure of shared/REFERENCE-ARCHITECTURES.md, which GFLOP/s in `vigil bench` use.
+    let dir = tempfile::tempdir().unwrap();
+    let b = reference_bundle(dir.path(), Family::Dae, ColorMode::Rgb, 128);
+    let macs = vigil::engine::tract::multiply_adds(&b).unwrap();
+    // Encoder and decoder 0.218 G, plus the score head (error map, smoothing, reductions).
+    assert!((0.218e9..0.225e9).contains(&macs), "{macs}");
+}

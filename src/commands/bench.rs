@@ -44,6 +44,10 @@ pub struct EngineResult {
     pub ms_per_frame: f64,
     /// Calls timed.
     pub calls: usize,
+    /// Multiply-adds per frame (tract's cost model of the graph).
+    pub multiply_adds: f64,
+    /// Achieved GFLOP/s (2 floating-point operations per multiply-add).
+    pub gflop_per_s: f64,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -105,7 +109,12 @@ pub fn per_frame(
 }
 
 /// Times the engine alone on a blank batch of `batch` images.
-pub fn engine_only(engine: &LoadedEngine, batch: usize, calls: usize) -> anyhow::Result<EngineResult> {
+pub fn engine_only(
+    engine: &LoadedEngine,
+    batch: usize,
+    calls: usize,
+    multiply_adds: f64,
+) -> anyhow::Result<EngineResult> {
     let [c, h, w] = engine.chw;
     let x = ndarray::Array4::<f32>::from_elem((batch, c, h, w), 0.5);
     engine.run(x.view())?; // warm-up
@@ -114,5 +123,13 @@ pub fn engine_only(engine: &LoadedEngine, batch: usize, calls: usize) -> anyhow:
         engine.run(x.view())?;
     }
     let ms = t.elapsed().as_secs_f64() * 1e3 / (calls * batch) as f64;
-    Ok(EngineResult { mode: "engine_only", engine: engine.name(), batch, ms_per_frame: ms, calls })
+    Ok(EngineResult {
+        mode: "engine_only",
+        engine: engine.name(),
+        batch,
+        ms_per_frame: ms,
+        calls,
+        multiply_adds,
+        gflop_per_s: 2.0 * multiply_adds / (ms * 1e6),
+    })
 }

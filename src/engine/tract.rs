@@ -68,3 +68,34 @@ impl Engine for TractEngine {
         Ok(Scored { scores, maps })
     }
 }
+
+/// Multiply-adds of one frame through the bundle's graph (tract's cost model over the typed,
+/// decluttered graph at batch 1): what an engine's GFLOP/s are measured against.
+pub fn multiply_adds(bundle: &Bundle) -> anyhow::Result<f64> {
+    let proto = bundle.model_proto()?;
+    let mut model = tract_onnx::onnx().model_for_proto_model(&proto)?;
+    let m = &bundle.manifest.input;
+    let batch: TDim = 1.into();
+    model.set_input_fact(0, f32::fact(&[batch, m.channels.into(), m.height.into(), m.width.into()]).into())?;
+    let typed = model.into_typed()?.into_decluttered()?;
+    let mut total = 0f64;
+    for node in typed.nodes() {
+        let inputs = typed.node_input_facts(node.id)?;
+        if node.op_is::<tract_onnx::tract_core::ops::cnn::Deconv>() {
+            // tract's cost model leaves transposed convolutions out: each input value meets
+            // every output channel's kernel taps (tract holds the kernel as [C_out, C_in, kh, kw]).
+            let dims = |f: &TypedFact| f.shape.iter().map(|d| d.to_i64().unwrap_or(0) as f64).collect::<Vec<_>>();
+            let volume = |f: &TypedFact| dims(f).iter().product::<f64>();
+            let k = dims(inputs[1]);
+            let per_input: f64 = k.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| d).product();
+            total += volume(inputs[0]) * per_input;
+            continue;
+        }
+        for (cost, count) in node.op.cost(&inputs)? {
+            if let tract_onnx::tract_core::ops::Cost::FMA(_) = cost {
+                total += count.to_i64().unwrap_or(0) as f64;
+            }
+        }
+    }
+    Ok(total)
+}

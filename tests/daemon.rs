@@ -122,6 +122,16 @@ impl Plant {
     }
 }
 
+/// `vigil run --config CFG` as a child process, its standard output discarded.
+pub fn run_binary(cfg: &Path, stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// The daemon run through the library, on its own runtime thread.
 pub struct Daemon {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -473,14 +483,7 @@ fn the_binary_goes_offline_when_killed_and_says_stopped_on_sigterm() {
     let broker = Mosquitto::start();
     let sub = Subscriber::new(broker.port, "vigil/#");
     let cfg = plant.config(&format!("{}{}", mqtt_section(broker.port), plant.folder_camera("")));
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || run_binary(&cfg, Stdio::piped());
     let mut child = spawn();
     sub.wait_for_text("vigil/box1/available", "online", WAIT);
     child.kill().unwrap();

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::mosquitto::{Mosquitto, Subscriber, metric};
-use crate::daemon::{Daemon, Plant, WAIT, mqtt_section};
+use crate::daemon::{Daemon, Plant, WAIT, mqtt_section, run_binary};
 
 /// Alert ids received on the camera's anomaly topic, with how often each came.
 fn ids(sub: &Subscriber, camera: &str) -> HashMap<String, usize> {
@@ -90,14 +90,7 @@ fn a_daemon_killed_mid_stream_loses_no_frame_and_sends_no_alert_twice() {
         let p = plant.drop_frame(&format!("f{i:03}.png"), bytes);
         std::fs::File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
     }
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || run_binary(&cfg, Stdio::null());
     let mut child = spawn();
     // Killed once some alerts went out, while the backlog is being worked through.
     wait_until("the first alerts", WAIT, || ids(&sub, "cam1").len() >= 5);

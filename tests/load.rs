@@ -1,11 +1,11 @@
 //! Load: a burst of 10,000 files and a flood of MQTT frames are scored completely, with the
 //! daemon's memory bounded by its queues rather than by the burst.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::mosquitto::{Mosquitto, Subscriber, http_get, metric};
-use crate::daemon::{Plant, mqtt_section};
+use crate::daemon::{Plant, mqtt_section, run_binary};
 
 /// Peak resident memory of a process, MiB (VmHWM).
 fn peak_rss_mib(child: &Child) -> f64 {
@@ -20,12 +20,7 @@ fn peak_rss_mib(child: &Child) -> f64 {
 }
 
 fn spawn(cfg: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    run_binary(cfg, Stdio::null())
 }
 
 fn scored(plant: &Plant, camera: &str) -> f64 {

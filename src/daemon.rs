@@ -100,6 +100,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         model_info(&metrics, &c.id, m);
     }
     let models = Arc::new(Models::new(loaded, config.cameras.iter().map(|c| c.bundle.clone()).collect()));
+    // Loading freed far more than the models keep (protobuf, graph optimisation).
+    crate::memory::trim();
 
     if let Some(addr) = config.http.listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -249,7 +251,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
             _ = gauge_tick.tick() => {
-                metrics.set("vigil_queue_depth", &[], (stages.frames.max_capacity() - stages.frames.capacity()) as f64);
+                let depth = stages.frames.max_capacity() - stages.frames.capacity();
+                metrics.set("vigil_queue_depth", &[], depth as f64);
+                if depth == 0 {
+                    // Idle: hand what a burst of frames left in the allocator back to the system.
+                    crate::memory::trim();
+                }
             }
             _ = stats_tick.tick(), if stats_every.is_some() => {
                 if let Some(b) = &broker {
@@ -319,6 +326,7 @@ async fn reload(config: &Config, models: &Models, metrics: &Metrics, path: PathB
                 model_info(metrics, &c.id, &m);
             }
             models.swap(&path, m);
+            crate::memory::trim();
             metrics.inc("vigil_reloads_total", &[("result", "ok")]);
         }
         Ok(Err(e)) => {

@@ -299,7 +299,6 @@ fn init_logging(log: Option<&vigil::config::LogConfig>) {
 }
 
 fn main() -> ExitCode {
-    vigil::memory::limit_arenas();
     let cli = Cli::parse();
     match &cli.command {
         Command::Run { .. } | Command::Validate { .. } => {}

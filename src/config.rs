@@ -122,6 +122,11 @@ pub struct MqttConfig {
     /// on another machine unless `plaintext = true`; absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// QoS of alerts: 2 (default; with the outbox, each alert reaches the broker once even
+    /// across a crash) or 1 for brokers without QoS 2 (some cloud brokers), where an alert
+    /// cut off by a crash may arrive twice, under the same id.
+    #[serde(default = "default_alert_qos")]
+    pub alert_qos: u8,
     /// Accept plain TCP to a broker on another machine (frames, alerts and the password then
     /// cross the network in clear). Off: such a config is refused, never silently insecure.
     #[serde(default)]
@@ -145,6 +150,9 @@ pub struct MqttConfig {
 
 fn default_prefix() -> String {
     "vigil".into()
+}
+fn default_alert_qos() -> u8 {
+    2
 }
 fn default_keep_alive() -> Duration {
     Duration::from_secs(30)
@@ -606,6 +614,9 @@ impl Config {
                         "a client certificate needs both client_cert and client_key".into(),
                     );
                 }
+            }
+            if !matches!(m.alert_qos, 1 | 2) {
+                add("mqtt.alert_qos".into(), format!("{}: use 2, or 1 for a broker without QoS 2", m.alert_qos));
             }
             if m.keep_alive < Duration::from_secs(1) {
                 add("mqtt.keep_alive".into(), "must be at least 1s".into());

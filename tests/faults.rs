@@ -69,6 +69,24 @@ fn alerts_raised_while_the_broker_is_down_all_arrive_once_it_is_back() {
 }
 
 #[test]
+fn with_alert_qos_1_for_brokers_without_qos_2_alerts_are_delivered_and_leave_the_outbox() {
+    let plant = Plant::new();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(broker.port, "vigil/box1/+/anomaly");
+    let cfg = plant.config(&format!("{}alert_qos = 1\n{}", mqtt_section(broker.port), plant.folder_camera("")));
+    let daemon = Daemon::start(&plant, &cfg);
+    for i in 0..5 {
+        plant.drop_frame(&format!("q{i}.png"), &plant.anomalous);
+    }
+    wait_until("5 alerts", WAIT, || ids(&sub, "cam1").len() == 5);
+    wait_until("an empty outbox", WAIT, || {
+        let m = plant.metrics();
+        metric(&m, "vigil_outbox_pending") == 0.0 && metric(&m, "vigil_alerts_delivered_total") == 5.0
+    });
+    daemon.stop();
+}
+
+#[test]
 fn a_daemon_killed_mid_stream_loses_no_frame_and_sends_no_alert_twice() {
     const N: usize = 150;
     let plant = Plant::new();

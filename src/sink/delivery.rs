@@ -49,8 +49,17 @@ impl Delivery {
         let wake = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let endpoint = format!("{}:{}", cfg.host, cfg.effective_port());
-        let task =
-            tokio::spawn(run(opts, endpoint, cfg.max_backoff, outbox.clone(), wake.clone(), stop_rx, metrics.clone()));
+        let qos = if cfg.alert_qos == 1 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let task = tokio::spawn(run(
+            opts,
+            endpoint,
+            qos,
+            cfg.max_backoff,
+            outbox.clone(),
+            wake.clone(),
+            stop_rx,
+            metrics.clone(),
+        ));
         Ok(Delivery { outbox, wake, stop, task, metrics })
     }
 
@@ -100,9 +109,11 @@ impl Delivery {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     opts: rumqttc::MqttOptions,
     endpoint: String,
+    qos: QoS,
     max_backoff: Duration,
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<Notify>,
@@ -125,7 +136,7 @@ async fn run(
                     match o.send_next(room) {
                         Ok(next) => {
                             for (e, pkid) in next {
-                                eventloop.pending.push_back(Request::Publish(publish(e, pkid, false)));
+                                eventloop.pending.push_back(Request::Publish(publish(e, pkid, qos, false)));
                             }
                         }
                         Err(e) => {
@@ -165,7 +176,7 @@ async fn run(
                             // Resume each flow where it stopped.
                             for (e, flow) in o.in_flight() {
                                 eventloop.pending.push_back(match flow {
-                                    Flow::Sent(pkid) => Request::Publish(publish(e, pkid, true)),
+                                    Flow::Sent(pkid) => Request::Publish(publish(e, pkid, qos, true)),
                                     Flow::Received(pkid) => Request::PubRel(PubRel::new(pkid)),
                                     Flow::Unsent => continue,
                                 });
@@ -181,9 +192,11 @@ async fn run(
                             metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                    // PUBCOMP ends a QoS 2 exchange, PUBACK a QoS 1 one.
+                    Ok(Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid })))
+                    | Ok(Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid }))) => {
                         let mut o = outbox.lock().expect("outbox lock");
-                        match o.completed(comp.pkid) {
+                        match o.completed(pkid) {
                             Ok(Some(_)) => metrics.inc("vigil_alerts_delivered_total", &[]),
                             Ok(None) => {}
                             Err(e) => {
@@ -224,8 +237,8 @@ async fn run(
     }
 }
 
-fn publish(e: Entry, pkid: u16, dup: bool) -> Publish {
-    let mut p = Publish::new(e.topic, QoS::ExactlyOnce, e.payload);
+fn publish(e: Entry, pkid: u16, qos: QoS, dup: bool) -> Publish {
+    let mut p = Publish::new(e.topic, qos, e.payload);
     p.pkid = pkid;
     p.dup = dup;
     p

@@ -233,10 +233,16 @@ impl Outbox {
             match self.policy {
                 FullPolicy::DropNewest => return Ok(Put::DroppedNewest),
                 FullPolicy::DropOldest => {
-                    let (_, old, _) = self.pending.front().cloned().expect("full means not empty");
-                    self.append(&Record::Drop(old.id.clone()), false)?;
-                    self.remove(&old.id, false);
-                    dropped = Some(old.id);
+                    // The oldest not yet in flight: an exchange under way keeps its packet id
+                    // until the broker ends it.
+                    let Some(old) =
+                        self.pending.iter().find(|(_, _, f)| *f == Flow::Unsent).map(|(_, e, _)| e.id.clone())
+                    else {
+                        return Ok(Put::DroppedNewest);
+                    };
+                    self.append(&Record::Drop(old.clone()), false)?;
+                    self.remove(&old, false);
+                    dropped = Some(old);
                 }
             }
         }
@@ -459,8 +465,14 @@ mod tests {
         n.put(entry(0)).unwrap();
         assert_eq!(n.put(entry(1)).unwrap(), Put::DroppedNewest);
         drop(o);
-        let o = Outbox::open(&path, 2, FullPolicy::DropOldest).unwrap();
+        let mut o = Outbox::open(&path, 2, FullPolicy::DropOldest).unwrap();
         assert_eq!(ids(&o), ["id1", "id2"]);
+        // An alert in flight keeps its place: the oldest one not yet sent goes instead.
+        o.send_next(1).unwrap();
+        assert_eq!(o.put(entry(3)).unwrap(), Put::StoredDroppingOldest("id2".into()));
+        o.send_next(1).unwrap();
+        assert_eq!(o.put(entry(4)).unwrap(), Put::DroppedNewest);
+        assert_eq!(ids(&o), ["id1", "id3"]);
     }
 
     #[test]

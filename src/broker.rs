@@ -125,6 +125,14 @@ pub fn options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions>
     Ok(opts)
 }
 
+/// Small packets (acknowledgements, QoS 2 handshakes, alerts) go out at once: with Nagle's
+/// algorithm they would wait for the peer's delayed ACK, tens of milliseconds per alert.
+pub fn no_delay(eventloop: &mut rumqttc::EventLoop) {
+    let mut n = eventloop.network_options();
+    n.set_tcp_nodelay(true);
+    eventloop.set_network_options(n);
+}
+
 /// Connects (in the background: the first attempt happens in the task) and starts the loop.
 /// `frame_filters` are subscribed at QoS 1 with manual acknowledgement, so the broker's
 /// in-flight window paces a flooding camera instead of vigil's memory.
@@ -144,6 +152,7 @@ pub fn start(
     opts.set_clean_session(false);
     opts.set_request_channel_capacity(4096);
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    no_delay(&mut eventloop);
     let connected = Arc::new(AtomicBool::new(false));
     let broker = Broker { client: client.clone(), topics: topics.clone(), connected: connected.clone() };
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -269,6 +278,12 @@ impl Broker {
     /// Publishes at QoS 0 (scores, stats: the next value replaces a lost one).
     pub async fn publish_lossy(&self, topic: String, retain: bool, payload: Vec<u8>) {
         let _ = self.client.publish(topic, QoS::AtMostOnce, retain, payload).await;
+    }
+
+    /// Like [`Broker::publish_lossy`], from a thread outside the runtime; dropped when the
+    /// request queue is full.
+    pub fn try_publish_lossy(&self, topic: String, retain: bool, payload: Vec<u8>) {
+        let _ = self.client.try_publish(topic, QoS::AtMostOnce, retain, payload);
     }
 
     /// Acknowledges a frame message once it was handled.

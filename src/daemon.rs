@@ -500,6 +500,12 @@ impl DecideContext {
 async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finished>, mut sinks: Sinks) -> Sinks {
     let mut decider = Decider::default();
     let a = ctx.config.alerts.clone();
+    let snapshots = crate::snapshot::Worker::start(
+        ctx.snapshot_dir.clone(),
+        a.snapshot_keep,
+        sinks.mqtt.clone(),
+        ctx.metrics.clone(),
+    );
     let publish_scores = ctx.config.mqtt.as_ref().is_some_and(|m| m.publish_scores);
     while let Some(finished) = results.recv().await {
         match finished {
@@ -513,7 +519,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                     let _ = done.send(Outcome::Rejected(reason));
                 }
             }
-            Finished::Scored { mut prepared, score, map } => {
+            Finished::Scored { mut prepared, score, mut map } => {
                 let frame = &mut prepared.frame;
                 let model = prepared.model.clone();
                 let manifest = &model.bundle.manifest;
@@ -548,32 +554,27 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                     Decision::Alert { suppressed_before } => {
                         let id = alert_id(frame.time, &frame.camera, &source, &prepared.sha256);
                         let reg = map.as_ref().map(|m| region(m.view(), threshold, prepared.area));
-                        let jpeg = match (&map, &reg) {
-                            (Some(m), Some(r)) => {
-                                Some(crate::snapshot::render(&prepared.image, prepared.area, m.view(), threshold, r))
-                            }
+                        // The snapshot is rendered after the alert is on its way; the alert
+                        // names where it will be.
+                        let snapshot = match (map.take(), &reg) {
+                            (Some(map), Some(region)) => Some(crate::snapshot::Job {
+                                image: std::mem::replace(&mut prepared.image, image::DynamicImage::new_luma8(0, 0)),
+                                area: prepared.area,
+                                map,
+                                threshold,
+                                region: region.clone(),
+                                camera: frame.camera.clone(),
+                                id: id.clone(),
+                            }),
                             _ => None,
                         };
-                        let file = match (&jpeg, a.snapshot_keep) {
-                            (Some(j), keep) if keep > 0 => {
-                                match crate::snapshot::save(&ctx.snapshot_dir, &frame.camera, &id, j, keep) {
-                                    Ok(p) => Some(p.display().to_string()),
-                                    Err(e) => {
-                                        tracing::warn!(
-                                            camera = frame.camera,
-                                            "snapshot not saved in {}: {e}",
-                                            ctx.snapshot_dir.display()
-                                        );
-                                        None
-                                    }
-                                }
-                            }
-                            _ => None,
-                        };
+                        let file = (snapshot.is_some() && a.snapshot_keep > 0).then(|| {
+                            crate::snapshot::path(&ctx.snapshot_dir, &frame.camera, &id).display().to_string()
+                        });
                         let topic = sinks
                             .mqtt
                             .as_ref()
-                            .filter(|_| jpeg.is_some())
+                            .filter(|_| snapshot.is_some())
                             .map(|b| b.topics.camera(&frame.camera, "snapshot"));
                         let alert = Alert {
                             schema: ALERT_SCHEMA.into(),
@@ -602,8 +603,11 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                             alert.source
                         );
                         record["alert"] = alert.id.clone().into();
-                        if let Err(e) = sinks.alert(&alert, jpeg.as_deref()).await {
+                        if let Err(e) = sinks.alert(&alert).await {
                             outcome = Outcome::Retry(format!("{e:#}"));
+                        }
+                        if let Some(job) = snapshot {
+                            snapshots.submit(job);
                         }
                         ctx.metrics.inc("vigil_alerts_total", &[("camera", &alert.camera)]);
                     }

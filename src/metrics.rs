@@ -53,6 +53,7 @@ const HELP: &[(&str, &str, &str)] = &[
     ("vigil_outbox_pending", "gauge", "Alerts in the durable outbox, not yet acknowledged by the broker."),
     ("vigil_alerts_delivered_total", "counter", "Alerts the broker acknowledged."),
     ("vigil_alerts_dropped_total", "counter", "Alerts dropped by reason (a full outbox)."),
+    ("vigil_snapshots_dropped_total", "counter", "Snapshots not rendered because the snapshot worker was behind."),
     (
         "vigil_alerts_duplicate_total",
         "counter",

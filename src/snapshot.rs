@@ -1,13 +1,20 @@
 //! Snapshots: the anomalous frame with its heatmap and region box, as JPEG, published
 //! (retained) over MQTT and kept on disk, newest `keep` per camera.
+//!
+//! Rendering a snapshot (overlay, JPEG encoding) costs more than scoring the frame, so it
+//! happens on a worker thread after the alert is on its way: the alert never waits for it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use image::DynamicImage;
-use ndarray::ArrayView2;
+use ndarray::{Array2, ArrayView2};
 
 use crate::alert::Region;
+use crate::broker::Broker;
 use crate::decide::Area;
+use crate::metrics::Metrics;
 use crate::overlay;
 
 /// Longest side of a snapshot; larger frames are scaled down (a snapshot is for a person).
@@ -42,7 +49,7 @@ pub fn render(image: &DynamicImage, area: Area, map: ArrayView2<'_, f32>, thresh
 pub fn save(dir: &Path, camera: &str, id: &str, jpeg: &[u8], keep: usize) -> std::io::Result<PathBuf> {
     let folder = dir.join(camera);
     std::fs::create_dir_all(&folder)?;
-    let path = folder.join(format!("{id}.jpg"));
+    let path = path(dir, camera, id);
     std::fs::write(&path, jpeg)?;
     // ULIDs sort by time, so the oldest are first by name.
     let mut names: Vec<PathBuf> = std::fs::read_dir(&folder)?
@@ -56,4 +63,87 @@ pub fn save(dir: &Path, camera: &str, id: &str, jpeg: &[u8], keep: usize) -> std
         }
     }
     Ok(path)
+}
+
+/// Where the snapshot of alert `id` is written.
+pub fn path(dir: &Path, camera: &str, id: &str) -> PathBuf {
+    dir.join(camera).join(format!("{id}.jpg"))
+}
+
+/// One snapshot to render, save and publish.
+pub struct Job {
+    /// The decoded frame.
+    pub image: DynamicImage,
+    /// The scored part of the frame.
+    pub area: Area,
+    /// The anomaly map.
+    pub map: Array2<f32>,
+    /// The threshold in force.
+    pub threshold: f32,
+    /// The region the alert reports.
+    pub region: Region,
+    /// The camera.
+    pub camera: String,
+    /// The alert id (the file name).
+    pub id: String,
+}
+
+/// The snapshot worker thread.
+pub struct Worker {
+    tx: Option<SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Snapshots waiting to be rendered; beyond this the newest are dropped (and counted): a
+/// snapshot shows an anomaly, and the alert already went out.
+const QUEUE: usize = 8;
+
+impl Worker {
+    /// Starts the thread: it keeps `keep` snapshots per camera under `dir` and publishes each,
+    /// retained, on `<camera>/snapshot` when there is a broker.
+    pub fn start(dir: PathBuf, keep: usize, broker: Option<Broker>, metrics: Arc<Metrics>) -> Worker {
+        let (tx, rx) = sync_channel(QUEUE);
+        let m = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("vigil-snapshots".into())
+            .spawn(move || work(rx, &dir, keep, broker.as_ref(), &m))
+            .expect("starting the snapshot thread");
+        Worker { tx: Some(tx), thread: Some(thread), metrics }
+    }
+
+    /// Queues a snapshot; drops it (counted) when the worker is behind.
+    pub fn submit(&self, job: Job) {
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(job)) = tx.try_send(job)
+        {
+            tracing::debug!(camera = job.camera, "snapshot of alert {} dropped: the snapshot worker is behind", job.id);
+            self.metrics.inc("vigil_snapshots_dropped_total", &[]);
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// Renders what is queued, then ends the thread.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn work(rx: Receiver<Job>, dir: &Path, keep: usize, broker: Option<&Broker>, metrics: &Metrics) {
+    for job in rx {
+        let jpeg = render(&job.image, job.area, job.map.view(), job.threshold, &job.region);
+        if keep > 0
+            && let Err(e) = save(dir, &job.camera, &job.id, &jpeg, keep)
+        {
+            tracing::warn!(camera = job.camera, "snapshot not saved in {}: {e}", dir.display());
+            metrics.inc("vigil_errors_total", &[("kind", "snapshot")]);
+        }
+        if let Some(b) = broker {
+            b.try_publish_lossy(b.topics.camera(&job.camera, "snapshot"), true, jpeg);
+        }
+    }
 }

@@ -127,6 +127,7 @@ async fn run(
     let mut was_connected = false;
     'connections: loop {
         let (client, mut eventloop) = AsyncClient::new(opts.clone(), 16);
+        crate::broker::no_delay(&mut eventloop);
         let mut connected = false;
         loop {
             if connected {

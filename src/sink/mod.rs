@@ -29,7 +29,7 @@ impl Sinks {
     /// Sends one alert to every sink; a failing sink is logged and counted, and does not
     /// keep the alert from the others. An error means the alert could not be stored in the
     /// outbox: the frame must not be marked done, so that it is scored again.
-    pub async fn alert(&mut self, alert: &Alert, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
+    pub async fn alert(&mut self, alert: &Alert) -> anyhow::Result<()> {
         let json = serde_json::to_string(alert).expect("an alert serialises");
         if self.stdout {
             println!("{json}");
@@ -39,12 +39,6 @@ impl Sinks {
         {
             tracing::error!("alert {}: {e:#}", alert.id);
             self.metrics.inc("vigil_errors_total", &[("kind", "sink_jsonl")]);
-        }
-        if let (Some(b), Some(jpeg)) = (&self.mqtt, snapshot) {
-            // The latest snapshot of the camera, retained; best effort (the alert is what must
-            // arrive, and it names the snapshot file too).
-            let topic = b.topics.camera(&alert.camera, "snapshot");
-            b.publish_lossy(topic, true, jpeg.to_vec()).await;
         }
         if let (Some(b), Some(d)) = (&self.mqtt, &self.delivery) {
             let topic = b.topics.camera(&alert.camera, "anomaly");

@@ -106,6 +106,8 @@ pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// When the subscriber received it.
+    pub at: Instant,
 }
 
 impl Message {
@@ -140,6 +142,9 @@ impl Subscriber {
         opts.set_max_packet_size(64 << 20, 64 << 20);
         opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut conn) = rumqttc::Client::new(opts, 100);
+        let mut net = conn.eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        conn.eventloop.set_network_options(net);
         client.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap();
         let messages: Arc<Mutex<Vec<Message>>> = Arc::default();
         let m = messages.clone();
@@ -155,6 +160,7 @@ impl Subscriber {
                         topic: p.topic.clone(),
                         payload: p.payload.to_vec(),
                         retain: p.retain,
+                        at: Instant::now(),
                     }),
                     Ok(_) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),

@@ -134,8 +134,9 @@ pub fn no_delay(eventloop: &mut rumqttc::EventLoop) {
 }
 
 /// Connects (in the background: the first attempt happens in the task) and starts the loop.
-/// `frame_filters` are subscribed at QoS 1 with manual acknowledgement, so the broker's
-/// in-flight window paces a flooding camera instead of vigil's memory.
+/// `frame_filters` are subscribed at QoS 1 with manual acknowledgement; a camera flooding
+/// faster than vigil scores is held back by TCP (this loop waits on the frame queue), so
+/// its backlog waits at the broker instead of in vigil's memory.
 pub fn start(
     cfg: &MqttConfig,
     device: &str,

@@ -603,7 +603,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                             alert.source
                         );
                         record["alert"] = alert.id.clone().into();
-                        if let Err(e) = sinks.alert(&alert).await {
+                        if let Err(e) = sinks.alert(&alert) {
                             outcome = Outcome::Retry(format!("{e:#}"));
                         }
                         if let Some(job) = snapshot {

@@ -238,10 +238,11 @@ fn an_anomalous_frame_in_a_folder_gives_one_alert_with_every_field_and_a_normal_
     assert!(bbox[0] + bbox[2] <= 48 && bbox[1] + bbox[3] <= 40 && bbox[2] > 0, "{a}");
     assert!((0.0..=1.0).contains(&a["region"]["area_fraction"].as_f64().unwrap()));
     assert_eq!(a["snapshot"]["topic"], "vigil/box1/cam1/snapshot");
-    let snapshot_file = PathBuf::from(a["snapshot"]["file"].as_str().unwrap());
-    assert!(snapshot_file.is_file());
+    // The snapshot follows its alert: saved, then published.
     let snap = sub.wait_for("vigil/box1/cam1/snapshot", 1, WAIT);
     assert!(snap[0].payload.starts_with(&[0xFF, 0xD8]), "the snapshot is a JPEG");
+    let snapshot_file = PathBuf::from(a["snapshot"]["file"].as_str().unwrap());
+    assert!(snapshot_file.is_file());
     assert_eq!(image::load_from_memory(&snap[0].payload).unwrap().width(), 48);
     check_schema(&a);
     // The same alert, in the same JSON, went to the JSON-lines file.

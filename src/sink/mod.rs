@@ -29,7 +29,7 @@ impl Sinks {
     /// Sends one alert to every sink; a failing sink is logged and counted, and does not
     /// keep the alert from the others. An error means the alert could not be stored in the
     /// outbox: the frame must not be marked done, so that it is scored again.
-    pub async fn alert(&mut self, alert: &Alert) -> anyhow::Result<()> {
+    pub fn alert(&mut self, alert: &Alert) -> anyhow::Result<()> {
         let json = serde_json::to_string(alert).expect("an alert serialises");
         if self.stdout {
             println!("{json}");

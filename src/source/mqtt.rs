@@ -1,7 +1,7 @@
 //! The MQTT source: frames published on topic filters, as raw JPEG/PNG bytes or as JSON with
 //! a base64 image. The camera id comes from a topic level, a JSON field, or the config. A
-//! message is acknowledged only once its frame is done, so with QoS 1 the broker's in-flight
-//! window paces a camera that publishes faster than vigil scores.
+//! message is acknowledged only once its frame is done (and its alert is in the outbox), so
+//! with QoS 1 the broker delivers it again if vigil dies first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -558,7 +558,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                         // names where it will be.
                         let snapshot = match (map.take(), &reg) {
                             (Some(map), Some(region)) => Some(crate::snapshot::Job {
-                                image: std::mem::replace(&mut prepared.image, image::DynamicImage::new_luma8(0, 0)),
+                                frame: std::mem::take(&mut frame.bytes),
                                 area: prepared.area,
                                 map,
                                 threshold,

@@ -82,6 +82,12 @@ enum Command {
         /// Passes over the folder.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Threads decoding frames beside the engine (the daemon's `scoring.decode_workers`).
+        #[arg(long)]
+        decode_workers: Option<usize>,
+        /// Most frames per engine call when frames queue up (`scoring.max_batch`).
+        #[arg(long)]
+        max_batch: Option<usize>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -193,17 +199,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Bench { model, frames, repeat, engine } => {
+        Command::Bench { model, frames, repeat, decode_workers, max_batch, engine } => {
             let config = engine.config();
+            let defaults = vigil::config::ScoringConfig::default();
+            let scoring = vigil::config::ScoringConfig {
+                decode_workers: decode_workers.unwrap_or(defaults.decode_workers).max(1),
+                max_batch: max_batch.unwrap_or(defaults.max_batch).max(1),
+                ..defaults
+            };
             let (bundle, loaded) = score::prepare(&model, &config)?;
             let files = vigil::commands::bench::frame_files(&frames)?;
             let threads = config.effective_threads();
-            let path = vigil::commands::bench::per_frame(&bundle, &loaded, &files, repeat.max(1), threads)?;
-            println!("{}", serde_json::to_string(&path)?);
             let macs = vigil::engine::tract::multiply_adds(&bundle)?;
-            for batch in [1, 8.min(loaded.max_batch())] {
+            let pre = vigil::preprocess::Preprocessor::new(&bundle.manifest.input);
+            let model = std::sync::Arc::new(vigil::scoring::Model { bundle, engine: loaded, pre });
+            let daemon = vigil::commands::bench::daemon(model.clone(), &scoring, &files, repeat.max(1), threads)?;
+            println!("{}", serde_json::to_string(&daemon)?);
+            let serial =
+                vigil::commands::bench::per_frame(&model.bundle, &model.engine, &files, repeat.max(1), threads)?;
+            println!("{}", serde_json::to_string(&serial)?);
+            for batch in [1, 8.min(model.engine.max_batch())] {
                 let calls = (200 / batch).max(10);
-                let r = vigil::commands::bench::engine_only(&loaded, batch, calls, macs)?;
+                let r = vigil::commands::bench::engine_only(&model.engine, batch, calls, macs)?;
                 println!("{}", serde_json::to_string(&r)?);
             }
         }

@@ -3,7 +3,10 @@
 //! The daemon, `vigil score` and the training pipeline's evaluation all call this one
 //! function, so a model is served on the same pixels it was evaluated on (no train/serve skew).
 
+use std::cell::RefCell;
 use std::io::Cursor;
+
+use fast_image_resize as fr;
 
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
@@ -78,6 +81,51 @@ fn decode_error(e: image::ImageError) -> PreprocessError {
     }
 }
 
+thread_local! {
+    // The resizer keeps its scratch buffers between frames.
+    static RESIZER: RefCell<fr::Resizer> = RefCell::new(fr::Resizer::new());
+}
+
+/// Resizes the `rect` (x, y, w, h) of an 8-bit `width × height` image to `to`, with SIMD
+/// convolution (the same filters as Pillow's, scaled to the reduction, so a downscale
+/// averages every source pixel).
+fn resize_u8(
+    src: &[u8],
+    kind: fr::PixelType,
+    width: u32,
+    height: u32,
+    rect: (u32, u32, u32, u32),
+    to: (u32, u32),
+    f: ResizeFilter,
+) -> Vec<u8> {
+    let k = kind.size();
+    let (x, y, cw, ch) = rect;
+    if (cw, ch) == to {
+        // No scaling: copy the rows of the rectangle.
+        let row = width as usize * k;
+        return (y..y + ch)
+            .flat_map(|r| {
+                let start = r as usize * row + x as usize * k;
+                src[start..start + cw as usize * k].iter().copied()
+            })
+            .collect();
+    }
+    let alg = match f {
+        ResizeFilter::Nearest => fr::ResizeAlg::Nearest,
+        ResizeFilter::Bilinear => fr::ResizeAlg::Convolution(fr::FilterType::Bilinear),
+        ResizeFilter::Bicubic => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
+        ResizeFilter::Lanczos3 => fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3),
+    };
+    let source = fr::images::ImageRef::new(width, height, src, kind).expect("decoded buffer matches its size");
+    let mut dst = fr::images::Image::new(to.0, to.1, kind);
+    // A cropped view, not a crop box: the filter stops at the rectangle's edges, as if the
+    // rectangle were the whole frame (what cropping and then resizing does).
+    let view = fr::images::CroppedImage::new(&source, x, y, cw, ch).expect("crop rectangle inside the frame");
+    let options = fr::ResizeOptions::new().resize_alg(alg);
+    RESIZER.with_borrow_mut(|r| r.resize(&view, &mut dst, &options)).expect("resize of same-typed 8-bit images");
+    dst.into_vec()
+}
+
 fn filter(f: ResizeFilter) -> FilterType {
     match f {
         ResizeFilter::Nearest => FilterType::Nearest,
@@ -124,35 +172,65 @@ impl Preprocessor {
         }
     }
 
-    /// The image cropped (for `center_crop`) and resized to the input size.
-    pub fn resize(&self, img: &DynamicImage) -> DynamicImage {
+    /// The image cropped (for `center_crop`) and resized to the input size, as 8-bit pixels
+    /// in the model's colour mode (row-major, interleaved).
+    pub fn resize(&self, img: &DynamicImage) -> Vec<u8> {
         let (w, h) = (self.spec.width as u32, self.spec.height as u32);
-        let (x, y, cw, ch) = self.crop_rect(img.width(), img.height());
-        let img = if (cw, ch) == (img.width(), img.height()) { img.clone() } else { img.crop_imm(x, y, cw, ch) };
-        if img.width() == w && img.height() == h {
-            img
-        } else {
-            img.resize_exact(w, h, filter(self.spec.resize_filter))
+        let rect = self.crop_rect(img.width(), img.height());
+        // Resizing runs on the frame's own 8-bit pixels where it has them (the common JPEG
+        // and PNG cases, no copy); other layouts are converted once, at full size.
+        let converted;
+        let (src, kind) = match (img, self.spec.color) {
+            (DynamicImage::ImageRgb8(b), _) => (b.as_raw().as_slice(), fr::PixelType::U8x3),
+            (DynamicImage::ImageLuma8(b), _) => (b.as_raw().as_slice(), fr::PixelType::U8),
+            (other, ColorMode::Rgb) => {
+                converted = other.to_rgb8().into_raw();
+                (converted.as_slice(), fr::PixelType::U8x3)
+            }
+            (other, ColorMode::Gray) => {
+                converted = other.to_luma8().into_raw();
+                (converted.as_slice(), fr::PixelType::U8)
+            }
+        };
+        let pixels = resize_u8(src, kind, img.width(), img.height(), rect, (w, h), self.spec.resize_filter);
+        let channels = self.spec.channels;
+        match (kind, self.spec.color) {
+            (fr::PixelType::U8x3, ColorMode::Gray) => {
+                // Same weights as the image crate's `to_luma8`, on the small image.
+                let rgb = image::RgbImage::from_raw(w, h, pixels).expect("resized buffer has the input size");
+                DynamicImage::ImageRgb8(rgb).to_luma8().into_raw()
+            }
+            (fr::PixelType::U8, ColorMode::Rgb) => pixels.iter().flat_map(|&v| [v; 3]).collect(),
+            _ => {
+                debug_assert_eq!(pixels.len(), (w * h) as usize * channels);
+                pixels
+            }
         }
     }
 
     /// Writes the tensor of `img` into `out` (`[C, H, W]`).
     pub fn fill(&self, img: &DynamicImage, mut out: ArrayViewMut3<'_, f32>) {
-        let resized = self.resize(img);
+        let pixels = self.resize(img);
         let s = &self.spec;
-        let (scale, mean, std) = (s.scale, &s.mean, &s.std);
-        match s.color {
-            ColorMode::Gray => {
-                let g = resized.to_luma8();
-                for (x, y, p) in g.enumerate_pixels() {
-                    out[[0, y as usize, x as usize]] = (p.0[0] as f32 * scale - mean[0]) / std[0];
+        let c = s.channels;
+        let plane = s.width * s.height;
+        // One table per channel: (v * scale - mean) / std for every 8-bit value.
+        let lut: Vec<[f32; 256]> =
+            (0..c).map(|ch| std::array::from_fn(|v| (v as f32 * s.scale - s.mean[ch]) / s.std[ch])).collect();
+        match out.as_slice_mut() {
+            Some(dst) => {
+                for (ch, table) in lut.iter().enumerate() {
+                    let dst = &mut dst[ch * plane..(ch + 1) * plane];
+                    for (d, px) in dst.iter_mut().zip(pixels.chunks_exact(c)) {
+                        *d = table[px[ch] as usize];
+                    }
                 }
             }
-            ColorMode::Rgb => {
-                let rgb = resized.to_rgb8();
-                for (x, y, p) in rgb.enumerate_pixels() {
-                    for c in 0..3 {
-                        out[[c, y as usize, x as usize]] = (p.0[c] as f32 * scale - mean[c]) / std[c];
+            None => {
+                for (i, px) in pixels.chunks_exact(c).enumerate() {
+                    let (y, x) = (i / s.width, i % s.width);
+                    for (ch, table) in lut.iter().enumerate() {
+                        out[[ch, y, x]] = table[px[ch] as usize];
                     }
                 }
             }

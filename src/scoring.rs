@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use anyhow::Context;
-use image::DynamicImage;
 use ndarray::Array2;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -37,8 +36,11 @@ pub struct Model {
 impl Model {
     /// Loads, checks and test-runs a bundle (blocking).
     pub fn load(path: &Path, config: &EngineConfig) -> anyhow::Result<Model> {
-        let bundle = Bundle::load(path)?;
-        let engine = engine::load(&bundle, config).with_context(|| format!("bundle {}", path.display()))?;
+        let mut bundle = Bundle::load(path)?;
+        // The engines keep their own copy of the graph: the file's bytes (5.6 MB for the
+        // default bundle) are released, not kept for the daemon's life.
+        let engine =
+            engine::load_releasing(&mut bundle, config).with_context(|| format!("bundle {}", path.display()))?;
         let pre = Preprocessor::new(&bundle.manifest.input);
         Ok(Model { bundle, engine, pre })
     }
@@ -77,14 +79,14 @@ impl Models {
 /// A decoded frame with its input tensor.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The frame (its bytes are released once decoded).
+    /// The frame, its encoded bytes kept for a snapshot: an alert's frame is decoded again
+    /// by the snapshot worker, so the queues hold encoded frames (tens of kilobytes) rather
+    /// than decoded ones (about a megabyte each at 640x480).
     pub frame: Frame,
     /// The model it is scored with (fixed at decode time, so a reload never mixes models).
     pub model: Arc<Model>,
     /// The model inputs (one tensor, or one per tile).
     pub inputs: Inputs,
-    /// The decoded frame, for the snapshot.
-    pub image: DynamicImage,
     /// The part of the frame the input was cut from.
     pub area: Area,
     /// SHA-256 of the encoded frame, for the alert id.
@@ -118,7 +120,7 @@ pub enum Finished {
 pub type Refused = Box<(Frame, &'static str, String)>;
 
 /// Decodes a frame, crops its region of interest and builds the model input.
-pub fn prepare(mut frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result<Prepared, Refused> {
+pub fn prepare(frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result<Prepared, Refused> {
     let sha256: [u8; 32] = Sha256::digest(&frame.bytes).into();
     let image = match decode(&frame.bytes) {
         Ok(i) => i,
@@ -148,8 +150,7 @@ pub fn prepare(mut frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Re
     let scored = cropped.as_ref().unwrap_or(&image);
     let inputs = model.pre.inputs(scored);
     let (cx, cy, cw, ch) = inputs.area;
-    frame.bytes = Vec::new();
-    Ok(Prepared { frame, model, inputs, image, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256 })
+    Ok(Prepared { frame, model, inputs, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256 })
 }
 
 /// The running scoring stages.

@@ -72,8 +72,8 @@ pub fn path(dir: &Path, camera: &str, id: &str) -> PathBuf {
 
 /// One snapshot to render, save and publish.
 pub struct Job {
-    /// The decoded frame.
-    pub image: DynamicImage,
+    /// The encoded frame (decoded again here: alerts are rare, decoded frames are large).
+    pub frame: Vec<u8>,
     /// The scored part of the frame.
     pub area: Area,
     /// The anomaly map.
@@ -135,7 +135,16 @@ impl Drop for Worker {
 
 fn work(rx: Receiver<Job>, dir: &Path, keep: usize, broker: Option<&Broker>, metrics: &Metrics) {
     for job in rx {
-        let jpeg = render(&job.image, job.area, job.map.view(), job.threshold, &job.region);
+        let image = match crate::preprocess::decode(&job.frame) {
+            Ok(i) => i,
+            Err(e) => {
+                // It decoded a moment ago, to be scored; only memory can make it fail now.
+                tracing::warn!(camera = job.camera, "snapshot of alert {} not rendered: {e}", job.id);
+                metrics.inc("vigil_errors_total", &[("kind", "snapshot")]);
+                continue;
+            }
+        };
+        let jpeg = render(&image, job.area, job.map.view(), job.threshold, &job.region);
         if keep > 0
             && let Err(e) = save(dir, &job.camera, &job.id, &jpeg, keep)
         {

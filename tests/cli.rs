@@ -220,7 +220,7 @@ fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
 }
 
 #[test]
-fn bench_times_the_per_frame_path_and_the_engine_alone_as_json() {
+fn bench_times_the_daemon_stages_the_serial_path_and_the_engine_alone_as_json() {
     let dir = tempfile::tempdir().unwrap();
     reference_bundle(&dir.path().join("b"), Family::Dae, ColorMode::Rgb, 32);
     let frames = dir.path().join("frames");
@@ -237,11 +237,21 @@ fn bench_times_the_per_frame_path_and_the_engine_alone_as_json() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines[0]["frames"], 6);
-    assert_eq!((lines[0]["engine"].as_str(), lines[0]["threads"].as_u64()), (Some("tract"), Some(1)));
-    for key in ["frames_per_s", "p50_ms", "p99_ms"] {
-        assert!(lines[0][key].as_f64().unwrap() > 0.0, "{key}: {}", lines[0]);
+    // The daemon's stages, then the serial path: every frame of every pass scored.
+    for (line, mode) in lines.iter().zip(["daemon", "serial"]) {
+        assert_eq!(line["mode"], mode);
+        assert_eq!(line["frames"], 6);
+        assert_eq!((line["engine"].as_str(), line["threads"].as_u64()), (Some("tract"), Some(1)));
+        for key in ["frames_per_s", "p50_ms", "p99_ms"] {
+            assert!(line[key].as_f64().unwrap() > 0.0, "{key}: {line}");
+        }
     }
-    assert_eq!(lines[1]["mode"], "engine_only");
-    assert!(lines[1]["ms_per_frame"].as_f64().unwrap() > 0.0);
+    // Random weights score random frames identically either way.
+    assert_eq!(lines[0]["anomalous"], lines[1]["anomalous"]);
+    for line in &lines[2..] {
+        assert_eq!(line["mode"], "engine_only");
+        assert!(line["ms_per_frame"].as_f64().unwrap() > 0.0);
+        assert!(line["multiply_adds"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(lines.len(), 4);
 }

@@ -12,6 +12,7 @@ mod fuzz_corpus;
 mod load;
 mod models;
 mod onnx_writer;
+mod preprocess;
 mod security;
 mod synth;
 mod tiling;

@@ -95,7 +95,8 @@ pub struct Bundle {
     pub model_path: PathBuf,
     /// The validated manifest.
     pub manifest: Manifest,
-    /// The ONNX file's bytes, read once and shared with the engines.
+    /// The ONNX file's bytes, read once and shared with the engines (emptied by
+    /// [`crate::engine::load_releasing`] once the engine holds its own copy).
     pub model_bytes: Arc<[u8]>,
     /// Hex SHA-256 of `model_bytes`, reported in alerts.
     pub model_sha256: String,

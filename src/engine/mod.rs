@@ -11,6 +11,7 @@ pub mod ort;
 pub mod tract;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ndarray::{Array4, ArrayView4};
 use serde::{Deserialize, Serialize};
@@ -188,19 +189,44 @@ impl LoadedEngine {
 
 /// Loads the bundle's model on the configured engine, checks it and runs a test batch.
 pub fn load(bundle: &Bundle, config: &EngineConfig) -> Result<LoadedEngine, EngineError> {
+    load_with(&mut bundle.clone(), config, false)
+}
+
+/// As [`load`], for serving: the bundle's model bytes are released as soon as the engine
+/// holds its own copy (for tract, before the plan is optimised), which takes the model's
+/// size off both the load's memory peak and the daemon's resident memory.
+pub fn load_releasing(bundle: &mut Bundle, config: &EngineConfig) -> Result<LoadedEngine, EngineError> {
+    load_with(bundle, config, true)
+}
+
+fn load_with(bundle: &mut Bundle, config: &EngineConfig, release: bool) -> Result<LoadedEngine, EngineError> {
     let io = io::check_model(bundle)?;
+    let tract = |bundle: &mut Bundle| -> Result<Box<dyn Engine>, EngineError> {
+        let proto = bundle.model_proto().map_err(|e| EngineError::Load {
+            engine: "tract",
+            path: bundle.model_path.clone(),
+            reason: e.to_string(),
+        })?;
+        if release {
+            bundle.model_bytes = Arc::from(Vec::new());
+        }
+        Ok(Box::new(tract::TractEngine::load(bundle, proto, &io, config)?))
+    };
     let engine: Box<dyn Engine> = match config.kind {
-        EngineChoice::Tract => Box::new(tract::TractEngine::load(bundle, &io, config)?),
+        EngineChoice::Tract => tract(bundle)?,
         EngineChoice::Ort => Box::new(ort::OrtEngine::load(bundle, &io, config)?),
         EngineChoice::Auto => match ort::OrtEngine::load(bundle, &io, config) {
             Ok(e) => Box::new(e),
             Err(e @ (EngineError::OrtNotFound { .. } | EngineError::OrtUnusable { .. })) => {
                 tracing::info!("engine auto: using tract, because {e}");
-                Box::new(tract::TractEngine::load(bundle, &io, config)?)
+                tract(bundle)?
             }
             Err(e) => return Err(e),
         },
     };
+    if release {
+        bundle.model_bytes = Arc::from(Vec::new());
+    }
     let m = &bundle.manifest.input;
     let loaded = LoadedEngine { engine, io, chw: [m.channels, m.height, m.width] };
     smoke_test(bundle, &loaded)?;

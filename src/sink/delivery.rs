@@ -12,15 +12,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, PubRel, Publish, QoS, Request};
+use rumqttc::{AsyncClient, Event, Packet, PubRel, Publish, QoS, Request};
 use tokio::sync::{Notify, watch};
 
 use super::outbox::{Entry, Flow, Outbox, PACKET_IDS, Put};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 
-/// Alerts in flight at once on the connection.
-const WINDOW: usize = 64;
+/// Alerts in flight at once on the connection (sent, not yet completed). Brokers bound how
+/// many QoS 2 messages from one client may await their PUBREL, and past the bound they may
+/// acknowledge messages they never forward: Mosquitto's `max_inflight_messages` defaults to
+/// 20. With 64 in flight, a burst of 200 alerts after an outage was completed (PUBCOMP) by
+/// Mosquitto 2.0.11 for every alert, yet only 73 reached the subscriber; with 16, all 200.
+const WINDOW: usize = 16;
 
 /// The running alert connection.
 pub struct Delivery {
@@ -109,7 +113,28 @@ impl Delivery {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the connection task shares with its driver.
+struct Shared {
+    qos: QoS,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether the task is stopping, and until when it may still send.
+struct Stopping {
+    rx: watch::Receiver<bool>,
+    stopping: bool,
+    deadline: tokio::time::Instant,
+}
+
+impl Stopping {
+    fn begin(&mut self, grace: Duration) {
+        self.stopping = true;
+        self.deadline = tokio::time::Instant::now() + grace;
+    }
+}
+
 async fn run(
     opts: rumqttc::MqttOptions,
     endpoint: String,
@@ -117,122 +142,171 @@ async fn run(
     max_backoff: Duration,
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
+    let shared = Shared { qos, outbox, wake, metrics };
+    let mut stop = Stopping { rx: stop, stopping: false, deadline: tokio::time::Instant::now() };
     let mut backoff = Duration::from_secs(1);
     let max_backoff = max_backoff.max(Duration::from_secs(1));
-    let mut stopping = false;
-    let mut deadline = tokio::time::Instant::now();
     let mut was_connected = false;
-    'connections: loop {
-        let (client, mut eventloop) = AsyncClient::new(opts.clone(), 16);
+    loop {
+        // The client handle is kept only so that the event loop's request channel stays open.
+        let (_client, mut eventloop) = AsyncClient::new(opts.clone(), 16);
         crate::broker::no_delay(&mut eventloop);
-        let mut connected = false;
-        loop {
-            if connected {
-                let mut o = outbox.lock().expect("outbox lock");
-                let room = WINDOW.saturating_sub(o.in_flight_count());
-                if room > 0 {
-                    match o.send_next(room) {
-                        Ok(next) => {
-                            for (e, pkid) in next {
-                                eventloop.pending.push_back(Request::Publish(publish(e, pkid, qos, false)));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!("{e:#}");
-                            metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
-                        }
-                    }
+        let connected = tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => Ok(ack),
+                Ok(other) => Err(format!("unexpected {other:?} before CONNACK")),
+                Err(e) => Err(e.to_string()),
+            },
+            _ = stop.rx.changed(), if !stop.stopping => return,
+        };
+        let result = match connected {
+            Ok(ack) => {
+                if !was_connected {
+                    tracing::info!(
+                        "mqtt: alert connection to {endpoint} up (session present: {})",
+                        ack.session_present
+                    );
                 }
+                was_connected = true;
+                backoff = Duration::from_secs(1);
+                let resumed = resume(&shared, ack.session_present);
+                drive(&mut eventloop, &shared, &mut stop, resumed).await
             }
-            let empty = outbox.lock().expect("outbox lock").is_empty();
-            if stopping && (!connected || empty || tokio::time::Instant::now() >= deadline) {
-                if connected {
-                    let _ = client.try_disconnect();
-                    // Let the DISCONNECT go out.
-                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                        while let Ok(ev) = eventloop.poll().await {
-                            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
-                }
-                break 'connections;
-            }
-            tokio::select! {
-                ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        if !was_connected {
-                            tracing::info!("mqtt: alert connection to {endpoint} up (session present: {})", ack.session_present);
-                        }
-                        connected = true;
-                        was_connected = true;
-                        backoff = Duration::from_secs(1);
-                        let mut o = outbox.lock().expect("outbox lock");
-                        if ack.session_present {
-                            // Resume each flow where it stopped.
-                            for (e, flow) in o.in_flight() {
-                                eventloop.pending.push_back(match flow {
-                                    Flow::Sent(pkid) => Request::Publish(publish(e, pkid, qos, true)),
-                                    Flow::Received(pkid) => Request::PubRel(PubRel::new(pkid)),
-                                    Flow::Unsent => continue,
-                                });
-                            }
-                        } else if let Err(e) = o.reset() {
-                            tracing::error!("{e:#}");
-                            metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubRec(rec))) => {
-                        if let Err(e) = outbox.lock().expect("outbox lock").received(rec.pkid) {
-                            tracing::error!("{e:#}");
-                            metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
-                        }
-                    }
-                    // PUBCOMP ends a QoS 2 exchange, PUBACK a QoS 1 one.
-                    Ok(Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid })))
-                    | Ok(Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid }))) => {
-                        let mut o = outbox.lock().expect("outbox lock");
-                        match o.completed(pkid) {
-                            Ok(Some(_)) => metrics.inc("vigil_alerts_delivered_total", &[]),
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::error!("{e:#}");
-                                metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
-                            }
-                        }
-                        metrics.set("vigil_outbox_pending", &[], o.len() as f64);
-                    }
-                    Ok(_) => {}
+            Err(e) => Err(e),
+        };
+        let e = match result {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if was_connected {
+            tracing::warn!("mqtt: alert connection to {endpoint} lost: {e}; alerts wait in the outbox");
+            was_connected = false;
+        } else {
+            tracing::debug!("mqtt: alert connection to {endpoint}: {e}; retrying in {}s", backoff.as_secs());
+        }
+        shared.metrics.inc("vigil_errors_total", &[("kind", "broker_alerts")]);
+        if stop.stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.rx.changed() => return,
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// After CONNACK: the flows to resume where the broker kept the session, or none (every
+/// alert waiting starts again) where it did not.
+fn resume(shared: &Shared, session_present: bool) -> Vec<Request> {
+    let mut o = shared.outbox.lock().expect("outbox lock");
+    if !session_present {
+        if let Err(e) = o.reset() {
+            tracing::error!("{e:#}");
+            shared.metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
+        }
+        return vec![];
+    }
+    o.in_flight()
+        .into_iter()
+        .filter_map(|(e, flow)| match flow {
+            Flow::Sent(pkid) => Some(Request::Publish(publish(e, pkid, shared.qos, true))),
+            Flow::Received(pkid) => Some(Request::PubRel(PubRel::new(pkid))),
+            Flow::Unsent => None,
+        })
+        .collect()
+}
+
+/// Runs one connection until it fails (`Err`) or the task stops (`Ok`).
+///
+/// rumqttc's own `poll` answers a PUBREC with a PUBREL and flushes it before the caller sees
+/// the PUBREC: a crash in between leaves the outbox believing the broker never had the
+/// alert, so it is published again after the restart, and a broker that has already
+/// released the first copy forwards it twice. So the connection is driven here, with
+/// rumqttc's packet state and framing: every PUBREC read is recorded in the outbox before
+/// the PUBRELs that answer it are flushed.
+async fn drive(
+    eventloop: &mut rumqttc::EventLoop,
+    shared: &Shared,
+    stop: &mut Stopping,
+    mut queue: Vec<Request>,
+) -> Result<(), String> {
+    let keep_alive = eventloop.mqtt_options.keep_alive();
+    let io_timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
+    let ping_every = if keep_alive.is_zero() { Duration::from_secs(3600) } else { keep_alive };
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let net = eventloop.network.as_mut().ok_or("no network after CONNACK")?;
+    let state = &mut eventloop.state;
+    loop {
+        {
+            let mut o = shared.outbox.lock().expect("outbox lock");
+            let room = WINDOW.saturating_sub(o.in_flight_count());
+            if room > 0 {
+                match o.send_next(room) {
+                    Ok(next) => queue.extend(
+                        next.into_iter().map(|(e, pkid)| Request::Publish(publish(e, pkid, shared.qos, false))),
+                    ),
                     Err(e) => {
-                        if was_connected {
-                            tracing::warn!("mqtt: alert connection to {endpoint} lost: {e}; alerts wait in the outbox");
-                            was_connected = false;
-                        } else {
-                            tracing::debug!("mqtt: alert connection to {endpoint}: {e}; retrying in {}s", backoff.as_secs());
-                        }
-                        metrics.inc("vigil_errors_total", &[("kind", "broker_alerts")]);
-                        if stopping {
-                            break 'connections;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.changed() => { stopping = true; deadline = tokio::time::Instant::now(); }
-                        }
-                        backoff = (backoff * 2).min(max_backoff);
-                        continue 'connections;
+                        tracing::error!("{e:#}");
+                        shared.metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
                     }
-                },
-                _ = wake.notified() => {}
-                _ = stop.changed(), if !stopping => {
-                    stopping = true;
-                    deadline = tokio::time::Instant::now() + Duration::from_secs(3);
                 }
-                _ = tokio::time::sleep_until(deadline), if stopping => {}
+            }
+        }
+        for request in queue.drain(..) {
+            if let Some(packet) = state.handle_outgoing_packet(request).map_err(|e| e.to_string())? {
+                net.write(packet).await.map_err(|e| e.to_string())?;
+            }
+        }
+        // Sends the PUBRELs of PUBRECs recorded below, and what was just queued.
+        tokio::time::timeout(io_timeout, net.flush())
+            .await
+            .map_err(|_| "timed out writing to the broker".to_string())?
+            .map_err(|e| e.to_string())?;
+        // What is left are notices of packets sent.
+        state.events.clear();
+        if stop.stopping
+            && (shared.outbox.lock().expect("outbox lock").is_empty() || tokio::time::Instant::now() >= stop.deadline)
+        {
+            if let Ok(Some(packet)) = state.handle_outgoing_packet(Request::Disconnect(rumqttc::Disconnect)) {
+                let _ = net.write(packet).await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), net.flush()).await;
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            read = net.readb(state) => read.map_err(|e| e.to_string())?,
+            _ = shared.wake.notified() => {}
+            _ = ping.tick() => {
+                if let Some(packet) = state.handle_outgoing_packet(Request::PingReq(rumqttc::PingReq)).map_err(|e| e.to_string())? {
+                    net.write(packet).await.map_err(|e| e.to_string())?;
+                }
+            }
+            _ = stop.rx.changed(), if !stop.stopping => stop.begin(Duration::from_secs(3)),
+            _ = tokio::time::sleep_until(stop.deadline), if stop.stopping => {}
+        }
+        for event in state.events.drain(..) {
+            let mut o = shared.outbox.lock().expect("outbox lock");
+            let recorded = match event {
+                Event::Incoming(Packet::PubRec(rec)) => o.received(rec.pkid),
+                // PUBCOMP ends a QoS 2 exchange, PUBACK a QoS 1 one.
+                Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid }))
+                | Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid })) => {
+                    let done = o.completed(pkid);
+                    if let Ok(Some(_)) = done {
+                        shared.metrics.inc("vigil_alerts_delivered_total", &[]);
+                    }
+                    shared.metrics.set("vigil_outbox_pending", &[], o.len() as f64);
+                    done.map(|_| ())
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = recorded {
+                tracing::error!("{e:#}");
+                shared.metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
             }
         }
     }

@@ -54,16 +54,8 @@ impl Delivery {
         let (stop, stop_rx) = watch::channel(false);
         let endpoint = format!("{}:{}", cfg.host, cfg.effective_port());
         let qos = if cfg.alert_qos == 1 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
-        let task = tokio::spawn(run(
-            opts,
-            endpoint,
-            qos,
-            cfg.max_backoff,
-            outbox.clone(),
-            wake.clone(),
-            stop_rx,
-            metrics.clone(),
-        ));
+        let shared = Shared { qos, outbox: outbox.clone(), wake: wake.clone(), metrics: metrics.clone() };
+        let task = tokio::spawn(run(opts, endpoint, cfg.max_backoff, shared, stop_rx));
         Ok(Delivery { outbox, wake, stop, task, metrics })
     }
 
@@ -138,14 +130,10 @@ impl Stopping {
 async fn run(
     opts: rumqttc::MqttOptions,
     endpoint: String,
-    qos: QoS,
     max_backoff: Duration,
-    outbox: Arc<Mutex<Outbox>>,
-    wake: Arc<Notify>,
+    shared: Shared,
     stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
 ) {
-    let shared = Shared { qos, outbox, wake, metrics };
     let mut stop = Stopping { rx: stop, stopping: false, deadline: tokio::time::Instant::now() };
     let mut backoff = Duration::from_secs(1);
     let max_backoff = max_backoff.max(Duration::from_secs(1));

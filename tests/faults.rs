@@ -179,6 +179,13 @@ fn encoded(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
     out.into_inner()
 }
 
+/// The first half of a 320x240 JPEG (its decoder would fill the rest in).
+fn truncated_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(320, 240, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+    let bytes = encoded(image::DynamicImage::ImageRgb8(img), image::ImageFormat::Jpeg);
+    bytes[..bytes.len() / 2].to_vec()
+}
+
 /// A CMYK JPEG, written by Pillow (the `image` crate cannot write one).
 fn cmyk_jpeg(dir: &Path) -> Vec<u8> {
     let path = dir.join("cmyk.jpg");
@@ -214,6 +221,7 @@ fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anoma
     let good = &plant.anomalous;
     let refused = [
         ("truncated.png", good[..good.len() / 2].to_vec(), "corrupt"),
+        ("truncated.jpg", truncated_jpeg(), "corrupt"),
         ("empty.png", vec![], "empty"),
         ("text.jpg", b"this is a text file, not a JPEG\n".to_vec(), "format"),
         ("bomb.png", png_declaring(50_000, 50_000), "too_large"),
@@ -242,7 +250,7 @@ fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anoma
 
     let key = |kind: &str| format!("vigil_errors_total{{kind=\"{kind}\"}}");
     let expected = [
-        ("corrupt", 1.0),
+        ("corrupt", 2.0),
         ("empty", 1.0),
         ("format", 1.0),
         ("too_large", 1.0),
@@ -266,7 +274,7 @@ fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anoma
     for (k, n) in expected {
         assert_eq!(metric(&m, &key(k)), n, "{k}:\n{m}");
     }
-    assert_eq!(metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"rejected\"}"), 6.0, "{m}");
+    assert_eq!(metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"rejected\"}"), 7.0, "{m}");
     // Refused files were moved to quarantine (the symlink stays: it is not vigil's to move).
     for (name, _, _) in &refused {
         assert!(quarantine.join(name).exists(), "{name} not in quarantine");

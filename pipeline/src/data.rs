@@ -214,8 +214,7 @@ pub struct Skipped {
 /// Reads one image and makes its model inputs exactly as the daemon does.
 pub fn load_inputs(pre: &Preprocessor, path: &Path) -> Result<Inputs, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let img = decode(&bytes).map_err(|e| e.to_string())?;
-    Ok(pre.inputs(&img))
+    pre.inputs_from_bytes(&bytes).map_err(|e| e.to_string())
 }
 
 /// Reads one image as flat `[C, H, W]` tensors: one, or one per tile for a tiled model.

@@ -18,7 +18,7 @@ use crate::bundle::Bundle;
 use crate::config::ScoringConfig;
 use crate::engine::LoadedEngine;
 use crate::frame::{Frame, Origin};
-use crate::preprocess::{Preprocessor, decode};
+use crate::preprocess::Preprocessor;
 use crate::scoring::{self, Finished, Model, Models};
 use crate::tiling::score_frames;
 
@@ -101,7 +101,7 @@ pub fn per_frame(
         for f in files {
             let t = Instant::now();
             let bytes = std::fs::read(f)?;
-            let inputs = pre.inputs(&decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?);
+            let inputs = pre.inputs_from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             let (score, _) = score_frames(engine, &bundle.manifest.score, &[&inputs])?.remove(0);
             if score > threshold {
                 anomalous += 1;

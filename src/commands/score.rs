@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::engine::{self, EngineConfig, LoadedEngine};
-use crate::preprocess::{Preprocessor, decode};
+use crate::preprocess::Preprocessor;
 use crate::tiling::{Inputs, score_frames};
 
 /// One line of `vigil score` output.
@@ -93,7 +93,7 @@ pub fn run(bundle: &Bundle, engine: &LoadedEngine, images: &[PathBuf], out: &mut
 
 fn load(pre: &Preprocessor, path: &Path) -> Result<Inputs, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    Ok(pre.inputs(&decode(&bytes).map_err(|e| e.to_string())?))
+    pre.inputs_from_bytes(&bytes).map_err(|e| e.to_string())
 }
 
 /// Loads the bundle and engine for `vigil score`.

@@ -111,7 +111,7 @@ fn gray_models_get_luma_and_rgb_models_get_gray_frames_on_every_channel() {
 /// A camera-like JPEG: smooth gradients and edges, not noise.
 fn write_jpeg(dir: &Path, name: &str, w: u32, h: u32) -> std::path::PathBuf {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
-        let edge = if (x * 7 / w + y * 5 / h) % 2 == 0 { 60 } else { 0 };
+        let edge = if (x * 7 / w + y * 5 / h).is_multiple_of(2) { 60 } else { 0 };
         image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, (((x + y) * 97 / (w + h)) as u8).saturating_add(edge)])
     });
     let path = dir.join(name);

@@ -8,12 +8,8 @@ use crate::preprocess::Preprocessor;
 use crate::source::mqtt::{MqttCamera, parse};
 
 /// Frame decoding and preprocessing: the bytes as a camera file, into each kind of model
-/// input (gray, RGB centre-cropped, tiled), and through the reduced-scale JPEG decoder (an
-/// 8x8 input takes it for any JPEG of 16x16 pixels or more).
+/// input (gray, RGB centre-cropped, tiled).
 pub fn decode(data: &[u8]) {
-    let small = InputSpec::unit_range("x", ColorMode::Rgb, 8, 8);
-    let _ = Preprocessor::new(&small).decode_reduced(data);
-    let _ = Preprocessor::new(&small).inputs_from_bytes(data);
     let Ok(img) = crate::preprocess::decode(data) else { return };
     let gray = InputSpec::unit_range("x", ColorMode::Gray, 32, 32);
     let _ = Preprocessor::new(&gray).tensor(&img);

@@ -293,64 +293,15 @@ impl Preprocessor {
         Ok(self.inputs_from_bytes(bytes)?.tensors.swap_remove(0))
     }
 
-    /// The model inputs of an encoded frame, its `area` in the frame's own pixels. A JPEG
-    /// frame at least twice the input's size both ways (after the crop) is decoded at a
-    /// reduced scale, see [`Preprocessor::decode_reduced`]; every other frame is decoded
-    /// whole. The daemon, `vigil score` and the training pipeline all come through here, so
-    /// a model is trained on the pixels it is served.
+    /// The model inputs of an encoded frame. The daemon, `vigil score` and the training
+    /// pipeline all come through here, so a model is trained on the pixels it is served.
+    ///
+    /// Decoding JPEGs at reduced scale from their DCT coefficients (the `jpeg-decoder`
+    /// crate) was measured and dropped: that decoder starts threads for every frame, and
+    /// beside the engine it lost to a whole decode with `zune-jpeg` and a SIMD resize at
+    /// 640x480 (-10 to -20 % frames/s) and 1280x960 (-15 to -28 % through the daemon's
+    /// stages), and won only from about 8 times the input's size (2448x2048: +15 %).
     pub fn inputs_from_bytes(&self, bytes: &[u8]) -> Result<Inputs, PreprocessError> {
-        if let Some((img, width, height)) = self.decode_reduced(bytes) {
-            let mut inputs = self.inputs(&img);
-            inputs.area = self.crop_rect(width, height);
-            return Ok(inputs);
-        }
         Ok(self.inputs(&decode(bytes)?))
-    }
-
-    /// A JPEG decoded straight from its DCT coefficients at 1/2, 1/4 or 1/8 scale (the
-    /// largest reduction that keeps the cropped region at least the input's size), with the
-    /// frame's full width and height; `None` when that does not apply (not a JPEG, a tiled
-    /// model, a frame too small, a layout other than gray or RGB, anything unusual), and the
-    /// frame is decoded whole. Reduced-scale decoding averages each 8x8 block down to 4x4,
-    /// 2x2 or 1 pixel, so it filters as a downscale should, and skips most of the inverse
-    /// DCT, colour conversion and resize: measured here, a 2448x2048 JPEG took 6.2 ms instead
-    /// of 12.7 (decode) + 2.0 (resize) ms, a 640x480 one 0.92 + 0.08 instead of 1.01 + 0.29.
-    pub fn decode_reduced(&self, bytes: &[u8]) -> Option<(DynamicImage, u32, u32)> {
-        // A file cut short is left to the main decoder, which refuses it.
-        if self.spec.tiling.is_some() || !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || is_truncated_jpeg(bytes) {
-            return None;
-        }
-        let (tw, th) = (self.spec.width as u32, self.spec.height as u32);
-        // The decoder is a second one beside the image crate's: a panic on a malformed file
-        // must not take the decode worker down, and anything it refuses is decoded (and
-        // reported) by the main path.
-        std::panic::catch_unwind(|| {
-            let mut d = jpeg_decoder::Decoder::new(bytes);
-            d.set_max_decoding_buffer_size(MAX_DECODE_BYTES as usize);
-            d.read_info().ok()?;
-            let info = d.info()?;
-            let (w, h) = (u32::from(info.width), u32::from(info.height));
-            let pixels = u64::from(w) * u64::from(h);
-            let huge = w > MAX_SIDE
-                || h > MAX_SIDE
-                || (pixels > FREE_PIXELS && pixels > bytes.len() as u64 * MAX_PIXELS_PER_BYTE);
-            if huge || !matches!(info.pixel_format, jpeg_decoder::PixelFormat::L8 | jpeg_decoder::PixelFormat::RGB24) {
-                return None;
-            }
-            let (_, _, cw, ch) = self.crop_rect(w, h);
-            let s = [8, 4, 2].into_iter().find(|s| cw / s >= tw && ch / s >= th)?;
-            d.scale(w.div_ceil(s) as u16, h.div_ceil(s) as u16).ok()?;
-            let out = d.info()?;
-            let (sw, sh) = (u32::from(out.width), u32::from(out.height));
-            let raw = d.decode().ok()?;
-            let img = match out.pixel_format {
-                jpeg_decoder::PixelFormat::L8 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(sw, sh, raw)?),
-                jpeg_decoder::PixelFormat::RGB24 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, raw)?),
-                _ => return None,
-            };
-            Some((img, w, h))
-        })
-        .ok()
-        .flatten()
     }
 }

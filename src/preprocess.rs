@@ -79,13 +79,20 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
     DynamicImage::from_decoder(decoder).map_err(decode_error)
 }
 
-/// Whether `bytes` are a JPEG cut short: no end-of-image marker (FF D9) in its last 4 KiB. The
-/// JPEG decoder fills the missing blocks in and would score half a frame (a false alert); the
-/// marker cannot occur inside compressed data, and trailing bytes after it are tolerated up
-/// to the window.
+/// Whether `bytes` are a JPEG cut short: no end-of-image marker (FF D9) after the start of its
+/// last scan (FF DA). The JPEG decoder fills the missing blocks in and would score half a
+/// frame, a false alert. Neither marker can occur inside compressed data, and an embedded
+/// thumbnail's markers come before the main image's scans, so bytes appended after the end
+/// (camera trailers, further MPF images) do not count as truncation, whatever their length.
 fn is_truncated_jpeg(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0xFF, 0xD8, 0xFF])
-        && !bytes[bytes.len().saturating_sub(4096)..].windows(2).any(|w| w == [0xFF, 0xD9])
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return false;
+    }
+    match bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) {
+        Some(scan) => !bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        // No scan at all: the decoder refuses it with its own reason.
+        None => false,
+    }
 }
 
 fn decode_error(e: image::ImageError) -> PreprocessError {

@@ -275,7 +275,11 @@ fn run_batch(batch: Vec<Prepared>) -> Vec<Finished> {
         Ok(scored) => batch
             .into_iter()
             .zip(scored)
-            .map(|(prepared, (score, map))| Finished::Scored { score, map, prepared: Box::new(prepared) })
+            .map(|(mut prepared, (score, map))| {
+                // The input tensors are spent; the frame may wait a while for its decision.
+                prepared.inputs.tensors = Vec::new();
+                Finished::Scored { score, map, prepared: Box::new(prepared) }
+            })
             .collect(),
         Err(e) => batch
             .into_iter()

@@ -169,3 +169,37 @@ fn the_reference_dae_costs_0_22_g_multiply_adds_per_frame() {
     // Encoder and decoder 0.218 G, plus the score head (error map, smoothing, reductions).
     assert!((0.218e9..0.225e9).contains(&macs), "{macs}");
 }
+
+#[test]
+fn tract_serves_a_fixed_batch_model_a_smaller_batch_padded_and_a_free_batch_one_image_by_image() {
+    use vigil::onnx::pb::{tensor_shape_proto::dimension, type_proto};
+    let dir = tempfile::tempdir().unwrap();
+    let free = reference_bundle(&dir.path().join("free"), Family::Dae, ColorMode::Gray, 32);
+    // The same graph with its batch fixed at 3.
+    let mut proto = free.model_proto().unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    for value in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+        if let Some(type_proto::Value::TensorType(t)) = value.r#type.as_mut().and_then(|t| t.value.as_mut())
+            && let Some(first) = t.shape.as_mut().and_then(|s| s.dim.first_mut())
+        {
+            first.value = Some(dimension::Value::DimValue(3));
+        }
+    }
+    let fixed = Bundle::write(dir.path().join("fixed"), &free.manifest, proto, &[]).unwrap();
+    let (free, fixed) = (
+        engine::load(&free, &engine_config(EngineChoice::Tract)).unwrap(),
+        engine::load(&fixed, &engine_config(EngineChoice::Tract)).unwrap(),
+    );
+    assert_eq!(fixed.max_batch(), 3);
+    let x = batch(3, 1, 32, 9);
+    let all = free.run(x.view()).unwrap();
+    for n in [1, 2, 3] {
+        let part = fixed.run(x.slice_axis(Axis(0), (0..n).into())).unwrap();
+        assert_eq!(part.scores.len(), n);
+        assert_eq!(part.maps.as_ref().unwrap().shape(), &[n, 1, 32, 32]);
+        for (a, b) in part.scores.iter().zip(&all.scores) {
+            assert!((a - b).abs() <= 1e-5, "batch of {n}: {a} vs {b}");
+        }
+    }
+    assert_eq!(all.maps.unwrap().shape(), &[3, 1, 32, 32]);
+}

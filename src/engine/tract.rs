@@ -66,8 +66,25 @@ impl Engine for TractEngine {
         }
         let mut scores = Vec::with_capacity(batch.shape()[0]);
         let mut maps = vec![];
-        for image in batch.axis_chunks_iter(Axis(0), self.plan_batch) {
-            let scored = self.run_plan(image)?;
+        for chunk in batch.axis_chunks_iter(Axis(0), self.plan_batch) {
+            let n = chunk.shape()[0];
+            let scored = if n == self.plan_batch {
+                self.run_plan(chunk)?
+            } else {
+                // A model with a fixed batch: the last chunk is padded with blank images,
+                // whose results are dropped.
+                let mut padded = ndarray::Array4::<f32>::zeros((
+                    self.plan_batch,
+                    chunk.shape()[1],
+                    chunk.shape()[2],
+                    chunk.shape()[3],
+                ));
+                padded.slice_mut(ndarray::s![..n, .., .., ..]).assign(&chunk);
+                let mut s = self.run_plan(padded.view())?;
+                s.scores.truncate(n);
+                s.maps = s.maps.map(|m| m.slice(ndarray::s![..n, .., .., ..]).to_owned());
+                s
+            };
             scores.extend(scored.scores);
             maps.extend(scored.maps);
         }

@@ -19,11 +19,11 @@ use super::outbox::{Entry, Flow, Outbox, PACKET_IDS, Put};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 
-/// Alerts in flight at once on the connection (sent, not yet completed). Brokers bound how
-/// many QoS 2 messages from one client may await their PUBREL, and past the bound they may
-/// acknowledge messages they never forward: Mosquitto's `max_inflight_messages` defaults to
-/// 20. With 64 in flight, a burst of 200 alerts after an outage was completed (PUBCOMP) by
-/// Mosquitto 2.0.11 for every alert, yet only 73 reached the subscriber; with 16, all 200.
+/// Alerts in flight at once on the connection (sent, not yet completed). With 64, a burst of
+/// 200 alerts after an outage was completed (PUBCOMP) by Mosquitto 2.0.11 for every alert,
+/// yet only 73 reached a persistent QoS 1 subscriber; with 16, all 200, every run. Which leg
+/// dropped them was not established; 16 stays under Mosquitto's default
+/// `max_inflight_messages` of 20.
 const WINDOW: usize = 16;
 
 /// The running alert connection.
@@ -226,6 +226,9 @@ async fn drive(
     let io_timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
     let ping_every = if keep_alive.is_zero() { Duration::from_secs(3600) } else { keep_alive };
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    // After a stall, one ping, not a burst (a second ping before the first's answer would
+    // count as the broker not answering).
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let net = eventloop.network.as_mut().ok_or("no network after CONNACK")?;
     let state = &mut eventloop.state;
     loop {
@@ -244,16 +247,27 @@ async fn drive(
                 }
             }
         }
-        for request in queue.drain(..) {
-            if let Some(packet) = state.handle_outgoing_packet(request).map_err(|e| e.to_string())? {
-                net.write(packet).await.map_err(|e| e.to_string())?;
+        // Sends what was just queued and the PUBRELs of the PUBRECs recorded below. Writing
+        // flushes by itself once the buffer passes 8 KiB, so the whole of it is under the
+        // timeout: a broker that stops reading must not hang the task. While stopping, the
+        // grace period bounds it too.
+        let limit = if stop.stopping {
+            io_timeout.min(
+                stop.deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100)),
+            )
+        } else {
+            io_timeout
+        };
+        tokio::time::timeout(limit, async {
+            for request in queue.drain(..) {
+                if let Some(packet) = state.handle_outgoing_packet(request).map_err(|e| e.to_string())? {
+                    net.write(packet).await.map_err(|e| e.to_string())?;
+                }
             }
-        }
-        // Sends the PUBRELs of PUBRECs recorded below, and what was just queued.
-        tokio::time::timeout(io_timeout, net.flush())
-            .await
-            .map_err(|_| "timed out writing to the broker".to_string())?
-            .map_err(|e| e.to_string())?;
+            net.flush().await.map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|_| "timed out writing to the broker".to_string())??;
         // What is left are notices of packets sent.
         state.events.clear();
         if stop.stopping
@@ -265,6 +279,9 @@ async fn drive(
             }
             return Ok(());
         }
+        // The write buffer is empty here, so a `readb` cancelled by another branch has at most
+        // waited for its first packet (cancel-safe: partial bytes stay in the read buffer);
+        // once a packet is read, it handles the rest without suspending.
         tokio::select! {
             read = net.readb(state) => read.map_err(|e| e.to_string())?,
             _ = shared.wake.notified() => {}
@@ -293,8 +310,11 @@ async fn drive(
                 _ => Ok(()),
             };
             if let Err(e) = recorded {
+                // The PUBRELs just buffered must not go out unrecorded: the connection is
+                // dropped with them, and the flows resume from what the outbox holds.
                 tracing::error!("{e:#}");
                 shared.metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
+                return Err(format!("the outbox could not record the broker's answer: {e:#}"));
             }
         }
     }

@@ -161,12 +161,20 @@ fn filter(f: ResizeFilter) -> FilterType {
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
     spec: InputSpec,
+    /// Per channel, `(v * scale - mean) / std` for every 8-bit value `v`.
+    lut: Vec<[f32; 256]>,
 }
 
 impl Preprocessor {
     /// A preprocessor for the given input description.
     pub fn new(spec: &InputSpec) -> Self {
-        Preprocessor { spec: spec.clone() }
+        let lut = (0..spec.channels)
+            .map(|c| {
+                let (mean, std) = (spec.mean.get(c).copied().unwrap_or(0.0), spec.std.get(c).copied().unwrap_or(1.0));
+                std::array::from_fn(|v| (v as f32 * spec.scale - mean) / std)
+            })
+            .collect();
+        Preprocessor { spec: spec.clone(), lut }
     }
 
     /// The input description.
@@ -234,11 +242,8 @@ impl Preprocessor {
     pub fn fill(&self, img: &DynamicImage, mut out: ArrayViewMut3<'_, f32>) {
         let pixels = self.resize(img);
         let s = &self.spec;
-        let c = s.channels;
+        let (c, lut) = (s.channels, &self.lut);
         let plane = s.width * s.height;
-        // One table per channel: (v * scale - mean) / std for every 8-bit value.
-        let lut: Vec<[f32; 256]> =
-            (0..c).map(|ch| std::array::from_fn(|v| (v as f32 * s.scale - s.mean[ch]) / s.std[ch])).collect();
         match out.as_slice_mut() {
             Some(dst) => {
                 for (ch, table) in lut.iter().enumerate() {

@@ -45,6 +45,30 @@ pub struct PathResult {
     pub anomalous: usize,
 }
 
+impl PathResult {
+    /// The result of `lat` (per-frame milliseconds) scored in `elapsed` seconds.
+    fn of(
+        mode: &'static str,
+        mut lat: Vec<f64>,
+        elapsed: f64,
+        threads: usize,
+        engine: &'static str,
+        anomalous: usize,
+    ) -> PathResult {
+        lat.sort_by(f64::total_cmp);
+        PathResult {
+            mode,
+            frames: lat.len(),
+            frames_per_s: lat.len() as f64 / elapsed,
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+            threads,
+            engine,
+            anomalous,
+        }
+    }
+}
+
 /// The engine call alone.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineResult {
@@ -109,18 +133,7 @@ pub fn per_frame(
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let total = t0.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
-    Ok(PathResult {
-        mode: "serial",
-        frames: lat.len(),
-        frames_per_s: lat.len() as f64 / total,
-        p50_ms: percentile(&lat, 0.5),
-        p99_ms: percentile(&lat, 0.99),
-        threads,
-        engine: engine.name(),
-        anomalous,
-    })
+    Ok(PathResult::of("serial", lat, t0.elapsed().as_secs_f64(), threads, engine.name(), anomalous))
 }
 
 /// Times the daemon's scoring stages (with `config`, the daemon's `[scoring]`) over `files`,
@@ -176,17 +189,7 @@ pub fn daemon(
     let elapsed = t0.elapsed().as_secs_f64();
     feeder.join().map_err(|_| anyhow::anyhow!("the frame reader panicked"))??;
     stages.join();
-    lat.sort_by(f64::total_cmp);
-    Ok(PathResult {
-        mode: "daemon",
-        frames: lat.len(),
-        frames_per_s: lat.len() as f64 / elapsed,
-        p50_ms: percentile(&lat, 0.5),
-        p99_ms: percentile(&lat, 0.99),
-        threads,
-        engine,
-        anomalous,
-    })
+    Ok(PathResult::of("daemon", lat, elapsed, threads, engine, anomalous))
 }
 
 /// Times the engine alone on a blank batch of `batch` images.

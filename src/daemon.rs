@@ -110,9 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
 
-    // Scored frames waiting for their decision hold their encoded bytes (for a snapshot) and
-    // anomaly map: two batches' worth keep the engine busy while alerts are stored.
-    let (results_tx, results_rx) = mpsc::channel(config.scoring.max_batch.max(1) * 2);
+    let (results_tx, results_rx) = mpsc::channel(scoring::results_capacity(&config.scoring));
     let rois = config.cameras.iter().map(|c| c.roi).collect();
     let stages = scoring::start(&config.scoring, models.clone(), rois, results_tx);
 

@@ -305,14 +305,8 @@ impl Preprocessor {
         Ok(self.inputs_from_bytes(bytes)?.tensors.swap_remove(0))
     }
 
-    /// The model inputs of an encoded frame. The daemon, `vigil score` and the training
-    /// pipeline all come through here, so a model is trained on the pixels it is served.
-    ///
-    /// Decoding JPEGs at reduced scale from their DCT coefficients (the `jpeg-decoder`
-    /// crate) was measured and dropped: that decoder starts threads for every frame, and
-    /// beside the engine it lost to a whole decode with `zune-jpeg` and a SIMD resize at
-    /// 640x480 (-10 to -20 % frames/s) and 1280x960 (-15 to -28 % through the daemon's
-    /// stages), and won only from about 8 times the input's size (2448x2048: +15 %).
+    /// The model inputs of an encoded frame (`vigil score`, `vigil bench` and the training
+    /// pipeline's loader; the daemon decodes first, to cut a camera's region of interest).
     pub fn inputs_from_bytes(&self, bytes: &[u8]) -> Result<Inputs, PreprocessError> {
         Ok(self.inputs(&decode(bytes)?))
     }

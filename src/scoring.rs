@@ -122,37 +122,41 @@ pub type Refused = Box<(Frame, &'static str, String)>;
 /// Decodes a frame, crops its region of interest and builds the model input.
 pub fn prepare(frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result<Prepared, Refused> {
     let sha256: [u8; 32] = Sha256::digest(&frame.bytes).into();
-    let refused = |frame: Frame, e: PreprocessError| -> Refused {
-        let kind = match e {
-            PreprocessError::Empty => "empty",
-            PreprocessError::Format(_) => "format",
-            PreprocessError::Corrupt(_) => "corrupt",
-            PreprocessError::TooLarge(_) => "too_large",
-        };
-        Box::new((frame, kind, e.to_string()))
-    };
-    let Some([x, y, w, h]) = roi else {
-        let inputs = match model.pre.inputs_from_bytes(&frame.bytes) {
-            Ok(i) => i,
-            Err(e) => return Err(refused(frame, e)),
-        };
-        let (cx, cy, cw, ch) = inputs.area;
-        return Ok(Prepared { frame, model, inputs, area: Area { x: cx, y: cy, w: cw, h: ch }, sha256 });
-    };
     let image = match decode(&frame.bytes) {
         Ok(i) => i,
-        Err(e) => return Err(refused(frame, e)),
+        Err(e) => {
+            let kind = match e {
+                PreprocessError::Empty => "empty",
+                PreprocessError::Format(_) => "format",
+                PreprocessError::Corrupt(_) => "corrupt",
+                PreprocessError::TooLarge(_) => "too_large",
+            };
+            return Err(Box::new((frame, kind, e.to_string())));
+        }
     };
     let (iw, ih) = (image.width(), image.height());
-    if x.saturating_add(w) > iw || y.saturating_add(h) > ih {
-        let reason =
-            format!("the camera's roi [{x}, {y}, {w}, {h}] does not fit this {iw}x{ih} frame; fix cameras.roi");
-        return Err(Box::new((frame, "roi", reason)));
-    }
-    let cropped = if (w, h) == (iw, ih) { image } else { image.crop_imm(x, y, w, h) };
+    let (rx, ry, rw, rh) = match roi {
+        Some([x, y, w, h]) => {
+            if x.saturating_add(w) > iw || y.saturating_add(h) > ih {
+                let reason =
+                    format!("the camera's roi [{x}, {y}, {w}, {h}] does not fit this {iw}x{ih} frame; fix cameras.roi");
+                return Err(Box::new((frame, "roi", reason)));
+            }
+            (x, y, w, h)
+        }
+        None => (0, 0, iw, ih),
+    };
+    let cropped = if (rw, rh) == (iw, ih) { image } else { image.crop_imm(rx, ry, rw, rh) };
     let inputs = model.pre.inputs(&cropped);
     let (cx, cy, cw, ch) = inputs.area;
-    Ok(Prepared { frame, model, inputs, area: Area { x: x + cx, y: y + cy, w: cw, h: ch }, sha256 })
+    Ok(Prepared { frame, model, inputs, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256 })
+}
+
+/// How many scored frames may wait for their decision: each holds its encoded bytes (for a
+/// snapshot) and its anomaly map, and two batches' worth keep the engine busy while alerts
+/// are stored.
+pub fn results_capacity(config: &ScoringConfig) -> usize {
+    config.max_batch.max(1) * 2
 }
 
 /// The running scoring stages.

@@ -203,3 +203,20 @@ fn tract_serves_a_fixed_batch_model_a_smaller_batch_padded_and_a_free_batch_one_
     }
     assert_eq!(all.maps.unwrap().shape(), &[3, 1, 32, 32]);
 }
+
+#[test]
+fn a_model_loaded_for_serving_releases_the_file_bytes_and_still_scores_as_loaded_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Gray, 32);
+    let plain = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
+    assert!(!bundle.model_bytes.is_empty(), "a plain load leaves the bundle as it was");
+    for kind in [EngineChoice::Tract, EngineChoice::Ort] {
+        let model = vigil::scoring::Model::load(dir.path(), &engine_config(kind)).unwrap();
+        assert!(model.bundle.model_bytes.is_empty(), "{kind:?}: the file's bytes stay resident");
+        let x = batch(2, 1, 32, 4);
+        let (a, b) = (model.engine.run(x.view()).unwrap(), plain.run(x.view()).unwrap());
+        for (s, t) in a.scores.iter().zip(&b.scores) {
+            assert!((s - t).abs() <= 1e-5, "{kind:?}: {s} vs {t}");
+        }
+    }
+}

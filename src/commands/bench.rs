@@ -148,7 +148,7 @@ pub fn daemon(
     let threshold = model.bundle.manifest.threshold.value;
     let engine = model.engine.name();
     let models = Arc::new(Models::new(vec![model], vec![PathBuf::new()]));
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(config.queue.max(1));
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(scoring::results_capacity(config));
     let stages = scoring::start(config, models, vec![None], out_tx);
     let total = files.len() * repeat;
     let t0 = Instant::now();

@@ -108,6 +108,19 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
             Box::new(|v| v["score"]["reduction"] = serde_json::json!({"method": "top_k_mean", "k": 5000})),
             &["`score.reduction.k`", "expected 1..=1024"],
         ),
+        (
+            "SSIM on an input smaller than its window",
+            Box::new(|v| {
+                v["score"]["pixel_error"] = "ssim".into();
+                v["input"]["height"] = 4.into();
+            }),
+            &["`score.pixel_error`", "at least 6 pixels a side", "use \"squared\""],
+        ),
+        (
+            "unknown pixel error",
+            Box::new(|v| v["score"]["pixel_error"] = "ms_ssim".into()),
+            &["unknown variant `ms_ssim`"],
+        ),
         ("bad name", Box::new(|v| v["name"] = "../evil".into()), &["`name`", "only letters, digits"]),
         (
             "bad quantile",

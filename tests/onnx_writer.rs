@@ -166,6 +166,22 @@ fn reference_architectures_with_score_heads_match_the_reference() {
                 s.reduction = Reduction::Mean;
             },
         ),
+        scoring_case(
+            "dae_gray_128_ssim_squared",
+            scoring_net(Family::Dae, &gray, false, 6).unwrap(),
+            ColorMode::Gray,
+            128,
+            ScoreSource::Reconstruction,
+            |s| s.pixel_error = PixelError::SsimSquared,
+        ),
+        scoring_case(
+            "vae_rgb_128_ssim",
+            scoring_net(Family::Vae, &rgb, false, 7).unwrap(),
+            ColorMode::Rgb,
+            128,
+            ScoreSource::Reconstruction,
+            |s| s.pixel_error = PixelError::Ssim,
+        ),
     ];
     let worst = check_against_reference(&cases, TOL);
     eprintln!("worst difference per architecture: {worst:?}");
@@ -219,7 +235,13 @@ fn a_foreign_autoencoder_gets_the_score_head_at_old_and_new_opsets() {
         .into_iter()
         .map(|opset| Case {
             name: format!("wrapped_opset_{opset}"),
-            model: wrap_reconstruction(foreign_autoencoder(opset), "recon", &spec, 32, 32).unwrap(),
+            model: wrap_reconstruction(
+                foreign_autoencoder(opset),
+                "recon",
+                &spec,
+                &InputSpec::unit_range("input.1", ColorMode::Gray, 32, 32),
+            )
+            .unwrap(),
             inputs: vec![("input.1", random(&[2, 1, 32, 32], 0.0, 1.0, 4))],
         })
         .collect();
@@ -232,8 +254,20 @@ fn a_foreign_autoencoder_gets_the_score_head_at_old_and_new_opsets() {
 #[test]
 fn wrapping_refuses_unknown_outputs_and_unsupported_opsets() {
     let spec = default_score_spec(ScoreSource::Reconstruction);
-    let err = wrap_reconstruction(foreign_autoencoder(13), "output", &spec, 32, 32).unwrap_err();
+    let err = wrap_reconstruction(
+        foreign_autoencoder(13),
+        "output",
+        &spec,
+        &InputSpec::unit_range("input.1", ColorMode::Gray, 32, 32),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no output `output`") && err.to_string().contains("recon"), "{err}");
-    let err = wrap_reconstruction(foreign_autoencoder(9), "recon", &spec, 32, 32).unwrap_err();
+    let err = wrap_reconstruction(
+        foreign_autoencoder(9),
+        "recon",
+        &spec,
+        &InputSpec::unit_range("input.1", ColorMode::Gray, 32, 32),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("opset Some(9)"), "{err}");
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vigil::bundle::manifest::{Reduction, Tiling};
+use vigil::bundle::manifest::{PixelError, Reduction, Tiling};
 use vigil::onnx::reference::ArchSpec;
 
 use crate::model::{GanScore, ModelKind};
@@ -39,6 +39,19 @@ pub enum Corruption {
     Gaussian,
     /// None: the input is the image (a plain autoencoder).
     None,
+}
+
+/// The reconstruction term the autoencoders (DAE, VAE) are trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconstructionLoss {
+    /// Mean squared error.
+    #[default]
+    L2,
+    /// Mean squared error plus `1 - SSIM` (the structural similarity over the same window
+    /// as the `ssim` anomaly map), as DRAEM trains its reconstruction network: sharper
+    /// reconstructions of edges and texture.
+    SsimL2,
 }
 
 /// Everything that shapes a training run.
@@ -87,6 +100,11 @@ pub struct TrainConfig {
     pub encoder_epochs: Option<u32>,
     /// How GANs are scored.
     pub gan_score: GanScore,
+    /// DAE and VAE: the reconstruction loss, `l2` or `ssim_l2`.
+    pub loss: ReconstructionLoss,
+    /// The anomaly map's per-pixel measure: `squared`, `absolute`, `ssim` (structural
+    /// dissimilarity) or `ssim_squared` (both added).
+    pub pixel_error: PixelError,
     /// Gaussian smoothing of the anomaly map, in pixels at the model's size.
     pub smoothing_sigma: f32,
     /// Anomaly map to image score.
@@ -126,6 +144,8 @@ impl Default for TrainConfig {
             feature_weight: 1.0,
             encoder_epochs: None,
             gan_score: GanScore::Encoder,
+            loss: ReconstructionLoss::L2,
+            pixel_error: PixelError::Squared,
             smoothing_sigma: 4.0,
             reduction: Reduction::Max,
             augment: Augment::default(),

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use vigil::bundle::Bundle;
 use vigil::bundle::manifest::{
-    Family, Manifest, OutputSpec, Parent, PixelError, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold,
-    ThresholdMethod, Training,
+    Family, Manifest, OutputSpec, Parent, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold, ThresholdMethod, Training,
 };
 use vigil::engine::{self, EngineConfig};
 use vigil::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
@@ -51,7 +50,7 @@ pub struct Exported {
 pub fn score_spec(cfg: &TrainConfig, source: ScoreSource) -> ScoreSpec {
     ScoreSpec {
         source,
-        pixel_error: PixelError::Squared,
+        pixel_error: cfg.pixel_error,
         smoothing_sigma: cfg.smoothing_sigma,
         reduction: cfg.reduction,
         feature_weight: (source == ScoreSource::EncoderFeatures).then_some(cfg.feature_weight),

@@ -2,7 +2,7 @@
 //! score head computed directly. The exported graph must agree with it (export parity).
 
 use burn::tensor::{Device, Tensor, TensorData};
-use vigil::bundle::manifest::{PixelError, Reduction, ScoreSource, ScoreSpec};
+use vigil::bundle::manifest::{InputSpec, PixelError, Reduction, SSIM_SIGMA, ScoreSource, ScoreSpec};
 use vigil::onnx::graph::gaussian_kernel;
 
 use crate::model::{GanScore, Trained};
@@ -55,18 +55,42 @@ pub fn reduce(map: &[f32], reduction: Reduction) -> f32 {
     }
 }
 
+/// `1 - SSIM` of one `h x w` plane against another, for dynamic range `range`.
+pub fn ssim_dissimilarity(a: &[f32], b: &[f32], h: usize, w: usize, range: f32) -> Vec<f32> {
+    let product = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(u, v)| u * v).collect::<Vec<f32>>();
+    let window = |v: &[f32]| blur(v, h, w, SSIM_SIGMA);
+    let (mu_a, mu_b) = (window(a), window(b));
+    let (e_aa, e_bb, e_ab) = (window(&product(a, a)), window(&product(b, b)), window(&product(a, b)));
+    let (c1, c2) = ((0.01 * range).powi(2), (0.03 * range).powi(2));
+    (0..h * w)
+        .map(|p| {
+            let (ma, mb) = (mu_a[p], mu_b[p]);
+            let (va, vb, cov) = (e_aa[p] - ma * ma, e_bb[p] - mb * mb, e_ab[p] - ma * mb);
+            let ssim = ((2.0 * ma * mb + c1) * (2.0 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+            1.0 - ssim
+        })
+        .collect()
+}
+
 /// Per-pixel error maps of `x` against `recon`, both `[n, c, h, w]` flat.
-fn error_maps(x: &[f32], recon: &[f32], n: usize, c: usize, h: usize, w: usize, spec: &ScoreSpec) -> Vec<Vec<f32>> {
+fn error_maps(x: &[f32], recon: &[f32], dims: [usize; 4], spec: &ScoreSpec, range: &[f32]) -> Vec<Vec<f32>> {
+    let [n, c, h, w] = dims;
     (0..n)
         .map(|i| {
             let mut m = vec![0.0f32; h * w];
-            for ch in 0..c {
+            for (ch, &l) in range.iter().enumerate().take(c) {
                 let off = (i * c + ch) * h * w;
+                let (xs, rs) = (&x[off..off + h * w], &recon[off..off + h * w]);
+                if spec.pixel_error.uses_ssim() {
+                    let d = ssim_dissimilarity(xs, rs, h, w, l);
+                    m.iter_mut().zip(d).for_each(|(v, d)| *v += d);
+                }
                 for p in 0..h * w {
-                    let d = x[off + p] - recon[off + p];
+                    let d = xs[p] - rs[p];
                     m[p] += match spec.pixel_error {
-                        PixelError::Squared => d * d,
+                        PixelError::Squared | PixelError::SsimSquared => d * d,
                         PixelError::Absolute => d.abs(),
+                        PixelError::Ssim => 0.0,
                     };
                 }
             }
@@ -76,23 +100,24 @@ fn error_maps(x: &[f32], recon: &[f32], n: usize, c: usize, h: usize, w: usize, 
         .collect()
 }
 
-/// Scores `x` (`[n, c, h, w]` flat) with the trained networks in eval mode; returns the
-/// scores and, for reconstruction scores, the anomaly maps.
+/// Scores `x` (`[n, c, h, w]` flat, prepared as `input` says) with the trained networks in
+/// eval mode; returns the scores and, for reconstruction scores, the anomaly maps.
 pub fn score(
     trained: &Trained,
     latent: usize,
     gan_score: GanScore,
     spec: &ScoreSpec,
+    input: &InputSpec,
     x: &[f32],
     dims: [usize; 4],
 ) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
-    let [n, c, h, w] = dims;
+    let range = input.dynamic_range();
     let device = Device::flex();
     let input = || Tensor::<4>::from_data(TensorData::new(x.to_vec(), dims), &device);
     match trained {
         Trained::Autoencoder(ae) => {
             let recon = to_vec(ae.reconstruct(input(), latent));
-            let maps = error_maps(x, &recon, n, c, h, w, spec);
+            let maps = error_maps(x, &recon, dims, spec, &range);
             (maps.iter().map(|m| reduce(m, spec.reduction)).collect(), Some(maps))
         }
         Trained::Gan(g) if gan_score == GanScore::Discriminator || spec.source == ScoreSource::Discriminator => {
@@ -105,7 +130,7 @@ pub fn score(
             let per = fx.dims()[1..].iter().product::<usize>();
             let feat = to_vec((fx - fr).powf_scalar(2.0));
             let recon = to_vec(recon_t);
-            let maps = error_maps(x, &recon, n, c, h, w, spec);
+            let maps = error_maps(x, &recon, dims, spec, &range);
             let kappa = spec.feature_weight.unwrap_or(1.0);
             let scores = maps
                 .iter()

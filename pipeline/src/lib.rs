@@ -26,4 +26,5 @@ pub mod model;
 pub mod reference;
 pub mod report;
 pub mod retrain;
+pub mod ssim;
 pub mod train;

@@ -19,7 +19,7 @@ use vigil::bundle::manifest::{ColorMode, InputSpec};
 use vigil::preprocess::{Preprocessor, decode};
 use vigil::rng::{Rng, mix};
 
-use crate::config::{CONFIG_FILE, Corruption, TrainConfig};
+use crate::config::{CONFIG_FILE, Corruption, ReconstructionLoss, TrainConfig};
 use crate::data::{DataSet, DataSource, Skipped, discover, load_image};
 use crate::device::{DeviceChoice, choose};
 use crate::model::{Autoencoder, Decoder, Encoder, GanModel, ModelKind, Trained};
@@ -736,6 +736,15 @@ fn run_steps(
     Ok(Some(log))
 }
 
+/// The autoencoders' reconstruction term. Images are in [0, 1], so SSIM's range is 1.
+fn reconstruction_loss(cfg: &TrainConfig, recon: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
+    let l2 = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
+    match cfg.loss {
+        ReconstructionLoss::L2 => l2,
+        ReconstructionLoss::SsimL2 => l2 - crate::ssim::mean_ssim(recon, x, 1.0).sub_scalar(1.0),
+    }
+}
+
 fn train_step(
     cfg: &TrainConfig,
     nets: &mut Nets,
@@ -764,7 +773,7 @@ fn train_step(
                     (None, _) => x.clone(),
                 };
                 let recon = model.decoder.forward(model.encoder.forward(noisy));
-                let loss = (recon - x).powf_scalar(2.0).mean();
+                let loss = reconstruction_loss(cfg, recon, x);
                 let value = kept(loss.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
                 *model = opt.step(lr, model.clone(), grads);
@@ -775,7 +784,7 @@ fn train_step(
                 let logvar = hidden.narrow(1, latent, latent).clamp(-10.0, 10.0);
                 let eps = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
                 let z = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
-                let rec = (model.decoder.forward(z) - x).powf_scalar(2.0).mean();
+                let rec = reconstruction_loss(cfg, model.decoder.forward(z), x);
                 let kl = (logvar.clone().add_scalar(1.0) - mu.powf_scalar(2.0) - logvar.exp())
                     .sum_dim(1)
                     .mean()

@@ -6,10 +6,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use vigil::bundle::Bundle;
+use vigil::bundle::manifest::PixelError;
 use vigil::engine::{self, EngineChoice, EngineConfig};
 use vigil::preprocess::Preprocessor;
 use vigil::synth::{SynthConfig, generate};
-use vigil_pipeline::config::TrainConfig;
+use vigil_pipeline::config::{ReconstructionLoss, TrainConfig};
 use vigil_pipeline::data::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
 use vigil_pipeline::export::{ExportRequest, export};
@@ -115,8 +116,15 @@ fn export_with_parity(run: &RunDir, out: &Path) -> Bundle {
     }
     let [c, h, w] = pre.chw();
     let dims = [files.len(), c, h, w];
-    let (want, want_maps) =
-        vigil_pipeline::forward::score(&trained, cfg.latent, cfg.gan_score, &bundle.manifest.score, &x, dims);
+    let (want, want_maps) = vigil_pipeline::forward::score(
+        &trained,
+        cfg.latent,
+        cfg.gan_score,
+        &bundle.manifest.score,
+        &bundle.manifest.input,
+        &x,
+        dims,
+    );
     let batch = ndarray::Array4::from_shape_vec((dims[0], c, h, w), x).unwrap();
     for kind in [EngineChoice::Tract, EngineChoice::Ort] {
         let e = engine::load(&bundle, &engine_config(kind)).unwrap();
@@ -164,13 +172,21 @@ fn the_dae_trains_separates_synthetic_defects_and_exports_with_parity() {
     assert!(csv.starts_with("phase,epoch,metric,value\ntrain,1,loss,"), "{csv}");
 }
 
+/// Also the SSIM path: trained on L2 + SSIM, scored by squared error + SSIM dissimilarity, and
+/// the graph's SSIM map equal to burn's within 1e-4 on both engines.
 #[test]
-fn the_vae_trains_and_exports_with_parity() {
+fn the_vae_trains_on_ssim_and_exports_with_parity() {
     let dir = tempfile::tempdir().unwrap();
-    let run = run(small(ModelKind::Vae, 4), &dir.path().join("run"));
+    let cfg = TrainConfig {
+        loss: ReconstructionLoss::SsimL2,
+        pixel_error: PixelError::SsimSquared,
+        ..small(ModelKind::Vae, 4)
+    };
+    let run = run(cfg, &dir.path().join("run"));
     let (first, last) = first_last(&RunState::load(&run).unwrap(), "train", "reconstruction");
     assert!(last < first, "reconstruction loss should fall: {first} -> {last}");
-    export_with_parity(&run, &dir.path().join("bundle"));
+    let bundle = export_with_parity(&run, &dir.path().join("bundle"));
+    assert_eq!(bundle.manifest.score.pixel_error, PixelError::SsimSquared);
 }
 
 #[test]

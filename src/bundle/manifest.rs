@@ -221,6 +221,36 @@ pub enum PixelError {
     Squared,
     /// `|x - x̂|`, averaged over channels.
     Absolute,
+    /// `1 - SSIM(x, x̂)`: the structural dissimilarity of each pixel's neighbourhood (means,
+    /// variances and covariance over a Gaussian window of σ 1.5 px, 11 taps, reflect border;
+    /// the constants of Wang et al. 2004 for the input's dynamic range), averaged over
+    /// channels. It sees a changed texture or a missing edge that leaves the mean intensity,
+    /// and so the squared error, nearly unchanged.
+    Ssim,
+    /// `(x - x̂)² + (1 - SSIM(x, x̂))`, averaged over channels: intensity and structure.
+    SsimSquared,
+}
+
+impl PixelError {
+    /// Whether the measure includes the structural term.
+    pub fn uses_ssim(self) -> bool {
+        matches!(self, PixelError::Ssim | PixelError::SsimSquared)
+    }
+}
+
+/// Standard deviation in pixels of the SSIM window.
+pub const SSIM_SIGMA: f32 = 1.5;
+/// Radius in pixels of the SSIM window (11 taps, as Wang et al.).
+pub const SSIM_RADIUS: usize = 5;
+
+impl InputSpec {
+    /// Per channel, the span of the graph's input values that pixel values 0..=255 map to:
+    /// the `L` of SSIM's stabilising constants `(0.01 L)²` and `(0.03 L)²`.
+    pub fn dynamic_range(&self) -> Vec<f32> {
+        (0..self.channels)
+            .map(|c| 255.0 * self.scale / self.std.get(c).or(self.std.first()).copied().unwrap_or(1.0))
+            .collect()
+    }
 }
 
 /// How the image score is reduced from the anomaly map.
@@ -445,6 +475,17 @@ impl Manifest {
             && (map.is_empty() || *map == self.outputs.score)
         {
             return bad("outputs.anomaly_map", "must name an output other than the score, or be left out".into());
+        }
+        if self.score.pixel_error.uses_ssim() && input.height.min(input.width) <= SSIM_RADIUS {
+            return bad(
+                "score.pixel_error",
+                format!(
+                    "SSIM needs an input of at least {} pixels a side (its window); use \"squared\" for this {}x{} input",
+                    SSIM_RADIUS + 1,
+                    input.width,
+                    input.height
+                ),
+            );
         }
         if !(self.score.smoothing_sigma.is_finite() && self.score.smoothing_sigma >= 0.0) {
             return bad("score.smoothing_sigma", "must be 0 or a positive number of pixels".into());

@@ -84,6 +84,20 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
         Some(n) => n.clone(),
         None => file_stem(&req.model),
     };
+    let input_spec = InputSpec {
+        name: input.name,
+        channels: c,
+        height: h,
+        width: w,
+        color,
+        resize_filter: ResizeFilter::Bilinear,
+        resize_mode: ResizeMode::Stretch,
+        scale: req.scale,
+        mean: per_channel(&req.mean, c, "mean")?,
+        std: per_channel(&req.std, c, "std")?,
+        layout: Layout::Nchw,
+        tiling: None,
+    };
     let mut score = ScoreSpec {
         source: ScoreSource::External,
         pixel_error: PixelError::Squared,
@@ -94,7 +108,8 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
     let (model, outputs, description) = match &req.outputs {
         ForeignOutputs::Reconstruction(recon) => {
             score.source = ScoreSource::Reconstruction;
-            let wrapped = wrap::wrap_reconstruction(model, recon, &score, h, w).with_context(|| origin.to_string())?;
+            let wrapped =
+                wrap::wrap_reconstruction(model, recon, &score, &input_spec).with_context(|| origin.to_string())?;
             let outputs = OutputSpec { score: SCORE_OUTPUT.into(), anomaly_map: Some(MAP_OUTPUT.into()) };
             (wrapped, outputs, format!("{origin}: reconstruction `{recon}` with vigil's score head"))
         }
@@ -111,20 +126,7 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         family: Family::External,
         description: Some(description),
-        input: InputSpec {
-            name: input.name,
-            channels: c,
-            height: h,
-            width: w,
-            color,
-            resize_filter: ResizeFilter::Bilinear,
-            resize_mode: ResizeMode::Stretch,
-            scale: req.scale,
-            mean: per_channel(&req.mean, c, "mean")?,
-            std: per_channel(&req.std, c, "std")?,
-            layout: Layout::Nchw,
-            tiling: None,
-        },
+        input: input_spec,
         outputs,
         score,
         threshold: Threshold {

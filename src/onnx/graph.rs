@@ -356,6 +356,11 @@ impl GraphBuilder {
         self.op("Mul", &[a, b], vec![])
     }
 
+    /// `Div` (broadcasting).
+    pub fn div(&mut self, a: &str, b: &str) -> String {
+        self.op("Div", &[a, b], vec![])
+    }
+
     /// `Pow` with a constant exponent.
     pub fn pow(&mut self, x: &str, exponent: f32) -> String {
         let e = self.constant("pow_e", &Tensor::scalar(exponent));

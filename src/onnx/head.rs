@@ -3,9 +3,10 @@
 
 use tract_onnx::pb;
 
+use super::graph::Tensor as OnnxTensor;
 use super::graph::{Dim, GraphBuilder, OPSET};
 use super::net::{NetError, Sequential};
-use crate::bundle::manifest::{InputSpec, PixelError, Reduction, ScoreSource, ScoreSpec};
+use crate::bundle::manifest::{InputSpec, PixelError, Reduction, SSIM_RADIUS, SSIM_SIGMA, ScoreSource, ScoreSpec};
 
 /// The networks whose outputs a score head reads.
 #[derive(Debug, Clone)]
@@ -72,6 +73,49 @@ fn expect_shape(name: &str, got: [usize; 3], want: [usize; 3]) -> Result<(), Exp
     }
 }
 
+/// Appends `1 - SSIM(x, recon)` per pixel and channel (`[N, C, H, W]`). The five local
+/// statistics are Gaussian blurs of each channel, computed as one-channel maps.
+fn ssim_dissimilarity(g: &mut GraphBuilder, x: &str, recon: &str, input: &InputSpec) -> String {
+    let (c, h, w) = (input.channels as i64, input.height as i64, input.width as i64);
+    let window = |g: &mut GraphBuilder, v: &str| {
+        let planes = g.reshape(v, &[-1, 1, h, w]);
+        let blurred = g.gaussian_blur(&planes, SSIM_SIGMA, SSIM_RADIUS);
+        g.reshape(&blurred, &[-1, c, h, w])
+    };
+    let range = input.dynamic_range();
+    let per_channel =
+        |k: f32| OnnxTensor::new(vec![1, range.len(), 1, 1], range.iter().map(|l| (k * l).powi(2)).collect());
+    let c1 = g.constant("ssim_c1", &per_channel(0.01));
+    let c2 = g.constant("ssim_c2", &per_channel(0.03));
+    let xx = g.mul(x, x);
+    let rr = g.mul(recon, recon);
+    let xr = g.mul(x, recon);
+    let mu_x = window(g, x);
+    let mu_r = window(g, recon);
+    let e_xx = window(g, &xx);
+    let e_rr = window(g, &rr);
+    let e_xr = window(g, &xr);
+    let mu_xx = g.mul(&mu_x, &mu_x);
+    let mu_rr = g.mul(&mu_r, &mu_r);
+    let mu_xr = g.mul(&mu_x, &mu_r);
+    let var_x = g.sub(&e_xx, &mu_xx);
+    let var_r = g.sub(&e_rr, &mu_rr);
+    let cov = g.sub(&e_xr, &mu_xr);
+    let two_mu = g.scale(&mu_xr, 2.0);
+    let lum_num = g.add(&two_mu, &c1);
+    let two_cov = g.scale(&cov, 2.0);
+    let con_num = g.add(&two_cov, &c2);
+    let mu_sum = g.add(&mu_xx, &mu_rr);
+    let lum_den = g.add(&mu_sum, &c1);
+    let var_sum = g.add(&var_x, &var_r);
+    let con_den = g.add(&var_sum, &c2);
+    let num = g.mul(&lum_num, &con_num);
+    let den = g.mul(&lum_den, &con_den);
+    let ssim = g.div(&num, &den);
+    let one = g.constant("one", &OnnxTensor::scalar(1.0));
+    g.sub(&one, &ssim)
+}
+
 /// Appends the reconstruction score head: per-pixel error, channel mean, smoothing, then the
 /// reduction. `x` and `recon` are `[N, C, H, W]`; returns `(anomaly_map [N,1,H,W], score [N])`.
 pub fn reconstruction_head(
@@ -79,13 +123,19 @@ pub fn reconstruction_head(
     x: &str,
     recon: &str,
     spec: &ScoreSpec,
-    height: usize,
-    width: usize,
+    input: &InputSpec,
 ) -> (String, String) {
+    let (height, width) = (input.height, input.width);
     let diff = g.sub(x, recon);
     let err = match spec.pixel_error {
         PixelError::Squared => g.mul(&diff, &diff),
         PixelError::Absolute => g.abs(&diff),
+        PixelError::Ssim => ssim_dissimilarity(g, x, recon, input),
+        PixelError::SsimSquared => {
+            let squared = g.mul(&diff, &diff);
+            let structural = ssim_dissimilarity(g, x, recon, input);
+            g.add(&squared, &structural)
+        }
     };
     let per_pixel = g.reduce_mean(&err, &[1], true);
     let map = g.gaussian_blur(&per_pixel, spec.smoothing_sigma, height.min(width) - 1);
@@ -134,7 +184,7 @@ pub fn build_scoring_model(net: &ScoreNet, input: &InputSpec, spec: &ScoreSpec) 
             expect_shape("decoder", r, image)?;
             let latent = enc.emit(&mut g, &x);
             let recon = dec.emit(&mut g, &latent);
-            let (map, score) = reconstruction_head(&mut g, &x, &recon, spec, h, w);
+            let (map, score) = reconstruction_head(&mut g, &x, &recon, spec, input);
             g.output(&map, MAP_OUTPUT, &map_dims);
             g.output(&score, SCORE_OUTPUT, &[n]);
         }
@@ -159,7 +209,7 @@ pub fn build_scoring_model(net: &ScoreNet, input: &InputSpec, spec: &ScoreSpec) 
             let prefix = fold(&unfolded_prefix, "critic features", image)?.0;
             let latent = enc.emit(&mut g, &x);
             let recon = gen_net.emit(&mut g, &latent);
-            let (map, residual) = reconstruction_head(&mut g, &x, &recon, spec, h, w);
+            let (map, residual) = reconstruction_head(&mut g, &x, &recon, spec, input);
             let fx = prefix.emit(&mut g, &x);
             let fr = prefix.emit(&mut g, &recon);
             let fd = g.sub(&fx, &fr);

@@ -5,7 +5,7 @@ use tract_onnx::pb;
 
 use super::graph::{Dim, GraphBuilder, declared_dims, default_opset, image_inputs};
 use super::head::{MAP_OUTPUT, SCORE_OUTPUT, reconstruction_head};
-use crate::bundle::manifest::ScoreSpec;
+use crate::bundle::manifest::{InputSpec, ScoreSpec};
 
 /// What the foreign model's single image input looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,14 +60,15 @@ fn output_names(graph: &pb::GraphProto) -> Vec<String> {
 
 /// Appends vigil's reconstruction score head to an autoencoder whose output
 /// `reconstruction` has the input's shape. The model's outputs become `anomaly_map` and
-/// `score`; everything else in it is kept.
+/// `score`; everything else in it is kept. `input` describes what the model is fed (its
+/// size, and its value range for SSIM).
 pub fn wrap_reconstruction(
     mut model: pb::ModelProto,
     reconstruction: &str,
     spec: &ScoreSpec,
-    height: usize,
-    width: usize,
+    input_spec: &InputSpec,
 ) -> Result<pb::ModelProto, WrapError> {
+    let (height, width) = (input_spec.height, input_spec.width);
     let opset = default_opset(&model);
     let Some(opset) = opset.filter(|v| (11..=22).contains(v)) else {
         return Err(WrapError::Opset(opset));
@@ -80,7 +81,7 @@ pub fn wrap_reconstruction(
     }
     graph.output.clear();
     let mut g = GraphBuilder::extend(graph, opset, "vigil_head/");
-    let (map, score) = reconstruction_head(&mut g, &input.name, reconstruction, spec, height, width);
+    let (map, score) = reconstruction_head(&mut g, &input.name, reconstruction, spec, input_spec);
     let n = Dim::Symbol("N".into());
     g.output(&map, MAP_OUTPUT, &[n.clone(), Dim::Fixed(1), Dim::Fixed(height), Dim::Fixed(width)]);
     g.output(&score, SCORE_OUTPUT, &[n]);

@@ -68,6 +68,14 @@ pub struct TrainConfig {
     pub size: usize,
     /// 1 (gray) or 3 (RGB); absent: gray when the first training image is gray, else RGB.
     pub channels: Option<usize>,
+    /// Stretch each channel's level range, measured on the training images, to [0, 1]
+    /// (recorded in the bundle as `input.mean`/`input.std`): a dim or low-contrast camera
+    /// then trains as a full-range one does.
+    pub normalize: bool,
+    /// Per channel, the levels (as fractions of 255) that `normalize` maps to 0 and 1.
+    /// Measured at the start of a run when absent, then kept in the run's `train.toml`, so a
+    /// resumed or retrained model sees its inputs as before.
+    pub pixel_range: Option<Vec<[f32; 2]>>,
     /// Latent size.
     pub latent: usize,
     /// Channels of the first encoder convolution.
@@ -128,6 +136,8 @@ impl Default for TrainConfig {
             batch: 64,
             size: 128,
             channels: None,
+            normalize: true,
+            pixel_range: None,
             latent: 128,
             width: 32,
             lr: 2e-4,
@@ -154,6 +164,10 @@ impl Default for TrainConfig {
         }
     }
 }
+
+/// The narrowest level range `normalize` stretches: below it, sensor noise would be
+/// amplified more than 20 times.
+pub const MIN_SPAN: f32 = 0.05;
 
 /// File name of the resolved config inside a run folder.
 pub const CONFIG_FILE: &str = "train.toml";
@@ -182,6 +196,17 @@ impl TrainConfig {
             .validate()
             .map_err(|e| anyhow::anyhow!("--size/--channels/latent/width: {e}"))?;
         anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
+        if let Some(range) = &self.pixel_range {
+            anyhow::ensure!(
+                self.channels.is_none_or(|c| c == range.len()),
+                "pixel_range has {} entries; give one [low, high] per channel",
+                range.len()
+            );
+            anyhow::ensure!(
+                range.iter().all(|[lo, hi]| 0.0 <= *lo && lo + MIN_SPAN <= *hi && *hi <= 1.0),
+                "pixel_range entries must be [low, high] with 0 <= low, high <= 1 and high - low >= {MIN_SPAN}; remove the key to measure it"
+            );
+        }
         anyhow::ensure!(self.batch >= 2, "batch must be at least 2 (batch norm needs two images)");
         anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number");
         anyhow::ensure!((0.0..0.9).contains(&self.val_fraction), "val_fraction must be in 0..0.9");

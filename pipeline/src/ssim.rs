@@ -7,10 +7,11 @@ use burn::tensor::{Tensor, TensorData};
 use vigil::bundle::manifest::{SSIM_RADIUS, SSIM_SIGMA};
 use vigil::onnx::graph::gaussian_kernel;
 
-/// Mean SSIM of `a` against `b` (`[B, C, H, W]`, values spanning `range`) over every pixel
-/// whose window lies inside the image. The window is separable, so each local statistic
-/// costs two one-dimensional depthwise convolutions.
-pub fn mean_ssim(a: Tensor<4>, b: Tensor<4>, range: f32) -> Tensor<1> {
+/// Mean SSIM of `a` against `b` (`[B, C, H, W]`; `range[c]` is channel c's dynamic range,
+/// as [`vigil::bundle::manifest::InputSpec::dynamic_range`] gives it to the graph) over every
+/// pixel whose window lies inside the image. The window is separable, so each local
+/// statistic costs two one-dimensional depthwise convolutions.
+pub fn mean_ssim(a: Tensor<4>, b: Tensor<4>, range: &[f32]) -> Tensor<1> {
     let [_, c, _, _] = a.dims();
     let device = a.device();
     let k = gaussian_kernel(SSIM_SIGMA, SSIM_RADIUS);
@@ -31,9 +32,13 @@ pub fn mean_ssim(a: Tensor<4>, b: Tensor<4>, range: f32) -> Tensor<1> {
     let mu_aa = mu_a.clone() * mu_a.clone();
     let mu_bb = mu_b.clone() * mu_b.clone();
     let mu_ab = mu_a * mu_b;
-    let (c1, c2) = (((0.01 * range).powi(2)) as f64, ((0.03 * range).powi(2)) as f64);
-    let num = (mu_ab.clone().mul_scalar(2.0).add_scalar(c1)) * ((e_ab - mu_ab).mul_scalar(2.0).add_scalar(c2));
-    let den = (mu_aa.clone() + mu_bb.clone()).add_scalar(c1) * ((e_aa - mu_aa) + (e_bb - mu_bb)).add_scalar(c2);
+    let constant = |k: f32| {
+        let v: Vec<f32> = range.iter().map(|l| (k * l).powi(2)).collect();
+        Tensor::<4>::from_data(TensorData::new(v, [1, c, 1, 1]), &device)
+    };
+    let (c1, c2) = (constant(0.01), constant(0.03));
+    let num = (mu_ab.clone().mul_scalar(2.0) + c1.clone()) * ((e_ab - mu_ab).mul_scalar(2.0) + c2.clone());
+    let den = (mu_aa.clone() + mu_bb.clone() + c1) * ((e_aa - mu_aa) + (e_bb - mu_bb) + c2);
     (num / den).mean()
 }
 
@@ -71,7 +76,7 @@ mod tests {
         let b = plane(h, w, |y, x| ((x * 5 + y * 2) % 7) as f32 / 6.0);
         let device = Device::flex();
         let t = |v: &Vec<f32>| Tensor::<4>::from_data(TensorData::new(v.clone(), [1, 1, h, w]), &device);
-        let got = mean_ssim(t(&a), t(&b), 1.0).into_scalar::<f32>();
+        let got = mean_ssim(t(&a), t(&b), &[1.0]).into_scalar::<f32>();
         // The valid convolution keeps the pixels whose window lies inside the image.
         let d = ssim_dissimilarity(&a, &b, h, w, 1.0);
         let r = SSIM_RADIUS;

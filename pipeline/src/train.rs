@@ -153,7 +153,64 @@ impl RunState {
 /// The input spec of the models a config trains.
 pub fn input_spec(cfg: &TrainConfig, channels: usize) -> InputSpec {
     let color = if channels == 1 { ColorMode::Gray } else { ColorMode::Rgb };
-    InputSpec { tiling: cfg.tiling.clone(), ..InputSpec::unit_range("image", color, cfg.size, cfg.size) }
+    let unit = InputSpec { tiling: cfg.tiling.clone(), ..InputSpec::unit_range("image", color, cfg.size, cfg.size) };
+    match (&cfg.pixel_range, cfg.normalize) {
+        (Some(range), true) if range.len() == channels => InputSpec {
+            mean: range.iter().map(|r| r[0]).collect(),
+            std: range.iter().map(|r| r[1] - r[0]).collect(),
+            ..unit
+        },
+        _ => unit,
+    }
+}
+
+/// Images sampled to measure the level range.
+const RANGE_SAMPLE: usize = 256;
+
+/// Per channel, the level range of the training images for `normalize`: the 0.1 % and
+/// 99.9 % quantiles of up to [`RANGE_SAMPLE`] images' pixels, widened by a tenth of their
+/// span on each side (a normal pixel outside the range would be one the sigmoid output cannot
+/// reconstruct, a false hot spot), rounded out to whole levels and kept within [0, 1].
+pub fn measure_pixel_range(cfg: &TrainConfig, channels: usize, paths: &[PathBuf]) -> Vec<[f32; 2]> {
+    let unit = TrainConfig { normalize: false, ..cfg.clone() };
+    let pre = Preprocessor::new(&input_spec(&unit, channels));
+    let mut hist = vec![[0u64; 256]; channels];
+    let step = paths.len().div_ceil(RANGE_SAMPLE).max(1);
+    for path in paths.iter().step_by(step) {
+        for tensor in crate::data::load_image(&pre, path).unwrap_or_default() {
+            let plane = tensor.len() / channels;
+            for (c, h) in hist.iter_mut().enumerate() {
+                for v in &tensor[c * plane..(c + 1) * plane] {
+                    h[(v * 255.0).round().clamp(0.0, 255.0) as usize] += 1;
+                }
+            }
+        }
+    }
+    hist.iter()
+        .map(|h| {
+            let total: u64 = h.iter().sum();
+            if total == 0 {
+                return [0.0, 1.0];
+            }
+            let quantile = |q: f64| {
+                let target = (q * total as f64).ceil().max(1.0) as u64;
+                let mut seen = 0;
+                h.iter()
+                    .position(|n| {
+                        seen += n;
+                        seen >= target
+                    })
+                    .unwrap_or(255) as f32
+            };
+            let (q_lo, q_hi) = (quantile(0.001), quantile(0.999));
+            let margin = (0.1 * (q_hi - q_lo)).max(1.0);
+            let lo = (q_lo - margin).floor().max(0.0);
+            let hi = (q_hi + margin).ceil().min(255.0).max(lo + (crate::config::MIN_SPAN * 255.0).ceil());
+            let (lo, hi) =
+                if hi > 255.0 { (255.0 - (crate::config::MIN_SPAN * 255.0).ceil(), 255.0) } else { (lo, hi) };
+            [lo / 255.0, hi / 255.0]
+        })
+        .collect()
 }
 
 /// Gray when the first readable training image is gray, else RGB.
@@ -521,6 +578,12 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         let channels = cfg.channels.unwrap_or_else(|| detect_channels(&data.train));
         let mut cfg = cfg;
         cfg.channels = Some(channels);
+        if cfg.normalize && cfg.pixel_range.is_none() {
+            let range = measure_pixel_range(&cfg, channels, &data.train);
+            tracing::info!("pixel range per channel (levels mapped to 0 and 1): {range:?}");
+            cfg.pixel_range = Some(range);
+        }
+        cfg.validate()?;
         cfg.save(&run.config())?;
         let state = RunState {
             data: SourceSpec { val_abnormal: req.val_abnormal.clone(), ..SourceSpec::from(&source) },
@@ -736,12 +799,15 @@ fn run_steps(
     Ok(Some(log))
 }
 
-/// The autoencoders' reconstruction term. Images are in [0, 1], so SSIM's range is 1.
+/// The autoencoders' reconstruction term; SSIM's constants are those the exported map uses.
 fn reconstruction_loss(cfg: &TrainConfig, recon: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
     let l2 = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
     match cfg.loss {
         ReconstructionLoss::L2 => l2,
-        ReconstructionLoss::SsimL2 => l2 - crate::ssim::mean_ssim(recon, x, 1.0).sub_scalar(1.0),
+        ReconstructionLoss::SsimL2 => {
+            let range = input_spec(cfg, x.dims()[1]).dynamic_range();
+            l2 - crate::ssim::mean_ssim(recon, x, &range).sub_scalar(1.0)
+        }
     }
 }
 

@@ -172,6 +172,55 @@ fn the_dae_trains_separates_synthetic_defects_and_exports_with_parity() {
     assert!(csv.starts_with("phase,epoch,metric,value\ntrain,1,loss,"), "{csv}");
 }
 
+/// Copies the image folders of `src` (MVTec layout) to `dst` with every level `v` squeezed
+/// into `low + v * span / 255`, as a dim, low-contrast camera would see the same parts.
+fn squeeze_levels(src: &Path, dst: &Path, low: u8, span: u8) {
+    for split in ["train", "test"] {
+        for folder in std::fs::read_dir(src.join(split)).unwrap() {
+            let folder = folder.unwrap().path();
+            let out = dst.join(split).join(folder.file_name().unwrap());
+            std::fs::create_dir_all(&out).unwrap();
+            for f in std::fs::read_dir(&folder).unwrap() {
+                let f = f.unwrap().path();
+                let mut img = image::open(&f).unwrap().to_luma8();
+                img.pixels_mut().for_each(|p| p.0[0] = low + (p.0[0] as u32 * span as u32 / 255) as u8);
+                img.save(out.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_low_contrast_camera_is_normalised_recorded_in_the_manifest_and_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dim");
+    squeeze_levels(synthetic(), &data, 96, 48);
+    let run_dir = RunDir(dir.path().join("run"));
+    let req = TrainRequest {
+        config: small(ModelKind::Dae, 8),
+        source: Some(DataSource::Mvtec(data.clone())),
+        run: run_dir.clone(),
+        device: DeviceChoice::Cpu,
+        resume: false,
+        init_weights: None,
+        val_abnormal: None,
+    };
+    assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
+    let cfg = TrainConfig::from_file(&run_dir.config()).unwrap();
+    let [[lo, hi]] = cfg.pixel_range.clone().unwrap()[..] else { panic!("one channel: {:?}", cfg.pixel_range) };
+    // Within the squeezed levels 96..=144, widened by a tenth of their span at most.
+    assert!(lo * 255.0 >= 91.0 && hi * 255.0 <= 149.0 && hi - lo >= 0.05, "range {lo} {hi}");
+    let bundle = export_with_parity(&run_dir, &dir.path().join("bundle"));
+    let input = &bundle.manifest.input;
+    assert_eq!((input.mean[0], input.std[0]), (lo, hi - lo));
+    let auroc = bundle.manifest.metrics["image_auroc"];
+    eprintln!("low-contrast dae metrics: {:?}", bundle.manifest.metrics);
+    assert!(auroc >= 0.9, "image AUROC {auroc} on the low-contrast set");
+    // Without normalisation the recorded input is the plain [0, 1] scale.
+    let plain = TrainConfig { normalize: false, ..cfg };
+    assert_eq!(vigil_pipeline::train::input_spec(&plain, 1).std, vec![1.0]);
+}
+
 /// Also the SSIM path: trained on L2 + SSIM, scored by squared error + SSIM dissimilarity, and
 /// the graph's SSIM map equal to burn's within 1e-4 on both engines.
 #[test]

@@ -187,12 +187,12 @@ pub fn model_card(m: &Manifest, e: Option<&Evaluation>) -> String {
     }
     let i = &m.input;
     s.push_str(&format!(
-        "- Family: `{family}`, score from `{:?}`, reduction {:?}, map smoothing sigma {} px.\n",
-        m.score.source, m.score.reduction, m.score.smoothing_sigma
+        "- Family: `{family}`, score from `{:?}`, per-pixel {:?} error, reduction {:?}, map smoothing sigma {} px.\n",
+        m.score.source, m.score.pixel_error, m.score.reduction, m.score.smoothing_sigma
     ));
     s.push_str(&format!(
-        "- Input: `{}` {:?} {}x{} ({:?} resize).\n",
-        i.name, i.color, i.width, i.height, i.resize_mode
+        "- Input: `{}` {:?} {}x{} ({:?} resize), tensor = (pixel x {} - mean {:?}) / std {:?}.\n",
+        i.name, i.color, i.width, i.height, i.resize_mode, i.scale, i.mean, i.std
     ));
     s.push_str(&format!(
         "- Threshold: {} ({:?}{}).\n",

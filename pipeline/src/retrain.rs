@@ -52,6 +52,10 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
     );
     let mut cfg: TrainConfig = serde_json::from_value(serde_json::Value::Object(training.config.clone()))
         .with_context(|| format!("{}: the manifest's training.config", req.from.display()))?;
+    // The weights expect the parent's input scaling; a bundle from before `normalize`
+    // existed has none in its config and would otherwise get a freshly measured one.
+    cfg.normalize = true;
+    cfg.pixel_range = Some(m.input.mean.iter().zip(&m.input.std).map(|(&lo, &span)| [lo, lo + span]).collect());
     let epochs = req.epochs.unwrap_or((cfg.epochs / 4).max(1));
     cfg.epochs = epochs;
     cfg.encoder_epochs = cfg.encoder_epochs.map(|_| epochs);

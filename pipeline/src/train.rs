@@ -204,10 +204,9 @@ pub fn measure_pixel_range(cfg: &TrainConfig, channels: usize, paths: &[PathBuf]
             };
             let (q_lo, q_hi) = (quantile(0.001), quantile(0.999));
             let margin = (0.1 * (q_hi - q_lo)).max(1.0);
-            let lo = (q_lo - margin).floor().max(0.0);
-            let hi = (q_hi + margin).ceil().min(255.0).max(lo + (crate::config::MIN_SPAN * 255.0).ceil());
-            let (lo, hi) =
-                if hi > 255.0 { (255.0 - (crate::config::MIN_SPAN * 255.0).ceil(), 255.0) } else { (lo, hi) };
+            let min_span = (crate::config::MIN_SPAN * 255.0).ceil();
+            let lo = (q_lo - margin).floor().clamp(0.0, 255.0 - min_span);
+            let hi = (q_hi + margin).ceil().clamp(lo + min_span, 255.0);
             [lo / 255.0, hi / 255.0]
         })
         .collect()

@@ -391,8 +391,16 @@ fn describe(x: &vigil::onnx::net::Layer, y: &vigil::onnx::net::Layer) -> String 
 #[test]
 fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
     let dir = tempfile::tempdir().unwrap();
-    let run = run(small(ModelKind::Dae, 3), &dir.path().join("surface"));
+    let run = run(TrainConfig { normalize: false, ..small(ModelKind::Dae, 3) }, &dir.path().join("surface"));
     let first = export_run(&run, &dir.path().join("v1"));
+    // As a bundle written before `normalize` existed: its config does not say how inputs
+    // were scaled, only its input spec does.
+    let manifest_path = dir.path().join("v1").join(vigil::bundle::MANIFEST_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let config = v["training"]["config"].as_object_mut().unwrap();
+    config.remove("normalize");
+    config.remove("pixel_range");
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     let req = vigil_pipeline::retrain::RetrainRequest {
         from: dir.path().join("v1"),
         source: DataSource::Mvtec(synthetic().to_path_buf()),
@@ -414,6 +422,10 @@ fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
     let (fresh_first, _) = first_last(&fresh, "train", "loss");
     assert!(resumed_first < fresh_first * 0.7, "fine-tuning starts at {resumed_first}, a fresh model at {fresh_first}");
     assert!(second.manifest.metrics.contains_key("image_auroc"));
+    assert_eq!(
+        (&second.manifest.input.mean, &second.manifest.input.std),
+        (&first.manifest.input.mean, &first.manifest.input.std)
+    );
 }
 
 #[test]

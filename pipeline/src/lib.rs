@@ -7,6 +7,7 @@
 //! - [`model`]: the families as burn modules; [`device`]: GPU or CPU.
 //! - [`config`], [`train`]: the training loop, checkpoints, resume; [`corrupt`]: synthetic defects.
 //! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
+//! - [`layers`]: the strided convolutions as matrix products, and their per-layer benchmark.
 //! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
 //! - [`report`]: curves, histograms and heatmap overlays as PNG with a Markdown page.
 //! - [`retrain`]: fine-tuning a bundle on new data into its next version.
@@ -21,6 +22,7 @@ pub mod elpv;
 pub mod evaluate;
 pub mod export;
 pub mod forward;
+pub mod layers;
 pub mod metrics;
 pub mod model;
 pub mod reference;

@@ -14,6 +14,7 @@ use vigil_pipeline::config::TrainConfig;
 use vigil_pipeline::data::{DataSource, discover};
 use vigil_pipeline::device::DeviceChoice;
 use vigil_pipeline::export::{ExportRequest, export};
+use vigil_pipeline::layers::ConvImpl;
 use vigil_pipeline::model::ModelKind;
 use vigil_pipeline::train::{Outcome, RunDir, TrainRequest, train};
 
@@ -215,6 +216,23 @@ enum Command {
         /// Where to train.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
+        /// How the strided 4x4 convolutions are computed (see bench-layers).
+        #[arg(long, value_enum, default_value = "burn")]
+        conv_impl: ConvImpl,
+    },
+    /// Time each strided convolution, transposed convolution and batch norm of the reference
+    /// architecture, forward and forward + backward, in burn's operators and as matrix
+    /// products; prints one JSON line per layer and implementation.
+    BenchLayers {
+        /// Images per step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Timed runs per layer (after 3 warm-up runs).
+        #[arg(long, default_value_t = 10)]
+        repeats: usize,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
     },
     /// Write an untrained reference-architecture bundle (random weights) for benchmarks.
     ReferenceBundle {
@@ -405,10 +423,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _ = std::fs::remove_dir_all(t);
             }
         }
-        Command::BenchTrain { model, batch, steps, device } => {
+        Command::BenchTrain { model, batch, steps, device, conv_impl } => {
+            vigil_pipeline::layers::set_conv_impl(conv_impl);
             for m in model {
                 let r = vigil_pipeline::train::bench(m, batch, steps, device)?;
                 println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::BenchLayers { batch, repeats, device } => {
+            anyhow::ensure!(batch >= 1 && repeats >= 1, "--batch and --repeats must be at least 1");
+            let chosen = vigil_pipeline::device::choose(device)?;
+            eprintln!("device: {}", chosen.description);
+            for t in vigil_pipeline::layers::bench_layers(&chosen.device, batch, repeats) {
+                println!("{}", serde_json::to_string(&t)?);
             }
         }
         Command::ReferenceBundle { model, channels, size, seed, out } => {

@@ -203,3 +203,29 @@ fn bench_quality_trains_and_evaluates_every_family_with_its_defaults() {
         assert!(Path::new(l["bundle"].as_str().unwrap()).join("model.onnx").is_file());
     }
 }
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", stderr(out));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn the_training_benchmarks_time_both_convolution_implementations() {
+    let layers = json_lines(&vigil_train(&["bench-layers", "--batch", "1", "--repeats", "1", "--device", "cpu"]));
+    // Four convolutions and four transposed convolutions, each both ways, and three batch norms.
+    assert_eq!(layers.len(), 19, "{layers:?}");
+    for l in &layers {
+        assert!(l["forward_ms"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["forward_backward_ms"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["max_abs_diff"].as_f64().unwrap() < 1e-4, "the matrix products compute the same layer: {l}");
+    }
+    let matmul: Vec<&str> =
+        layers.iter().filter(|l| l["implementation"] == "matmul").map(|l| l["layer"].as_str().unwrap()).collect();
+    assert_eq!(matmul.len(), 8, "{matmul:?}");
+    for conv_impl in ["burn", "matmul"] {
+        let args = ["bench-train", "--model", "dae", "--batch", "2", "--steps", "1", "--device", "cpu", "--conv-impl"];
+        let lines = json_lines(&vigil_train(&[&args[..], &[conv_impl]].concat()));
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0]["samples_per_s"].as_f64().unwrap() > 0.0, "{conv_impl}: {}", lines[0]);
+    }
+}

@@ -10,6 +10,8 @@ use vigil::onnx::graph::{ConvParams, Tensor as OnnxTensor};
 use vigil::onnx::net::{BatchNorm as OnnxBatchNorm, Layer, Sequential};
 use vigil::onnx::reference::ArchSpec;
 
+use crate::layers::{conv_down, conv_up};
+
 const SLOPE: f64 = 0.2;
 
 fn down(cin: usize, cout: usize, device: &Device) -> Conv2d {
@@ -54,7 +56,7 @@ impl Encoder {
     }
 
     fn block(x: Tensor<4>, conv: &Conv2d, bn: &Option<BatchNorm>) -> Tensor<4> {
-        let x = conv.forward(x);
+        let x = conv_down(conv, x);
         let x = match bn {
             Some(bn) => bn.forward(x),
             None => x,
@@ -64,7 +66,7 @@ impl Encoder {
 
     /// The features before the projection: `[B, 8w, S/16, S/16]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = leaky_relu(self.c1.forward(x), SLOPE); // [B, w, S/2, S/2]
+        let x = leaky_relu(conv_down(&self.c1, x), SLOPE); // [B, w, S/2, S/2]
         let x = Self::block(x, &self.c2, &self.bn2); // [B, 2w, S/4, S/4]
         let x = Self::block(x, &self.c3, &self.bn3); // [B, 4w, S/8, S/8]
         Self::block(x, &self.c4, &self.bn4) // [B, 8w, S/16, S/16]
@@ -129,10 +131,10 @@ impl Decoder {
     /// `[B, latent, 1, 1] -> [B, C, S, S]` in [0, 1].
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
         let x = relu(self.bn1.forward(self.t1.forward(z))); // [B, 8w, S/16, S/16]
-        let x = relu(self.bn2.forward(self.t2.forward(x))); // [B, 4w, S/8, S/8]
-        let x = relu(self.bn3.forward(self.t3.forward(x))); // [B, 2w, S/4, S/4]
-        let x = relu(self.bn4.forward(self.t4.forward(x))); // [B, w, S/2, S/2]
-        sigmoid(self.t5.forward(x)) // [B, C, S, S]
+        let x = relu(self.bn2.forward(conv_up(&self.t2, x))); // [B, 4w, S/8, S/8]
+        let x = relu(self.bn3.forward(conv_up(&self.t3, x))); // [B, 2w, S/4, S/4]
+        let x = relu(self.bn4.forward(conv_up(&self.t4, x))); // [B, w, S/2, S/2]
+        sigmoid(conv_up(&self.t5, x)) // [B, C, S, S]
     }
 
     /// The same function as a layer list for the ONNX writer.

@@ -78,11 +78,13 @@ pub struct SnapshotRef {
 }
 
 /// The ULID of a frame's alert: 48 bits of frame time in milliseconds, then 80 bits of
-/// SHA-256 over camera, source and content, in Crockford base32.
-pub fn alert_id(frame_time: SystemTime, camera: &str, source: &str, content_sha256: &[u8; 32]) -> String {
+/// SHA-256 over device, camera, source and content, in Crockford base32. The device is in the
+/// hash so that boxes sharing camera ids and a frame source (one MQTT frame topic) still
+/// raise distinct ids on a shared broker.
+pub fn alert_id(frame_time: SystemTime, device: &str, camera: &str, source: &str, content_sha256: &[u8; 32]) -> String {
     let ms = frame_time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) & ((1 << 48) - 1);
     let mut h = Sha256::new();
-    for part in [camera.as_bytes(), source.as_bytes(), content_sha256] {
+    for part in [device.as_bytes(), camera.as_bytes(), source.as_bytes(), content_sha256] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -117,12 +119,13 @@ mod tests {
     #[test]
     fn ids_are_stable_sortable_and_distinct() {
         let t = UNIX_EPOCH + Duration::from_millis(1_780_000_000_123);
-        let a = alert_id(t, "cam1", "/x/a.png", &[1; 32]);
+        let a = alert_id(t, "box1", "cam1", "/x/a.png", &[1; 32]);
         assert_eq!(a.len(), 26);
-        assert_eq!(a, alert_id(t, "cam1", "/x/a.png", &[1; 32]));
-        assert_ne!(a, alert_id(t, "cam2", "/x/a.png", &[1; 32]));
-        assert_ne!(a, alert_id(t, "cam1", "/x/a.png", &[2; 32]));
-        let later = alert_id(t + Duration::from_millis(1), "cam1", "/x/a.png", &[1; 32]);
+        assert_eq!(a, alert_id(t, "box1", "cam1", "/x/a.png", &[1; 32]));
+        assert_ne!(a, alert_id(t, "box1", "cam2", "/x/a.png", &[1; 32]));
+        assert_ne!(a, alert_id(t, "box1", "cam1", "/x/a.png", &[2; 32]));
+        assert_ne!(a, alert_id(t, "box2", "cam1", "/x/a.png", &[1; 32]), "another device");
+        let later = alert_id(t + Duration::from_millis(1), "box1", "cam1", "/x/a.png", &[1; 32]);
         assert!(later > a);
         // The first 10 characters are the time, as in every ULID.
         assert_eq!(&crockford((1_780_000_000_123u128) << 80)[..10], &a[..10]);

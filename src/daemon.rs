@@ -552,7 +552,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                         ctx.metrics.inc("vigil_alerts_suppressed_total", &[("camera", &frame.camera)])
                     }
                     Decision::Alert { suppressed_before } => {
-                        let id = alert_id(frame.time, &frame.camera, &source, &prepared.sha256);
+                        let id = alert_id(frame.time, &ctx.device, &frame.camera, &source, &prepared.sha256);
                         let reg = map.as_ref().map(|m| region(m.view(), threshold, prepared.area));
                         // The snapshot is rendered after the alert is on its way; the alert
                         // names where it will be.

@@ -176,7 +176,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .thread_name("vigil-io")
                 .enable_all()
                 .build()?;
-            rt.block_on(vigil::daemon::run(cfg, stop_signal()))?;
+            let stop = {
+                let _in_runtime = rt.enter();
+                stop_signal()
+            };
+            rt.block_on(vigil::daemon::run(cfg, stop))?;
         }
         Command::Demo { out, frames, interval, mqtt, follow, model, seed, engine } => {
             let out = out.unwrap_or_else(|| {
@@ -290,16 +294,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Completes on the first SIGTERM or SIGINT. The handlers are installed by this call, inside
+/// the runtime, not when the future is first polled: the daemon polls it only once it is
+/// running, and a SIGTERM before that (while bundles load, or between READY and the first
+/// poll) would otherwise meet the default action and kill the process without a clean stop.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (mut term, mut int) = match handlers {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 

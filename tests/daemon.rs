@@ -682,6 +682,32 @@ fn under_systemd_it_says_ready_pings_the_watchdog_and_says_stopping() {
 }
 
 #[test]
+fn a_sigterm_while_it_starts_still_stops_it_cleanly() {
+    use std::io::BufRead;
+    let plant = Plant::new();
+    let cfg = plant.config(&format!("[alerts]\nstdout = true\n{}", plant.folder_camera("")));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("VIGIL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // "starting" comes before the bundles load and the folders are watched: the signal lands
+    // while the daemon is still getting ready, before its main loop first waits for it.
+    while !seen.contains("starting") {
+        assert!(log.read_line(&mut seen).unwrap() > 0, "the daemon exited first: {seen}");
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    std::io::Read::read_to_string(&mut log, &mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "killed by the signal instead of stopping: {status:?}\n{seen}");
+    assert!(seen.contains("SIGTERM received"), "{seen}");
+}
+
+#[test]
 fn the_example_config_parses_and_only_its_placeholder_paths_are_missing() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vigil.toml");
     let (cfg, problems) = vigil::config::load_lenient(&example);

@@ -276,15 +276,16 @@ impl Broker {
         self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await.context("mqtt: the connection task stopped")
     }
 
-    /// Publishes at QoS 0 (scores, stats: the next value replaces a lost one).
-    pub async fn publish_lossy(&self, topic: String, retain: bool, payload: Vec<u8>) {
-        let _ = self.client.publish(topic, QoS::AtMostOnce, retain, payload).await;
-    }
-
-    /// Like [`Broker::publish_lossy`], from a thread outside the runtime; dropped when the
-    /// request queue is full.
-    pub fn try_publish_lossy(&self, topic: String, retain: bool, payload: Vec<u8>) {
-        let _ = self.client.try_publish(topic, QoS::AtMostOnce, retain, payload);
+    /// Publishes at QoS 0 (scores, stats, snapshots: the next value replaces a lost one);
+    /// callable from any thread. It never waits: while the connection is down, or its request
+    /// queue is full, the message is dropped. rumqttc takes requests off that queue only while
+    /// connected, so waiting on it during an outage would stall scoring (every camera's
+    /// alerts) and the daemon's main loop (stop, reload, watchdog), and hold thousands of
+    /// snapshots in memory.
+    pub fn publish_lossy(&self, topic: String, retain: bool, payload: Vec<u8>) {
+        if self.is_connected() {
+            let _ = self.client.try_publish(topic, QoS::AtMostOnce, retain, payload);
+        }
     }
 
     /// Acknowledges a frame message once it was handled.

@@ -76,11 +76,18 @@ fn config_error(problems: Vec<Problem>) -> anyhow::Error {
 /// Runs the daemon until `shutdown` completes, then stops gracefully: sources stop, frames
 /// in flight are scored and alerted, sinks are flushed, `stopped` is published.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Before anything slow: a SIGHUP without a handler would end the process, and the bundle
+    // watcher must see a bundle replaced while the models load.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(config_error(problems));
     }
     tracing::info!("vigil {} starting: device {}", crate::VERSION, config.device_id);
+    // Bundle files changing on disk trigger a reload of that bundle.
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<PathBuf>();
+    let _bundle_watcher = watch_bundles(&config, changed_tx);
     std::fs::create_dir_all(&config.state_dir).with_context(|| {
         format!("state_dir {}: cannot create it; fix the path or its permissions", config.state_dir.display())
     })?;
@@ -195,11 +202,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tokio::spawn(control_loop(control_rx, b.clone(), policy.clone(), metrics.clone(), config.clone()));
     }
 
-    // Bundle files changing on disk trigger a reload of that bundle.
-    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<PathBuf>();
-    let _bundle_watcher = watch_bundles(&config, changed_tx);
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(3600));
     let mut watchdog_tick = tokio::time::interval(watchdog);
     let mut gauge_tick = tokio::time::interval(Duration::from_secs(1));
@@ -261,7 +263,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = stats_tick.tick(), if stats_every.is_some() => {
                 if let Some(b) = &broker {
                     let body = serde_json::json!({ "device": config.device_id, "time": rfc3339(std::time::SystemTime::now()), "counters": metrics.snapshot() });
-                    b.publish_lossy(b.topics.stats(), false, body.to_string().into_bytes()).await;
+                    b.publish_lossy(b.topics.stats(), false, body.to_string().into_bytes());
                 }
             }
         }
@@ -537,8 +539,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                         "camera": frame.camera, "source": source, "frame_time": rfc3339(frame.time),
                         "score": score, "normalized_score": normalized, "threshold": threshold, "anomalous": result == "anomalous",
                     });
-                    b.publish_lossy(b.topics.camera(&frame.camera, "score"), false, body.to_string().into_bytes())
-                        .await;
+                    b.publish_lossy(b.topics.camera(&frame.camera, "score"), false, body.to_string().into_bytes());
                 }
                 let mut outcome = Outcome::Scored;
                 let mut record = serde_json::json!({

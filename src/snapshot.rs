@@ -152,7 +152,7 @@ fn work(rx: Receiver<Job>, dir: &Path, keep: usize, broker: Option<&Broker>, met
             metrics.inc("vigil_errors_total", &[("kind", "snapshot")]);
         }
         if let Some(b) = broker {
-            b.try_publish_lossy(b.topics.camera(&job.camera, "snapshot"), true, jpeg);
+            b.publish_lossy(b.topics.camera(&job.camera, "snapshot"), true, jpeg);
         }
     }
 }

@@ -681,8 +681,10 @@ fn under_systemd_it_says_ready_pings_the_watchdog_and_says_stopping() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn a_sigterm_while_it_starts_still_stops_it_cleanly() {
+/// Starts the binary and sends `signals` once it logs "starting", which comes before the
+/// bundles load and the folders are watched: before its main loop first waits for a signal.
+/// Returns its exit status and log.
+fn signalled_while_starting(signals: &[&str]) -> (std::process::ExitStatus, String) {
     use std::io::BufRead;
     let plant = Plant::new();
     let cfg = plant.config(&format!("[alerts]\nstdout = true\n{}", plant.folder_camera("")));
@@ -695,16 +697,34 @@ fn a_sigterm_while_it_starts_still_stops_it_cleanly() {
         .unwrap();
     let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
-    // "starting" comes before the bundles load and the folders are watched: the signal lands
-    // while the daemon is still getting ready, before its main loop first waits for it.
     while !seen.contains("starting") {
         assert!(log.read_line(&mut seen).unwrap() > 0, "the daemon exited first: {seen}");
     }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    for signal in signals {
+        assert!(Command::new("kill").args([*signal, &child.id().to_string()]).status().unwrap().success());
+        if *signal != "-TERM" {
+            // Let the first be handled before the stop.
+            while !seen.contains("ready") {
+                assert!(log.read_line(&mut seen).unwrap() > 0, "the daemon exited after {signal}: {seen}");
+            }
+        }
+    }
     std::io::Read::read_to_string(&mut log, &mut seen).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "killed by the signal instead of stopping: {status:?}\n{seen}");
-    assert!(seen.contains("SIGTERM received"), "{seen}");
+    (child.wait().unwrap(), seen)
+}
+
+#[test]
+fn a_sigterm_while_it_starts_still_stops_it_cleanly() {
+    let (status, log) = signalled_while_starting(&["-TERM"]);
+    assert_eq!(status.code(), Some(0), "killed by the signal instead of stopping: {status:?}\n{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+}
+
+#[test]
+fn a_sighup_while_it_starts_reloads_instead_of_killing_it() {
+    let (status, log) = signalled_while_starting(&["-HUP", "-TERM"]);
+    assert_eq!(status.code(), Some(0), "killed by SIGHUP: {status:?}\n{log}");
+    assert!(log.contains("SIGHUP: reloading"), "{log}");
 }
 
 #[test]

@@ -69,6 +69,44 @@ fn alerts_raised_while_the_broker_is_down_all_arrive_once_it_is_back() {
 }
 
 #[test]
+fn a_broker_outage_stalls_neither_scoring_nor_the_stop() {
+    // More score messages than rumqttc's request queue holds (4,096): it takes none while
+    // disconnected, so these must be dropped, not waited for.
+    const N: usize = 4_300;
+    let plant = Plant::new();
+    let mut broker = Mosquitto::start();
+    let cfg = plant.config(&format!(
+        "{}publish_scores = true\nstats_interval = \"50ms\"\n{}",
+        mqtt_section(broker.port),
+        plant.folder_camera("")
+    ));
+    let daemon = Daemon::start(&plant, &cfg);
+    broker.terminate();
+    wait_until("the daemon to see the broker gone", WAIT, || metric(&plant.metrics(), "vigil_mqtt_connected") == 0.0);
+    for i in 0..N {
+        plant.drop_frame(&format!("f{i:05}.png"), &plant.normal);
+    }
+    let key = "vigil_frames_total{camera=\"cam1\",result=\"normal\"}";
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut scored = 0.0;
+    while scored < N as f64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        scored = metric(&plant.metrics(), key);
+    }
+    if scored < N as f64 {
+        // A stalled daemon would also hang the stop in Daemon's drop: leave it behind.
+        std::mem::forget(daemon);
+        panic!("scoring stalled during the outage: {scored} of {N} frames");
+    }
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        daemon.stop();
+        let _ = stopped_tx.send(());
+    });
+    stopped.recv_timeout(Duration::from_secs(60)).expect("the daemon stops while the broker is away");
+}
+
+#[test]
 fn with_alert_qos_1_for_brokers_without_qos_2_alerts_are_delivered_and_leave_the_outbox() {
     let plant = Plant::new();
     let broker = Mosquitto::start();

@@ -180,6 +180,11 @@ pub async fn run(
                 return true;
             }
             if e.closed || now.duration_since(e.changed) >= cfg.settle {
+                if in_flight.lock().expect("in-flight lock").contains(p) {
+                    // A new version of a file whose old one is still being scored: taken once
+                    // that one is finished, not dropped.
+                    return true;
+                }
                 pending.remove(p);
                 ready.push(p.clone());
                 false
@@ -188,9 +193,6 @@ pub async fn run(
             }
         });
         for p in ready {
-            if in_flight.lock().expect("in-flight lock").contains(&p) {
-                continue;
-            }
             let Some((frame, key, done_rx)) = take(&cam, &root, &p, &metrics) else { continue };
             in_flight.lock().expect("in-flight lock").insert(p.clone());
             tokio::select! {
@@ -304,6 +306,11 @@ fn finish(camera: &str, key: &FileKey, outcome: Outcome, ledger: &Mutex<Ledger>,
         tracing::error!(camera, "{e:#}");
     }
     let after = cfg.after;
+    if !matches!(after, AfterScoring::Keep) && !still_the_scored_version(key) {
+        // Rewritten while it was scored: the new version waits for its own turn; deleting or
+        // moving it now would lose it unscored.
+        return;
+    }
     let result = match (after, cfg.move_to.as_deref()) {
         (AfterScoring::Delete, _) => std::fs::remove_file(&key.path),
         (AfterScoring::Move, Some(dir)) => move_into(&key.path, dir),
@@ -313,6 +320,11 @@ fn finish(camera: &str, key: &FileKey, outcome: Outcome, ledger: &Mutex<Ledger>,
         Ok(()) => ledger.lock().expect("ledger lock").forget(key),
         Err(e) => tracing::warn!(camera, "{}: could not {after:?} it after scoring: {e}", key.path.display()),
     }
+}
+
+/// Whether the file at `key.path` is still the one `key` describes.
+fn still_the_scored_version(key: &FileKey) -> bool {
+    std::fs::metadata(&key.path).is_ok_and(|m| FileKey::of(&key.path, &m) == *key)
 }
 
 /// Adds a file found on disk (backlog, rescan): one last written longer ago than `settle` is

@@ -736,3 +736,41 @@ fn the_example_config_parses_and_only_its_placeholder_paths_are_missing() {
     let keys: Vec<String> = cfg.validate().into_iter().map(|p| p.key).collect();
     assert_eq!(keys, ["cameras[0].bundle", "cameras[0].source.path"]);
 }
+
+#[test]
+fn a_folder_frame_rewritten_while_its_old_version_is_scored_is_scored_next() {
+    use std::sync::{Arc, Mutex};
+    use tokio::time::timeout;
+    use vigil::frame::Outcome;
+    use vigil::source::folder::{FolderCamera, run};
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("frames");
+    std::fs::create_dir_all(&folder).unwrap();
+    let config: vigil::config::FolderSource =
+        serde_json::from_value(serde_json::json!({ "path": folder, "settle": "100ms" })).unwrap();
+    let ledger = vigil::state::Ledger::open(&dir.path().join("cam1.done")).unwrap();
+    let cam = FolderCamera { slot: 0, camera: "cam1".into(), config, ledger: Arc::new(Mutex::new(ledger)) };
+    // The test plays the scoring stage: a frame stays in flight until its outcome is sent.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (frames, mut scoring) = tokio::sync::mpsc::channel(4);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (watching, watching_rx) = tokio::sync::oneshot::channel();
+        let metrics = Arc::new(vigil::metrics::Metrics::default());
+        let source = tokio::spawn(run(cam, frames, metrics, stop_rx, watching));
+        watching_rx.await.unwrap();
+        let path = folder.join("latest.png");
+        std::fs::write(&path, b"the first version").unwrap();
+        let mut first = timeout(WAIT, scoring.recv()).await.unwrap().unwrap();
+        assert_eq!(first.bytes, b"the first version");
+        std::fs::write(&path, b"the second, longer version").unwrap();
+        let early = timeout(Duration::from_millis(800), scoring.recv()).await;
+        assert!(early.is_err(), "a path is handed over once at a time");
+        first.done.take().unwrap().send(Outcome::Scored).unwrap();
+        let mut second =
+            timeout(WAIT, scoring.recv()).await.expect("the new version is scored once the old one is done").unwrap();
+        assert_eq!(second.bytes, b"the second, longer version");
+        second.done.take().unwrap().send(Outcome::Scored).unwrap();
+        stop.send(true).unwrap();
+        timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+    });
+}

@@ -80,7 +80,7 @@ impl Delivery {
             }
             Put::Duplicate => {
                 tracing::info!(
-                    "alert {id} was already sent or queued (frame scored again after a restart): not sent twice"
+                    "alert {id} was already sent or queued (the frame scored again after a restart, or redelivered): not sent twice"
                 );
                 self.metrics.inc("vigil_alerts_duplicate_total", &[]);
             }

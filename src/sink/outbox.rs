@@ -80,14 +80,23 @@ pub enum Put {
     StoredDroppingOldest(String),
     /// Not stored: the outbox is full and the policy keeps what is queued.
     DroppedNewest,
-    /// This id is already queued or was delivered recently (a frame scored again after a
-    /// restart): not sent twice.
+    /// This id, or the same frame under another time, is already queued or was delivered
+    /// recently (a frame scored again after a restart, or redelivered): not sent twice.
     Duplicate,
 }
 
 /// Ids of delivered alerts remembered, so that a frame re-scored after a crash is not alerted
 /// twice.
 const REMEMBERED: usize = 20_000;
+
+/// The part of an alert id that names the frame (device, camera, source, content), without
+/// its time: the last 16 characters of the ULID. A frame that arrives again under a new time
+/// (an MQTT frame without a time of its own, redelivered by the broker after vigil scored it
+/// but before the broker had its acknowledgement) has the same frame part, so it is not
+/// alerted twice. Ids that are not ULIDs count whole.
+fn frame_of(id: &str) -> &str {
+    id.get(10..).filter(|_| id.len() == 26).unwrap_or(id)
+}
 
 /// The outbox.
 pub struct Outbox {
@@ -100,6 +109,8 @@ pub struct Outbox {
     next_seq: u64,
     delivered: VecDeque<String>,
     delivered_set: HashSet<String>,
+    /// The frame part ([`frame_of`]) of every id queued or remembered as delivered.
+    frames: HashSet<String>,
     records: usize,
     max: usize,
     policy: FullPolicy,
@@ -119,6 +130,7 @@ impl Outbox {
             next_seq: 0,
             delivered: VecDeque::new(),
             delivered_set: HashSet::new(),
+            frames: HashSet::new(),
             records: 0,
             max: max.max(1),
             policy,
@@ -158,10 +170,15 @@ impl Outbox {
         Ok(o)
     }
 
+    fn known(&self, id: &str) -> bool {
+        self.seq_of.contains_key(id) || self.delivered_set.contains(id) || self.frames.contains(frame_of(id))
+    }
+
     fn insert(&mut self, e: Entry) -> bool {
-        if self.seq_of.contains_key(&e.id) || self.delivered_set.contains(&e.id) {
+        if self.known(&e.id) {
             return false;
         }
+        self.frames.insert(frame_of(&e.id).to_owned());
         self.seq_of.insert(e.id.clone(), self.next_seq);
         self.pending.push_back((self.next_seq, e, Flow::Unsent));
         self.next_seq += 1;
@@ -202,12 +219,15 @@ impl Outbox {
             self.pending.remove(at);
         }
         self.seq_of.remove(id);
-        if delivered && self.delivered_set.insert(id.to_owned()) {
+        if !delivered {
+            self.frames.remove(frame_of(id));
+        } else if self.delivered_set.insert(id.to_owned()) {
             self.delivered.push_back(id.to_owned());
             if self.delivered.len() > REMEMBERED
                 && let Some(old) = self.delivered.pop_front()
             {
                 self.delivered_set.remove(&old);
+                self.frames.remove(frame_of(&old));
             }
         }
     }
@@ -225,7 +245,7 @@ impl Outbox {
 
     /// Stores an alert durably (written and fsync'd before this returns).
     pub fn put(&mut self, e: Entry) -> anyhow::Result<Put> {
-        if self.seq_of.contains_key(&e.id) || self.delivered_set.contains(&e.id) {
+        if self.known(&e.id) {
             return Ok(Put::Duplicate);
         }
         let mut dropped = None;
@@ -403,6 +423,26 @@ mod tests {
                 assert_eq!(o.completed(pkid).unwrap(), Some(e.id));
             }
         }
+    }
+
+    #[test]
+    fn a_frame_alerted_again_under_a_new_time_is_a_duplicate_queued_delivered_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.jsonl");
+        let mut o = Outbox::open(&path, 100, FullPolicy::DropOldest).unwrap();
+        // ULIDs: ten characters of time, then sixteen naming the frame.
+        let at =
+            |time: &str, frame: &str| Entry { id: format!("{time}{frame}"), topic: "t".into(), payload: "{}".into() };
+        assert_eq!(o.put(at("01JAAAAAAA", "FRAMEAAAAAAAAAAA")).unwrap(), Put::Stored);
+        assert_eq!(o.put(at("01JAAAAAAB", "FRAMEAAAAAAAAAAA")).unwrap(), Put::Duplicate, "queued");
+        assert_eq!(o.put(at("01JAAAAAAB", "FRAMEBBBBBBBBBBB")).unwrap(), Put::Stored, "another frame");
+        let first = "01JAAAAAAAFRAMEAAAAAAAAAAA";
+        deliver(&mut o, &[first]);
+        assert_eq!(o.put(at("01JAAAAAAC", "FRAMEAAAAAAAAAAA")).unwrap(), Put::Duplicate, "delivered");
+        drop(o);
+        let mut o = Outbox::open(&path, 100, FullPolicy::DropOldest).unwrap();
+        assert_eq!(o.put(at("01JAAAAAAD", "FRAMEAAAAAAAAAAA")).unwrap(), Put::Duplicate, "after reopen");
+        assert_eq!(o.put(at("01JAAAAAAD", "FRAMEBBBBBBBBBBB")).unwrap(), Put::Duplicate);
     }
 
     #[test]

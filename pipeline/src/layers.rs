@@ -183,108 +183,109 @@ pub fn bench_layers(device: &Device, batch: usize, repeats: usize) -> Vec<LayerT
             .with_stride([2, 2])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(device);
-        let x = Tensor::<4>::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), device).require_grad();
-        let macs = (batch * cout * (side / 2) * (side / 2) * cin * 16) as f64;
-        let reference = conv.forward(x.clone());
-        for choice in [ConvImpl::Burn, ConvImpl::Matmul] {
-            let run = |x: Tensor<4>| match choice {
-                ConvImpl::Burn => conv.forward(x),
-                ConvImpl::Matmul => conv_down_matmul(conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), x),
-            };
-            out.push(time_layer(
-                format!("encoder.c{}", i + 1),
-                "conv4x4s2",
-                choice,
-                &x,
-                cout,
-                macs,
-                &reference,
-                &run,
-                repeats,
-            ));
-        }
+        let bias = || conv.bias.as_ref().map(|b| b.val());
+        let case = Case {
+            layer: format!("encoder.c{}", i + 1),
+            op: "conv4x4s2",
+            x: Tensor::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), device).require_grad(),
+            out_channels: cout,
+            macs: (batch * cout * (side / 2) * (side / 2) * cin * 16) as f64,
+            repeats,
+        };
+        out.extend(case.time(&[
+            (ConvImpl::Burn, &|x| conv.forward(x)),
+            (ConvImpl::Matmul, &|x| conv_down_matmul(conv.weight.val(), bias(), x)),
+        ]));
     }
     let ups = [(8 * width, 4 * width, 8), (4 * width, 2 * width, 16), (2 * width, width, 32), (width, 3, 64)];
     for (i, &(cin, cout, side)) in ups.iter().enumerate() {
         let conv: ConvTranspose2d =
             ConvTranspose2dConfig::new([cin, cout], [4, 4]).with_stride([2, 2]).with_padding([1, 1]).init(device);
-        let x = Tensor::<4>::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), device).require_grad();
-        let macs = (batch * cin * side * side * cout * 16) as f64;
-        let reference = conv.forward(x.clone());
-        for choice in [ConvImpl::Burn, ConvImpl::Matmul] {
-            let run = |x: Tensor<4>| match choice {
-                ConvImpl::Burn => conv.forward(x),
-                ConvImpl::Matmul => conv_up_matmul(conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), x),
-            };
-            out.push(time_layer(
-                format!("decoder.t{}", i + 2),
-                "conv_t4x4s2",
-                choice,
-                &x,
-                cout,
-                macs,
-                &reference,
-                &run,
-                repeats,
-            ));
-        }
+        let bias = || conv.bias.as_ref().map(|b| b.val());
+        let case = Case {
+            layer: format!("decoder.t{}", i + 2),
+            op: "conv_t4x4s2",
+            x: Tensor::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), device).require_grad(),
+            out_channels: cout,
+            macs: (batch * cin * side * side * cout * 16) as f64,
+            repeats,
+        };
+        out.extend(case.time(&[
+            (ConvImpl::Burn, &|x| conv.forward(x)),
+            (ConvImpl::Matmul, &|x| conv_up_matmul(conv.weight.val(), bias(), x)),
+        ]));
     }
     for (name, c, side) in [("decoder.bn2", 4 * width, 16), ("decoder.bn3", 2 * width, 32), ("decoder.bn4", width, 64)]
     {
         let bn = BatchNormConfig::new(c).init(device);
-        let x = Tensor::<4>::random([batch, c, side, side], Distribution::Normal(0.0, 1.0), device).require_grad();
-        let reference = bn.forward(x.clone());
-        let run = |x: Tensor<4>| bn.forward(x);
-        out.push(time_layer(name.into(), "batch_norm", ConvImpl::Burn, &x, c, 0.0, &reference, &run, repeats));
+        let case = Case {
+            layer: name.into(),
+            op: "batch_norm",
+            x: Tensor::random([batch, c, side, side], Distribution::Normal(0.0, 1.0), device).require_grad(),
+            out_channels: c,
+            macs: 0.0,
+            repeats,
+        };
+        out.extend(case.time(&[(ConvImpl::Burn, &|x| bn.forward(x))]));
     }
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn time_layer(
+/// One layer of the benchmark: its input (requiring a gradient) and what it computes.
+struct Case {
     layer: String,
     op: &'static str,
-    choice: ConvImpl,
-    x: &Tensor<4>,
+    x: Tensor<4>,
     out_channels: usize,
     macs: f64,
-    reference: &Tensor<4>,
-    run: &dyn Fn(Tensor<4>) -> Tensor<4>,
     repeats: usize,
-) -> LayerTiming {
-    // Reading a scalar back waits for the device, so each timing covers finished work.
-    let forward = || run(x.clone()).sum().into_scalar::<f32>();
-    let forward_backward = || {
-        let y = run(x.clone());
-        let grads = (y.clone() * y).sum().backward();
-        x.grad(&grads).map(|g| g.sum().into_scalar::<f32>()).unwrap_or(0.0)
-    };
-    let timed = |f: &dyn Fn() -> f32| {
-        for _ in 0..3 {
-            f();
+}
+
+type Layer<'a> = &'a dyn Fn(Tensor<4>) -> Tensor<4>;
+
+impl Case {
+    /// Times each implementation; the first is the reference the others are compared with.
+    fn time(&self, impls: &[(ConvImpl, Layer<'_>)]) -> Vec<LayerTiming> {
+        let reference = (impls[0].1)(self.x.clone());
+        impls.iter().map(|&(choice, run)| self.time_one(choice, run, &reference)).collect()
+    }
+
+    fn time_one(&self, choice: ConvImpl, run: Layer<'_>, reference: &Tensor<4>) -> LayerTiming {
+        let x = &self.x;
+        // Reading a scalar back waits for the device, so each timing covers finished work.
+        let forward = || run(x.clone()).sum().into_scalar::<f32>();
+        let forward_backward = || {
+            let y = run(x.clone());
+            let grads = (y.clone() * y).sum().backward();
+            x.grad(&grads).map(|g| g.sum().into_scalar::<f32>()).unwrap_or(0.0)
+        };
+        let timed = |f: &dyn Fn() -> f32| {
+            for _ in 0..3 {
+                f();
+            }
+            let started = Instant::now();
+            for _ in 0..self.repeats {
+                f();
+            }
+            started.elapsed().as_secs_f64() * 1e3 / self.repeats as f64
+        };
+        let forward_ms = timed(&forward);
+        let forward_backward_ms = timed(&forward_backward);
+        let max_abs_diff = (run(x.clone()) - reference.clone()).abs().max().into_scalar::<f32>();
+        LayerTiming {
+            layer: self.layer.clone(),
+            op: self.op,
+            implementation: match choice {
+                ConvImpl::Burn => "burn",
+                ConvImpl::Matmul => "matmul",
+            },
+            input: x.dims(),
+            out_channels: self.out_channels,
+            forward_ms,
+            forward_backward_ms,
+            forward_gflops: 2.0 * self.macs / (forward_ms * 1e6),
+            max_abs_diff,
         }
-        let started = Instant::now();
-        for _ in 0..repeats {
-            f();
-        }
-        started.elapsed().as_secs_f64() * 1e3 / repeats as f64
-    };
-    let forward_ms = timed(&forward);
-    let forward_backward_ms = timed(&forward_backward);
-    let max_abs_diff = (run(x.clone()) - reference.clone()).abs().max().into_scalar::<f32>();
-    LayerTiming {
-        layer,
-        op,
-        implementation: match choice {
-            ConvImpl::Burn => "burn",
-            ConvImpl::Matmul => "matmul",
-        },
-        input: x.dims(),
-        out_channels,
-        forward_ms,
-        forward_backward_ms,
-        forward_gflops: 2.0 * macs / (forward_ms * 1e6),
-        max_abs_diff,
     }
 }
 

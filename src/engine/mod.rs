@@ -6,6 +6,7 @@
 //! inputs and outputs are checked against the manifest and a test batch is run, so a model
 //! that cannot serve is refused at load time, not on the first camera frame.
 
+pub mod deconv;
 pub mod io;
 pub mod ort;
 pub mod tract;

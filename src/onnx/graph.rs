@@ -67,7 +67,7 @@ pub struct GraphBuilder {
     prefix: String,
 }
 
-fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
+pub(crate) fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: pb::attribute_proto::AttributeType::Int as i32,
@@ -76,7 +76,7 @@ fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
     }
 }
 
-fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+pub(crate) fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: pb::attribute_proto::AttributeType::Ints as i32,
@@ -94,7 +94,7 @@ fn attr_float(name: &str, f: f32) -> pb::AttributeProto {
     }
 }
 
-fn attr_string(name: &str, s: &str) -> pb::AttributeProto {
+pub(crate) fn attr_string(name: &str, s: &str) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: pb::attribute_proto::AttributeType::String as i32,
@@ -129,7 +129,7 @@ pub fn value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
     }
 }
 
-fn f32_tensor_proto(name: &str, t: &Tensor) -> pb::TensorProto {
+pub(crate) fn f32_tensor_proto(name: &str, t: &Tensor) -> pb::TensorProto {
     let mut raw = Vec::with_capacity(t.data.len() * 4);
     for v in &t.data {
         raw.extend_from_slice(&v.to_le_bytes());
@@ -143,7 +143,7 @@ fn f32_tensor_proto(name: &str, t: &Tensor) -> pb::TensorProto {
     }
 }
 
-fn i64_tensor_proto(name: &str, values: &[i64]) -> pb::TensorProto {
+pub(crate) fn i64_tensor_proto(name: &str, values: &[i64]) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
         dims: vec![values.len() as i64],

@@ -37,6 +37,7 @@ pub mod decide;
 pub mod engine;
 pub mod frame;
 pub mod fuzz_targets;
+pub mod guard;
 pub mod memory;
 pub mod metrics;
 pub mod onnx;

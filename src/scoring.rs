@@ -119,8 +119,23 @@ pub enum Finished {
 /// A frame refused while preparing it: the frame, the kind of problem, the reason.
 pub type Refused = Box<(Frame, &'static str, String)>;
 
-/// Decodes a frame, crops its region of interest and builds the model input.
+/// Decodes a frame, crops its region of interest and builds the model input. A panic on the
+/// way (a decoder's bug) refuses the frame, as `internal`, instead of ending the caller.
 pub fn prepare(frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result<Prepared, Refused> {
+    match crate::guard::catch(|| inputs_of(&frame, &model, roi)) {
+        Ok(Ok((inputs, area, sha256))) => Ok(Prepared { frame, model, inputs, area, sha256 }),
+        Ok(Err((kind, reason))) => Err(Box::new((frame, kind, reason))),
+        Err(panic) => Err(Box::new((frame, "internal", crate::guard::reason("decoding", &panic)))),
+    }
+}
+
+/// The model input of `frame`, the part of the frame it covers and the frame's SHA-256, or the
+/// kind of problem and the reason.
+fn inputs_of(
+    frame: &Frame,
+    model: &Model,
+    roi: Option<[u32; 4]>,
+) -> Result<(Inputs, Area, [u8; 32]), (&'static str, String)> {
     let sha256: [u8; 32] = Sha256::digest(&frame.bytes).into();
     let image = match decode(&frame.bytes) {
         Ok(i) => i,
@@ -131,7 +146,7 @@ pub fn prepare(frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result
                 PreprocessError::Corrupt(_) => "corrupt",
                 PreprocessError::TooLarge(_) => "too_large",
             };
-            return Err(Box::new((frame, kind, e.to_string())));
+            return Err((kind, e.to_string()));
         }
     };
     let (iw, ih) = (image.width(), image.height());
@@ -140,7 +155,7 @@ pub fn prepare(frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result
             if x.saturating_add(w) > iw || y.saturating_add(h) > ih {
                 let reason =
                     format!("the camera's roi [{x}, {y}, {w}, {h}] does not fit this {iw}x{ih} frame; fix cameras.roi");
-                return Err(Box::new((frame, "roi", reason)));
+                return Err(("roi", reason));
             }
             (x, y, w, h)
         }
@@ -149,7 +164,7 @@ pub fn prepare(frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result
     let cropped = if (rw, rh) == (iw, ih) { image } else { image.crop_imm(rx, ry, rw, rh) };
     let inputs = model.pre.inputs(&cropped);
     let (cx, cy, cw, ch) = inputs.area;
-    Ok(Prepared { frame, model, inputs, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256 })
+    Ok((inputs, Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256))
 }
 
 /// How many scored frames may wait for their decision: each holds its encoded bytes (for a
@@ -275,7 +290,10 @@ fn infer(rx: Receiver<Prepared>, out: mpsc::Sender<Finished>, max_batch: usize, 
 fn run_batch(batch: Vec<Prepared>) -> Vec<Finished> {
     let model = batch[0].model.clone();
     let inputs: Vec<&Inputs> = batch.iter().map(|p| &p.inputs).collect();
-    match score_frames(&model.engine, &model.bundle.manifest.score, &inputs) {
+    let scored = crate::guard::catch(|| score_frames(&model.engine, &model.bundle.manifest.score, &inputs))
+        .map_err(|panic| ("internal", crate::guard::reason("the engine", &panic)))
+        .and_then(|r| r.map_err(|e| ("engine", e.to_string())));
+    match scored {
         Ok(scored) => batch
             .into_iter()
             .zip(scored)
@@ -285,9 +303,100 @@ fn run_batch(batch: Vec<Prepared>) -> Vec<Finished> {
                 Finished::Scored { score, map, prepared: Box::new(prepared) }
             })
             .collect(),
-        Err(e) => batch
-            .into_iter()
-            .map(|p| Finished::Rejected { frame: p.frame, kind: "engine", reason: e.to_string() })
-            .collect(),
+        Err((kind, reason)) => {
+            batch.into_iter().map(|p| Finished::Rejected { frame: p.frame, kind, reason: reason.clone() }).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ndarray::ArrayView4;
+
+    use super::*;
+    use crate::engine::{Engine, EngineChoice, EngineError, Scored};
+    use crate::frame::Origin;
+
+    /// The real engine, except that its first call panics, as a bug reached by one frame would.
+    struct PanicsOnce {
+        inner: Box<dyn Engine>,
+        panicked: AtomicBool,
+    }
+
+    impl Engine for PanicsOnce {
+        fn name(&self) -> &'static str {
+            self.inner.name()
+        }
+
+        fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+            if !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("index out of bounds: the len is 3 but the index is 7");
+            }
+            self.inner.run(batch)
+        }
+    }
+
+    fn frame(name: &str, bytes: Vec<u8>) -> Frame {
+        Frame {
+            slot: 0,
+            camera: "cam".into(),
+            origin: Origin::File(name.into()),
+            bytes,
+            time: std::time::SystemTime::now(),
+            received: Instant::now(),
+            done: None,
+        }
+    }
+
+    /// The next result, or a failure when none comes: a stage that died sends nothing more.
+    fn next(out: &mut mpsc::Receiver<Finished>) -> Finished {
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match out.try_recv() {
+                Ok(f) => return f,
+                Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("no result from the scoring stages within 30 s ({e}): a stage stopped"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_engine_refuses_its_frame_and_the_next_frame_is_scored() {
+        let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/surface-dae");
+        let config = EngineConfig { kind: EngineChoice::Tract, threads: Some(1), ..Default::default() };
+        let model = Model::load(&bundle, &config).unwrap();
+        let engine = model.engine.wrap(|inner| Box::new(PanicsOnce { inner, panicked: AtomicBool::new(false) }));
+        let model = Arc::new(Model { engine, ..model });
+        let models = Arc::new(Models::new(vec![model], vec![bundle]));
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let scoring = ScoringConfig { max_batch: 1, ..ScoringConfig::default() };
+        let stages = start(&scoring, models, vec![None], out_tx);
+        let mut png = std::io::Cursor::new(vec![]);
+        image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x * 3 + y) as u8]))
+            .write_to(&mut png, image::ImageFormat::Png)
+            .unwrap();
+        for name in ["first.png", "second.png"] {
+            stages.frames.blocking_send(frame(name, png.get_ref().clone())).unwrap();
+        }
+        match next(&mut out_rx) {
+            Finished::Rejected { frame, kind, reason } => {
+                assert_eq!((frame.origin.describe().as_str(), kind), ("first.png", "internal"));
+                assert!(reason.contains("the engine crashed on this frame (index out of bounds"), "{reason}");
+                assert!(reason.contains("please report it"), "{reason}");
+            }
+            Finished::Scored { .. } => panic!("the frame whose engine call panicked was scored"),
+        }
+        match next(&mut out_rx) {
+            Finished::Scored { prepared, score, map } => {
+                assert_eq!(prepared.frame.origin.describe(), "second.png");
+                assert!(score.is_finite() && map.is_some());
+            }
+            Finished::Rejected { reason, .. } => panic!("the inference thread did not go on: {reason}"),
+        }
+        stages.join();
     }
 }

@@ -135,24 +135,37 @@ impl Drop for Worker {
 
 fn work(rx: Receiver<Job>, dir: &Path, keep: usize, broker: Option<&Broker>, metrics: &Metrics) {
     for job in rx {
-        let image = match crate::preprocess::decode(&job.frame) {
-            Ok(i) => i,
-            Err(e) => {
-                // It decoded a moment ago, to be scored; only memory can make it fail now.
-                tracing::warn!(camera = job.camera, "snapshot of alert {} not rendered: {e}", job.id);
-                metrics.inc("vigil_errors_total", &[("kind", "snapshot")]);
-                continue;
-            }
-        };
-        let jpeg = render(&image, job.area, job.map.view(), job.threshold, &job.region);
-        if keep > 0
-            && let Err(e) = save(dir, &job.camera, &job.id, &jpeg, keep)
-        {
-            tracing::warn!(camera = job.camera, "snapshot not saved in {}: {e}", dir.display());
+        let (camera, id) = (job.camera.clone(), job.id.clone());
+        if let Err(panic) = crate::guard::catch(|| snapshot(job, dir, keep, broker, metrics)) {
+            tracing::error!(
+                camera,
+                "snapshot of alert {id} not rendered: {}",
+                crate::guard::reason("rendering", &panic)
+            );
+            metrics.inc("vigil_errors_total", &[("kind", "internal")]);
+        }
+    }
+}
+
+/// Renders, saves and publishes one snapshot.
+fn snapshot(job: Job, dir: &Path, keep: usize, broker: Option<&Broker>, metrics: &Metrics) {
+    let image = match crate::preprocess::decode(&job.frame) {
+        Ok(i) => i,
+        Err(e) => {
+            // It decoded a moment ago, to be scored; only memory can make it fail now.
+            tracing::warn!(camera = job.camera, "snapshot of alert {} not rendered: {e}", job.id);
             metrics.inc("vigil_errors_total", &[("kind", "snapshot")]);
+            return;
         }
-        if let Some(b) = broker {
-            b.publish_lossy(b.topics.camera(&job.camera, "snapshot"), true, jpeg);
-        }
+    };
+    let jpeg = render(&image, job.area, job.map.view(), job.threshold, &job.region);
+    if keep > 0
+        && let Err(e) = save(dir, &job.camera, &job.id, &jpeg, keep)
+    {
+        tracing::warn!(camera = job.camera, "snapshot not saved in {}: {e}", dir.display());
+        metrics.inc("vigil_errors_total", &[("kind", "snapshot")]);
+    }
+    if let Some(b) = broker {
+        b.publish_lossy(b.topics.camera(&job.camera, "snapshot"), true, jpeg);
     }
 }

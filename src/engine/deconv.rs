@@ -30,18 +30,36 @@ pub fn rewrite_for_tract(model: &mut pb::ModelProto) -> usize {
     }
     let Some(graph) = model.graph.as_mut() else { return 0 };
     let mut nodes = Vec::with_capacity(graph.node.len());
-    let mut rewritten = 0;
+    let (mut rewritten, mut replaced) = (0, vec![]);
     for node in std::mem::take(&mut graph.node) {
         match phase_form(&node, &graph.initializer) {
             Some(phases) => {
-                rewritten += 1;
                 nodes.extend(phase_nodes(&node, phases, &mut graph.initializer));
+                rewritten += 1;
+                replaced.extend(node.input.into_iter().skip(1));
             }
             None => nodes.push(node),
         }
     }
     graph.node = nodes;
+    // The original kernels would be parsed too, raising the load's memory peak by their
+    // size, unless another node still reads them.
+    let mut read = std::collections::HashSet::new();
+    inputs_read(graph, &mut read);
+    graph.initializer.retain(|t| !replaced.contains(&t.name) || read.contains(t.name.as_str()));
     rewritten
+}
+
+/// Every value name a node of `graph` or of its subgraphs reads.
+fn inputs_read(graph: &pb::GraphProto, read: &mut std::collections::HashSet<String>) {
+    for node in &graph.node {
+        read.extend(node.input.iter().cloned());
+        for a in &node.attribute {
+            for g in a.g.iter().chain(&a.graphs) {
+                inputs_read(g, read);
+            }
+        }
+    }
 }
 
 /// A transposed convolution's weights rearranged for its phase convolution.
@@ -232,6 +250,9 @@ mod tests {
         let ops: Vec<_> = rewritten.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
         assert_eq!(ops.iter().filter(|&&o| o == "ConvTranspose").count(), 1, "{ops:?}");
         assert_eq!(ops.iter().filter(|&&o| o == "DepthToSpace").count(), 2, "{ops:?}");
+        let kernels =
+            |m: &pb::ModelProto| m.graph.as_ref().unwrap().initializer.iter().filter(|t| t.dims.len() == 4).count();
+        assert_eq!((kernels(&original), kernels(&rewritten)), (3, 3), "the replaced kernels are dropped");
         let (a, b) = (run(&original), run(&rewritten));
         assert_eq!(a.len(), 2 * 20 * 28);
         let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);

@@ -164,6 +164,13 @@ impl LoadedEngine {
         self.engine.name()
     }
 
+    /// The same model behind another engine built around this one (a failing one, in tests).
+    #[cfg(test)]
+    pub(crate) fn wrap(mut self, wrap: impl FnOnce(Box<dyn Engine>) -> Box<dyn Engine>) -> Self {
+        self.engine = wrap(self.engine);
+        self
+    }
+
     /// The largest batch one call takes.
     pub fn max_batch(&self) -> usize {
         self.io.max_batch

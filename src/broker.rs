@@ -70,7 +70,16 @@ pub struct Broker {
     /// The topic names.
     pub topics: Topics,
     connected: Arc<AtomicBool>,
+    redeliver: Arc<tokio::sync::Notify>,
 }
+
+/// How long after a frame was left unacknowledged (its alert could not be stored) the
+/// connection is renewed so that the broker delivers it again. A broker redelivers only when
+/// a session resumes; without this, such frames would wait for the next network failure, and
+/// once they fill the broker's in-flight window (20 messages for Mosquitto) no frame would
+/// arrive at all, even after the disk had room again. Not at once, so that a disk that stays
+/// full costs a reconnect every few seconds, not a loop.
+pub const REDELIVERY_DELAY: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,7 +164,13 @@ pub fn start(
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     no_delay(&mut eventloop);
     let connected = Arc::new(AtomicBool::new(false));
-    let broker = Broker { client: client.clone(), topics: topics.clone(), connected: connected.clone() };
+    let redeliver = Arc::new(tokio::sync::Notify::new());
+    let broker = Broker {
+        client: client.clone(),
+        topics: topics.clone(),
+        connected: connected.clone(),
+        redeliver: redeliver.clone(),
+    };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let max_backoff = cfg.max_backoff.max(Duration::from_secs(1));
     let endpoint = format!("{}:{}", cfg.host, cfg.effective_port());
@@ -164,9 +179,23 @@ pub fn start(
         let mut stopping = false;
         let mut disconnecting = false;
         let mut stop_deadline = None;
+        let (mut renew_at, mut renewing) = (None, false);
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
+                _ = redeliver.notified(), if renew_at.is_none() && !stopping => {
+                    renew_at = Some(tokio::time::Instant::now() + REDELIVERY_DELAY);
+                    continue;
+                }
+                _ = async { tokio::time::sleep_until(renew_at.expect("set when asked")).await }, if renew_at.is_some() => {
+                    renew_at = None;
+                    if !stopping && connected.load(Ordering::SeqCst) {
+                        // A clean DISCONNECT: the broker keeps the session and sends no Last-Will.
+                        tracing::info!("mqtt: reconnecting so that the broker delivers again the frames left unacknowledged");
+                        renewing = client.try_disconnect().is_ok();
+                    }
+                    continue;
+                }
                 _ = stop_rx.changed(), if !stopping => {
                     stopping = true;
                     stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
@@ -223,6 +252,13 @@ pub fn start(
                 }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     metrics.shift("vigil_alerts_pending", &[], -1.0);
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if renewing && !stopping => {
+                    // The next poll connects again and resumes the session.
+                    renewing = false;
+                    eventloop.clean();
+                    connected.store(false, Ordering::SeqCst);
+                    metrics.set("vigil_mqtt_connected", &[], 0.0);
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                 Ok(_) => {}
@@ -291,6 +327,12 @@ impl Broker {
     /// Acknowledges a frame message once it was handled.
     pub async fn ack(&self, p: &Publish) {
         let _ = self.client.ack(p).await;
+    }
+
+    /// Leaves a frame message unacknowledged and has the broker deliver it again, after
+    /// [`REDELIVERY_DELAY`] (one renewal covers every frame left before it).
+    pub fn redeliver(&self) {
+        self.redeliver.notify_one();
     }
 
     /// Whether the connection is up.

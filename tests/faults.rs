@@ -331,3 +331,75 @@ fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anoma
     sub.wait_for("vigil/box1/json/anomaly", 1, WAIT);
     daemon.stop();
 }
+
+/// A frame whose alert could not be stored stays unacknowledged, and the broker is made to
+/// deliver it again (brokers redeliver only when a session resumes); a frame that was handled
+/// is acknowledged and never comes back, across that reconnect too. The MQTT source and the
+/// connection are vigil's, the broker is a real Mosquitto, and the test plays the scoring side.
+#[test]
+fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_is_not() {
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, watch};
+    use tokio::time::timeout;
+    use vigil::frame::{Frame, Outcome};
+    use vigil::source::mqtt::MqttCamera;
+
+    let m = Mosquitto::start();
+    let publisher = Subscriber::new(m.port, "unused/#");
+    let cfg = serde_json::from_value(serde_json::json!({ "host": "127.0.0.1", "port": m.port })).unwrap();
+    let source = serde_json::from_value(serde_json::json!({ "topic": "cams/line/frame" })).unwrap();
+    let metrics = Arc::new(vigil::metrics::Metrics::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (control, _control) = mpsc::unbounded_channel();
+        let (messages_tx, messages) = mpsc::channel(16);
+        let filters = vec!["cams/line/frame".to_string()];
+        let (broker, connection) =
+            vigil::broker::start(&cfg, "dev", filters, control, messages_tx, metrics.clone()).unwrap();
+        let cameras = vec![MqttCamera { slot: 0, id: "line".into(), config: source }];
+        let (frames_tx, mut frames) = mpsc::channel::<Frame>(16);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(vigil::source::mqtt::run(
+            cameras,
+            messages,
+            frames_tx,
+            broker.clone(),
+            metrics.clone(),
+            stopped,
+        ));
+        let started = Instant::now();
+        while !broker.is_connected() {
+            assert!(started.elapsed() < WAIT, "vigil did not connect to the broker");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The subscription follows the connection.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let patience = vigil::broker::REDELIVERY_DELAY + Duration::from_secs(20);
+        let mut next = async |what: &str| -> Frame {
+            timeout(patience, frames.recv()).await.unwrap_or_else(|_| panic!("{what} did not arrive")).unwrap()
+        };
+
+        publisher.publish("cams/line/frame", false, b"frame one".to_vec());
+        let f = next("frame one").await;
+        assert_eq!(f.bytes, b"frame one");
+        f.done.unwrap().send(Outcome::Retry("outbox: no space left on device".into())).unwrap();
+        let f = next("frame one, again").await;
+        assert_eq!(f.bytes, b"frame one", "the unstored frame is delivered again");
+        f.done.unwrap().send(Outcome::Scored).unwrap();
+
+        // Another renewal, for frame two: frame one, handled, does not come back with it.
+        publisher.publish("cams/line/frame", false, b"frame two".to_vec());
+        let f = next("frame two").await;
+        assert_eq!(f.bytes, b"frame two");
+        f.done.unwrap().send(Outcome::Retry("outbox: no space left on device".into())).unwrap();
+        let f = next("frame two, again").await;
+        assert_eq!(f.bytes, b"frame two", "frame one was acknowledged and not delivered again");
+        f.done.unwrap().send(Outcome::Scored).unwrap();
+        assert!(timeout(Duration::from_secs(2), frames.recv()).await.is_err(), "nothing else was left unacknowledged");
+        assert!(broker.is_connected());
+
+        stop.send(true).unwrap();
+        connection.stop(&broker, &metrics).await;
+        let _ = task.await;
+    });
+}

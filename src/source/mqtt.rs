@@ -148,10 +148,13 @@ pub async fn run(
                 }
                 let b = broker.clone();
                 tasks.spawn(async move {
-                    // A frame whose alert could not be stored stays unacknowledged, so the
-                    // broker delivers it again after the next reconnect.
-                    if rx.await.is_ok_and(|o| !matches!(o, Outcome::Retry(_))) {
-                        b.ack(&p).await;
+                    // A frame whose alert could not be stored stays unacknowledged, and the
+                    // broker is asked to deliver it again.
+                    match rx.await {
+                        Ok(Outcome::Retry(_)) => b.redeliver(),
+                        Ok(_) => b.ack(&p).await,
+                        // The daemon is stopping: the broker delivers it after the restart.
+                        Err(_) => {}
                     }
                 });
             }

@@ -60,6 +60,9 @@ pub enum Incoming {
         camera: String,
         /// The payload.
         payload: Vec<u8>,
+        /// Answered once the threshold is applied and saved (or refused): the message is
+        /// acknowledged only then, so a change vigil dies before saving is delivered again.
+        handled: tokio::sync::oneshot::Sender<()>,
     },
 }
 
@@ -237,11 +240,17 @@ pub fn start(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(camera) = topics.threshold_set_camera(&p.topic) {
-                        let _ = incoming
-                            .send(Incoming::ThresholdSet { camera: camera.to_owned(), payload: p.payload.to_vec() });
+                        let (handled, done) = tokio::sync::oneshot::channel();
+                        let _ = incoming.send(Incoming::ThresholdSet {
+                            camera: camera.to_owned(),
+                            payload: p.payload.to_vec(),
+                            handled,
+                        });
                         let c = client.clone();
                         tokio::spawn(async move {
-                            let _ = c.ack(&p).await;
+                            if done.await.is_ok() {
+                                let _ = c.ack(&p).await;
+                            }
                         });
                     } else {
                         // When the frame queue is full, this waits: the connection is not read

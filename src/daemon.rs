@@ -433,24 +433,28 @@ async fn control_loop(
                     publish_state(c).await;
                 }
             }
-            Incoming::ThresholdSet { camera, payload } => match parse_threshold(&payload) {
-                Ok(value) if crate::config::valid_id(&camera) && policy.slot_of(&camera).is_some() => {
-                    let saved = policy.thresholds.lock().expect("thresholds lock").set(&camera, value);
-                    match saved {
-                        Ok(()) => tracing::info!(camera, "threshold set over MQTT: {value:?}"),
-                        Err(e) => tracing::error!(camera, "threshold could not be saved: {e:#}"),
+            Incoming::ThresholdSet { camera, payload, handled } => {
+                match parse_threshold(&payload) {
+                    Ok(value) if crate::config::valid_id(&camera) && policy.slot_of(&camera).is_some() => {
+                        let saved = policy.thresholds.lock().expect("thresholds lock").set(&camera, value);
+                        match saved {
+                            Ok(()) => tracing::info!(camera, "threshold set over MQTT: {value:?}"),
+                            Err(e) => tracing::error!(camera, "threshold could not be saved: {e:#}"),
+                        }
+                        publish_state(camera).await;
                     }
-                    publish_state(camera).await;
+                    Ok(_) => {
+                        tracing::warn!("threshold/set for unknown camera `{}` ignored", camera.escape_default());
+                        metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
+                    }
+                    Err(e) => {
+                        tracing::warn!(camera, "threshold/set refused: {e}");
+                        metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
+                    }
                 }
-                Ok(_) => {
-                    tracing::warn!("threshold/set for unknown camera `{}` ignored", camera.escape_default());
-                    metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
-                }
-                Err(e) => {
-                    tracing::warn!(camera, "threshold/set refused: {e}");
-                    metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
-                }
-            },
+                // Acknowledged only now: had vigil died before saving, it would come again.
+                let _ = handled.send(());
+            }
         }
     }
 }

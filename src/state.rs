@@ -77,7 +77,7 @@ impl Ledger {
             }
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        replace(&tmp, path)?;
         let file = OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
         Ok(Ledger { path: path.to_path_buf(), done, file })
     }
@@ -141,9 +141,19 @@ impl Thresholds {
         let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(&self.values)?)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
+        replace(&tmp, &self.path)?;
         Ok(())
     }
+}
+
+/// Renames the written and synced `tmp` over `path`, then syncs the folder, so that after a
+/// power loss the folder holds the new file, not the old one or none.
+fn replace(tmp: &Path, path: &Path) -> anyhow::Result<()> {
+    std::fs::rename(tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing the folder {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -325,6 +325,8 @@ fn a_threshold_set_over_mqtt_takes_effect_and_survives_a_restart() {
     assert_eq!(sub.on("vigil/box1/cam1/threshold/state")[2].json()["threshold"], 1e9);
     plant.drop_frame("b.png", &plant.anomalous);
     plant.wait_frames("cam1", "normal", 1.0);
+    // The set message was acknowledged once saved: the broker did not deliver it again.
+    assert_eq!(sub.on("vigil/box1/cam1/threshold/state").len(), 3);
     // Back to the configured threshold: the same frame alerts.
     sub.publish("vigil/box1/cam1/threshold/set", false, b"reset".to_vec());
     sub.wait_for("vigil/box1/cam1/threshold/state", 4, WAIT);

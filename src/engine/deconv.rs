@@ -46,6 +46,8 @@ pub fn rewrite_for_tract(model: &mut pb::ModelProto) -> usize {
     // size, unless another node still reads them.
     let mut read = std::collections::HashSet::new();
     inputs_read(graph, &mut read);
+    // Older exporters also list initializers as graph inputs; outputs may name one too.
+    read.extend(graph.input.iter().chain(&graph.output).map(|v| v.name.clone()));
     graph.initializer.retain(|t| !replaced.contains(&t.name) || read.contains(t.name.as_str()));
     rewritten
 }
@@ -74,7 +76,11 @@ struct Phases {
 
 /// The phase form of `node`, when it is a transposed convolution this rewrite covers.
 fn phase_form(node: &pb::NodeProto, initializers: &[pb::TensorProto]) -> Option<Phases> {
-    if node.op_type != "ConvTranspose" || !(node.domain.is_empty() || node.domain == "ai.onnx") {
+    if node.op_type != "ConvTranspose"
+        || !(node.domain.is_empty() || node.domain == "ai.onnx")
+        || node.output.len() != 1
+        || node.output[0].is_empty()
+    {
         return None;
     }
     for a in &node.attribute {
@@ -268,5 +274,15 @@ mod tests {
         let node = shaped.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "ConvTranspose").unwrap();
         node.attribute.push(attr_ints("output_shape", &[10, 14]));
         assert_eq!(rewrite_for_tract(&mut shaped), 1, "only the second layer");
+        // A kernel that an older exporter also lists as a graph input stays.
+        let mut listed = model(OPSET);
+        let g = listed.graph.as_mut().unwrap();
+        let kernel = g.node.iter().find(|n| n.op_type == "ConvTranspose").unwrap().input[1].clone();
+        g.input.push(crate::onnx::graph::value_info(
+            &kernel,
+            &[Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4), Dim::Fixed(4)],
+        ));
+        assert_eq!(rewrite_for_tract(&mut listed), 2);
+        assert!(listed.graph.as_ref().unwrap().initializer.iter().any(|t| t.name == kernel));
     }
 }

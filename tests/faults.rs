@@ -375,26 +375,24 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
         // The subscription follows the connection.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let patience = vigil::broker::REDELIVERY_DELAY + Duration::from_secs(20);
-        let mut next = async |what: &str| -> Frame {
-            timeout(patience, frames.recv()).await.unwrap_or_else(|_| panic!("{what} did not arrive")).unwrap()
+        // A frame is published, left unacknowledged as if its alert could not be stored, must
+        // come again (and only it: a frame handled before must not), and is then handled.
+        let mut stored_on_second_try = async |payload: &[u8]| {
+            publisher.publish("cams/line/frame", false, payload.to_vec());
+            for (attempt, outcome) in
+                [("first", Outcome::Retry("outbox: no space left on device".into())), ("second", Outcome::Scored)]
+            {
+                let f = timeout(patience, frames.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{} did not arrive a {attempt} time", String::from_utf8_lossy(payload)))
+                    .unwrap();
+                assert_eq!(f.bytes, payload, "{attempt} delivery");
+                f.done.unwrap().send(outcome).unwrap();
+            }
         };
-
-        publisher.publish("cams/line/frame", false, b"frame one".to_vec());
-        let f = next("frame one").await;
-        assert_eq!(f.bytes, b"frame one");
-        f.done.unwrap().send(Outcome::Retry("outbox: no space left on device".into())).unwrap();
-        let f = next("frame one, again").await;
-        assert_eq!(f.bytes, b"frame one", "the unstored frame is delivered again");
-        f.done.unwrap().send(Outcome::Scored).unwrap();
-
-        // Another renewal, for frame two: frame one, handled, does not come back with it.
-        publisher.publish("cams/line/frame", false, b"frame two".to_vec());
-        let f = next("frame two").await;
-        assert_eq!(f.bytes, b"frame two");
-        f.done.unwrap().send(Outcome::Retry("outbox: no space left on device".into())).unwrap();
-        let f = next("frame two, again").await;
-        assert_eq!(f.bytes, b"frame two", "frame one was acknowledged and not delivered again");
-        f.done.unwrap().send(Outcome::Scored).unwrap();
+        stored_on_second_try(b"frame one").await;
+        // Another renewal: frame one, handled, does not come back with it.
+        stored_on_second_try(b"frame two").await;
         assert!(timeout(Duration::from_secs(2), frames.recv()).await.is_err(), "nothing else was left unacknowledged");
         assert!(broker.is_connected());
 

@@ -8,12 +8,14 @@
 //! come from one 2×2 convolution over the input padded by 1, with the four phases' kernels
 //! stacked as `4·O` output channels, each phase cropped from its own offset and interleaved by
 //! `DepthToSpace`: a convolution tract threads and packs like any other, with the
-//! multiply-adds of the original. ONNX Runtime keeps the model as written (its own
-//! transposed convolution is faster than this form there, measured in the README).
+//! multiply-adds of the original. ONNX Runtime keeps the model as written: this form is no
+//! faster there (measured, README).
 
 use tract_onnx::pb;
 
-use crate::onnx::graph::{Tensor, attr_int, attr_ints, attr_string, default_opset, f32_tensor_proto, i64_tensor_proto};
+use crate::onnx::graph::{
+    Tensor, attr_int, attr_ints, attr_string, default_opset, f32_tensor_proto, i64_tensor_proto, node_proto,
+};
 
 /// Kernel rows (or columns) that feed output phase 0 and phase 1, for the window's first and
 /// second input row: an output row `2m` reads input rows `m-1, m` through kernel rows 3, 1;
@@ -163,7 +165,7 @@ fn phase_nodes(node: &pb::NodeProto, phases: Phases, initializers: &mut Vec<pb::
         conv_inputs.push(b_name);
     }
     let z = name("conv");
-    let mut nodes = vec![make(
+    let mut nodes = vec![node_proto(
         "Conv",
         conv_inputs,
         &z,
@@ -191,25 +193,14 @@ fn phase_nodes(node: &pb::NodeProto, phases: Phases, initializers: &mut Vec<pb::
             &[(k + 1) * o64, if a == 0 { -1 } else { end }, if b == 0 { -1 } else { end }],
         ));
         initializers.push(i64_tensor_proto(&axes, &[1, 2, 3]));
-        nodes.push(make("Slice", vec![z.clone(), starts, ends, axes], &crop, vec![]));
+        nodes.push(node_proto("Slice", vec![z.clone(), starts, ends, axes], &crop, vec![]));
         crops.push(crop);
     }
     let cat = name("cat");
-    nodes.push(make("Concat", crops, &cat, vec![attr_int("axis", 1)]));
+    nodes.push(node_proto("Concat", crops, &cat, vec![attr_int("axis", 1)]));
     // DCR puts input channel (2·a + b)·O + o at output row 2h + a, column 2w + b.
-    nodes.push(make("DepthToSpace", vec![cat], out, vec![attr_int("blocksize", 2), attr_string("mode", "DCR")]));
+    nodes.push(node_proto("DepthToSpace", vec![cat], out, vec![attr_int("blocksize", 2), attr_string("mode", "DCR")]));
     nodes
-}
-
-fn make(op: &str, input: Vec<String>, output: &str, attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
-    pb::NodeProto {
-        input,
-        output: vec![output.into()],
-        name: format!("node_{output}"),
-        op_type: op.into(),
-        attribute,
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,23 @@ pub(crate) fn attr_string(name: &str, s: &str) -> pb::AttributeProto {
     }
 }
 
+/// One node writing one output, named after that output.
+pub(crate) fn node_proto(
+    op: &str,
+    input: Vec<String>,
+    output: &str,
+    attribute: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
+    pb::NodeProto {
+        input,
+        output: vec![output.into()],
+        name: format!("node_{output}"),
+        op_type: op.into(),
+        attribute,
+        ..Default::default()
+    }
+}
+
 /// The ONNX `ValueInfoProto` of an f32 tensor.
 pub fn value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension::Value};
@@ -227,15 +244,8 @@ impl GraphBuilder {
     }
 
     fn node(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>) {
-        let name = format!("node_{output}");
-        self.graph.node.push(pb::NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            name,
-            op_type: op.into(),
-            attribute,
-            ..Default::default()
-        });
+        let inputs = inputs.iter().map(|s| s.to_string()).collect();
+        self.graph.node.push(node_proto(op, inputs, output, attribute));
     }
 
     fn op(&mut self, op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> String {

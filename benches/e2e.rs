@@ -118,10 +118,13 @@ fn run(kind: &str, n: usize) {
     child.wait().unwrap();
 
     // The bare engine call on the same bundle, batch 1.
-    let b = vigil::bundle::Bundle::load(&bundle).unwrap();
-    let choice = if kind == "ort" { vigil::engine::EngineChoice::Ort } else { vigil::engine::EngineChoice::Tract };
-    let engine = vigil::engine::load(&b, &vigil::engine::EngineConfig { kind: choice, ..Default::default() }).unwrap();
-    let macs = vigil::engine::tract::multiply_adds(&b).unwrap();
+    let b = vigil_model::bundle::Bundle::load(&bundle).unwrap();
+    let choice =
+        if kind == "ort" { vigil_model::engine::EngineChoice::Ort } else { vigil_model::engine::EngineChoice::Tract };
+    let engine =
+        vigil_model::engine::load(&b, &vigil_model::engine::EngineConfig { kind: choice, ..Default::default() })
+            .unwrap();
+    let macs = vigil_model::engine::tract::multiply_adds(&b).unwrap();
     let bare = vigil::commands::bench::engine_only(&engine, 1, 200, macs).unwrap();
 
     latencies.sort_by(f64::total_cmp);

@@ -1,7 +1,7 @@
 //! The alert: the versioned JSON document every sink sends for an anomalous frame, and its
 //! id (a ULID that is the same every time the same frame is alerted).
 //!
-//! `schema/alert.schema.json` is the JSON Schema of this document; the README shows an example.
+//! `schema/alert.schema.json` is the JSON Schema of this document; docs/mqtt.md shows an example.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

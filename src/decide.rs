@@ -1,12 +1,24 @@
-//! Score → decision: the threshold in force, cooldown and hysteresis per camera, and the
-//! anomalous region read from the anomaly map.
+//! The decide stage, score → decision → alert: the threshold in force ([`Policy`]: set at
+//! run time over MQTT, else the camera's config, else the bundle's), cooldown and hysteresis
+//! per camera ([`Decider`]), the anomalous region read from the anomaly map, and the alert
+//! handed to the sinks; then each frame's source is told it is done.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ndarray::ArrayView2;
+use ndarray::{Array2, ArrayView2};
+use tokio::sync::mpsc;
 
-use crate::alert::Region;
+use crate::alert::{ALERT_SCHEMA, Alert, ModelRef, Region, SnapshotRef, alert_id, rfc3339};
+use crate::config::{CameraConfig, Config};
+use crate::frame::{Area, Outcome};
+use crate::metrics::Metrics;
+use crate::scoring::{Finished, Models, Prepared};
+use crate::sink::jsonl::Jsonl;
+use crate::sink::{Sinks, snapshot};
+use crate::source::SourceConfig;
+use crate::state::Thresholds;
 
 /// What to do with a scored frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,20 +99,6 @@ impl Decider {
     }
 }
 
-/// The scored area of a frame, in frame pixels: where the model's input (and so its map)
-/// was cut from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Area {
-    /// Left edge.
-    pub x: u32,
-    /// Top edge.
-    pub y: u32,
-    /// Width.
-    pub w: u32,
-    /// Height.
-    pub h: u32,
-}
-
 /// The bounding box (in frame pixels) and area share of the map above `threshold`. When no
 /// pixel is above it (a mean or top-k score can exceed the threshold without any single
 /// pixel doing so), the box is the hottest pixel's.
@@ -128,6 +126,250 @@ pub fn region(map: ArrayView2<'_, f32>, threshold: f32, area: Area) -> Region {
     let fx1 = area.x + ((x1 + 1) as f64 * sx).ceil().min(area.w as f64) as u32;
     let fy1 = area.y + ((y1 + 1) as f64 * sy).ceil().min(area.h as f64) as u32;
     Region { bbox: [fx0, fy0, fx1 - fx0, fy1 - fy0], area_fraction: n as f32 / (mh * mw).max(1) as f32 }
+}
+
+/// The threshold in force per camera: set at run time over MQTT, else the camera's config,
+/// else the bundle's calibrated one.
+pub struct Policy {
+    cameras: Vec<CameraConfig>,
+    models: Arc<Models>,
+    /// Thresholds set at run time, kept in the state folder.
+    pub thresholds: Mutex<Thresholds>,
+}
+
+impl Policy {
+    /// The policy over `cameras` (in `[[cameras]]` order, as `models`).
+    pub fn new(cameras: Vec<CameraConfig>, models: Arc<Models>, thresholds: Thresholds) -> Policy {
+        Policy { cameras, models, thresholds: Mutex::new(thresholds) }
+    }
+
+    /// The `[[cameras]]` index serving `camera`: its own entry, or the MQTT group that takes
+    /// camera ids from topics or payloads.
+    pub fn slot_of(&self, camera: &str) -> Option<usize> {
+        self.cameras.iter().position(|c| c.id == camera).or_else(|| {
+            self.cameras.iter().position(|c| {
+                matches!(&c.source, SourceConfig::Mqtt(m) if m.camera_from_topic.is_some() || m.camera_field.is_some())
+            })
+        })
+    }
+
+    /// The threshold of `camera` (served by `slot`) and where it comes from: `runtime`,
+    /// `config` or `bundle`.
+    pub fn threshold(&self, camera: &str, slot: usize) -> (f32, &'static str) {
+        if let Some(t) = self.thresholds.lock().expect("thresholds lock").get(camera) {
+            return (t, "runtime");
+        }
+        if let Some(t) = self.cameras[slot].threshold {
+            return (t, "config");
+        }
+        (self.models.get(slot).bundle.manifest.threshold.value, "bundle")
+    }
+
+    /// The retained `threshold/state` of `camera`, or `None` for a camera vigil does not serve.
+    pub fn state(&self, camera: &str) -> Option<serde_json::Value> {
+        let slot = self.slot_of(camera)?;
+        let (threshold, source) = self.threshold(camera, slot);
+        Some(serde_json::json!({
+            "camera": camera,
+            "threshold": threshold,
+            "source": source,
+            "bundle_threshold": self.models.get(slot).bundle.manifest.threshold.value,
+        }))
+    }
+
+    /// Every camera with a state to publish: the configured ones and those with a run-time
+    /// threshold (members of MQTT groups).
+    pub fn cameras(&self) -> Vec<String> {
+        let mut cameras: Vec<String> = self.cameras.iter().map(|c| c.id.clone()).collect();
+        cameras.extend(self.thresholds.lock().expect("thresholds lock").all().keys().cloned());
+        cameras.sort();
+        cameras.dedup();
+        cameras
+    }
+}
+
+/// The decide stage: what it needs besides the scored frames.
+pub struct Stage {
+    /// This box's id (alert ids and payloads).
+    pub device: String,
+    /// The daemon's config (cooldowns, hysteresis, snapshots).
+    pub config: Config,
+    /// Thresholds in force.
+    pub policy: Arc<Policy>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The decisions log (`alerts.decisions_jsonl`).
+    pub decisions: Option<Jsonl>,
+    /// Where alerts and the other messages go.
+    pub sinks: Sinks,
+}
+
+impl Stage {
+    /// Decides for every scored frame until the scoring stages close their queue, then hands
+    /// the sinks back for the rest of the stop.
+    pub async fn run(mut self, mut results: mpsc::Receiver<Finished>) -> Sinks {
+        let a = self.config.alerts.clone();
+        let snapshots = snapshot::Worker::start(
+            a.snapshot_dir(&self.config.state_dir),
+            a.snapshot_keep,
+            self.sinks.publisher.clone(),
+            self.metrics.clone(),
+        );
+        let mut decider = Decider::default();
+        while let Some(finished) = results.recv().await {
+            match finished {
+                Finished::Rejected { mut frame, kind, reason } => {
+                    self.metrics.rejected(&frame.camera, &frame.origin.describe(), kind, &reason);
+                    self.record(serde_json::json!({
+                        "camera": frame.camera, "source": frame.origin.describe(), "result": "rejected",
+                        "kind": kind, "error": reason,
+                    }));
+                    if let Some(done) = frame.done.take() {
+                        let _ = done.send(Outcome::Rejected(reason));
+                    }
+                }
+                Finished::Scored { prepared, score, map } => {
+                    self.scored(&mut decider, &snapshots, prepared, score, map);
+                }
+            }
+        }
+        self.sinks
+    }
+
+    /// One scored frame: decision, counters, score message, alert and snapshot, the decisions
+    /// log, and the frame's source told it is done.
+    fn scored(
+        &mut self,
+        decider: &mut Decider,
+        snapshots: &snapshot::Worker,
+        mut prepared: Box<Prepared>,
+        score: f32,
+        mut map: Option<Array2<f32>>,
+    ) {
+        let a = &self.config.alerts;
+        let frame = &prepared.frame;
+        let manifest = &prepared.model.bundle.manifest;
+        let (threshold, _) = self.policy.threshold(&frame.camera, frame.slot);
+        let normalized =
+            manifest.normalized_score(score, threshold).unwrap_or(if score > threshold { 1.0 } else { 0.0 });
+        let cooldown = self.config.cameras[frame.slot].cooldown.unwrap_or(a.cooldown);
+        let before = decider.save(&frame.camera);
+        let decision = decider.decide(&frame.camera, score, threshold, cooldown, a.hysteresis, Instant::now());
+        let result = if decision == Decision::Normal { "normal" } else { "anomalous" };
+        self.metrics.inc("vigil_frames_total", &[("camera", &frame.camera), ("result", result)]);
+        self.metrics.score(&frame.camera, normalized as f64);
+        let source = frame.origin.describe();
+        let frame_time = rfc3339(frame.time);
+        self.sinks.publisher.score(
+            &frame.camera,
+            &serde_json::json!({
+                "camera": frame.camera, "source": source, "frame_time": frame_time,
+                "score": score, "normalized_score": normalized, "threshold": threshold, "anomalous": result == "anomalous",
+            }),
+        );
+        let mut outcome = Outcome::Scored;
+        let mut record = serde_json::json!({
+            "camera": frame.camera, "source": source, "frame_time": frame_time, "score": score,
+            "normalized_score": normalized, "threshold": threshold, "result": result,
+            "latency_ms": frame.received.elapsed().as_secs_f64() * 1e3,
+        });
+        match decision {
+            Decision::Normal => {}
+            Decision::Suppressed => self.metrics.inc("vigil_alerts_suppressed_total", &[("camera", &frame.camera)]),
+            Decision::Alert { suppressed_before } => {
+                let (alert, snapshot) =
+                    self.alert(&mut prepared, score, normalized, threshold, map.take(), suppressed_before);
+                let frame = &prepared.frame;
+                tracing::info!(
+                    camera = alert.camera,
+                    id = alert.id,
+                    "anomaly: score {score:.4} > {threshold:.4} in {}",
+                    alert.source
+                );
+                record["alert"] = alert.id.clone().into();
+                if let Err(e) = self.sinks.alert(&alert) {
+                    outcome = Outcome::Retry(format!("{e:#}"));
+                    decider.restore(&frame.camera, before);
+                }
+                if let Some(job) = snapshot {
+                    snapshots.submit(job);
+                }
+                self.metrics.inc("vigil_alerts_total", &[("camera", &alert.camera)]);
+            }
+        }
+        let frame = &mut prepared.frame;
+        self.metrics.latency(frame.received.elapsed().as_secs_f64());
+        self.record(record);
+        if let Some(done) = frame.done.take() {
+            let _ = done.send(outcome);
+        }
+    }
+
+    /// The alert of an anomalous frame, and the snapshot job to render after it is on its way
+    /// (the alert names where the snapshot will be).
+    fn alert(
+        &self,
+        prepared: &mut Prepared,
+        score: f32,
+        normalized: f32,
+        threshold: f32,
+        map: Option<Array2<f32>>,
+        suppressed_before: u64,
+    ) -> (Alert, Option<snapshot::Job>) {
+        let a = &self.config.alerts;
+        let model = prepared.model.clone();
+        let frame = &mut prepared.frame;
+        let source = frame.origin.describe();
+        let id = alert_id(frame.time, &self.device, &frame.camera, &source, &prepared.sha256);
+        let reg = map.as_ref().map(|m| region(m.view(), threshold, prepared.area));
+        let snapshot = match (map, &reg) {
+            (Some(map), Some(region)) => Some(snapshot::Job {
+                frame: std::mem::take(&mut frame.bytes),
+                area: prepared.area,
+                map,
+                threshold,
+                region: region.clone(),
+                camera: frame.camera.clone(),
+                id: id.clone(),
+            }),
+            _ => None,
+        };
+        let file = (snapshot.is_some() && a.snapshot_keep > 0)
+            .then(|| snapshot::path(&a.snapshot_dir(&self.config.state_dir), &frame.camera, &id).display().to_string());
+        let topic = snapshot.as_ref().and_then(|_| self.sinks.publisher.camera_topic(&frame.camera, "snapshot"));
+        let manifest = &model.bundle.manifest;
+        let alert = Alert {
+            schema: ALERT_SCHEMA.into(),
+            id,
+            device: self.device.clone(),
+            camera: frame.camera.clone(),
+            source,
+            frame_time: rfc3339(frame.time),
+            detected_at: rfc3339(std::time::SystemTime::now()),
+            score,
+            normalized_score: normalized,
+            threshold,
+            model: ModelRef {
+                name: manifest.name.clone(),
+                version: manifest.version,
+                sha256: model.bundle.model_sha256.clone(),
+            },
+            region: reg,
+            snapshot: (topic.is_some() || file.is_some()).then_some(SnapshotRef { topic, file }),
+            suppressed_before,
+        };
+        (alert, snapshot)
+    }
+
+    /// Appends a frame's decision to `decisions_jsonl`, if configured.
+    fn record(&mut self, line: serde_json::Value) {
+        if let Some(d) = &mut self.decisions
+            && let Err(e) = d.append(&line.to_string())
+        {
+            tracing::warn!("{e:#}");
+            self.metrics.inc("vigil_errors_total", &[("kind", "sink_decisions")]);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,3 +54,17 @@ pub struct Frame {
     /// Told what became of the frame, once it is done.
     pub done: Option<oneshot::Sender<Outcome>>,
 }
+
+/// The scored area of a frame, in frame pixels: where the model's input (and so its map)
+/// was cut from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Area {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width.
+    pub w: u32,
+    /// Height.
+    pub h: u32,
+}

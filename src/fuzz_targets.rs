@@ -2,15 +2,15 @@
 //! replays their corpora and crashers in CI: each must return (any `Result`), never panic,
 //! for every input.
 
-use crate::bundle::manifest::{ColorMode, InputSpec, ResizeMode, Tiling};
-use crate::config::{MqttSource, PayloadFormat};
-use crate::preprocess::Preprocessor;
 use crate::source::mqtt::{MqttCamera, parse};
+use crate::source::mqtt::{MqttSource, PayloadFormat};
+use vigil_model::bundle::manifest::{ColorMode, InputSpec, ResizeMode, Tiling};
+use vigil_model::preprocess::Preprocessor;
 
 /// Frame decoding and preprocessing: the bytes as a camera file, into each kind of model
 /// input (gray, RGB centre-cropped, tiled).
 pub fn decode(data: &[u8]) {
-    let Ok(img) = crate::preprocess::decode(data) else { return };
+    let Ok(img) = vigil_model::preprocess::decode(data) else { return };
     let gray = InputSpec::unit_range("x", ColorMode::Gray, 32, 32);
     let _ = Preprocessor::new(&gray).tensor(&img);
     let mut rgb = InputSpec::unit_range("x", ColorMode::Rgb, 16, 24);
@@ -51,5 +51,5 @@ pub fn config(data: &[u8]) {
 
 /// A bundle's `manifest.json`: parsed and validated.
 pub fn manifest(data: &[u8]) {
-    let _ = crate::bundle::parse_manifest(data, "fuzz");
+    let _ = vigil_model::bundle::parse_manifest(data, "fuzz");
 }

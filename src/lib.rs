@@ -1,56 +1,52 @@
-//! vigil: edge anomaly detection for factory cameras.
+//! vigil: edge anomaly detection for factory cameras; the daemon and its CLI. What it shares
+//! with the trainer (bundles, the ONNX writer, engines, preprocessing) is the `vigil_model`
+//! crate.
 //!
 //! The data path, and where each part lives:
 //!
 //! ```text
-//! source -> decode/preprocess -> engine -> score/decide -> sink
-//! (source)  (scoring, preprocess) (engine) (decide, alert)  (sink, broker)
+//! source  -> decode/preprocess -> engine        -> score/decide -> sink
+//! source/    scoring.rs           vigil_model      decide.rs       sink/
 //! ```
 //!
-//! - [`config`]: the daemon's documented config and its validation.
-//! - [`daemon`]: `run(config, shutdown)`, which wires the parts below together.
+//! - [`daemon`]: `run(config, shutdown)`, the wiring and the stop sequence; [`shutdown`]: the
+//!   named stop signal and its protocol.
+//! - [`config`]: assembles the components' configs (each beside its component) and validates
+//!   them; [`problem`]: what validation reports.
 //! - [`source`]: watched folders and MQTT topics; [`frame`]: what they produce.
-//! - [`scoring`]: decode workers and the batching inference thread; [`tiling`]: frames to
-//!   model inputs (resized or tiled) and model outputs back to frame scores and maps.
-//! - [`decide`]: thresholds, cooldown and hysteresis, the anomalous region.
-//! - [`alert`]: the alert JSON and its ULID; [`snapshot`]: the heatmap JPEG.
-//! - [`sink`]: JSON lines and stdout; [`broker`]: the MQTT connection (alerts out, frames
-//!   and threshold changes in).
+//! - [`scoring`]: decode workers and the batching inference thread.
+//! - [`decide`]: threshold precedence, cooldown and hysteresis, the region, the alert.
+//! - [`sink`]: every outbound message: alerts (outbox, delivery, JSON lines, stdout),
+//!   snapshots, scores, stats, threshold states, availability; [`alert`]: the alert JSON.
+//! - [`mqtt`]: the daemon's MQTT session and its client handle; [`topics`]: the topic names.
+//! - [`control`]: the MQTT control topics (`threshold/set`).
+//! - [`reload`]: bundle loading, watching and reloading.
 //! - [`state`]: what survives a restart; [`metrics`]: Prometheus and `/healthz`.
-//!
-//! - [`bundle`]: the model bundle contract (ONNX model + versioned manifest), shared with
-//!   `vigil-train`.
-//! - [`onnx`]: the ONNX writer that puts the anomaly score inside the graph.
-//! - [`preprocess`]: image decoding and the manifest's preprocessing, shared with training.
-//! - [`engine`]: ONNX Runtime and tract, behind one `Engine` interface.
-//! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`).
-//! - [`overlay`]: heatmaps drawn over frames (snapshots, reports).
-//! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
+//! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`, `bench`, `demo`).
+//! - [`guard`]: panics in a frame's work turned into a refused frame; [`memory`]: giving
+//!   freed memory back to the system.
 
 pub mod alert;
-pub mod broker;
-pub mod bundle;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod decide;
-pub mod engine;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
 pub mod fuzz_targets;
 pub mod guard;
 pub mod memory;
 pub mod metrics;
-pub mod onnx;
-pub mod overlay;
-pub mod preprocess;
-pub mod rng;
+pub mod mqtt;
+pub mod problem;
+pub mod reload;
 pub mod scoring;
+pub mod shutdown;
 pub mod sink;
-pub mod snapshot;
 pub mod source;
 pub mod state;
-pub mod synth;
-pub mod tiling;
+pub mod topics;
 
-/// This build's version, recorded in manifests.
+/// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

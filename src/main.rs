@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::Reduction;
 use vigil::commands::{inspect, score, wrap};
-use vigil::engine::{EngineChoice, EngineConfig};
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::Reduction;
+use vigil_model::engine::{EngineChoice, EngineConfig};
 
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Edge anomaly detection for factory cameras")]
@@ -97,6 +97,8 @@ enum Command {
         #[arg(long, short, env = "VIGIL_CONFIG", default_value = "/etc/vigil/vigil.toml")]
         config: PathBuf,
     },
+    /// Print the configuration reference (Markdown) generated from the config's documentation.
+    ConfigReference,
     /// Score image files; prints one JSON line per image.
     Score {
         /// Bundle folder, or a .onnx file with an embedded manifest.
@@ -205,8 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { model, frames, repeat, decode_workers, max_batch, engine } => {
             let config = engine.config();
-            let defaults = vigil::config::ScoringConfig::default();
-            let scoring = vigil::config::ScoringConfig {
+            let defaults = vigil::scoring::ScoringConfig::default();
+            let scoring = vigil::scoring::ScoringConfig {
                 decode_workers: decode_workers.unwrap_or(defaults.decode_workers).max(1),
                 max_batch: max_batch.unwrap_or(defaults.max_batch).max(1),
                 ..defaults
@@ -214,8 +216,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (bundle, loaded) = score::prepare(&model, &config)?;
             let files = vigil::commands::bench::frame_files(&frames)?;
             let threads = config.effective_threads();
-            let macs = vigil::engine::tract::multiply_adds(&bundle)?;
-            let pre = vigil::preprocess::Preprocessor::new(&bundle.manifest.input);
+            let macs = vigil_model::engine::tract::multiply_adds(&bundle)?;
+            let pre = vigil_model::preprocess::Preprocessor::new(&bundle.manifest.input);
             let model = std::sync::Arc::new(vigil::scoring::Model { bundle, engine: loaded, pre });
             let daemon = vigil::commands::bench::daemon(model.clone(), &scoring, &files, repeat.max(1), threads)?;
             println!("{}", serde_json::to_string(&daemon)?);
@@ -233,15 +235,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (cfg, mut problems) = vigil::config::load_lenient(&config);
             // What parsed is checked too, so one run lists every problem.
             if let Some(cfg) = &cfg {
-                problems.extend(vigil::daemon::check(cfg));
+                problems.extend(vigil::reload::check(cfg));
             }
             match cfg {
                 Some(cfg) if problems.is_empty() => {
                     println!("{}: ok ({} camera(s))", config.display(), cfg.cameras.len())
                 }
-                _ => return Err(vigil::config::ConfigError { path: config, problems }.into()),
+                _ => return Err(vigil::problem::ConfigError { path: config, problems }.into()),
             }
         }
+        Command::ConfigReference => print!("{}", vigil::commands::config_reference::markdown()),
         Command::Score { model, engine, images } => {
             let (bundle, engine) = score::prepare(&model, &engine.config())?;
             let stdout = std::io::stdout();

@@ -7,20 +7,60 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ndarray::Array2;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::bundle::Bundle;
-use crate::config::ScoringConfig;
-use crate::decide::Area;
-use crate::engine::{self, EngineConfig, LoadedEngine};
+use crate::frame::Area;
 use crate::frame::Frame;
-use crate::preprocess::{PreprocessError, Preprocessor, decode};
-use crate::tiling::{Inputs, score_frames};
+use crate::problem::Problems;
+use vigil_model::bundle::Bundle;
+use vigil_model::engine::{self, EngineConfig, LoadedEngine};
+use vigil_model::preprocess::{PreprocessError, Preprocessor, decode};
+use vigil_model::tiling::{Inputs, score_frames};
+
+/// `[scoring]`: queues, batching and workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringConfig {
+    /// Frames waiting to be decoded; a full queue slows the sources down (backpressure).
+    /// Each waiting frame holds its encoded bytes (150 KB for a 640x480 JPEG): 16 keep the
+    /// decoder and the engine busy (64 scored no faster here) at a quarter of the memory.
+    pub queue: usize,
+    /// Most frames scored in one engine call when frames queue up.
+    pub max_batch: usize,
+    /// How long the engine waits for a batch to fill once a frame is ready (`0ms`: never).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_wait: Duration,
+    /// Threads that decode and preprocess frames (overlapping the engine).
+    pub decode_workers: usize,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        ScoringConfig { queue: 16, max_batch: 8, max_wait: Duration::from_millis(2), decode_workers: 1 }
+    }
+}
+
+impl ScoringConfig {
+    /// Checks the values.
+    pub fn validate(&self, p: &mut Problems) {
+        if self.queue == 0 {
+            p.add("scoring.queue", "must be at least 1");
+        }
+        if self.max_batch == 0 || self.max_batch > vigil_model::engine::io::MAX_BATCH {
+            p.add("scoring.max_batch", format!("must be 1 to {}", vigil_model::engine::io::MAX_BATCH));
+        }
+        if self.decode_workers == 0 || self.decode_workers > 64 {
+            p.add("scoring.decode_workers", "must be 1 to 64");
+        }
+    }
+}
 
 /// A bundle loaded on an engine, ready to serve.
 #[derive(Debug)]
@@ -316,8 +356,8 @@ mod tests {
     use ndarray::ArrayView4;
 
     use super::*;
-    use crate::engine::{Engine, EngineChoice, EngineError, Scored};
     use crate::frame::Origin;
+    use vigil_model::engine::{Engine, EngineChoice, EngineError, Scored};
 
     /// The real engine, except that its first call panics, as a bug reached by one frame would.
     struct PanicsOnce {

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use vigil::bundle::manifest::{ColorMode, Family};
-use vigil::bundle::{Bundle, BundleError, MANIFEST_FILE, MODEL_FILE};
+use vigil_model::bundle::manifest::{ColorMode, Family};
+use vigil_model::bundle::{Bundle, BundleError, MANIFEST_FILE, MODEL_FILE};
 
 use crate::common::reference_bundle;
 
@@ -70,15 +70,15 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
         ),
         (
             "newer schema",
-            Box::new(|v| v["schema_version"] = 2.into()),
-            &["schema_version 2 is newer than this vigil reads (1)", "upgrade vigil"],
+            Box::new(|v| v["schema_version"] = 3.into()),
+            &["schema_version 3 is newer than this vigil reads (2)", "upgrade vigil"],
         ),
         (
             "no schema",
             Box::new(|v| {
                 v.as_object_mut().unwrap().remove("schema_version");
             }),
-            &["missing `schema_version`", "add \"schema_version\": 1"],
+            &["missing `schema_version`", "add \"schema_version\": 2"],
         ),
         (
             "missing key",
@@ -168,9 +168,9 @@ fn missing_and_broken_bundle_files_are_named() {
 
     // A lone ONNX file that vigil did not write has no manifest.
     let lone = dir.path().join("foreign.onnx");
-    let mut proto = vigil::onnx::graph::decode(&bytes).unwrap();
+    let mut proto = vigil_model::onnx::graph::decode(&bytes).unwrap();
     proto.metadata_props.clear();
-    std::fs::write(&lone, vigil::onnx::graph::encode(&proto)).unwrap();
+    std::fs::write(&lone, vigil_model::onnx::graph::encode(&proto)).unwrap();
     let err = Bundle::load(&lone).unwrap_err();
     assert!(matches!(err, BundleError::NoManifest(_)), "{err}");
     assert!(err.to_string().contains("write a manifest.json"), "{err}");

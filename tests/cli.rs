@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vigil::bundle::manifest::{ColorMode, Family};
+use vigil_model::bundle::manifest::{ColorMode, Family};
 
 use crate::common::{ort_library, reference_bundle, write_png};
 
@@ -163,8 +163,8 @@ fn inspect_prints_the_manifest_and_the_model_interface() {
 
 #[test]
 fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
-    use vigil::onnx::graph::{Dim, GraphBuilder};
-    use vigil::onnx::reference::{ArchSpec, WeightRng, decoder, encoder};
+    use vigil_model::onnx::graph::{Dim, GraphBuilder};
+    use vigil_model::onnx::reference::{ArchSpec, WeightRng, decoder, encoder};
     let spec = ArchSpec { size: 32, channels: 3, latent: 8, width: 8 };
     let mut rng = WeightRng::new(3);
     let (e, d) = (encoder(&spec, 8, false, &mut rng), decoder(&spec, &mut rng).fold_batch_norm().unwrap());
@@ -176,7 +176,7 @@ fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
     g.output(&r, "reconstruction", &dims);
     let dir = tempfile::tempdir().unwrap();
     let foreign = dir.path().join("exported.onnx");
-    std::fs::write(&foreign, vigil::onnx::graph::encode(&g.finish())).unwrap();
+    std::fs::write(&foreign, vigil_model::onnx::graph::encode(&g.finish())).unwrap();
     let bundle = dir.path().join("wrapped");
     let out = vigil(&[
         "wrap",
@@ -193,10 +193,10 @@ fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
     .output()
     .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let loaded = vigil::bundle::Bundle::load(&bundle).unwrap();
+    let loaded = vigil_model::bundle::Bundle::load(&bundle).unwrap();
     assert_eq!(loaded.manifest.name, "exported");
     assert_eq!(loaded.manifest.input.name, "pixels");
-    assert_eq!(loaded.manifest.score.reduction, vigil::bundle::manifest::Reduction::TopKMean { k: 50 });
+    assert_eq!(loaded.manifest.score.reduction, vigil_model::bundle::manifest::Reduction::TopKMean { k: 50 });
     let img = write_png(dir.path(), "a.png", 32, 32, true, 7);
     let out = vigil(&["score", "--model", bundle.to_str().unwrap(), img.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vigil::bundle::manifest::{ColorMode, Family};
-use vigil::engine::EngineChoice;
+use vigil_model::bundle::manifest::{ColorMode, Family};
+use vigil_model::engine::EngineChoice;
 
 use crate::common::mosquitto::{Mosquitto, Subscriber, free_port, http_get, metric};
 use crate::common::{engine_config, reference_bundle};
@@ -35,8 +35,8 @@ impl Plant {
         let bundle = dir.path().join("bundle");
         let b = reference_bundle(&bundle, Family::Dae, ColorMode::Gray, 32);
         // The reference weights are random, so which frame scores high is found by scoring.
-        let engine = vigil::engine::load(&b, &engine_config(EngineChoice::Tract)).unwrap();
-        let pre = vigil::preprocess::Preprocessor::new(&b.manifest.input);
+        let engine = vigil_model::engine::load(&b, &engine_config(EngineChoice::Tract)).unwrap();
+        let pre = vigil_model::preprocess::Preprocessor::new(&b.manifest.input);
         let mut candidates = vec![];
         for v in [0u8, 60, 128, 200, 255] {
             candidates.push(png(image::GrayImage::from_pixel(48, 40, image::Luma([v]))));
@@ -748,17 +748,17 @@ fn a_folder_frame_rewritten_while_its_old_version_is_scored_is_scored_next() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("frames");
     std::fs::create_dir_all(&folder).unwrap();
-    let config: vigil::config::FolderSource =
+    let config: vigil::source::folder::FolderSource =
         serde_json::from_value(serde_json::json!({ "path": folder, "settle": "100ms" })).unwrap();
     let ledger = vigil::state::Ledger::open(&dir.path().join("cam1.done")).unwrap();
     let cam = FolderCamera { slot: 0, camera: "cam1".into(), config, ledger: Arc::new(Mutex::new(ledger)) };
     // The test plays the scoring stage: a frame stays in flight until its outcome is sent.
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let (frames, mut scoring) = tokio::sync::mpsc::channel(4);
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = vigil::shutdown::Stop::new();
         let (watching, watching_rx) = tokio::sync::oneshot::channel();
         let metrics = Arc::new(vigil::metrics::Metrics::default());
-        let source = tokio::spawn(run(cam, frames, metrics, stop_rx, watching));
+        let source = tokio::spawn(run(cam, frames, metrics, stop.subscribe(), watching));
         watching_rx.await.unwrap();
         let path = folder.join("latest.png");
         std::fs::write(&path, b"the first version").unwrap();
@@ -772,7 +772,7 @@ fn a_folder_frame_rewritten_while_its_old_version_is_scored_is_scored_next() {
             timeout(WAIT, scoring.recv()).await.expect("the new version is scored once the old one is done").unwrap();
         assert_eq!(second.bytes, b"the second, longer version");
         second.done.take().unwrap().send(Outcome::Scored).unwrap();
-        stop.send(true).unwrap();
+        stop.stop();
         timeout(WAIT, source).await.unwrap().unwrap().unwrap();
     });
 }

@@ -2,10 +2,10 @@
 //! models and libraries that cannot serve with the documented error, never a panic.
 
 use ndarray::{Array4, Axis, Ix4};
-use vigil::bundle::manifest::{ColorMode, Family, InputSpec, Reduction, ScoreSource};
-use vigil::bundle::{Bundle, MANIFEST_FILE};
-use vigil::engine::{self, EngineChoice, EngineConfig, EngineError};
-use vigil::onnx::graph::{Dim, GraphBuilder, OPSET};
+use vigil_model::bundle::manifest::{ColorMode, Family, InputSpec, Reduction, ScoreSource};
+use vigil_model::bundle::{Bundle, MANIFEST_FILE};
+use vigil_model::engine::{self, EngineChoice, EngineConfig, EngineError};
+use vigil_model::onnx::graph::{Dim, GraphBuilder, OPSET};
 
 use crate::common::{default_score_spec, engine_config, manifest, random, reference_bundle};
 
@@ -145,7 +145,10 @@ fn an_external_model_that_scores_by_itself_is_served_from_a_hand_written_manifes
         "anomalib-patchcore",
         Family::External,
         InputSpec::unit_range("input", ColorMode::Rgb, 32, 32),
-        vigil::bundle::manifest::ScoreSpec { reduction: Reduction::Max, ..default_score_spec(ScoreSource::External) },
+        vigil_model::bundle::manifest::ScoreSpec {
+            reduction: Reduction::Max,
+            ..default_score_spec(ScoreSource::External)
+        },
         true,
     );
     m.outputs.score = "pred_score".into();
@@ -165,14 +168,14 @@ fn the_reference_dae_costs_0_22_g_multiply_adds_per_frame() {
     // The figure of shared/REFERENCE-ARCHITECTURES.md, which GFLOP/s in `vigil bench` use.
     let dir = tempfile::tempdir().unwrap();
     let b = reference_bundle(dir.path(), Family::Dae, ColorMode::Rgb, 128);
-    let macs = vigil::engine::tract::multiply_adds(&b).unwrap();
+    let macs = vigil_model::engine::tract::multiply_adds(&b).unwrap();
     // Encoder and decoder 0.218 G, plus the score head (error map, smoothing, reductions).
     assert!((0.218e9..0.225e9).contains(&macs), "{macs}");
 }
 
 #[test]
 fn tract_serves_a_fixed_batch_model_a_smaller_batch_padded_and_a_free_batch_one_image_by_image() {
-    use vigil::onnx::pb::{tensor_shape_proto::dimension, type_proto};
+    use vigil_model::onnx::pb::{tensor_shape_proto::dimension, type_proto};
     let dir = tempfile::tempdir().unwrap();
     let free = reference_bundle(&dir.path().join("free"), Family::Dae, ColorMode::Gray, 32);
     // The same graph with its batch fixed at 3.

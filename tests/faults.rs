@@ -339,7 +339,7 @@ fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anoma
 #[test]
 fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_is_not() {
     use std::sync::Arc;
-    use tokio::sync::{mpsc, watch};
+    use tokio::sync::mpsc;
     use tokio::time::timeout;
     use vigil::frame::{Frame, Outcome};
     use vigil::source::mqtt::MqttCamera;
@@ -354,27 +354,27 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
         let (control, _control) = mpsc::unbounded_channel();
         let (messages_tx, messages) = mpsc::channel(16);
         let filters = vec!["cams/line/frame".to_string()];
-        let (broker, connection) =
-            vigil::broker::start(&cfg, "dev", filters, control, messages_tx, metrics.clone()).unwrap();
+        let (mqtt, connection) =
+            vigil::mqtt::start(&cfg, "dev", filters, control, messages_tx, metrics.clone()).unwrap();
         let cameras = vec![MqttCamera { slot: 0, id: "line".into(), config: source }];
         let (frames_tx, mut frames) = mpsc::channel::<Frame>(16);
-        let (stop, stopped) = watch::channel(false);
+        let stop = vigil::shutdown::Stop::new();
         let task = tokio::spawn(vigil::source::mqtt::run(
             cameras,
             messages,
             frames_tx,
-            broker.clone(),
+            mqtt.clone(),
             metrics.clone(),
-            stopped,
+            stop.subscribe(),
         ));
         let started = Instant::now();
-        while !broker.is_connected() {
+        while !mqtt.is_connected() {
             assert!(started.elapsed() < WAIT, "vigil did not connect to the broker");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // The subscription follows the connection.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let patience = vigil::broker::REDELIVERY_DELAY + Duration::from_secs(20);
+        let patience = vigil::mqtt::REDELIVERY_DELAY + Duration::from_secs(20);
         // A frame is published, left unacknowledged as if its alert could not be stored, must
         // come again (and only it: a frame handled before must not), and is then handled.
         let mut stored_on_second_try = async |payload: &[u8]| {
@@ -394,10 +394,10 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
         // Another renewal: frame one, handled, does not come back with it.
         stored_on_second_try(b"frame two").await;
         assert!(timeout(Duration::from_secs(2), frames.recv()).await.is_err(), "nothing else was left unacknowledged");
-        assert!(broker.is_connected());
+        assert!(mqtt.is_connected());
 
-        stop.send(true).unwrap();
-        connection.stop(&broker, &metrics).await;
+        stop.stop();
+        connection.stop().await;
         let _ = task.await;
     });
 }

@@ -47,8 +47,8 @@ fn the_698_byte_jpeg_declaring_42_megapixels_that_the_fuzzer_found_is_refused_as
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/regressions/decode/timeout-progressive-jpeg-8224x5120-in-698-bytes");
     let bytes = std::fs::read(path).unwrap();
-    match vigil::preprocess::decode(&bytes) {
-        Err(vigil::preprocess::PreprocessError::TooLarge(why)) => assert!(why.contains("8224x5120"), "{why}"),
+    match vigil_model::preprocess::decode(&bytes) {
+        Err(vigil_model::preprocess::PreprocessError::TooLarge(why)) => assert!(why.contains("8224x5120"), "{why}"),
         other => panic!("decoded or refused for another reason: {:?}", other.map(|i| (i.width(), i.height()))),
     }
 }

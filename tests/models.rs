@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use vigil::bundle::Bundle;
-use vigil::engine::{self, EngineChoice};
-use vigil::preprocess::{Preprocessor, decode};
-use vigil::synth::{SynthConfig, generate};
-use vigil::tiling::score_frames;
+use vigil_model::bundle::Bundle;
+use vigil_model::engine::{self, EngineChoice};
+use vigil_model::preprocess::{Preprocessor, decode};
+use vigil_model::synth::{SynthConfig, generate};
+use vigil_model::tiling::score_frames;
 
 use crate::common::engine_config;
 

@@ -2,12 +2,12 @@
 //! ONNX's full checker and matches ONNX's reference evaluator on tract and ONNX Runtime.
 
 use ndarray::ArrayD;
-use vigil::bundle::manifest::{ColorMode, Family, InputSpec, PixelError, Reduction, ScoreSource};
-use vigil::onnx::graph::{ConvParams, Dim, GraphBuilder, OPSET, Tensor};
-use vigil::onnx::head::{ScoreNet, build_scoring_model};
-use vigil::onnx::net::Sequential;
-use vigil::onnx::reference::{ArchSpec, WeightRng, decoder, encoder, scoring_net};
-use vigil::onnx::wrap::wrap_reconstruction;
+use vigil_model::bundle::manifest::{ColorMode, Family, InputSpec, PixelError, Reduction, ScoreSource};
+use vigil_model::onnx::graph::{ConvParams, Dim, GraphBuilder, OPSET, Tensor};
+use vigil_model::onnx::head::{ScoreNet, build_scoring_model};
+use vigil_model::onnx::net::Sequential;
+use vigil_model::onnx::reference::{ArchSpec, WeightRng, decoder, encoder, scoring_net};
+use vigil_model::onnx::wrap::wrap_reconstruction;
 
 use crate::common::{Case, check_against_reference, default_score_spec, max_abs_diff, random, run_tract};
 
@@ -88,13 +88,13 @@ fn every_op_passes_the_checker_and_matches_the_reference_on_both_engines() {
         single("reduce_mean_channels", &s4, 4, 13, |g, x| g.reduce_mean(x, &[1], true)),
         single("reduce_max_all", &s4, 1, 14, |g, x| g.reduce_max(x, &[1, 2, 3], false)),
         single("pad_reflect", &[2, 1, 8, 8], 4, 15, |g, x| {
-            g.pad_spatial(x, 2, 2, 3, 3, vigil::onnx::graph::PadMode::Reflect)
+            g.pad_spatial(x, 2, 2, 3, 3, vigil_model::onnx::graph::PadMode::Reflect)
         }),
         single("gaussian_blur", &[2, 1, 16, 16], 4, 16, |g, x| g.gaussian_blur(x, 1.5, 15)),
         single("top_k_mean", &[2, 1, 8, 8], 1, 17, |g, x| {
-            vigil::onnx::head::reduce_map(g, x, Reduction::TopKMean { k: 10 })
+            vigil_model::onnx::head::reduce_map(g, x, Reduction::TopKMean { k: 10 })
         }),
-        single("mean_map", &[2, 1, 8, 8], 1, 18, |g, x| vigil::onnx::head::reduce_map(g, x, Reduction::Mean)),
+        single("mean_map", &[2, 1, 8, 8], 1, 18, |g, x| vigil_model::onnx::head::reduce_map(g, x, Reduction::Mean)),
     ];
     let worst = check_against_reference(&cases, TOL);
     assert_eq!(worst.len(), cases.len());
@@ -107,7 +107,7 @@ fn scoring_case(
     color: ColorMode,
     size: usize,
     source: ScoreSource,
-    tweak: impl FnOnce(&mut vigil::bundle::manifest::ScoreSpec),
+    tweak: impl FnOnce(&mut vigil_model::bundle::manifest::ScoreSpec),
 ) -> Case {
     let input = InputSpec::unit_range("image", color, size, size);
     let mut spec = default_score_spec(source);
@@ -203,8 +203,9 @@ fn batch_norm_folding_keeps_the_function() {
             run_tract(&g.finish(), &[("x", random(&shape, 0.0, 1.0, 3))]).remove(0).1
         };
         let folded = net.fold_batch_norm().unwrap();
-        let bn_layers =
-            |n: &Sequential| n.layers.iter().filter(|l| matches!(l, vigil::onnx::net::Layer::BatchNorm(_))).count();
+        let bn_layers = |n: &Sequential| {
+            n.layers.iter().filter(|l| matches!(l, vigil_model::onnx::net::Layer::BatchNorm(_))).count()
+        };
         assert!(bn_layers(&net) > 0, "{name}: the test needs batch norms to fold");
         assert_eq!(bn_layers(&folded), 0, "{name}: every batch norm follows a convolution and folds");
         let d = max_abs_diff(&run(&net), &run(&folded));
@@ -215,7 +216,7 @@ fn batch_norm_folding_keeps_the_function() {
 /// An autoencoder as another tool would export it: its own names, a given opset, batch
 /// norm folded (as PyTorch's exporter does in eval mode; ONNX's reference evaluator also
 /// runs opset 9–13 BatchNormalization in training mode, so unfolded ones cannot be compared).
-fn foreign_autoencoder(opset: i64) -> vigil::onnx::pb::ModelProto {
+fn foreign_autoencoder(opset: i64) -> vigil_model::onnx::pb::ModelProto {
     let spec = ArchSpec { size: 32, channels: 1, ..ArchSpec::default() };
     let mut rng = WeightRng::new(8);
     let e = encoder(&spec, 16, true, &mut rng).fold_batch_norm().unwrap();

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use vigil::bundle::manifest::{ColorMode, InputSpec, ResizeMode};
-use vigil::preprocess::{Preprocessor, decode};
+use vigil_model::bundle::manifest::{ColorMode, InputSpec, ResizeMode};
+use vigil_model::preprocess::{Preprocessor, decode};
 
 use crate::common::{python, write_png};
 
@@ -127,7 +127,7 @@ fn a_jpeg_cut_short_is_refused_not_scored_with_its_missing_half_filled_in() {
     assert!(pre.inputs_from_bytes(&whole).is_ok());
     for cut in [whole.len() / 3, whole.len() - 2] {
         let err = pre.inputs_from_bytes(&whole[..cut]).unwrap_err();
-        assert!(matches!(err, vigil::preprocess::PreprocessError::Corrupt(_)), "{err}");
+        assert!(matches!(err, vigil_model::preprocess::PreprocessError::Corrupt(_)), "{err}");
         assert!(err.to_string().contains("cut short"), "{err}");
     }
     // Bytes after the end marker (camera trailers, padding) are tolerated, however many.

@@ -1,6 +1,6 @@
 //! The synthetic data set: deterministic, MVTec layout, masks that cover the painted defects.
 
-use vigil::synth::{DefectKind, SynthConfig, generate, sample};
+use vigil_model::synth::{DefectKind, SynthConfig, generate, sample};
 
 #[test]
 fn the_same_seed_writes_the_same_files_in_mvtec_layout() {

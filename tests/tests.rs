@@ -4,6 +4,7 @@ mod common;
 
 mod bundle;
 mod cli;
+mod config_docs;
 mod daemon;
 mod demo;
 mod engines;

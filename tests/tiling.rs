@@ -2,11 +2,11 @@
 //! the stitched map, on real engines.
 
 use image::{DynamicImage, GrayImage, Luma};
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::{ColorMode, Family, Tiling};
-use vigil::engine::{self, EngineChoice};
-use vigil::preprocess::Preprocessor;
-use vigil::tiling::score_frames;
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::{ColorMode, Family, Tiling};
+use vigil_model::engine::{self, EngineChoice};
+use vigil_model::preprocess::Preprocessor;
+use vigil_model::tiling::score_frames;
 
 use crate::common::{engine_config, reference_bundle};
 

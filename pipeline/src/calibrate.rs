@@ -1,7 +1,7 @@
 //! Threshold calibration on held-out images, and the normal-score statistics behind the
 //! normalised 0..1 score.
 
-use vigil::bundle::manifest::{Normalization, Threshold, ThresholdMethod};
+use vigil_model::bundle::manifest::{Normalization, Threshold, ThresholdMethod};
 
 use crate::metrics::{f1_optimal_threshold, quantile};
 
@@ -112,7 +112,7 @@ fn erf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil::rng::Rng;
+    use vigil_model::rng::Rng;
 
     #[test]
     fn the_normal_quantile_is_right() {

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vigil::bundle::manifest::{PixelError, Reduction, Tiling};
-use vigil::onnx::reference::ArchSpec;
+use vigil_model::bundle::manifest::{PixelError, Reduction, Tiling};
+use vigil_model::onnx::reference::ArchSpec;
 
 use crate::model::{GanScore, ModelKind};
 
@@ -122,6 +122,18 @@ pub struct TrainConfig {
     /// Decoded training images kept in memory, in MiB; a larger set is read from disk per
     /// batch, so data sets larger than memory train too.
     pub cache_mib: usize,
+    /// Feature families: the pretrained backbone (`lite0`: EfficientNet-Lite0).
+    pub backbone: crate::backbone::Variant,
+    /// PatchCore: patches kept in the memory bank (scoring time grows with it).
+    pub bank_size: usize,
+    /// PaDiM: feature channels each cell's Gaussian uses (a seeded random subset).
+    pub padim_dims: usize,
+    /// Feature autoencoder: bottleneck channels.
+    pub fae_latent: usize,
+    /// Feature autoencoder: Adam learning rate.
+    pub fae_lr: f64,
+    /// Feature autoencoder: standard deviation of the input noise, in standardised units.
+    pub fae_noise: f32,
     /// Cut images into `size`-pixel tiles instead of resizing them (`{ overlap = 16,
     /// max_side = 1024 }`): for large images with small defects. Training takes every tile
     /// as a sample; scoring stitches the tiles' maps. Absent: resize.
@@ -160,9 +172,21 @@ impl Default for TrainConfig {
             reduction: Reduction::Max,
             augment: Augment::default(),
             cache_mib: 2048,
+            backbone: crate::backbone::Variant::Lite0,
+            bank_size: 4096,
+            padim_dims: 100,
+            fae_latent: 32,
+            fae_lr: 1e-3,
+            fae_noise: 0.5,
             tiling: None,
         }
     }
+}
+
+/// The input side a family trains at when none is given: the reference architecture's 128 for
+/// the families trained from scratch, 256 for the feature families (a 32x32 feature grid).
+pub fn default_size(model: ModelKind) -> usize {
+    if model.is_feature() { 256 } else { 128 }
 }
 
 /// The narrowest level range `normalize` stretches: below it, sensor noise would be
@@ -173,10 +197,18 @@ pub const MIN_SPAN: f32 = 0.05;
 pub const CONFIG_FILE: &str = "train.toml";
 
 impl TrainConfig {
-    /// Reads a TOML file; unknown keys are errors.
+    /// Reads a TOML file; unknown keys are errors. A file that leaves `size` out gets its
+    /// family's default size.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+        let mut cfg: TrainConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        if !table.contains_key("size") {
+            cfg.size = default_size(cfg.model);
+        }
+        Ok(cfg)
     }
 
     /// Writes the config as TOML.
@@ -192,9 +224,14 @@ impl TrainConfig {
 
     /// Checks values before any work starts; the message names the option and the fix.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.arch(self.channels.unwrap_or(3))
-            .validate()
-            .map_err(|e| anyhow::anyhow!("--size/--channels/latent/width: {e}"))?;
+        if self.model.is_feature() {
+            crate::features::validate(self)?;
+            anyhow::ensure!(self.channels.is_none_or(|c| c == 3), "the feature families take RGB input: channels = 3");
+        } else {
+            self.arch(self.channels.unwrap_or(3))
+                .validate()
+                .map_err(|e| anyhow::anyhow!("--size/--channels/latent/width: {e}"))?;
+        }
         anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
         if let Some(range) = &self.pixel_range {
             anyhow::ensure!(

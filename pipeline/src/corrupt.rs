@@ -10,7 +10,7 @@
 //! with a random opacity. Scratches are thin straight segments, mostly dark (as cracks are).
 //! Everything is drawn from the caller's seeded generator, so a run is reproducible.
 
-use vigil::rng::Rng;
+use vigil_model::rng::Rng;
 
 /// Share of the images in a batch that get defects; the rest teach the network to leave
 /// normal images as they are.

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use vigil::preprocess::{Preprocessor, decode};
-use vigil::rng::mix;
-use vigil::tiling::Inputs;
+use vigil_model::preprocess::{Preprocessor, decode};
+use vigil_model::rng::mix;
+use vigil_model::tiling::Inputs;
 
 /// File extensions read as images.
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 use serde::Serialize;
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::ScoreSpec;
-use vigil::engine::LoadedEngine;
-use vigil::preprocess::Preprocessor;
-use vigil::tiling::{Inputs, score_frames};
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::ScoreSpec;
+use vigil_model::engine::LoadedEngine;
+use vigil_model::preprocess::Preprocessor;
+use vigil_model::tiling::{Inputs, score_frames};
 
 use crate::data::{Skipped, TestImage, load_inputs, load_mask};
 use crate::metrics::{Confusion, aupro, auroc, confusion, pixel_auroc};

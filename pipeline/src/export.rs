@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::{
-    Family, Manifest, OutputSpec, Parent, SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold, ThresholdMethod, Training,
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::{
+    Family, Manifest, OutputSpec, Parent, ScoreSource, ScoreSpec, Threshold, ThresholdMethod, Training,
 };
-use vigil::engine::{self, EngineConfig};
-use vigil::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
-use vigil::preprocess::Preprocessor;
+use vigil_model::engine::{self, EngineConfig};
+use vigil_model::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
+use vigil_model::preprocess::Preprocessor;
 
 use crate::calibrate;
 use crate::config::TrainConfig;
@@ -78,22 +78,39 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         run.0.display()
     );
     let data = discover(&state.data.source()?, cfg.val_fraction, cfg.seed)?;
-    let spec = cfg.arch(state.channels);
-    let trained = load_trained(run, &cfg, state.channels)?;
-    let (net, source) = trained.score_net(&spec, cfg.gan_score)?;
-    let input = input_spec(&cfg, state.channels);
-    let score = score_spec(&cfg, source);
-    let model = build_scoring_model(&net, &input, &score)?;
+    let (model, input, score, weights, backbone) = if cfg.model.is_feature() {
+        let checkpoint = run.0.join("checkpoint");
+        let (model, input, score, backbone) = crate::features::model(&cfg, &checkpoint)?;
+        (model, input, score, Weights::Features(checkpoint), Some(backbone))
+    } else {
+        let spec = cfg.arch(state.channels);
+        let trained = load_trained(run, &cfg, state.channels)?;
+        let (net, source) = trained.score_net(&spec, cfg.gan_score)?;
+        let input = input_spec(&cfg, state.channels);
+        let score = score_spec(&cfg, source);
+        let model = build_scoring_model(&net, &input, &score)?;
+        (model, input, score, Weights::Networks(Box::new(trained)), None)
+    };
+    let source = score.source;
     let name = sanitize(&req.name.clone().unwrap_or_else(|| {
         run.0.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     }));
     let mut manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
+        schema_version: cfg.model.family().schema_version(),
         name,
         version: req.version,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         family: cfg.model.family(),
-        description: Some(format!("{} trained by vigil-train on {}", cfg.model.family().as_str(), data.description)),
+        description: Some(match &backbone {
+            Some(b) => format!(
+                "{} on {} features ({}), fitted by vigil-train on {}",
+                cfg.model.family().as_str(),
+                cfg.backbone.name(),
+                b.package,
+                data.description
+            ),
+            None => format!("{} trained by vigil-train on {}", cfg.model.family().as_str(), data.description),
+        }),
         input,
         outputs: OutputSpec {
             score: SCORE_OUTPUT.into(),
@@ -109,7 +126,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             seed: cfg.seed,
             epochs: cfg.epochs,
             images: state.images,
-            vigil_version: vigil::VERSION.into(),
+            vigil_version: vigil_model::VERSION.into(),
             device: Some(state.device.clone()),
             config: match serde_json::to_value(&cfg)? {
                 serde_json::Value::Object(m) => m,
@@ -162,8 +179,29 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     }
     let card = model_card(&manifest, evaluation.as_ref());
     let bundle = Bundle::write(&req.out, &manifest, model, &[("README.md", card.as_bytes())])?;
-    crate::model::BundleWeights::from(trained).save(&req.out.join(crate::model::WEIGHTS_FILE))?;
+    match weights {
+        Weights::Networks(trained) => {
+            crate::model::BundleWeights::from(*trained).save(&req.out.join(crate::model::WEIGHTS_FILE))?
+        }
+        Weights::Features(checkpoint) => {
+            // The head's state as the bundle's weights (what a retrain extends), and the
+            // feature autoencoder's network.
+            std::fs::copy(checkpoint.join(crate::features::HEAD_FILE), req.out.join(crate::model::WEIGHTS_FILE))?;
+            let fae = checkpoint.join(crate::features::FAE_FILE);
+            if fae.is_file() {
+                std::fs::copy(&fae, req.out.join(crate::features::FAE_FILE))?;
+            }
+        }
+    }
     Ok(Exported { bundle, evaluation })
+}
+
+/// What a bundle keeps beside its graph for retraining.
+enum Weights {
+    /// The networks of a family trained from scratch.
+    Networks(Box<crate::model::Trained>),
+    /// The fitted head of a feature family, in this checkpoint folder.
+    Features(PathBuf),
 }
 
 /// A model card with Hugging Face-style YAML front matter.

@@ -2,8 +2,8 @@
 //! score head computed directly. The exported graph must agree with it (export parity).
 
 use burn::tensor::{Device, Tensor, TensorData};
-use vigil::bundle::manifest::{InputSpec, PixelError, Reduction, SSIM_SIGMA, ScoreSource, ScoreSpec};
-use vigil::onnx::graph::gaussian_kernel;
+use vigil_model::bundle::manifest::{InputSpec, PixelError, Reduction, SSIM_SIGMA, ScoreSource, ScoreSpec};
+use vigil_model::onnx::graph::gaussian_kernel;
 
 use crate::model::{GanScore, Trained};
 

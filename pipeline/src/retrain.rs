@@ -1,13 +1,15 @@
-//! `vigil-train retrain`: fine-tune a bundle's networks on new data, recalibrate,
-//! re-evaluate, and write the next version with its parent recorded.
+//! `vigil-train retrain`: fine-tune a bundle's networks on new data (the feature families:
+//! add the new normal images to PaDiM's statistics or PatchCore's bank, fine-tune the feature
+//! autoencoder), recalibrate, re-evaluate, and write the next version with its parent
+//! recorded.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::Parent;
-use vigil::engine::EngineConfig;
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::Parent;
+use vigil_model::engine::EngineConfig;
 
 use crate::config::TrainConfig;
 use crate::data::DataSource;
@@ -54,8 +56,10 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
         .with_context(|| format!("{}: the manifest's training.config", req.from.display()))?;
     // The weights expect the parent's input scaling; a bundle from before `normalize`
     // existed has none in its config and would otherwise get a freshly measured one.
-    cfg.normalize = true;
-    cfg.pixel_range = Some(m.input.mean.iter().zip(&m.input.std).map(|(&lo, &span)| [lo, lo + span]).collect());
+    if !cfg.model.is_feature() {
+        cfg.normalize = true;
+        cfg.pixel_range = Some(m.input.mean.iter().zip(&m.input.std).map(|(&lo, &span)| [lo, lo + span]).collect());
+    }
     let epochs = req.epochs.unwrap_or((cfg.epochs / 4).max(1));
     cfg.epochs = epochs;
     cfg.encoder_epochs = cfg.encoder_epochs.map(|_| epochs);

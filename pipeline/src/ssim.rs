@@ -4,11 +4,11 @@
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
-use vigil::bundle::manifest::{SSIM_RADIUS, SSIM_SIGMA};
-use vigil::onnx::graph::gaussian_kernel;
+use vigil_model::bundle::manifest::{SSIM_RADIUS, SSIM_SIGMA};
+use vigil_model::onnx::graph::gaussian_kernel;
 
 /// Mean SSIM of `a` against `b` (`[B, C, H, W]`; `range[c]` is channel c's dynamic range,
-/// as [`vigil::bundle::manifest::InputSpec::dynamic_range`] gives it to the graph) over every
+/// as [`vigil_model::bundle::manifest::InputSpec::dynamic_range`] gives it to the graph) over every
 /// pixel whose window lies inside the image. The window is separable, so each local
 /// statistic costs two one-dimensional depthwise convolutions.
 pub fn mean_ssim(a: Tensor<4>, b: Tensor<4>, range: &[f32]) -> Tensor<1> {

@@ -69,8 +69,11 @@ fn training_errors_name_the_problem_and_the_fix() {
 fn asking_for_a_gpu_without_one_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 32, n_train: 8, n_test: 0, rgb: false, seed: 1 })
-        .unwrap();
+    vigil_model::synth::generate(
+        &data,
+        &vigil_model::synth::SynthConfig { size: 32, n_train: 8, n_test: 0, rgb: false, seed: 1 },
+    )
+    .unwrap();
     let out = vigil_train(&[
         "train",
         "--data",
@@ -100,8 +103,11 @@ fn asking_for_a_gpu_without_one_says_so() {
 fn train_from_the_command_line_exports_an_evaluated_bundle_that_vigil_serves() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 64, n_train: 24, n_test: 8, rgb: true, seed: 2 })
-        .unwrap();
+    vigil_model::synth::generate(
+        &data,
+        &vigil_model::synth::SynthConfig { size: 64, n_train: 24, n_test: 8, rgb: true, seed: 2 },
+    )
+    .unwrap();
     let cfg = dir.path().join("train.toml");
     std::fs::write(&cfg, "size = 32\nlatent = 16\nwidth = 8\nbatch = 8\nsmoothing_sigma = 1.0\n").unwrap();
     let run = dir.path().join("run");
@@ -128,8 +134,8 @@ fn train_from_the_command_line_exports_an_evaluated_bundle_that_vigil_serves() {
     // The resolved config is saved, with the channels found in the data.
     let saved = std::fs::read_to_string(run.join("train.toml")).unwrap();
     assert!(saved.contains("channels = 3") && saved.contains("epochs = 2"), "{saved}");
-    let bundle = vigil::bundle::Bundle::load(run.join("bundle")).unwrap();
-    assert_eq!(bundle.manifest.input.color, vigil::bundle::manifest::ColorMode::Rgb);
+    let bundle = vigil_model::bundle::Bundle::load(run.join("bundle")).unwrap();
+    assert_eq!(bundle.manifest.input.color, vigil_model::bundle::manifest::ColorMode::Rgb);
     assert_eq!(bundle.manifest.training.as_ref().unwrap().epochs, 2);
     // Running it again into the same folder is refused rather than overwriting the run.
     let again =
@@ -142,8 +148,11 @@ fn train_from_the_command_line_exports_an_evaluated_bundle_that_vigil_serves() {
 fn ctrl_c_saves_a_checkpoint_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    vigil::synth::generate(&data, &vigil::synth::SynthConfig { size: 32, n_train: 32, n_test: 0, rgb: false, seed: 3 })
-        .unwrap();
+    vigil_model::synth::generate(
+        &data,
+        &vigil_model::synth::SynthConfig { size: 32, n_train: 32, n_test: 0, rgb: false, seed: 3 },
+    )
+    .unwrap();
     let run = dir.path().join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_vigil-train"))
         .args(["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()])

@@ -1,4 +1,6 @@
 //! vigil-train's integration tests: small synthetic runs on the CPU, real files, real engines.
 
+mod backbone;
 mod cli;
+mod features;
 mod training;

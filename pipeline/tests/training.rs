@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::PixelError;
-use vigil::engine::{self, EngineChoice, EngineConfig};
-use vigil::preprocess::Preprocessor;
-use vigil::synth::{SynthConfig, generate};
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::PixelError;
+use vigil_model::engine::{self, EngineChoice, EngineConfig};
+use vigil_model::preprocess::Preprocessor;
+use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::{ReconstructionLoss, TrainConfig};
 use vigil_pipeline::data::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
@@ -153,7 +153,7 @@ fn the_dae_trains_separates_synthetic_defects_and_exports_with_parity() {
     eprintln!("dae metrics: {:?}", bundle.manifest.metrics);
     assert!(auroc >= 0.9, "image AUROC {auroc} on the synthetic test set");
     assert!(bundle.manifest.metrics.contains_key("pixel_auroc"));
-    assert_eq!(bundle.manifest.threshold.method, vigil::bundle::manifest::ThresholdMethod::Quantile);
+    assert_eq!(bundle.manifest.threshold.method, vigil_model::bundle::manifest::ThresholdMethod::Quantile);
     assert!(bundle.manifest.normalization.is_some());
     assert!(dir.path().join("bundle/README.md").is_file() && dir.path().join("bundle/weights.safetensors").is_file());
     assert!(run.0.join("losses.png").is_file());
@@ -251,7 +251,7 @@ fn the_gans_train_their_encoder_and_export_both_scores_with_parity() {
             assert!(state.history[0].losses.iter().any(|(k, v)| k == "gp" && v.is_finite()));
         }
         let bundle = export_with_parity(&run, &dir.path().join("encoder"));
-        assert_eq!(bundle.manifest.score.source, vigil::bundle::manifest::ScoreSource::EncoderFeatures);
+        assert_eq!(bundle.manifest.score.source, vigil_model::bundle::manifest::ScoreSource::EncoderFeatures);
         // The discriminator score exports too.
         let mut cfg = TrainConfig::from_file(&run.config()).unwrap();
         cfg.gan_score = vigil_pipeline::model::GanScore::Discriminator;
@@ -367,9 +367,9 @@ fn state_train_count(run: &RunDir) -> usize {
     vigil_pipeline::data::discover(&state.data.source().unwrap(), cfg.val_fraction, cfg.seed).unwrap().train.len()
 }
 
-fn describe(x: &vigil::onnx::net::Layer, y: &vigil::onnx::net::Layer) -> String {
-    use vigil::onnx::net::Layer;
-    let d = |a: &vigil::onnx::graph::Tensor, b: &vigil::onnx::graph::Tensor| {
+fn describe(x: &vigil_model::onnx::net::Layer, y: &vigil_model::onnx::net::Layer) -> String {
+    use vigil_model::onnx::net::Layer;
+    let d = |a: &vigil_model::onnx::graph::Tensor, b: &vigil_model::onnx::graph::Tensor| {
         a.data.iter().zip(&b.data).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max)
     };
     match (x, y) {
@@ -395,7 +395,7 @@ fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
     let first = export_run(&run, &dir.path().join("v1"));
     // As a bundle written before `normalize` existed: its config does not say how inputs
     // were scaled, only its input spec does.
-    let manifest_path = dir.path().join("v1").join(vigil::bundle::MANIFEST_FILE);
+    let manifest_path = dir.path().join("v1").join(vigil_model::bundle::MANIFEST_FILE);
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     let config = v["training"]["config"].as_object_mut().unwrap();
     config.remove("normalize");
@@ -444,14 +444,14 @@ fn labelled_validation_defects_give_the_f1_optimal_threshold() {
     train(&req, &AtomicBool::new(false)).unwrap();
     let bundle = export_run(&run, &dir.path().join("bundle"));
     let t = &bundle.manifest.threshold;
-    assert_eq!(t.method, vigil::bundle::manifest::ThresholdMethod::F1);
+    assert_eq!(t.method, vigil_model::bundle::manifest::ThresholdMethod::F1);
     assert!(t.calibrated_on.as_ref().unwrap().contains("defective images (F1"), "{t:?}");
 }
 
 #[test]
 fn a_tiled_dae_trains_on_tiles_and_its_bundle_scores_whole_frames() {
     let dir = tempfile::tempdir().unwrap();
-    let tiling = vigil::bundle::manifest::Tiling { overlap: 8, max_side: None };
+    let tiling = vigil_model::bundle::manifest::Tiling { overlap: 8, max_side: None };
     let cfg = TrainConfig { tiling: Some(tiling.clone()), ..small(ModelKind::Dae, 4) };
     let run = run(cfg, &dir.path().join("run"));
     // 64-pixel images in 32-pixel tiles with 8 shared: 3 x 3 tiles each.

@@ -14,13 +14,13 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::bundle::Bundle;
-use crate::config::ScoringConfig;
-use crate::engine::LoadedEngine;
 use crate::frame::{Frame, Origin};
-use crate::preprocess::Preprocessor;
+use crate::scoring::ScoringConfig;
 use crate::scoring::{self, Finished, Model, Models};
-use crate::tiling::score_frames;
+use vigil_model::bundle::Bundle;
+use vigil_model::engine::LoadedEngine;
+use vigil_model::preprocess::Preprocessor;
+use vigil_model::tiling::score_frames;
 
 /// The scoring path's timing.
 #[derive(Debug, Clone, Serialize)]

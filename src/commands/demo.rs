@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::{AlertsConfig, CameraConfig, Config, FolderSource, HttpConfig, MqttConfig, SourceConfig};
-use crate::engine::EngineConfig;
-use crate::synth::{DefectKind, sample};
+use crate::config::{CameraConfig, Config};
+use crate::metrics::HttpConfig;
+use crate::mqtt::MqttConfig;
+use crate::sink::AlertsConfig;
+use crate::source::SourceConfig;
+use crate::source::folder::FolderSource;
+use vigil_model::engine::EngineConfig;
+use vigil_model::synth::{DefectKind, sample};
 
 /// The default bundle, built into the binary so the demo runs anywhere.
 const DEFAULT_MODEL: &[u8] = include_bytes!("../../models/surface-dae/model.onnx");
@@ -131,7 +136,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             roi: None,
         }],
     };
-    let manifest = crate::bundle::Bundle::load(&bundle)?.manifest;
+    let manifest = vigil_model::bundle::Bundle::load(&bundle)?.manifest;
     println!(
         "vigil demo: bundle {} v{} ({}), a simulated camera writing {} frames into {}",
         manifest.name,

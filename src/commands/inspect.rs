@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::bundle::{Bundle, Manifest};
-use crate::onnx::graph::{declared_dims, default_opset, format_dims, image_inputs};
+use vigil_model::bundle::{Bundle, Manifest};
+use vigil_model::onnx::graph::{declared_dims, default_opset, format_dims, image_inputs};
 
 /// A declared graph input or output.
 #[derive(Debug, Serialize)]
@@ -41,8 +41,10 @@ pub struct Inspection {
 pub fn inspect(bundle: &Bundle) -> anyhow::Result<Inspection> {
     let model = bundle.model_proto()?;
     let graph = model.graph.clone().unwrap_or_default();
-    let port =
-        |v: &crate::onnx::pb::ValueInfoProto| Port { name: v.name.clone(), shape: format_dims(&declared_dims(v)) };
+    let port = |v: &vigil_model::onnx::pb::ValueInfoProto| Port {
+        name: v.name.clone(),
+        shape: format_dims(&declared_dims(v)),
+    };
     Ok(Inspection {
         bundle: bundle.path.display().to_string(),
         model_file: bundle.model_path.display().to_string(),

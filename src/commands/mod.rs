@@ -1,6 +1,7 @@
 //! The one-shot commands behind the `vigil` binary's subcommands (the daemon lives elsewhere).
 
 pub mod bench;
+pub mod config_reference;
 pub mod demo;
 pub mod inspect;
 pub mod score;

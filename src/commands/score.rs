@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::bundle::Bundle;
-use crate::engine::{self, EngineConfig, LoadedEngine};
-use crate::preprocess::Preprocessor;
-use crate::tiling::{Inputs, score_frames};
+use vigil_model::bundle::Bundle;
+use vigil_model::engine::{self, EngineConfig, LoadedEngine};
+use vigil_model::preprocess::Preprocessor;
+use vigil_model::tiling::{Inputs, score_frames};
 
 /// One line of `vigil score` output.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::bundle::Bundle;
-use crate::bundle::manifest::{
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::{
     ColorMode, Family, InputSpec, Layout, Manifest, OutputSpec, PixelError, Reduction, ResizeFilter, ResizeMode,
-    SCHEMA_VERSION, ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
+    ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
 };
-use crate::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT};
-use crate::onnx::{graph, wrap};
+use vigil_model::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT};
+use vigil_model::onnx::{graph, wrap};
 
 /// What the foreign model outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
         }
     };
     let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
+        schema_version: Family::External.schema_version(),
         name,
         version: 1,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),

@@ -16,8 +16,8 @@ use rumqttc::{AsyncClient, Event, Packet, PubRel, Publish, QoS, Request};
 use tokio::sync::{Notify, watch};
 
 use super::outbox::{Entry, Flow, Outbox, PACKET_IDS, Put};
-use crate::config::MqttConfig;
 use crate::metrics::Metrics;
+use crate::mqtt::MqttConfig;
 
 /// Alerts in flight at once on the connection (sent, not yet completed). With 64, a burst of
 /// 200 alerts after an outage was completed (PUBCOMP) by Mosquitto 2.0.11 for every alert,
@@ -39,7 +39,7 @@ impl Delivery {
     /// Starts the connection (in the background) over `outbox`; what the outbox already holds
     /// from an earlier run is sent first.
     pub fn start(cfg: &MqttConfig, device: &str, outbox: Outbox, metrics: Arc<Metrics>) -> anyhow::Result<Delivery> {
-        let mut opts = crate::broker::options(cfg, &format!("{}-alerts", crate::broker::client_id(cfg, device)))?;
+        let mut opts = crate::mqtt::options(cfg, &format!("{}-alerts", crate::mqtt::client_id(cfg, device)))?;
         // A persistent session: the broker keeps its side of unfinished QoS 2 flows across a
         // reconnect or a restart of vigil.
         opts.set_clean_session(false);
@@ -141,7 +141,7 @@ async fn run(
     loop {
         // The client handle is kept only so that the event loop's request channel stays open.
         let (_client, mut eventloop) = AsyncClient::new(opts.clone(), 16);
-        crate::broker::no_delay(&mut eventloop);
+        crate::mqtt::no_delay(&mut eventloop);
         let connected = tokio::select! {
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => Ok(ack),

@@ -22,7 +22,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// What to do with a new alert when the outbox holds `max` undelivered ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
     /// Drop the oldest undelivered alert to make room (the newest state of the line matters

@@ -10,12 +10,114 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::{mpsc, oneshot, watch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{AfterScoring, FolderSource};
 use crate::frame::{Frame, Origin, Outcome};
 use crate::metrics::Metrics;
+use crate::problem::Problems;
+use crate::shutdown::Shutdown;
 use crate::state::{FileKey, Ledger};
+
+/// `source = { type = "folder", ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FolderSource {
+    /// The watched folder.
+    pub path: PathBuf,
+    /// Watch sub-folders too.
+    #[serde(default)]
+    pub recursive: bool,
+    /// File-name globs to take; others are ignored.
+    #[serde(default = "default_include")]
+    pub include: Vec<String>,
+    /// A file without a close-after-write event is taken once its size has not changed for
+    /// this long.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub settle: Duration,
+    /// What happens to a file once scored: `keep`, `delete` or `move` (to `move_to`).
+    #[serde(default)]
+    pub after: AfterScoring,
+    /// Folder for `after = "move"`.
+    #[serde(default)]
+    pub move_to: Option<PathBuf>,
+    /// Files larger than this are refused.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Folder where refused files (corrupt, too large, not an image) are moved; absent: they
+    /// stay where they are, remembered as done.
+    #[serde(default)]
+    pub quarantine: Option<PathBuf>,
+}
+
+fn default_include() -> Vec<String> {
+    ["*.png", "*.jpg", "*.jpeg", "*.bmp", "*.tif", "*.tiff"].map(|s| s.to_owned()).into()
+}
+fn default_settle() -> Duration {
+    Duration::from_millis(500)
+}
+/// Files larger than this are refused (64 MiB).
+pub(crate) fn default_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// What to do with a scored file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterScoring {
+    /// Leave it (vigil remembers it was done).
+    #[default]
+    Keep,
+    /// Delete it.
+    Delete,
+    /// Move it into `move_to`.
+    Move,
+}
+
+impl FolderSource {
+    /// Checks the values under `key` (`cameras[0].source`).
+    pub fn validate(&self, key: &str, p: &mut Problems) {
+        for g in &self.include {
+            if let Err(e) = globset::Glob::new(g) {
+                p.at(key, "include", format!("`{g}`: {e}"));
+            }
+        }
+        match (self.after, &self.move_to) {
+            (AfterScoring::Move, None) => p.at(key, "move_to", "after = \"move\" needs move_to"),
+            (AfterScoring::Move, Some(m)) if m.starts_with(&self.path) && self.recursive => {
+                p.at(key, "move_to", "is inside the recursively watched folder: moved files would be scored again")
+            }
+            _ => {}
+        }
+        if let Some(q) = &self.quarantine
+            && q.starts_with(&self.path)
+            && (self.recursive || q == &self.path)
+        {
+            p.at(key, "quarantine", "is inside the watched folder: pick a folder outside it");
+        }
+        if self.max_bytes == 0 {
+            p.at(key, "max_bytes", "must be positive");
+        }
+    }
+
+    /// Checks that the folders exist.
+    pub fn preflight(&self, key: &str, p: &mut Problems) {
+        if !self.path.is_dir() {
+            p.at(key, "path", format!("{}: not a folder; create it or fix the path", self.path.display()));
+        }
+        if let (AfterScoring::Move, Some(m)) = (self.after, &self.move_to)
+            && !m.is_dir()
+        {
+            p.at(key, "move_to", format!("{}: not a folder", m.display()));
+        }
+        if let Some(q) = &self.quarantine
+            && !q.is_dir()
+        {
+            p.at(key, "quarantine", format!("{}: not a folder; create it", q.display()));
+        }
+    }
+}
 
 /// One folder camera.
 pub struct FolderCamera {
@@ -56,12 +158,12 @@ fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Watches the folder until `stop` turns true. Returns once every frame it queued is done.
+/// Watches the folder until the stop. Returns once every frame it queued is done.
 pub async fn run(
     cam: FolderCamera,
     frames: mpsc::Sender<Frame>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
     watching: oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let cfg = &cam.config;
@@ -99,7 +201,7 @@ pub async fn run(
     tracing::info!(camera = cam.camera, "watching {} ({} file(s) in the backlog)", root.display(), pending.len());
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.recv() => break,
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { break };
                 // A burst (thousands of files at once) is taken in one pass: drain what is
@@ -197,7 +299,7 @@ pub async fn run(
             in_flight.lock().expect("in-flight lock").insert(p.clone());
             tokio::select! {
                 sent = frames.send(frame) => if sent.is_err() { break },
-                _ = stop.changed() => {
+                _ = stop.recv() => {
                     in_flight.lock().expect("in-flight lock").remove(&p);
                     break;
                 }
@@ -211,7 +313,7 @@ pub async fn run(
                 in_flight.lock().expect("in-flight lock").remove(&key.path);
             });
         }
-        if *stop.borrow() {
+        if stop.is_shutdown() {
             break;
         }
     }

@@ -8,12 +8,80 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rumqttc::Publish;
-use tokio::sync::{mpsc, oneshot, watch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{Broker, topic_matches};
-use crate::config::{MqttSource, PayloadFormat, valid_id};
 use crate::frame::{Frame, Origin, Outcome};
 use crate::metrics::Metrics;
+use crate::mqtt::MqttClient;
+use crate::problem::{Problems, valid_id, valid_topic_filter};
+use crate::shutdown::Shutdown;
+use crate::topics::topic_matches;
+
+/// `source = { type = "mqtt", ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSource {
+    /// Topic filter, e.g. `factory/+/camera/+/frame`.
+    pub topic: String,
+    /// `raw` (the payload is JPEG/PNG bytes) or `json` (`{"image": base64, ...}`).
+    #[serde(default)]
+    pub payload: PayloadFormat,
+    /// Take the camera id from this topic level (0-based); e.g. 3 for `factory/+/camera/+/frame`.
+    #[serde(default)]
+    pub camera_from_topic: Option<usize>,
+    /// JSON payloads: the field holding the base64 image.
+    #[serde(default = "default_image_field")]
+    pub image_field: String,
+    /// JSON payloads: the field holding the camera id, if any.
+    #[serde(default)]
+    pub camera_field: Option<String>,
+    /// JSON payloads: the field holding the frame time (RFC 3339 or Unix milliseconds), if any.
+    #[serde(default)]
+    pub time_field: Option<String>,
+    /// Payloads larger than this are refused.
+    #[serde(default = "super::folder::default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_image_field() -> String {
+    "image".into()
+}
+
+/// MQTT frame payload format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// The image file's bytes.
+    #[default]
+    Raw,
+    /// A JSON object with a base64 image.
+    Json,
+}
+
+impl MqttSource {
+    /// Checks the values under `key` (`cameras[0].source`); `has_broker`: whether `[mqtt]`
+    /// is configured.
+    pub fn validate(&self, key: &str, has_broker: bool, p: &mut Problems) {
+        if !has_broker {
+            p.add(key, "an mqtt source needs the [mqtt] broker section");
+        }
+        if !valid_topic_filter(&self.topic) {
+            p.at(key, "topic", format!("`{}`: not a valid MQTT topic filter", self.topic));
+        }
+        if let Some(n) = self.camera_from_topic
+            && self.topic.split('/').nth(n).is_none_or(|l| l == "#")
+        {
+            p.at(key, "camera_from_topic", format!("topic `{}` has no level {n}", self.topic));
+        }
+        if self.payload == PayloadFormat::Raw && (self.camera_field.is_some() || self.time_field.is_some()) {
+            p.at(key, "payload", "camera_field and time_field need payload = \"json\"");
+        }
+        if self.max_bytes == 0 {
+            p.at(key, "max_bytes", "must be positive");
+        }
+    }
+}
 
 /// One `[[cameras]]` entry with an MQTT source.
 #[derive(Debug, Clone)]
@@ -114,21 +182,21 @@ pub async fn run(
     cameras: Vec<MqttCamera>,
     mut messages: mpsc::Receiver<Publish>,
     frames: mpsc::Sender<Frame>,
-    broker: Broker,
+    mqtt: MqttClient,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let p = tokio::select! {
             p = messages.recv() => match p { Some(p) => p, None => break },
-            _ = stop.changed() => break,
+            _ = stop.recv() => break,
         };
         match parse(&cameras, &p.topic, &p.payload) {
-            None => broker.ack(&p).await,
+            None => mqtt.ack(&p).await,
             Some(Err((camera, kind, reason))) => {
                 metrics.rejected(&camera, &p.topic, kind, &reason);
-                broker.ack(&p).await;
+                mqtt.ack(&p).await;
             }
             Some(Ok(parsed)) => {
                 let (tx, rx) = oneshot::channel();
@@ -144,9 +212,9 @@ pub async fn run(
                 tokio::select! {
                     sent = frames.send(frame) => if sent.is_err() { break },
                     // Not acknowledged: the broker delivers it again after the restart.
-                    _ = stop.changed() => break,
+                    _ = stop.recv() => break,
                 }
-                let b = broker.clone();
+                let b = mqtt.clone();
                 tasks.spawn(async move {
                     // A frame whose alert could not be stored stays unacknowledged, and the
                     // broker is asked to deliver it again.

@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ndarray::{ArrayD, IxDyn};
-use vigil::bundle::Bundle;
-use vigil::bundle::manifest::{
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::{
     ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, SCHEMA_VERSION, ScoreSource, ScoreSpec,
     Threshold, ThresholdMethod,
 };
-use vigil::engine::{EngineChoice, EngineConfig};
-use vigil::onnx::graph;
-use vigil::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
-use vigil::onnx::pb;
-use vigil::onnx::reference::{ArchSpec, WeightRng, scoring_net};
+use vigil_model::engine::{EngineChoice, EngineConfig};
+use vigil_model::onnx::graph;
+use vigil_model::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
+use vigil_model::onnx::pb;
+use vigil_model::onnx::reference::{ArchSpec, WeightRng, scoring_net};
 
 /// The Python with ONNX's checker and reference evaluator (set up by `scripts/setup`).
 pub fn python() -> PathBuf {
@@ -32,7 +32,7 @@ pub fn python() -> PathBuf {
 
 /// The ONNX Runtime library the tests use.
 pub fn ort_library() -> PathBuf {
-    vigil::engine::ort::find_library(None)
+    vigil_model::engine::ort::find_library(None)
         .unwrap_or_else(|e| panic!("{e}\nrun scripts/test, which installs the ONNX Runtime library into .venv"))
 }
 
@@ -64,7 +64,7 @@ pub fn run_tract(model: &pb::ModelProto, inputs: &[(&str, ArrayD<f32>)]) -> Vec<
 
 /// Runs a graph in ONNX Runtime on concrete inputs.
 pub fn run_ort(model: &pb::ModelProto, inputs: &[(&str, ArrayD<f32>)]) -> Vec<(String, ArrayD<f32>)> {
-    let env = vigil::engine::ort::environment(&ort_library()).expect("ONNX Runtime loads");
+    let env = vigil_model::engine::ort::environment(&ort_library()).expect("ONNX Runtime loads");
     let bytes = graph::encode(model);
     let mut session = ort::session::Session::builder(&env)
         .unwrap()

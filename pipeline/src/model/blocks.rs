@@ -6,9 +6,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::{leaky_relu, relu, sigmoid};
 use burn::tensor::{Device, Tensor};
-use vigil::onnx::graph::{ConvParams, Tensor as OnnxTensor};
-use vigil::onnx::net::{BatchNorm as OnnxBatchNorm, Layer, Sequential};
-use vigil::onnx::reference::ArchSpec;
+use vigil_model::onnx::graph::{ConvParams, Tensor as OnnxTensor};
+use vigil_model::onnx::net::{BatchNorm as OnnxBatchNorm, Layer, Sequential};
+use vigil_model::onnx::reference::ArchSpec;
 
 use crate::layers::{conv_down, conv_up};
 
@@ -162,7 +162,7 @@ fn tensor_of<const D: usize>(t: Tensor<D>) -> OnnxTensor {
     OnnxTensor::new(shape, data)
 }
 
-fn conv_layer(c: &Conv2d, stride: usize, pad: usize) -> Layer {
+pub(crate) fn conv_layer(c: &Conv2d, stride: usize, pad: usize) -> Layer {
     Layer::Conv {
         weight: tensor_of(c.weight.val()),
         bias: c.bias.as_ref().map(|b| tensor_of(b.val())),
@@ -178,7 +178,7 @@ fn conv_t_layer(c: &ConvTranspose2d, stride: usize, pad: usize) -> Layer {
     }
 }
 
-fn bn_layer(bn: &BatchNorm) -> Layer {
+pub(crate) fn bn_layer(bn: &BatchNorm) -> Layer {
     Layer::BatchNorm(OnnxBatchNorm {
         gamma: tensor_of(bn.gamma.val()),
         beta: tensor_of(bn.beta.val()),

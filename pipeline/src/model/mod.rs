@@ -8,9 +8,9 @@ use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use vigil::bundle::manifest::{Family, ScoreSource};
-use vigil::onnx::head::ScoreNet;
-use vigil::onnx::reference::ArchSpec;
+use vigil_model::bundle::manifest::{Family, ScoreSource};
+use vigil_model::onnx::head::ScoreNet;
+use vigil_model::onnx::reference::ArchSpec;
 
 pub use blocks::{Decoder, Encoder};
 
@@ -26,6 +26,13 @@ pub enum ModelKind {
     Gan,
     /// Wasserstein GAN with gradient penalty.
     Wgan,
+    /// PaDiM: per-position Gaussians of pretrained backbone features, Mahalanobis distance.
+    Padim,
+    /// PatchCore: a coreset memory bank of pretrained backbone features, nearest-neighbour
+    /// distance.
+    Patchcore,
+    /// An autoencoder trained on pretrained backbone features, reconstruction error.
+    Fae,
 }
 
 impl ModelKind {
@@ -36,7 +43,15 @@ impl ModelKind {
             ModelKind::Vae => Family::Vae,
             ModelKind::Gan => Family::Gan,
             ModelKind::Wgan => Family::Wgan,
+            ModelKind::Padim => Family::Padim,
+            ModelKind::Patchcore => Family::Patchcore,
+            ModelKind::Fae => Family::Fae,
         }
+    }
+
+    /// Whether the family scores in a pretrained backbone's feature space.
+    pub fn is_feature(self) -> bool {
+        matches!(self, ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae)
     }
 
     /// Whether the family is a GAN (generator + discriminator).

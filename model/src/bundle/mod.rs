@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-pub use manifest::{Manifest, SCHEMA_VERSION};
+pub use manifest::{Manifest, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION};
 
 use crate::onnx::{graph, pb};
 
@@ -59,7 +59,7 @@ pub enum BundleError {
     },
     /// Neither `manifest.json` nor an embedded manifest exists.
     #[error(
-        "model bundle {0}: no manifest.json beside the model and none embedded in it; write a manifest.json (see README, 'Model bundle') or export the model with vigil-train"
+        "model bundle {0}: no manifest.json beside the model and none embedded in it; write a manifest.json (see docs/bundle.md) or export the model with vigil-train"
     )]
     NoManifest(PathBuf),
     /// The manifest is not valid JSON of the expected shape.
@@ -131,11 +131,11 @@ pub fn parse_manifest(bytes: &[u8], origin: &str) -> Result<Manifest, BundleErro
             Some(found) if found > u64::from(SCHEMA_VERSION) => {
                 return Err(BundleError::NewerSchema { origin: origin.to_owned(), found, supported: SCHEMA_VERSION });
             }
-            Some(found) if found == u64::from(SCHEMA_VERSION) => {}
+            Some(found) if found >= u64::from(OLDEST_SCHEMA_VERSION) => {}
             _ => {
                 return Err(bad(
                     format!("`schema_version` is {v}"),
-                    &format!("this vigil reads schema_version {SCHEMA_VERSION}"),
+                    &format!("this vigil reads schema_version {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}"),
                 ));
             }
         },
@@ -143,11 +143,11 @@ pub fn parse_manifest(bytes: &[u8], origin: &str) -> Result<Manifest, BundleErro
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
         let msg = e.to_string();
         let hint = if msg.contains("unknown field") {
-            "remove or correct that key (README, 'Model bundle', lists every key)"
+            "remove or correct that key (docs/bundle.md lists every key)"
         } else if msg.contains("missing field") {
-            "add that key (README, 'Model bundle', lists every key)"
+            "add that key (docs/bundle.md lists every key)"
         } else {
-            "correct that value (README, 'Model bundle', lists every key)"
+            "correct that value (docs/bundle.md lists every key)"
         };
         bad(msg, hint)
     })?;

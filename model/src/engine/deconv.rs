@@ -9,7 +9,7 @@
 //! stacked as `4·O` output channels, each phase cropped from its own offset and interleaved by
 //! `DepthToSpace`: a convolution tract threads and packs like any other, with the
 //! multiply-adds of the original. ONNX Runtime keeps the model as written: this form is no
-//! faster there (measured, README).
+//! faster there (measured; CHANGELOG.md).
 
 use tract_onnx::pb;
 

@@ -165,6 +165,9 @@ pub fn scoring_net(
                 ScoreNet::Discriminator { critic }
             }
         }
+        Family::Padim | Family::Patchcore | Family::Fae => {
+            return Err(format!("{} needs a pretrained backbone; it has no reference architecture", family.as_str()));
+        }
         Family::External => return Err("external models are not built by vigil".into()),
     })
 }

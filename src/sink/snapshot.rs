@@ -12,10 +12,11 @@ use image::DynamicImage;
 use ndarray::{Array2, ArrayView2};
 
 use crate::alert::Region;
-use crate::broker::Broker;
-use crate::decide::Area;
+use crate::frame::Area;
 use crate::metrics::Metrics;
-use crate::overlay;
+use vigil_model::overlay;
+
+use super::publish::Publisher;
 
 /// Longest side of a snapshot; larger frames are scaled down (a snapshot is for a person).
 const MAX_SIDE: u32 = 1280;
@@ -102,12 +103,12 @@ const QUEUE: usize = 8;
 impl Worker {
     /// Starts the thread: it keeps `keep` snapshots per camera under `dir` and publishes each,
     /// retained, on `<camera>/snapshot` when there is a broker.
-    pub fn start(dir: PathBuf, keep: usize, broker: Option<Broker>, metrics: Arc<Metrics>) -> Worker {
+    pub fn start(dir: PathBuf, keep: usize, publisher: Publisher, metrics: Arc<Metrics>) -> Worker {
         let (tx, rx) = sync_channel(QUEUE);
         let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("vigil-snapshots".into())
-            .spawn(move || work(rx, &dir, keep, broker.as_ref(), &m))
+            .spawn(move || work(rx, &dir, keep, &publisher, &m))
             .expect("starting the snapshot thread");
         Worker { tx: Some(tx), thread: Some(thread), metrics }
     }
@@ -133,10 +134,10 @@ impl Drop for Worker {
     }
 }
 
-fn work(rx: Receiver<Job>, dir: &Path, keep: usize, broker: Option<&Broker>, metrics: &Metrics) {
+fn work(rx: Receiver<Job>, dir: &Path, keep: usize, publisher: &Publisher, metrics: &Metrics) {
     for job in rx {
         let (camera, id) = (job.camera.clone(), job.id.clone());
-        if let Err(panic) = crate::guard::catch(|| snapshot(job, dir, keep, broker, metrics)) {
+        if let Err(panic) = crate::guard::catch(|| snapshot(job, dir, keep, publisher, metrics)) {
             tracing::error!(
                 camera,
                 "snapshot of alert {id} not rendered: {}",
@@ -148,8 +149,8 @@ fn work(rx: Receiver<Job>, dir: &Path, keep: usize, broker: Option<&Broker>, met
 }
 
 /// Renders, saves and publishes one snapshot.
-fn snapshot(job: Job, dir: &Path, keep: usize, broker: Option<&Broker>, metrics: &Metrics) {
-    let image = match crate::preprocess::decode(&job.frame) {
+fn snapshot(job: Job, dir: &Path, keep: usize, publisher: &Publisher, metrics: &Metrics) {
+    let image = match vigil_model::preprocess::decode(&job.frame) {
         Ok(i) => i,
         Err(e) => {
             // It decoded a moment ago, to be scored; only memory can make it fail now.
@@ -165,7 +166,5 @@ fn snapshot(job: Job, dir: &Path, keep: usize, broker: Option<&Broker>, metrics:
         tracing::warn!(camera = job.camera, "snapshot not saved in {}: {e}", dir.display());
         metrics.inc("vigil_errors_total", &[("kind", "snapshot")]);
     }
-    if let Some(b) = broker {
-        b.publish_lossy(b.topics.camera(&job.camera, "snapshot"), true, jpeg);
-    }
+    publisher.snapshot(&job.camera, jpeg);
 }

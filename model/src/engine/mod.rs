@@ -7,6 +7,7 @@
 //! that cannot serve is refused at load time, not on the first camera frame.
 
 pub mod deconv;
+pub mod graph;
 pub mod io;
 pub mod ort;
 pub mod tract;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::Bundle;
 
 /// Which engine to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineChoice {
     /// ONNX Runtime when its library loads, else tract.
@@ -33,7 +34,7 @@ pub enum EngineChoice {
 }
 
 /// Engine settings (`[engine]` in the daemon config).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     /// `auto`, `ort` or `tract`.
@@ -164,9 +165,9 @@ impl LoadedEngine {
         self.engine.name()
     }
 
-    /// The same model behind another engine built around this one (a failing one, in tests).
-    #[cfg(test)]
-    pub(crate) fn wrap(mut self, wrap: impl FnOnce(Box<dyn Engine>) -> Box<dyn Engine>) -> Self {
+    /// The same model behind another engine built around this one: instrumentation, or a
+    /// failing engine in the daemon's tests.
+    pub fn wrap(mut self, wrap: impl FnOnce(Box<dyn Engine>) -> Box<dyn Engine>) -> Self {
         self.engine = wrap(self.engine);
         self
     }

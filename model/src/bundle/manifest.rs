@@ -9,14 +9,18 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The manifest schema this build of vigil reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The newest manifest schema this build of vigil reads and writes: 2 added the
+/// pretrained-feature families (`padim`, `patchcore`, `fae`, score source `features`).
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest schema it reads.
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// Everything a server needs to know about a model: inputs, outputs, threshold, provenance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Always [`SCHEMA_VERSION`] for manifests this vigil writes.
+    /// [`Family::schema_version`] of the family for manifests this vigil writes: the oldest
+    /// schema that can describe the bundle, so older vigils keep reading what they can serve.
     pub schema_version: u32,
     /// Short identifier of the model, e.g. `surface-dae`. Letters, digits, `-`, `_`, `.`.
     pub name: String,
@@ -64,11 +68,25 @@ pub enum Family {
     Gan,
     /// Wasserstein GAN with gradient penalty.
     Wgan,
+    /// PaDiM on a pretrained backbone's features.
+    Padim,
+    /// PatchCore on a pretrained backbone's features.
+    Patchcore,
+    /// An autoencoder of a pretrained backbone's features.
+    Fae,
     /// A model made elsewhere; its graph already outputs a score.
     External,
 }
 
 impl Family {
+    /// The oldest manifest schema that has this family.
+    pub fn schema_version(self) -> u32 {
+        match self {
+            Family::Padim | Family::Patchcore | Family::Fae => 2,
+            _ => 1,
+        }
+    }
+
     /// The name used in manifests and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,6 +94,9 @@ impl Family {
             Family::Vae => "vae",
             Family::Gan => "gan",
             Family::Wgan => "wgan",
+            Family::Padim => "padim",
+            Family::Patchcore => "patchcore",
+            Family::Fae => "fae",
             Family::External => "external",
         }
     }
@@ -208,6 +229,9 @@ pub enum ScoreSource {
     /// Reconstruction through an encoder into the generator's latent space plus the
     /// discriminator-feature error (f-AnoGAN).
     EncoderFeatures,
+    /// A distance in a pretrained backbone's feature space (PaDiM, PatchCore, feature
+    /// autoencoder), per grid cell, upsampled to the input.
+    Features,
     /// Computed by a graph vigil did not write.
     External,
 }
@@ -401,8 +425,22 @@ impl Manifest {
     /// Checks the values serde cannot: sizes, matching lengths, finite numbers.
     pub fn validate(&self) -> Result<(), ManifestProblem> {
         let bad = |key: &str, problem: String| Err(ManifestProblem { key: key.to_owned(), problem });
-        if self.schema_version != SCHEMA_VERSION {
-            return bad("schema_version", format!("is {}, this vigil reads {SCHEMA_VERSION}", self.schema_version));
+        if !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&self.schema_version) {
+            return bad(
+                "schema_version",
+                format!("is {}, this vigil reads {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}", self.schema_version),
+            );
+        }
+        if self.schema_version < self.family.schema_version() {
+            return bad(
+                "schema_version",
+                format!(
+                    "is {}, but family `{}` needs schema_version {}",
+                    self.schema_version,
+                    self.family.as_str(),
+                    self.family.schema_version()
+                ),
+            );
         }
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {

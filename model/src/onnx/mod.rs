@@ -1,11 +1,14 @@
 //! The ONNX writer: vigil's own graphs, with the anomaly score computed inside the graph.
 //!
+//! - [`features`]: the pretrained-feature families' graphs (backbone, PaDiM, PatchCore,
+//!   feature autoencoder).
 //! - [`graph`]: a builder over the ONNX protobuf types (tract's prost-generated `pb`).
 //! - [`net`]: networks as layer lists, batch-norm folding.
 //! - [`reference`]: the reference architectures, with seeded random weights.
 //! - [`head`]: the score head and the complete scoring graph of each family.
 //! - [`wrap`]: the score head on a foreign autoencoder, checks for foreign scorers.
 
+pub mod features;
 pub mod graph;
 pub mod head;
 pub mod net;

@@ -179,6 +179,27 @@ pub struct ConvParams {
     pub pad: usize,
 }
 
+/// A convolution's stride, explicit pads (`[top, left, bottom, right]`, which may differ, as
+/// TensorFlow's "SAME" padding needs) and groups (the channel count for a depthwise one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Stride along both axes.
+    pub stride: usize,
+    /// Zero padding: top, left, bottom, right.
+    pub pads: [usize; 4],
+    /// Groups.
+    pub group: usize,
+}
+
+/// How `Resize` interpolates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interpolation {
+    /// Bilinear, half-pixel centres (PyTorch's `align_corners=False`).
+    Bilinear,
+    /// Nearest neighbour.
+    Nearest,
+}
+
 /// Padding modes of the `Pad` operator that vigil uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PadMode {
@@ -274,6 +295,106 @@ impl GraphBuilder {
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         self.op("Conv", &refs, Self::conv_attrs(&weight.shape, p))
+    }
+
+    /// `Conv` with explicit asymmetric pads and groups: weight `[out, in / group, kh, kw]`.
+    pub fn conv_with(&mut self, x: &str, weight: &Tensor, bias: Option<&Tensor>, spec: ConvSpec) -> String {
+        let w = self.constant("conv_w", weight);
+        let mut inputs = vec![x.to_string(), w];
+        if let Some(b) = bias {
+            inputs.push(self.constant("conv_b", b));
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let [t, l, b, r] = spec.pads.map(|p| p as i64);
+        let s = spec.stride as i64;
+        let attrs = vec![
+            attr_ints("kernel_shape", &[weight.shape[2] as i64, weight.shape[3] as i64]),
+            attr_ints("strides", &[s, s]),
+            attr_ints("pads", &[t, l, b, r]),
+            attr_ints("dilations", &[1, 1]),
+            attr_int("group", spec.group as i64),
+        ];
+        self.op("Conv", &refs, attrs)
+    }
+
+    /// `Clip` to `[lo, hi]` (ReLU6 is `clip(x, 0, 6)`).
+    pub fn clip(&mut self, x: &str, lo: f32, hi: f32) -> String {
+        let lo = self.constant("clip_lo", &Tensor::scalar(lo));
+        let hi = self.constant("clip_hi", &Tensor::scalar(hi));
+        self.op("Clip", &[x, &lo, &hi], vec![])
+    }
+
+    /// `GlobalAveragePool`: `[N, C, H, W]` to `[N, C, 1, 1]`.
+    pub fn global_average_pool(&mut self, x: &str) -> String {
+        self.op("GlobalAveragePool", &[x], vec![])
+    }
+
+    /// `AveragePool` with a square window, stride 1 and `pad` on every side; the border
+    /// averages only the pixels inside the map.
+    pub fn average_pool(&mut self, x: &str, kernel: usize, pad: usize) -> String {
+        let (k, p) = (kernel as i64, pad as i64);
+        let attrs = vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("strides", &[1, 1]),
+            attr_ints("pads", &[p, p, p, p]),
+            attr_int("count_include_pad", 0),
+        ];
+        self.op("AveragePool", &[x], attrs)
+    }
+
+    /// `Concat` along `axis`.
+    pub fn concat(&mut self, inputs: &[&str], axis: i64) -> String {
+        self.op("Concat", inputs, vec![attr_int("axis", axis)])
+    }
+
+    /// `Transpose` by `perm`.
+    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.op("Transpose", &[x], vec![attr_ints("perm", perm)])
+    }
+
+    /// `Resize` of the two spatial axes of an NCHW tensor by whole factors (`[fh, fw]`), so
+    /// the output size is exact on every engine.
+    pub fn upsample(&mut self, x: &str, factors: [usize; 2], how: Interpolation) -> String {
+        let scales =
+            self.constant("scales", &Tensor::new(vec![4], vec![1.0, 1.0, factors[0] as f32, factors[1] as f32]));
+        let attrs = match how {
+            Interpolation::Bilinear => {
+                vec![attr_string("mode", "linear"), attr_string("coordinate_transformation_mode", "half_pixel")]
+            }
+            Interpolation::Nearest => vec![
+                attr_string("mode", "nearest"),
+                attr_string("coordinate_transformation_mode", "asymmetric"),
+                attr_string("nearest_mode", "floor"),
+            ],
+        };
+        self.op("Resize", &[x, "", &scales], attrs)
+    }
+
+    /// `ArgMin` along `axis` (int64 indices, the axis dropped).
+    pub fn arg_min(&mut self, x: &str, axis: i64) -> String {
+        self.op("ArgMin", &[x], vec![attr_int("axis", axis), attr_int("keepdims", 0)])
+    }
+
+    /// `Gather` along `axis` with indices computed by the graph.
+    pub fn gather_by(&mut self, x: &str, indices: &str, axis: i64) -> String {
+        self.op("Gather", &[x, indices], vec![attr_int("axis", axis)])
+    }
+
+    /// `Gather` of constant `indices` along `axis`.
+    pub fn gather(&mut self, x: &str, indices: &[i64], axis: i64) -> String {
+        let i = self.constant_i64("indices", indices);
+        self.op("Gather", &[x, &i], vec![attr_int("axis", axis)])
+    }
+
+    /// `Sqrt`.
+    pub fn sqrt(&mut self, x: &str) -> String {
+        self.op("Sqrt", &[x], vec![])
+    }
+
+    /// `Max` of `x` and a constant scalar (clamps from below).
+    pub fn max_scalar(&mut self, x: &str, floor: f32) -> String {
+        let c = self.constant("floor", &Tensor::scalar(floor));
+        self.op("Max", &[x, &c], vec![])
     }
 
     /// `ConvTranspose`: weight `[in, out, kh, kw]`, optional bias `[out]`.
@@ -396,6 +517,22 @@ impl GraphBuilder {
     /// `ReduceMean` over `axes`.
     pub fn reduce_mean(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         self.reduce("ReduceMean", x, axes, keepdims)
+    }
+
+    /// `ReduceMin` over `axes`.
+    pub fn reduce_min(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        self.reduce("ReduceMin", x, axes, keepdims)
+    }
+
+    /// `ReduceSum` over `axes` (its axes are an input from opset 13).
+    pub fn reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let keep = attr_int("keepdims", keepdims as i64);
+        if self.opset >= 13 {
+            let a = self.constant_i64("axes", axes);
+            self.op("ReduceSum", &[x, &a], vec![keep])
+        } else {
+            self.op("ReduceSum", &[x], vec![attr_ints("axes", axes), keep])
+        }
     }
 
     /// `ReduceMax` over `axes`.

@@ -1,0 +1,27 @@
+//! vigil-model: what the trainer (`vigil-train`) and the daemon (`vigil`) share, so that a
+//! bundle is written, checked, preprocessed and scored by one code path.
+//!
+//! - [`backbone`]: pretrained ImageNet backbones (EfficientNet-Lite) as ONNX.
+//! - [`bundle`]: the model bundle contract (ONNX model + versioned manifest).
+//! - [`onnx`]: the ONNX writer, the reference networks and the score heads that put the
+//!   anomaly map and score inside the graph.
+//! - [`engine`]: ONNX Runtime and tract, behind one `Engine` interface.
+//! - [`preprocess`]: image decoding and the manifest's preprocessing.
+//! - [`tiling`]: frames to model inputs (resized or tiled) and model outputs back to frame
+//!   scores and maps.
+//! - [`overlay`]: heatmaps drawn over frames (snapshots, reports).
+//! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
+//! - [`rng`]: the small seeded generator behind weights, data and splits.
+
+pub mod backbone;
+pub mod bundle;
+pub mod engine;
+pub mod onnx;
+pub mod overlay;
+pub mod preprocess;
+pub mod rng;
+pub mod synth;
+pub mod tiling;
+
+/// This build's version, recorded in manifests.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

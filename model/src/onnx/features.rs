@@ -1,0 +1,199 @@
+//! The graphs of the pretrained-feature families: the image goes through the backbone, two of
+//! its stages (1/8 and 1/16 of the input) are brought to one grid and averaged over each
+//! 3x3 neighbourhood, and a head scores every grid cell in that feature space: the
+//! Mahalanobis distance to the cell's Gaussian (PaDiM), the distance to the nearest patch of
+//! a memory bank (PatchCore) or a feature autoencoder's reconstruction error. The grid's
+//! scores are upsampled to the input, smoothed, and reduced to the image score, as in the
+//! other families, so the daemon serves these bundles like any other.
+
+use crate::backbone::EfficientNetLite;
+use crate::bundle::manifest::{InputSpec, Reduction};
+
+use super::graph::{Dim, GraphBuilder, Interpolation, OPSET, Tensor};
+use super::head::{MAP_OUTPUT, SCORE_OUTPUT, reduce_map};
+use super::net::Sequential;
+use super::pb;
+
+/// The backbone stages whose outputs are the features: 1/8 and 1/16 of the input
+/// (40 and 112 channels for EfficientNet-Lite0).
+pub const TAP_STAGES: [usize; 2] = [3, 5];
+/// The neighbourhood averaged around each grid cell (PatchCore's local aggregation).
+pub const NEIGHBOURHOOD: usize = 3;
+/// Input sides must be multiples of this, so the two taps' grids line up exactly.
+pub const INPUT_MULTIPLE: usize = 32;
+
+/// Where the features are and what they look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureShape {
+    /// Channels (the two taps concatenated).
+    pub channels: usize,
+    /// Grid height and width.
+    pub grid: [usize; 2],
+}
+
+impl FeatureShape {
+    /// Grid cells.
+    pub fn cells(&self) -> usize {
+        self.grid[0] * self.grid[1]
+    }
+}
+
+/// Emits the feature extractor on `x` (`[N, 3, h, w]`, ImageNet-normalised): the value name
+/// of `[N, C, h/8, w/8]` and its shape.
+pub fn emit_features(
+    g: &mut GraphBuilder,
+    net: &EfficientNetLite,
+    x: &str,
+    input: [usize; 2],
+) -> (String, FeatureShape) {
+    let taps = net.emit_stages(g, x, input, TAP_STAGES[1]);
+    let (fine, coarse) = (&taps[TAP_STAGES[0] - 1], &taps[TAP_STAGES[1] - 1]);
+    let factor = [fine.size[0] / coarse.size[0], fine.size[1] / coarse.size[1]];
+    let up = g.upsample(&coarse.value, factor, Interpolation::Bilinear);
+    let cat = g.concat(&[&fine.value, &up], 1);
+    let pooled = g.average_pool(&cat, NEIGHBOURHOOD, NEIGHBOURHOOD / 2);
+    (pooled, FeatureShape { channels: fine.channels + coarse.channels, grid: fine.size })
+}
+
+/// A model that outputs only the features (`features [N, C, gh, gw]`), for training.
+pub fn extractor_model(net: &EfficientNetLite, input: [usize; 2]) -> (pb::ModelProto, FeatureShape) {
+    let mut g = GraphBuilder::new("vigil_features", OPSET);
+    let n = Dim::Symbol("N".into());
+    let x = g.input("image", &[n.clone(), Dim::Fixed(3), Dim::Fixed(input[0]), Dim::Fixed(input[1])]);
+    let (f, shape) = emit_features(&mut g, net, &x, input);
+    let dims = [n, Dim::Fixed(shape.channels), Dim::Fixed(shape.grid[0]), Dim::Fixed(shape.grid[1])];
+    g.output(&f, "features", &dims);
+    (g.finish(), shape)
+}
+
+/// A feature family's head: from features to a per-cell distance `[N, 1, gh, gw]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureHead {
+    /// PaDiM: per cell a Gaussian over the channels `dims`: `mean [d, cells]` and the inverse
+    /// covariance `[cells, d, d]`; the score is the Mahalanobis distance.
+    Padim {
+        /// The channels used (a seeded random subset).
+        dims: Vec<i64>,
+        /// Means, `[d, cells]`.
+        mean: Tensor,
+        /// Inverse covariances, `[cells, d, d]`.
+        inv_cov: Tensor,
+    },
+    /// PatchCore: the memory bank `[M, C]` (one row per patch); the score is the Euclidean
+    /// distance to the nearest one.
+    Patchcore {
+        /// Bank, `[M, C]`.
+        bank: Tensor,
+    },
+    /// Feature autoencoder: features standardised per channel (`mean`, `std` `[C]`), then
+    /// reconstructed by `net`; the score is the squared error averaged over channels.
+    Fae {
+        /// Per-channel mean of the training features.
+        mean: Tensor,
+        /// Per-channel standard deviation.
+        std: Tensor,
+        /// The autoencoder (1x1 and 3x3 convolutions, batch norm folded).
+        net: Sequential,
+    },
+}
+
+fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureHead) -> String {
+    let [gh, gw] = shape.grid;
+    let cells = shape.cells() as i64;
+    match head {
+        FeatureHead::Padim { dims, mean, inv_cov } => {
+            let d = dims.len() as i64;
+            let x = g.gather(f, dims, 1); // [N, d, gh, gw]
+            let x = g.reshape(&x, &[0, d, cells]); // [N, d, P]
+            let m = g.constant("padim_mean", mean);
+            let diff = g.sub(&x, &m);
+            let diff = g.transpose(&diff, &[2, 0, 1]); // [P, N, d]
+            let inv = g.constant("padim_inv_cov", inv_cov);
+            let t = g.matmul(&diff, &inv); // [P, N, d]
+            let q = g.mul(&t, &diff);
+            let q = g.reduce_sum(&q, &[2], false); // [P, N]
+            let q = g.transpose(&q, &[1, 0]); // [N, P]
+            let q = g.max_scalar(&q, 0.0);
+            let dist = g.sqrt(&q);
+            g.reshape(&dist, &[-1, 1, gh as i64, gw as i64])
+        }
+        FeatureHead::Patchcore { bank } => {
+            let c = shape.channels as i64;
+            let x = g.reshape(f, &[0, c, cells]);
+            let x = g.transpose(&x, &[0, 2, 1]); // [N, P, C]
+            let b = g.constant("patchcore_bank", bank); // [M, C]
+            let bt = g.transpose(&b, &[1, 0]); // [C, M]
+            let dot = g.matmul(&x, &bt); // [N, P, M]
+            let dot2 = g.scale(&dot, -2.0);
+            let (m, w) = (bank.shape[0], bank.shape[1]);
+            let norms: Vec<f32> = bank.data.chunks(w).map(|row| row.iter().map(|v| v * v).sum()).collect();
+            let bn = g.constant("patchcore_bank_norm", &Tensor::new(vec![m], norms));
+            // ‖x‖² - 2x·b + ‖b‖² finds the nearest member without ‖x‖²; the distance itself is
+            // then taken directly, since that expansion loses its digits near zero (a normal
+            // patch close to a member), where the engines would disagree.
+            let partial = g.add(&dot2, &bn);
+            let idx = g.arg_min(&partial, 2); // [N, P]
+            let nearest = g.gather_by(&b, &idx, 0); // [N, P, C]
+            let diff = g.sub(&x, &nearest);
+            let sq = g.mul(&diff, &diff);
+            let d2 = g.reduce_sum(&sq, &[2], false); // [N, P]
+            let dist = g.sqrt(&d2);
+            g.reshape(&dist, &[-1, 1, gh as i64, gw as i64])
+        }
+        FeatureHead::Fae { mean, std, net } => {
+            let c = shape.channels;
+            let m = g.constant("fae_mean", &Tensor::new(vec![1, c, 1, 1], mean.data.clone()));
+            let s =
+                g.constant("fae_inv_std", &Tensor::new(vec![1, c, 1, 1], std.data.iter().map(|v| 1.0 / v).collect()));
+            let centred = g.sub(f, &m);
+            let z = g.mul(&centred, &s);
+            let recon = net.emit(g, &z);
+            let diff = g.sub(&recon, &z);
+            let sq = g.mul(&diff, &diff);
+            g.reduce_mean(&sq, &[1], true) // [N, 1, gh, gw]
+        }
+    }
+}
+
+/// The backbone and head alone, up to the per-cell scores (`cells [N, 1, gh, gw]`): what the
+/// tests compare with the head computed outside the graph.
+pub fn cells_model(net: &EfficientNetLite, input: [usize; 2], head: &FeatureHead) -> pb::ModelProto {
+    let mut g = GraphBuilder::new("vigil_feature_cells", OPSET);
+    let n = Dim::Symbol("N".into());
+    let x = g.input("image", &[n.clone(), Dim::Fixed(3), Dim::Fixed(input[0]), Dim::Fixed(input[1])]);
+    let (f, shape) = emit_features(&mut g, net, &x, input);
+    let cells = emit_head(&mut g, &f, shape, head);
+    g.output(&cells, "cells", &[n, Dim::Fixed(1), Dim::Fixed(shape.grid[0]), Dim::Fixed(shape.grid[1])]);
+    g.finish()
+}
+
+/// How the grid's scores become the bundle's map and score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapSpec {
+    /// Gaussian smoothing of the upsampled map, in input pixels (0: none).
+    pub smoothing_sigma: f32,
+    /// Map to image score.
+    pub reduction: Reduction,
+}
+
+/// The whole scoring graph of a feature family: `image` → `anomaly_map [N, 1, H, W]` and
+/// `score [N]`.
+pub fn feature_scoring_model(
+    net: &EfficientNetLite,
+    input: &InputSpec,
+    head: &FeatureHead,
+    map: MapSpec,
+) -> pb::ModelProto {
+    let (h, w) = (input.height, input.width);
+    let mut g = GraphBuilder::new("vigil_features", OPSET);
+    let n = Dim::Symbol("N".into());
+    let x = g.input(&input.name, &[n.clone(), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)]);
+    let (f, shape) = emit_features(&mut g, net, &x, [h, w]);
+    let cells = emit_head(&mut g, &f, shape, head);
+    let up = g.upsample(&cells, [h / shape.grid[0], w / shape.grid[1]], Interpolation::Bilinear);
+    let smooth = g.gaussian_blur(&up, map.smoothing_sigma, h.min(w) - 1);
+    g.output(&smooth, MAP_OUTPUT, &[n.clone(), Dim::Fixed(1), Dim::Fixed(h), Dim::Fixed(w)]);
+    let score = reduce_map(&mut g, &smooth, map.reduction);
+    g.output(&score, SCORE_OUTPUT, &[n]);
+    g.finish()
+}

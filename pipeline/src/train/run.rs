@@ -1,0 +1,186 @@
+//! The run folder: where a run keeps its files, `state.json` (data source, epochs done,
+//! loss history, skipped files), `losses.csv` and the loss chart `losses.png`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::config::CONFIG_FILE;
+use crate::data::{DataSource, Skipped};
+
+/// Where a run keeps its files.
+#[derive(Debug, Clone)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// `train.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join(CONFIG_FILE)
+    }
+    /// `state.json`.
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    /// `losses.csv`.
+    pub fn losses(&self) -> PathBuf {
+        self.0.join("losses.csv")
+    }
+    /// A checkpoint file.
+    pub fn checkpoint(&self, name: &str) -> PathBuf {
+        self.0.join("checkpoint").join(format!("{name}.bpk"))
+    }
+}
+
+/// The data source as stored in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// MVTec root.
+    pub mvtec: Option<PathBuf>,
+    /// Plain folder of normal images.
+    pub normal: Option<PathBuf>,
+    /// Plain folder of defective images.
+    pub abnormal: Option<PathBuf>,
+    /// Masks of the defective images.
+    pub masks: Option<PathBuf>,
+    /// Labelled defective images held out for calibration (F1-optimal threshold).
+    #[serde(default)]
+    pub val_abnormal: Option<PathBuf>,
+}
+
+impl From<&DataSource> for SourceSpec {
+    fn from(s: &DataSource) -> Self {
+        match s {
+            DataSource::Mvtec(root) => {
+                SourceSpec { mvtec: Some(root.clone()), normal: None, abnormal: None, masks: None, val_abnormal: None }
+            }
+            DataSource::Folders { normal, abnormal, masks } => SourceSpec {
+                mvtec: None,
+                normal: Some(normal.clone()),
+                abnormal: abnormal.clone(),
+                masks: masks.clone(),
+                val_abnormal: None,
+            },
+        }
+    }
+}
+
+impl SourceSpec {
+    /// Back to a source.
+    pub fn source(&self) -> anyhow::Result<DataSource> {
+        match (&self.mvtec, &self.normal) {
+            (Some(root), _) => Ok(DataSource::Mvtec(root.clone())),
+            (None, Some(normal)) => Ok(DataSource::Folders {
+                normal: normal.clone(),
+                abnormal: self.abnormal.clone(),
+                masks: self.masks.clone(),
+            }),
+            (None, None) => bail!("state.json names no data source"),
+        }
+    }
+}
+
+/// One epoch's averages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// `train` (the model) or `encoder` (the f-AnoGAN encoder after a GAN).
+    pub phase: String,
+    /// 1-based epoch within the phase.
+    pub epoch: u32,
+    /// Loss name to its mean over the epoch.
+    pub losses: Vec<(String, f64)>,
+    /// Training images per second.
+    pub samples_per_s: f64,
+}
+
+/// What `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunState {
+    /// The data the run trains on.
+    pub data: SourceSpec,
+    /// Input channels (resolved from the data when the config left it open).
+    pub channels: usize,
+    /// Epochs finished in the model phase.
+    pub epochs_done: u32,
+    /// Epochs finished in the encoder phase (GANs).
+    pub encoder_epochs_done: u32,
+    /// The device trained on.
+    pub device: String,
+    /// Per-epoch loss averages.
+    pub history: Vec<EpochLog>,
+    /// Training images that could not be read.
+    pub skipped: Vec<Skipped>,
+    /// Training samples used (images, or their tiles for a tiled model).
+    pub images: usize,
+    /// Seconds spent training.
+    pub seconds: f64,
+}
+
+impl RunState {
+    /// Reads `state.json` of a run.
+    pub fn load(run: &RunDir) -> anyhow::Result<Self> {
+        let path = run.state();
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("{}: not a vigil-train run folder (no state.json)", run.0.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))
+    }
+
+    pub(super) fn save(&self, run: &RunDir) -> anyhow::Result<()> {
+        let tmp = run.state().with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, run.state())?;
+        Ok(())
+    }
+}
+
+/// Whether `dir` holds a finished or interrupted run.
+pub fn is_run(dir: &Path) -> bool {
+    dir.join("state.json").is_file()
+}
+
+/// Appends an epoch's losses to `losses.csv`.
+pub(super) fn append_losses(run: &RunDir, log: &EpochLog) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = run.losses();
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    if new {
+        writeln!(f, "phase,epoch,metric,value")?;
+    }
+    for (k, v) in &log.losses {
+        writeln!(f, "{},{},{k},{v}", log.phase, log.epoch)?;
+    }
+    writeln!(f, "{},{},samples_per_s,{}", log.phase, log.epoch, log.samples_per_s)?;
+    Ok(())
+}
+
+/// The loss curves of a run, one series per loss, each scaled to its own range (`losses.png`).
+pub fn loss_chart(history: &[EpochLog]) -> RgbImage {
+    let mut names: Vec<String> = vec![];
+    for e in history {
+        for (k, _) in &e.losses {
+            let key = format!("{}/{k}", e.phase);
+            if !names.contains(&key) {
+                names.push(key);
+            }
+        }
+    }
+    let series: Vec<Vec<(f64, f64)>> = names
+        .iter()
+        .map(|key| {
+            let pts: Vec<(f64, f64)> = history
+                .iter()
+                .filter_map(|e| {
+                    e.losses.iter().find(|(k, _)| format!("{}/{k}", e.phase) == *key).map(|(_, v)| (e.epoch as f64, *v))
+                })
+                .collect();
+            let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+            pts.into_iter().map(|(x, y)| (x, (y - lo) / (hi - lo).max(f64::EPSILON))).collect()
+        })
+        .collect();
+    let max_epoch = history.iter().map(|e| e.epoch).max().unwrap_or(1) as f64;
+    crate::chart::line_chart(&series, (1.0, max_epoch.max(2.0)), (0.0, 1.0))
+}

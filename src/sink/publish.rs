@@ -1,0 +1,68 @@
+//! Every MQTT message of the daemon besides alerts: scores, stats, threshold states,
+//! snapshots and the `stopped` availability, on the daemon's session ([`MqttClient`]). Alerts
+//! take the durable outbox and a connection of their own ([`super::delivery`]); `online` and
+//! the `offline` Last-Will belong to the session itself, since `online` must follow its
+//! subscriptions ([`crate::mqtt`]).
+
+use crate::mqtt::MqttClient;
+use crate::topics::STOPPED;
+
+/// Publishes the daemon's messages other than alerts; without a broker, each call does nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Publisher {
+    mqtt: Option<MqttClient>,
+    scores: bool,
+}
+
+impl Publisher {
+    /// A publisher on `mqtt` (none: every message is dropped); `scores` turns on the per-frame
+    /// score topic.
+    pub fn new(mqtt: Option<MqttClient>, scores: bool) -> Publisher {
+        Publisher { mqtt, scores }
+    }
+
+    /// Whether there is a broker to publish to.
+    pub fn has_broker(&self) -> bool {
+        self.mqtt.is_some()
+    }
+
+    /// The topic of `leaf` for `camera` (`anomaly`, `snapshot`, ...), when there is a broker.
+    pub fn camera_topic(&self, camera: &str, leaf: &str) -> Option<String> {
+        self.mqtt.as_ref().map(|m| m.topics.camera(camera, leaf))
+    }
+
+    /// A frame's score on `<camera>/score` (QoS 0), with `mqtt.publish_scores`.
+    pub fn score(&self, camera: &str, body: &serde_json::Value) {
+        if let Some(m) = self.mqtt.as_ref().filter(|_| self.scores) {
+            m.publish_lossy(m.topics.camera(camera, "score"), false, body.to_string().into_bytes());
+        }
+    }
+
+    /// The counters on `stats` (QoS 0).
+    pub fn stats(&self, body: &serde_json::Value) {
+        if let Some(m) = &self.mqtt {
+            m.publish_lossy(m.topics.stats(), false, body.to_string().into_bytes());
+        }
+    }
+
+    /// A snapshot JPEG, retained on `<camera>/snapshot` (QoS 0).
+    pub fn snapshot(&self, camera: &str, jpeg: Vec<u8>) {
+        if let Some(m) = &self.mqtt {
+            m.publish_lossy(m.topics.camera(camera, "snapshot"), true, jpeg);
+        }
+    }
+
+    /// A camera's threshold state, retained on `<camera>/threshold/state` (QoS 1).
+    pub async fn threshold_state(&self, camera: &str, state: &serde_json::Value) {
+        if let Some(m) = &self.mqtt {
+            let _ = m.publish(m.topics.camera(camera, "threshold/state"), true, state.to_string().into_bytes()).await;
+        }
+    }
+
+    /// `stopped`, retained on `available` (QoS 1), at a clean stop while connected.
+    pub async fn stopped(&self) {
+        if let Some(m) = self.mqtt.as_ref().filter(|m| m.is_connected()) {
+            let _ = m.publish(m.topics.available(), true, STOPPED.as_bytes().to_vec()).await;
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The MQTT contract of one box: every topic name under `<prefix>/<device>`, in and out, and
+//! the availability payloads.
+
+/// Retained on `available` after each connect, once frames and control topics are subscribed.
+pub const ONLINE: &str = "online";
+/// The Last-Will on `available`: the broker publishes it when vigil vanishes (crash, power or
+/// network loss).
+pub const OFFLINE: &str = "offline";
+/// Retained on `available` at a clean stop.
+pub const STOPPED: &str = "stopped";
+
+/// Topic names under `<prefix>/<device>`.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    /// Topics for `prefix` and `device`.
+    pub fn new(prefix: &str, device: &str) -> Topics {
+        Topics { base: format!("{}/{device}", prefix.trim_end_matches('/')) }
+    }
+    /// `<prefix>/<device>/available`.
+    pub fn available(&self) -> String {
+        format!("{}/available", self.base)
+    }
+    /// `<prefix>/<device>/stats`.
+    pub fn stats(&self) -> String {
+        format!("{}/stats", self.base)
+    }
+    /// `<prefix>/<device>/<camera>/<leaf>` (`anomaly`, `snapshot`, `score`, `threshold/state`).
+    pub fn camera(&self, camera: &str, leaf: &str) -> String {
+        format!("{}/{camera}/{leaf}", self.base)
+    }
+    /// The filter of threshold changes for every camera.
+    pub fn threshold_set_filter(&self) -> String {
+        format!("{}/+/threshold/set", self.base)
+    }
+    /// The camera of a threshold-change topic.
+    pub fn threshold_set_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let camera = rest.strip_suffix("/threshold/set")?;
+        (!camera.contains('/')).then_some(camera)
+    }
+}
+
+/// Whether `topic` matches the MQTT filter `filter`.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match (f, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(level)) if f == level => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_like_a_broker() {
+        assert!(topic_matches("factory/+/camera/+/frame", "factory/l1/camera/c7/frame"));
+        assert!(!topic_matches("factory/+/camera/+/frame", "factory/l1/camera/c7/frame/x"));
+        assert!(topic_matches("factory/#", "factory/a/b"));
+        assert!(!topic_matches("a/b", "a"));
+        let t = Topics::new("vigil", "box1");
+        assert_eq!(t.threshold_set_camera("vigil/box1/cam2/threshold/set"), Some("cam2"));
+        assert_eq!(t.threshold_set_camera("vigil/box1/a/b/threshold/set"), None);
+    }
+}

@@ -201,7 +201,7 @@ fn bench_quality_trains_and_evaluates_every_family_with_its_defaults() {
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let models: Vec<&str> = lines.iter().map(|l| l["model"].as_str().unwrap()).collect();
-    assert_eq!(models, ["dae", "vae", "gan", "wgan"]);
+    assert_eq!(models, ["padim", "patchcore", "fae", "dae", "vae", "gan", "wgan"]);
     for l in &lines {
         for key in ["image_auroc", "pixel_auroc", "f1", "train_s"] {
             let v = l[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {l}"));

@@ -48,9 +48,15 @@ pub fn paths() -> BTreeSet<String> {
 pub fn markdown() -> String {
     let mut out = format!("{BEGIN}\n");
     let mut section = None;
-    for k in keys() {
+    let section_of = |k: &Key| {
         let top = k.path.split(['.', '[']).next().unwrap_or_default().to_owned();
-        let top = if k.path.contains(['.', '[']) { top } else { String::new() };
+        if k.path.contains(['.', '[']) { top } else { String::new() }
+    };
+    // Top-level keys first, then one table per section, in name order.
+    let mut all = keys();
+    all.sort_by_key(section_of);
+    for k in all {
+        let top = section_of(&k);
         if section.as_ref() != Some(&top) {
             let title = match top.as_str() {
                 "" => "Top level".to_owned(),

@@ -12,7 +12,7 @@ use std::process::Command;
 use ndarray::{ArrayD, IxDyn};
 use vigil_model::bundle::Bundle;
 use vigil_model::bundle::manifest::{
-    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, SCHEMA_VERSION, ScoreSource, ScoreSpec,
+    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, ScoreSource, ScoreSpec,
     Threshold, ThresholdMethod,
 };
 use vigil_model::engine::{EngineChoice, EngineConfig};
@@ -179,7 +179,7 @@ pub fn default_score_spec(source: ScoreSource) -> ScoreSpec {
 /// A manifest for a vigil-written model of `family`.
 pub fn manifest(name: &str, family: Family, input: InputSpec, score: ScoreSpec, has_map: bool) -> Manifest {
     Manifest {
-        schema_version: SCHEMA_VERSION,
+        schema_version: family.schema_version(),
         name: name.into(),
         version: 1,
         created: "2026-11-27T10:00:00Z".into(),

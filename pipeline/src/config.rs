@@ -124,6 +124,10 @@ pub struct TrainConfig {
     pub cache_mib: usize,
     /// Feature families: the pretrained backbone (`lite0`: EfficientNet-Lite0).
     pub backbone: crate::backbone::Variant,
+    /// Feature families: height / width of the model input, for parts that are not square
+    /// (about `size`² pixels in that shape). Measured on the training images at the start of
+    /// a run when absent (square within a quarter), then kept in the run's `train.toml`.
+    pub aspect: Option<f32>,
     /// PatchCore: patches kept in the memory bank (scoring time grows with it).
     pub bank_size: usize,
     /// PaDiM: feature channels each cell's Gaussian uses (a seeded random subset).
@@ -173,6 +177,7 @@ impl Default for TrainConfig {
             augment: Augment::default(),
             cache_mib: 2048,
             backbone: crate::backbone::Variant::Lite0,
+            aspect: None,
             bank_size: 4096,
             padim_dims: 100,
             fae_latent: 32,
@@ -225,7 +230,24 @@ impl TrainConfig {
     /// Checks values before any work starts; the message names the option and the fix.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.model.is_feature() {
-            crate::features::validate(self)?;
+            let multiple = vigil_model::onnx::features::INPUT_MULTIPLE;
+            anyhow::ensure!(
+                self.size >= 2 * multiple && self.size.is_multiple_of(multiple),
+                "size must be a multiple of {multiple} and at least {} for {}",
+                2 * multiple,
+                self.model.family().as_str()
+            );
+            anyhow::ensure!(
+                self.tiling.is_none(),
+                "tiling is not available for the feature families yet; resize instead"
+            );
+            anyhow::ensure!(
+                self.aspect.is_none_or(|a| a.is_finite() && (0.1..=10.0).contains(&a)),
+                "aspect (height / width) must be between 0.1 and 10"
+            );
+            anyhow::ensure!(self.bank_size >= 1, "bank_size must be at least 1");
+            anyhow::ensure!(self.padim_dims >= 1, "padim_dims must be at least 1");
+            anyhow::ensure!(self.fae_latent >= 1, "fae_latent must be at least 1");
             anyhow::ensure!(self.channels.is_none_or(|c| c == 3), "the feature families take RGB input: channels = 3");
         } else {
             self.arch(self.channels.unwrap_or(3))

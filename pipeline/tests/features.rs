@@ -12,7 +12,7 @@ use vigil_model::backbone::EfficientNetLite;
 use vigil_model::bundle::Bundle;
 use vigil_model::bundle::manifest::{Family, ScoreSource};
 use vigil_model::engine::graph::GraphRunner;
-use vigil_model::engine::{self, EngineChoice, EngineConfig};
+use vigil_model::engine::{self, EngineChoice};
 use vigil_model::onnx::features::{cells_model, extractor_model};
 use vigil_model::onnx::graph::encode;
 use vigil_model::preprocess::Preprocessor;
@@ -25,7 +25,9 @@ use vigil_pipeline::export::{ExportRequest, export};
 use vigil_pipeline::features::{HEAD_FILE, HeadState, padim, patchcore};
 use vigil_pipeline::model::ModelKind;
 use vigil_pipeline::retrain::{RetrainRequest, retrain};
-use vigil_pipeline::train::{Outcome, RunDir, TrainRequest, train};
+use vigil_pipeline::train::RunDir;
+
+use crate::common::{engine_config, train_on};
 
 fn synthetic() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -57,25 +59,8 @@ fn small(model: ModelKind) -> TrainConfig {
     }
 }
 
-fn engine_config(kind: EngineChoice) -> EngineConfig {
-    let library = (kind == EngineChoice::Ort).then(|| {
-        PathBuf::from(std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH: run the tests through scripts/test"))
-    });
-    EngineConfig { kind, threads: Some(2), ort_library: library }
-}
-
 fn train_and_export(cfg: TrainConfig, dir: &Path) -> (RunDir, Bundle) {
-    let run = RunDir(dir.join("run"));
-    let req = TrainRequest {
-        config: cfg,
-        source: Some(DataSource::Mvtec(synthetic().to_path_buf())),
-        run: run.clone(),
-        device: DeviceChoice::Cpu,
-        resume: false,
-        init_weights: None,
-        val_abnormal: None,
-    };
-    assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
+    let run = train_on(cfg, synthetic(), &dir.join("run"));
     let exported = export(&ExportRequest {
         run: run.clone(),
         out: dir.join("bundle"),

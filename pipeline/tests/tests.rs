@@ -1,5 +1,7 @@
 //! vigil-train's integration tests: small synthetic runs on the CPU, real files, real engines.
 
+mod common;
+
 mod backbone;
 mod cli;
 mod features;

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use vigil_model::bundle::Bundle;
 use vigil_model::bundle::manifest::PixelError;
-use vigil_model::engine::{self, EngineChoice, EngineConfig};
+use vigil_model::engine::{self, EngineChoice};
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::{ReconstructionLoss, TrainConfig};
@@ -16,6 +16,8 @@ use vigil_pipeline::device::DeviceChoice;
 use vigil_pipeline::export::{ExportRequest, export};
 use vigil_pipeline::model::ModelKind;
 use vigil_pipeline::train::{Outcome, RunDir, RunState, TrainRequest, load_trained, train};
+
+use crate::common::{engine_config, train_on};
 
 /// One synthetic data set shared by the tests (written once per test process).
 fn synthetic() -> &'static Path {
@@ -42,36 +44,7 @@ fn small(model: ModelKind, epochs: u32) -> TrainConfig {
 }
 
 fn run(cfg: TrainConfig, dir: &Path) -> RunDir {
-    let run = RunDir(dir.to_path_buf());
-    let req = TrainRequest {
-        config: cfg,
-        source: Some(DataSource::Mvtec(synthetic().to_path_buf())),
-        run: run.clone(),
-        device: DeviceChoice::Cpu,
-        resume: false,
-        init_weights: None,
-        val_abnormal: None,
-    };
-    assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
-    run
-}
-
-/// The ONNX Runtime library `scripts/setup` installs into the workspace's `.venv`.
-fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return p.into();
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.path().join("site-packages/onnxruntime/capi"))
-        .unwrap_or_else(|| panic!("no ONNX Runtime in {}: run scripts/test, which installs it", lib.display()))
-}
-
-fn engine_config(kind: EngineChoice) -> EngineConfig {
-    EngineConfig { kind, threads: Some(1), ort_library: (kind == EngineChoice::Ort).then(ort_library) }
+    train_on(cfg, synthetic(), dir)
 }
 
 /// The first and last epoch's value of `loss` in the `train` phase.

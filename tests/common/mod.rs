@@ -12,8 +12,8 @@ use std::process::Command;
 use ndarray::{ArrayD, IxDyn};
 use vigil_model::bundle::Bundle;
 use vigil_model::bundle::manifest::{
-    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, ScoreSource, ScoreSpec,
-    Threshold, ThresholdMethod,
+    ColorMode, Family, InputSpec, Manifest, OutputSpec, PixelError, Reduction, ScoreSource, ScoreSpec, Threshold,
+    ThresholdMethod,
 };
 use vigil_model::engine::{EngineChoice, EngineConfig};
 use vigil_model::onnx::graph;

@@ -34,7 +34,7 @@ use crate::backbone::{self, BackboneInfo};
 use crate::config::TrainConfig;
 use crate::data::Skipped;
 use crate::model::ModelKind;
-use crate::train::{EpochLog, RunDir};
+use crate::run::{EpochLog, RunDir};
 use extract::Extractor;
 use patchcore::Patches;
 
@@ -43,24 +43,38 @@ pub const HEAD_FILE: &str = "head.safetensors";
 /// The feature autoencoder's weights in a run's `checkpoint/` folder.
 pub const FAE_FILE: &str = "fae.bpk";
 
-/// The input size of a config (square, a multiple of [`INPUT_MULTIPLE`]).
+/// The input `[height, width]` of a config: `size` × `size`, or, for images of another
+/// shape (`aspect` = height / width, measured on the training images), about as many pixels
+/// in their shape, each side a multiple of [`INPUT_MULTIPLE`].
 pub fn input_size(cfg: &TrainConfig) -> [usize; 2] {
-    [cfg.size, cfg.size]
+    let m = INPUT_MULTIPLE as f32;
+    match cfg.aspect {
+        Some(a) if a.is_finite() && a > 0.0 => {
+            let side = |v: f32| ((v / m).round().max(2.0) * m) as usize;
+            [side(cfg.size as f32 * a.sqrt()), side(cfg.size as f32 / a.sqrt())]
+        }
+        _ => [cfg.size, cfg.size],
+    }
 }
 
-/// Checks the settings that only these families have.
-pub fn validate(cfg: &TrainConfig) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        cfg.size >= 2 * INPUT_MULTIPLE && cfg.size.is_multiple_of(INPUT_MULTIPLE),
-        "size must be a multiple of {INPUT_MULTIPLE} and at least {} for {}",
-        2 * INPUT_MULTIPLE,
-        cfg.model.family().as_str()
-    );
-    anyhow::ensure!(cfg.tiling.is_none(), "tiling is not available for the feature families yet; resize instead");
-    anyhow::ensure!(cfg.bank_size >= 1, "bank_size must be at least 1");
-    anyhow::ensure!(cfg.padim_dims >= 1, "padim_dims must be at least 1");
-    anyhow::ensure!(cfg.fae_latent >= 1, "fae_latent must be at least 1");
-    Ok(())
+/// The shape (height / width) of the training images when they are clearly not square: the
+/// median of up to 32 of them, `None` within a quarter of square. Squeezing a tall part into a
+/// square would shrink its defects along one axis.
+pub fn measure_aspect(paths: &[std::path::PathBuf]) -> Option<f32> {
+    let step = paths.len().div_ceil(32).max(1);
+    let mut ratios: Vec<f32> = paths
+        .iter()
+        .step_by(step)
+        .filter_map(|p| image::image_dimensions(p).ok())
+        .filter(|(w, h)| *w > 0 && *h > 0)
+        .map(|(w, h)| h as f32 / w as f32)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f32::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    (!(0.8..=1.25).contains(&median)).then_some(median)
 }
 
 /// What a fitted head holds, as stored in `head.safetensors`.

@@ -9,11 +9,11 @@ use serde::Serialize;
 use vigil_model::rng::Rng;
 
 use super::checkpoint::Nets;
-use super::run::RunDir;
 use super::step::{read, train_step};
 use crate::config::{Corruption, TrainConfig};
 use crate::device::{DeviceChoice, choose};
 use crate::model::ModelKind;
+use crate::run::RunDir;
 
 /// What one training benchmark measured.
 #[derive(Debug, Clone, Serialize)]

@@ -8,9 +8,9 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, ModuleOptimizer};
 use burn::tensor::Device;
 
-use super::run::RunDir;
 use crate::config::TrainConfig;
 use crate::model::{Autoencoder, Decoder, Encoder, GanModel, ModelKind, Trained};
+use crate::run::RunDir;
 
 fn adam(cfg: &TrainConfig) -> AdamConfig {
     AdamConfig::new().with_beta_1(cfg.beta1).with_beta_2(cfg.beta2).with_epsilon(1e-8)

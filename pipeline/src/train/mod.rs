@@ -1,7 +1,6 @@
 //! The training loop of every family, with a checkpoint every epoch, resume, and a clean
 //! stop on Ctrl-C.
 //!
-//! - [`run`]: the run folder (`train.toml`, `state.json`, `losses.csv`, `losses.png`).
 //! - [`images`]: the input spec, level range and training samples.
 //! - [`checkpoint`]: networks and Adam states saved and loaded (burnpack files).
 //! - [`augment`]: flips, brightness and shifts.
@@ -12,7 +11,6 @@ pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod images;
-pub mod run;
 pub mod step;
 
 use std::path::PathBuf;
@@ -22,10 +20,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use vigil_model::preprocess::Preprocessor;
 
+pub use crate::run::{EpochLog, RunDir, RunState, SourceSpec, is_run};
 pub use bench::{BenchResult, bench};
 pub use checkpoint::load_trained;
 pub use images::{detect_channels, input_spec, measure_pixel_range};
-pub use run::{EpochLog, RunDir, RunState, SourceSpec, is_run};
 
 use crate::config::TrainConfig;
 use crate::data::{DataSet, DataSource, discover};
@@ -98,6 +96,13 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             tracing::info!("pixel range per channel (levels mapped to 0 and 1): {range:?}");
             cfg.pixel_range = Some(range);
         }
+        if cfg.model.is_feature() && cfg.aspect.is_none() {
+            cfg.aspect = crate::features::measure_aspect(&data.train);
+            if let Some(a) = cfg.aspect {
+                let [h, w] = crate::features::input_size(&cfg);
+                tracing::info!("the training images are {a:.2} times as tall as wide: the model input is {w}x{h}");
+            }
+        }
         cfg.validate()?;
         cfg.save(&run.config())?;
         let state = RunState {
@@ -152,9 +157,9 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
                 tracing::info!("stopped: checkpoint saved in {}; continue with --resume", run.0.display());
                 return Ok(Outcome::Interrupted);
             };
-            run::append_losses(run, &log)?;
+            crate::run::append_losses(run, &log)?;
             state.history.push(log);
-            let chart = run::loss_chart(&state.history);
+            let chart = crate::run::loss_chart(&state.history);
             chart
                 .save(run.0.join("losses.png"))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", run.0.join("losses.png").display()))?;
@@ -192,11 +197,11 @@ fn train_features(
     state.seconds += started.elapsed().as_secs_f64();
     state.epochs_done = cfg.epochs;
     for log in &fitted.history {
-        run::append_losses(&req.run, log)?;
+        crate::run::append_losses(&req.run, log)?;
     }
     if !fitted.history.is_empty() {
         state.history = fitted.history;
-        let chart = run::loss_chart(&state.history);
+        let chart = crate::run::loss_chart(&state.history);
         let path = req.run.0.join("losses.png");
         chart.save(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }

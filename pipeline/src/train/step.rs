@@ -13,9 +13,9 @@ use vigil_model::rng::{Rng, mix};
 use super::augment::{augment_images, shift_images};
 use super::checkpoint::Nets;
 use super::images::{Images, input_spec};
-use super::run::EpochLog;
 use crate::config::{Corruption, ReconstructionLoss, TrainConfig};
 use crate::model::{Encoder, ModelKind};
+use crate::run::EpochLog;
 
 /// Non-saturating GAN losses and the WGAN critic loss need the critic as `[B]`.
 fn logits(critic: &Encoder, x: Tensor<4>) -> Tensor<1> {

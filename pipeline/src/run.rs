@@ -128,7 +128,7 @@ impl RunState {
         serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))
     }
 
-    pub(super) fn save(&self, run: &RunDir) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, run: &RunDir) -> anyhow::Result<()> {
         let tmp = run.state().with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(&tmp, run.state())?;
@@ -142,7 +142,7 @@ pub fn is_run(dir: &Path) -> bool {
 }
 
 /// Appends an epoch's losses to `losses.csv`.
-pub(super) fn append_losses(run: &RunDir, log: &EpochLog) -> anyhow::Result<()> {
+pub(crate) fn append_losses(run: &RunDir, log: &EpochLog) -> anyhow::Result<()> {
     use std::io::Write;
     let path = run.losses();
     let new = !path.exists();

@@ -1,0 +1,46 @@
+//! Helpers shared by vigil-train's integration tests: the engines as `scripts/test` sets
+//! them up, and a training run on a data set.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use vigil_model::engine::{EngineChoice, EngineConfig};
+use vigil_pipeline::config::TrainConfig;
+use vigil_pipeline::data::DataSource;
+use vigil_pipeline::device::DeviceChoice;
+use vigil_pipeline::train::{Outcome, RunDir, TrainRequest, train};
+
+/// The ONNX Runtime library `scripts/setup` installs into the workspace's `.venv`.
+pub fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return p.into();
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path().join("site-packages/onnxruntime/capi"))
+        .unwrap_or_else(|| panic!("no ONNX Runtime in {}: run scripts/test, which installs it", lib.display()))
+}
+
+/// One engine, one thread (the tests run side by side).
+pub fn engine_config(kind: EngineChoice) -> EngineConfig {
+    EngineConfig { kind, threads: Some(1), ort_library: (kind == EngineChoice::Ort).then(ort_library) }
+}
+
+/// Trains `cfg` on the MVTec-layout `data` into `dir` on the CPU, to the end.
+pub fn train_on(cfg: TrainConfig, data: &Path, dir: &Path) -> RunDir {
+    let run = RunDir(dir.to_path_buf());
+    let req = TrainRequest {
+        config: cfg,
+        source: Some(DataSource::Mvtec(data.to_path_buf())),
+        run: run.clone(),
+        device: DeviceChoice::Cpu,
+        resume: false,
+        init_weights: None,
+        val_abnormal: None,
+    };
+    assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
+    run
+}

@@ -1,7 +1,6 @@
 //! vigil-model: what the trainer (`vigil-train`) and the daemon (`vigil`) share, so that a
 //! bundle is written, checked, preprocessed and scored by one code path.
 //!
-//! - [`backbone`]: pretrained ImageNet backbones (EfficientNet-Lite) as ONNX.
 //! - [`bundle`]: the model bundle contract (ONNX model + versioned manifest).
 //! - [`onnx`]: the ONNX writer, the reference networks and the score heads that put the
 //!   anomaly map and score inside the graph.
@@ -13,7 +12,6 @@
 //! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
 //! - [`rng`]: the small seeded generator behind weights, data and splits.
 
-pub mod backbone;
 pub mod bundle;
 pub mod engine;
 pub mod onnx;

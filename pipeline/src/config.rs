@@ -25,17 +25,20 @@ pub struct Augment {
     pub shift: usize,
 }
 
-/// What the autoencoders (DAE, VAE) learn to remove from their input.
+/// What the autoencoders (DAE, VAE, and the feature autoencoder `fae`) learn to remove from
+/// their input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Corruption {
     /// Synthetic defects (blobs of foreign texture, intensity changes, scratches; see
     /// `corrupt.rs`): the network learns to restore normal images, so real defects stand out
     /// in the residual. The default: on real images it detects defects that a network
-    /// trained on noise reconstructs.
+    /// trained on noise reconstructs. `fae`: the features of each training image with such
+    /// defects pasted on, computed once.
     #[default]
     Synthetic,
-    /// Gaussian noise of `noise_sigma` (the classic denoising autoencoder; DAE only).
+    /// Gaussian noise of `noise_sigma` (the classic denoising autoencoder; DAE only), or, for
+    /// `fae`, of `fae_noise` on the standardised features.
     Gaussian,
     /// None: the input is the image (a plain autoencoder).
     None,
@@ -136,7 +139,8 @@ pub struct TrainConfig {
     pub fae_latent: usize,
     /// Feature autoencoder: Adam learning rate.
     pub fae_lr: f64,
-    /// Feature autoencoder: standard deviation of the input noise, in standardised units.
+    /// Feature autoencoder with `corruption = "gaussian"`: standard deviation of the noise on
+    /// its input, in standardised units.
     pub fae_noise: f32,
     /// Cut images into `size`-pixel tiles instead of resizing them (`{ overlap = 16,
     /// max_side = 1024 }`): for large images with small defects. Training takes every tile
@@ -147,10 +151,10 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            model: ModelKind::Dae,
+            model: ModelKind::Padim,
             epochs: 30,
             batch: 64,
-            size: 128,
+            size: 256,
             channels: None,
             normalize: true,
             pixel_range: None,

@@ -57,7 +57,7 @@ impl DataArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Model family.
+    /// Model family (default: padim, pretrained features).
     #[arg(long, value_enum)]
     model: Option<ModelKind>,
     #[command(flatten)]
@@ -71,7 +71,8 @@ struct TrainArgs {
     /// Batch size.
     #[arg(long)]
     batch: Option<usize>,
-    /// Model input side in pixels (power of two, at least 32).
+    /// Model input side in pixels (default: 256 for the feature families, a multiple of 32;
+    /// 128 for the others, a power of two).
     #[arg(long)]
     size: Option<usize>,
     /// 1 (gray) or 3 (RGB); default: from the images.

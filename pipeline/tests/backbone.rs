@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ndarray::{Array4, ArrayD};
-use vigil_model::backbone::EfficientNetLite;
 use vigil_model::engine::EngineChoice;
 use vigil_model::engine::graph::GraphRunner;
+use vigil_model::onnx::backbone::EfficientNetLite;
 use vigil_model::onnx::features::extractor_model;
 use vigil_model::onnx::graph::encode;
 use vigil_model::preprocess::{Preprocessor, decode};

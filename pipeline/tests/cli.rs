@@ -53,7 +53,8 @@ fn training_errors_name_the_problem_and_the_fix() {
     std::fs::create_dir_all(&empty).unwrap();
     fails_with(&["train", "--data", &s(&d.join("empty")), "--out", &run], &["no normal images"]);
     fails_with(&["train", "--normal", &s(&d.join("missing")), "--out", &run], &["missing: not a folder"]);
-    fails_with(&["train", "--data", &s(d), "--out", &run, "--size", "48"], &["power of two"]);
+    fails_with(&["train", "--data", &s(d), "--out", &run, "--size", "48"], &["multiple of 32", "padim"]);
+    fails_with(&["train", "--model", "dae", "--data", &s(d), "--out", &run, "--size", "48"], &["power of two"]);
     let bad = d.join("bad.toml");
     std::fs::write(&bad, "epochs = 3\nlearning_rate = 0.1\n").unwrap();
     fails_with(
@@ -76,6 +77,8 @@ fn asking_for_a_gpu_without_one_says_so() {
     .unwrap();
     let out = vigil_train(&[
         "train",
+        "--model",
+        "dae",
         "--data",
         data.to_str().unwrap(),
         "--out",
@@ -155,7 +158,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_0() {
     .unwrap();
     let run = dir.path().join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_vigil-train"))
-        .args(["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .args(["train", "--model", "dae", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()])
         .args(["--size", "32", "--batch", "4", "--epochs", "100000", "--device", "cpu", "--no-export"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

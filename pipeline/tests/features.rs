@@ -8,17 +8,17 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use ndarray::Array4;
-use vigil_model::backbone::EfficientNetLite;
 use vigil_model::bundle::Bundle;
 use vigil_model::bundle::manifest::{Family, ScoreSource};
 use vigil_model::engine::graph::GraphRunner;
 use vigil_model::engine::{self, EngineChoice};
+use vigil_model::onnx::backbone::EfficientNetLite;
 use vigil_model::onnx::features::{cells_model, extractor_model};
 use vigil_model::onnx::graph::encode;
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::backbone::{self, Variant};
-use vigil_pipeline::config::TrainConfig;
+use vigil_pipeline::config::{Corruption, TrainConfig};
 use vigil_pipeline::data::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
 use vigil_pipeline::export::{ExportRequest, export};
@@ -183,15 +183,19 @@ fn patchcore_detects_defects_and_its_graph_is_the_nearest_neighbour_distance() {
 
 #[test]
 fn the_feature_autoencoder_learns_and_detects_defects() {
-    let dir = tempfile::tempdir().unwrap();
-    let (run, bundle) = train_and_export(small(ModelKind::Fae), dir.path());
-    let state = vigil_pipeline::train::RunState::load(&run).unwrap();
-    let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
-    assert_eq!(losses.len(), 4);
-    assert!(losses[3] < losses[0], "the loss should fall: {losses:?}");
-    detects(&bundle, Family::Fae);
-    engines_agree(&bundle);
-    assert!(dir.path().join("bundle").join(vigil_pipeline::features::FAE_FILE).is_file());
+    // Both corruptions: features of images with synthetic defects (the default), and noise on
+    // the features.
+    for corruption in [Corruption::Synthetic, Corruption::Gaussian] {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, bundle) = train_and_export(TrainConfig { corruption, ..small(ModelKind::Fae) }, dir.path());
+        let state = vigil_pipeline::train::RunState::load(&run).unwrap();
+        let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
+        assert_eq!(losses.len(), 4);
+        assert!(losses[3] < losses[0], "{corruption:?}: the loss should fall: {losses:?}");
+        detects(&bundle, Family::Fae);
+        engines_agree(&bundle);
+        assert!(dir.path().join("bundle").join(vigil_pipeline::features::FAE_FILE).is_file());
+    }
 }
 
 #[test]

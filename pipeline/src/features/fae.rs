@@ -1,8 +1,9 @@
 //! The feature autoencoder (`fae`): a small autoencoder of 1x1 convolutions trained with burn
 //! on the backbone's frozen features (standardised per channel), which learns to reconstruct
 //! normal features; a cell scores by its reconstruction error. Trained as a denoiser: its
-//! input is the features plus Gaussian noise (in standardised units), its target the clean
-//! features, so it does not learn to copy whatever it is given.
+//! input is the features of the image with synthetic defects pasted on (or the features plus
+//! Gaussian noise), its target the clean features, so it does not learn to copy whatever it
+//! is given.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -116,12 +117,14 @@ pub struct FaeTraining {
     pub seed: u64,
 }
 
-/// Trains the autoencoder on standardised features; `None` when stopped. Returns the network
+/// Trains the autoencoder on standardised features, restoring `corrupted` (features of the
+/// same images with synthetic defects, one block per image) when given, else the features
+/// plus Gaussian noise of `t.noise`; `None` when stopped. Returns the network
 /// in eval mode and the mean loss of each epoch.
 pub fn train(
     f: &Features,
-    mean: &[f32],
-    std: &[f32],
+    corrupted: Option<&[f32]>,
+    (mean, std): (&[f32], &[f32]),
     t: FaeTraining,
     device: &Device,
     stop: &AtomicBool,
@@ -149,17 +152,21 @@ pub fn train(
                 bar.abandon();
                 return Ok(None);
             }
-            let mut data = Vec::with_capacity(batch * c * cells);
-            for &i in &order[step * batch..((step + 1) * batch).min(n)] {
-                let img = f.image(i);
-                for ch in 0..c {
-                    data.extend(img[ch * cells..(ch + 1) * cells].iter().map(|v| (v - mean[ch]) / std[ch]));
+            let chosen = &order[step * batch..((step + 1) * batch).min(n)];
+            let clean = standardised(chosen, |i| f.image(i), mean, std, [c, gh, gw], device);
+            let noisy = match corrupted {
+                Some(pool) => {
+                    standardised(chosen, |i| &pool[i * c * cells..(i + 1) * c * cells], mean, std, [c, gh, gw], device)
                 }
-            }
-            let b = data.len() / (c * cells);
-            let clean = Tensor::<4>::from_data(TensorData::new(data, [b, c, gh, gw]), device);
-            let noisy =
-                clean.clone() + Tensor::<4>::random([b, c, gh, gw], Distribution::Normal(0.0, t.noise as f64), device);
+                None => {
+                    clean.clone()
+                        + Tensor::<4>::random(
+                            [chosen.len(), c, gh, gw],
+                            Distribution::Normal(0.0, t.noise as f64),
+                            device,
+                        )
+                }
+            };
             let loss = (model.forward(noisy) - clean).powf_scalar(2.0).mean();
             sum += loss.clone().into_scalar::<f32>() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -173,4 +180,24 @@ pub fn train(
     }
     model.sync();
     Ok(Some((model, history)))
+}
+
+/// The images `chosen` as one `[B, C, gh, gw]` tensor, standardised per channel.
+fn standardised<'a>(
+    chosen: &[usize],
+    image: impl Fn(usize) -> &'a [f32],
+    mean: &[f32],
+    std: &[f32],
+    [c, gh, gw]: [usize; 3],
+    device: &Device,
+) -> Tensor<4> {
+    let cells = gh * gw;
+    let mut data = Vec::with_capacity(chosen.len() * c * cells);
+    for &i in chosen {
+        let img = image(i);
+        for ch in 0..c {
+            data.extend(img[ch * cells..(ch + 1) * cells].iter().map(|v| (v - mean[ch]) / std[ch]));
+        }
+    }
+    Tensor::<4>::from_data(TensorData::new(data, [chosen.len(), c, gh, gw]), device)
 }

@@ -23,15 +23,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::Module;
 use burn::tensor::Device;
-use vigil_model::backbone::EfficientNetLite;
 use vigil_model::bundle::manifest::{InputSpec, PixelError, ScoreSource, ScoreSpec};
 use vigil_model::engine::EngineConfig;
+use vigil_model::onnx::backbone::EfficientNetLite;
 use vigil_model::onnx::features::{FeatureHead, INPUT_MULTIPLE, MapSpec, feature_scoring_model};
 use vigil_model::onnx::graph::Tensor;
 use vigil_model::onnx::pb;
 
 use crate::backbone::{self, BackboneInfo};
-use crate::config::TrainConfig;
+use crate::config::{Corruption, TrainConfig};
 use crate::data::Skipped;
 use crate::model::ModelKind;
 use crate::run::{EpochLog, RunDir};
@@ -236,7 +236,16 @@ pub fn fit(
                 noise: cfg.fae_noise,
                 seed: cfg.seed,
             };
-            let Some((model, losses)) = fae::train(&features, &mean, &std, t, device, stop, init)? else {
+            let pool = match cfg.corruption {
+                Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
+                Corruption::Gaussian | Corruption::None => None,
+            };
+            let input = match cfg.corruption {
+                Corruption::Synthetic => pool.as_deref(),
+                Corruption::Gaussian => None,
+                Corruption::None => Some(&features.data[..]),
+            };
+            let Some((model, losses)) = fae::train(&features, input, (&mean, &std), t, device, stop, init)? else {
                 return Ok(None);
             };
             model.clone().save_file(run.0.join("checkpoint").join(FAE_FILE)).map_err(|e| anyhow::anyhow!("{e:?}"))?;

@@ -97,8 +97,8 @@ pub fn merge(a: &Stats, b: &Stats) -> Stats {
     out.count = a.count + b.count;
     for cell in 0..a.cells {
         let delta: Vec<f64> = (0..d).map(|k| b.mean[cell * d + k] - a.mean[cell * d + k]).collect();
-        for k in 0..d {
-            out.mean[cell * d + k] = a.mean[cell * d + k] + delta[k] * nb / n;
+        for (k, dk) in delta.iter().enumerate() {
+            out.mean[cell * d + k] = a.mean[cell * d + k] + dk * nb / n;
         }
         for i in 0..d {
             for j in 0..d {

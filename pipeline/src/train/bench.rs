@@ -43,6 +43,7 @@ pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice)
     let cfg = TrainConfig {
         model,
         batch,
+        size: crate::config::default_size(model),
         channels: Some(3),
         n_critic: 1,
         corruption: Corruption::Gaussian,

@@ -142,6 +142,9 @@ pub struct TrainConfig {
     /// Feature autoencoder with `corruption = "gaussian"`: standard deviation of the noise on
     /// its input, in standardised units.
     pub fae_noise: f32,
+    /// Feature autoencoder: a variational autoencoder (the bottleneck a Gaussian, its KL term
+    /// weighted by `kl_weight`; scored by decoding the mean) instead of a plain one.
+    pub fae_variational: bool,
     /// Cut images into `size`-pixel tiles instead of resizing them (`{ overlap = 16,
     /// max_side = 1024 }`): for large images with small defects. Training takes every tile
     /// as a sample; scoring stitches the tiles' maps. Absent: resize.
@@ -187,6 +190,7 @@ impl Default for TrainConfig {
             fae_latent: 32,
             fae_lr: 1e-3,
             fae_noise: 0.5,
+            fae_variational: false,
             tiling: None,
         }
     }

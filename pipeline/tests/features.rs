@@ -183,15 +183,21 @@ fn patchcore_detects_defects_and_its_graph_is_the_nearest_neighbour_distance() {
 
 #[test]
 fn the_feature_autoencoder_learns_and_detects_defects() {
-    // Both corruptions: features of images with synthetic defects (the default), and noise on
-    // the features.
-    for corruption in [Corruption::Synthetic, Corruption::Gaussian] {
+    // Both corruptions (features of images with synthetic defects, the default; noise on the
+    // features), and the variational form.
+    for (corruption, fae_variational) in
+        [(Corruption::Synthetic, false), (Corruption::Gaussian, false), (Corruption::Synthetic, true)]
+    {
         let dir = tempfile::tempdir().unwrap();
-        let (run, bundle) = train_and_export(TrainConfig { corruption, ..small(ModelKind::Fae) }, dir.path());
+        let cfg = TrainConfig { corruption, fae_variational, ..small(ModelKind::Fae) };
+        let (run, bundle) = train_and_export(cfg, dir.path());
         let state = vigil_pipeline::train::RunState::load(&run).unwrap();
         let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
         assert_eq!(losses.len(), 4);
-        assert!(losses[3] < losses[0], "{corruption:?}: the loss should fall: {losses:?}");
+        assert!(
+            losses[3] < losses[0],
+            "{corruption:?}, variational {fae_variational}: the loss should fall: {losses:?}"
+        );
         detects(&bundle, Family::Fae);
         engines_agree(&bundle);
         assert!(dir.path().join("bundle").join(vigil_pipeline::features::FAE_FILE).is_file());

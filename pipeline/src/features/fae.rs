@@ -20,13 +20,16 @@ use super::extract::{Features, progress};
 use crate::model::blocks::{bn_layer, conv_layer};
 
 /// The autoencoder: `C → hidden → latent → hidden → C`, 1x1 convolutions, batch norm and ReLU
-/// between them, a linear output.
+/// between them, a linear output. Variational when it has a `logvar` head: the bottleneck is
+/// then the mean of a Gaussian (linear, no batch norm), sampled in training and decoded as it
+/// is when scoring.
 #[derive(Module, Debug)]
 pub struct FeatureAe {
     e1: Conv2d,
     bn1: BatchNorm,
     e2: Conv2d,
     bn2: BatchNorm,
+    logvar: Option<Conv2d>,
     d1: Conv2d,
     bn3: BatchNorm,
     d2: Conv2d,
@@ -34,7 +37,7 @@ pub struct FeatureAe {
 
 impl FeatureAe {
     /// A new network for `channels` features with a `latent`-channel bottleneck.
-    pub fn new(channels: usize, latent: usize, device: &Device) -> FeatureAe {
+    pub fn new(channels: usize, latent: usize, variational: bool, device: &Device) -> FeatureAe {
         let hidden = 2 * latent;
         let conv = |i: usize, o: usize| Conv2dConfig::new([i, o], [1, 1]).init(device);
         FeatureAe {
@@ -42,34 +45,62 @@ impl FeatureAe {
             bn1: BatchNormConfig::new(hidden).init(device),
             e2: conv(hidden, latent),
             bn2: BatchNormConfig::new(latent).init(device),
+            logvar: variational.then(|| conv(hidden, latent)),
             d1: conv(latent, hidden),
             bn3: BatchNormConfig::new(hidden).init(device),
             d2: conv(hidden, channels),
         }
     }
 
-    /// `[B, C, gh, gw]` to its reconstruction, same shape.
+    /// `[B, C, gh, gw]` to its reconstruction, same shape (a VAE decodes the mean).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.e1.forward(x))); // [B, 2L, gh, gw]
-        let x = relu(self.bn2.forward(self.e2.forward(x))); // [B, L, gh, gw]
-        let x = relu(self.bn3.forward(self.d1.forward(x))); // [B, 2L, gh, gw]
+        let h = relu(self.bn1.forward(self.e1.forward(x))); // [B, 2L, gh, gw]
+        let z = match self.logvar {
+            Some(_) => self.e2.forward(h),
+            None => relu(self.bn2.forward(self.e2.forward(h))),
+        }; // [B, L, gh, gw]
+        self.decode(z)
+    }
+
+    /// The training pass: the reconstruction and, for a VAE, the KL divergence of the
+    /// bottleneck from N(0, 1) per feature value (summed over the latent channels, averaged
+    /// over cells, divided by the feature channels), decoding a sample; 0 for a plain one.
+    fn forward_train(&self, x: Tensor<4>) -> (Tensor<4>, Option<Tensor<1>>) {
+        let Some(logvar_head) = &self.logvar else {
+            return (self.forward(x), None);
+        };
+        let channels = x.dims()[1];
+        let h = relu(self.bn1.forward(self.e1.forward(x)));
+        let mu = self.e2.forward(h.clone());
+        let logvar = logvar_head.forward(h).clamp(-10.0, 10.0);
+        let eps = Tensor::<4>::random(mu.shape(), Distribution::Normal(0.0, 1.0), &mu.device());
+        let z = mu.clone() + eps * (logvar.clone() * 0.5).exp();
+        let [_, latent, _, _] = mu.dims();
+        let kl = (logvar.clone() + 1.0 - mu.powf_scalar(2.0) - logvar.exp()).mean()
+            * (-0.5 * latent as f64 / channels as f64);
+        (self.decode(z), Some(kl))
+    }
+
+    fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.bn3.forward(self.d1.forward(z))); // [B, 2L, gh, gw]
         self.d2.forward(x) // [B, C, gh, gw]
     }
 
     /// The network for the ONNX writer (batch norm still separate; the writer folds it).
     pub fn to_sequential(&self) -> Sequential {
-        Sequential::new(vec![
-            conv_layer(&self.e1, 1, 0),
-            bn_layer(&self.bn1),
-            Layer::Relu,
-            conv_layer(&self.e2, 1, 0),
-            bn_layer(&self.bn2),
-            Layer::Relu,
-            conv_layer(&self.d1, 1, 0),
-            bn_layer(&self.bn3),
-            Layer::Relu,
-            conv_layer(&self.d2, 1, 0),
-        ])
+        let bottleneck = match self.logvar {
+            Some(_) => vec![conv_layer(&self.e2, 1, 0)],
+            None => vec![conv_layer(&self.e2, 1, 0), bn_layer(&self.bn2), Layer::Relu],
+        };
+        let encoder = [conv_layer(&self.e1, 1, 0), bn_layer(&self.bn1), Layer::Relu];
+        Sequential::new(
+            [
+                encoder.to_vec(),
+                bottleneck,
+                vec![conv_layer(&self.d1, 1, 0), bn_layer(&self.bn3), Layer::Relu, conv_layer(&self.d2, 1, 0)],
+            ]
+            .concat(),
+        )
     }
 
     fn sync(&self) {
@@ -113,6 +144,10 @@ pub struct FaeTraining {
     pub lr: f64,
     /// Standard deviation of the input noise, in standardised units.
     pub noise: f32,
+    /// A variational autoencoder instead of a plain one.
+    pub variational: bool,
+    /// Weight of the VAE's KL term.
+    pub kl_weight: f32,
     /// Seed.
     pub seed: u64,
 }
@@ -135,7 +170,7 @@ pub fn train(
     device.seed(t.seed);
     let mut model = match init {
         Some(m) => m.to_device(device),
-        None => FeatureAe::new(c, t.latent, device),
+        None => FeatureAe::new(c, t.latent, t.variational, device),
     };
     let mut opt = AdamConfig::new().init();
     let n = f.len();
@@ -167,7 +202,11 @@ pub fn train(
                         )
                 }
             };
-            let loss = (model.forward(noisy) - clean).powf_scalar(2.0).mean();
+            let (recon, kl) = model.forward_train(noisy);
+            let mut loss = (recon - clean).powf_scalar(2.0).mean();
+            if let Some(kl) = kl {
+                loss = loss + kl * t.kl_weight as f64;
+            }
             sum += loss.clone().into_scalar::<f32>() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = opt.step(t.lr, model, grads);

@@ -234,6 +234,8 @@ pub fn fit(
                 batch: cfg.batch,
                 lr: cfg.fae_lr,
                 noise: cfg.fae_noise,
+                variational: cfg.fae_variational,
+                kl_weight: cfg.kl_weight,
                 seed: cfg.seed,
             };
             let pool = match cfg.corruption {
@@ -268,7 +270,7 @@ pub fn fit(
 }
 
 fn load_fae(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) -> anyhow::Result<fae::FeatureAe> {
-    fae::FeatureAe::new(channels, cfg.fae_latent, device)
+    fae::FeatureAe::new(channels, cfg.fae_latent, cfg.fae_variational, device)
         .try_load_file(path)
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }

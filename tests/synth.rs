@@ -59,3 +59,49 @@ fn every_defect_changes_the_pixels_its_mask_covers() {
         }
     }
 }
+
+#[test]
+fn products_differ_in_direction_brightness_and_texture_and_each_gets_its_folder() {
+    use vigil_model::synth::{PRODUCTS, generate_products, sample_product};
+    // The default product is what `sample` has always drawn: the shipped bundle's test set
+    // stays the same.
+    let (default, _) = sample(64, false, None, 3);
+    assert_eq!(default.to_luma8(), sample_product(&PRODUCTS[0], 64, false, None, 3).0.to_luma8());
+    // Mean level, and the mean absolute step along x and along y (the streaks run across the
+    // brushing direction, so the steps are larger across them).
+    let stats = |p: usize| {
+        let (mut level, mut dx, mut dy) = (0.0, 0.0, 0.0);
+        for seed in 0..4 {
+            let img = sample_product(&PRODUCTS[p], 128, false, None, seed).0.to_luma8();
+            let v = |x: u32, y: u32| img.get_pixel(x, y).0[0] as f64 / 255.0;
+            for y in 0..127 {
+                for x in 0..127 {
+                    level += v(x, y);
+                    dx += (v(x + 1, y) - v(x, y)).abs();
+                    dy += (v(x, y + 1) - v(x, y)).abs();
+                }
+            }
+        }
+        let n = 4.0 * 127.0 * 127.0;
+        (level / n, dx / n, dy / n)
+    };
+    let [brushed, crosswise, dark, coarse] = [0, 1, 2, 3].map(stats);
+    // brushed at 0.3 rad: streaks mostly along x, so steps along y are the larger; crosswise
+    // turns that round.
+    assert!(brushed.2 > brushed.1 && crosswise.1 > crosswise.2, "{brushed:?} {crosswise:?}");
+    assert!(dark.0 < brushed.0 - 0.1, "dark {dark:?} brushed {brushed:?}");
+    // Wider streaks: smaller steps across them.
+    assert!(coarse.2 < 0.85 * brushed.2, "coarse {coarse:?} brushed {brushed:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig { size: 32, n_train: 2, n_test: 2, rgb: false, seed: 5 };
+    let written = generate_products(dir.path(), &cfg, 3).unwrap();
+    let names: Vec<_> = written.iter().map(|s| s.product).collect();
+    assert_eq!(names, ["brushed", "crosswise", "dark"]);
+    for s in &written {
+        assert!(dir.path().join(s.product).join("train/good/0001.png").is_file());
+        assert!(dir.path().join(s.product).join("synth.json").is_file());
+    }
+    let err = generate_products(dir.path(), &cfg, 5).unwrap_err();
+    assert!(err.to_string().contains("products must be 1 to 4"), "{err}");
+}

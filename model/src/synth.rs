@@ -43,6 +43,35 @@ impl DefectKind {
     }
 }
 
+/// A product: what sets one product's normal surface apart from another's on the same line
+/// (the brushing direction, the brightness, the coarseness of the texture), so that one data
+/// set can hold several products for the conditional families.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Product {
+    /// Its folder name.
+    pub name: &'static str,
+    /// Brushing direction in radians (each image varies it by up to ±0.06).
+    pub angle: f32,
+    /// The range each image's base brightness is drawn from.
+    pub brightness: (f32, f32),
+    /// Width of the streaks across the brushing direction, in pixels at 128 px.
+    pub streak_width: f32,
+}
+
+/// The products the generator knows, the first one the default: the same surface brushed
+/// crosswise, darker, and with coarser streaks.
+pub const PRODUCTS: [Product; 4] = [
+    Product { name: "brushed", angle: 0.3, brightness: (0.45, 0.55), streak_width: 1.7 },
+    Product {
+        name: "crosswise",
+        angle: 0.3 + std::f32::consts::FRAC_PI_2,
+        brightness: (0.45, 0.55),
+        streak_width: 1.7,
+    },
+    Product { name: "dark", angle: 0.3, brightness: (0.25, 0.33), streak_width: 1.7 },
+    Product { name: "coarse", angle: 0.3, brightness: (0.45, 0.55), streak_width: 5.0 },
+];
+
 /// What `vigil-train synth` writes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SynthConfig {
@@ -86,11 +115,11 @@ fn value_noise(x: f32, y: f32, seed: u64) -> f32 {
 }
 
 impl Canvas {
-    /// A normal surface.
-    fn surface(size: usize, rng: &mut Rng) -> Canvas {
+    /// A normal surface of `product`.
+    fn surface(size: usize, product: &Product, rng: &mut Rng) -> Canvas {
         let s = size as f32 / 128.0;
-        let base = rng.range(0.45, 0.55);
-        let angle = rng.range(-0.06, 0.06) + 0.3;
+        let base = rng.range(product.brightness.0, product.brightness.1);
+        let angle = rng.range(-0.06, 0.06) + product.angle;
         let (ca, sa) = (angle.cos(), angle.sin());
         let (shade_seed, streak_seed, fine_seed) = (rng.next_u64(), rng.next_u64(), rng.next_u64());
         let shade_amp = rng.range(0.06, 0.1);
@@ -102,7 +131,7 @@ impl Canvas {
                 // Streaks: noise that varies fast across the brushing direction, slowly along it.
                 let across = fx * -sa + fy * ca;
                 let along = fx * ca + fy * sa;
-                let streak = value_noise(across / 1.7, along / 60.0, streak_seed) - 0.5;
+                let streak = value_noise(across / product.streak_width, along / 60.0, streak_seed) - 0.5;
                 let fine = value_noise(fx / 6.0, fy / 6.0, fine_seed) - 0.5;
                 let grain = rng.normal() * 0.015;
                 lum[y * size + x] = base + shade_amp * shade + 0.09 * streak + 0.03 * fine + grain;
@@ -253,11 +282,23 @@ fn paint_defect(c: &mut Canvas, kind: DefectKind, rng: &mut Rng) -> Vec<bool> {
     mask
 }
 
-/// An image (and, for a defect, its mask) as the generator makes them for `seed`.
+/// An image (and, for a defect, its mask) as the generator makes them for `seed`, of the
+/// default product.
 pub fn sample(size: u32, rgb: bool, defect: Option<DefectKind>, seed: u64) -> (image::DynamicImage, Option<GrayImage>) {
+    sample_product(&PRODUCTS[0], size, rgb, defect, seed)
+}
+
+/// An image (and, for a defect, its mask) of `product` for `seed`.
+pub fn sample_product(
+    product: &Product,
+    size: u32,
+    rgb: bool,
+    defect: Option<DefectKind>,
+    seed: u64,
+) -> (image::DynamicImage, Option<GrayImage>) {
     let mut rng = Rng::new(mix(seed ^ 0x5EED));
     let n = size as usize;
-    let mut canvas = Canvas::surface(n, &mut rng);
+    let mut canvas = Canvas::surface(n, product, &mut rng);
     let mask = defect.map(|k| paint_defect(&mut canvas, k, &mut rng));
     let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
     let img = if rgb {
@@ -283,6 +324,8 @@ pub fn sample(size: u32, rgb: bool, defect: Option<DefectKind>, seed: u64) -> (i
 pub struct SynthSummary {
     /// The settings used.
     pub config: SynthConfig,
+    /// The product's name.
+    pub product: &'static str,
     /// The output folder.
     pub root: PathBuf,
     /// Normal training images written.
@@ -293,9 +336,34 @@ pub struct SynthSummary {
     pub test_defects: Vec<(DefectKind, usize)>,
 }
 
-/// Writes the data set in MVTec AD layout: `train/good/`, `test/good/`, `test/<kind>/`,
-/// `ground_truth/<kind>/<stem>_mask.png`, and `synth.json` with the settings.
+/// Writes the data set of the default product in MVTec AD layout: `train/good/`,
+/// `test/good/`, `test/<kind>/`, `ground_truth/<kind>/<stem>_mask.png`, and `synth.json` with
+/// the settings.
 pub fn generate(root: &Path, cfg: &SynthConfig) -> std::io::Result<SynthSummary> {
+    generate_product(root, cfg, &PRODUCTS[0])
+}
+
+/// Writes the first `count` products' data sets, one MVTec-layout folder each under `root`
+/// (`root/<product>/`), each from its own seed (`cfg.seed` + its index).
+pub fn generate_products(root: &Path, cfg: &SynthConfig, count: usize) -> std::io::Result<Vec<SynthSummary>> {
+    if count == 0 || count > PRODUCTS.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("products must be 1 to {} (the generator knows {})", PRODUCTS.len(), PRODUCTS.len()),
+        ));
+    }
+    PRODUCTS[..count]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let cfg = SynthConfig { seed: cfg.seed.wrapping_add(i as u64), ..cfg.clone() };
+            generate_product(&root.join(p.name), &cfg, p)
+        })
+        .collect()
+}
+
+/// Writes one product's data set in MVTec AD layout (as [`generate`]).
+pub fn generate_product(root: &Path, cfg: &SynthConfig, product: &Product) -> std::io::Result<SynthSummary> {
     let io = |e: image::ImageError| std::io::Error::other(e.to_string());
     let save = |dir: PathBuf, name: &str, img: &image::DynamicImage| -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
@@ -303,12 +371,12 @@ pub fn generate(root: &Path, cfg: &SynthConfig) -> std::io::Result<SynthSummary>
     };
     let seed_of = |split: u64, i: usize| mix(cfg.seed.wrapping_mul(0x1000_0000_01B3) ^ (split << 48) ^ i as u64);
     for i in 0..cfg.n_train {
-        let (img, _) = sample(cfg.size, cfg.rgb, None, seed_of(1, i));
+        let (img, _) = sample_product(product, cfg.size, cfg.rgb, None, seed_of(1, i));
         save(root.join("train/good"), &format!("{i:04}.png"), &img)?;
     }
     let test_good = cfg.n_test.div_ceil(2);
     for i in 0..test_good {
-        let (img, _) = sample(cfg.size, cfg.rgb, None, seed_of(2, i));
+        let (img, _) = sample_product(product, cfg.size, cfg.rgb, None, seed_of(2, i));
         save(root.join("test/good"), &format!("{i:04}.png"), &img)?;
     }
     let defective = cfg.n_test - test_good;
@@ -316,7 +384,7 @@ pub fn generate(root: &Path, cfg: &SynthConfig) -> std::io::Result<SynthSummary>
     for (k, kind) in DefectKind::ALL.iter().enumerate() {
         let count = defective / 4 + usize::from(k < defective % 4);
         for i in 0..count {
-            let (img, mask) = sample(cfg.size, cfg.rgb, Some(*kind), seed_of(3 + k as u64, i));
+            let (img, mask) = sample_product(product, cfg.size, cfg.rgb, Some(*kind), seed_of(3 + k as u64, i));
             save(root.join("test").join(kind.name()), &format!("{i:04}.png"), &img)?;
             let mask = image::DynamicImage::ImageLuma8(mask.expect("defects have masks"));
             save(root.join("ground_truth").join(kind.name()), &format!("{i:04}_mask.png"), &mask)?;
@@ -325,6 +393,7 @@ pub fn generate(root: &Path, cfg: &SynthConfig) -> std::io::Result<SynthSummary>
     }
     let summary = SynthSummary {
         config: cfg.clone(),
+        product: product.name,
         root: root.to_path_buf(),
         train_good: cfg.n_train,
         test_good,

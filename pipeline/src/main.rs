@@ -124,6 +124,10 @@ enum Command {
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Products (1 to 4): more than 1 writes one data set per product into
+        /// `OUT/<product>/` (brushed, crosswise, dark, coarse), for the conditional families.
+        #[arg(long, default_value_t = 1)]
+        products: usize,
     },
     /// Convert the ELPV solar-cell data set (`pip install elpv-dataset`) into MVTec layout.
     Elpv {
@@ -306,11 +310,19 @@ fn train_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Synth { out, n_train, n_test, size, rgb, seed } => {
+        Command::Synth { out, n_train, n_test, size, rgb, seed, products } => {
             anyhow::ensure!(size >= 32, "--size must be at least 32");
+            let known = vigil_model::synth::PRODUCTS.len();
+            anyhow::ensure!((1..=known).contains(&products), "--products must be 1 to {known}");
             let cfg = vigil_model::synth::SynthConfig { size, n_train, n_test, rgb, seed };
-            let s = vigil_model::synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", serde_json::to_string(&s)?);
+            let written = if products == 1 {
+                vigil_model::synth::generate(&out, &cfg).map(|s| vec![s])
+            } else {
+                vigil_model::synth::generate_products(&out, &cfg, products)
+            };
+            for s in written.with_context(|| format!("writing {}", out.display()))? {
+                println!("{}", serde_json::to_string(&s)?);
+            }
         }
         Command::Elpv { out, source } => {
             let source = match source {

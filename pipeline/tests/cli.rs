@@ -42,6 +42,19 @@ fn synth_writes_an_mvtec_data_set() {
 }
 
 #[test]
+fn synth_writes_a_data_set_per_product() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = vigil_train(&["synth", "--out", d, "--n-train", "2", "--n-test", "2", "--size", "32", "--products", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["product"].as_str().unwrap()).collect::<Vec<_>>(), ["brushed", "crosswise"]);
+    assert!(dir.path().join("crosswise/test/good/0000.png").is_file());
+    fails_with(&["synth", "--out", d, "--products", "9"], &["--products must be 1 to 4"]);
+}
+
+#[test]
 fn training_errors_name_the_problem_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -224,6 +224,16 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// The same settings for family `model`: a size that is the old family's default becomes
+    /// the new family's, any other size is kept.
+    pub fn with_model(mut self, model: ModelKind) -> Self {
+        if self.size == default_size(self.model) {
+            self.size = default_size(model);
+        }
+        self.model = model;
+        self
+    }
+
     /// Writes the config as TOML.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         std::fs::write(path, toml::to_string_pretty(self)?)?;
@@ -297,5 +307,19 @@ impl TrainConfig {
             anyhow::ensure!(k >= 1 && k <= self.size * self.size, "reduction k must be 1..={}", self.size * self.size);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switching_family_moves_a_default_size_and_keeps_a_chosen_one() {
+        let dae = TrainConfig::default().with_model(ModelKind::Dae);
+        assert_eq!(dae.size, 128);
+        assert_eq!(dae.clone().with_model(ModelKind::Padim).size, 256);
+        let chosen = TrainConfig { size: 320, ..TrainConfig::default() };
+        assert_eq!(chosen.with_model(ModelKind::Patchcore).size, 320);
     }
 }

@@ -292,10 +292,7 @@ fn train_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     if let Some(m) = a.model {
-        if a.config.is_none() || cfg.size == vigil_pipeline::config::default_size(cfg.model) {
-            cfg.size = vigil_pipeline::config::default_size(m);
-        }
-        cfg.model = m;
+        cfg = cfg.with_model(m);
     }
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f { cfg.$f = v; } )* };
@@ -430,14 +427,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let root = out.clone().unwrap_or_else(|| tmp.clone().expect("set when out is absent"));
             let stop = stop_on_ctrl_c()?;
+            let base = match &config_file {
+                Some(p) => TrainConfig::from_file(p)?,
+                None => TrainConfig::default(),
+            };
             for model in models {
-                let base = match &config_file {
-                    Some(p) => TrainConfig::from_file(p)?,
-                    None => TrainConfig::default(),
-                };
-                let size_given = config_file.is_some() && base.size != vigil_pipeline::config::default_size(base.model);
-                let size = if size_given { base.size } else { vigil_pipeline::config::default_size(model) };
-                let mut config = TrainConfig { model, size, ..base };
+                let mut config = base.clone().with_model(model);
                 if let Some(e) = epochs {
                     config.epochs = e;
                 }

@@ -54,12 +54,16 @@ impl FeatureAe {
 
     /// `[B, C, gh, gw]` to its reconstruction, same shape (a VAE decodes the mean).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = relu(self.bn1.forward(self.e1.forward(x))); // [B, 2L, gh, gw]
+        let h = self.hidden(x);
         let z = match self.logvar {
             Some(_) => self.e2.forward(h),
             None => relu(self.bn2.forward(self.e2.forward(h))),
         }; // [B, L, gh, gw]
         self.decode(z)
+    }
+
+    fn hidden(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(self.bn1.forward(self.e1.forward(x))) // [B, 2L, gh, gw]
     }
 
     /// The training pass: the reconstruction and, for a VAE, the KL divergence of the
@@ -70,7 +74,7 @@ impl FeatureAe {
             return (self.forward(x), None);
         };
         let channels = x.dims()[1];
-        let h = relu(self.bn1.forward(self.e1.forward(x)));
+        let h = self.hidden(x);
         let mu = self.e2.forward(h.clone());
         let logvar = logvar_head.forward(h).clamp(-10.0, 10.0);
         let eps = Tensor::<4>::random(mu.shape(), Distribution::Normal(0.0, 1.0), &mu.device());

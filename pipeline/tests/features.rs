@@ -240,3 +240,23 @@ fn a_retrain_adds_the_new_normals_to_padim_statistics_and_the_patchcore_bank() {
         engines_agree(&exported.bundle);
     }
 }
+
+#[test]
+fn tall_parts_get_an_input_in_their_shape_and_square_ones_stay_square() {
+    use vigil_pipeline::features::{input_size, measure_aspect};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, w: u32, h: u32| {
+        let p = dir.path().join(name);
+        image::GrayImage::new(w, h).save(&p).unwrap();
+        p
+    };
+    let tall: Vec<PathBuf> = (0..5).map(|i| write(&format!("tall{i}.png"), 40, 100)).collect();
+    let square: Vec<PathBuf> = (0..5).map(|i| write(&format!("square{i}.png"), 100, 110)).collect();
+    let aspect = measure_aspect(&tall).unwrap();
+    assert!((aspect - 2.5).abs() < 1e-6, "{aspect}");
+    assert_eq!(measure_aspect(&square), None, "within a quarter of square");
+    // About 256² pixels in the part's shape, each side a multiple of 32.
+    let cfg = TrainConfig { aspect: Some(aspect), ..TrainConfig::default() };
+    assert_eq!(input_size(&cfg), [416, 160]);
+    assert_eq!(input_size(&TrainConfig::default()), [256, 256]);
+}

@@ -55,6 +55,9 @@ pub struct ModelRef {
     pub version: u32,
     /// SHA-256 of `model.onnx`.
     pub sha256: String,
+    /// The class the frame was scored as, for a conditional model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// Where the anomaly map is above the threshold, in frame pixels.

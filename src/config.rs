@@ -104,6 +104,11 @@ pub struct CameraConfig {
     /// Region of interest `[x, y, width, height]` in frame pixels, cropped before scoring.
     #[serde(default)]
     pub roi: Option<[u32; 4]>,
+    /// The product this camera sees, for a conditional bundle (one model for several
+    /// products): one of the bundle's classes (`vigil inspect` lists them). An MQTT source's
+    /// `class_field` overrides it per message.
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
 impl CameraConfig {
@@ -116,6 +121,11 @@ impl CameraConfig {
             && !t.is_finite()
         {
             p.at(key, "threshold", "must be a finite number");
+        }
+        if let Some(c) = &self.class
+            && !valid_id(c.replace('.', "_").as_str())
+        {
+            p.at(key, "class", format!("`{}`: use letters, digits, `-`, `_` or `.`", c.escape_default()));
         }
         if let Some([_, _, w, h]) = self.roi
             && (w == 0 || h == 0)

@@ -55,11 +55,28 @@ async fn set_threshold(
     payload: &[u8],
 ) -> bool {
     match parse_threshold(payload) {
-        Ok(value) if valid_id(camera) && policy.slot_of(camera).is_some() => {
-            let saved = policy.thresholds.lock().expect("thresholds lock").set(camera, value);
+        Ok(ThresholdSet { class: Some(class), .. })
+            if valid_id(camera) && policy.slot_of(camera).is_some() && !policy.classes(camera).contains(&class) =>
+        {
+            let known = policy.classes(camera);
+            tracing::warn!(
+                camera,
+                "threshold/set refused: unknown class `{}`; the camera's bundle knows {}",
+                class.escape_default(),
+                if known.is_empty() { "no classes (it is not conditional)".to_owned() } else { known.join(", ") }
+            );
+            metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
+            true
+        }
+        Ok(ThresholdSet { value, class }) if valid_id(camera) && policy.slot_of(camera).is_some() => {
+            let key = match &class {
+                Some(k) => crate::decide::class_key(camera, k),
+                None => camera.to_owned(),
+            };
+            let saved = policy.thresholds.lock().expect("thresholds lock").set(&key, value);
             let ok = match saved {
                 Ok(()) => {
-                    tracing::info!(camera, "threshold set over MQTT: {value:?}");
+                    tracing::info!(camera, class, "threshold set over MQTT: {value:?}");
                     true
                 }
                 Err(e) => {
@@ -86,25 +103,49 @@ async fn set_threshold(
     }
 }
 
-/// A threshold payload: a number, `{"threshold": n}`, or `reset` / `null` / empty to go back
-/// to the configured or calibrated threshold.
-pub fn parse_threshold(payload: &[u8]) -> Result<Option<f32>, String> {
+/// A parsed `threshold/set` payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdSet {
+    /// The new threshold, or `None` to go back to the configured or calibrated one.
+    pub value: Option<f32>,
+    /// The class it applies to (conditional bundles); `None`: every class of the camera.
+    pub class: Option<String>,
+}
+
+/// A threshold payload: a number, `{"threshold": n}` (with `"class": "name"` for one class of
+/// a conditional bundle), or `reset` / `null` / empty to go back to the configured or
+/// calibrated threshold.
+pub fn parse_threshold(payload: &[u8]) -> Result<ThresholdSet, String> {
     let text = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8 text".to_owned())?.trim();
+    let reset = |class| Ok(ThresholdSet { value: None, class });
     if text.is_empty() || text.eq_ignore_ascii_case("reset") || text == "null" {
-        return Ok(None);
+        return reset(None);
     }
-    let value = match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Number(n)) => n.as_f64(),
-        Ok(serde_json::Value::Object(o)) => match o.get("threshold") {
-            Some(serde_json::Value::Null) => return Ok(None),
-            Some(v) => v.as_f64(),
-            None => None,
-        },
-        _ => None,
+    let usage = || {
+        format!(
+            "`{}`: send a number, {{\"threshold\": n}}, {{\"threshold\": n, \"class\": \"name\"}}, or \"reset\"",
+            text.escape_default()
+        )
+    };
+    let (value, class) = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Number(n)) => (n.as_f64(), None),
+        Ok(serde_json::Value::Object(o)) => {
+            let class = match o.get("class") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(c)) => Some(c.clone()),
+                Some(_) => return Err(usage()),
+            };
+            match o.get("threshold") {
+                Some(serde_json::Value::Null) => return reset(class),
+                Some(v) => (v.as_f64(), class),
+                None => (None, class),
+            }
+        }
+        _ => (None, None),
     };
     match value {
-        Some(v) if v.is_finite() => Ok(Some(v as f32)),
-        _ => Err(format!("`{}`: send a number, {{\"threshold\": n}}, or \"reset\"", text.escape_default())),
+        Some(v) if v.is_finite() => Ok(ThresholdSet { value: Some(v as f32), class }),
+        _ => Err(usage()),
     }
 }
 
@@ -114,10 +155,14 @@ mod tests {
 
     #[test]
     fn threshold_payloads() {
-        assert_eq!(parse_threshold(b"0.25"), Ok(Some(0.25)));
-        assert_eq!(parse_threshold(br#"{"threshold": 2}"#), Ok(Some(2.0)));
-        assert_eq!(parse_threshold(b"reset"), Ok(None));
-        assert_eq!(parse_threshold(br#"{"threshold": null}"#), Ok(None));
+        let set = |value, class: Option<&str>| Ok(ThresholdSet { value, class: class.map(str::to_owned) });
+        assert_eq!(parse_threshold(b"0.25"), set(Some(0.25), None));
+        assert_eq!(parse_threshold(br#"{"threshold": 2}"#), set(Some(2.0), None));
+        assert_eq!(parse_threshold(br#"{"threshold": 2, "class": "dark"}"#), set(Some(2.0), Some("dark")));
+        assert_eq!(parse_threshold(br#"{"threshold": null, "class": "dark"}"#), set(None, Some("dark")));
+        assert_eq!(parse_threshold(b"reset"), set(None, None));
+        assert_eq!(parse_threshold(br#"{"threshold": null}"#), set(None, None));
+        assert!(parse_threshold(br#"{"threshold": 2, "class": 3}"#).is_err());
         assert!(parse_threshold(b"high").is_err());
         assert!(parse_threshold(&[0xff]).is_err());
     }

@@ -78,7 +78,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .iter()
         .enumerate()
         .filter_map(|(slot, c)| match &c.source {
-            SourceConfig::Mqtt(m) => Some(MqttCamera { slot, id: c.id.clone(), config: m.clone() }),
+            SourceConfig::Mqtt(m) => {
+                Some(MqttCamera { slot, id: c.id.clone(), class: c.class.clone(), config: m.clone() })
+            }
             SourceConfig::Folder(_) => None,
         })
         .collect();
@@ -127,8 +129,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for (slot, c) in config.cameras.iter().enumerate() {
         if let SourceConfig::Folder(f) = &c.source {
             let ledger = Ledger::open(&config.state_dir.join("folders").join(format!("{}.done", c.id)))?;
-            let cam =
-                FolderCamera { slot, camera: c.id.clone(), config: f.clone(), ledger: Arc::new(Mutex::new(ledger)) };
+            let cam = FolderCamera {
+                slot,
+                camera: c.id.clone(),
+                class: c.class.clone(),
+                config: f.clone(),
+                ledger: Arc::new(Mutex::new(ledger)),
+            };
             let (frames, metrics, shutdown) = (stages.frames.clone(), metrics.clone(), stop.subscribe());
             let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             watching.push(started_rx);

@@ -128,8 +128,14 @@ pub fn region(map: ArrayView2<'_, f32>, threshold: f32, area: Area) -> Region {
     Region { bbox: [fx0, fy0, fx1 - fx0, fy1 - fy0], area_fraction: n as f32 / (mh * mw).max(1) as f32 }
 }
 
-/// The threshold in force per camera: set at run time over MQTT, else the camera's config,
-/// else the bundle's calibrated one.
+/// The run-time threshold key of one class on one camera (camera ids have no `/`).
+pub fn class_key(camera: &str, class: &str) -> String {
+    format!("{camera}/{class}")
+}
+
+/// The threshold in force per camera (and, for a conditional bundle, per class): set at run
+/// time over MQTT for the class, else for the camera, else the camera's config, else the
+/// bundle's calibrated one for the class.
 pub struct Policy {
     cameras: Vec<CameraConfig>,
     models: Arc<Models>,
@@ -153,35 +159,73 @@ impl Policy {
         })
     }
 
-    /// The threshold of `camera` (served by `slot`) and where it comes from: `runtime`,
-    /// `config` or `bundle`.
-    pub fn threshold(&self, camera: &str, slot: usize) -> (f32, &'static str) {
-        if let Some(t) = self.thresholds.lock().expect("thresholds lock").get(camera) {
-            return (t, "runtime");
+    /// The threshold for frames of `class` (conditional bundles) from `camera` (served by
+    /// `slot`) and where it comes from: `runtime`, `config` or `bundle`.
+    pub fn threshold(&self, camera: &str, slot: usize, class: Option<&str>) -> (f32, &'static str) {
+        {
+            let set = self.thresholds.lock().expect("thresholds lock");
+            if let Some(t) = class.and_then(|k| set.get(&class_key(camera, k))) {
+                return (t, "runtime");
+            }
+            if let Some(t) = set.get(camera) {
+                return (t, "runtime");
+            }
         }
         if let Some(t) = self.cameras[slot].threshold {
             return (t, "config");
         }
-        (self.models.get(slot).bundle.manifest.threshold.value, "bundle")
+        let model = self.models.get(slot);
+        let manifest = &model.bundle.manifest;
+        let index = class.and_then(|k| manifest.class_index(k).ok());
+        (manifest.calibration(index).0.value, "bundle")
+    }
+
+    /// The classes of the bundle `camera` is served by (empty unless conditional).
+    pub fn classes(&self, camera: &str) -> Vec<String> {
+        self.slot_of(camera)
+            .map(|slot| self.models.get(slot).bundle.manifest.class_names().iter().map(|c| c.to_string()).collect())
+            .unwrap_or_default()
     }
 
     /// The retained `threshold/state` of `camera`, or `None` for a camera vigil does not serve.
+    /// For a conditional bundle it also lists each class's threshold and source.
     pub fn state(&self, camera: &str) -> Option<serde_json::Value> {
         let slot = self.slot_of(camera)?;
-        let (threshold, source) = self.threshold(camera, slot);
-        Some(serde_json::json!({
+        let class = self.cameras.get(slot).filter(|c| c.id == camera).and_then(|c| c.class.clone());
+        let (threshold, source) = self.threshold(camera, slot, class.as_deref());
+        let model = self.models.get(slot);
+        let manifest = &model.bundle.manifest;
+        let index = class.as_deref().and_then(|k| manifest.class_index(k).ok());
+        let mut state = serde_json::json!({
             "camera": camera,
             "threshold": threshold,
             "source": source,
-            "bundle_threshold": self.models.get(slot).bundle.manifest.threshold.value,
-        }))
+            "bundle_threshold": manifest.calibration(index).0.value,
+        });
+        if let Some(c) = &class {
+            state["class"] = c.clone().into();
+        }
+        if let Some(cond) = &manifest.conditioning {
+            let classes: serde_json::Map<String, serde_json::Value> = cond
+                .classes
+                .iter()
+                .map(|k| {
+                    let (t, s) = self.threshold(camera, slot, Some(&k.name));
+                    let v = serde_json::json!({ "threshold": t, "source": s, "bundle_threshold": k.threshold.value });
+                    (k.name.clone(), v)
+                })
+                .collect();
+            state["classes"] = classes.into();
+        }
+        Some(state)
     }
 
     /// Every camera with a state to publish: the configured ones and those with a run-time
     /// threshold (members of MQTT groups).
     pub fn cameras(&self) -> Vec<String> {
         let mut cameras: Vec<String> = self.cameras.iter().map(|c| c.id.clone()).collect();
-        cameras.extend(self.thresholds.lock().expect("thresholds lock").all().keys().cloned());
+        let set = self.thresholds.lock().expect("thresholds lock");
+        cameras.extend(set.all().keys().map(|k| k.split('/').next().unwrap_or(k).to_owned()));
         cameras.sort();
         cameras.dedup();
         cameras
@@ -249,9 +293,13 @@ impl Stage {
         let a = &self.config.alerts;
         let frame = &prepared.frame;
         let manifest = &prepared.model.bundle.manifest;
-        let (threshold, _) = self.policy.threshold(&frame.camera, frame.slot);
-        let normalized =
-            manifest.normalized_score(score, threshold).unwrap_or(if score > threshold { 1.0 } else { 0.0 });
+        let class = prepared.class.and_then(|k| Some(manifest.conditioning.as_ref()?.classes.get(k)?.name.as_str()));
+        let (threshold, _) = self.policy.threshold(&frame.camera, frame.slot, class);
+        let normalized = manifest
+            .calibration(prepared.class)
+            .1
+            .map(|n| n.normalize(score, threshold))
+            .unwrap_or(if score > threshold { 1.0 } else { 0.0 });
         let cooldown = self.config.cameras[frame.slot].cooldown.unwrap_or(a.cooldown);
         let before = decider.save(&frame.camera);
         let decision = decider.decide(&frame.camera, score, threshold, cooldown, a.hysteresis, Instant::now());
@@ -260,13 +308,14 @@ impl Stage {
         self.metrics.score(&frame.camera, normalized as f64);
         let source = frame.origin.describe();
         let frame_time = rfc3339(frame.time);
-        self.sinks.publisher.score(
-            &frame.camera,
-            &serde_json::json!({
-                "camera": frame.camera, "source": source, "frame_time": frame_time,
-                "score": score, "normalized_score": normalized, "threshold": threshold, "anomalous": result == "anomalous",
-            }),
-        );
+        let mut message = serde_json::json!({
+            "camera": frame.camera, "source": source, "frame_time": frame_time,
+            "score": score, "normalized_score": normalized, "threshold": threshold, "anomalous": result == "anomalous",
+        });
+        if let Some(c) = class {
+            message["class"] = c.into();
+        }
+        self.sinks.publisher.score(&frame.camera, &message);
         let mut outcome = Outcome::Scored;
         let mut record = serde_json::json!({
             "camera": frame.camera, "source": source, "frame_time": frame_time, "score": score,
@@ -353,6 +402,7 @@ impl Stage {
                 name: manifest.name.clone(),
                 version: manifest.version,
                 sha256: model.bundle.model_sha256.clone(),
+                class: frame.class.clone(),
             },
             region: reg,
             snapshot: (topic.is_some() || file.is_some()).then_some(SnapshotRef { topic, file }),

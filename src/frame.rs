@@ -45,6 +45,9 @@ pub struct Frame {
     pub camera: String,
     /// Where it came from.
     pub origin: Origin,
+    /// The product class, for a conditional model: the message's class field, else the
+    /// camera's `class`.
+    pub class: Option<String>,
     /// The encoded image.
     pub bytes: Vec<u8>,
     /// When the frame was taken (file modification time, payload time, or arrival).

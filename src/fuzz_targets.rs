@@ -35,9 +35,10 @@ pub fn mqtt_payload(data: &[u8]) {
         image_field: "image".into(),
         camera_field: (mode & 4 != 0).then(|| "camera".into()),
         time_field: (mode & 8 != 0).then(|| "time".into()),
+        class_field: (mode & 16 != 0).then(|| "class".into()),
         max_bytes: 1 << 16,
     };
-    let cameras = [MqttCamera { slot: 0, id: "cam".into(), config: source }];
+    let cameras = [MqttCamera { slot: 0, id: "cam".into(), class: None, config: source }];
     let _ = parse(&cameras, &topic, payload);
 }
 

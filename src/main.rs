@@ -79,6 +79,9 @@ enum Command {
         /// Folder of frames (PNG, JPEG, BMP, TIFF).
         #[arg(long)]
         frames: PathBuf,
+        /// The frames' product, for a conditional bundle.
+        #[arg(long)]
+        class: Option<String>,
         /// Passes over the folder.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
@@ -104,6 +107,9 @@ enum Command {
         /// Bundle folder, or a .onnx file with an embedded manifest.
         #[arg(long)]
         model: PathBuf,
+        /// The images' product, for a conditional bundle (`vigil inspect` lists its classes).
+        #[arg(long)]
+        class: Option<String>,
         #[command(flatten)]
         engine: EngineArgs,
         /// Image files (PNG, JPEG, BMP, TIFF).
@@ -205,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Bench { model, frames, repeat, decode_workers, max_batch, engine } => {
+        Command::Bench { model, frames, class, repeat, decode_workers, max_batch, engine } => {
             let config = engine.config();
             let defaults = vigil::scoring::ScoringConfig::default();
             let scoring = vigil::scoring::ScoringConfig {
@@ -219,10 +225,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let macs = vigil_model::engine::tract::multiply_adds(&bundle)?;
             let pre = vigil_model::preprocess::Preprocessor::new(&bundle.manifest.input);
             let model = std::sync::Arc::new(vigil::scoring::Model { bundle, engine: loaded, pre });
-            let daemon = vigil::commands::bench::daemon(model.clone(), &scoring, &files, repeat.max(1), threads)?;
+            let class = class.as_deref();
+            let daemon =
+                vigil::commands::bench::daemon(model.clone(), &scoring, &files, class, repeat.max(1), threads)?;
             println!("{}", serde_json::to_string(&daemon)?);
             let serial =
-                vigil::commands::bench::per_frame(&model.bundle, &model.engine, &files, repeat.max(1), threads)?;
+                vigil::commands::bench::per_frame(&model.bundle, &model.engine, &files, class, repeat.max(1), threads)?;
             println!("{}", serde_json::to_string(&serial)?);
             for batch in [1, 8.min(model.engine.max_batch())] {
                 let calls = (200 / batch).max(10);
@@ -245,11 +253,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::ConfigReference => print!("{}", vigil::commands::config_reference::markdown()),
-        Command::Score { model, engine, images } => {
+        Command::Score { model, class, engine, images } => {
             let (bundle, engine) = score::prepare(&model, &engine.config())?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            let failures = score::run(&bundle, &engine, &images, &mut out)?;
+            let failures = score::run(&bundle, &engine, class.as_deref(), &images, &mut out)?;
             out.flush()?;
             if failures > 0 {
                 eprintln!("vigil score: {failures} of {} image(s) could not be scored", images.len());

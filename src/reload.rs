@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{CameraConfig, Config};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::scoring::{Model, Models};
+use crate::source::SourceConfig;
 
 /// Loads every camera's bundle (each distinct path once), checks and test-runs it; with
 /// `skip_missing`, cameras whose bundle path does not exist are left out (the pre-flight has
@@ -25,20 +26,43 @@ fn load_each(config: &Config, skip_missing: bool) -> (Vec<Arc<Model>>, Vec<Probl
         if skip_missing && !c.bundle.exists() {
             continue;
         }
-        if let Some(m) = loaded.get(&c.bundle) {
-            out.push(m.clone());
-            continue;
+        let model = match loaded.get(&c.bundle) {
+            Some(m) => m.clone(),
+            None => match Model::load(&c.bundle, &config.engine) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    loaded.insert(c.bundle.clone(), m.clone());
+                    m
+                }
+                Err(e) => {
+                    problems.push(Problem { key: format!("cameras[{i}].bundle"), message: format!("{e:#}") });
+                    continue;
+                }
+            },
+        };
+        if let Err(message) = class_fits(c, &model) {
+            problems.push(Problem { key: format!("cameras[{i}].class"), message });
         }
-        match Model::load(&c.bundle, &config.engine) {
-            Ok(m) => {
-                let m = Arc::new(m);
-                loaded.insert(c.bundle.clone(), m.clone());
-                out.push(m);
-            }
-            Err(e) => problems.push(Problem { key: format!("cameras[{i}].bundle"), message: format!("{e:#}") }),
-        }
+        out.push(model);
     }
     (out, problems)
+}
+
+/// Whether a camera's `class` fits its bundle: a conditional bundle needs a class from the
+/// camera (or from each message, with an MQTT `class_field`), one the bundle knows; a bundle
+/// of one product takes none.
+pub fn class_fits(camera: &CameraConfig, model: &Model) -> Result<(), String> {
+    let m = &model.bundle.manifest;
+    let per_message = matches!(&camera.source, SourceConfig::Mqtt(s) if s.class_field.is_some());
+    match (&camera.class, &m.conditioning) {
+        (Some(class), _) => m.class_index(class).map(|_| ()),
+        (None, Some(_)) if !per_message => Err(format!(
+            "bundle `{}` is conditional (one model for several products); set the camera's `class` to one of {}",
+            m.name,
+            m.class_names().join(", ")
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Loads every camera's bundle, in `[[cameras]]` order, or says which failed and why.
@@ -78,6 +102,19 @@ pub async fn reload(config: &Config, models: &Models, metrics: &Metrics, path: P
     let p = path.clone();
     match tokio::task::spawn_blocking(move || Model::load(&p, &engine)).await {
         Ok(Ok(m)) => {
+            let misfit = config
+                .cameras
+                .iter()
+                .filter(|c| c.bundle == path)
+                .find_map(|c| class_fits(c, &m).err().map(|e| (c.id.clone(), e)));
+            if let Some((camera, e)) = misfit {
+                tracing::error!(
+                    "bundle {}: reload refused, the previous model keeps serving: camera {camera}: {e}",
+                    path.display()
+                );
+                metrics.inc("vigil_reloads_total", &[("result", "refused")]);
+                return;
+            }
             tracing::info!(
                 "bundle {}: now serving {} v{}",
                 path.display(),

@@ -127,6 +127,8 @@ pub struct Prepared {
     pub model: Arc<Model>,
     /// The model inputs (one tensor, or one per tile).
     pub inputs: Inputs,
+    /// The frame's class index in a conditional model.
+    pub class: Option<usize>,
     /// The part of the frame the input was cut from.
     pub area: Area,
     /// SHA-256 of the encoded frame, for the alert id.
@@ -163,19 +165,28 @@ pub type Refused = Box<(Frame, &'static str, String)>;
 /// way (a decoder's bug) refuses the frame, as `internal`, instead of ending the caller.
 pub fn prepare(frame: Frame, model: Arc<Model>, roi: Option<[u32; 4]>) -> Result<Prepared, Refused> {
     match crate::guard::catch(|| inputs_of(&frame, &model, roi)) {
-        Ok(Ok((inputs, area, sha256))) => Ok(Prepared { frame, model, inputs, area, sha256 }),
+        Ok(Ok(FrameInput { inputs, area, sha256, class })) => {
+            Ok(Prepared { frame, model, inputs, class, area, sha256 })
+        }
         Ok(Err((kind, reason))) => Err(Box::new((frame, kind, reason))),
         Err(panic) => Err(Box::new((frame, "internal", crate::guard::reason("decoding", &panic)))),
     }
 }
 
-/// The model input of `frame`, the part of the frame it covers and the frame's SHA-256, or the
-/// kind of problem and the reason.
-fn inputs_of(
-    frame: &Frame,
-    model: &Model,
-    roi: Option<[u32; 4]>,
-) -> Result<(Inputs, Area, [u8; 32]), (&'static str, String)> {
+/// What [`inputs_of`] makes of a frame.
+struct FrameInput {
+    inputs: Inputs,
+    /// The part of the frame the inputs cover.
+    area: Area,
+    sha256: [u8; 32],
+    /// The class index, for a conditional model.
+    class: Option<usize>,
+}
+
+/// The model input of `frame`, or the kind of problem and the reason.
+fn inputs_of(frame: &Frame, model: &Model, roi: Option<[u32; 4]>) -> Result<FrameInput, (&'static str, String)> {
+    let manifest = &model.bundle.manifest;
+    let class = manifest.resolve_class(frame.class.as_deref()).map_err(|e| ("unknown_class", e))?;
     let sha256: [u8; 32] = Sha256::digest(&frame.bytes).into();
     let image = match decode(&frame.bytes) {
         Ok(i) => i,
@@ -204,7 +215,7 @@ fn inputs_of(
     let cropped = if (rw, rh) == (iw, ih) { image } else { image.crop_imm(rx, ry, rw, rh) };
     let inputs = model.pre.inputs(&cropped);
     let (cx, cy, cw, ch) = inputs.area;
-    Ok((inputs, Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256))
+    Ok(FrameInput { inputs, area: Area { x: rx + cx, y: ry + cy, w: cw, h: ch }, sha256, class })
 }
 
 /// How many scored frames may wait for their decision: each holds its encoded bytes (for a
@@ -330,9 +341,13 @@ fn infer(rx: Receiver<Prepared>, out: mpsc::Sender<Finished>, max_batch: usize, 
 fn run_batch(batch: Vec<Prepared>) -> Vec<Finished> {
     let model = batch[0].model.clone();
     let inputs: Vec<&Inputs> = batch.iter().map(|p| &p.inputs).collect();
-    let scored = crate::guard::catch(|| score_frames(&model.engine, &model.bundle.manifest.score, &inputs))
-        .map_err(|panic| ("internal", crate::guard::reason("the engine", &panic)))
-        .and_then(|r| r.map_err(|e| ("engine", e.to_string())));
+    // Every frame of a conditional model has its class (checked when it was prepared).
+    let classes: Option<Vec<i64>> = batch.iter().map(|p| p.class.map(|k| k as i64)).collect();
+    let classes = classes.filter(|_| model.engine.classes().is_some());
+    let scored =
+        crate::guard::catch(|| score_frames(&model.engine, &model.bundle.manifest.score, &inputs, classes.as_deref()))
+            .map_err(|panic| ("internal", crate::guard::reason("the engine", &panic)))
+            .and_then(|r| r.map_err(|e| ("engine", e.to_string())));
     match scored {
         Ok(scored) => batch
             .into_iter()
@@ -370,11 +385,11 @@ mod tests {
             self.inner.name()
         }
 
-        fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+        fn run(&self, batch: ArrayView4<'_, f32>, classes: Option<&[i64]>) -> Result<Scored, EngineError> {
             if !self.panicked.swap(true, Ordering::SeqCst) {
                 panic!("index out of bounds: the len is 3 but the index is 7");
             }
-            self.inner.run(batch)
+            self.inner.run(batch, classes)
         }
     }
 
@@ -382,6 +397,7 @@ mod tests {
         Frame {
             slot: 0,
             camera: "cam".into(),
+            class: None,
             origin: Origin::File(name.into()),
             bytes,
             time: std::time::SystemTime::now(),

@@ -70,8 +70,8 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
         ),
         (
             "newer schema",
-            Box::new(|v| v["schema_version"] = 3.into()),
-            &["schema_version 3 is newer than this vigil reads (2)", "upgrade vigil"],
+            Box::new(|v| v["schema_version"] = 4.into()),
+            &["schema_version 4 is newer than this vigil reads (3)", "upgrade vigil"],
         ),
         (
             "no schema",

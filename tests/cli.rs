@@ -165,7 +165,7 @@ fn inspect_prints_the_manifest_and_the_model_interface() {
 fn wrap_turns_a_foreign_autoencoder_into_a_bundle_that_scores() {
     use vigil_model::onnx::graph::{Dim, GraphBuilder};
     use vigil_model::onnx::reference::{ArchSpec, WeightRng, decoder, encoder};
-    let spec = ArchSpec { size: 32, channels: 3, latent: 8, width: 8 };
+    let spec = ArchSpec { size: 32, channels: 3, latent: 8, width: 8, classes: 0 };
     let mut rng = WeightRng::new(3);
     let (e, d) = (encoder(&spec, 8, false, &mut rng), decoder(&spec, &mut rng).fold_batch_norm().unwrap());
     let mut g = GraphBuilder::new("exported", 13);

@@ -179,7 +179,7 @@ impl Drop for Daemon {
 }
 
 /// Checks an alert against `schema/alert.schema.json` with Python's `jsonschema`.
-fn check_schema(alert: &serde_json::Value) {
+pub fn check_schema(alert: &serde_json::Value) {
     use std::io::Write;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(crate::common::python())
@@ -751,7 +751,8 @@ fn a_folder_frame_rewritten_while_its_old_version_is_scored_is_scored_next() {
     let config: vigil::source::folder::FolderSource =
         serde_json::from_value(serde_json::json!({ "path": folder, "settle": "100ms" })).unwrap();
     let ledger = vigil::state::Ledger::open(&dir.path().join("cam1.done")).unwrap();
-    let cam = FolderCamera { slot: 0, camera: "cam1".into(), config, ledger: Arc::new(Mutex::new(ledger)) };
+    let cam =
+        FolderCamera { slot: 0, camera: "cam1".into(), class: None, config, ledger: Arc::new(Mutex::new(ledger)) };
     // The test plays the scoring stage: a frame stays in flight until its outcome is sent.
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let (frames, mut scoring) = tokio::sync::mpsc::channel(4);

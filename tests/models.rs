@@ -46,7 +46,7 @@ fn the_default_bundle_separates_the_synthetic_test_set_as_its_manifest_claims() 
     let (mut normal, mut defect) = (vec![], vec![]);
     for entry in walk(&dir.path().join("test")) {
         let inputs = pre.inputs(&decode(&std::fs::read(&entry).unwrap()).unwrap());
-        let score = score_frames(&engine, &m.score, &[&inputs]).unwrap()[0].0;
+        let score = score_frames(&engine, &m.score, &[&inputs], None).unwrap()[0].0;
         let good = entry.parent().unwrap().file_name().unwrap() == "good";
         if good { normal.push(score) } else { defect.push(score) }
     }

@@ -112,7 +112,7 @@ fn scoring_case(
     let input = InputSpec::unit_range("image", color, size, size);
     let mut spec = default_score_spec(source);
     tweak(&mut spec);
-    let model = build_scoring_model(&net, &input, &spec).unwrap();
+    let model = build_scoring_model(&net, &input, &spec, 0).unwrap();
     Case { name: name.into(), model, inputs: vec![("image", random(&[2, color.channels(), size, size], 0.0, 1.0, 99))] }
 }
 

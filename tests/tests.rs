@@ -4,6 +4,7 @@ mod common;
 
 mod bundle;
 mod cli;
+mod conditional;
 mod config_docs;
 mod daemon;
 mod demo;

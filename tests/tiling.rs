@@ -33,7 +33,7 @@ fn a_frame_of_repeated_tiles_scores_like_one_tile_and_its_map_repeats() {
         let frame = DynamicImage::ImageLuma8(GrayImage::from_fn(64, 96, |x, y| pattern(x % 32, y % 32)));
         let (one, big) = (pre.inputs(&tile), pre.inputs(&frame));
         assert_eq!(big.tensors.len(), 2 * 3);
-        let r = score_frames(&engine, &bundle.manifest.score, &[&one, &big]).unwrap();
+        let r = score_frames(&engine, &bundle.manifest.score, &[&one, &big], None).unwrap();
         let (one_map, big_map) = (r[0].1.as_ref().unwrap(), r[1].1.as_ref().unwrap());
         assert_eq!(big_map.dim(), (96, 64));
         assert!((r[0].0 - r[1].0).abs() < 1e-5, "{kind:?}: {} vs {}", r[0].0, r[1].0);
@@ -59,7 +59,7 @@ fn a_defect_is_found_where_it_is_in_a_large_frame() {
     }
     let a = pre.inputs(&DynamicImage::ImageLuma8(clean));
     let b = pre.inputs(&DynamicImage::ImageLuma8(flawed));
-    let r = score_frames(&engine, &bundle.manifest.score, &[&a, &b]).unwrap();
+    let r = score_frames(&engine, &bundle.manifest.score, &[&a, &b], None).unwrap();
     let diff = r[1].1.as_ref().unwrap() - r[0].1.as_ref().unwrap();
     let (mut at, mut best) = ((0, 0), f32::MIN);
     for ((y, x), v) in diff.indexed_iter() {

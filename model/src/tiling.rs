@@ -87,24 +87,31 @@ pub fn reduce(map: ArrayView2<'_, f32>, reduction: &Reduction) -> f32 {
 pub type FrameScore = (f32, Option<Array2<f32>>);
 
 /// Scores frames: every tensor of every frame goes through the engine in batches of at most
-/// its `max_batch`; a tiled frame's maps are stitched and reduced to its score. Returns each
-/// frame's score and `[H, W]` map (when the model has one).
+/// its `max_batch`; a tiled frame's maps are stitched and reduced to its score. `classes`
+/// holds each frame's class index for a conditional model (each of its tiles gets it).
+/// Returns each frame's score and `[H, W]` map (when the model has one).
 pub fn score_frames(
     engine: &LoadedEngine,
     score: &ScoreSpec,
     frames: &[&Inputs],
+    classes: Option<&[i64]>,
 ) -> Result<Vec<FrameScore>, EngineError> {
     let [c, h, w] = engine.chw;
     let all: Vec<&Array3<f32>> = frames.iter().flat_map(|f| f.tensors.iter()).collect();
+    let tile_classes: Option<Vec<i64>> = classes.map(|classes| {
+        frames.iter().zip(classes).flat_map(|(f, &k)| std::iter::repeat_n(k, f.tensors.len())).collect()
+    });
     let mut scores = Vec::with_capacity(all.len());
     let mut maps: Vec<Array2<f32>> = Vec::with_capacity(all.len());
     let mut has_maps = true;
-    for chunk in all.chunks(engine.max_batch().max(1)) {
+    let per_batch = engine.max_batch().max(1);
+    for (i, chunk) in all.chunks(per_batch).enumerate() {
         let mut batch = Array4::<f32>::zeros((chunk.len(), c, h, w));
         for (mut slot, t) in batch.axis_iter_mut(Axis(0)).zip(chunk) {
             slot.assign(*t);
         }
-        let out = engine.run(batch.view())?;
+        let chunk_classes = tile_classes.as_ref().map(|k| &k[i * per_batch..i * per_batch + chunk.len()]);
+        let out = engine.run_classes(batch.view(), chunk_classes)?;
         scores.extend_from_slice(&out.scores);
         match out.maps {
             Some(m) => maps.extend(m.axis_iter(Axis(0)).map(|m| m.index_axis(Axis(0), 0).to_owned())),

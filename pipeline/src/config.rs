@@ -71,6 +71,10 @@ pub struct TrainConfig {
     pub size: usize,
     /// 1 (gray) or 3 (RGB); absent: gray when the first training image is gray, else RGB.
     pub channels: Option<usize>,
+    /// The product classes of a conditional model, in class order (set from the data by
+    /// `--conditional` or `--classes`); empty: one product.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
     /// Stretch each channel's level range, measured on the training images, to [0, 1]
     /// (recorded in the bundle as `input.mean`/`input.std`): a dim or low-contrast camera
     /// then trains as a full-range one does.
@@ -159,6 +163,7 @@ impl Default for TrainConfig {
             batch: 64,
             size: 256,
             channels: None,
+            classes: vec![],
             normalize: true,
             pixel_range: None,
             latent: 128,
@@ -242,7 +247,7 @@ impl TrainConfig {
 
     /// The network sizes, once the channel count is known.
     pub fn arch(&self, channels: usize) -> ArchSpec {
-        ArchSpec { channels, size: self.size, latent: self.latent, width: self.width }
+        ArchSpec { channels, size: self.size, latent: self.latent, width: self.width, classes: self.classes.len() }
     }
 
     /// Checks values before any work starts; the message names the option and the fix.

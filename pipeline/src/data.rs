@@ -26,6 +26,40 @@ pub enum DataSource {
         /// Masks of the defective images, named `<stem>_mask.png` or `<stem>.png`.
         masks: Option<PathBuf>,
     },
+    /// One source per product class, in class order: the data of a conditional model.
+    Classes(Vec<(String, DataSource)>),
+    /// The same products pooled for one model that is not told the class (the comparison
+    /// `bench-conditional` makes); the test images keep their class for per-class metrics.
+    Pooled(Vec<(String, DataSource)>),
+}
+
+impl DataSource {
+    /// The classes under `dir` (`--conditional --data DIR`): each subfolder is a class named
+    /// after it, in MVTec layout when it has `train/good`, else a plain folder of normal images.
+    pub fn classes_in(dir: &Path) -> Result<DataSource, DataError> {
+        let layout = |problem: String| DataError::Layout { path: dir.to_path_buf(), problem, expected: CLASSES_LAYOUT };
+        if !dir.is_dir() {
+            return Err(layout("not a folder".into()));
+        }
+        let mut classes = vec![];
+        for sub in subdirs(dir)? {
+            let name = sub.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            classes.push((name, DataSource::of_folder(&sub)));
+        }
+        if classes.len() < 2 {
+            return Err(layout(format!("{} class folder(s); a conditional model needs at least 2", classes.len())));
+        }
+        Ok(DataSource::Classes(classes))
+    }
+
+    /// A folder in MVTec layout when it has `train/good`, else a plain folder of normal images.
+    pub fn of_folder(dir: &Path) -> DataSource {
+        if dir.join("train/good").is_dir() {
+            DataSource::Mvtec(dir.to_path_buf())
+        } else {
+            DataSource::Folders { normal: dir.to_path_buf(), abnormal: None, masks: None }
+        }
+    }
 }
 
 /// A labelled test image.
@@ -37,6 +71,9 @@ pub struct TestImage {
     pub kind: String,
     /// The defect mask, when one exists.
     pub mask: Option<PathBuf>,
+    /// Its class index, for a conditional model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<usize>,
 }
 
 impl TestImage {
@@ -57,6 +94,13 @@ pub struct DataSet {
     pub test: Vec<TestImage>,
     /// Describes the source, for logs and the manifest.
     pub description: String,
+    /// The product classes of the data (a conditional model's, or pooled products'), in
+    /// class order; empty for one product.
+    pub classes: Vec<String>,
+    /// The class index of each `train` image (empty without classes).
+    pub train_class: Vec<usize>,
+    /// The class index of each `val` image (empty without classes).
+    pub val_class: Vec<usize>,
 }
 
 /// Why a data set cannot be used.
@@ -96,6 +140,7 @@ pub enum DataError {
 
 const MVTEC_LAYOUT: &str = "MVTec AD layout: DIR/train/good/*.png, optional DIR/test/<type>/*.png and DIR/ground_truth/<type>/<stem>_mask.png (or pass --normal DIR for a plain folder of normal images)";
 const FOLDER_LAYOUT: &str = "a folder of PNG, JPEG, BMP or TIFF images";
+const CLASSES_LAYOUT: &str = "one subfolder per product class, each in MVTec AD layout (CLASS/train/good, CLASS/test/<type>) or a plain folder of normal images (or pass --classes a=DIR,b=DIR)";
 
 /// The fewest normal images a run accepts (some for training, some for the threshold).
 pub const MIN_NORMAL: usize = 4;
@@ -143,9 +188,42 @@ pub fn split(normal: Vec<PathBuf>, val_fraction: f64, seed: u64) -> (Vec<PathBuf
     (train, val)
 }
 
-/// Finds the images of `source` and splits the normal ones.
+/// Finds the images of `source` and splits the normal ones (each class's on its own, so that
+/// every class has validation images).
 pub fn discover(source: &DataSource, val_fraction: f64, seed: u64) -> Result<DataSet, DataError> {
     let (normal, test, description, root) = match source {
+        DataSource::Classes(classes) | DataSource::Pooled(classes) => {
+            let mut all = DataSet {
+                train: vec![],
+                val: vec![],
+                test: vec![],
+                description: String::new(),
+                classes: vec![],
+                train_class: vec![],
+                val_class: vec![],
+            };
+            let mut parts = vec![];
+            for (i, (name, source)) in classes.iter().enumerate() {
+                if matches!(source, DataSource::Classes(_) | DataSource::Pooled(_)) {
+                    return Err(DataError::Layout {
+                        path: PathBuf::from(name),
+                        problem: "a class cannot hold classes".into(),
+                        expected: CLASSES_LAYOUT,
+                    });
+                }
+                let set = discover(source, val_fraction, seed)?;
+                all.train_class.extend(std::iter::repeat_n(i, set.train.len()));
+                all.val_class.extend(std::iter::repeat_n(i, set.val.len()));
+                all.train.extend(set.train);
+                all.val.extend(set.val);
+                all.test.extend(set.test.into_iter().map(|t| TestImage { class: Some(i), ..t }));
+                all.classes.push(name.clone());
+                parts.push(format!("{name}: {}", set.description));
+            }
+            let how = if matches!(source, DataSource::Pooled(_)) { "pooled products" } else { "classes" };
+            all.description = format!("{how} {}", parts.join("; "));
+            return Ok(all);
+        }
         DataSource::Mvtec(root) => {
             let train_dir = root.join("train/good");
             if !train_dir.is_dir() {
@@ -164,7 +242,7 @@ pub fn discover(source: &DataSource, val_fraction: f64, seed: u64) -> Result<Dat
                     let gt = root.join("ground_truth").join(&kind);
                     for path in list_images(&kind_dir)? {
                         let mask = if kind == "good" { None } else { find_mask(&gt, &path) };
-                        test.push(TestImage { path, kind: kind.clone(), mask });
+                        test.push(TestImage { path, kind: kind.clone(), mask, class: None });
                     }
                 }
             }
@@ -182,7 +260,7 @@ pub fn discover(source: &DataSource, val_fraction: f64, seed: u64) -> Result<Dat
             if let Some(ab) = abnormal {
                 for path in list_images(ab)? {
                     let mask = masks.as_ref().and_then(|m| find_mask(m, &path));
-                    test.push(TestImage { path, kind: "defect".into(), mask });
+                    test.push(TestImage { path, kind: "defect".into(), mask, class: None });
                 }
             }
             (list_images(normal)?, test, format!("folder {}", normal.display()), normal.clone())
@@ -199,7 +277,7 @@ pub fn discover(source: &DataSource, val_fraction: f64, seed: u64) -> Result<Dat
         return Err(DataError::TooFew { path: root, found: normal.len(), needed: MIN_NORMAL });
     }
     let (train, val) = split(normal, val_fraction, seed);
-    Ok(DataSet { train, val, test, description })
+    Ok(DataSet { train, val, test, description, classes: vec![], train_class: vec![], val_class: vec![] })
 }
 
 /// A file that could not be used, and why.

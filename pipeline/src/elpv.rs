@@ -6,6 +6,8 @@
 //! The split: normal cells (probability 0) sorted by file name, every fifth (0-based index
 //! `i % 5 == 4`) to `test/good`, the rest to `train/good`; every cell with a probability above
 //! 0 is a defective test image in `test/defect_p033`, `test/defect_p067` or `test/defect_p100`.
+//! [`convert_by_type`] applies the same rule to each cell type (`mono`, `poly`) on its own, one
+//! folder per type: the products of a conditional model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,20 +61,56 @@ fn folder(probability: f64) -> anyhow::Result<&'static str> {
     })
 }
 
-/// Reads `labels.csv` under `source` and writes the MVTec layout under `out` (hard links
-/// where the file system allows, else copies).
-pub fn convert(source: &Path, out: &Path) -> anyhow::Result<ElpvSummary> {
+/// One row of `labels.csv`: image path, defect probability, cell type.
+type Row = (String, f64, String);
+
+fn read_labels(source: &Path) -> anyhow::Result<Vec<Row>> {
     let labels = source.join("labels.csv");
     let text = std::fs::read_to_string(&labels).with_context(|| format!("{}: cannot read", labels.display()))?;
-    let mut normal = vec![];
-    let mut defective = vec![];
+    let mut rows = vec![];
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let mut parts = line.split_whitespace();
         let (Some(path), Some(p)) = (parts.next(), parts.next()) else {
             bail!("{} line {}: expected `images/cellNNNN.png PROBABILITY TYPE`", labels.display(), n + 1);
         };
         let p: f64 = p.parse().with_context(|| format!("{} line {}: probability `{p}`", labels.display(), n + 1))?;
-        if p == 0.0 { normal.push(path.to_owned()) } else { defective.push((path.to_owned(), p)) }
+        rows.push((path.to_owned(), p, parts.next().unwrap_or("").to_owned()));
+    }
+    Ok(rows)
+}
+
+/// Reads `labels.csv` under `source` and writes the MVTec layout under `out` (hard links
+/// where the file system allows, else copies).
+pub fn convert(source: &Path, out: &Path) -> anyhow::Result<ElpvSummary> {
+    write_split(source, &read_labels(source)?, out)
+}
+
+/// As [`convert`], one MVTec folder per cell type under `out` (`out/mono`, `out/poly`).
+pub fn convert_by_type(source: &Path, out: &Path) -> anyhow::Result<Vec<ElpvSummary>> {
+    let rows = read_labels(source)?;
+    let mut types: Vec<&str> = rows.iter().map(|(_, _, t)| t.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    anyhow::ensure!(
+        types.len() >= 2 && !types.contains(&""),
+        "{}: the rows do not name two or more cell types in a third column",
+        source.join("labels.csv").display()
+    );
+    types
+        .iter()
+        .map(|t| {
+            let subset: Vec<Row> = rows.iter().filter(|(_, _, rt)| rt == t).cloned().collect();
+            write_split(source, &subset, &out.join(t))
+        })
+        .collect()
+}
+
+fn write_split(source: &Path, rows: &[Row], out: &Path) -> anyhow::Result<ElpvSummary> {
+    let labels = source.join("labels.csv");
+    let mut normal = vec![];
+    let mut defective = vec![];
+    for (path, p, _) in rows {
+        if *p == 0.0 { normal.push(path.clone()) } else { defective.push((path.clone(), *p)) }
     }
     anyhow::ensure!(!normal.is_empty(), "{}: no normal (probability 0) cells", labels.display());
     normal.sort();
@@ -132,5 +170,22 @@ mod tests {
         assert!(out.join("test/defect_p067/cell0010.png").is_file());
         assert!(out.join("test/defect_p100/cell0003.png").is_file());
         assert_eq!(std::fs::read(out.join("test/good/cell0007.png")).unwrap(), [6]);
+        // By type: the odd cells are poly, each type split by the same rule on its own.
+        let csv: String = std::fs::read_to_string(src.join("labels.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let n: usize = l[11..15].parse().unwrap();
+                if n % 2 == 1 { l.replace("mono", "poly") } else { l.to_owned() }
+            })
+            .map(|l| l + "\n")
+            .collect();
+        std::fs::write(src.join("labels.csv"), csv).unwrap();
+        let by = convert_by_type(&src, &dir.path().join("types")).unwrap();
+        assert_eq!(by.len(), 2);
+        assert_eq!(by.iter().map(|s| s.train_good + s.test_good).sum::<usize>(), 12);
+        assert!(dir.path().join("types/mono/train/good").is_dir() && dir.path().join("types/poly/test").is_dir());
+        // Normal mono cells by name: 2, 4, 8, 12, 14: the fifth (cell 14) is test.
+        assert!(dir.path().join("types/mono/test/good/cell0014.png").is_file());
     }
 }

@@ -29,13 +29,14 @@ pub struct ScoredFile {
     pub area: (u32, u32, u32, u32),
 }
 
-/// Scores files through `engine` exactly as the daemon does; unreadable files are skipped
-/// and named.
+/// Scores files (all of class `class`, for a conditional model) through `engine` exactly as
+/// the daemon does; unreadable files are skipped and named.
 pub fn score_files(
     engine: &LoadedEngine,
     pre: &Preprocessor,
     score: &ScoreSpec,
     paths: &[PathBuf],
+    class: Option<usize>,
 ) -> (Vec<ScoredFile>, Vec<Skipped>) {
     let mut out = Vec::with_capacity(paths.len());
     let mut skipped = vec![];
@@ -51,7 +52,8 @@ pub fn score_files(
             continue;
         }
         let inputs: Vec<&Inputs> = loaded.iter().map(|(_, i)| i).collect();
-        match score_frames(engine, score, &inputs) {
+        let classes = class.map(|k| vec![k as i64; inputs.len()]);
+        match score_frames(engine, score, &inputs, classes.as_deref()) {
             Ok(scored) => {
                 for ((path, inputs), (score, map)) in loaded.into_iter().zip(scored) {
                     out.push(ScoredFile { path, score, map, area: inputs.area });
@@ -90,6 +92,21 @@ pub struct Evaluation {
     pub counts: BTreeMap<String, usize>,
     /// Files that could not be scored.
     pub skipped: Vec<Skipped>,
+    /// The same per product class, when the test images have classes (a conditional model,
+    /// or any model evaluated on the data of several products).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_class: BTreeMap<String, Evaluation>,
+}
+
+impl Evaluation {
+    /// The mean over classes of their image AUROC (the pooled one without classes).
+    pub fn mean_class_auroc(&self) -> Option<f64> {
+        if self.per_class.is_empty() {
+            return self.image_auroc;
+        }
+        let v: Vec<f64> = self.per_class.values().filter_map(|e| e.image_auroc).collect();
+        (v.len() == self.per_class.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
 }
 
 /// Per-image results kept for reports.
@@ -105,18 +122,89 @@ pub struct Detail {
     pub area: (u32, u32, u32, u32),
 }
 
-/// Evaluates `bundle` on labelled test images.
-pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (Evaluation, Vec<Detail>) {
+/// Evaluates `bundle` on labelled test images. Images with a class (an index into
+/// `classes`, the data's class names) are also evaluated per class; a conditional bundle
+/// scores each with its class (by name) and decides it by that class's threshold.
+pub fn evaluate(
+    bundle: &Bundle,
+    engine: &LoadedEngine,
+    test: &[TestImage],
+    classes: &[String],
+) -> (Evaluation, Vec<Detail>) {
+    let m = &bundle.manifest;
+    let mut details = vec![];
+    let mut skipped = vec![];
+    // Per class of the data: its images, the bundle's index for it, and its threshold.
+    let mut groups: Vec<(Option<&str>, Vec<&TestImage>)> = vec![];
+    for t in test {
+        let name = t.class.and_then(|k| classes.get(k)).map(String::as_str);
+        match groups.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(t),
+            None => groups.push((name, vec![t])),
+        }
+    }
+    let mut per_class_details: Vec<(String, Vec<Detail>, f32)> = vec![];
+    for (name, images) in groups {
+        let index = match (m.conditioning.is_some(), name) {
+            (true, name) => match m.resolve_class(name) {
+                Ok(k) => k,
+                Err(reason) => {
+                    skipped.extend(images.iter().map(|t| Skipped { path: t.path.clone(), reason: reason.clone() }));
+                    continue;
+                }
+            },
+            (false, _) => None,
+        };
+        let threshold = m.calibration(index).0.value;
+        let (d, s) = score_details(bundle, engine, &images, index);
+        skipped.extend(s);
+        if let Some(name) = name {
+            per_class_details.push((name.to_owned(), d.clone(), threshold));
+        }
+        details.extend(d.into_iter().map(|d| (d, threshold)));
+    }
+    let per_class = per_class_details
+        .into_iter()
+        .map(|(name, d, threshold)| {
+            let d: Vec<(Detail, f32)> = d.into_iter().map(|d| (d, threshold)).collect();
+            (name, summarize(bundle, engine, &d, vec![], BTreeMap::new()))
+        })
+        .collect();
+    let evaluation = summarize(bundle, engine, &details, skipped, per_class);
+    (evaluation, details.into_iter().map(|(d, _)| d).collect())
+}
+
+/// Scores `images` (of class `class`) and pairs each result with its image.
+fn score_details(
+    bundle: &Bundle,
+    engine: &LoadedEngine,
+    images: &[&TestImage],
+    class: Option<usize>,
+) -> (Vec<Detail>, Vec<Skipped>) {
     let pre = Preprocessor::new(&bundle.manifest.input);
-    let paths: Vec<PathBuf> = test.iter().map(|t| t.path.clone()).collect();
-    let (scored, mut skipped) = score_files(engine, &pre, &bundle.manifest.score, &paths);
-    let by_path: BTreeMap<&Path, &TestImage> = test.iter().map(|t| (t.path.as_path(), t)).collect();
-    let details: Vec<Detail> = scored
+    let paths: Vec<PathBuf> = images.iter().map(|t| t.path.clone()).collect();
+    let (scored, skipped) = score_files(engine, &pre, &bundle.manifest.score, &paths, class);
+    let by_path: BTreeMap<&Path, &TestImage> = images.iter().map(|t| (t.path.as_path(), *t)).collect();
+    let details = scored
         .into_iter()
         .map(|s| Detail { image: by_path[s.path.as_path()].clone(), score: s.score, map: s.map, area: s.area })
         .collect();
-    let scores: Vec<f32> = details.iter().map(|d| d.score).collect();
-    let labels: Vec<bool> = details.iter().map(|d| d.image.is_defect()).collect();
+    (details, skipped)
+}
+
+/// The metrics of scored images, each decided by the threshold beside it.
+fn summarize(
+    bundle: &Bundle,
+    engine: &LoadedEngine,
+    details: &[(Detail, f32)],
+    mut skipped: Vec<Skipped>,
+    per_class: BTreeMap<String, Evaluation>,
+) -> Evaluation {
+    let scores: Vec<f32> = details.iter().map(|(d, _)| d.score).collect();
+    let labels: Vec<bool> = details.iter().map(|(d, _)| d.image.is_defect()).collect();
+    // Decided per image by its own threshold: the margin over it against 0.
+    let margins: Vec<f32> = details.iter().map(|(d, t)| d.score - t).collect();
+    let details: Vec<&Detail> = details.iter().map(|(d, _)| d).collect();
     let threshold = bundle.manifest.threshold.value;
 
     let mut per_type = BTreeMap::new();
@@ -137,7 +225,7 @@ pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (
     let mut maps = vec![];
     let mut masks = vec![];
     let mut dims = vec![];
-    for d in &details {
+    for d in details.iter().copied() {
         let Some(map) = &d.map else { continue };
         let (h, w) = map.dim();
         let mask = match &d.image.mask {
@@ -156,17 +244,17 @@ pub fn evaluate(bundle: &Bundle, engine: &LoadedEngine, test: &[TestImage]) -> (
         dims.push((w, h));
     }
     let has_masks = masks.iter().any(|m| m.iter().any(|t| *t));
-    let evaluation = Evaluation {
+    Evaluation {
         bundle: bundle.path.display().to_string(),
         engine: engine.name(),
         image_auroc: auroc(&scores, &labels),
         pixel_auroc: if has_masks { pixel_auroc(&maps, &masks, 4_000_000) } else { None },
         aupro: if has_masks { aupro(&maps, &masks, &dims, 0.3, 60) } else { None },
         threshold,
-        at_threshold: confusion(&scores, &labels, threshold),
+        at_threshold: confusion(&margins, &labels, 0.0),
         auroc_per_type: per_type,
         counts,
         skipped,
-    };
-    (evaluation, details)
+        per_class,
+    }
 }

@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use vigil_model::bundle::Bundle;
 use vigil_model::bundle::manifest::{
-    Family, Manifest, OutputSpec, Parent, ScoreSource, ScoreSpec, Threshold, ThresholdMethod, Training,
+    ClassSpec, Conditioning, Family, Manifest, OutputSpec, Parent, ScoreSource, ScoreSpec, Threshold, ThresholdMethod,
+    Training,
 };
 use vigil_model::engine::{self, EngineConfig};
-use vigil_model::onnx::head::{MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
+use vigil_model::onnx::head::{CLASS_INPUT, MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
 use vigil_model::preprocess::Preprocessor;
 
 use crate::calibrate;
@@ -88,7 +89,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         let (net, source) = trained.score_net(&spec, cfg.gan_score)?;
         let input = input_spec(&cfg, state.channels);
         let score = score_spec(&cfg, source);
-        let model = build_scoring_model(&net, &input, &score)?;
+        let model = build_scoring_model(&net, &input, &score, cfg.classes.len())?;
         (model, input, score, Weights::Networks(Box::new(trained)), None)
     };
     let source = score.source;
@@ -117,7 +118,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             anomaly_map: (source != ScoreSource::Discriminator).then(|| MAP_OUTPUT.into()),
         },
         score,
-        threshold: Threshold { value: 0.0, method: ThresholdMethod::Manual, quantile: None, calibrated_on: None },
+        threshold: uncalibrated(),
         normalization: None,
         metrics: BTreeMap::new(),
         training: Some(Training {
@@ -134,35 +135,60 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             },
         }),
         parent: req.parent.clone(),
+        conditioning: (!cfg.classes.is_empty()).then(|| Conditioning {
+            input: CLASS_INPUT.into(),
+            classes: cfg
+                .classes
+                .iter()
+                .map(|name| ClassSpec {
+                    name: name.clone(),
+                    threshold: uncalibrated(),
+                    normalization: None,
+                    metrics: BTreeMap::new(),
+                })
+                .collect(),
+        }),
     };
+    manifest.schema_version = manifest.required_schema_version();
     // Calibrate through the exported graph itself, with the daemon's preprocessing.
     let provisional = Bundle::write(&req.out, &manifest, model.clone(), &[])?;
     let engine = engine::load(&provisional, &req.engine)?;
     let pre = Preprocessor::new(&manifest.input);
-    let (val, val_skipped) = score_files(&engine, &pre, &manifest.score, &data.val);
-    for s in &val_skipped {
-        tracing::warn!("validation image {} skipped: {}", s.path.display(), s.reason);
-    }
-    let val_scores: Vec<f32> = val.iter().map(|s| s.score).collect();
-    let defect_scores: Vec<f32> = match &state.data.val_abnormal {
-        Some(dir) => {
-            let (scored, skipped) = score_files(&engine, &pre, &manifest.score, &list_images(dir)?);
-            for s in &skipped {
-                tracing::warn!("validation defect {} skipped: {}", s.path.display(), s.reason);
-            }
-            scored.iter().map(|s| s.score).collect()
+    let val_abnormal = state.data.val_abnormal.as_deref();
+    if cfg.classes.is_empty() {
+        let (normals, defects) = validation_scores(&engine, &pre, &manifest, &data.val, val_abnormal, None)?;
+        manifest.threshold = calibrate::threshold(&normals, &defects, cfg.quantile)
+            .context("no readable validation image to calibrate the threshold on")?;
+        manifest.normalization = calibrate::normalization(&normals);
+    } else {
+        // Each class its own threshold, on its own validation images (and its own defects:
+        // the `--val-abnormal` subfolder named after the class); the top-level threshold
+        // summarises them all.
+        let (mut all_normals, mut all_defects) = (vec![], vec![]);
+        for (i, name) in cfg.classes.iter().enumerate() {
+            let val: Vec<PathBuf> =
+                data.val.iter().zip(&data.val_class).filter(|(_, k)| **k == i).map(|(p, _)| p.clone()).collect();
+            let defects_dir = val_abnormal.map(|d| d.join(name)).filter(|d| d.is_dir());
+            let (normals, defects) =
+                validation_scores(&engine, &pre, &manifest, &val, defects_dir.as_deref(), Some(i))?;
+            let threshold = calibrate::threshold(&normals, &defects, cfg.quantile)
+                .with_context(|| format!("class {name}: no readable validation image to calibrate its threshold on"))?;
+            let class = &mut manifest.conditioning.as_mut().expect("set above").classes[i];
+            class.threshold = threshold;
+            class.normalization = calibrate::normalization(&normals);
+            all_normals.extend(normals);
+            all_defects.extend(defects);
         }
-        None => vec![],
-    };
-    manifest.threshold = calibrate::threshold(&val_scores, &defect_scores, cfg.quantile)
-        .context("no readable validation image to calibrate the threshold on")?;
-    manifest.normalization = calibrate::normalization(&val_scores);
+        manifest.threshold = calibrate::threshold(&all_normals, &all_defects, cfg.quantile)
+            .context("no readable validation image to calibrate the threshold on")?;
+        manifest.normalization = calibrate::normalization(&all_normals);
+    }
     let evaluation = if data.test.is_empty() {
         None
     } else {
         // The same graph with the calibrated threshold: no need to write it out again first.
         let calibrated = Bundle { manifest: manifest.clone(), ..provisional.clone() };
-        let (e, _) = evaluate(&calibrated, &engine, &data.test);
+        let (e, _) = evaluate(&calibrated, &engine, &data.test, &data.classes);
         Some(e)
     };
     if let Some(e) = &evaluation {
@@ -176,6 +202,18 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         m.insert("precision".into(), e.at_threshold.precision);
         m.insert("recall".into(), e.at_threshold.recall);
         m.insert("test_images".into(), e.counts.values().sum::<usize>() as f64);
+        if let Some(cond) = manifest.conditioning.as_mut() {
+            for class in &mut cond.classes {
+                if let Some(ce) = e.per_class.get(&class.name) {
+                    for (k, v) in [("image_auroc", ce.image_auroc), ("pixel_auroc", ce.pixel_auroc)] {
+                        if let Some(v) = v {
+                            class.metrics.insert(k.into(), v);
+                        }
+                    }
+                    class.metrics.insert("f1".into(), ce.at_threshold.f1);
+                }
+            }
+        }
     }
     let card = model_card(&manifest, evaluation.as_ref());
     let bundle = Bundle::write(&req.out, &manifest, model, &[("README.md", card.as_bytes())])?;
@@ -185,15 +223,61 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         }
         Weights::Features(checkpoint) => {
             // The head's state as the bundle's weights (what a retrain extends), and the
-            // feature autoencoder's network.
-            std::fs::copy(checkpoint.join(crate::features::HEAD_FILE), req.out.join(crate::model::WEIGHTS_FILE))?;
-            let fae = checkpoint.join(crate::features::FAE_FILE);
-            if fae.is_file() {
-                std::fs::copy(&fae, req.out.join(crate::features::FAE_FILE))?;
+            // feature autoencoder's network; a conditional model's per class in its folder.
+            let folders: Vec<(PathBuf, PathBuf)> = if cfg.classes.is_empty() {
+                vec![(checkpoint.clone(), req.out.clone())]
+            } else {
+                (0..cfg.classes.len())
+                    .map(|i| {
+                        let dir = crate::features::class_dir(i);
+                        (checkpoint.join(&dir), req.out.join(&dir))
+                    })
+                    .collect()
+            };
+            for (from, to) in folders {
+                std::fs::create_dir_all(&to)?;
+                std::fs::copy(from.join(crate::features::HEAD_FILE), to.join(crate::model::WEIGHTS_FILE))?;
+                let fae = from.join(crate::features::FAE_FILE);
+                if fae.is_file() {
+                    std::fs::copy(&fae, to.join(crate::features::FAE_FILE))?;
+                }
             }
         }
     }
     Ok(Exported { bundle, evaluation })
+}
+
+/// A placeholder threshold until calibration replaces it.
+fn uncalibrated() -> Threshold {
+    Threshold { value: 0.0, method: ThresholdMethod::Manual, quantile: None, calibrated_on: None }
+}
+
+/// The scores of validation normals `val` and of the defects in `defects_dir` (if any), all
+/// of class `class` for a conditional model; unreadable files are named in the log.
+fn validation_scores(
+    engine: &engine::LoadedEngine,
+    pre: &Preprocessor,
+    manifest: &Manifest,
+    val: &[PathBuf],
+    defects_dir: Option<&std::path::Path>,
+    class: Option<usize>,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let (scored, skipped) = score_files(engine, pre, &manifest.score, val, class);
+    for s in &skipped {
+        tracing::warn!("validation image {} skipped: {}", s.path.display(), s.reason);
+    }
+    let normals = scored.iter().map(|s| s.score).collect();
+    let defects = match defects_dir {
+        Some(dir) => {
+            let (scored, skipped) = score_files(engine, pre, &manifest.score, &list_images(dir)?, class);
+            for s in &skipped {
+                tracing::warn!("validation defect {} skipped: {}", s.path.display(), s.reason);
+            }
+            scored.iter().map(|s| s.score).collect()
+        }
+        None => vec![],
+    };
+    Ok((normals, defects))
 }
 
 /// What a bundle keeps beside its graph for retraining.

@@ -6,6 +6,7 @@ use vigil_model::bundle::manifest::{InputSpec, PixelError, Reduction, SSIM_SIGMA
 use vigil_model::onnx::graph::gaussian_kernel;
 
 use crate::model::{GanScore, Trained};
+use crate::train::Cond;
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.try_into_vec_as::<f32>().expect("float tensor")
@@ -101,7 +102,9 @@ fn error_maps(x: &[f32], recon: &[f32], dims: [usize; 4], spec: &ScoreSpec, rang
 }
 
 /// Scores `x` (`[n, c, h, w]` flat, prepared as `input` says) with the trained networks in
-/// eval mode; returns the scores and, for reconstruction scores, the anomaly maps.
+/// eval mode; `classes` holds each image's class and the class count of a conditional
+/// model. Returns the scores and, for reconstruction scores, the anomaly maps.
+#[allow(clippy::too_many_arguments)]
 pub fn score(
     trained: &Trained,
     latent: usize,
@@ -110,23 +113,28 @@ pub fn score(
     input: &InputSpec,
     x: &[f32],
     dims: [usize; 4],
+    classes: Option<(&[usize], usize)>,
 ) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
     let range = input.dynamic_range();
     let device = Device::flex();
+    let cond = classes.and_then(|(labels, k)| Cond::new(labels, k, &device));
+    let cond = cond.as_ref();
     let input = || Tensor::<4>::from_data(TensorData::new(x.to_vec(), dims), &device);
+    let with_class = |x: Tensor<4>| Cond::image(cond, x);
     match trained {
         Trained::Autoencoder(ae) => {
-            let recon = to_vec(ae.reconstruct(input(), latent));
+            let recon = to_vec(ae.reconstruct(input(), latent, cond));
             let maps = error_maps(x, &recon, dims, spec, &range);
             (maps.iter().map(|m| reduce(m, spec.reduction)).collect(), Some(maps))
         }
         Trained::Gan(g) if gan_score == GanScore::Discriminator || spec.source == ScoreSource::Discriminator => {
-            (to_vec(g.critic.forward(input())).into_iter().map(|l| -l).collect(), None)
+            (to_vec(g.critic.forward(with_class(input()))).into_iter().map(|l| -l).collect(), None)
         }
         Trained::Gan(g) => {
-            let recon_t = g.generator.forward(g.encoder.forward(input()));
-            let fx = g.critic.features(input());
-            let fr = g.critic.features(recon_t.clone());
+            let z = g.encoder.forward(with_class(input()));
+            let recon_t = g.generator.forward(Cond::latent(cond, z));
+            let fx = g.critic.features(with_class(input()));
+            let fr = g.critic.features(with_class(recon_t.clone()));
             let per = fx.dims()[1..].iter().product::<usize>();
             let feat = to_vec((fx - fr).powf_scalar(2.0));
             let recon = to_vec(recon_t);

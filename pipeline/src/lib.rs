@@ -16,11 +16,13 @@
 //! - [`report`]: curves, histograms and heatmap overlays as PNG with a Markdown page; [`chart`]:
 //!   the charts themselves.
 //! - [`retrain`]: fine-tuning a bundle on new data into its next version.
+//! - [`compare`]: conditional against pooled and per-product models (`bench-conditional`).
 //! - [`reference`]: untrained reference bundles for benchmarks.
 
 pub mod backbone;
 pub mod calibrate;
 pub mod chart;
+pub mod compare;
 pub mod config;
 pub mod corrupt;
 pub mod data;

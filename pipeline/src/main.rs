@@ -39,11 +39,33 @@ struct DataArgs {
     /// Masks of the defective images, `<stem>_mask.png` (with --abnormal).
     #[arg(long, requires = "abnormal")]
     masks: Option<PathBuf>,
+    /// One model for several products: each subfolder of --data is a product class (in
+    /// MVTec layout, or a plain folder of normal images), named after the folder.
+    #[arg(long, requires = "data")]
+    conditional: bool,
+    /// One model for several products, each class's folder named: `a=DIR,b=DIR` (each in
+    /// MVTec layout, or a plain folder of normal images).
+    #[arg(long, value_delimiter = ',', value_parser = parse_class, conflicts_with_all = ["data", "normal"])]
+    classes: Vec<(String, PathBuf)>,
+}
+
+fn parse_class(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, dir) = s.split_once('=').ok_or_else(|| format!("`{s}`: give NAME=DIR"))?;
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain {
+        return Err(format!("class name `{name}`: use letters, digits, '-', '_' and '.'"));
+    }
+    Ok((name.to_owned(), PathBuf::from(dir)))
 }
 
 impl DataArgs {
-    fn source(&self) -> Option<DataSource> {
-        match (&self.data, &self.normal) {
+    fn source(&self) -> anyhow::Result<Option<DataSource>> {
+        if !self.classes.is_empty() {
+            let classes = self.classes.iter().map(|(n, d)| (n.clone(), DataSource::of_folder(d))).collect();
+            return Ok(Some(DataSource::Classes(classes)));
+        }
+        Ok(match (&self.data, &self.normal) {
+            (Some(d), _) if self.conditional => Some(DataSource::classes_in(d)?),
             (Some(d), _) => Some(DataSource::Mvtec(d.clone())),
             (None, Some(n)) => Some(DataSource::Folders {
                 normal: n.clone(),
@@ -51,7 +73,7 @@ impl DataArgs {
                 masks: self.masks.clone(),
             }),
             (None, None) => None,
-        }
+        })
     }
 }
 
@@ -137,6 +159,9 @@ enum Command {
         /// The package's data folder (labels.csv, images/); default: found through python3.
         #[arg(long)]
         source: Option<PathBuf>,
+        /// One folder per cell type (OUT/mono, OUT/poly): the products of a conditional model.
+        #[arg(long)]
+        by_type: bool,
     },
     /// Convert the KolektorSDD surface-defect set (a folder of kosNN/PartK.jpg with
     /// PartK_label.bmp masks) into MVTec layout with masks.
@@ -208,6 +233,9 @@ enum Command {
         /// Also write a report folder: ROC/PR curves, score histogram, heatmap overlays, index.md.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The images' product, for a conditional bundle and data of one product.
+        #[arg(long, conflicts_with_all = ["conditional", "classes"])]
+        class: Option<String>,
     },
     /// Train and evaluate each family with its defaults on one data set (MVTec layout); prints
     /// one JSON line per model: image AUROC (overall and per defect type), pixel AUROC and
@@ -219,6 +247,29 @@ enum Command {
         data: PathBuf,
         /// Families, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "padim,patchcore,fae,dae,vae,gan,wgan")]
+        models: Vec<ModelKind>,
+        /// Where to train.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Epochs (default: each family's default).
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Where the runs and bundles go (default: a temporary folder, removed afterwards).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A TOML file of training options applied to every family (`model` in it is ignored).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Compare, per family, one conditional model of several products with one model of the
+    /// products pooled and one model per product, on the same test images; prints one JSON
+    /// line per family and setup: image AUROC and F1 per product, their mean, training time.
+    BenchConditional {
+        /// One subfolder per product (as `train --conditional --data`), each with test images.
+        #[arg(long)]
+        data: PathBuf,
+        /// Families, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "padim")]
         models: Vec<ModelKind>,
         /// Where to train.
         #[arg(long, value_enum, default_value = "auto")]
@@ -321,13 +372,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&s)?);
             }
         }
-        Command::Elpv { out, source } => {
+        Command::Elpv { out, source, by_type } => {
             let source = match source {
                 Some(s) => s,
                 None => vigil_pipeline::elpv::find_installed()?,
             };
-            let s = vigil_pipeline::elpv::convert(&source, &out)?;
-            println!("{}", serde_json::to_string(&s)?);
+            let written = if by_type {
+                vigil_pipeline::elpv::convert_by_type(&source, &out)?
+            } else {
+                vec![vigil_pipeline::elpv::convert(&source, &out)?]
+            };
+            for s in written {
+                println!("{}", serde_json::to_string(&s)?);
+            }
         }
         Command::Kolektor { out, source } => {
             let s = vigil_pipeline::kolektor::convert(&source, &out)?;
@@ -351,7 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (RunDir(out), train_config(&a)?, false)
                 }
             };
-            let source = a.data.source();
+            let source = a.data.source()?;
             if !resume && source.is_none() {
                 bail!("no data: pass --data DIR (MVTec layout) or --normal DIR");
             }
@@ -382,7 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Retrain { from, data, out, epochs, run, device } => {
-            let source = data.source().context("pass the new data with --data DIR (MVTec layout) or --normal DIR")?;
+            let source = data.source()?.context("pass the new data with --data DIR (MVTec layout) or --normal DIR")?;
             let stop = stop_on_ctrl_c()?;
             let req = vigil_pipeline::retrain::RetrainRequest { from, source, out, run, epochs, device };
             if let Some(exported) = vigil_pipeline::retrain::retrain(&req, &stop)? {
@@ -400,25 +457,79 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             print_export(&exported)?;
         }
-        Command::Eval { bundle, data, engine: kind, report } => {
+        Command::Eval { bundle, data, engine: kind, report, class } => {
             let bundle = Bundle::load(&bundle)?;
             let engine = engine::load(&bundle, &EngineConfig { kind, ..EngineConfig::default() })?;
-            let source = data.source().context("pass --data DIR (MVTec layout) or --normal DIR --abnormal DIR")?;
+            let source = data.source()?.context("pass --data DIR (MVTec layout) or --normal DIR --abnormal DIR")?;
             let set = discover(&source, 0.1, 0)?;
             // Evaluate on every labelled image: the test images, and for plain folders the normals too.
             let mut test = set.test.clone();
-            if matches!(source, DataSource::Folders { .. }) {
-                for p in set.train.iter().chain(&set.val) {
-                    test.push(vigil_pipeline::data::TestImage { path: p.clone(), kind: "good".into(), mask: None });
+            let plain = |s: &DataSource| matches!(s, DataSource::Folders { .. });
+            let plain_classes: Vec<bool> = match &source {
+                DataSource::Classes(c) | DataSource::Pooled(c) => c.iter().map(|(_, s)| plain(s)).collect(),
+                other => vec![plain(other)],
+            };
+            let labelled = |i: usize| if set.classes.is_empty() { None } else { Some(i) };
+            for (paths, classes) in [(&set.train, &set.train_class), (&set.val, &set.val_class)] {
+                for (j, p) in paths.iter().enumerate() {
+                    let k = classes.get(j).copied().unwrap_or(0);
+                    if plain_classes[k] {
+                        test.push(vigil_pipeline::data::TestImage {
+                            path: p.clone(),
+                            kind: "good".into(),
+                            mask: None,
+                            class: labelled(k),
+                        });
+                    }
                 }
             }
             anyhow::ensure!(!test.is_empty(), "no test images: MVTec layout needs DIR/test/<type>/");
-            let (e, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &test);
+            let mut classes = set.classes.clone();
+            if let Some(name) = class {
+                bundle.manifest.class_index(&name).map_err(anyhow::Error::msg)?;
+                classes = vec![name];
+                test.iter_mut().for_each(|t| t.class = Some(0));
+            }
+            let (e, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &test, &classes);
             if let Some(dir) = report {
                 vigil_pipeline::report::write(&dir, &bundle, &e, &details)?;
                 eprintln!("report: {}", dir.join("index.md").display());
             }
             println!("{}", serde_json::to_string(&e)?);
+        }
+        Command::BenchConditional { data, models, device, epochs, out, config: config_file } => {
+            let tmp = if out.is_none() { Some(tempfile_dir()?) } else { None };
+            let root = out.clone().or_else(|| tmp.clone()).expect("one of them is set");
+            let stop = stop_on_ctrl_c()?;
+            let base = match &config_file {
+                Some(p) => TrainConfig::from_file(p)?,
+                None => TrainConfig::default(),
+            };
+            let classes = vigil_pipeline::compare::products_in(&data)?;
+            for model in models {
+                let mut config = base.clone().with_model(model);
+                if let Some(e) = epochs {
+                    config.epochs = e;
+                }
+                let req = vigil_pipeline::compare::CompareRequest {
+                    classes: classes.clone(),
+                    config,
+                    root: root.join(format!("{model:?}").to_lowercase()),
+                    device,
+                };
+                let mut failed = None;
+                vigil_pipeline::compare::compare(&req, &stop, &mut |row| {
+                    if let Err(e) = serde_json::to_string(row).map(|line| println!("{line}")) {
+                        failed = Some(e);
+                    }
+                })?;
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+            }
+            if let Some(t) = tmp {
+                let _ = std::fs::remove_dir_all(t);
+            }
         }
         Command::BenchQuality { data, models, device, epochs, out, config: config_file } => {
             let tmp = match &out {

@@ -27,7 +27,7 @@ pub fn write_reference_bundle(out: &Path, family: Family, spec: &ArchSpec, seed:
         reduction: Reduction::Max,
         feature_weight: None,
     };
-    let model = build_scoring_model(&net, &input, &score)?;
+    let model = build_scoring_model(&net, &input, &score, 0)?;
     let manifest = Manifest {
         schema_version: family.schema_version(),
         name: format!("reference-{}", family.as_str()),
@@ -57,6 +57,7 @@ pub fn write_reference_bundle(out: &Path, family: Family, spec: &ArchSpec, seed:
         metrics: Default::default(),
         training: None,
         parent: None,
+        conditioning: None,
     };
     Ok(Bundle::write(out, &manifest, model, &[])?)
 }

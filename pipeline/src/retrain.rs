@@ -46,6 +46,12 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
             m.family.as_str()
         );
     };
+    anyhow::ensure!(
+        m.conditioning.is_none(),
+        "{}: retraining a conditional bundle (classes {}) is not supported yet; train a new one with `vigil-train train --conditional` on every class's data",
+        req.from.display(),
+        m.class_names().join(", ")
+    );
     let weights = req.from.join(WEIGHTS_FILE);
     anyhow::ensure!(
         weights.is_file(),

@@ -34,7 +34,7 @@ impl RunDir {
 }
 
 /// The data source as stored in `state.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// MVTec root.
@@ -48,20 +48,41 @@ pub struct SourceSpec {
     /// Labelled defective images held out for calibration (F1-optimal threshold).
     #[serde(default)]
     pub val_abnormal: Option<PathBuf>,
+    /// The product classes of a conditional model, each with its own source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassSource>,
+    /// The classes' images pooled for a model that is not told the class.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pooled: bool,
+}
+
+/// One product class of a conditional run and its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSource {
+    /// The class name.
+    pub name: String,
+    /// Its data.
+    pub source: SourceSpec,
 }
 
 impl From<&DataSource> for SourceSpec {
     fn from(s: &DataSource) -> Self {
         match s {
-            DataSource::Mvtec(root) => {
-                SourceSpec { mvtec: Some(root.clone()), normal: None, abnormal: None, masks: None, val_abnormal: None }
-            }
+            DataSource::Mvtec(root) => SourceSpec { mvtec: Some(root.clone()), ..SourceSpec::default() },
             DataSource::Folders { normal, abnormal, masks } => SourceSpec {
-                mvtec: None,
                 normal: Some(normal.clone()),
                 abnormal: abnormal.clone(),
                 masks: masks.clone(),
-                val_abnormal: None,
+                ..SourceSpec::default()
+            },
+            DataSource::Classes(classes) | DataSource::Pooled(classes) => SourceSpec {
+                classes: classes
+                    .iter()
+                    .map(|(name, s)| ClassSource { name: name.clone(), source: SourceSpec::from(s) })
+                    .collect(),
+                pooled: matches!(s, DataSource::Pooled(_)),
+                ..SourceSpec::default()
             },
         }
     }
@@ -70,6 +91,11 @@ impl From<&DataSource> for SourceSpec {
 impl SourceSpec {
     /// Back to a source.
     pub fn source(&self) -> anyhow::Result<DataSource> {
+        if !self.classes.is_empty() {
+            let classes: anyhow::Result<Vec<_>> =
+                self.classes.iter().map(|c| Ok((c.name.clone(), c.source.source()?))).collect();
+            return classes.map(if self.pooled { DataSource::Pooled } else { DataSource::Classes });
+        }
         match (&self.mvtec, &self.normal) {
             (Some(root), _) => Ok(DataSource::Mvtec(root.clone())),
             (None, Some(normal)) => Ok(DataSource::Folders {

@@ -4,5 +4,6 @@ mod common;
 
 mod backbone;
 mod cli;
+mod conditional;
 mod features;
 mod training;

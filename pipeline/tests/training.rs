@@ -97,6 +97,7 @@ fn export_with_parity(run: &RunDir, out: &Path) -> Bundle {
         &bundle.manifest.input,
         &x,
         dims,
+        None,
     );
     let batch = ndarray::Array4::from_shape_vec((dims[0], c, h, w), x).unwrap();
     for kind in [EngineChoice::Tract, EngineChoice::Ort] {
@@ -133,7 +134,7 @@ fn the_dae_trains_separates_synthetic_defects_and_exports_with_parity() {
     // The evaluation report: curves, histogram, overlays and the page that shows them.
     let engine = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
     let set = vigil_pipeline::data::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
-    let (evaluation, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test);
+    let (evaluation, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test, &set.classes);
     let report = dir.path().join("report");
     vigil_pipeline::report::write(&report, &bundle, &evaluation, &details).unwrap();
     for f in ["roc.png", "pr.png", "histogram.png", "case_01.png", "index.md", "evaluation.json"] {
@@ -441,6 +442,6 @@ fn a_tiled_dae_trains_on_tiles_and_its_bundle_scores_whole_frames() {
     // Maps cover the whole 64-pixel frame.
     let engine = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
     let set = vigil_pipeline::data::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
-    let (_, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test[..4]);
+    let (_, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test[..4], &[]);
     assert_eq!(details[0].map.as_ref().unwrap().dim(), (64, 64));
 }

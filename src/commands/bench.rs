@@ -108,16 +108,20 @@ pub fn frame_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Times the per-frame path over `files`, `repeat` passes.
+/// Times the per-frame path over `files` (of product `class`, conditional bundles), `repeat`
+/// passes.
 pub fn per_frame(
     bundle: &Bundle,
     engine: &LoadedEngine,
     files: &[PathBuf],
+    class: Option<&str>,
     repeat: usize,
     threads: usize,
 ) -> anyhow::Result<PathResult> {
     let pre = Preprocessor::new(&bundle.manifest.input);
-    let threshold = bundle.manifest.threshold.value;
+    let index = bundle.manifest.resolve_class(class).map_err(anyhow::Error::msg)?;
+    let threshold = bundle.manifest.calibration(index).0.value;
+    let classes = index.map(|k| [k as i64]);
     let mut lat = Vec::with_capacity(files.len() * repeat);
     let mut anomalous = 0;
     let t0 = Instant::now();
@@ -126,7 +130,8 @@ pub fn per_frame(
             let t = Instant::now();
             let bytes = std::fs::read(f)?;
             let inputs = pre.inputs_from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            let (score, _) = score_frames(engine, &bundle.manifest.score, &[&inputs])?.remove(0);
+            let (score, _) =
+                score_frames(engine, &bundle.manifest.score, &[&inputs], classes.as_ref().map(|c| &c[..]))?.remove(0);
             if score > threshold {
                 anomalous += 1;
             }
@@ -136,16 +141,20 @@ pub fn per_frame(
     Ok(PathResult::of("serial", lat, t0.elapsed().as_secs_f64(), threads, engine.name(), anomalous))
 }
 
-/// Times the daemon's scoring stages (with `config`, the daemon's `[scoring]`) over `files`,
-/// `repeat` passes, the files read and queued as fast as the stages take them.
+/// Times the daemon's scoring stages (with `config`, the daemon's `[scoring]`) over `files`
+/// (of product `class`, conditional bundles), `repeat` passes, the files read and queued as
+/// fast as the stages take them.
 pub fn daemon(
     model: Arc<Model>,
     config: &ScoringConfig,
     files: &[PathBuf],
+    class: Option<&str>,
     repeat: usize,
     threads: usize,
 ) -> anyhow::Result<PathResult> {
-    let threshold = model.bundle.manifest.threshold.value;
+    let index = model.bundle.manifest.resolve_class(class).map_err(anyhow::Error::msg)?;
+    let threshold = model.bundle.manifest.calibration(index).0.value;
+    let class = class.map(str::to_owned);
     let engine = model.engine.name();
     let models = Arc::new(Models::new(vec![model], vec![PathBuf::new()]));
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(scoring::results_capacity(config));
@@ -153,13 +162,14 @@ pub fn daemon(
     let total = files.len() * repeat;
     let t0 = Instant::now();
     let feeder = {
-        let (frames, files) = (stages.frames.clone(), files.to_vec());
+        let (frames, files, class) = (stages.frames.clone(), files.to_vec(), class);
         std::thread::spawn(move || -> anyhow::Result<()> {
             for f in (0..repeat).flat_map(|_| files.iter()) {
                 let bytes = std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
                 let frame = Frame {
                     slot: 0,
                     camera: "bench".into(),
+                    class: class.clone(),
                     origin: Origin::File(f.clone()),
                     bytes,
                     time: SystemTime::now(),
@@ -192,7 +202,8 @@ pub fn daemon(
     Ok(PathResult::of("daemon", lat, elapsed, threads, engine, anomalous))
 }
 
-/// Times the engine alone on a blank batch of `batch` images.
+/// Times the engine alone on a blank batch of `batch` images (of the first class, for a
+/// conditional model: every class costs the same).
 pub fn engine_only(
     engine: &LoadedEngine,
     batch: usize,
@@ -201,10 +212,11 @@ pub fn engine_only(
 ) -> anyhow::Result<EngineResult> {
     let [c, h, w] = engine.chw;
     let x = ndarray::Array4::<f32>::from_elem((batch, c, h, w), 0.5);
-    engine.run(x.view())?; // warm-up
+    let classes = engine.classes().map(|_| vec![0i64; batch]);
+    engine.run_classes(x.view(), classes.as_deref())?; // warm-up
     let t = Instant::now();
     for _ in 0..calls {
-        engine.run(x.view())?;
+        engine.run_classes(x.view(), classes.as_deref())?;
     }
     let ms = t.elapsed().as_secs_f64() * 1e3 / (calls * batch) as f64;
     Ok(EngineResult {

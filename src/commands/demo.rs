@@ -133,6 +133,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             }),
             threshold: None,
             cooldown: None,
+            class: None,
             roi: None,
         }],
     };

@@ -37,11 +37,19 @@ pub struct ErrorLine {
     pub error: String,
 }
 
-/// Scores `images` and writes one JSON line per image to `out`, in order. Returns how many
-/// images failed; the others are still scored.
-pub fn run(bundle: &Bundle, engine: &LoadedEngine, images: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<usize> {
+/// Scores `images` (of product `class`, for a conditional bundle) and writes one JSON line
+/// per image to `out`, in order. Returns how many images failed; the others are still scored.
+pub fn run(
+    bundle: &Bundle,
+    engine: &LoadedEngine,
+    class: Option<&str>,
+    images: &[PathBuf],
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
     let pre = Preprocessor::new(&bundle.manifest.input);
-    let threshold = bundle.manifest.threshold.value;
+    let class = bundle.manifest.resolve_class(class).map_err(anyhow::Error::msg)?;
+    let (threshold, normalization) = bundle.manifest.calibration(class);
+    let threshold = threshold.value;
     let mut failures = 0;
     for chunk in images.chunks(engine.max_batch().min(16)) {
         // Decode the chunk first, so that bad files do not cost a batch slot.
@@ -59,7 +67,8 @@ pub fn run(bundle: &Bundle, engine: &LoadedEngine, images: &[PathBuf], out: &mut
         let scores = if inputs.is_empty() {
             Ok(vec![])
         } else {
-            score_frames(engine, &bundle.manifest.score, &inputs.iter().collect::<Vec<_>>())
+            let classes = class.map(|k| vec![k as i64; inputs.len()]);
+            score_frames(engine, &bundle.manifest.score, &inputs.iter().collect::<Vec<_>>(), classes.as_deref())
                 .map(|s| s.into_iter().map(|(score, _)| score).collect::<Vec<_>>())
         };
         for (path, line) in chunk.iter().zip(lines) {
@@ -70,7 +79,7 @@ pub fn run(bundle: &Bundle, engine: &LoadedEngine, images: &[PathBuf], out: &mut
                     serde_json::to_string(&ScoreLine {
                         file,
                         score,
-                        normalized_score: bundle.manifest.normalized_score(score, threshold),
+                        normalized_score: normalization.map(|n| n.normalize(score, threshold)),
                         threshold,
                         anomalous: score > threshold,
                         engine: engine.name(),

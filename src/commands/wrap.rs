@@ -139,6 +139,7 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
         metrics: Default::default(),
         training: None,
         parent: None,
+        conditioning: None,
     };
     Ok(Bundle::write(&req.out, &manifest, model, &[])?)
 }

@@ -125,6 +125,8 @@ pub struct FolderCamera {
     pub slot: usize,
     /// Camera id.
     pub camera: String,
+    /// The camera's product class (conditional bundles).
+    pub class: Option<String>,
     /// Its config.
     pub config: FolderSource,
     /// Its ledger.
@@ -382,6 +384,7 @@ fn take(
     let frame = Frame {
         slot: cam.slot,
         camera: cam.camera.clone(),
+        class: cam.class.clone(),
         origin: Origin::File(p.to_path_buf()),
         bytes,
         time: meta.modified().unwrap_or_else(|_| SystemTime::now()),

@@ -39,6 +39,10 @@ pub struct MqttSource {
     /// JSON payloads: the field holding the frame time (RFC 3339 or Unix milliseconds), if any.
     #[serde(default)]
     pub time_field: Option<String>,
+    /// JSON payloads: the field holding the product class (conditional bundles), if any; a
+    /// message without it takes the camera's `class`.
+    #[serde(default)]
+    pub class_field: Option<String>,
     /// Payloads larger than this are refused.
     #[serde(default = "super::folder::default_max_bytes")]
     pub max_bytes: u64,
@@ -74,8 +78,10 @@ impl MqttSource {
         {
             p.at(key, "camera_from_topic", format!("topic `{}` has no level {n}", self.topic));
         }
-        if self.payload == PayloadFormat::Raw && (self.camera_field.is_some() || self.time_field.is_some()) {
-            p.at(key, "payload", "camera_field and time_field need payload = \"json\"");
+        if self.payload == PayloadFormat::Raw
+            && (self.camera_field.is_some() || self.time_field.is_some() || self.class_field.is_some())
+        {
+            p.at(key, "payload", "camera_field, time_field and class_field need payload = \"json\"");
         }
         if self.max_bytes == 0 {
             p.at(key, "max_bytes", "must be positive");
@@ -90,6 +96,8 @@ pub struct MqttCamera {
     pub slot: usize,
     /// Its id (the group name when the id comes from the topic or payload).
     pub id: String,
+    /// The camera's product class (conditional bundles), unless a message names its own.
+    pub class: Option<String>,
     /// Its config.
     pub config: MqttSource,
 }
@@ -101,6 +109,8 @@ pub struct Parsed {
     pub slot: usize,
     /// The camera id.
     pub camera: String,
+    /// The class named by the message, if any.
+    pub class: Option<String>,
     /// The image bytes.
     pub bytes: Vec<u8>,
     /// The frame time.
@@ -127,6 +137,7 @@ pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Resu
         None => cam.id.clone(),
     };
     let mut time = SystemTime::now();
+    let mut class = None;
     let bytes = match cfg.payload {
         PayloadFormat::Raw => payload.to_vec(),
         PayloadFormat::Json => {
@@ -154,6 +165,14 @@ pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Resu
                     None => return refuse("bad_payload", format!("field `{f}` (the camera id) is not a string")),
                 }
             }
+            if let Some(f) = &cfg.class_field
+                && let Some(c) = v.get(f)
+            {
+                match c.as_str() {
+                    Some(c) => class = Some(c.to_owned()),
+                    None => return refuse("bad_payload", format!("field `{f}` (the product class) is not a string")),
+                }
+            }
             if let Some(f) = &cfg.time_field
                 && let Some(t) = v.get(f)
             {
@@ -174,7 +193,7 @@ pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Resu
             format!("camera id `{}` is not 1–64 letters, digits, `-` or `_`; refused", camera.escape_default()),
         );
     }
-    Some(Ok(Parsed { slot: cam.slot, camera, bytes, time }))
+    Some(Ok(Parsed { slot: cam.slot, camera, class: class.or_else(|| cam.class.clone()), bytes, time }))
 }
 
 /// Turns frame messages into frames until the channel closes; each is acknowledged once done.
@@ -203,6 +222,7 @@ pub async fn run(
                 let frame = Frame {
                     slot: parsed.slot,
                     camera: parsed.camera,
+                    class: parsed.class,
                     origin: Origin::Topic(p.topic.clone()),
                     bytes: parsed.bytes,
                     time: parsed.time,
@@ -240,6 +260,7 @@ mod tests {
         vec![MqttCamera {
             slot: 0,
             id: "line".into(),
+            class: None,
             config: MqttSource {
                 topic: "factory/+/camera/+/frame".into(),
                 payload,
@@ -247,6 +268,7 @@ mod tests {
                 image_field: "image".into(),
                 camera_field: Some("camera".into()),
                 time_field: Some("time".into()),
+                class_field: None,
                 max_bytes: 100,
             },
         }]

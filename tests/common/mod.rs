@@ -193,6 +193,7 @@ pub fn manifest(name: &str, family: Family, input: InputSpec, score: ScoreSpec, 
         metrics: Default::default(),
         training: None,
         parent: None,
+        conditioning: None,
     }
 }
 
@@ -206,7 +207,7 @@ pub fn reference_bundle(dir: &Path, family: Family, color: ColorMode, size: usiz
     let net = scoring_net(family, &spec, false, 7).unwrap();
     let input = InputSpec::unit_range("image", color, size, size);
     let score = default_score_spec(source);
-    let model = build_scoring_model(&net, &input, &score).unwrap();
+    let model = build_scoring_model(&net, &input, &score, 0).unwrap();
     let m = manifest(
         &format!("reference-{}", family.as_str()),
         family,
@@ -214,6 +215,37 @@ pub fn reference_bundle(dir: &Path, family: Family, color: ColorMode, size: usiz
         score,
         source == ScoreSource::Reconstruction,
     );
+    Bundle::write(dir, &m, model, &[]).unwrap()
+}
+
+/// Writes a conditional reference DAE (gray, `size` pixels, random weights) whose classes are
+/// `classes`, each with its manual threshold.
+pub fn conditional_bundle(dir: &Path, size: usize, classes: &[(&str, f32)]) -> Bundle {
+    use vigil_model::bundle::manifest::{ClassSpec, Conditioning};
+    let spec = ArchSpec { channels: 1, size, classes: classes.len(), ..ArchSpec::default() };
+    let net = scoring_net(Family::Dae, &spec, false, 7).unwrap();
+    let input = InputSpec::unit_range("image", ColorMode::Gray, size, size);
+    let score = default_score_spec(ScoreSource::Reconstruction);
+    let model = build_scoring_model(&net, &input, &score, classes.len()).unwrap();
+    let mut m = manifest("reference-conditional", Family::Dae, input, score, true);
+    m.conditioning = Some(Conditioning {
+        input: vigil_model::onnx::head::CLASS_INPUT.into(),
+        classes: classes
+            .iter()
+            .map(|(name, t)| ClassSpec {
+                name: name.to_string(),
+                threshold: Threshold {
+                    value: *t,
+                    method: ThresholdMethod::Manual,
+                    quantile: None,
+                    calibrated_on: None,
+                },
+                normalization: None,
+                metrics: Default::default(),
+            })
+            .collect(),
+    });
+    m.schema_version = m.required_schema_version();
     Bundle::write(dir, &m, model, &[]).unwrap()
 }
 

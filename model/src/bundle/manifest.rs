@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The newest manifest schema this build of vigil reads and writes: 2 added the
-/// pretrained-feature families (`padim`, `patchcore`, `fae`, score source `features`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// pretrained-feature families (`padim`, `patchcore`, `fae`, score source `features`), 3 the
+/// conditional models (`conditioning`: a class input and a threshold per class).
+pub const SCHEMA_VERSION: u32 = 3;
 /// The oldest schema it reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
@@ -19,7 +20,7 @@ pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// [`Family::schema_version`] of the family for manifests this vigil writes: the oldest
+    /// [`Manifest::required_schema_version`] for manifests this vigil writes: the oldest
     /// schema that can describe the bundle, so older vigils keep reading what they can serve.
     pub schema_version: u32,
     /// Short identifier of the model, e.g. `surface-dae`. Letters, digits, `-`, `_`, `.`.
@@ -54,6 +55,37 @@ pub struct Manifest {
     /// The bundle this one was retrained from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
+    /// A conditional model: one graph for several products, told each image's class through
+    /// a second input; absent for a model of one product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditioning: Option<Conditioning>,
+}
+
+/// The classes of a conditional model and how the graph is told an image's class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conditioning {
+    /// The graph input holding each image's class index, int64 `[N]`.
+    pub input: String,
+    /// The classes in index order: the class named `classes[i].name` is fed as `i`.
+    pub classes: Vec<ClassSpec>,
+}
+
+/// One class of a conditional model, with its own calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSpec {
+    /// The class name cameras and messages use. Letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// The decision threshold for images of this class (the manifest's top-level
+    /// `threshold` is calibrated on all classes together and serves only as a summary).
+    pub threshold: Threshold,
+    /// Statistics of this class's normal scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
+    /// Evaluation results on this class's test images.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// The model family, which decides how the score head was built.
@@ -79,7 +111,8 @@ pub enum Family {
 }
 
 impl Family {
-    /// The oldest manifest schema that has this family.
+    /// The oldest manifest schema that has this family (see
+    /// [`Manifest::required_schema_version`] for the whole manifest).
     pub fn schema_version(self) -> u32 {
         match self {
             Family::Padim | Family::Patchcore | Family::Fae => 2,
@@ -421,7 +454,64 @@ pub struct ManifestProblem {
     pub problem: String,
 }
 
+/// Whether `name` is usable as a bundle or class name.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 impl Manifest {
+    /// The oldest schema that can describe this manifest: its family's, or 3 for a
+    /// conditional model.
+    pub fn required_schema_version(&self) -> u32 {
+        let conditional = if self.conditioning.is_some() { 3 } else { 1 };
+        self.family.schema_version().max(conditional)
+    }
+
+    /// The class names of a conditional model, in index order (empty for other models).
+    pub fn class_names(&self) -> Vec<&str> {
+        self.conditioning.iter().flat_map(|c| c.classes.iter().map(|k| k.name.as_str())).collect()
+    }
+
+    /// The index of class `name`, or an error naming the classes the model knows.
+    pub fn class_index(&self, name: &str) -> Result<usize, String> {
+        let Some(c) = &self.conditioning else {
+            return Err(format!(
+                "model `{}` is not conditional; it takes no class (remove `class` from the camera or message)",
+                self.name
+            ));
+        };
+        c.classes.iter().position(|k| k.name == name).ok_or_else(|| {
+            format!(
+                "unknown class `{name}`: model `{}` knows {}; fix the camera's `class` or the message's `class` field",
+                self.name,
+                self.class_names().join(", ")
+            )
+        })
+    }
+
+    /// The class index of an image given its class name, if any: a conditional model needs
+    /// one of its classes, any other model none. The error names the classes and the fix.
+    pub fn resolve_class(&self, name: Option<&str>) -> Result<Option<usize>, String> {
+        match (name, &self.conditioning) {
+            (None, None) => Ok(None),
+            (Some(name), _) => self.class_index(name).map(Some),
+            (None, Some(_)) => Err(format!(
+                "model `{}` is conditional (one model for several products) and the image has no class; name one of {} (`--class`, the camera's `class`, or the message's class field)",
+                self.name,
+                self.class_names().join(", ")
+            )),
+        }
+    }
+
+    /// The threshold and normalisation statistics that decide an image of class `class`
+    /// (the top-level ones for a model of one product).
+    pub fn calibration(&self, class: Option<usize>) -> (&Threshold, Option<&Normalization>) {
+        match (&self.conditioning, class) {
+            (Some(c), Some(i)) if i < c.classes.len() => (&c.classes[i].threshold, c.classes[i].normalization.as_ref()),
+            _ => (&self.threshold, self.normalization.as_ref()),
+        }
+    }
+
     /// Checks the values serde cannot: sizes, matching lengths, finite numbers.
     pub fn validate(&self) -> Result<(), ManifestProblem> {
         let bad = |key: &str, problem: String| Err(ManifestProblem { key: key.to_owned(), problem });
@@ -429,6 +519,12 @@ impl Manifest {
             return bad(
                 "schema_version",
                 format!("is {}, this vigil reads {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}", self.schema_version),
+            );
+        }
+        if self.conditioning.is_some() && self.schema_version < 3 {
+            return bad(
+                "schema_version",
+                format!("is {}, but a conditional model (`conditioning`) needs schema_version 3", self.schema_version),
             );
         }
         if self.schema_version < self.family.schema_version() {
@@ -442,8 +538,7 @@ impl Manifest {
                 ),
             );
         }
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if !is_plain_name(&self.name) {
             return bad(
                 "name",
                 format!("{:?} must be non-empty and use only letters, digits, '-', '_' and '.'", self.name),
@@ -534,18 +629,25 @@ impl Manifest {
                 return bad("score.reduction.k", format!("is {k}, expected 1..={pixels} (the map's pixel count)"));
             }
         }
-        if !self.threshold.value.is_finite() {
-            return bad("threshold.value", "must be a finite number".into());
-        }
-        if let Some(q) = self.threshold.quantile
-            && !(0.0..=1.0).contains(&q)
-        {
-            return bad("threshold.quantile", format!("is {q}, expected 0..=1"));
-        }
-        if let Some(n) = &self.normalization {
-            let values = [n.mean, n.std, n.min, n.median, n.max];
-            if values.iter().any(|v| !v.is_finite()) || n.min > n.max {
-                return bad("normalization", "must hold finite statistics with min <= max".into());
+        check_calibration("", &self.threshold, self.normalization.as_ref())?;
+        if let Some(c) = &self.conditioning {
+            if c.input.is_empty() || c.input == input.name {
+                return bad("conditioning.input", "must name the graph's class input (not the image input)".into());
+            }
+            if c.classes.is_empty() {
+                return bad("conditioning.classes", "must list at least one class".into());
+            }
+            for (i, k) in c.classes.iter().enumerate() {
+                if !is_plain_name(&k.name) {
+                    return bad(
+                        &format!("conditioning.classes[{i}].name"),
+                        format!("{:?} must be non-empty and use only letters, digits, '-', '_' and '.'", k.name),
+                    );
+                }
+                if c.classes[..i].iter().any(|o| o.name == k.name) {
+                    return bad(&format!("conditioning.classes[{i}].name"), format!("`{}` is listed twice", k.name));
+                }
+                check_calibration(&format!("conditioning.classes[{i}]."), &k.threshold, k.normalization.as_ref())?;
             }
         }
         Ok(())
@@ -555,6 +657,26 @@ impl Manifest {
     pub fn normalized_score(&self, score: f32, threshold: f32) -> Option<f32> {
         self.normalization.as_ref().map(|n| n.normalize(score, threshold))
     }
+}
+
+/// Checks a threshold and its normalisation statistics; `prefix` places them in the manifest.
+fn check_calibration(prefix: &str, t: &Threshold, n: Option<&Normalization>) -> Result<(), ManifestProblem> {
+    let bad = |key: &str, problem: String| Err(ManifestProblem { key: format!("{prefix}{key}"), problem });
+    if !t.value.is_finite() {
+        return bad("threshold.value", "must be a finite number".into());
+    }
+    if let Some(q) = t.quantile
+        && !(0.0..=1.0).contains(&q)
+    {
+        return bad("threshold.quantile", format!("is {q}, expected 0..=1"));
+    }
+    if let Some(n) = n {
+        let values = [n.mean, n.std, n.min, n.median, n.max];
+        if values.iter().any(|v| !v.is_finite()) || n.min > n.max {
+            return bad("normalization", "must hold finite statistics with min <= max".into());
+        }
+    }
+    Ok(())
 }
 
 impl InputSpec {

@@ -12,6 +12,8 @@ pub const MAX_BATCH: usize = 64;
 pub struct ModelIo {
     /// Graph input name.
     pub input: String,
+    /// The class input of a conditional model (int64 `[N]`) and how many classes it knows.
+    pub class_input: Option<(String, usize)>,
     /// Graph output holding the score.
     pub score: String,
     /// Graph output holding the anomaly map, if any.
@@ -45,13 +47,25 @@ pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
             m.input.name
         )));
     };
-    if inputs.len() != 1 {
-        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
-        return Err(input_err(format!(
-            "the model needs {} inputs {names:?}; vigil feeds one image tensor",
-            inputs.len()
-        )));
-    }
+    let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+    let class_input = match &m.conditioning {
+        Some(c) => {
+            if inputs.len() != 2 || !names.contains(&c.input.as_str()) || names[0] != m.input.name {
+                return Err(input_err(format!(
+                    "the manifest describes a conditional model with inputs [`{}`, `{}`] (image, then class) but the model's inputs are {names:?}",
+                    m.input.name, c.input
+                )));
+            }
+            Some((c.input.clone(), c.classes.len()))
+        }
+        None if inputs.len() != 1 => {
+            return Err(input_err(format!(
+                "the model needs {} inputs {names:?}; vigil feeds one image tensor (a conditional model's manifest names its class input under `conditioning`)",
+                inputs.len()
+            )));
+        }
+        None => None,
+    };
     let dims = declared_dims(input);
     let want = [m.input.channels as i64, m.input.height as i64, m.input.width as i64];
     let (batch_is_free, max_batch) = match &dims {
@@ -100,6 +114,7 @@ pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
     }
     Ok(ModelIo {
         input: m.input.name.clone(),
+        class_input,
         score: m.outputs.score.clone(),
         map: m.outputs.anomaly_map.clone(),
         batch_is_free,

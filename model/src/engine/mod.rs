@@ -112,6 +112,9 @@ pub enum EngineError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A conditional model was run without a valid class for every image.
+    #[error("{0}")]
+    Class(String),
     /// A batch does not have the model's input shape.
     #[error("batch of shape {got:?} does not fit the model input [N, {c}, {h}, {w}] with N at most {max_batch}")]
     BatchShape {
@@ -140,8 +143,9 @@ pub enum EngineError {
 pub trait Engine: Send + Sync {
     /// `ort` or `tract`.
     fn name(&self) -> &'static str;
-    /// Runs the graph on `[N, C, H, W]` and returns what the manifest's outputs hold.
-    fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError>;
+    /// Runs the graph on `[N, C, H, W]` (and, for a conditional model, each image's class
+    /// index) and returns what the manifest's outputs hold.
+    fn run(&self, batch: ArrayView4<'_, f32>, classes: Option<&[i64]>) -> Result<Scored, EngineError>;
 }
 
 /// An engine plus the facts about its model that callers need.
@@ -177,15 +181,45 @@ impl LoadedEngine {
         self.io.max_batch
     }
 
-    /// Scores a batch after checking its shape.
+    /// How many classes a conditional model knows (`None` for a model of one product).
+    pub fn classes(&self) -> Option<usize> {
+        self.io.class_input.as_ref().map(|(_, k)| *k)
+    }
+
+    /// Scores a batch of a model of one product after checking its shape.
     pub fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+        self.run_classes(batch, None)
+    }
+
+    /// Scores a batch after checking its shape; a conditional model needs each image's
+    /// class index, any other model none.
+    pub fn run_classes(&self, batch: ArrayView4<'_, f32>, classes: Option<&[i64]>) -> Result<Scored, EngineError> {
         let s = batch.shape();
         let got = [s[0], s[1], s[2], s[3]];
         let [c, h, w] = self.chw;
         if got[0] == 0 || got[0] > self.io.max_batch || got[1..] != [c, h, w] {
             return Err(EngineError::BatchShape { got, c, h, w, max_batch: self.io.max_batch });
         }
-        let out = self.engine.run(batch)?;
+        match (self.classes(), classes) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                return Err(EngineError::Class("this model is not conditional; score it without a class".into()));
+            }
+            (Some(k), None) => {
+                return Err(EngineError::Class(format!(
+                    "this model is conditional ({k} classes); give each image its class (`--class`, the camera's `class`)"
+                )));
+            }
+            (Some(k), Some(cl)) => {
+                if cl.len() != got[0] {
+                    return Err(EngineError::Class(format!("{} class indices for {} images", cl.len(), got[0])));
+                }
+                if let Some(bad) = cl.iter().find(|&&i| i < 0 || i as usize >= k) {
+                    return Err(EngineError::Class(format!("class index {bad} is outside the model's 0..{k}")));
+                }
+            }
+        }
+        let out = self.engine.run(batch, classes)?;
         if out.scores.len() != got[0] {
             return Err(EngineError::Run {
                 engine: self.engine.name(),
@@ -247,7 +281,8 @@ fn load_with(bundle: &mut Bundle, config: &EngineConfig, release: bool) -> Resul
 fn smoke_test(bundle: &Bundle, engine: &LoadedEngine) -> Result<(), EngineError> {
     let [c, h, w] = engine.chw;
     let blank = Array4::<f32>::zeros((1, c, h, w));
-    let out = engine.run(blank.view()).map_err(|e| match e {
+    let first_class = engine.classes().map(|_| [0i64]);
+    let out = engine.run_classes(blank.view(), first_class.as_ref().map(|c| &c[..])).map_err(|e| match e {
         EngineError::Run { reason, .. } => EngineError::Output {
             path: bundle.model_path.clone(),
             problem: format!("a test image could not be scored ({reason})"),

@@ -128,6 +128,8 @@ pub struct OrtEngine {
     session: Mutex<Session>,
     score: String,
     map: Option<String>,
+    input: String,
+    class_input: Option<String>,
 }
 
 impl OrtEngine {
@@ -154,7 +156,13 @@ impl OrtEngine {
             .map_err(|e| load_err(e.into()))?
             .commit_from_memory(&bundle.model_bytes)
             .map_err(load_err)?;
-        Ok(OrtEngine { session: Mutex::new(session), score: io.score.clone(), map: io.map.clone() })
+        Ok(OrtEngine {
+            session: Mutex::new(session),
+            score: io.score.clone(),
+            map: io.map.clone(),
+            input: io.input.clone(),
+            class_input: io.class_input.as_ref().map(|(name, _)| name.clone()),
+        })
     }
 }
 
@@ -163,12 +171,19 @@ impl Engine for OrtEngine {
         "ort"
     }
 
-    fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+    fn run(&self, batch: ArrayView4<'_, f32>, classes: Option<&[i64]>) -> Result<Scored, EngineError> {
         let run_err = |e: ort::Error| EngineError::Run { engine: "ort", reason: e.to_string() };
         let contiguous = batch.as_standard_layout();
         let input = TensorRef::from_array_view(contiguous.view()).map_err(run_err)?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session.run(ort::inputs![input]).map_err(run_err)?;
+        let outputs = match (&self.class_input, classes) {
+            (Some(name), Some(classes)) => {
+                let classes = TensorRef::from_array_view(([classes.len()], classes)).map_err(run_err)?;
+                session.run(ort::inputs![self.input.as_str() => input, name.as_str() => classes])
+            }
+            _ => session.run(ort::inputs![input]),
+        }
+        .map_err(run_err)?;
         let (_, scores) = outputs[self.score.as_str()].try_extract_tensor::<f32>().map_err(run_err)?;
         let scores = scores.to_vec();
         let maps = match &self.map {

@@ -16,6 +16,7 @@ pub struct TractEngine {
     plan_batch: usize,
     executor: Executor,
     has_map: bool,
+    conditional: bool,
 }
 
 impl TractEngine {
@@ -51,13 +52,16 @@ impl TractEngine {
         let plan_batch = if io.batch_is_free { 1 } else { io.max_batch };
         let input_fact = f32::fact([plan_batch, m.channels, m.height, m.width]);
         model.set_input_fact(0, input_fact.into()).map_err(load_err)?;
+        if io.class_input.is_some() {
+            model.set_input_fact(1, i64::fact([plan_batch]).into()).map_err(load_err)?;
+        }
         let mut outputs = vec![io.score.as_str()];
         outputs.extend(io.map.as_deref());
         model.select_outputs_by_name(&outputs).map_err(load_err)?;
         let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(load_err)?;
         let threads = config.effective_threads();
         let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-        Ok(TractEngine { plan, plan_batch, executor, has_map: io.map.is_some() })
+        Ok(TractEngine { plan, plan_batch, executor, has_map: io.map.is_some(), conditional: io.class_input.is_some() })
     }
 }
 
@@ -66,16 +70,18 @@ impl Engine for TractEngine {
         "tract"
     }
 
-    fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+    fn run(&self, batch: ArrayView4<'_, f32>, classes: Option<&[i64]>) -> Result<Scored, EngineError> {
         if self.plan_batch == batch.shape()[0] {
-            return self.run_plan(batch);
+            return self.run_plan(batch, classes);
         }
         let mut scores = Vec::with_capacity(batch.shape()[0]);
         let mut maps = vec![];
-        for chunk in batch.axis_chunks_iter(Axis(0), self.plan_batch) {
+        for (i, chunk) in batch.axis_chunks_iter(Axis(0), self.plan_batch).enumerate() {
             let n = chunk.shape()[0];
+            let start = i * self.plan_batch;
+            let chunk_classes = classes.map(|c| &c[start..start + n]);
             let scored = if n == self.plan_batch {
-                self.run_plan(chunk)?
+                self.run_plan(chunk, chunk_classes)?
             } else {
                 // A model with a fixed batch: the last chunk is padded with blank images,
                 // whose results are dropped.
@@ -86,7 +92,12 @@ impl Engine for TractEngine {
                     chunk.shape()[3],
                 ));
                 padded.slice_mut(ndarray::s![..n, .., .., ..]).assign(&chunk);
-                let mut s = self.run_plan(padded.view())?;
+                let padded_classes = chunk_classes.map(|c| {
+                    let mut all = c.to_vec();
+                    all.resize(self.plan_batch, 0);
+                    all
+                });
+                let mut s = self.run_plan(padded.view(), padded_classes.as_deref())?;
                 s.scores.truncate(n);
                 s.maps = s.maps.map(|m| m.slice(ndarray::s![..n, .., .., ..]).to_owned());
                 s
@@ -108,10 +119,17 @@ impl Engine for TractEngine {
 }
 
 impl TractEngine {
-    fn run_plan(&self, batch: ArrayView4<'_, f32>) -> Result<Scored, EngineError> {
+    fn run_plan(&self, batch: ArrayView4<'_, f32>, classes: Option<&[i64]>) -> Result<Scored, EngineError> {
         let run_err = |e: anyhow::Error| EngineError::Run { engine: "tract", reason: format!("{e:#}") };
         let input: Tensor = batch.to_owned().into_tensor();
-        let run = || multithread_tract_scope(self.executor.clone(), || self.plan.run(tvec!(input.into())));
+        let mut inputs: TVec<TValue> = tvec!(input.into());
+        if self.conditional {
+            let classes =
+                classes.ok_or_else(|| EngineError::Class("a conditional model needs each image's class".into()))?;
+            let classes = tract_ndarray::Array1::from(classes.to_vec()).into_tensor();
+            inputs.push(classes.into());
+        }
+        let run = || multithread_tract_scope(self.executor.clone(), || self.plan.run(inputs.clone()));
         // The plan runs on one of the pool's own threads: called from outside, the caller
         // would run the single-threaded operators while the pool's two threads spin-wait
         // for the next product, three busy threads on two cores (4.3 against 5.3 ms a frame
@@ -143,7 +161,10 @@ pub fn multiply_adds(bundle: &Bundle) -> anyhow::Result<f64> {
     let mut model = tract_onnx::onnx().model_for_proto_model(&proto)?;
     let m = &bundle.manifest.input;
     let batch: TDim = 1.into();
-    model.set_input_fact(0, f32::fact(&[batch, m.channels.into(), m.height.into(), m.width.into()]).into())?;
+    model.set_input_fact(0, f32::fact(&[batch.clone(), m.channels.into(), m.height.into(), m.width.into()]).into())?;
+    if bundle.manifest.conditioning.is_some() {
+        model.set_input_fact(1, i64::fact(&[batch]).into())?;
+    }
     let typed = model.into_typed()?.into_decluttered()?;
     let mut total = 0f64;
     for node in typed.nodes() {

@@ -10,7 +10,7 @@ use crate::bundle::manifest::{InputSpec, Reduction};
 use crate::onnx::backbone::EfficientNetLite;
 
 use super::graph::{Dim, GraphBuilder, Interpolation, OPSET, Tensor};
-use super::head::{MAP_OUTPUT, SCORE_OUTPUT, reduce_map};
+use super::head::{CLASS_INPUT, MAP_OUTPUT, SCORE_OUTPUT, reduce_map};
 use super::net::Sequential;
 use super::pb;
 
@@ -85,6 +85,9 @@ pub enum FeatureHead {
         /// Bank, `[M, C]`.
         bank: Tensor,
     },
+    /// A conditional model: one head per class, in class order; each image is scored by its
+    /// class's head (the backbone is shared).
+    PerClass(Vec<FeatureHead>),
     /// Feature autoencoder: features standardised per channel (`mean`, `std` `[C]`), then
     /// reconstructed by `net`; the score is the squared error averaged over channels.
     Fae {
@@ -97,10 +100,19 @@ pub enum FeatureHead {
     },
 }
 
-fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureHead) -> String {
+/// Emits `head` on the features `f`; `one_hot` (`[N, k]`) picks each image's head of a
+/// [`FeatureHead::PerClass`].
+fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureHead, one_hot: Option<&str>) -> String {
     let [gh, gw] = shape.grid;
     let cells = shape.cells() as i64;
     match head {
+        FeatureHead::PerClass(heads) => {
+            let one_hot = one_hot.expect("a per-class head is emitted with the class input");
+            let maps: Vec<String> = heads.iter().map(|h| emit_head(g, f, shape, h, None)).collect();
+            let refs: Vec<&str> = maps.iter().map(String::as_str).collect();
+            let stacked = g.concat(&refs, 1); // [N, k, gh, gw]
+            g.select_class(&stacked, one_hot, heads.len())
+        }
         FeatureHead::Padim { dims, mean, inv_cov } => {
             let d = dims.len() as i64;
             let x = g.gather(f, dims, 1); // [N, d, gh, gw]
@@ -155,14 +167,23 @@ fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureH
     }
 }
 
+/// Declares the class input of a conditional model (`[N]` int64) when `head` has one head per
+/// class, and returns its one-hot rows.
+fn class_input(g: &mut GraphBuilder, head: &FeatureHead, name: &str) -> Option<String> {
+    let FeatureHead::PerClass(heads) = head else { return None };
+    let classes = g.input_i64(name, &[Dim::Symbol("N".into())]);
+    Some(g.one_hot(&classes, heads.len()))
+}
+
 /// The backbone and head alone, up to the per-cell scores (`cells [N, 1, gh, gw]`): what the
 /// tests compare with the head computed outside the graph.
 pub fn cells_model(net: &EfficientNetLite, input: [usize; 2], head: &FeatureHead) -> pb::ModelProto {
     let mut g = GraphBuilder::new("vigil_feature_cells", OPSET);
     let n = Dim::Symbol("N".into());
     let x = g.input("image", &[n.clone(), Dim::Fixed(3), Dim::Fixed(input[0]), Dim::Fixed(input[1])]);
+    let one_hot = class_input(&mut g, head, CLASS_INPUT);
     let (f, shape) = emit_features(&mut g, net, &x, input);
-    let cells = emit_head(&mut g, &f, shape, head);
+    let cells = emit_head(&mut g, &f, shape, head, one_hot.as_deref());
     g.output(&cells, "cells", &[n, Dim::Fixed(1), Dim::Fixed(shape.grid[0]), Dim::Fixed(shape.grid[1])]);
     g.finish()
 }
@@ -176,8 +197,8 @@ pub struct MapSpec {
     pub reduction: Reduction,
 }
 
-/// The whole scoring graph of a feature family: `image` → `anomaly_map [N, 1, H, W]` and
-/// `score [N]`.
+/// The whole scoring graph of a feature family: `image` (and, for a per-class head, `class`
+/// int64 `[N]`) → `anomaly_map [N, 1, H, W]` and `score [N]`.
 pub fn feature_scoring_model(
     net: &EfficientNetLite,
     input: &InputSpec,
@@ -188,8 +209,9 @@ pub fn feature_scoring_model(
     let mut g = GraphBuilder::new("vigil_features", OPSET);
     let n = Dim::Symbol("N".into());
     let x = g.input(&input.name, &[n.clone(), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)]);
+    let one_hot = class_input(&mut g, head, CLASS_INPUT);
     let (f, shape) = emit_features(&mut g, net, &x, [h, w]);
-    let cells = emit_head(&mut g, &f, shape, head);
+    let cells = emit_head(&mut g, &f, shape, head, one_hot.as_deref());
     let up = g.upsample(&cells, [h / shape.grid[0], w / shape.grid[1]], Interpolation::Bilinear);
     let smooth = g.gaussian_blur(&up, map.smoothing_sigma, h.min(w) - 1);
     g.output(&smooth, MAP_OUTPUT, &[n.clone(), Dim::Fixed(1), Dim::Fixed(h), Dim::Fixed(w)]);

@@ -122,6 +122,11 @@ pub(crate) fn node_proto(
 
 /// The ONNX `ValueInfoProto` of an f32 tensor.
 pub fn value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+    typed_value_info(name, dims, pb::tensor_proto::DataType::Float)
+}
+
+/// The ONNX `ValueInfoProto` of a tensor of `elem` values.
+fn typed_value_info(name: &str, dims: &[Dim], elem: pb::tensor_proto::DataType) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension::Value};
     let dim = dims
         .iter()
@@ -138,7 +143,7 @@ pub fn value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
         r#type: Some(pb::TypeProto {
             denotation: String::new(),
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
+                elem_type: elem as i32,
                 shape: Some(pb::TensorShapeProto { dim }),
             })),
         }),
@@ -240,6 +245,32 @@ impl GraphBuilder {
     pub fn input(&mut self, name: &str, dims: &[Dim]) -> String {
         self.graph.input.push(value_info(name, dims));
         name.into()
+    }
+
+    /// Declares an int64 graph input (a conditional model's class indices).
+    pub fn input_i64(&mut self, name: &str, dims: &[Dim]) -> String {
+        self.graph.input.push(typed_value_info(name, dims, pb::tensor_proto::DataType::Int64));
+        name.into()
+    }
+
+    /// The one-hot rows `[N, k]` of the int64 class indices `classes` (`[N]`): a row of the
+    /// identity matrix gathered per image, which every engine runs (an index outside `0..k`
+    /// fails the run, so callers check indices first).
+    pub fn one_hot(&mut self, classes: &str, k: usize) -> String {
+        let mut eye = vec![0f32; k * k];
+        for i in 0..k {
+            eye[i * k + i] = 1.0;
+        }
+        let eye = self.constant("class_eye", &Tensor::new(vec![k, k], eye));
+        self.gather_by(&eye, classes, 0)
+    }
+
+    /// Selects per image one of `k` stacked maps: `maps` is `[N, k, H, W]`, `one_hot`
+    /// `[N, k]`; the result `[N, 1, H, W]` is the map of each image's class.
+    pub fn select_class(&mut self, maps: &str, one_hot: &str, k: usize) -> String {
+        let weights = self.reshape(one_hot, &[-1, k as i64, 1, 1]);
+        let picked = self.mul(maps, &weights);
+        self.reduce_sum(&picked, &[1], true)
     }
 
     /// Declares `value` as a graph output under `name` (through an `Identity` when renamed).

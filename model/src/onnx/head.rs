@@ -57,6 +57,50 @@ pub enum ExportError {
 pub const SCORE_OUTPUT: &str = "score";
 /// The graph name of the anomaly map output.
 pub const MAP_OUTPUT: &str = "anomaly_map";
+/// The graph name of a conditional model's class input (int64 `[N]`).
+pub const CLASS_INPUT: &str = "class";
+
+/// How a conditional network is told the class (as in a conditional GAN): the one-hot class
+/// vector is concatenated to the latent code before a decoder or generator, and broadcast as
+/// `k` extra input channels before an encoder or critic.
+struct Condition {
+    /// `[N, k, 1, 1]`.
+    vector: String,
+    /// `[N, k, H, W]`.
+    planes: String,
+    k: usize,
+}
+
+impl Condition {
+    fn new(g: &mut GraphBuilder, k: usize, h: usize, w: usize) -> Condition {
+        let classes = g.input_i64(CLASS_INPUT, &[Dim::Symbol("N".into())]);
+        let one_hot = g.one_hot(&classes, k);
+        let vector = g.reshape(&one_hot, &[-1, k as i64, 1, 1]);
+        let ones = g.constant("class_plane", &OnnxTensor::new(vec![1, 1, h, w], vec![1.0; h * w]));
+        let planes = g.mul(&vector, &ones);
+        Condition { vector, planes, k }
+    }
+
+    /// An image (or reconstruction) with the class planes appended.
+    fn image(c: Option<&Condition>, g: &mut GraphBuilder, x: &str) -> String {
+        match c {
+            Some(c) => g.concat(&[x, &c.planes], 1),
+            None => x.to_owned(),
+        }
+    }
+
+    /// A latent code with the class vector appended.
+    fn latent(c: Option<&Condition>, g: &mut GraphBuilder, z: &str) -> String {
+        match c {
+            Some(c) => g.concat(&[z, &c.vector], 1),
+            None => z.to_owned(),
+        }
+    }
+
+    fn extra(c: Option<&Condition>) -> usize {
+        c.map_or(0, |c| c.k)
+    }
+}
 
 fn fold(net: &Sequential, name: &'static str, input: [usize; 3]) -> Result<(Sequential, [usize; 3]), ExportError> {
     let err = |source| ExportError::Net { network: name, source };
@@ -158,12 +202,25 @@ pub fn reduce_map(g: &mut GraphBuilder, map: &str, reduction: Reduction) -> Stri
 
 /// Writes the complete scoring graph of a vigil-trained model: input `[N, C, H, W]` named
 /// as the manifest says, outputs `score [N]` and, for reconstruction models, `anomaly_map`.
-pub fn build_scoring_model(net: &ScoreNet, input: &InputSpec, spec: &ScoreSpec) -> Result<pb::ModelProto, ExportError> {
+/// `classes` > 0 writes a conditional model of that many classes: a second input
+/// [`CLASS_INPUT`] (int64 `[N]`) that every network reads (see `Condition`).
+pub fn build_scoring_model(
+    net: &ScoreNet,
+    input: &InputSpec,
+    spec: &ScoreSpec,
+    classes: usize,
+) -> Result<pb::ModelProto, ExportError> {
     let (c, h, w) = (input.channels, input.height, input.width);
     let image = [c, h, w];
     let mut g = GraphBuilder::new("vigil", OPSET);
     let n = Dim::Symbol("N".into());
     let x = g.input(&input.name, &[n.clone(), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)]);
+    let cond = (classes > 0).then(|| Condition::new(&mut g, classes, h, w));
+    let cond = cond.as_ref();
+    let k = Condition::extra(cond);
+    // What the networks read: the image with the class planes, a latent with the class vector.
+    let net_image = [c + k, h, w];
+    let with_class = |z: [usize; 3]| [z[0] + k, z[1], z[2]];
     let map_dims = [n.clone(), Dim::Fixed(1), Dim::Fixed(h), Dim::Fixed(w)];
 
     let check_source = |want: ScoreSource| {
@@ -179,10 +236,12 @@ pub fn build_scoring_model(net: &ScoreNet, input: &InputSpec, spec: &ScoreSpec) 
     match net {
         ScoreNet::Reconstruction { encoder, decoder } => {
             check_source(ScoreSource::Reconstruction)?;
-            let (enc, z) = fold(encoder, "encoder", image)?;
-            let (dec, r) = fold(decoder, "decoder", z)?;
+            let (enc, z) = fold(encoder, "encoder", net_image)?;
+            let (dec, r) = fold(decoder, "decoder", with_class(z))?;
             expect_shape("decoder", r, image)?;
-            let latent = enc.emit(&mut g, &x);
+            let xc = Condition::image(cond, &mut g, &x);
+            let latent = enc.emit(&mut g, &xc);
+            let latent = Condition::latent(cond, &mut g, &latent);
             let recon = dec.emit(&mut g, &latent);
             let (map, score) = reconstruction_head(&mut g, &x, &recon, spec, input);
             g.output(&map, MAP_OUTPUT, &map_dims);
@@ -190,28 +249,32 @@ pub fn build_scoring_model(net: &ScoreNet, input: &InputSpec, spec: &ScoreSpec) 
         }
         ScoreNet::Discriminator { critic } => {
             check_source(ScoreSource::Discriminator)?;
-            let (d, o) = fold(critic, "critic", image)?;
+            let (d, o) = fold(critic, "critic", net_image)?;
             expect_shape("critic", o, [1, 1, 1])?;
-            let logit = d.emit(&mut g, &x);
+            let xc = Condition::image(cond, &mut g, &x);
+            let logit = d.emit(&mut g, &xc);
             let flat = g.reshape(&logit, &[-1]);
             let score = g.neg(&flat);
             g.output(&score, SCORE_OUTPUT, &[n]);
         }
         ScoreNet::EncoderFeatures { encoder, generator, critic, feature_layers } => {
             check_source(ScoreSource::EncoderFeatures)?;
-            let (enc, z) = fold(encoder, "encoder", image)?;
-            let (gen_net, r) = fold(generator, "generator", z)?;
+            let (enc, z) = fold(encoder, "encoder", net_image)?;
+            let (gen_net, r) = fold(generator, "generator", with_class(z))?;
             expect_shape("generator", r, image)?;
-            fold(critic, "critic", image)?;
+            fold(critic, "critic", net_image)?;
             // Folding removes batch-norm layers, so count the features by what they were
             // computed from: the first `feature_layers` layers of the unfolded critic.
             let unfolded_prefix = Sequential::new(critic.layers[..(*feature_layers).min(critic.layers.len())].to_vec());
-            let prefix = fold(&unfolded_prefix, "critic features", image)?.0;
-            let latent = enc.emit(&mut g, &x);
+            let prefix = fold(&unfolded_prefix, "critic features", net_image)?.0;
+            let xc = Condition::image(cond, &mut g, &x);
+            let latent = enc.emit(&mut g, &xc);
+            let latent = Condition::latent(cond, &mut g, &latent);
             let recon = gen_net.emit(&mut g, &latent);
             let (map, residual) = reconstruction_head(&mut g, &x, &recon, spec, input);
-            let fx = prefix.emit(&mut g, &x);
-            let fr = prefix.emit(&mut g, &recon);
+            let rc = Condition::image(cond, &mut g, &recon);
+            let fx = prefix.emit(&mut g, &xc);
+            let fr = prefix.emit(&mut g, &rc);
             let fd = g.sub(&fx, &fr);
             let fsq = g.mul(&fd, &fd);
             let feat = g.reduce_mean(&fsq, &[1, 2, 3], false);

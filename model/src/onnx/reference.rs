@@ -19,11 +19,14 @@ pub struct ArchSpec {
     pub latent: usize,
     /// Channels of the first encoder convolution; the others double from it.
     pub width: usize,
+    /// Classes of a conditional model (0: not conditional): the encoders and the critic
+    /// read that many extra input planes, the decoder that many extra latent channels.
+    pub classes: usize,
 }
 
 impl Default for ArchSpec {
     fn default() -> Self {
-        ArchSpec { channels: 3, size: 128, latent: 128, width: 32 }
+        ArchSpec { channels: 3, size: 128, latent: 128, width: 32, classes: 0 }
     }
 }
 
@@ -96,7 +99,7 @@ fn batch_norm(rng: &mut WeightRng, c: usize) -> Layer {
 /// Encoder `E(out)`: `C x S x S -> out x 1 x 1`; `bn` puts batch norm after convolutions 2–4.
 pub fn encoder(spec: &ArchSpec, out: usize, bn: bool, rng: &mut WeightRng) -> Sequential {
     let w = spec.width;
-    let mut layers = vec![conv(rng, spec.channels, w, 4, 2, 1), Layer::LeakyRelu(0.2)];
+    let mut layers = vec![conv(rng, spec.channels + spec.classes, w, 4, 2, 1), Layer::LeakyRelu(0.2)];
     for (cin, cout) in [(w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w)] {
         layers.push(conv(rng, cin, cout, 4, 2, 1));
         if bn {
@@ -111,7 +114,8 @@ pub fn encoder(spec: &ArchSpec, out: usize, bn: bool, rng: &mut WeightRng) -> Se
 /// Decoder / generator `G`: `latent x 1 x 1 -> C x S x S`, sigmoid output.
 pub fn decoder(spec: &ArchSpec, rng: &mut WeightRng) -> Sequential {
     let w = spec.width;
-    let mut layers = vec![conv_t(rng, spec.latent, 8 * w, spec.bottom(), 1, 0), batch_norm(rng, 8 * w), Layer::Relu];
+    let mut layers =
+        vec![conv_t(rng, spec.latent + spec.classes, 8 * w, spec.bottom(), 1, 0), batch_norm(rng, 8 * w), Layer::Relu];
     for (cin, cout) in [(8 * w, 4 * w), (4 * w, 2 * w), (2 * w, w)] {
         layers.push(conv_t(rng, cin, cout, 4, 2, 1));
         layers.push(batch_norm(rng, cout));

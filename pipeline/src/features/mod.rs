@@ -32,7 +32,7 @@ use vigil_model::onnx::pb;
 
 use crate::backbone::{self, BackboneInfo};
 use crate::config::{Corruption, TrainConfig};
-use crate::data::Skipped;
+use crate::data::{DataSet, Skipped};
 use crate::model::ModelKind;
 use crate::run::{EpochLog, RunDir};
 use extract::Extractor;
@@ -159,12 +159,18 @@ pub struct Fitted {
     pub engine: &'static str,
 }
 
+/// The folder of class `i`'s head inside a conditional run's `checkpoint/` (and bundle).
+pub fn class_dir(i: usize) -> String {
+    format!("class-{i}")
+}
+
 /// Computes the training images' features and fits the family's head into `run`'s
-/// `checkpoint/`; `previous` (a retrain) is a bundle's head to extend with these images.
-/// `None` when stopped.
+/// `checkpoint/` (a conditional model: one head per class, each fitted on its class's images
+/// alone, in `checkpoint/class-<i>/`); `previous` (a retrain) is a bundle's head to extend
+/// with these images. `None` when stopped.
 pub fn fit(
     cfg: &TrainConfig,
-    train: &[std::path::PathBuf],
+    data: &DataSet,
     run: &RunDir,
     device: &Device,
     stop: &AtomicBool,
@@ -173,6 +179,42 @@ pub fn fit(
     let (net, info) = backbone::ensure(cfg.backbone)?;
     tracing::info!("backbone: {} ({}, {} parameters)", info.package, info.license, info.parameters);
     let extractor = Extractor::new(&net, input_size(cfg), &EngineConfig::default())?;
+    let checkpoint = run.0.join("checkpoint");
+    if cfg.classes.is_empty() {
+        return fit_head(cfg, &extractor, &data.train, &checkpoint, device, stop, previous, "train");
+    }
+    anyhow::ensure!(
+        previous.is_none(),
+        "retraining a conditional model is not supported yet; train it again with --conditional on all its data"
+    );
+    let mut all = Fitted { images: 0, skipped: vec![], history: vec![], engine: extractor.engine() };
+    for (i, name) in cfg.classes.iter().enumerate() {
+        let train: Vec<std::path::PathBuf> =
+            data.train.iter().zip(&data.train_class).filter(|(_, k)| **k == i).map(|(p, _)| p.clone()).collect();
+        tracing::info!("class {name}: {} training images", train.len());
+        let dir = checkpoint.join(class_dir(i));
+        let Some(f) = fit_head(cfg, &extractor, &train, &dir, device, stop, None, &format!("train {name}"))? else {
+            return Ok(None);
+        };
+        all.images += f.images;
+        all.skipped.extend(f.skipped);
+        all.history.extend(f.history);
+    }
+    Ok(Some(all))
+}
+
+/// Fits one head on `train` into `dir`; `phase` names its loss history.
+#[allow(clippy::too_many_arguments)]
+fn fit_head(
+    cfg: &TrainConfig,
+    extractor: &Extractor,
+    train: &[std::path::PathBuf],
+    dir: &Path,
+    device: &Device,
+    stop: &AtomicBool,
+    previous: Option<&Path>,
+    phase: &str,
+) -> anyhow::Result<Option<Fitted>> {
     let started = Instant::now();
     let (features, skipped) = extractor.extract(train, "features")?;
     tracing::info!(
@@ -187,8 +229,8 @@ pub fn fit(
     if features.len() < 2 {
         bail!("fewer than 2 readable training images");
     }
-    std::fs::create_dir_all(run.0.join("checkpoint"))?;
-    let head_path = run.0.join("checkpoint").join(HEAD_FILE);
+    std::fs::create_dir_all(dir)?;
+    let head_path = dir.join(HEAD_FILE);
     let mut history = vec![];
     let state = match cfg.model {
         ModelKind::Padim => {
@@ -250,12 +292,12 @@ pub fn fit(
             let Some((model, losses)) = fae::train(&features, input, (&mean, &std), t, device, stop, init)? else {
                 return Ok(None);
             };
-            model.clone().save_file(run.0.join("checkpoint").join(FAE_FILE)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            model.clone().save_file(dir.join(FAE_FILE)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             history = losses
                 .iter()
                 .enumerate()
                 .map(|(i, l)| EpochLog {
-                    phase: "train".into(),
+                    phase: phase.into(),
                     epoch: i as u32 + 1,
                     losses: vec![("loss".into(), *l)],
                     samples_per_s: 0.0,
@@ -275,8 +317,17 @@ fn load_fae(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) ->
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
 
-/// The graph head of a run's (or bundle's) fitted state.
+/// The graph head of a run's (or bundle's) fitted state: one head per class for a
+/// conditional model.
 pub fn head(cfg: &TrainConfig, dir: &Path, channels: usize) -> anyhow::Result<FeatureHead> {
+    if cfg.classes.is_empty() {
+        return head_of(cfg, dir, channels);
+    }
+    let heads = (0..cfg.classes.len()).map(|i| head_of(cfg, &dir.join(class_dir(i)), channels));
+    Ok(FeatureHead::PerClass(heads.collect::<anyhow::Result<_>>()?))
+}
+
+fn head_of(cfg: &TrainConfig, dir: &Path, channels: usize) -> anyhow::Result<FeatureHead> {
     Ok(match HeadState::load(cfg.model, &dir.join(HEAD_FILE))? {
         HeadState::Padim(s) => padim::head(&s)?,
         HeadState::Patchcore(b) => patchcore::head(&b),

@@ -44,7 +44,7 @@ impl Encoder {
         let w = spec.width;
         let norm = |c: usize| bn.then(|| BatchNormConfig::new(c).init(device));
         Encoder {
-            c1: down(spec.channels, w, device),
+            c1: down(spec.channels + spec.classes, w, device),
             c2: down(w, 2 * w, device),
             c3: down(2 * w, 4 * w, device),
             c4: down(4 * w, 8 * w, device),
@@ -116,7 +116,7 @@ impl Decoder {
     pub fn new(spec: &ArchSpec, device: &Device) -> Self {
         let w = spec.width;
         Decoder {
-            t1: up(spec.latent, 8 * w, spec.bottom(), 1, 0, device),
+            t1: up(spec.latent + spec.classes, 8 * w, spec.bottom(), 1, 0, device),
             t2: up(8 * w, 4 * w, 4, 2, 1, device),
             t3: up(4 * w, 2 * w, 4, 2, 1, device),
             t4: up(2 * w, w, 4, 2, 1, device),

@@ -88,11 +88,13 @@ impl Autoencoder {
         Autoencoder { encoder: Encoder::new(spec, out, true, device), decoder: Decoder::new(spec, device) }
     }
 
-    /// The deterministic reconstruction (the VAE decodes `mu`).
-    pub fn reconstruct(&self, x: Tensor<4>, latent: usize) -> Tensor<4> {
-        let z = self.encoder.forward(x);
+    /// The deterministic reconstruction (the VAE decodes `mu`), of images of classes `cond`
+    /// for a conditional model.
+    pub fn reconstruct(&self, x: Tensor<4>, latent: usize, cond: Option<&crate::train::Cond>) -> Tensor<4> {
+        use crate::train::Cond;
+        let z = self.encoder.forward(Cond::image(cond, x));
         let z = if z.dims()[1] == latent { z } else { z.narrow(1, 0, latent) };
-        self.decoder.forward(z)
+        self.decoder.forward(Cond::latent(cond, z))
     }
 }
 

@@ -63,14 +63,14 @@ pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice)
         Nets::Gan { generator, critic, .. } => generator.num_params() + critic.num_params(),
     };
     for step in 0..3 {
-        for (_, v) in train_step(&cfg, &mut nets, x.clone(), None, "train", step)? {
+        for (_, v) in train_step(&cfg, &mut nets, x.clone(), None, None, "train", step)? {
             read(&v);
         }
     }
     let started = Instant::now();
     let mut last = vec![];
     for step in 0..steps {
-        last = train_step(&cfg, &mut nets, x.clone(), None, "train", step)?;
+        last = train_step(&cfg, &mut nets, x.clone(), None, None, "train", step)?;
     }
     // Reading the last losses waits for every queued step, as torch.cuda.synchronize does.
     for (_, v) in &last {

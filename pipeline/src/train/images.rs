@@ -83,8 +83,14 @@ pub fn detect_channels(paths: &[PathBuf]) -> usize {
 }
 
 /// Training samples (images, or their tiles for a tiled model), in memory when they fit the
-/// budget, else read per batch.
-pub(super) enum Images {
+/// budget, else read per batch, with each sample's class for a conditional model.
+pub(super) struct Images {
+    samples: Samples,
+    /// The class index of each sample (empty: one product).
+    labels: Vec<usize>,
+}
+
+enum Samples {
     Cached {
         per: usize,
         data: Vec<f32>,
@@ -97,7 +103,32 @@ pub(super) enum Images {
 }
 
 impl Images {
-    pub(super) fn load(pre: &Preprocessor, paths: &[PathBuf], skipped: &mut Vec<Skipped>, cache_mib: usize) -> Images {
+    /// Loads `paths`; `classes` holds each path's class index (empty: one product).
+    pub(super) fn load(
+        pre: &Preprocessor,
+        paths: &[PathBuf],
+        classes: &[usize],
+        skipped: &mut Vec<Skipped>,
+        cache_mib: usize,
+    ) -> Images {
+        let mut labels = vec![];
+        let samples = Self::load_samples(pre, paths, classes, &mut labels, skipped, cache_mib);
+        Images { samples, labels }
+    }
+
+    fn load_samples(
+        pre: &Preprocessor,
+        paths: &[PathBuf],
+        classes: &[usize],
+        labels: &mut Vec<usize>,
+        skipped: &mut Vec<Skipped>,
+        cache_mib: usize,
+    ) -> Samples {
+        let mut label = |i: usize, n: usize| {
+            if let Some(&k) = classes.get(i) {
+                labels.extend(std::iter::repeat_n(k, n));
+            }
+        };
         let [c, h, w] = pre.chw();
         let per = c * h * w;
         // Tiles per image, from the first readable one (a guide for the budget only).
@@ -108,44 +139,55 @@ impl Images {
                 paths.len()
             );
             let mut samples = vec![];
-            for p in paths {
+            for (i, p) in paths.iter().enumerate() {
                 // Check each once, so that a corrupt file is named and counted up front.
                 match load_image(pre, p) {
-                    Ok(t) => samples.extend((0..t.len()).map(|i| (p.clone(), i))),
+                    Ok(t) => {
+                        label(i, t.len());
+                        samples.extend((0..t.len()).map(|i| (p.clone(), i)))
+                    }
                     Err(reason) => {
                         tracing::warn!("skipping {}: {reason}", p.display());
                         skipped.push(Skipped { path: p.clone(), reason });
                     }
                 }
             }
-            return Images::Streamed { pre: Box::new(pre.clone()), samples };
+            return Samples::Streamed { pre: Box::new(pre.clone()), samples };
         }
         let mut data = Vec::with_capacity(paths.len() * tiles * per);
-        for p in paths {
+        for (i, p) in paths.iter().enumerate() {
             match load_image(pre, p) {
-                Ok(tensors) => data.extend(tensors.into_iter().flatten()),
+                Ok(tensors) => {
+                    label(i, tensors.len());
+                    data.extend(tensors.into_iter().flatten())
+                }
                 Err(reason) => {
                     tracing::warn!("skipping {}: {reason}", p.display());
                     skipped.push(Skipped { path: p.clone(), reason });
                 }
             }
         }
-        Images::Cached { per, data }
+        Samples::Cached { per, data }
     }
 
     pub(super) fn len(&self) -> usize {
-        match self {
-            Images::Cached { per, data } => data.len() / per,
-            Images::Streamed { samples, .. } => samples.len(),
+        match &self.samples {
+            Samples::Cached { per, data } => data.len() / per,
+            Samples::Streamed { samples, .. } => samples.len(),
         }
     }
 
+    /// The class indices of samples `idx` (empty for one product).
+    pub(super) fn labels(&self, idx: &[usize]) -> Vec<usize> {
+        if self.labels.is_empty() { vec![] } else { idx.iter().map(|&i| self.labels[i]).collect() }
+    }
+
     pub(super) fn batch(&self, idx: &[usize]) -> Vec<f32> {
-        match self {
-            Images::Cached { per, data } => {
+        match &self.samples {
+            Samples::Cached { per, data } => {
                 idx.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect()
             }
-            Images::Streamed { pre, samples } => idx
+            Samples::Streamed { pre, samples } => idx
                 .iter()
                 .flat_map(|&i| {
                     let (path, tile) = &samples[i];

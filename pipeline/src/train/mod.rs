@@ -24,6 +24,7 @@ pub use crate::run::{EpochLog, RunDir, RunState, SourceSpec, is_run};
 pub use bench::{BenchResult, bench};
 pub use checkpoint::load_trained;
 pub use images::{detect_channels, input_spec, measure_pixel_range};
+pub use step::Cond;
 
 use crate::config::TrainConfig;
 use crate::data::{DataSet, DataSource, discover};
@@ -83,13 +84,14 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         cfg.validate()?;
         let source = req.source.clone().context("no data: pass --data DIR (MVTec layout) or --normal DIR")?;
         let data = discover(&source, cfg.val_fraction, cfg.seed)?;
+        let mut cfg = cfg;
+        cfg.classes = if matches!(source, DataSource::Classes(_)) { data.classes.clone() } else { vec![] };
         if run.state().exists() {
             bail!("{} already holds a run; pass --resume to continue it, or another --out", run.0.display());
         }
         std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
         let channels =
             if cfg.model.is_feature() { 3 } else { cfg.channels.unwrap_or_else(|| detect_channels(&data.train)) };
-        let mut cfg = cfg;
         cfg.channels = Some(channels);
         if cfg.normalize && cfg.pixel_range.is_none() && !cfg.model.is_feature() {
             let range = measure_pixel_range(&cfg, channels, &data.train);
@@ -127,7 +129,7 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     }
     let pre = Preprocessor::new(&input_spec(&cfg, state.channels));
     let mut skipped = vec![];
-    let images = Images::load(&pre, &data.train, &mut skipped, cfg.cache_mib);
+    let images = Images::load(&pre, &data.train, &data.train_class, &mut skipped, cfg.cache_mib);
     state.skipped = skipped;
     state.images = images.len();
     if images.len() < 2 {
@@ -187,7 +189,7 @@ fn train_features(
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let previous = if req.resume { None } else { req.init_weights.as_deref() };
-    let Some(fitted) = crate::features::fit(cfg, &data.train, &req.run, device, stop, previous)? else {
+    let Some(fitted) = crate::features::fit(cfg, data, &req.run, device, stop, previous)? else {
         tracing::info!("stopped; start again with --resume {}", req.run.0.display());
         return Ok(Outcome::Interrupted);
     };

@@ -23,23 +23,70 @@ fn logits(critic: &Encoder, x: Tensor<4>) -> Tensor<1> {
     critic.forward(x).reshape([b])
 }
 
+/// The class of each image of a conditional model's batch, as its networks read it (the
+/// exported graph's `Condition`): one-hot vectors appended to latent codes, and the same
+/// broadcast as extra planes of images.
+#[derive(Clone)]
+pub struct Cond {
+    one_hot: Tensor<2>,
+}
+
+impl Cond {
+    /// The one-hot rows of `labels` for `k` classes; `None` for a model of one product.
+    pub fn new(labels: &[usize], k: usize, device: &Device) -> Option<Cond> {
+        if k == 0 || labels.is_empty() {
+            return None;
+        }
+        let mut data = vec![0f32; labels.len() * k];
+        for (row, &l) in labels.iter().enumerate() {
+            data[row * k + l] = 1.0;
+        }
+        Some(Cond { one_hot: Tensor::<2>::from_data(TensorData::new(data, [labels.len(), k]), device) })
+    }
+
+    /// `x` `[B, C, H, W]` with the class planes appended.
+    pub fn image(c: Option<&Cond>, x: Tensor<4>) -> Tensor<4> {
+        match c {
+            Some(c) => {
+                let [b, _, h, w] = x.dims();
+                let k = c.one_hot.dims()[1];
+                let planes = c.one_hot.clone().reshape([b, k, 1, 1]).expand([b, k, h, w]);
+                Tensor::cat(vec![x, planes], 1)
+            }
+            None => x,
+        }
+    }
+
+    /// `z` `[B, L, 1, 1]` with the class vector appended.
+    pub fn latent(c: Option<&Cond>, z: Tensor<4>) -> Tensor<4> {
+        match c {
+            Some(c) => {
+                let [b, k] = c.one_hot.dims();
+                Tensor::cat(vec![z, c.one_hot.clone().reshape([b, k, 1, 1])], 1)
+            }
+            None => z,
+        }
+    }
+}
+
 /// The WGAN-GP penalty `(‖∇ₓD(x̂)‖ − 1)²`. burn 0.22 has first-order autodiff only, so the
 /// norm is the directional derivative along the (fixed) gradient direction, taken by a
 /// central difference: by Danskin's theorem its gradient in the critic's weights is the
 /// gradient of the norm itself, as ε → 0.
-fn gradient_penalty(critic: &Encoder, real: Tensor<4>, fake: Tensor<4>) -> Tensor<1> {
+/// For a conditional critic the gradient is taken in the image only, the class planes fixed.
+fn gradient_penalty(critic: &Encoder, real: Tensor<4>, fake: Tensor<4>, cond: Option<&Cond>) -> Tensor<1> {
     const EPS: f64 = 1e-2;
     let [b, c, h, w] = real.dims();
     let device = real.device();
     let alpha = Tensor::<4>::random([b, 1, 1, 1], Distribution::Uniform(0.0, 1.0), &device);
     let x_hat = (real * alpha.clone() + fake * (alpha.neg() + 1.0)).detach();
     let probe = x_hat.clone().require_grad();
-    let grads = logits(critic, probe.clone()).sum().backward();
+    let grads = logits(critic, Cond::image(cond, probe.clone())).sum().backward();
     let g = probe.grad(&grads).expect("the probe tracks its gradient");
     let norm = g.clone().reshape([b, c * h * w]).powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
     let u = (g / norm.reshape([b, 1, 1, 1])).autodiff();
-    let plus = logits(critic, x_hat.clone() + u.clone().mul_scalar(EPS));
-    let minus = logits(critic, x_hat - u.mul_scalar(EPS));
+    let plus = logits(critic, Cond::image(cond, x_hat.clone() + u.clone().mul_scalar(EPS)));
+    let minus = logits(critic, Cond::image(cond, x_hat - u.mul_scalar(EPS)));
     (plus - minus).div_scalar(2.0 * EPS).sub_scalar(1.0).powf_scalar(2.0).mean()
 }
 
@@ -98,7 +145,8 @@ pub(super) fn run_epoch(
                     shift_images(&mut data, [batch, c, s, s], cfg.augment.shift, &mut rng);
                 }
                 let input = corrupt.then(|| crate::corrupt::corrupt_batch(&data, [batch, c, s, s], &mut rng));
-                if tx.send(Batch { target: data, input }).is_err() {
+                let labels = images.labels(&order[step * batch..(step + 1) * batch]);
+                if tx.send(Batch { target: data, input, labels }).is_err() {
                     break; // the epoch stopped early
                 }
             }
@@ -112,6 +160,8 @@ pub(super) fn run_epoch(
 struct Batch {
     target: Vec<f32>,
     input: Option<Vec<f32>>,
+    /// Each image's class (conditional models; else empty).
+    labels: Vec<usize>,
 }
 
 /// The steps of one epoch, fed by the loader thread; `None` when stopped part-way.
@@ -142,7 +192,8 @@ fn run_steps(
         let data = batches.recv().map_err(|_| anyhow::anyhow!("the data loader thread stopped"))?;
         let x = Tensor::<4>::from_data(TensorData::new(data.target, dims), device);
         let input = data.input.map(|i| Tensor::<4>::from_data(TensorData::new(i, dims), device));
-        for (key, value) in train_step(cfg, nets, x, input, phase, step)? {
+        let cond = Cond::new(&data.labels, cfg.classes.len(), device);
+        for (key, value) in train_step(cfg, nets, x, input, cond.as_ref(), phase, step)? {
             match sums.iter_mut().find(|(k, _, _)| *k == key) {
                 Some((_, sum, n)) => {
                     *sum = sum.clone() + value;
@@ -187,11 +238,13 @@ fn reconstruction_loss(cfg: &TrainConfig, recon: Tensor<4>, x: Tensor<4>) -> Ten
     }
 }
 
+/// One step of `nets`; `cond` is the batch's classes for a conditional model.
 pub(super) fn train_step(
     cfg: &TrainConfig,
     nets: &mut Nets,
     x: Tensor<4>,
     input: Option<Tensor<4>>,
+    cond: Option<&Cond>,
     phase: &str,
     step: usize,
 ) -> anyhow::Result<Vec<(&'static str, Tensor<1>)>> {
@@ -214,19 +267,20 @@ pub(super) fn train_step(
                     }
                     (None, _) => x.clone(),
                 };
-                let recon = model.decoder.forward(model.encoder.forward(noisy));
+                let z = model.encoder.forward(Cond::image(cond, noisy));
+                let recon = model.decoder.forward(Cond::latent(cond, z));
                 let loss = reconstruction_loss(cfg, recon, x);
                 let value = kept(loss.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
                 *model = opt.step(lr, model.clone(), grads);
                 vec![("loss", value)]
             } else {
-                let hidden = model.encoder.forward(input.unwrap_or_else(|| x.clone())); // [B, 2L, 1, 1]
+                let hidden = model.encoder.forward(Cond::image(cond, input.unwrap_or_else(|| x.clone()))); // [B, 2L, 1, 1]
                 let mu = hidden.clone().narrow(1, 0, latent);
                 let logvar = hidden.narrow(1, latent, latent).clamp(-10.0, 10.0);
                 let eps = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
                 let z = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
-                let rec = reconstruction_loss(cfg, model.decoder.forward(z), x);
+                let rec = reconstruction_loss(cfg, model.decoder.forward(Cond::latent(cond, z)), x);
                 let kl = (logvar.clone().add_scalar(1.0) - mu.powf_scalar(2.0) - logvar.exp())
                     .sum_dim(1)
                     .mean()
@@ -239,16 +293,17 @@ pub(super) fn train_step(
             }
         }
         Nets::Gan { generator, critic, encoder, opt_g, opt_d, opt_e } if phase == "train" => {
+            // A conditional GAN makes fakes of the batch's own classes, and its critic judges
+            // each image with its class.
             let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
-            let fake = generator.forward(z).detach();
+            let fake = generator.forward(Cond::latent(cond, z)).detach();
+            let judge = |x: Tensor<4>| logits(critic, Cond::image(cond, x));
             let (d_loss, gp) = if cfg.model == ModelKind::Gan {
-                let l =
-                    softplus(logits(critic, x.clone()).neg(), 1.0).mean() + softplus(logits(critic, fake), 1.0).mean();
+                let l = softplus(judge(x.clone()).neg(), 1.0).mean() + softplus(judge(fake), 1.0).mean();
                 (l, None)
             } else {
-                let gp = gradient_penalty(critic, x.clone(), fake.clone());
-                let l = logits(critic, fake).mean() - logits(critic, x.clone()).mean()
-                    + gp.clone().mul_scalar(cfg.gp_weight as f64);
+                let gp = gradient_penalty(critic, x.clone(), fake.clone(), cond);
+                let l = judge(fake).mean() - judge(x.clone()).mean() + gp.clone().mul_scalar(cfg.gp_weight as f64);
                 (l, Some(kept(gp)))
             };
             let d_value = kept(d_loss.clone());
@@ -258,7 +313,7 @@ pub(super) fn train_step(
             let mut out = vec![("d_loss", d_value)];
             if step.is_multiple_of(n_critic) {
                 let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
-                let fake_logits = logits(critic, generator.forward(z));
+                let fake_logits = logits(critic, Cond::image(cond, generator.forward(Cond::latent(cond, z))));
                 let g_loss = if cfg.model == ModelKind::Gan {
                     softplus(fake_logits.neg(), 1.0).mean()
                 } else {
@@ -280,9 +335,11 @@ pub(super) fn train_step(
         Nets::Gan { generator, critic, encoder, opt_e, .. } => {
             // f-AnoGAN izi_f: the generator and critic are fixed (eval-mode batch norm).
             let (g, d) = (generator.clone().freeze(), critic.clone().freeze());
-            let recon = g.forward(encoder.forward(x.clone()));
+            let z = encoder.forward(Cond::image(cond, x.clone()));
+            let recon = g.forward(Cond::latent(cond, z));
             let pixel = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
-            let feature = (d.features(recon) - d.features(x)).powf_scalar(2.0).mean();
+            let feature =
+                (d.features(Cond::image(cond, recon)) - d.features(Cond::image(cond, x))).powf_scalar(2.0).mean();
             let loss = pixel.clone() + feature.clone().mul_scalar(cfg.feature_weight as f64);
             let values = (kept(loss.clone()), kept(pixel), kept(feature));
             let mut grads = loss.backward();

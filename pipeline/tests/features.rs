@@ -189,7 +189,7 @@ fn the_feature_autoencoder_learns_and_detects_defects() {
         [(Corruption::Synthetic, false), (Corruption::Gaussian, false), (Corruption::Synthetic, true)]
     {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig { corruption, fae_variational, ..small(ModelKind::Fae) };
+        let cfg = TrainConfig { corruption: corruption.clone(), fae_variational, ..small(ModelKind::Fae) };
         let (run, bundle) = train_and_export(cfg, dir.path());
         let state = vigil_pipeline::train::RunState::load(&run).unwrap();
         let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();

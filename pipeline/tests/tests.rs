@@ -5,5 +5,6 @@ mod common;
 mod backbone;
 mod cli;
 mod conditional;
+mod cyclegan;
 mod features;
 mod training;

@@ -282,11 +282,11 @@ fn fit_head(
             };
             let pool = match cfg.corruption {
                 Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
-                Corruption::Gaussian | Corruption::None => None,
+                Corruption::Gaussian | Corruption::None | Corruption::CycleGan(_) => None,
             };
             let input = match cfg.corruption {
                 Corruption::Synthetic => pool.as_deref(),
-                Corruption::Gaussian => None,
+                Corruption::Gaussian | Corruption::CycleGan(_) => None,
                 Corruption::None => Some(&features.data[..]),
             };
             let Some((model, losses)) = fae::train(&features, input, (&mean, &std), t, device, stop, init)? else {

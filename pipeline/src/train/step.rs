@@ -155,6 +155,28 @@ pub(super) fn run_epoch(
     })
 }
 
+/// A CycleGAN generator as the corruption: the model's inputs are normalised
+/// (`input_spec`'s mean and std), the generator's are pixel levels in 0..1.
+struct CycleCorruption {
+    translator: crate::cyclegan::augment::Translator,
+    mean: Tensor<4>,
+    std: Tensor<4>,
+}
+
+impl CycleCorruption {
+    fn new(cfg: &TrainConfig, run: &std::path::Path, channels: usize, device: &Device) -> anyhow::Result<Self> {
+        let translator = crate::cyclegan::augment::corruption(run, cfg.size, channels, device)?;
+        let spec = input_spec(cfg, channels);
+        let per_channel = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, channels, 1, 1]), device);
+        Ok(CycleCorruption { translator, mean: per_channel(&spec.mean), std: per_channel(&spec.std) })
+    }
+
+    fn corrupt(&self, x: Tensor<4>) -> Tensor<4> {
+        let unit = x.detach() * self.std.clone() + self.mean.clone();
+        ((self.translator.translate_tensor(unit) - self.mean.clone()) / self.std.clone()).detach()
+    }
+}
+
 /// One batch from the loader thread: the images, and the network's input when it differs
 /// (the images with synthetic defects).
 struct Batch {
@@ -181,6 +203,12 @@ fn run_steps(
     started: Instant,
 ) -> anyhow::Result<Option<EpochLog>> {
     let batch = dims[0];
+    let cyclegan = match &cfg.corruption {
+        Corruption::CycleGan(run) if phase == "train" && !cfg.model.is_gan() => {
+            Some(CycleCorruption::new(cfg, run, dims[1], device)?)
+        }
+        _ => None,
+    };
     // Per loss: the sum on the device and how many steps reported it (a WGAN generator
     // loss comes every n_critic steps only).
     let mut sums: Vec<(&'static str, Tensor<1>, usize)> = vec![];
@@ -192,6 +220,7 @@ fn run_steps(
         let data = batches.recv().map_err(|_| anyhow::anyhow!("the data loader thread stopped"))?;
         let x = Tensor::<4>::from_data(TensorData::new(data.target, dims), device);
         let input = data.input.map(|i| Tensor::<4>::from_data(TensorData::new(i, dims), device));
+        let input = input.or_else(|| cyclegan.as_ref().map(|g| g.corrupt(x.clone())));
         let cond = Cond::new(&data.labels, cfg.classes.len(), device);
         for (key, value) in train_step(cfg, nets, x, input, cond.as_ref(), phase, step)? {
             match sums.iter_mut().find(|(k, _, _)| *k == key) {
@@ -255,7 +284,7 @@ pub(super) fn train_step(
     Ok(match nets {
         Nets::Ae { model, opt } => {
             if cfg.model == ModelKind::Dae {
-                let noisy = match (input, cfg.corruption) {
+                let noisy = match (input, &cfg.corruption) {
                     (Some(i), _) => i,
                     (None, Corruption::Gaussian) => {
                         x.clone()

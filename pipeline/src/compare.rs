@@ -8,14 +8,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::Serialize;
-use vigil_model::engine::EngineConfig;
 
 use crate::config::TrainConfig;
 use crate::data::DataSource;
 use crate::device::DeviceChoice;
 use crate::evaluate::Evaluation;
-use crate::export::{ExportRequest, export};
-use crate::train::{Outcome, RunDir, TrainRequest, train};
+use crate::export::train_and_export;
+use crate::train::RunDir;
 
 /// How the products are modelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,30 +66,11 @@ fn run_one(
     name: &str,
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<(Evaluation, PathBuf)>> {
-    let run = RunDir(req.root.join(name));
-    let t = TrainRequest {
-        config: req.config.clone(),
-        source: Some(source),
-        run: run.clone(),
-        device: req.device,
-        resume: false,
-        init_weights: None,
-        val_abnormal: None,
-    };
-    if train(&t, stop)? == Outcome::Interrupted {
+    let Some(e) = train_and_export(req.config.clone(), source, RunDir(req.root.join(name)), req.device, stop)? else {
         return Ok(None);
-    }
-    let out = run.0.join("bundle");
-    let e = export(&ExportRequest {
-        run,
-        out: out.clone(),
-        name: None,
-        version: 1,
-        parent: None,
-        engine: EngineConfig::default(),
-    })?;
+    };
     let evaluation = e.evaluation.ok_or_else(|| anyhow::anyhow!("{name}: no test images to evaluate on"))?;
-    Ok(Some((evaluation, out)))
+    Ok(Some((evaluation, e.bundle.path)))
 }
 
 fn row(model: crate::model::ModelKind, setup: Setup, started: Instant) -> Row {
@@ -115,7 +95,11 @@ fn finish(mut r: Row, started: Instant) -> Row {
 
 /// Trains and evaluates the three setups; calls `emit` with each row as it is done. Stops
 /// early (without error) when `stop` is set.
-pub fn compare(req: &CompareRequest, stop: &AtomicBool, emit: &mut dyn FnMut(&Row)) -> anyhow::Result<()> {
+pub fn compare(
+    req: &CompareRequest,
+    stop: &AtomicBool,
+    emit: &mut dyn FnMut(&Row) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(req.classes.len() >= 2, "the comparison needs at least 2 products");
     let model = req.config.model;
     for (setup, source, name) in [
@@ -130,7 +114,7 @@ pub fn compare(req: &CompareRequest, stop: &AtomicBool, emit: &mut dyn FnMut(&Ro
             r.f1.insert(class.clone(), ce.at_threshold.f1);
         }
         r.bundles.push(bundle);
-        emit(&finish(r, started));
+        emit(&finish(r, started))?;
     }
     let started = Instant::now();
     let mut r = row(model, Setup::PerProduct, started);
@@ -142,8 +126,7 @@ pub fn compare(req: &CompareRequest, stop: &AtomicBool, emit: &mut dyn FnMut(&Ro
         r.f1.insert(class.clone(), e.at_threshold.f1);
         r.bundles.push(bundle);
     }
-    emit(&finish(r, started));
-    Ok(())
+    emit(&finish(r, started))
 }
 
 /// The products under `dir` (one subfolder each, as `train --conditional` reads them).

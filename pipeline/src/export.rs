@@ -64,6 +64,32 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "model".into() } else { s }
 }
 
+/// Trains `config` on `source` into `run` (fresh), then exports version 1 into `run/bundle`,
+/// calibrated and evaluated on the default engine: what the benchmarks do per model. `None`
+/// when stopped.
+pub fn train_and_export(
+    config: TrainConfig,
+    source: crate::data::DataSource,
+    run: RunDir,
+    device: crate::device::DeviceChoice,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Option<Exported>> {
+    let req = crate::train::TrainRequest {
+        config,
+        source: Some(source),
+        run: run.clone(),
+        device,
+        resume: false,
+        init_weights: None,
+        val_abnormal: None,
+    };
+    if crate::train::train(&req, stop)? == crate::train::Outcome::Interrupted {
+        return Ok(None);
+    }
+    let out = run.0.join("bundle");
+    export(&ExportRequest { run, out, name: None, version: 1, parent: None, engine: EngineConfig::default() }).map(Some)
+}
+
 /// Writes the bundle of a finished run.
 pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let run = &req.run;
@@ -322,6 +348,26 @@ pub fn model_card(m: &Manifest, e: Option<&Evaluation>) -> String {
         m.threshold.method,
         m.threshold.calibrated_on.as_ref().map(|c| format!(", {c}")).unwrap_or_default()
     ));
+    if let Some(c) = &m.conditioning {
+        s.push_str(&format!(
+            "- Conditional: one model for {} products, told each image's class through the `{}` input; each class has its own threshold:\n",
+            c.classes.len(),
+            c.input
+        ));
+        for k in &c.classes {
+            let auroc = k.metrics.get("image_auroc").map(|a| format!(", image AUROC {a:.4}")).unwrap_or_default();
+            s.push_str(&format!(
+                "  - `{}`: threshold {} ({:?}{auroc})\n",
+                k.name, k.threshold.value, k.threshold.method
+            ));
+        }
+    }
+    let corruption = m.training.as_ref().and_then(|t| t.config.get("corruption")).and_then(|c| c.as_str());
+    if let Some(run) = corruption.and_then(|c| c.strip_prefix("cyclegan:")) {
+        s.push_str(&format!(
+            "- Corruption: realistic defects from the CycleGAN generator of `{run}` (normal to defective), which the network learnt to remove.\n"
+        ));
+    }
     if let Some(t) = &m.training {
         s.push_str(&format!(
             "- Trained: {} epochs on {} images (seed {}, data fingerprint `{}`), vigil {}, {}.\n",

@@ -77,6 +77,49 @@ impl DataArgs {
     }
 }
 
+/// What the quality benchmarks share.
+#[derive(Args)]
+struct BenchArgs {
+    /// Where to train.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Epochs (default: each family's default).
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Where the runs and bundles go (default: a temporary folder, removed afterwards).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A TOML file of training options applied to every family (`model` in it is ignored).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// The folder the runs go to, and the temporary one to remove afterwards, if any.
+    fn root(&self) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+        Ok(match &self.out {
+            Some(o) => (o.clone(), None),
+            None => {
+                let t = tempfile_dir()?;
+                (t.clone(), Some(t))
+            }
+        })
+    }
+
+    /// The training settings of `model`: its defaults, or the file's, with `--epochs`.
+    fn config(&self, model: ModelKind) -> anyhow::Result<TrainConfig> {
+        let base = match &self.config {
+            Some(p) => TrainConfig::from_file(p)?,
+            None => TrainConfig::default(),
+        };
+        let mut config = base.with_model(model);
+        if let Some(e) = self.epochs {
+            config.epochs = e;
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// Model family (default: padim, pretrained features).
@@ -248,18 +291,8 @@ enum Command {
         /// Families, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "padim,patchcore,fae,dae,vae,gan,wgan")]
         models: Vec<ModelKind>,
-        /// Where to train.
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-        /// Epochs (default: each family's default).
-        #[arg(long)]
-        epochs: Option<u32>,
-        /// Where the runs and bundles go (default: a temporary folder, removed afterwards).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// A TOML file of training options applied to every family (`model` in it is ignored).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        bench: BenchArgs,
     },
     /// Train a CycleGAN (Zhu et al. 2017) between normal images and a few real defective ones:
     /// its generator turns any normal image into a realistic defective one (`augment`).
@@ -355,18 +388,8 @@ enum Command {
         /// Families, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "padim")]
         models: Vec<ModelKind>,
-        /// Where to train.
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-        /// Epochs (default: each family's default).
-        #[arg(long)]
-        epochs: Option<u32>,
-        /// Where the runs and bundles go (default: a temporary folder, removed afterwards).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// A TOML file of training options applied to every family (`model` in it is ignored).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        bench: BenchArgs,
     },
     /// Time training steps of the reference architectures on random 3x128x128 data; prints
     /// one JSON line per model, in the form of shared/bench/reference_torch.py.
@@ -620,8 +643,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::BenchCyclegan { data, per_type, generated, model, cyclegan_config, device, out } => {
             anyhow::ensure!(per_type >= 1 && generated >= 1, "--per-type and --generated must be at least 1");
-            let tmp = if out.is_none() { Some(tempfile_dir()?) } else { None };
-            let root = out.clone().or_else(|| tmp.clone()).expect("one of them is set");
+            let (root, tmp) = BenchArgs { device, epochs: None, out, config: None }.root()?;
             let cyclegan = match &cyclegan_config {
                 Some(p) => {
                     let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
@@ -639,92 +661,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device,
             };
             let stop = stop_on_ctrl_c()?;
-            let mut failed = None;
-            vigil_pipeline::cyclegan::bench::bench(&req, &stop, &mut |row| {
-                if let Err(e) = serde_json::to_string(row).map(|line| println!("{line}")) {
-                    failed = Some(e);
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e.into());
-            }
+            vigil_pipeline::cyclegan::bench::bench(&req, &stop, &mut print_json)?;
             if let Some(t) = tmp {
                 let _ = std::fs::remove_dir_all(t);
             }
         }
-        Command::BenchConditional { data, models, device, epochs, out, config: config_file } => {
-            let tmp = if out.is_none() { Some(tempfile_dir()?) } else { None };
-            let root = out.clone().or_else(|| tmp.clone()).expect("one of them is set");
+        Command::BenchConditional { data, models, bench } => {
+            let (root, tmp) = bench.root()?;
             let stop = stop_on_ctrl_c()?;
-            let base = match &config_file {
-                Some(p) => TrainConfig::from_file(p)?,
-                None => TrainConfig::default(),
-            };
             let classes = vigil_pipeline::compare::products_in(&data)?;
             for model in models {
-                let mut config = base.clone().with_model(model);
-                if let Some(e) = epochs {
-                    config.epochs = e;
-                }
                 let req = vigil_pipeline::compare::CompareRequest {
                     classes: classes.clone(),
-                    config,
+                    config: bench.config(model)?,
                     root: root.join(format!("{model:?}").to_lowercase()),
-                    device,
+                    device: bench.device,
                 };
-                let mut failed = None;
-                vigil_pipeline::compare::compare(&req, &stop, &mut |row| {
-                    if let Err(e) = serde_json::to_string(row).map(|line| println!("{line}")) {
-                        failed = Some(e);
-                    }
-                })?;
-                if let Some(e) = failed {
-                    return Err(e.into());
-                }
+                vigil_pipeline::compare::compare(&req, &stop, &mut print_json)?;
             }
             if let Some(t) = tmp {
                 let _ = std::fs::remove_dir_all(t);
             }
         }
-        Command::BenchQuality { data, models, device, epochs, out, config: config_file } => {
-            let tmp = match &out {
-                Some(_) => None,
-                None => Some(tempfile_dir()?),
-            };
-            let root = out.clone().unwrap_or_else(|| tmp.clone().expect("set when out is absent"));
+        Command::BenchQuality { data, models, bench } => {
+            let (root, tmp) = bench.root()?;
             let stop = stop_on_ctrl_c()?;
-            let base = match &config_file {
-                Some(p) => TrainConfig::from_file(p)?,
-                None => TrainConfig::default(),
-            };
             for model in models {
-                let mut config = base.clone().with_model(model);
-                if let Some(e) = epochs {
-                    config.epochs = e;
-                }
                 let run = RunDir(root.join(format!("{model:?}").to_lowercase()));
                 let started = std::time::Instant::now();
-                let req = TrainRequest {
-                    config,
-                    source: Some(vigil_pipeline::data::DataSource::Mvtec(data.clone())),
-                    run: run.clone(),
-                    device,
-                    resume: false,
-                    init_weights: None,
-                    val_abnormal: None,
-                };
-                if train(&req, &stop)? == Outcome::Interrupted {
-                    break;
-                }
+                let source = DataSource::Mvtec(data.clone());
+                let exported =
+                    vigil_pipeline::export::train_and_export(bench.config(model)?, source, run, bench.device, &stop)?;
+                let Some(exported) = exported else { break };
                 let train_s = started.elapsed().as_secs_f64();
-                let exported = export(&ExportRequest {
-                    out: run.0.join("bundle"),
-                    run,
-                    name: None,
-                    version: 1,
-                    parent: None,
-                    engine: EngineConfig::default(),
-                })?;
                 let e = exported.evaluation.as_ref();
                 println!(
                     "{}",
@@ -769,6 +738,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one JSON line.
+fn print_json<T: serde::Serialize>(row: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(row)?);
+    Ok(())
 }
 
 /// A flag set by the first Ctrl-C (training stops after the step and saves a checkpoint);

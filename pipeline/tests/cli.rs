@@ -254,3 +254,96 @@ fn the_training_benchmarks_time_both_convolution_implementations() {
         assert!(lines[0]["samples_per_s"].as_f64().unwrap() > 0.0, "{conv_impl}: {}", lines[0]);
     }
 }
+
+#[test]
+fn a_conditional_model_trains_from_class_folders_and_eval_and_the_benchmark_report_each_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("products");
+    let out = vigil_train(&[
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--n-train",
+        "12",
+        "--n-test",
+        "8",
+        "--size",
+        "32",
+        "--products",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = d.join("run");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["train", "--model", "dae", "--epochs", "1", "--batch", "4", "--size", "32", "--device", "cpu"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let train = args(&["--conditional", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    let out = vigil_train(&train.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("bundle/manifest.json")).unwrap()).unwrap();
+    let classes: Vec<&str> =
+        manifest["conditioning"]["classes"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(classes, ["brushed", "crosswise"]);
+    let bundle = run.join("bundle");
+    let (b, dd) = (bundle.to_str().unwrap(), data.to_str().unwrap());
+    // Per class over both products, and one product's data by name.
+    let out = vigil_train(&["eval", "--bundle", b, "--conditional", "--data", dd, "--engine", "tract"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        e["per_class"]["brushed"]["image_auroc"].is_number() && e["per_class"]["crosswise"]["image_auroc"].is_number(),
+        "{e}"
+    );
+    let one = data.join("crosswise");
+    let out = vigil_train(&[
+        "eval",
+        "--bundle",
+        b,
+        "--data",
+        one.to_str().unwrap(),
+        "--class",
+        "crosswise",
+        "--engine",
+        "tract",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["per_class"].as_object().unwrap().keys().collect::<Vec<_>>(), ["crosswise"]);
+    fails_with(
+        &["eval", "--bundle", b, "--data", one.to_str().unwrap(), "--class", "nope"],
+        &["unknown class `nope`", "brushed, crosswise"],
+    );
+    fails_with(&["eval", "--bundle", b, "--data", one.to_str().unwrap()], &["conditional", "--class"]);
+    fails_with(
+        &["train", "--conditional", "--data", one.to_str().unwrap(), "--out", d.join("x").to_str().unwrap()],
+        &["a conditional model needs at least 2"],
+    );
+    // The comparison: one line per setup, each product's AUROC in each.
+    let out = vigil_train(&[
+        "bench-conditional",
+        "--data",
+        dd,
+        "--models",
+        "padim",
+        "--out",
+        d.join("bench").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = json_lines(&out);
+    let setups: Vec<&str> = rows.iter().map(|r| r["setup"].as_str().unwrap()).collect();
+    assert_eq!(setups, ["conditional", "pooled", "per_product"]);
+    for r in &rows {
+        assert!(
+            r["auroc"]["brushed"].is_number() && r["auroc"]["crosswise"].is_number() && r["mean_auroc"].is_number(),
+            "{r}"
+        );
+    }
+}

@@ -14,11 +14,10 @@ use vigil_model::synth::{SynthConfig, generate_products};
 use vigil_pipeline::config::TrainConfig;
 use vigil_pipeline::data::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::export::{ExportRequest, export};
 use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::train::{Outcome, RunDir, RunState, TrainRequest, load_trained, train};
+use vigil_pipeline::train::{RunDir, RunState, load_trained};
 
-use crate::common::{engine_config, train_on};
+use crate::common::{engine_config, export_run, train_on, train_source};
 
 fn products() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -32,30 +31,7 @@ fn products() -> &'static Path {
 const NAMES: [&str; 3] = ["brushed", "crosswise", "dark"];
 
 fn train_conditional(cfg: TrainConfig, dir: &Path) -> RunDir {
-    let run = RunDir(dir.to_path_buf());
-    let req = TrainRequest {
-        config: cfg,
-        source: Some(DataSource::classes_in(products()).unwrap()),
-        run: run.clone(),
-        device: DeviceChoice::Cpu,
-        resume: false,
-        init_weights: None,
-        val_abnormal: None,
-    };
-    assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
-    run
-}
-
-fn export_to(run: &RunDir, out: &Path) -> Bundle {
-    let req = ExportRequest {
-        run: run.clone(),
-        out: out.to_path_buf(),
-        name: None,
-        version: 1,
-        parent: None,
-        engine: engine_config(EngineChoice::Tract),
-    };
-    export(&req).unwrap().bundle
+    train_source(cfg, DataSource::classes_in(products()).unwrap(), dir)
 }
 
 /// One normal and one defective test image of each product.
@@ -78,7 +54,10 @@ fn check_calibrated_per_class(bundle: &Bundle) {
     assert_eq!(m.schema_version, 3);
     let cond = m.conditioning.as_ref().expect("a conditional manifest");
     assert_eq!(m.class_names(), NAMES);
+    let card = std::fs::read_to_string(bundle.path.join("README.md")).unwrap();
+    assert!(card.contains("Conditional: one model for 3 products"), "{card}");
     for c in &cond.classes {
+        assert!(card.contains(&format!("`{}`: threshold", c.name)), "{card}");
         assert_eq!(c.threshold.method, ThresholdMethod::Quantile, "{}", c.name);
         assert!(c.threshold.calibrated_on.as_ref().unwrap().contains("validation normals"), "{:?}", c.threshold);
         assert!(c.normalization.is_some() && c.metrics.contains_key("image_auroc"), "{}: {:?}", c.name, c.metrics);
@@ -140,7 +119,7 @@ fn a_conditional_dae_learns_each_class_and_exports_with_parity() {
     };
     let run = train_conditional(cfg, &dir.path().join("run"));
     assert_eq!(TrainConfig::from_file(&run.config()).unwrap().classes, NAMES);
-    let bundle = export_to(&run, &dir.path().join("bundle"));
+    let bundle = export_run(&run, &dir.path().join("bundle"));
     check_calibrated_per_class(&bundle);
     check_parity(&run, &bundle);
 }
@@ -161,7 +140,7 @@ fn a_conditional_wgan_trains_its_critic_and_encoder_on_labels_and_exports_with_p
         ..TrainConfig::default()
     };
     let run = train_conditional(cfg, &dir.path().join("run"));
-    let bundle = export_to(&run, &dir.path().join("bundle"));
+    let bundle = export_run(&run, &dir.path().join("bundle"));
     check_calibrated_per_class(&bundle);
     check_parity(&run, &bundle);
 }
@@ -177,13 +156,13 @@ fn conditional_padim_scores_each_class_as_padim_fitted_on_that_class_alone() {
         ..TrainConfig::default()
     };
     let run = train_conditional(cfg.clone(), &dir.path().join("run"));
-    let conditional = export_to(&run, &dir.path().join("bundle"));
+    let conditional = export_run(&run, &dir.path().join("bundle"));
     check_calibrated_per_class(&conditional);
     for i in 0..3 {
         assert!(dir.path().join(format!("bundle/class-{i}/weights.safetensors")).is_file());
     }
     let single = train_on(cfg, &products().join("crosswise"), &dir.path().join("single"));
-    let single = export_to(&single, &dir.path().join("single-bundle"));
+    let single = export_run(&single, &dir.path().join("single-bundle"));
     // Same seed, same validation split: the class's threshold is the single model's.
     let class = &conditional.manifest.conditioning.as_ref().unwrap().classes[1];
     assert!(

@@ -13,11 +13,10 @@ use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::{ReconstructionLoss, TrainConfig};
 use vigil_pipeline::data::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::export::{ExportRequest, export};
 use vigil_pipeline::model::ModelKind;
 use vigil_pipeline::train::{Outcome, RunDir, RunState, TrainRequest, load_trained, train};
 
-use crate::common::{engine_config, train_on};
+use crate::common::{engine_config, export_run, train_on};
 
 /// One synthetic data set shared by the tests (written once per test process).
 fn synthetic() -> &'static Path {
@@ -56,19 +55,6 @@ fn first_last(state: &RunState, phase: &str, loss: &str) -> (f64, f64) {
         .map(|e| e.losses.iter().find(|(k, _)| k == loss).unwrap().1)
         .collect();
     (values[0], *values.last().unwrap())
-}
-
-/// Exports a run as version 1, calibrating and evaluating on tract.
-fn export_run(run: &RunDir, out: &Path) -> Bundle {
-    let req = ExportRequest {
-        run: run.clone(),
-        out: out.to_path_buf(),
-        name: None,
-        version: 1,
-        parent: None,
-        engine: engine_config(EngineChoice::Tract),
-    };
-    export(&req).unwrap().bundle
 }
 
 /// Exports a run and checks that the graph's scores and maps equal burn's own eval-mode

@@ -19,9 +19,9 @@ use crate::config::TrainConfig;
 use crate::data::{DataSource, discover, list_images};
 use crate::device::DeviceChoice;
 use crate::evaluate::score_files;
-use crate::export::{ExportRequest, export};
+use crate::export::train_and_export;
 use crate::metrics::{Confusion, confusion};
-use crate::train::{Outcome, RunDir, TrainRequest, train};
+use crate::train::{Outcome, RunDir};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -62,7 +62,11 @@ pub struct Row {
 }
 
 /// Runs the comparison; `emit` gets each row. `None` when stopped.
-pub fn bench(req: &BenchRequest, stop: &AtomicBool, emit: &mut dyn FnMut(&Row)) -> anyhow::Result<Option<()>> {
+pub fn bench(
+    req: &BenchRequest,
+    stop: &AtomicBool,
+    emit: &mut dyn FnMut(&Row) -> anyhow::Result<()>,
+) -> anyhow::Result<Option<()>> {
     let set = discover(&DataSource::Mvtec(req.data.clone()), 0.1, 0)?;
     // The first `per_type` defects of each type (by name) are the few known ones.
     let mut by_type: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
@@ -113,26 +117,10 @@ pub fn bench(req: &BenchRequest, stop: &AtomicBool, emit: &mut dyn FnMut(&Row)) 
     super::augment::augment(&cycle_run.0, &normal_dir, &generated, req.generated)?;
 
     let run = RunDir(req.root.join("model"));
-    let t = TrainRequest {
-        config: req.model.clone(),
-        source: Some(DataSource::Mvtec(req.data.clone())),
-        run: run.clone(),
-        device: req.device,
-        resume: false,
-        init_weights: None,
-        val_abnormal: None,
-    };
-    if train(&t, stop)? == Outcome::Interrupted {
+    let source = DataSource::Mvtec(req.data.clone());
+    let Some(exported) = train_and_export(req.model.clone(), source, run, req.device, stop)? else {
         return Ok(None);
-    }
-    let exported = export(&ExportRequest {
-        run: run.clone(),
-        out: run.0.join("bundle"),
-        name: None,
-        version: 1,
-        parent: None,
-        engine: EngineConfig::default(),
-    })?;
+    };
     let bundle = exported.bundle;
     let engine = engine::load(&bundle, &EngineConfig::default())?;
     let pre = Preprocessor::new(&bundle.manifest.input);
@@ -161,7 +149,7 @@ pub fn bench(req: &BenchRequest, stop: &AtomicBool, emit: &mut dyn FnMut(&Row)) 
             data: req.data.clone(),
             model: req.model.model,
             cyclegan_s,
-        });
+        })?;
     }
     Ok(Some(()))
 }

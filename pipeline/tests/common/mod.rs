@@ -24,6 +24,19 @@ pub fn ort_library() -> PathBuf {
         .unwrap_or_else(|| panic!("no ONNX Runtime in {}: run scripts/test, which installs it", lib.display()))
 }
 
+/// Exports a run as version 1 into `out`, calibrating and evaluating on tract.
+pub fn export_run(run: &RunDir, out: &Path) -> vigil_model::bundle::Bundle {
+    let req = vigil_pipeline::export::ExportRequest {
+        run: run.clone(),
+        out: out.to_path_buf(),
+        name: None,
+        version: 1,
+        parent: None,
+        engine: engine_config(EngineChoice::Tract),
+    };
+    vigil_pipeline::export::export(&req).unwrap().bundle
+}
+
 /// One engine, one thread (the tests run side by side).
 pub fn engine_config(kind: EngineChoice) -> EngineConfig {
     EngineConfig { kind, threads: Some(1), ort_library: (kind == EngineChoice::Ort).then(ort_library) }
@@ -31,10 +44,15 @@ pub fn engine_config(kind: EngineChoice) -> EngineConfig {
 
 /// Trains `cfg` on the MVTec-layout `data` into `dir` on the CPU, to the end.
 pub fn train_on(cfg: TrainConfig, data: &Path, dir: &Path) -> RunDir {
+    train_source(cfg, DataSource::Mvtec(data.to_path_buf()), dir)
+}
+
+/// Trains `cfg` on `source` into `dir` on the CPU, to the end.
+pub fn train_source(cfg: TrainConfig, source: DataSource, dir: &Path) -> RunDir {
     let run = RunDir(dir.to_path_buf());
     let req = TrainRequest {
         config: cfg,
-        source: Some(DataSource::Mvtec(data.to_path_buf())),
+        source: Some(source),
         run: run.clone(),
         device: DeviceChoice::Cpu,
         resume: false,

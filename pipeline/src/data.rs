@@ -41,6 +41,11 @@ impl DataSource {
         if !dir.is_dir() {
             return Err(layout("not a folder".into()));
         }
+        if dir.join("train/good").is_dir() {
+            return Err(layout(
+                "it is one product in MVTec layout; a conditional model needs at least 2 products".into(),
+            ));
+        }
         let mut classes = vec![];
         for sub in subdirs(dir)? {
             let name = sub.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -597,6 +597,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 classes = vec![name];
                 test.iter_mut().for_each(|t| t.class = Some(0));
             }
+            if classes.is_empty() {
+                // A conditional bundle cannot score images of no class.
+                bundle.manifest.resolve_class(None).map_err(anyhow::Error::msg)?;
+            }
             let (e, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &test, &classes);
             if let Some(dir) = report {
                 vigil_pipeline::report::write(&dir, &bundle, &e, &details)?;

@@ -327,12 +327,16 @@ fn a_conditional_model_trains_from_class_folders_and_eval_and_the_benchmark_repo
         &["a conditional model needs at least 2"],
     );
     // The comparison: one line per setup, each product's AUROC in each.
+    let small = d.join("small.toml");
+    std::fs::write(&small, "size = 64\npadim_dims = 32\n").unwrap();
     let out = vigil_train(&[
         "bench-conditional",
         "--data",
         dd,
         "--models",
         "padim",
+        "--config",
+        small.to_str().unwrap(),
         "--out",
         d.join("bench").to_str().unwrap(),
     ]);

@@ -36,6 +36,7 @@ pub fn mqtt_payload(data: &[u8]) {
         camera_field: (mode & 4 != 0).then(|| "camera".into()),
         time_field: (mode & 8 != 0).then(|| "time".into()),
         class_field: (mode & 16 != 0).then(|| "class".into()),
+        class_from_topic: (mode & 32 != 0).then_some(1),
         max_bytes: 1 << 16,
     };
     let cameras = [MqttCamera { slot: 0, id: "cam".into(), class: None, config: source }];

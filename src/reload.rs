@@ -53,7 +53,8 @@ fn load_each(config: &Config, skip_missing: bool) -> (Vec<Arc<Model>>, Vec<Probl
 /// of one product takes none.
 pub fn class_fits(camera: &CameraConfig, model: &Model) -> Result<(), String> {
     let m = &model.bundle.manifest;
-    let per_message = matches!(&camera.source, SourceConfig::Mqtt(s) if s.class_field.is_some());
+    let per_message =
+        matches!(&camera.source, SourceConfig::Mqtt(s) if s.class_field.is_some() || s.class_from_topic.is_some());
     match (&camera.class, &m.conditioning) {
         (Some(class), _) => m.class_index(class).map(|_| ()),
         (None, Some(_)) if !per_message => Err(format!(

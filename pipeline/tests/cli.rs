@@ -351,3 +351,41 @@ fn a_conditional_model_trains_from_class_folders_and_eval_and_the_benchmark_repo
         );
     }
 }
+
+#[test]
+fn cyclegan_and_augment_run_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let out =
+        vigil_train(&["synth", "--out", data.to_str().unwrap(), "--n-train", "6", "--n-test", "8", "--size", "32"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let normal = data.join("train/good");
+    let defect = data.join("test/scratch");
+    let run = d.join("cg");
+    let (n, r) = (normal.to_str().unwrap(), run.to_str().unwrap());
+    let tiny = ["--size", "32", "--epochs", "1", "--steps", "3", "--width", "4", "--blocks", "1", "--device", "cpu"];
+    let mut args = vec!["cyclegan", "--normal", n, "--defect", defect.to_str().unwrap(), "--out", r];
+    args.extend(tiny);
+    let out = vigil_train(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["epochs_done"], 1);
+    assert!(run.join("samples/epoch-001.png").is_file());
+    let gen_out = d.join("generated");
+    let out =
+        vigil_train(&["augment", "--generator", r, "--normal", n, "--out", gen_out.to_str().unwrap(), "--n", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["images"], 3);
+    let missing = vigil_train(&["cyclegan", "--normal", n, "--defect", n]);
+    assert!(!missing.status.success() && stderr(&missing).contains("--out"), "{}", stderr(&missing));
+    fails_with(
+        &["augment", "--generator", n, "--normal", n, "--out", r],
+        &["not a CycleGAN run folder", "vigil-train cyclegan"],
+    );
+    fails_with(
+        &["cyclegan", "--normal", n, "--defect", n, "--out", d.join("x").to_str().unwrap(), "--size", "30"],
+        &["multiple of 8"],
+    );
+}

@@ -43,6 +43,10 @@ pub struct MqttSource {
     /// message without it takes the camera's `class`.
     #[serde(default)]
     pub class_field: Option<String>,
+    /// Take the product class (conditional bundles) from this topic level (0-based); e.g. 2
+    /// for `factory/+/+/frame` published as `factory/line1/mono/frame`.
+    #[serde(default)]
+    pub class_from_topic: Option<usize>,
     /// Payloads larger than this are refused.
     #[serde(default = "super::folder::default_max_bytes")]
     pub max_bytes: u64,
@@ -73,10 +77,14 @@ impl MqttSource {
         if !valid_topic_filter(&self.topic) {
             p.at(key, "topic", format!("`{}`: not a valid MQTT topic filter", self.topic));
         }
-        if let Some(n) = self.camera_from_topic
-            && self.topic.split('/').nth(n).is_none_or(|l| l == "#")
+        for (name, level) in
+            [("camera_from_topic", self.camera_from_topic), ("class_from_topic", self.class_from_topic)]
         {
-            p.at(key, "camera_from_topic", format!("topic `{}` has no level {n}", self.topic));
+            if let Some(n) = level
+                && self.topic.split('/').nth(n).is_none_or(|l| l == "#")
+            {
+                p.at(key, name, format!("topic `{}` has no level {n}", self.topic));
+            }
         }
         if self.payload == PayloadFormat::Raw
             && (self.camera_field.is_some() || self.time_field.is_some() || self.class_field.is_some())
@@ -137,7 +145,7 @@ pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Resu
         None => cam.id.clone(),
     };
     let mut time = SystemTime::now();
-    let mut class = None;
+    let mut class = cfg.class_from_topic.and_then(|level| topic.split('/').nth(level)).map(str::to_owned);
     let bytes = match cfg.payload {
         PayloadFormat::Raw => payload.to_vec(),
         PayloadFormat::Json => {
@@ -269,6 +277,7 @@ mod tests {
                 camera_field: Some("camera".into()),
                 time_field: Some("time".into()),
                 class_field: None,
+                class_from_topic: None,
                 max_bytes: 100,
             },
         }]
@@ -297,5 +306,27 @@ mod tests {
             "bad_camera_id"
         );
         assert_eq!(kind(&cams(PayloadFormat::Raw, Some(3)), "factory/l1/camera/..%2f/frame", b"x"), "bad_camera_id");
+        let mut c = cams(PayloadFormat::Json, None);
+        c[0].config.class_field = Some("product".into());
+        assert_eq!(kind(&c, t, br#"{"image":"UE5H","product":7}"#), "bad_payload");
+    }
+
+    #[test]
+    fn the_class_comes_from_the_message_else_from_the_camera() {
+        let t = "factory/mono/camera/c7/frame";
+        let mut c = cams(PayloadFormat::Json, None);
+        c[0].class = Some("poly".into());
+        let class = |c: &[MqttCamera], p: &[u8]| parse(c, t, p).unwrap().unwrap().class;
+        assert_eq!(class(&c, br#"{"image":"UE5H"}"#).as_deref(), Some("poly"));
+        c[0].config.class_field = Some("product".into());
+        assert_eq!(class(&c, br#"{"image":"UE5H","product":"thin"}"#).as_deref(), Some("thin"));
+        assert_eq!(class(&c, br#"{"image":"UE5H"}"#).as_deref(), Some("poly"));
+        c[0].config.class_field = None;
+        c[0].config.class_from_topic = Some(1);
+        assert_eq!(class(&c, br#"{"image":"UE5H"}"#).as_deref(), Some("mono"));
+        let mut p = Problems::default();
+        c[0].config.class_from_topic = Some(9);
+        c[0].config.validate("cameras[0].source", true, &mut p);
+        assert!(format!("{p:?}").contains("class_from_topic"), "{p:?}");
     }
 }

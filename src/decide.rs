@@ -160,8 +160,21 @@ impl Policy {
     }
 
     /// The threshold for frames of `class` (conditional bundles) from `camera` (served by
-    /// `slot`) and where it comes from: `runtime`, `config` or `bundle`.
+    /// `slot`, its current bundle) and where it comes from: `runtime`, `config` or `bundle`.
     pub fn threshold(&self, camera: &str, slot: usize, class: Option<&str>) -> (f32, &'static str) {
+        let model = self.models.get(slot);
+        self.threshold_with(camera, slot, &model.bundle.manifest, class)
+    }
+
+    /// As [`Self::threshold`], with `manifest` the bundle that scored the frame (which a reload
+    /// may have replaced since): its class's calibration, never another bundle's.
+    pub fn threshold_with(
+        &self,
+        camera: &str,
+        slot: usize,
+        manifest: &vigil_model::bundle::Manifest,
+        class: Option<&str>,
+    ) -> (f32, &'static str) {
         {
             let set = self.thresholds.lock().expect("thresholds lock");
             if let Some(t) = class.and_then(|k| set.get(&class_key(camera, k))) {
@@ -174,8 +187,6 @@ impl Policy {
         if let Some(t) = self.cameras[slot].threshold {
             return (t, "config");
         }
-        let model = self.models.get(slot);
-        let manifest = &model.bundle.manifest;
         let index = class.and_then(|k| manifest.class_index(k).ok());
         (manifest.calibration(index).0.value, "bundle")
     }
@@ -294,15 +305,21 @@ impl Stage {
         let frame = &prepared.frame;
         let manifest = &prepared.model.bundle.manifest;
         let class = prepared.class.and_then(|k| Some(manifest.conditioning.as_ref()?.classes.get(k)?.name.as_str()));
-        let (threshold, _) = self.policy.threshold(&frame.camera, frame.slot, class);
+        let (threshold, _) = self.policy.threshold_with(&frame.camera, frame.slot, manifest, class);
         let normalized = manifest
             .calibration(prepared.class)
             .1
             .map(|n| n.normalize(score, threshold))
             .unwrap_or(if score > threshold { 1.0 } else { 0.0 });
         let cooldown = self.config.cameras[frame.slot].cooldown.unwrap_or(a.cooldown);
-        let before = decider.save(&frame.camera);
-        let decision = decider.decide(&frame.camera, score, threshold, cooldown, a.hysteresis, Instant::now());
+        // Cooldown and hysteresis per product: an alert on one class does not hold back
+        // another's defect on the same camera.
+        let decider_key = match class {
+            Some(k) => class_key(&frame.camera, k),
+            None => frame.camera.clone(),
+        };
+        let before = decider.save(&decider_key);
+        let decision = decider.decide(&decider_key, score, threshold, cooldown, a.hysteresis, Instant::now());
         let result = if decision == Decision::Normal { "normal" } else { "anomalous" };
         self.metrics.inc("vigil_frames_total", &[("camera", &frame.camera), ("result", result)]);
         self.metrics.score(&frame.camera, normalized as f64);
@@ -328,7 +345,6 @@ impl Stage {
             Decision::Alert { suppressed_before } => {
                 let (alert, snapshot) =
                     self.alert(&mut prepared, score, normalized, threshold, map.take(), suppressed_before);
-                let frame = &prepared.frame;
                 tracing::info!(
                     camera = alert.camera,
                     id = alert.id,
@@ -338,7 +354,7 @@ impl Stage {
                 record["alert"] = alert.id.clone().into();
                 if let Err(e) = self.sinks.alert(&alert) {
                     outcome = Outcome::Retry(format!("{e:#}"));
-                    decider.restore(&frame.camera, before);
+                    decider.restore(&decider_key, before);
                 }
                 if let Some(job) = snapshot {
                     snapshots.submit(job);

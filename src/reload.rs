@@ -57,6 +57,10 @@ pub fn class_fits(camera: &CameraConfig, model: &Model) -> Result<(), String> {
         matches!(&camera.source, SourceConfig::Mqtt(s) if s.class_field.is_some() || s.class_from_topic.is_some());
     match (&camera.class, &m.conditioning) {
         (Some(class), _) => m.class_index(class).map(|_| ()),
+        (None, None) if per_message => Err(format!(
+            "the source takes a product class from each message (class_field or class_from_topic) but bundle `{}` is not conditional; remove them, or serve a bundle trained with --conditional",
+            m.name
+        )),
         (None, Some(_)) if !per_message => Err(format!(
             "bundle `{}` is conditional (one model for several products); set the camera's `class` to one of {}",
             m.name,

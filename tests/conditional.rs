@@ -198,6 +198,18 @@ fn validate_names_a_camera_without_a_class_for_a_conditional_bundle() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success() && text.contains("cameras[0].class") && text.contains(want), "{text}");
     }
+    // A plain bundle behind a source that takes a class from each message.
+    let plain = format!(
+        "[mqtt]\nhost = \"127.0.0.1\"\n[[cameras]]\nid = \"cam1\"\nbundle = \"{}\"\nsource = {{ type = \"mqtt\", topic = \"f/+/x\", class_from_topic = 1 }}\n",
+        plant.bundle.display()
+    );
+    let cfg = plant.config(&plain);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("is not conditional"), "{text}");
     let cfg = plant.config(&camera("class = \"plain\"\n"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["validate", "--config", cfg.to_str().unwrap()])

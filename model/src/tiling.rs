@@ -97,6 +97,11 @@ pub fn score_frames(
     classes: Option<&[i64]>,
 ) -> Result<Vec<FrameScore>, EngineError> {
     let [c, h, w] = engine.chw;
+    if let Some(k) = classes
+        && k.len() != frames.len()
+    {
+        return Err(EngineError::Class(format!("{} class indices for {} frames", k.len(), frames.len())));
+    }
     let all: Vec<&Array3<f32>> = frames.iter().flat_map(|f| f.tensors.iter()).collect();
     let tile_classes: Option<Vec<i64>> = classes.map(|classes| {
         frames.iter().zip(classes).flat_map(|(f, &k)| std::iter::repeat_n(k, f.tensors.len())).collect()

@@ -49,6 +49,16 @@ impl DataSource {
         let mut classes = vec![];
         for sub in subdirs(dir)? {
             let name = sub.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with('.') {
+                continue;
+            }
+            let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !plain {
+                return Err(layout(format!(
+                    "class folder `{}`: class names use letters, digits, '-', '_' and '.'; rename it",
+                    name.escape_default()
+                )));
+            }
             classes.push((name, DataSource::of_folder(&sub)));
         }
         if classes.len() < 2 {

@@ -82,7 +82,8 @@ pub struct Evaluation {
     pub pixel_auroc: Option<f64>,
     /// Per-region overlap up to 30 % false positive rate, normalised.
     pub aupro: Option<f64>,
-    /// The bundle's threshold.
+    /// The threshold: the class's in `per_class`, the bundle's (for a conditional bundle, the
+    /// summary of its classes') at the top.
     pub threshold: f32,
     /// Counts, precision, recall and F1 at the threshold.
     pub at_threshold: Confusion,
@@ -167,10 +168,10 @@ pub fn evaluate(
         .into_iter()
         .map(|(name, d, threshold)| {
             let d: Vec<(Detail, f32)> = d.into_iter().map(|d| (d, threshold)).collect();
-            (name, summarize(bundle, engine, &d, vec![], BTreeMap::new()))
+            (name, summarize(bundle, engine, &d, threshold, vec![], BTreeMap::new()))
         })
         .collect();
-    let evaluation = summarize(bundle, engine, &details, skipped, per_class);
+    let evaluation = summarize(bundle, engine, &details, m.threshold.value, skipped, per_class);
     (evaluation, details.into_iter().map(|(d, _)| d).collect())
 }
 
@@ -192,11 +193,13 @@ fn score_details(
     (details, skipped)
 }
 
-/// The metrics of scored images, each decided by the threshold beside it.
+/// The metrics of scored images, each decided by the threshold beside it; `threshold` is the
+/// one reported (a class's, or the bundle's).
 fn summarize(
     bundle: &Bundle,
     engine: &LoadedEngine,
     details: &[(Detail, f32)],
+    threshold: f32,
     mut skipped: Vec<Skipped>,
     per_class: BTreeMap<String, Evaluation>,
 ) -> Evaluation {
@@ -205,7 +208,6 @@ fn summarize(
     // Decided per image by its own threshold: the margin over it against 0.
     let margins: Vec<f32> = details.iter().map(|(d, t)| d.score - t).collect();
     let details: Vec<&Detail> = details.iter().map(|(d, _)| d).collect();
-    let threshold = bundle.manifest.threshold.value;
 
     let mut per_type = BTreeMap::new();
     let mut counts = BTreeMap::new();

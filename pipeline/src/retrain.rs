@@ -47,6 +47,11 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
         );
     };
     anyhow::ensure!(
+        !matches!(req.source, DataSource::Classes(_)),
+        "{}: retraining takes the data of one product (--data or --normal); conditional data (--conditional, --classes) trains a new conditional model with `vigil-train train`",
+        req.from.display()
+    );
+    anyhow::ensure!(
         m.conditioning.is_none(),
         "{}: retraining a conditional bundle (classes {}) is not supported yet; train a new one with `vigil-train train --conditional` on every class's data",
         req.from.display(),

@@ -195,6 +195,14 @@ pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Resu
             bytes
         }
     };
+    if let Some(c) = &class
+        && !valid_id(&c.replace('.', "_"))
+    {
+        return refuse(
+            "bad_payload",
+            format!("product class `{}` is not 1–64 letters, digits, `-`, `_` or `.`; refused", c.escape_default()),
+        );
+    }
     if !valid_id(&camera) {
         return refuse(
             "bad_camera_id",
@@ -309,6 +317,7 @@ mod tests {
         let mut c = cams(PayloadFormat::Json, None);
         c[0].config.class_field = Some("product".into());
         assert_eq!(kind(&c, t, br#"{"image":"UE5H","product":7}"#), "bad_payload");
+        assert_eq!(kind(&c, t, br#"{"image":"UE5H","product":"a b\n"}"#), "bad_payload");
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn bench(
     stop: &AtomicBool,
     emit: &mut dyn FnMut(&Row) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<()>> {
-    let set = discover(&DataSource::Mvtec(req.data.clone()), 0.1, 0)?;
+    let set = discover(&DataSource::Mvtec(req.data.clone()), req.model.val_fraction, req.model.seed)?;
     // The first `per_type` defects of each type (by name) are the few known ones.
     let mut by_type: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for t in set.test.iter().filter(|t| t.is_defect()) {

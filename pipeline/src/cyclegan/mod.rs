@@ -34,6 +34,7 @@ use vigil_model::rng::{Rng, mix};
 use crate::data::{Skipped, list_images, load_image};
 use crate::device::{DeviceChoice, choose};
 use crate::run::{EpochLog, RunDir};
+use crate::train::checkpoint::{restore_module, restore_opt, save_module, save_opt};
 use nets::{CycleSpec, Discriminator, Generator};
 use pool::ImagePool;
 
@@ -223,20 +224,6 @@ fn adam(cfg: &CycleConfig) -> ModuleOptimizer {
     AdamConfig::new().with_beta_1(cfg.beta1).with_beta_2(0.999).with_epsilon(1e-8).init()
 }
 
-fn checkpoint(run: &RunDir, name: &str) -> PathBuf {
-    run.checkpoint(name)
-}
-
-fn load<M: Module>(m: M, run: &RunDir, name: &str) -> anyhow::Result<M> {
-    let path = checkpoint(run, name);
-    m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
-}
-
-fn save<M: Module>(m: &M, run: &RunDir, name: &str) -> anyhow::Result<()> {
-    let path = checkpoint(run, name);
-    m.clone().save_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
-}
-
 /// Images in memory as `[-1, 1]` tensors' data, `per` values each.
 struct Images {
     per: usize,
@@ -347,12 +334,10 @@ pub fn train(req: &CycleRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         Discriminators { normal: Discriminator::new(&spec, &device), defect: Discriminator::new(&spec, &device) };
     let (mut opt_g, mut opt_d) = (adam(&cfg), adam(&cfg));
     if resume {
-        gens = load(gens, run, "generators")?;
-        discs = load(discs, run, "discriminators")?;
-        for (opt, name) in [(&mut opt_g, "adam_generators"), (&mut opt_d, "adam_discriminators")] {
-            let path = checkpoint(run, name);
-            *opt = adam(&cfg).load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        }
+        gens = restore_module(gens, run, "generators")?;
+        discs = restore_module(discs, run, "discriminators")?;
+        opt_g = restore_opt(opt_g, run, "adam_generators")?;
+        opt_d = restore_opt(opt_d, run, "adam_discriminators")?;
     } else {
         device.seed(cfg.seed);
     }
@@ -455,14 +440,11 @@ fn save_all(
     opt_d: &ModuleOptimizer,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(run.0.join("checkpoint"))?;
-    save(gens, run, "generators")?;
-    save(&gens.to_defect, run, GENERATOR)?;
-    save(discs, run, "discriminators")?;
-    for (opt, name) in [(opt_g, "adam_generators"), (opt_d, "adam_discriminators")] {
-        let path = checkpoint(run, name);
-        opt.save(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-    }
-    Ok(())
+    save_module(gens, run, "generators")?;
+    save_module(&gens.to_defect, run, GENERATOR)?;
+    save_module(discs, run, "discriminators")?;
+    save_opt(opt_g, run, "adam_generators")?;
+    save_opt(opt_d, run, "adam_discriminators")
 }
 
 /// One step: the generators against the discriminators (least squares), cycle and identity
@@ -580,7 +562,7 @@ pub fn load_generator(run: &Path, device: &Device) -> anyhow::Result<(Generator,
         run.0.display(),
         run.0.display()
     );
-    let g = load(Generator::new(&cfg.spec(state.channels), device), &run, GENERATOR)?;
+    let g = restore_module(Generator::new(&cfg.spec(state.channels), device), &run, GENERATOR)?;
     Ok((g.valid(), cfg, state.channels))
 }
 

@@ -18,27 +18,37 @@ fn adam(cfg: &TrainConfig) -> AdamConfig {
 
 fn load_opt(cfg: &TrainConfig, run: &RunDir, name: &str, resume: bool) -> anyhow::Result<ModuleOptimizer> {
     let opt = adam(cfg).init();
-    let path = run.checkpoint(name);
-    if resume && path.exists() {
-        return opt.load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()));
+    if resume && run.checkpoint(name).exists() {
+        return restore_opt(opt, run, name);
     }
     Ok(opt)
 }
 
 fn load_module<M: Module>(m: M, run: &RunDir, name: &str, resume: bool) -> anyhow::Result<M> {
-    let path = run.checkpoint(name);
-    if resume && path.exists() {
-        return m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()));
+    if resume && run.checkpoint(name).exists() {
+        return restore_module(m, run, name);
     }
     Ok(m)
 }
 
-fn save_module<M: Module>(m: &M, run: &RunDir, name: &str) -> anyhow::Result<()> {
+/// The module saved as checkpoint `name` of `run` (an error when there is none).
+pub(crate) fn restore_module<M: Module>(m: M, run: &RunDir, name: &str) -> anyhow::Result<M> {
+    let path = run.checkpoint(name);
+    m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+/// The optimizer state saved as checkpoint `name` of `run`, into `opt`.
+pub(crate) fn restore_opt(opt: ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<ModuleOptimizer> {
+    let path = run.checkpoint(name);
+    opt.load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+pub(crate) fn save_module<M: Module>(m: &M, run: &RunDir, name: &str) -> anyhow::Result<()> {
     let path = run.checkpoint(name);
     m.clone().save_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
 
-fn save_opt(o: &ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<()> {
+pub(crate) fn save_opt(o: &ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<()> {
     let path = run.checkpoint(name);
     o.save(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }

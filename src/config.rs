@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::HttpConfig;
+use crate::dataset::DatasetConfig;
 use crate::mqtt::MqttConfig;
 use crate::problem::{ConfigError, Problem, Problems, valid_id};
 use crate::scoring::ScoringConfig;
 use crate::sink::AlertsConfig;
 use crate::source::SourceConfig;
+use crate::web::HttpConfig;
 use vigil_model::engine::EngineConfig;
 
 /// The whole daemon configuration.
@@ -45,9 +46,12 @@ pub struct Config {
     /// Where alerts go besides MQTT, and how they are decided.
     #[serde(default)]
     pub alerts: AlertsConfig,
-    /// Prometheus `/metrics` and `/healthz`.
+    /// The operator's page, Prometheus `/metrics` and `/healthz`.
     #[serde(default)]
     pub http: HttpConfig,
+    /// What the daemon keeps for retraining: alert frames, verdicts, sampled normals.
+    #[serde(default)]
+    pub dataset: DatasetConfig,
     /// The cameras.
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -276,6 +280,8 @@ impl Config {
             m.validate(&mut p);
         }
         self.alerts.validate(self.mqtt.is_some(), &mut p);
+        self.http.validate(&mut p);
+        self.dataset.validate(&mut p);
         if self.cameras.is_empty() {
             p.add("cameras", "no cameras: add a [[cameras]] entry (see examples/vigil.toml)");
         }

@@ -1,106 +1,184 @@
-//! The MQTT control topics: after each (re)connection the retained threshold states are
-//! published again, and `<camera>/threshold/set` changes the threshold in force (saved in
-//! the state folder, acknowledged to the broker only once saved).
+//! The operator's controls, from MQTT and from the page alike: `<camera>/threshold/set`
+//! changes the threshold in force (saved in the state folder, acknowledged to the broker
+//! only once saved, the retained `threshold/state` published again after each connection),
+//! and `<camera>/feedback` gives a verdict on an alert (acknowledged on `feedback/state`).
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::dataset::{Applied, Dataset, Verdict, VerdictError};
 use crate::decide::Policy;
+use crate::live::Board;
 use crate::metrics::Metrics;
 use crate::mqtt::{Incoming, MqttClient};
 use crate::problem::valid_id;
 use crate::sink::publish::Publisher;
 
-/// Handles (re)connections and threshold changes until the connection task ends.
-pub async fn run(
-    mut rx: mpsc::UnboundedReceiver<Incoming>,
-    mqtt: MqttClient,
-    publisher: Publisher,
-    policy: Arc<Policy>,
-    metrics: Arc<Metrics>,
-) {
+/// What the controls change, shared by the MQTT control task and the page.
+pub struct Control {
+    /// Publishes the states.
+    pub publisher: Publisher,
+    /// The thresholds.
+    pub policy: Arc<Policy>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Where verdicts put frames.
+    pub dataset: Arc<Dataset>,
+    /// The page's live state.
+    pub board: Arc<Board>,
+}
+
+/// Why a threshold change was refused or not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ThresholdError {
+    /// Not a camera this box serves.
+    #[error("unknown camera `{0}`")]
+    UnknownCamera(String),
+    /// Not a class of the camera's bundle.
+    #[error("unknown class `{class}`; the camera's bundle knows {known}")]
+    UnknownClass {
+        /// The class asked.
+        class: String,
+        /// What the bundle knows.
+        known: String,
+    },
+    /// Applied, but not saved.
+    #[error("applied, but not saved: {0}; it applies until a restart")]
+    NotSaved(String),
+}
+
+impl Control {
+    async fn publish_state(&self, camera: &str) {
+        if let Some(state) = self.policy.state(camera) {
+            self.publisher.threshold_state(camera, &state).await;
+            self.board.event("threshold", camera, serde_json::json!({ "state": state }));
+        }
+    }
+
+    /// Applies a threshold change and publishes the camera's new state.
+    pub async fn set_threshold(&self, camera: &str, set: &ThresholdSet) -> Result<(), ThresholdError> {
+        if !valid_id(camera) || self.policy.slot_of(camera).is_none() {
+            self.metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
+            return Err(ThresholdError::UnknownCamera(camera.escape_default().to_string()));
+        }
+        if let Some(class) = &set.class
+            && !self.policy.classes(camera).contains(class)
+        {
+            let known = self.policy.classes(camera);
+            self.metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
+            return Err(ThresholdError::UnknownClass {
+                class: class.escape_default().to_string(),
+                known: if known.is_empty() { "no classes (it is not conditional)".to_owned() } else { known.join(", ") },
+            });
+        }
+        let key = match &set.class {
+            Some(k) => crate::decide::class_key(camera, k),
+            None => camera.to_owned(),
+        };
+        let saved = self.policy.thresholds.lock().expect("thresholds lock").set(&key, set.value);
+        self.publish_state(camera).await;
+        match saved {
+            Ok(()) => {
+                tracing::info!(camera, class = set.class, "threshold set: {:?}", set.value);
+                Ok(())
+            }
+            Err(e) => Err(ThresholdError::NotSaved(format!("{e:#}"))),
+        }
+    }
+
+    /// Gives a verdict on an alert: its clean frame goes into the data set; the outcome is
+    /// published on `<camera>/feedback/state` and shown on the page.
+    pub async fn verdict(&self, camera: &str, id: &str, verdict: Verdict) -> Result<Applied, VerdictError> {
+        let result = self.dataset.verdict(camera, id, verdict);
+        let state = match &result {
+            Ok(a) => {
+                self.metrics.inc("vigil_verdicts_total", &[("camera", camera), ("verdict", verdict.name())]);
+                tracing::info!(camera, id, "verdict {}: {}", verdict.name(), a.file.display());
+                self.board.event("verdict", camera, serde_json::json!({ "id": id, "verdict": verdict }));
+                serde_json::json!({ "id": id, "verdict": verdict, "ok": true, "changed": a.changed })
+            }
+            Err(e) => {
+                tracing::warn!(camera, "verdict refused: {e}");
+                self.metrics.inc("vigil_errors_total", &[("kind", "bad_feedback")]);
+                serde_json::json!({ "id": id, "verdict": verdict, "ok": false, "error": e.to_string() })
+            }
+        };
+        if valid_id(camera) {
+            self.publisher.feedback_state(camera, &state).await;
+        }
+        result
+    }
+}
+
+/// Handles (re)connections, threshold changes and verdicts until the connection task ends.
+pub async fn run(mut rx: mpsc::UnboundedReceiver<Incoming>, mqtt: MqttClient, control: Arc<Control>) {
     while let Some(msg) = rx.recv().await {
         match msg {
             Incoming::Connected => {
-                for camera in policy.cameras() {
-                    publish_state(&publisher, &policy, &camera).await;
+                for camera in control.policy.cameras() {
+                    control.publish_state(&camera).await;
                 }
             }
             Incoming::ThresholdSet { camera, payload, handled } => {
                 // Acknowledged only once saved: had vigil died before, or had the save failed,
                 // the broker delivers it again.
-                if set_threshold(&publisher, &policy, &metrics, &camera, &payload).await {
-                    let _ = handled.send(());
-                } else {
-                    mqtt.redeliver();
+                let result = match parse_threshold(&payload) {
+                    Ok(set) => control.set_threshold(&camera, &set).await,
+                    Err(e) => {
+                        control.metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
+                        tracing::warn!(camera, "threshold/set refused: {e}");
+                        Ok(())
+                    }
+                };
+                match result {
+                    Err(ThresholdError::NotSaved(e)) => {
+                        tracing::error!(camera, "threshold could not be saved: {e}; the broker delivers it again");
+                        mqtt.redeliver();
+                    }
+                    Err(e) => {
+                        tracing::warn!(camera, "threshold/set refused: {e}");
+                        let _ = handled.send(());
+                    }
+                    Ok(()) => {
+                        let _ = handled.send(());
+                    }
                 }
+            }
+            Incoming::Feedback { camera, payload, handled } => {
+                match parse_feedback(&payload) {
+                    Ok((id, verdict)) => {
+                        let _ = control.verdict(&camera, &id, verdict).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(camera, "feedback refused: {e}");
+                        control.metrics.inc("vigil_errors_total", &[("kind", "bad_feedback")]);
+                        if valid_id(&camera) {
+                            let state = serde_json::json!({ "ok": false, "error": e });
+                            control.publisher.feedback_state(&camera, &state).await;
+                        }
+                    }
+                }
+                let _ = handled.send(());
             }
         }
     }
 }
 
-async fn publish_state(publisher: &Publisher, policy: &Policy, camera: &str) {
-    if let Some(state) = policy.state(camera) {
-        publisher.threshold_state(camera, &state).await;
+/// A `feedback` payload: `{"id": "<alert id>", "verdict": "false_alarm" | "confirmed"}`.
+pub fn parse_feedback(payload: &[u8]) -> Result<(String, Verdict), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Feedback {
+        id: String,
+        verdict: Verdict,
     }
-}
-
-/// Applies one `threshold/set` message; false when it was applied but could not be saved.
-async fn set_threshold(
-    publisher: &Publisher,
-    policy: &Policy,
-    metrics: &Metrics,
-    camera: &str,
-    payload: &[u8],
-) -> bool {
-    match parse_threshold(payload) {
-        Ok(ThresholdSet { class: Some(class), .. })
-            if valid_id(camera) && policy.slot_of(camera).is_some() && !policy.classes(camera).contains(&class) =>
-        {
-            let known = policy.classes(camera);
-            tracing::warn!(
-                camera,
-                "threshold/set refused: unknown class `{}`; the camera's bundle knows {}",
-                class.escape_default(),
-                if known.is_empty() { "no classes (it is not conditional)".to_owned() } else { known.join(", ") }
-            );
-            metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
-            true
-        }
-        Ok(ThresholdSet { value, class }) if valid_id(camera) && policy.slot_of(camera).is_some() => {
-            let key = match &class {
-                Some(k) => crate::decide::class_key(camera, k),
-                None => camera.to_owned(),
-            };
-            let saved = policy.thresholds.lock().expect("thresholds lock").set(&key, value);
-            let ok = match saved {
-                Ok(()) => {
-                    tracing::info!(camera, class, "threshold set over MQTT: {value:?}");
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(
-                        camera,
-                        "threshold could not be saved: {e:#}; it applies until a restart, and the broker delivers it again"
-                    );
-                    false
-                }
-            };
-            publish_state(publisher, policy, camera).await;
-            ok
-        }
-        Ok(_) => {
-            tracing::warn!("threshold/set for unknown camera `{}` ignored", camera.escape_default());
-            metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
-            true
-        }
-        Err(e) => {
-            tracing::warn!(camera, "threshold/set refused: {e}");
-            metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
-            true
-        }
-    }
+    let f: Feedback = serde_json::from_slice(payload).map_err(|e| {
+        format!(
+            "{e}: send {{\"id\": \"<alert id>\", \"verdict\": \"false_alarm\"}} or {{..., \"verdict\": \"confirmed\"}}"
+        )
+    })?;
+    Ok((f.id, f.verdict))
 }
 
 /// A parsed `threshold/set` payload.
@@ -165,5 +243,14 @@ mod tests {
         assert!(parse_threshold(br#"{"threshold": 2, "class": 3}"#).is_err());
         assert!(parse_threshold(b"high").is_err());
         assert!(parse_threshold(&[0xff]).is_err());
+    }
+
+    #[test]
+    fn feedback_payloads() {
+        let ok = parse_feedback(br#"{"id": "01KB0000000000000000000000", "verdict": "false_alarm"}"#).unwrap();
+        assert_eq!(ok, ("01KB0000000000000000000000".to_owned(), Verdict::FalseAlarm));
+        assert_eq!(parse_feedback(br#"{"id": "x", "verdict": "confirmed"}"#).unwrap().1, Verdict::Confirmed);
+        assert!(parse_feedback(br#"{"id": "x", "verdict": "maybe"}"#).unwrap_err().contains("false_alarm"));
+        assert!(parse_feedback(b"ok").is_err());
     }
 }

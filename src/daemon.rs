@@ -13,6 +13,11 @@ use tokio::sync::mpsc;
 
 use crate::alert::rfc3339;
 use crate::config::Config;
+use crate::control::Control;
+use crate::dataset::Dataset;
+use crate::live::Board;
+use crate::web::App;
+use crate::web::auth::Token;
 use crate::decide::{self, Policy};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Connection};
@@ -62,13 +67,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let started = Instant::now();
     let models = load(&config, &metrics).await?;
 
-    if let Some(addr) = config.http.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("http.listen {addr}: cannot listen there; pick a free address or port"))?;
-        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
-    }
-
     let (results_tx, results_rx) = mpsc::channel(scoring::results_capacity(&config.scoring));
     let rois = config.cameras.iter().map(|c| c.roi).collect();
     let stages = scoring::start(&config.scoring, models.clone(), rois, results_tx);
@@ -98,6 +96,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let thresholds = Thresholds::open(&config.state_dir)?;
     let policy = Arc::new(Policy::new(config.cameras.clone(), models.clone(), thresholds));
+    let board = Arc::new(Board::default());
+    let dataset = Arc::new(Dataset::new(&config.state_dir, config.dataset.clone()));
+    for c in &config.cameras {
+        board.seed_alerts(&c.id, dataset.recent_alerts(&c.id, crate::live::RECENT_ALERTS));
+    }
+    let control = Arc::new(Control {
+        publisher: publisher.clone(),
+        policy: policy.clone(),
+        metrics: metrics.clone(),
+        dataset: dataset.clone(),
+        board: board.clone(),
+    });
+    if config.http.listen.is_some() {
+        let token = match config.http.page {
+            true => Token::load(config.http.token_file.as_deref(), &config.state_dir)?,
+            // Nothing to protect: only /metrics and /healthz are served.
+            false => Token::new(""),
+        };
+        let app = Arc::new(App {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            board: board.clone(),
+            dataset: dataset.clone(),
+            policy: policy.clone(),
+            control: control.clone(),
+            token,
+            rendered: Default::default(),
+        });
+        if let Some(addr) = crate::web::start(app).await? {
+            tracing::info!("http: {} on http://{addr}", if config.http.page { "the page, /metrics and /healthz" } else { "/metrics and /healthz" });
+        }
+    }
     let delivery = match &config.mqtt {
         Some(m) => {
             let path = config.state_dir.join("outbox.jsonl");
@@ -120,6 +150,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics: metrics.clone(),
         decisions: config.alerts.decisions_jsonl.as_deref().map(|p| Jsonl::open(p, false)).transpose()?,
         sinks,
+        board,
+        dataset,
     };
     let decide = tokio::spawn(decide.run(results_rx));
 
@@ -156,7 +188,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             metrics.clone(),
             stop.subscribe(),
         ));
-        tokio::spawn(crate::control::run(control_rx, c.clone(), publisher.clone(), policy.clone(), metrics.clone()));
+        tokio::spawn(crate::control::run(control_rx, c.clone(), control.clone()));
     }
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(3600));

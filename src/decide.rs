@@ -191,6 +191,11 @@ impl Policy {
         (manifest.calibration(index).0.value, "bundle")
     }
 
+    /// The model `slot` serves now.
+    pub fn model(&self, slot: usize) -> Arc<crate::scoring::Model> {
+        self.models.get(slot)
+    }
+
     /// The classes of the bundle `camera` is served by (empty unless conditional).
     pub fn classes(&self, camera: &str) -> Vec<String> {
         self.slot_of(camera)
@@ -257,6 +262,10 @@ pub struct Stage {
     pub decisions: Option<Jsonl>,
     /// Where alerts and the other messages go.
     pub sinks: Sinks,
+    /// What the page shows.
+    pub board: Arc<crate::live::Board>,
+    /// Alert frames and sampled normals.
+    pub dataset: Arc<crate::dataset::Dataset>,
 }
 
 impl Stage {
@@ -334,17 +343,35 @@ impl Stage {
         }
         self.sinks.publisher.score(&frame.camera, &message);
         let mut outcome = Outcome::Scored;
+        let mut latest =
+            crate::live::Latest { seq: 0, bytes: Default::default(), area: prepared.area, map: None, threshold };
         let mut record = serde_json::json!({
             "camera": frame.camera, "source": source, "frame_time": frame_time, "score": score,
             "normalized_score": normalized, "threshold": threshold, "result": result,
             "latency_ms": frame.received.elapsed().as_secs_f64() * 1e3,
         });
+        let frame_time = frame.time;
         match decision {
-            Decision::Normal => {}
+            Decision::Normal => {
+                if self.config.dataset.sample_normal > 0 {
+                    let id = alert_id(frame.time, &self.device, &frame.camera, &source, &prepared.sha256);
+                    if let Err(e) = self.dataset.sample(&frame.camera, &id, &frame.bytes) {
+                        tracing::warn!(camera = frame.camera, "sampled normal frame not kept: {e}");
+                        self.metrics.inc("vigil_errors_total", &[("kind", "dataset")]);
+                    }
+                }
+            }
             Decision::Suppressed => self.metrics.inc("vigil_alerts_suppressed_total", &[("camera", &frame.camera)]),
             Decision::Alert { suppressed_before } => {
+                latest.map = map.clone().map(std::sync::Arc::new);
                 let (alert, snapshot) =
                     self.alert(&mut prepared, score, normalized, threshold, map.take(), suppressed_before);
+                let bytes = snapshot.as_ref().map_or(&prepared.frame.bytes, |j| &j.frame);
+                latest.bytes = std::sync::Arc::new(bytes.clone());
+                if let Err(e) = self.dataset.keep_alert(&alert, bytes) {
+                    tracing::warn!(camera = alert.camera, "the frame of alert {} is not kept for verdicts: {e}", alert.id);
+                    self.metrics.inc("vigil_errors_total", &[("kind", "dataset")]);
+                }
                 tracing::info!(
                     camera = alert.camera,
                     id = alert.id,
@@ -360,9 +387,15 @@ impl Stage {
                     snapshots.submit(job);
                 }
                 self.metrics.inc("vigil_alerts_total", &[("camera", &alert.camera)]);
+                self.board.alert(&alert);
             }
         }
         let frame = &mut prepared.frame;
+        if latest.bytes.is_empty() {
+            latest.bytes = std::sync::Arc::new(std::mem::take(&mut frame.bytes));
+            latest.map = map.map(std::sync::Arc::new);
+        }
+        self.board.scored(&frame.camera, frame_time, score, threshold, Some(latest));
         self.metrics.latency(frame.received.elapsed().as_secs_f64());
         self.record(record);
         if let Some(done) = frame.done.take() {

@@ -19,9 +19,12 @@
 //! - [`sink`]: every outbound message: alerts (outbox, delivery, JSON lines, stdout),
 //!   snapshots, scores, stats, threshold states, availability; [`alert`]: the alert JSON.
 //! - [`mqtt`]: the daemon's MQTT session and its client handle; [`topics`]: the topic names.
-//! - [`control`]: the MQTT control topics (`threshold/set`).
+//! - [`control`]: the operator's controls from MQTT and the page (`threshold/set`,
+//!   `feedback`); [`dataset`]: alert frames, verdicts and sampled normals kept for retraining.
+//! - [`web`]: the HTTP listener: the operator's page and its API, `/metrics`, `/healthz`;
+//!   [`live`]: what the page shows, kept as frames are decided.
 //! - [`reload`]: bundle loading, watching and reloading.
-//! - [`state`]: what survives a restart; [`metrics`]: Prometheus and `/healthz`.
+//! - [`state`]: what survives a restart; [`metrics`]: the counters behind `/metrics`.
 //! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`, `bench`, `demo`).
 //! - [`guard`]: panics in a frame's work turned into a refused frame; [`memory`]: giving
 //!   freed memory back to the system.
@@ -31,11 +34,13 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dataset;
 pub mod decide;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_targets;
 pub mod guard;
+pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod mqtt;
@@ -47,6 +52,7 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod topics;
+pub mod web;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -204,6 +204,15 @@ pub enum Incoming {
         /// acknowledged only then, so a change vigil dies before saving is delivered again.
         handled: tokio::sync::oneshot::Sender<()>,
     },
+    /// A message on `<camera>/feedback`: a verdict on an alert.
+    Feedback {
+        /// The camera.
+        camera: String,
+        /// The payload.
+        payload: Vec<u8>,
+        /// Answered once the verdict is written (or refused); acknowledged only then.
+        handled: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// The handle of the daemon's MQTT session: publish, acknowledge frames, ask for redelivery.
@@ -460,27 +469,34 @@ impl Session {
     /// packets in order, so once `online` is seen, frames and threshold changes are received.
     fn announce(&self) {
         let c = self.mqtt.client.clone();
-        let (online, filters, tset) =
-            (self.mqtt.topics.available(), self.frame_filters.clone(), self.mqtt.topics.threshold_set_filter());
+        let (online, filters) = (self.mqtt.topics.available(), self.frame_filters.clone());
+        let controls = [self.mqtt.topics.threshold_set_filter(), self.mqtt.topics.feedback_filter()];
         self.mqtt.pending.fetch_add(1, Ordering::SeqCst);
         self.mqtt.show_pending();
         tokio::spawn(async move {
             for f in filters {
                 let _ = c.subscribe(f, QoS::AtLeastOnce).await;
             }
-            let _ = c.subscribe(tset, QoS::AtLeastOnce).await;
+            for f in controls {
+                let _ = c.subscribe(f, QoS::AtLeastOnce).await;
+            }
             let _ = c.publish(online, QoS::AtLeastOnce, true, ONLINE).await;
         });
     }
 
     async fn on_publish(&mut self, p: Publish) {
-        if let Some(camera) = self.mqtt.topics.threshold_set_camera(&p.topic) {
-            let (handled, done) = tokio::sync::oneshot::channel();
-            let _ = self.incoming.send(Incoming::ThresholdSet {
+        let (handled, done) = tokio::sync::oneshot::channel();
+        let control = if let Some(camera) = self.mqtt.topics.threshold_set_camera(&p.topic) {
+            Some(Incoming::ThresholdSet { camera: camera.to_owned(), payload: p.payload.to_vec(), handled })
+        } else {
+            self.mqtt.topics.feedback_camera(&p.topic).map(|camera| Incoming::Feedback {
                 camera: camera.to_owned(),
                 payload: p.payload.to_vec(),
                 handled,
-            });
+            })
+        };
+        if let Some(control) = control {
+            let _ = self.incoming.send(control);
             let c = self.mqtt.client.clone();
             tokio::spawn(async move {
                 if done.await.is_ok() {

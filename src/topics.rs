@@ -28,7 +28,8 @@ impl Topics {
     pub fn stats(&self) -> String {
         format!("{}/stats", self.base)
     }
-    /// `<prefix>/<device>/<camera>/<leaf>` (`anomaly`, `snapshot`, `score`, `threshold/state`).
+    /// `<prefix>/<device>/<camera>/<leaf>` (`anomaly`, `snapshot`, `score`, `threshold/state`,
+    /// `feedback/state`).
     pub fn camera(&self, camera: &str, leaf: &str) -> String {
         format!("{}/{camera}/{leaf}", self.base)
     }
@@ -40,6 +41,16 @@ impl Topics {
     pub fn threshold_set_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
         let camera = rest.strip_suffix("/threshold/set")?;
+        (!camera.contains('/')).then_some(camera)
+    }
+    /// The filter of verdicts for every camera.
+    pub fn feedback_filter(&self) -> String {
+        format!("{}/+/feedback", self.base)
+    }
+    /// The camera of a verdict topic.
+    pub fn feedback_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let camera = rest.strip_suffix("/feedback")?;
         (!camera.contains('/')).then_some(camera)
     }
 }
@@ -71,5 +82,7 @@ mod tests {
         let t = Topics::new("vigil", "box1");
         assert_eq!(t.threshold_set_camera("vigil/box1/cam2/threshold/set"), Some("cam2"));
         assert_eq!(t.threshold_set_camera("vigil/box1/a/b/threshold/set"), None);
+        assert_eq!(t.feedback_camera("vigil/box1/cam2/feedback"), Some("cam2"));
+        assert_eq!(t.feedback_camera("vigil/box1/cam2/feedback/state"), None);
     }
 }

@@ -14,6 +14,7 @@ mod fuzz_corpus;
 mod load;
 mod models;
 mod onnx_writer;
+mod page;
 mod preprocess;
 mod security;
 mod synth;

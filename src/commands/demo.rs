@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{CameraConfig, Config};
-use crate::metrics::HttpConfig;
+use crate::web::HttpConfig;
 use crate::mqtt::MqttConfig;
 use crate::sink::AlertsConfig;
 use crate::source::SourceConfig;
@@ -117,7 +117,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             snapshot_keep: 10_000,
             ..Default::default()
         },
-        http: HttpConfig { listen: None },
+        http: HttpConfig { listen: None, ..Default::default() },
+        dataset: Default::default(),
         cameras: vec![CameraConfig {
             id: "demo-cam".into(),
             bundle: bundle.clone(),

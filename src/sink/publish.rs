@@ -59,6 +59,14 @@ impl Publisher {
         }
     }
 
+    /// The outcome of a verdict on `<camera>/feedback/state` (QoS 1, not retained: each
+    /// answers one message).
+    pub async fn feedback_state(&self, camera: &str, state: &serde_json::Value) {
+        if let Some(m) = &self.mqtt {
+            let _ = m.publish(m.topics.camera(camera, "feedback/state"), false, state.to_string().into_bytes()).await;
+        }
+    }
+
     /// `stopped`, retained on `available` (QoS 1), at a clean stop while connected.
     pub async fn stopped(&self) {
         if let Some(m) = self.mqtt.as_ref().filter(|m| m.is_connected()) {

@@ -1,0 +1,257 @@
+// vigil's page: keeps the server-rendered cards live from /api/events (Server-Sent Events).
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+// The same look as the reports' charts (pipeline/src/chart.rs).
+const STYLE = { score: "#1f77b4", threshold: "#d62728", axis: "#333333", grid: "#dddddd", font: "12px sans-serif" };
+const series = new Map(); // camera -> [{t, score, threshold}]
+let historySeconds = 6 * 3600;
+
+function card(camera) {
+  return document.querySelector(`section.camera[data-camera="${CSS.escape(camera)}"]`);
+}
+
+function el(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function ticks(lo, hi, n) {
+  const span = hi - lo || 1;
+  const step = Math.pow(10, Math.floor(Math.log10(span / n)));
+  const nice = [1, 2, 5, 10].map((m) => m * step).find((s) => span / s <= n) || step * 10;
+  const out = [];
+  for (let v = Math.ceil(lo / nice) * nice; v <= hi + 1e-12; v += nice) out.push(v);
+  return out;
+}
+
+function fmt(v) {
+  return Math.abs(v) >= 100 || v === 0 ? v.toFixed(0) : v.toPrecision(3);
+}
+
+function draw(camera) {
+  const c = card(camera);
+  if (!c) return;
+  const svg = c.querySelector("svg.score-chart");
+  const W = 520, H = 260, L = 64, R = 16, T = 30, B = 44;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.replaceChildren();
+  const pts = series.get(camera) || [];
+  const now = Date.now();
+  const t0 = now - historySeconds * 1000;
+  const threshold = pts.length ? pts[pts.length - 1].threshold : Number(c.querySelector("input[name=threshold]").value);
+  const scores = pts.map((p) => p.score).filter((s) => s !== null && isFinite(s));
+  let hi = Math.max(threshold * 1.5 || 1, ...scores);
+  let lo = Math.min(0, ...scores);
+  const x = (t) => L + ((t - t0) / (now - t0)) * (W - L - R);
+  const y = (v) => T + (1 - (v - lo) / (hi - lo || 1)) * (H - T - B);
+  svg.append(el("text", { x: W / 2, y: 18, "text-anchor": "middle", "font-weight": "bold", style: `font:${STYLE.font}` }, `Score of ${camera}, last ${historySeconds / 3600} h`));
+  for (const v of ticks(lo, hi, 5)) {
+    svg.append(el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: STYLE.grid }));
+    svg.append(el("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", style: `font:${STYLE.font}`, fill: STYLE.axis }, fmt(v)));
+  }
+  const hour = 3600 * 1000;
+  const step = historySeconds > 3 * 3600 ? hour : hour / 2;
+  for (let t = Math.ceil(t0 / step) * step; t <= now; t += step) {
+    const d = new Date(t);
+    const label = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+    svg.append(el("line", { x1: x(t), x2: x(t), y1: H - B, y2: H - B + 5, stroke: STYLE.axis }));
+    svg.append(el("text", { x: x(t), y: H - B + 18, "text-anchor": "middle", style: `font:${STYLE.font}`, fill: STYLE.axis }, label));
+  }
+  svg.append(el("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: STYLE.axis }));
+  svg.append(el("line", { x1: L, x2: L, y1: T, y2: H - B, stroke: STYLE.axis }));
+  svg.append(el("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", style: `font:${STYLE.font}` }, "time"));
+  svg.append(el("text", { x: 14, y: (T + H - B) / 2, "text-anchor": "middle", transform: `rotate(-90 14 ${(T + H - B) / 2})`, style: `font:${STYLE.font}` }, "anomaly score"));
+  const line = pts.filter((p) => p.t >= t0 && p.score !== null).map((p) => `${x(p.t).toFixed(1)},${y(p.score).toFixed(1)}`).join(" ");
+  svg.append(el("polyline", { points: line, fill: "none", stroke: STYLE.score, "stroke-width": 1.5, class: "score-line" }));
+  if (isFinite(threshold)) {
+    svg.append(el("line", { x1: L, x2: W - R, y1: y(threshold), y2: y(threshold), stroke: STYLE.threshold, "stroke-dasharray": "6 4", "stroke-width": 1.5 }));
+  }
+  // Legend, top right.
+  const lx = W - R - 170;
+  svg.append(el("line", { x1: lx, x2: lx + 18, y1: T + 10, y2: T + 10, stroke: STYLE.score, "stroke-width": 2 }));
+  svg.append(el("text", { x: lx + 24, y: T + 14, style: `font:${STYLE.font}` }, "score (max per second)"));
+  svg.append(el("line", { x1: lx, x2: lx + 18, y1: T + 28, y2: T + 28, stroke: STYLE.threshold, "stroke-dasharray": "6 4", "stroke-width": 2 }));
+  svg.append(el("text", { x: lx + 24, y: T + 32, style: `font:${STYLE.font}`, class: "threshold-label" }, `threshold ${fmt(threshold)}`));
+}
+
+const pending = new Set();
+function redraw(camera) {
+  if (pending.has(camera)) return;
+  pending.add(camera);
+  setTimeout(() => { pending.delete(camera); draw(camera); refreshLatest(camera); }, 500);
+}
+
+function refreshLatest(camera) {
+  const img = card(camera)?.querySelector("img.latest-img");
+  if (img) img.src = `/api/cameras/${encodeURIComponent(camera)}/latest.jpg?t=${Date.now()}`;
+}
+
+function addPoint(camera, t, score, threshold) {
+  const pts = series.get(camera) || [];
+  const second = Math.floor(t / 1000) * 1000;
+  const last = pts[pts.length - 1];
+  if (last && last.t === second) {
+    if (score === null || score > last.score) last.score = score;
+    last.threshold = threshold;
+  } else if (!last || last.t < second) {
+    pts.push({ t: second, score, threshold });
+  }
+  const oldest = Date.now() - historySeconds * 1000;
+  while (pts.length && pts[0].t < oldest) pts.shift();
+  series.set(camera, pts);
+}
+
+function alertRow(camera, alert) {
+  const tr = document.createElement("tr");
+  tr.className = "alert";
+  tr.dataset.id = alert.id;
+  const snap = `/api/cameras/${encodeURIComponent(camera)}/alerts/${encodeURIComponent(alert.id)}/snapshot.jpg`;
+  const td = () => tr.appendChild(document.createElement("td"));
+  const a = td().appendChild(document.createElement("a"));
+  a.href = snap;
+  a.target = "_blank";
+  const img = a.appendChild(document.createElement("img"));
+  img.className = "thumb";
+  img.alt = `snapshot of alert ${alert.id}`;
+  // The snapshot is rendered just after the alert: give it a moment.
+  setTimeout(() => { img.src = snap; }, 1000);
+  const when = td();
+  when.appendChild(document.createElement("time")).textContent = alert.frame_time;
+  when.appendChild(document.createElement("br"));
+  const s = when.appendChild(document.createElement("span"));
+  s.className = "score";
+  s.textContent = `score ${Number(alert.score).toFixed(4)}`;
+  td().textContent = alert.region ? `[${alert.region.bbox.join(", ")}]` : "-";
+  td().textContent = `${alert.model.name} v${alert.model.version}`;
+  const v = td();
+  v.className = "verdicts";
+  for (const [verdict, label] of [["false_alarm", "False alarm"], ["confirmed", "Confirmed"]]) {
+    const b = v.appendChild(document.createElement("button"));
+    b.className = "verdict";
+    b.dataset.verdict = verdict;
+    b.textContent = label;
+  }
+  return tr;
+}
+
+function status(c, text, error) {
+  const s = c.querySelector(".status");
+  if (!s) return;
+  s.textContent = text;
+  s.classList.toggle("error", !!error);
+}
+
+async function post(url, body) {
+  const r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), credentials: "same-origin" });
+  let data = {};
+  try { data = await r.json(); } catch (_) { data = { error: await r.text().catch(() => "") }; }
+  if (r.status === 401) throw new Error("needs the token: log in (link at the top)");
+  if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
+  return data;
+}
+
+function showThreshold(camera, state) {
+  const c = card(camera);
+  if (!c || !state) return;
+  const input = c.querySelector("input[name=threshold]");
+  if (document.activeElement !== input) input.value = state.threshold;
+  c.querySelector(".threshold-source").textContent = `(${state.source})`;
+  draw(camera);
+}
+
+async function loadState() {
+  const r = await fetch("/api/state", { credentials: "same-origin" });
+  if (!r.ok) return;
+  const state = await r.json();
+  historySeconds = state.history_seconds || historySeconds;
+  for (const cam of state.cameras) {
+    const c = card(cam.id);
+    if (!c) { location.reload(); return; }
+    for (const [k, v] of Object.entries(cam.counters)) {
+      const s = c.querySelector(`[data-counter="${k}"]`);
+      if (s) s.textContent = v;
+    }
+    showThreshold(cam.id, cam.threshold);
+    for (const a of cam.alerts) {
+      const row = c.querySelector(`tr.alert[data-id="${CSS.escape(a.alert.id)}"]`);
+      if (!row) c.querySelector("table.alerts tbody").prepend(alertRow(cam.id, a.alert));
+      markVerdict(cam.id, a.alert.id, a.verdict);
+    }
+  }
+}
+
+function markVerdict(camera, id, verdict) {
+  const row = card(camera)?.querySelector(`tr.alert[data-id="${CSS.escape(id)}"]`);
+  if (!row) return;
+  for (const b of row.querySelectorAll("button.verdict")) b.setAttribute("aria-pressed", String(b.dataset.verdict === verdict));
+}
+
+async function loadHistory(camera) {
+  const r = await fetch(`/api/cameras/${encodeURIComponent(camera)}/history`, { credentials: "same-origin" });
+  if (r.ok) series.set(camera, await r.json());
+  draw(camera);
+}
+
+function follow() {
+  const live = document.getElementById("live");
+  const events = new EventSource("/api/events");
+  events.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+  events.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+  events.onmessage = (m) => {
+    const e = JSON.parse(m.data);
+    if (e.type === "resync") { loadState(); return; }
+    const c = card(e.camera);
+    if (!c) { loadState(); return; }
+    if (e.type === "score") {
+      addPoint(e.camera, e.t, e.score, e.threshold);
+      const n = c.querySelector('[data-counter="normal"]');
+      redraw(e.camera);
+      if (n && e.score !== null && e.score <= e.threshold) n.textContent = Number(n.textContent) + 1;
+    } else if (e.type === "alert") {
+      const body = c.querySelector("table.alerts tbody");
+      if (!body.querySelector(`tr.alert[data-id="${CSS.escape(e.alert.id)}"]`)) body.prepend(alertRow(e.camera, e.alert));
+      const n = c.querySelector('[data-counter="alerts"]');
+      if (n) n.textContent = Number(n.textContent) + 1;
+    } else if (e.type === "threshold") {
+      showThreshold(e.camera, e.state);
+    } else if (e.type === "verdict") {
+      markVerdict(e.camera, e.id, e.verdict);
+    }
+  };
+}
+
+document.addEventListener("submit", async (ev) => {
+  const form = ev.target.closest("form.threshold");
+  if (!form) return;
+  ev.preventDefault();
+  const c = form.closest("section.camera");
+  const raw = form.querySelector("input[name=threshold]").value.trim();
+  try {
+    const state = await post(`/api/cameras/${encodeURIComponent(c.dataset.camera)}/threshold`, { threshold: raw === "" ? null : Number(raw) });
+    showThreshold(c.dataset.camera, state);
+    status(c, "saved");
+  } catch (e) {
+    status(c, e.message, true);
+  }
+});
+
+document.addEventListener("click", async (ev) => {
+  const b = ev.target.closest("button.verdict");
+  if (!b) return;
+  const c = b.closest("section.camera");
+  const id = b.closest("tr.alert").dataset.id;
+  try {
+    await post(`/api/cameras/${encodeURIComponent(c.dataset.camera)}/alerts/${encodeURIComponent(id)}/verdict`, { verdict: b.dataset.verdict });
+    markVerdict(c.dataset.camera, id, b.dataset.verdict);
+    status(c, `alert ${id.slice(-6)}: ${b.textContent.toLowerCase()}, saved to the data set`);
+  } catch (e) {
+    status(c, e.message, true);
+  }
+});
+
+for (const c of document.querySelectorAll("section.camera")) loadHistory(c.dataset.camera);
+setInterval(loadState, 10000);
+follow();

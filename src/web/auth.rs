@@ -1,0 +1,220 @@
+//! The page's token and who may do what: reading the page is open on loopback and needs the
+//! token elsewhere; every write (threshold, verdict) needs the token, compared in constant
+//! time, and is refused when a browser sends it from another origin.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use sha2::{Digest, Sha256};
+
+use super::App;
+
+/// The cookie the login form sets.
+pub const COOKIE: &str = "vigil_token";
+/// Shortest token accepted from `token_file`.
+const MIN_LEN: usize = 16;
+
+/// The page's token (kept as its SHA-256, so comparisons take the same time whatever the
+/// length or content of what is presented).
+#[derive(Clone)]
+pub struct Token([u8; 32]);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// A token from its text.
+    pub fn new(text: &str) -> Token {
+        Token(Sha256::digest(text.as_bytes()).into())
+    }
+
+    /// Reads `token_file`, or the default `<state_dir>/http-token` (created, readable by the
+    /// daemon's user only, when it does not exist).
+    pub fn load(token_file: Option<&Path>, state_dir: &Path) -> anyhow::Result<Token> {
+        let path = match token_file {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = state_dir.join("http-token");
+                if !p.exists() {
+                    create(&p)?;
+                    tracing::info!("the page's token is in {} (needed to change thresholds and give verdicts)", p.display());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("http.token_file {}: cannot read it; create it (`openssl rand -hex 32 > FILE`) or fix its permissions", path.display())
+        })?;
+        let text = text.trim();
+        if text.len() < MIN_LEN {
+            anyhow::bail!(
+                "http.token_file {}: the token is {} characters; use at least {MIN_LEN} (`openssl rand -hex 32 > FILE`)",
+                path.display(),
+                text.len()
+            );
+        }
+        Ok(Token::new(text))
+    }
+
+    /// Whether `presented` is the token, in time independent of where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let diff = self.0.iter().zip(other.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+fn create(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).context("reading /dev/urandom")?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{}: cannot create the page's token; check state_dir's permissions", path.display()))?;
+    writeln!(f, "{hex}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// How a request presented the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Header,
+    Cookie,
+}
+
+fn presented(headers: &HeaderMap) -> Option<(String, Via)> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = v.strip_prefix("Bearer ")
+    {
+        return Some((t.trim().to_owned(), Via::Header));
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(|t| (t.to_owned(), Via::Cookie)))
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{why}\n")).into_response()
+}
+
+fn authorised(app: &App, headers: &HeaderMap) -> Option<Via> {
+    presented(headers).and_then(|(t, via)| app.token.matches(&t).then_some(via))
+}
+
+/// Whether the page may be read: always on loopback, else with the token.
+pub fn may_read(app: &App, headers: &HeaderMap) -> bool {
+    app.config.http.listen.is_none_or(|a| a.ip().is_loopback()) || authorised(app, headers).is_some()
+}
+
+/// `Ok` when a read is allowed, else the refusal.
+pub fn check_read(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    if may_read(app, headers) {
+        Ok(())
+    } else {
+        Err(refuse(StatusCode::UNAUTHORIZED, "this page needs the token: log in at /login"))
+    }
+}
+
+/// Refuses a browser request sent from another origin (a page elsewhere posting to vigil).
+fn same_origin(headers: &HeaderMap, via: Via) -> Result<(), Response> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Err(refuse(StatusCode::FORBIDDEN, &format!("refused: a {site} request; send it from vigil's own page")));
+    }
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some(origin) => {
+            let bare = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")).unwrap_or("");
+            if host.is_empty() || bare != host {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    &format!("refused: origin `{}` is not this page's ({host})", origin.escape_default()),
+                ));
+            }
+            Ok(())
+        }
+        // Browsers always send an origin with a POST; a cookie without one is not a browser's.
+        None if via == Via::Cookie => Err(refuse(StatusCode::FORBIDDEN, "refused: a write without an Origin header")),
+        None => Ok(()),
+    }
+}
+
+/// `Ok` when a write is allowed: the token, from this page's origin.
+pub fn check_write(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    match authorised(app, headers) {
+        Some(via) => same_origin(headers, via),
+        None if presented(headers).is_some() => Err(refuse(StatusCode::UNAUTHORIZED, "wrong token")),
+        None => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "this needs the page's token: log in at /login, or send `Authorization: Bearer TOKEN`",
+        )),
+    }
+}
+
+/// The login form's fields.
+#[derive(serde::Deserialize)]
+pub struct Login {
+    token: String,
+}
+
+/// `POST /login`: sets the token cookie when it is right.
+pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, form: axum::Form<Login>) -> Response {
+    if let Err(r) = same_origin(&headers, Via::Cookie) {
+        return r;
+    }
+    let token = form.token.trim();
+    if !app.token.matches(token) {
+        app.metrics.inc("vigil_errors_total", &[("kind", "http_auth")]);
+        return (StatusCode::UNAUTHORIZED, axum::response::Html(super::page::login_page(Some("wrong token")))).into_response();
+    }
+    // HttpOnly: scripts never see it; SameSite=Strict: other sites' requests never carry it.
+    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_by_content_and_headers_are_read() {
+        let t = Token::new("0123456789abcdef0123");
+        assert!(t.matches("0123456789abcdef0123"));
+        assert!(!t.matches("0123456789abcdef012"));
+        assert!(!t.matches(""));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=b; vigil_token=xyz; c=d".parse().unwrap());
+        assert_eq!(presented(&h), Some(("xyz".into(), Via::Cookie)));
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(presented(&h), Some(("abc".into(), Via::Header)));
+        let mut o = HeaderMap::new();
+        o.insert(header::HOST, "127.0.0.1:9187".parse().unwrap());
+        o.insert(header::ORIGIN, "http://127.0.0.1:9187".parse().unwrap());
+        assert!(same_origin(&o, Via::Cookie).is_ok());
+        o.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(same_origin(&o, Via::Cookie).is_err());
+        o.remove(header::ORIGIN);
+        assert!(same_origin(&o, Via::Cookie).is_err(), "cookie without origin");
+        assert!(same_origin(&o, Via::Header).is_ok(), "a script with the bearer token");
+        o.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(same_origin(&o, Via::Header).is_err());
+    }
+}

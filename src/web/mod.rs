@@ -1,0 +1,160 @@
+//! The daemon's HTTP listener (`[http]`): the operator's page and its API, `/metrics` and
+//! `/healthz`, served by axum on hyper with a bound on connections, header size and time,
+//! and body size.
+
+pub mod api;
+pub mod auth;
+pub mod page;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::dataset::Dataset;
+use crate::decide::Policy;
+use crate::live::Board;
+use crate::metrics::Metrics;
+use crate::problem::Problems;
+
+/// `[http]`: the operator's page, metrics and health.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the page, `/metrics` and `/healthz`; absent: no HTTP server. On another
+    /// address than loopback the page needs `token_file` (TLS: put a reverse proxy in front,
+    /// see docs/operators-loop.md).
+    pub listen: Option<SocketAddr>,
+    /// Serve the operator's page and its API; false: only `/metrics` and `/healthz`.
+    pub page: bool,
+    /// File holding the page's token (one line; `openssl rand -hex 32`): changing a threshold
+    /// or giving a verdict needs it, and so does reading the page when `listen` is not a
+    /// loopback address. Default: `<state_dir>/http-token`, created at the first start.
+    pub token_file: Option<PathBuf>,
+    /// Connections served at once (live pages hold one each); more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9187))),
+            page: true,
+            token_file: None,
+            max_connections: 64,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the values.
+    pub fn validate(&self, p: &mut Problems) {
+        if let Some(addr) = self.listen
+            && self.page
+            && !addr.ip().is_loopback()
+            && self.token_file.is_none()
+        {
+            p.add(
+                "http.listen",
+                format!(
+                    "{addr} is not a loopback address, so the page would be open to the network: set http.token_file to a file holding a token (`openssl rand -hex 32 > /etc/vigil/http-token`), listen on 127.0.0.1 behind a reverse proxy, or set http.page = false to serve only /metrics and /healthz"
+                ),
+            );
+        }
+        if self.max_connections == 0 {
+            p.add("http.max_connections", "0 would serve nothing: use at least 1 (default 64)");
+        }
+    }
+}
+
+/// What the handlers share.
+pub struct App {
+    /// The daemon's config.
+    pub config: crate::config::Config,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The live state the page shows.
+    pub board: Arc<Board>,
+    /// Alert frames and the data set.
+    pub dataset: Arc<Dataset>,
+    /// Thresholds in force.
+    pub policy: Arc<Policy>,
+    /// Threshold changes and verdicts, as from MQTT.
+    pub control: Arc<crate::control::Control>,
+    /// The page's token.
+    pub token: auth::Token,
+    /// The latest frame of each camera as rendered, by frame count.
+    pub rendered: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<Vec<u8>>)>>,
+}
+
+/// Largest request body (the API takes small JSON objects and the login form).
+const MAX_BODY: usize = 4096;
+/// Largest request head; hyper's smallest allowed buffer.
+const MAX_HEAD: usize = 8192;
+/// A client must send its request head within this time.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The routes: the page and its API when `page`, else only metrics and health.
+pub fn router(app: Arc<App>) -> Router {
+    let mut r = Router::new().route("/metrics", get(api::metrics)).route("/healthz", get(api::healthz));
+    if app.config.http.page {
+        r = r
+            .route("/", get(page::index))
+            .route("/login", get(page::login_form).post(auth::login))
+            .route("/static/{file}", get(page::asset))
+            .route("/api/state", get(api::state))
+            .route("/api/events", get(api::events))
+            .route("/api/cameras/{camera}/history", get(api::history))
+            .route("/api/cameras/{camera}/latest.jpg", get(api::latest))
+            .route("/api/cameras/{camera}/threshold", post(api::threshold))
+            .route("/api/cameras/{camera}/alerts/{id}/snapshot.jpg", get(api::snapshot))
+            .route("/api/cameras/{camera}/alerts/{id}/frame", get(api::frame))
+            .route("/api/cameras/{camera}/alerts/{id}/verdict", post(api::verdict));
+    }
+    r.fallback(api::not_found).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(app)
+}
+
+/// Serves `router` on `listener` until the task is dropped: at most `max_connections` at once.
+pub async fn serve(listener: TcpListener, router: Router, max_connections: usize) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!("http: accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Binds `[http] listen` and starts serving; `None` when there is no listener.
+pub async fn start(app: Arc<App>) -> anyhow::Result<Option<SocketAddr>> {
+    use anyhow::Context;
+    let Some(addr) = app.config.http.listen else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("http.listen {addr}: cannot listen there; pick a free address or port"))?;
+    let bound = listener.local_addr()?;
+    let max = app.config.http.max_connections;
+    tokio::spawn(serve(listener, router(app), max));
+    Ok(Some(bound))
+}

@@ -1,0 +1,157 @@
+//! The operator's page: server-rendered HTML (one card per camera: the latest frame with its
+//! heatmap, the score chart, the threshold, the recent alerts with verdict buttons, counters)
+//! and the small script and style compiled into the binary that keep it live.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use super::App;
+use super::auth::may_read;
+
+const SCRIPT: &str = include_str!("assets/page.js");
+const STYLE: &str = include_str!("assets/page.css");
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn shell(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><link rel=\"stylesheet\" href=\"/static/page.css\"></head><body>{body}</body></html>\n",
+        esc(title)
+    )
+}
+
+/// The login page, with `error` shown above the form.
+pub fn login_page(error: Option<&str>) -> String {
+    let error = error.map(|e| format!("<p class=\"error\" id=\"login-error\">{}</p>", esc(e))).unwrap_or_default();
+    shell(
+        "vigil: log in",
+        &format!(
+            "<main class=\"login\"><h1>vigil</h1>{error}<form method=\"post\" action=\"/login\">\
+             <label>Token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" required></label>\
+             <button type=\"submit\" id=\"login\">Log in</button></form>\
+             <p class=\"hint\">The token is in <code>http.token_file</code>, by default <code>&lt;state_dir&gt;/http-token</code>.</p></main>"
+        ),
+    )
+}
+
+/// `GET /login`.
+pub async fn login_form() -> Html<String> {
+    Html(login_page(None))
+}
+
+/// `GET /static/{file}`: the script and the style (nothing is read from disk).
+pub async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "page.js" => (SCRIPT, "text/javascript; charset=utf-8"),
+        "page.css" => (STYLE, "text/css; charset=utf-8"),
+        _ => return super::api::not_found().await,
+    };
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+fn alert_row(camera: &str, a: &serde_json::Value) -> String {
+    let alert = &a["alert"];
+    let id = alert["id"].as_str().unwrap_or("");
+    let verdict = a["verdict"].as_str().unwrap_or("");
+    let region = alert["region"]["bbox"]
+        .as_array()
+        .map(|b| b.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))
+        .map(|b| format!("[{b}]"))
+        .unwrap_or_else(|| "-".into());
+    let model = format!("{} v{}", alert["model"]["name"].as_str().unwrap_or(""), alert["model"]["version"]);
+    let snapshot = format!("/api/cameras/{}/alerts/{}/snapshot.jpg", esc(camera), esc(id));
+    let buttons = if a["frame"].as_bool().unwrap_or(false) {
+        format!(
+            "<button class=\"verdict\" data-verdict=\"false_alarm\"{}>False alarm</button>\
+             <button class=\"verdict\" data-verdict=\"confirmed\"{}>Confirmed</button>",
+            if verdict == "false_alarm" { " aria-pressed=\"true\"" } else { "" },
+            if verdict == "confirmed" { " aria-pressed=\"true\"" } else { "" },
+        )
+    } else {
+        "<span class=\"hint\">frame no longer kept</span>".into()
+    };
+    format!(
+        "<tr class=\"alert\" data-id=\"{id}\"><td><a href=\"{snapshot}\" target=\"_blank\"><img class=\"thumb\" src=\"{snapshot}\" alt=\"snapshot of alert {id}\" loading=\"lazy\"></a></td>\
+         <td><time>{time}</time><br><span class=\"score\">score {score:.4}</span></td><td>{region}</td><td>{model}</td><td class=\"verdicts\">{buttons}</td></tr>",
+        id = esc(id),
+        time = esc(alert["frame_time"].as_str().unwrap_or("")),
+        score = alert["score"].as_f64().unwrap_or(f64::NAN),
+        region = esc(&region),
+        model = esc(&model),
+    )
+}
+
+fn camera_card(c: &serde_json::Value) -> String {
+    let id = c["id"].as_str().unwrap_or("");
+    let model = match c["model"].as_object() {
+        Some(m) => format!("{} v{} ({})", m["name"].as_str().unwrap_or(""), m["version"], m["family"].as_str().unwrap_or("")),
+        None => "-".into(),
+    };
+    let t = &c["threshold"];
+    let threshold = t["threshold"].as_f64().map(|v| format!("{v}")).unwrap_or_default();
+    let counters = &c["counters"];
+    let alerts: String = c["alerts"].as_array().map(|a| a.iter().map(|a| alert_row(id, a)).collect()).unwrap_or_default();
+    format!(
+        "<section class=\"camera\" id=\"camera-{id}\" data-camera=\"{id}\">\
+         <h2>{id} <small class=\"model\">{model}</small></h2>\
+         <div class=\"row\"><figure class=\"latest\"><img class=\"latest-img\" alt=\"latest frame of {id} with its anomaly map\" src=\"/api/cameras/{id}/latest.jpg\"><figcaption>Latest frame, anomaly map over it</figcaption></figure>\
+         <figure class=\"chart\"><svg class=\"score-chart\" role=\"img\" aria-label=\"score of {id} over time\"></svg></figure></div>\
+         <form class=\"threshold\"><label>Threshold <input type=\"number\" step=\"any\" name=\"threshold\" value=\"{threshold}\"></label>\
+         <button type=\"submit\">Set</button><span class=\"threshold-source\">({source})</span><span class=\"status\" role=\"status\"></span></form>\
+         <p class=\"counters\">frames: <span data-counter=\"normal\">{normal}</span> normal, <span data-counter=\"anomalous\">{anomalous}</span> anomalous, \
+         <span data-counter=\"rejected\">{rejected}</span> rejected; <span data-counter=\"alerts\">{nalerts}</span> alerts</p>\
+         <table class=\"alerts\"><thead><tr><th>Snapshot</th><th>Frame time</th><th>Region [x, y, w, h]</th><th>Model</th><th>Verdict</th></tr></thead><tbody>{alerts}</tbody></table>\
+         </section>",
+        id = esc(id),
+        model = esc(&model),
+        threshold = esc(&threshold),
+        source = esc(t["source"].as_str().unwrap_or("")),
+        normal = counters["normal"],
+        anomalous = counters["anomalous"],
+        rejected = counters["rejected"],
+        nalerts = counters["alerts"],
+    )
+}
+
+/// `GET /`: the page.
+pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !may_read(&app, &headers) {
+        return Redirect::to("/login").into_response();
+    }
+    let cards: String = super::api::cameras(&app).iter().map(|c| camera_card(&super::api::camera_state(&app, c))).collect();
+    let body = format!(
+        "<header><h1>vigil <small>{device}</small></h1><span id=\"live\" class=\"live\">connecting…</span>\
+         <a class=\"login-link\" href=\"/login\">token</a></header><main id=\"cameras\">{cards}</main>\
+         <footer>vigil {version} · <a href=\"/metrics\">metrics</a></footer><script src=\"/static/page.js\"></script>",
+        device = esc(&app.config.device_id),
+        version = esc(crate::VERSION),
+    );
+    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Html(shell(&format!("vigil · {}", app.config.device_id), &body)))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(super::esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}

@@ -1,0 +1,348 @@
+//! The operator's loop through the daemon's own HTTP listener: the page in a real headless
+//! Chromium (through chromedriver), verdicts from the page and over MQTT into the data set,
+//! sampled normals, and every refusal of the page's security.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::common::mosquitto::{Mosquitto, Subscriber, free_port, http_request, metric};
+use crate::daemon::{Daemon, Plant, WAIT, mqtt_section};
+
+const TOKEN: &str = "page-test-token-0123456789";
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "waited for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The files in `dir` (none when it does not exist).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A daemon with one folder camera, MQTT, the page with a token file, and `extra` config.
+fn start(plant: &Plant, broker: &Mosquitto, extra: &str) -> Daemon {
+    let token = plant.path("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let cfg = plant.config(&format!(
+        "token_file = \"{}\"\n{}{extra}{}",
+        token.display(),
+        mqtt_section(broker.port),
+        plant.folder_camera("")
+    ));
+    Daemon::start(plant, &cfg)
+}
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver; scripts/setup installs it)");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver { child, port }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,900"] }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn text_of(b: &Client, css: &str) -> String {
+    b.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+}
+
+/// Waits until the element `css` has text containing `want`.
+async fn wait_text(b: &Client, css: &str, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(e) = b.find(Locator::Css(css)).await
+            && e.text().await.unwrap_or_default().contains(want)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "waited for `{want}` in {css}; it reads `{}`", text_of(b, css).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn the_page_shows_alerts_live_takes_verdicts_and_threshold_edits_in_a_real_browser() {
+    let plant = Plant::new();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(broker.port, "vigil/#");
+    let daemon = start(&plant, &broker, "");
+    sub.wait_for_text("vigil/box1/available", "online", WAIT);
+    plant.drop_frame("n1.png", &plant.normal);
+    plant.wait_frames("cam1", "normal", 1.0);
+    let driver = Driver::start();
+    let base = format!("http://127.0.0.1:{}", plant.http);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let normal_dir = plant.path("state/dataset/cam1/normal/x").parent().unwrap().to_path_buf();
+    rt.block_on(async {
+        let b = driver.browser().await;
+        b.goto(&format!("{base}/")).await.unwrap();
+        b.find(Locator::Css("section.camera[data-camera=\"cam1\"]")).await.expect("the camera's card");
+        wait_text(&b, "#live", "live").await;
+        assert!(text_of(&b, "section#camera-cam1 .model").await.contains("reference-dae v1"));
+
+        // A defect: its row appears without a reload.
+        plant.drop_frame("a1.png", &plant.anomalous);
+        let row = b.wait().at_most(WAIT).for_element(Locator::Css("section#camera-cam1 tr.alert")).await.unwrap();
+        let id = row.attr("data-id").await.unwrap().expect("the alert id");
+        assert_eq!(id, sub.wait_for("vigil/box1/cam1/anomaly", 1, WAIT)[0].json()["id"]);
+        wait_text(&b, "section#camera-cam1 [data-counter=\"alerts\"]", "1").await;
+
+        // A verdict before logging in is refused, and says why.
+        b.find(Locator::Css("button.verdict[data-verdict=\"false_alarm\"]")).await.unwrap().click().await.unwrap();
+        wait_text(&b, "section#camera-cam1 .status", "token").await;
+        assert!(files(&normal_dir).is_empty(), "nothing written without the token");
+
+        // Log in; the alert is on the page as rendered by the server.
+        b.goto(&format!("{base}/login")).await.unwrap();
+        b.find(Locator::Css("#token")).await.unwrap().send_keys(TOKEN).await.unwrap();
+        b.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
+        let button = format!("tr.alert[data-id=\"{id}\"] button.verdict[data-verdict=\"false_alarm\"]");
+        b.wait().at_most(WAIT).for_element(Locator::Css(&button)).await.unwrap().click().await.unwrap();
+        let kept = normal_dir.join(format!("{id}.png"));
+        wait_until("the false alarm's frame in the data set", || kept.is_file());
+        assert_eq!(std::fs::read(&kept).unwrap(), plant.anomalous, "the clean frame, as it arrived");
+        wait_text(&b, "section#camera-cam1 .status", "saved to the data set").await;
+        let pressed = b.find(Locator::Css(&button)).await.unwrap().attr("aria-pressed").await.unwrap();
+        assert_eq!(pressed.as_deref(), Some("true"));
+
+        // The threshold edit takes effect: at 0, the normal frame alerts.
+        let input = b.find(Locator::Css("section#camera-cam1 input[name=\"threshold\"]")).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys("0").await.unwrap();
+        b.find(Locator::Css("section#camera-cam1 form.threshold button")).await.unwrap().click().await.unwrap();
+        wait_text(&b, "section#camera-cam1 .status", "saved").await;
+        wait_text(&b, "section#camera-cam1 .threshold-source", "runtime").await;
+        let states = sub.wait_for("vigil/box1/cam1/threshold/state", 2, WAIT);
+        assert_eq!(states.last().unwrap().json()["threshold"], 0.0);
+        plant.drop_frame("n2.png", &plant.normal);
+        wait_text(&b, "section#camera-cam1 [data-counter=\"alerts\"]", "2").await;
+        assert_eq!(b.find_all(Locator::Css("section#camera-cam1 tr.alert")).await.unwrap().len(), 2);
+        wait_text(&b, "section#camera-cam1 .threshold-label", "threshold 0").await;
+
+        // The screenshot in docs/operators-loop.md is this page (VIGIL_BLESS=1 rewrites it).
+        let png = b.screenshot().await.unwrap();
+        let shot = image::load_from_memory(&png).unwrap();
+        assert!(shot.width() >= 800 && shot.height() >= 600);
+        if std::env::var_os("VIGIL_BLESS").is_some() {
+            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/images/operators-page.png");
+            std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+            let small = shot.resize(900, 900, image::imageops::FilterType::Triangle);
+            small.save(&out).unwrap();
+        }
+        b.close().await.unwrap();
+    });
+    daemon.stop();
+}
+
+#[test]
+fn verdicts_over_mqtt_land_in_the_data_set_once_and_unknown_ids_write_nothing() {
+    let plant = Plant::new();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(broker.port, "vigil/#");
+    let daemon = start(&plant, &broker, "[dataset]\nsample_normal = 2\n");
+    sub.wait_for_text("vigil/box1/available", "online", WAIT);
+    plant.drop_frame("a.png", &plant.anomalous);
+    let id = sub.wait_for("vigil/box1/cam1/anomaly", 1, WAIT)[0].json()["id"].as_str().unwrap().to_owned();
+    let clean = plant.path("state/frames/cam1/x").parent().unwrap().join(format!("{id}.png"));
+    assert_eq!(std::fs::read(&clean).unwrap(), plant.anomalous, "the clean frame is kept next to the alert");
+
+    let feedback = |payload: String| sub.publish("vigil/box1/cam1/feedback", false, payload.into_bytes());
+    feedback(format!(r#"{{"id": "{id}", "verdict": "confirmed"}}"#));
+    let state = &sub.wait_for("vigil/box1/cam1/feedback/state", 1, WAIT)[0];
+    assert_eq!(state.json(), serde_json::json!({ "id": id, "verdict": "confirmed", "ok": true, "changed": true }));
+    let abnormal = plant.path("state/dataset/cam1/abnormal/x").parent().unwrap().to_path_buf();
+    assert_eq!(files(&abnormal), [abnormal.join(format!("{id}.png"))]);
+    // Again: idempotent.
+    feedback(format!(r#"{{"id": "{id}", "verdict": "confirmed"}}"#));
+    assert_eq!(sub.wait_for("vigil/box1/cam1/feedback/state", 2, WAIT)[1].json()["changed"], false);
+    assert_eq!(files(&abnormal).len(), 1);
+
+    // An unknown id and a bad payload: a clear error on the state topic, nothing written.
+    feedback(r#"{"id": "01KB0000000000000000000000", "verdict": "false_alarm"}"#.into());
+    let unknown = sub.wait_for("vigil/box1/cam1/feedback/state", 3, WAIT)[2].json();
+    assert_eq!(unknown["ok"], false);
+    assert!(unknown["error"].as_str().unwrap().contains("unknown alert `01KB0000000000000000000000`"), "{unknown}");
+    feedback(r#"{"id": "x", "verdict": "maybe"}"#.into());
+    let bad = sub.wait_for("vigil/box1/cam1/feedback/state", 4, WAIT)[3].json();
+    assert!(bad["error"].as_str().unwrap().contains("false_alarm"), "names the verdicts: {bad}");
+    let normal = plant.path("state/dataset/cam1/normal/x").parent().unwrap().to_path_buf();
+    assert!(files(&normal).is_empty());
+    let m = plant.metrics();
+    assert_eq!(metric(&m, "vigil_errors_total{kind=\"bad_feedback\"}"), 2.0, "{m}");
+    assert_eq!(metric(&m, "vigil_verdicts_total{camera=\"cam1\",verdict=\"confirmed\"}"), 2.0, "{m}");
+
+    // 1 in 2 normal frames is sampled into normal/.
+    for i in 0..4 {
+        plant.drop_frame(&format!("n{i}.png"), &plant.normal);
+    }
+    plant.wait_frames("cam1", "normal", 4.0);
+    let sampled = files(&normal);
+    assert_eq!(sampled.len(), 2, "{sampled:?}");
+    assert!(sampled.iter().all(|p| p.file_name().unwrap().to_str().unwrap().starts_with("sample-")));
+    daemon.stop();
+
+    // After a restart the alert is still on the page's list and takes a verdict.
+    let daemon = start(&plant, &broker, "");
+    let (code, body) = http_request(plant.http, "GET", "/api/state", &[], "");
+    assert_eq!(code, 200);
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["cameras"][0]["alerts"][0]["alert"]["id"], id);
+    assert_eq!(state["cameras"][0]["alerts"][0]["verdict"], "confirmed");
+    daemon.stop();
+}
+
+#[test]
+fn the_page_refuses_writes_without_the_token_from_other_origins_and_outside_its_files() {
+    let plant = Plant::new();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(broker.port, "vigil/#");
+    let daemon = start(&plant, &broker, "");
+    sub.wait_for_text("vigil/box1/available", "online", WAIT);
+    plant.drop_frame("a.png", &plant.anomalous);
+    let id = sub.wait_for("vigil/box1/cam1/anomaly", 1, WAIT)[0].json()["id"].as_str().unwrap().to_owned();
+    let port = plant.http;
+    let verdict = format!("/api/cameras/cam1/alerts/{id}/verdict");
+    let body = r#"{"verdict": "confirmed"}"#;
+    let bearer = format!("Bearer {TOKEN}");
+    let cookie = format!("vigil_token={TOKEN}");
+    let host_origin = "http://localhost";
+
+    // Reading on loopback needs no token.
+    assert_eq!(http_request(port, "GET", "/api/state", &[], "").0, 200);
+    assert_eq!(http_request(port, "GET", "/", &[], "").0, 200);
+    // Writes: no token, a wrong one, another origin, a cookie without an origin.
+    assert_eq!(http_request(port, "POST", &verdict, &[], body).0, 401);
+    assert_eq!(http_request(port, "POST", &verdict, &[("Authorization", "Bearer wrong-token-0123456789")], body).0, 401);
+    let evil = [("Authorization", bearer.as_str()), ("Origin", "http://evil.example")];
+    assert_eq!(http_request(port, "POST", &verdict, &evil, body).0, 403);
+    let cross = [("Cookie", cookie.as_str()), ("Origin", host_origin), ("Sec-Fetch-Site", "cross-site")];
+    assert_eq!(http_request(port, "POST", &verdict, &cross, body).0, 403);
+    assert_eq!(http_request(port, "POST", &verdict, &[("Cookie", cookie.as_str())], body).0, 403);
+    let evil_threshold = [("Cookie", cookie.as_str()), ("Origin", "http://evil.example")];
+    assert_eq!(http_request(port, "POST", "/api/cameras/cam1/threshold", &evil_threshold, "0").0, 403);
+    assert_eq!(http_request(port, "POST", "/login", &[("Origin", "http://evil.example")], "token=x").0, 403);
+    let abnormal = plant.path("state/dataset/cam1/abnormal/x").parent().unwrap().to_path_buf();
+    assert!(files(&abnormal).is_empty(), "no refused write wrote anything");
+    // Outside the page's own files: nothing.
+    for path in [
+        "/static/../Cargo.toml",
+        "/static/page.rs",
+        "/api/cameras/cam1/alerts/..%2F..%2F..%2Fetc%2Fpasswd/snapshot.jpg",
+        "/api/cameras/..%2F..%2Fetc/alerts/01KB0000000000000000000000/frame",
+        &format!("/api/cameras/cam1/alerts/{id}/..%2F..%2F..%2Fvigil.toml"),
+        "/state/http-token",
+    ] {
+        let (code, text) = http_request(port, "GET", path, &[], "");
+        assert_eq!(code, 404, "{path}: {text}");
+        assert!(!text.contains(TOKEN) && !text.contains("device_id"), "{path}: {text}");
+    }
+    // A body beyond the limit.
+    let big = format!(r#"{{"verdict": "confirmed", "pad": "{}"}}"#, "x".repeat(8000));
+    let ok = [("Authorization", bearer.as_str()), ("Origin", host_origin)];
+    assert_eq!(http_request(port, "POST", &verdict, &ok, &big).0, 413);
+    // The right token from the page's origin works, and the login form sets the cookie.
+    let (code, text) = http_request(port, "POST", &verdict, &ok, body);
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(files(&abnormal).len(), 1);
+    let form = format!("token={TOKEN}");
+    let login = [("Origin", host_origin), ("Content-Type", "application/x-www-form-urlencoded")];
+    assert_eq!(http_request(port, "POST", "/login", &login, &form).0, 303);
+    assert_eq!(http_request(port, "POST", "/login", &login, "token=wrong-token-0123456789").0, 401);
+    // A browser with the cookie, from the page itself.
+    let page = [("Cookie", cookie.as_str()), ("Origin", host_origin), ("Content-Type", "application/json")];
+    let (code, text) = http_request(port, "POST", "/api/cameras/cam1/threshold", &page, r#"{"threshold": 2.5}"#);
+    assert_eq!((code, serde_json::from_str::<serde_json::Value>(&text).unwrap()["threshold"].clone()), (200, 2.5.into()));
+    assert_eq!(http_request(port, "POST", "/api/cameras/nope/threshold", &page, "1").0, 404);
+    // /metrics keeps its names, through prometheus-client.
+    let m = plant.metrics();
+    assert!(m.contains("# TYPE vigil_frames_total counter"), "{m}");
+    assert_eq!(metric(&m, "vigil_frames_total{camera=\"cam1\",result=\"anomalous\"}"), 1.0);
+    daemon.stop();
+}
+
+#[test]
+fn the_page_off_loopback_needs_a_token_file_and_the_token_to_read() {
+    let plant = Plant::new();
+    // Without a token file: refused before anything starts, naming the key and the ways out.
+    let port = free_port();
+    let cfg = plant.path("open.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device_id = \"box1\"\nstate_dir = \"{}\"\n[http]\nlisten = \"0.0.0.0:{port}\"\n[alerts]\nstdout = true\n{}",
+            plant.path("state/x").parent().unwrap().display(),
+            plant.folder_camera("")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("http.listen") && err.contains("token_file") && err.contains("http.page = false"), "{err}");
+    // With `page = false` the same address serves only /metrics and /healthz.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[http]\n", "[http]\npage = false\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // With a token file on all addresses: reads need the token too.
+    let broker = Mosquitto::start();
+    let token = plant.path("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let cfg = plant.config(&format!("token_file = \"{}\"\n{}{}", token.display(), mqtt_section(broker.port), plant.folder_camera("")));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = Daemon::start(&plant, &cfg);
+    let port = plant.http;
+    assert_eq!(http_request(port, "GET", "/api/state", &[], "").0, 401);
+    let (code, _) = http_request(port, "GET", "/", &[], "");
+    assert_eq!(code, 303, "the page sends to the login form");
+    assert_eq!(http_request(port, "GET", "/api/state", &[("Cookie", &format!("vigil_token={TOKEN}"))], "").0, 200);
+    assert_eq!(http_request(port, "GET", "/api/state", &[("Authorization", "Bearer nope-nope-nope-nope")], "").0, 401);
+    assert_eq!(http_request(port, "GET", "/metrics", &[], "").0, 200, "scrapers need no token");
+    assert_eq!(http_request(port, "GET", "/healthz", &[], "").0, 200);
+    daemon.stop();
+}

@@ -85,6 +85,21 @@ pub fn pr_curve(scores: &[f32], labels: &[bool]) -> Vec<CurvePoint> {
         .collect()
 }
 
+/// Average precision: the precision at each step of the PR curve weighted by the recall it
+/// adds (the area under the curve without interpolation); `None` without defects.
+pub fn average_precision(scores: &[f32], labels: &[bool]) -> Option<f64> {
+    if !labels.iter().any(|l| *l) {
+        return None;
+    }
+    let mut recall = 0.0;
+    let mut area = 0.0;
+    for p in pr_curve(scores, labels) {
+        area += (p.x - recall) * p.y;
+        recall = p.x;
+    }
+    Some(area)
+}
+
 /// Counts and rates at one threshold (anomalous when score > threshold).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Confusion {

@@ -1,8 +1,8 @@
 //! The evaluation report folder: ROC and PR curves, the score histogram with the threshold,
 //! heatmap overlays of the best and worst cases as PNG, and an `index.md` that shows them.
 //!
-//! Charts are drawn directly into images ([`crate::chart`]); titles, axes and numbers are in
-//! the Markdown page beside them.
+//! The charts ([`crate::chart`]) carry their own titles, axis labels, legends and the
+//! threshold's value, so they read on their own outside the page.
 
 use std::path::Path;
 
@@ -10,9 +10,9 @@ use image::RgbImage;
 use vigil_model::bundle::Bundle;
 use vigil_model::overlay::overlay;
 
-use crate::chart::{histogram, line_chart};
+use crate::chart::{self, Marker, number};
 use crate::evaluate::{Detail, Evaluation};
-use crate::metrics::{pr_curve, roc_curve};
+use crate::metrics::{average_precision, pr_curve, roc_curve};
 
 fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     img.save(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
@@ -45,17 +45,25 @@ pub fn write(dir: &Path, bundle: &Bundle, e: &Evaluation, details: &[Detail]) ->
         md.push_str(&format!("| image AUROC, {kind} ({} images) | {} |\n", e.counts.get(kind).unwrap_or(&0), fmt(*a)));
     }
     if labels.iter().any(|l| *l) && labels.iter().any(|l| !*l) {
+        let at = format!("at threshold {}", number(e.threshold as f64));
+        let fpr = c.fp as f64 / (c.fp + c.tn).max(1) as f64;
+        let roc_mark = Marker { at: (fpr, c.recall), name: format!("{at}: TPR {:.3}, FPR {fpr:.3}", c.recall) };
         let roc: Vec<(f64, f64)> = roc_curve(&scores, &labels).iter().map(|p| (p.x, p.y)).collect();
-        save(&line_chart(&[roc, vec![(0.0, 0.0), (1.0, 1.0)]], (0.0, 1.0), (0.0, 1.0)), &dir.join("roc.png"))?;
+        save(&chart::roc(&roc, e.image_auroc, Some(&roc_mark))?.image, &dir.join("roc.png"))?;
+        // Precision is undefined where nothing is flagged.
+        let pr_mark =
+            (c.tp + c.fp > 0).then(|| Marker { at: (c.recall, c.precision), name: format!("{at}: F1 {:.3}", c.f1) });
         let pr: Vec<(f64, f64)> = pr_curve(&scores, &labels).iter().map(|p| (p.x, p.y)).collect();
-        save(&line_chart(&[pr], (0.0, 1.0), (0.0, 1.0)), &dir.join("pr.png"))?;
-        md.push_str("\n## ROC curve\n\nFalse positive rate (x) against true positive rate (y), 0 to 1; the diagonal is chance.\n\n![ROC](roc.png)\n");
-        md.push_str("\n## Precision–recall curve\n\nRecall (x) against precision (y), 0 to 1.\n\n![PR](pr.png)\n");
+        let share = labels.iter().filter(|l| **l).count() as f64 / labels.len() as f64;
+        let ap = average_precision(&scores, &labels);
+        save(&chart::precision_recall(&pr, ap, share, pr_mark.as_ref())?.image, &dir.join("pr.png"))?;
+        md.push_str("\n## ROC curve\n\n![ROC](roc.png)\n");
+        md.push_str("\n## Precision–recall curve\n\n![PR](pr.png)\n");
     }
     let normal: Vec<f32> = details.iter().filter(|d| !d.image.is_defect()).map(|d| d.score).collect();
     let defect: Vec<f32> = details.iter().filter(|d| d.image.is_defect()).map(|d| d.score).collect();
-    save(&histogram(&normal, &defect, e.threshold), &dir.join("histogram.png"))?;
-    md.push_str("\n## Scores\n\nNormal images in blue, defective in red, the threshold as the black line.\n\n![histogram](histogram.png)\n");
+    save(&chart::score_histogram(&normal, &defect, e.threshold)?.image, &dir.join("histogram.png"))?;
+    md.push_str("\n## Scores\n\n![histogram](histogram.png)\n");
 
     // Cases: the most confident detections, the missed defects, the false alarms.
     let mut defects: Vec<&Detail> = details.iter().filter(|d| d.image.is_defect()).collect();

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use crate::chart::{self, Chart, ChartError, Series};
 use crate::config::CONFIG_FILE;
 use crate::data::{DataSource, Skipped};
 
@@ -183,30 +183,34 @@ pub(crate) fn append_losses(run: &RunDir, log: &EpochLog) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The loss curves of a run, one series per loss, each scaled to its own range (`losses.png`).
-pub fn loss_chart(history: &[EpochLog]) -> RgbImage {
-    let mut names: Vec<String> = vec![];
+/// The loss curves of a run (`losses.png`), one series per loss, named by the phase as well
+/// when the run has several.
+pub fn loss_chart(history: &[EpochLog]) -> Result<Chart, ChartError> {
+    let mut keys: Vec<(&str, &str)> = vec![];
     for e in history {
         for (k, _) in &e.losses {
-            let key = format!("{}/{k}", e.phase);
-            if !names.contains(&key) {
-                names.push(key);
+            if !keys.contains(&(e.phase.as_str(), k.as_str())) {
+                keys.push((&e.phase, k));
             }
         }
     }
-    let series: Vec<Vec<(f64, f64)>> = names
+    let phases = history.iter().map(|e| &e.phase).collect::<std::collections::BTreeSet<_>>().len();
+    let series: Vec<Series> = keys
         .iter()
-        .map(|key| {
-            let pts: Vec<(f64, f64)> = history
+        .map(|(phase, key)| Series {
+            name: if phases > 1 { format!("{phase}: {key}") } else { key.to_string() },
+            points: history
                 .iter()
-                .filter_map(|e| {
-                    e.losses.iter().find(|(k, _)| format!("{}/{k}", e.phase) == *key).map(|(_, v)| (e.epoch as f64, *v))
-                })
-                .collect();
-            let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
-            pts.into_iter().map(|(x, y)| (x, (y - lo) / (hi - lo).max(f64::EPSILON))).collect()
+                .filter(|e| e.phase == *phase)
+                .filter_map(|e| e.losses.iter().find(|(k, _)| k == key).map(|(_, v)| (e.epoch as f64, *v)))
+                .collect(),
         })
         .collect();
-    let max_epoch = history.iter().map(|e| e.epoch).max().unwrap_or(1) as f64;
-    crate::chart::line_chart(&series, (1.0, max_epoch.max(2.0)), (0.0, 1.0))
+    chart::loss_curves(&series)
+}
+
+/// Draws the loss curves into the run's `losses.png`.
+pub fn save_loss_chart(run: &RunDir, history: &[EpochLog]) -> anyhow::Result<()> {
+    let path = run.0.join("losses.png");
+    loss_chart(history)?.image.save(&path).with_context(|| format!("writing {}", path.display()))
 }

@@ -3,6 +3,7 @@
 mod common;
 
 mod backbone;
+mod charts;
 mod cli;
 mod conditional;
 mod cyclegan;

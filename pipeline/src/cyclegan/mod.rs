@@ -415,9 +415,7 @@ pub fn train(req: &CycleRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         );
         crate::run::append_losses(run, &log)?;
         state.history.push(log);
-        let chart = crate::run::loss_chart(&state.history);
-        let path = run.0.join("losses.png");
-        chart.save(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        crate::run::save_loss_chart(run, &state.history)?;
         let samples = run.0.join("samples");
         std::fs::create_dir_all(&samples)?;
         let path = samples.join(format!("epoch-{:03}.png", epoch + 1));

@@ -161,10 +161,7 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             };
             crate::run::append_losses(run, &log)?;
             state.history.push(log);
-            let chart = crate::run::loss_chart(&state.history);
-            chart
-                .save(run.0.join("losses.png"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", run.0.join("losses.png").display()))?;
+            crate::run::save_loss_chart(run, &state.history)?;
             if phase == "train" {
                 state.epochs_done = epoch + 1;
             } else {
@@ -203,9 +200,7 @@ fn train_features(
     }
     if !fitted.history.is_empty() {
         state.history = fitted.history;
-        let chart = crate::run::loss_chart(&state.history);
-        let path = req.run.0.join("losses.png");
-        chart.save(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        crate::run::save_loss_chart(&req.run, &state.history)?;
     }
     state.save(&req.run)?;
     Ok(Outcome::Finished)

@@ -15,6 +15,7 @@ mod load;
 mod models;
 mod onnx_writer;
 mod preprocess;
+mod rollback;
 mod security;
 mod synth;
 mod tiling;

@@ -121,7 +121,8 @@ fn vigil_rollback_swaps_a_cameras_bundle_back_and_forth() {
     };
     let other = dir.path().join("other");
     bundle(&other, 7);
-    std::fs::write(&config, format!("device_id = \"box1\"\n{}{}", camera("cam1", &current), camera("cam2", &other))).unwrap();
+    std::fs::write(&config, format!("device_id = \"box1\"\n{}{}", camera("cam1", &current), camera("cam2", &other)))
+        .unwrap();
     let cfg = config.to_str().unwrap();
 
     let out = vigil(&["rollback", "--camera", "cam1", "--config", cfg]);
@@ -139,7 +140,11 @@ fn vigil_rollback_swaps_a_cameras_bundle_back_and_forth() {
     // An unknown camera: the known ones are listed.
     let out = vigil(&["rollback", "--camera", "cam9", "--config", cfg]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no camera `cam9` in the config; its cameras are: cam1, cam2"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no camera `cam9` in the config; its cameras are: cam1, cam2"),
+        "{}",
+        text(&out.stderr)
+    );
     // A camera with no previous bundle.
     let out = vigil(&["rollback", "--camera", "cam2", "--config", cfg]);
     assert_eq!(out.status.code(), Some(1));

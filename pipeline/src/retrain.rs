@@ -160,6 +160,16 @@ pub struct GatedOutcome {
 /// judges the new bundle against the served one on it (writing `gate.json` into the new
 /// bundle); then installs it, or sets it aside when the gate fails. `None` when stopped.
 pub fn retrain_gated(req: &GatedRequest, stop: &AtomicBool) -> anyhow::Result<Option<GatedOutcome>> {
+    if let Some(t) = &req.gate {
+        let fine = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+        anyhow::ensure!(
+            fine(t.auroc) && fine(t.f1) && fine(t.false_alarm),
+            "the gate's tolerances (--gate-auroc {}, --gate-f1 {}, --gate-false-alarm {}) are differences of figures between 0 and 1; give values in 0..1",
+            t.auroc,
+            t.f1,
+            t.false_alarm
+        );
+    }
     let mut retrain_req = req.retrain.clone();
     let run = retrain_req.run_dir();
     if req.scratch {

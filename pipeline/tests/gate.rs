@@ -30,7 +30,7 @@ fn synthetic() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("vigil-gate-tests-{}", std::process::id()));
-        generate(&dir, &SynthConfig { size: 64, n_train: 80, n_test: 60, rgb: false, seed: 11 }).unwrap();
+        generate(&dir, &SynthConfig { size: 64, n_train: 120, n_test: 60, rgb: false, seed: 11 }).unwrap();
         dir
     })
 }
@@ -43,6 +43,8 @@ fn padim() -> TrainConfig {
         batch: 8,
         padim_dims: 48,
         smoothing_sigma: 1.0,
+        // Enough validation normals for a threshold that holds on the held-out ones.
+        val_fraction: 0.25,
         ..TrainConfig::default()
     }
 }
@@ -110,7 +112,7 @@ fn names(prefix: &str, held: bool) -> impl Iterator<Item = String> {
         .filter(move |n| (holdout_rank(Path::new(n)) < HOLDOUT_FRACTION) == held)
 }
 
-/// A good data set: the other 40 normal images and the defects, as the daemon names frames.
+/// A good data set: the other 80 normal images and the defects, as the daemon names frames.
 fn good_dataset(root: &Path, with_defects: bool) -> PathBuf {
     let ds = root.join("dataset/cam1");
     let normals = list_images(&synthetic().join("train/good")).unwrap();
@@ -166,6 +168,7 @@ fn a_retrain_that_is_not_worse_replaces_the_served_bundle_and_keeps_the_previous
     let previous = sibling(&current, "previous");
     assert_eq!(Bundle::load(&previous).unwrap().model_sha256, v1_sha);
     let r = report(&current);
+    eprintln!("{}", r["reason"]);
     assert_eq!(r["passed"], true, "{r:#}");
     assert!(r["rule"].as_str().unwrap().contains("with confirmed defects"), "{r:#}");
     let (held_normal, held_defects) =
@@ -212,6 +215,7 @@ fn a_worse_retrain_is_set_aside_with_the_reason_and_the_served_bundle_stays() {
     let rejected = sibling(&current, "rejected");
     assert_eq!(Bundle::load(&rejected).unwrap().manifest.version, 2);
     let r = report(&rejected);
+    eprintln!("{}", r["reason"]);
     assert_eq!(r["passed"], false, "{r:#}");
     let reason = r["reason"].as_str().unwrap();
     assert!(reason.starts_with("worse") && reason.contains("lower, more than"), "{reason}");
@@ -244,6 +248,7 @@ fn without_confirmed_defects_the_gate_counts_false_alarms_on_held_out_normals() 
     };
     let outcome = retrain_gated(&req, &AtomicBool::new(false)).unwrap().unwrap();
     let r = outcome.report.unwrap();
+    eprintln!("{} (thresholds {} and {})", r.reason, r.served.threshold, r.new.threshold);
     assert!(r.rule.contains("no confirmed defects") && r.reason.contains("false-alarm rate"), "{r:?}");
     assert!(r.passed, "{r:?}");
     assert_eq!(outcome.verdict, Verdict::Passed);
@@ -256,7 +261,7 @@ fn without_confirmed_defects_the_gate_counts_false_alarms_on_held_out_normals() 
     let DataSource::Folders { normal, .. } = trained_on else { panic!("{trained_on:?}") };
     let staged: Vec<String> =
         list_images(&normal).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(staged.len() + r.held_out.normal.len(), 40);
+    assert_eq!(staged.len() + r.held_out.normal.len(), 80);
     assert!(r.held_out.normal.iter().all(|h| !staged.contains(h)), "{staged:?} vs {:?}", r.held_out.normal);
 
     // The same bundle with a threshold lowered to the median of normal scores: more false
@@ -273,6 +278,7 @@ fn without_confirmed_defects_the_gate_counts_false_alarms_on_held_out_normals() 
         abnormal: vec![],
     };
     let worse = gate(&current, &lowered, &held, &Tolerances::default(), &engine_config(EngineChoice::Tract)).unwrap();
+    eprintln!("{}", worse.reason);
     assert!(!worse.passed && worse.reason.starts_with("more false alarms"), "{worse:?}");
     assert!(worse.new.false_alarm_rate > worse.served.false_alarm_rate);
     // Allowed with a tolerance as large as the difference.
@@ -295,7 +301,7 @@ fn the_hold_out_is_the_same_every_time_and_disjoint_from_what_trains() {
         |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().map(|p| PathBuf::from(p.file_name().unwrap())).collect() };
     let (kept_normal, kept_defects) = (names(&a.normal), names(a.abnormal.as_ref().unwrap()));
     let (held_normal, held_defects) = (held_names(&a.held_out.normal), held_names(&a.held_out.abnormal));
-    assert_eq!(kept_normal.len() + held_normal.len(), 40);
+    assert_eq!(kept_normal.len() + held_normal.len(), 80);
     assert!(kept_normal.iter().all(|n| !held_normal.contains(n)));
     assert!(kept_defects.iter().all(|n| !held_defects.contains(n)) && !held_defects.is_empty());
     // The staged files are links to the data set's own.
@@ -328,6 +334,9 @@ fn the_gate_needs_plain_folders_and_says_so() {
     let out = vigil_train(&["retrain", "--from", c, "--dataset", missing.to_str().unwrap(), "--gate"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no normal/ folder"), "{}", stderr(&out));
+    let out = vigil_train(&["retrain", "--from", c, "--normal", data, "--gate", "--gate-f1", "1.5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("give values in 0..1"), "{}", stderr(&out));
     assert_eq!(Bundle::load(&current).unwrap().manifest.version, 1);
 }
 

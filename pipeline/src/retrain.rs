@@ -148,7 +148,7 @@ pub enum Verdict {
 /// The result of a gated retrain.
 #[derive(Debug)]
 pub struct GatedOutcome {
-    /// The new bundle as exported (its path is `out`, where it was written).
+    /// The new bundle as exported, its path where it ended up (in service, set aside or `out`).
     pub exported: Exported,
     /// The gate's report, when there was a gate.
     pub report: Option<GateReport>,

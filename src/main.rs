@@ -102,6 +102,16 @@ enum Command {
     },
     /// Print the configuration reference (Markdown) generated from the config's documentation.
     ConfigReference,
+    /// Put the bundle a camera served before the last `vigil-train retrain --install` back in
+    /// service (swapped with `<bundle>.previous`; run it again to go forward).
+    Rollback {
+        /// The camera's id (`[[cameras]] id`).
+        #[arg(long)]
+        camera: String,
+        /// The config file (TOML).
+        #[arg(long, short, env = "VIGIL_CONFIG", default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
     /// Score image files; prints one JSON line per image.
     Score {
         /// Bundle folder, or a .onnx file with an embedded manifest.
@@ -253,6 +263,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::ConfigReference => print!("{}", vigil::commands::config_reference::markdown()),
+        Command::Rollback { camera, config } => {
+            let cfg = vigil::config::load(&config)?;
+            print!("{}", vigil::commands::rollback::run(&cfg, &camera)?.report());
+        }
         Command::Score { model, class, engine, images } => {
             let (bundle, engine) = score::prepare(&model, &engine.config())?;
             let stdout = std::io::stdout();

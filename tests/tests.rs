@@ -16,6 +16,7 @@ mod models;
 mod onnx_writer;
 mod page;
 mod preprocess;
+mod rollback;
 mod security;
 mod synth;
 mod tiling;

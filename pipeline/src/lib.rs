@@ -15,7 +15,8 @@
 //! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
 //! - [`report`]: curves, histograms and heatmap overlays as PNG with a Markdown page; [`chart`]:
 //!   the charts themselves.
-//! - [`retrain`]: fine-tuning a bundle on new data into its next version.
+//! - [`retrain`]: fine-tuning a bundle on new data into its next version; [`gate`]: the held-out
+//!   files and the rule it must pass to replace the served one.
 //! - [`compare`]: conditional against pooled and per-product models (`bench-conditional`).
 //! - [`reference`]: untrained reference bundles for benchmarks.
 
@@ -33,6 +34,7 @@ pub mod evaluate;
 pub mod export;
 pub mod features;
 pub mod forward;
+pub mod gate;
 pub mod kolektor;
 pub mod layers;
 pub mod metrics;

@@ -243,25 +243,55 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Fine-tune a bundle on new data; writes the next version with its parent recorded.
+    /// Fine-tune a bundle on new data; writes the next version with its parent recorded. With
+    /// --gate it must prove itself on held-out files against the bundle it came from; with
+    /// --install it replaces it atomically (the replaced one kept at FROM.previous). Exit
+    /// status 3: the gate rejected it (set aside, the served bundle untouched).
     Retrain {
-        /// The bundle to start from.
+        /// The bundle to start from: the served one (a camera's `bundle` path).
         #[arg(long)]
         from: PathBuf,
         #[command(flatten)]
         data: DataArgs,
-        /// The bundle folder to write.
+        /// The daemon's data set of one camera: DIR/normal (normal frames, false alarms) trains,
+        /// DIR/abnormal (confirmed defects) calibrates, as --normal DIR/normal --val-abnormal
+        /// DIR/abnormal.
+        #[arg(long, conflicts_with_all = ["data", "normal", "classes", "val_abnormal"])]
+        dataset: Option<PathBuf>,
+        /// Labelled defective images that calibrate the threshold (F1-optimal), as with train.
         #[arg(long)]
-        out: PathBuf,
+        val_abnormal: Option<PathBuf>,
+        /// The bundle folder to write (default: FROM.next, beside FROM, cleared first).
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Fine-tuning epochs (default: a quarter of the original run's).
         #[arg(long)]
         epochs: Option<u32>,
-        /// Run folder for checkpoints (default: OUT.run).
+        /// Run folder for checkpoints (default: OUT.run; removed afterwards when OUT is the default).
         #[arg(long)]
         run: Option<PathBuf>,
         /// Where to train.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
+        /// Hold out part of the data (by file name, the same files every time) and replace
+        /// FROM only if the new bundle is not worse on it; writes OUT/gate.json.
+        #[arg(long)]
+        gate: bool,
+        /// Gate: how much lower the image AUROC may be (with confirmed defects).
+        #[arg(long, default_value_t = 0.01, requires = "gate")]
+        gate_auroc: f64,
+        /// Gate: how much lower the F1 at each bundle's own threshold may be (with confirmed defects).
+        #[arg(long, default_value_t = 0.02, requires = "gate")]
+        gate_f1: f64,
+        /// Gate: how much higher the false-alarm rate on held-out normals may be (no confirmed defects).
+        #[arg(long, default_value_t = 0.0, requires = "gate")]
+        gate_false_alarm: f64,
+        /// Put the new bundle in service at FROM (after the gate passes, with --gate).
+        #[arg(long)]
+        install: bool,
+        /// Engine that calibrates, evaluates and gates the exported graphs.
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: EngineChoice,
     },
     /// Evaluate a bundle on labelled images; prints JSON.
     Eval {
@@ -545,12 +575,88 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_export(&exported)?;
             }
         }
-        Command::Retrain { from, data, out, epochs, run, device } => {
-            let source = data.source()?.context("pass the new data with --data DIR (MVTec layout) or --normal DIR")?;
+        Command::Retrain {
+            from,
+            data,
+            dataset,
+            val_abnormal,
+            out,
+            epochs,
+            run,
+            device,
+            gate,
+            gate_auroc,
+            gate_f1,
+            gate_false_alarm,
+            install,
+            engine: kind,
+        } => {
+            use vigil_pipeline::retrain::{GatedRequest, RetrainRequest, Verdict, retrain_gated};
+            let (source, val_abnormal) = match &dataset {
+                Some(dir) => {
+                    let normal = dir.join("normal");
+                    anyhow::ensure!(
+                        normal.is_dir(),
+                        "data set {}: no normal/ folder; the daemon's data set of a camera is <state_dir>/dataset/<camera> with normal/ and abnormal/",
+                        dir.display()
+                    );
+                    let abnormal = Some(dir.join("abnormal")).filter(|d| d.is_dir());
+                    (DataSource::Folders { normal, abnormal: None, masks: None }, abnormal)
+                }
+                None => (
+                    data.source()?.context(
+                        "pass the new data with --dataset DIR (the daemon's data set), --normal DIR or --data DIR (MVTec layout)",
+                    )?,
+                    val_abnormal,
+                ),
+            };
+            let scratch = out.is_none();
+            let out = out.unwrap_or_else(|| vigil_model::bundle::install::sibling(&from, "next"));
+            let tolerances =
+                vigil_pipeline::gate::Tolerances { auroc: gate_auroc, f1: gate_f1, false_alarm: gate_false_alarm };
+            let req = GatedRequest {
+                rejected: scratch.then(|| vigil_model::bundle::install::sibling(&from, "rejected")),
+                retrain: RetrainRequest {
+                    from: from.clone(),
+                    source,
+                    val_abnormal,
+                    out,
+                    run,
+                    epochs,
+                    device,
+                    engine: EngineConfig { kind, ..EngineConfig::default() },
+                },
+                gate: gate.then_some(tolerances),
+                install,
+                scratch,
+            };
             let stop = stop_on_ctrl_c()?;
-            let req = vigil_pipeline::retrain::RetrainRequest { from, source, out, run, epochs, device };
-            if let Some(exported) = vigil_pipeline::retrain::retrain(&req, &stop)? {
-                print_export(&exported)?;
+            let Some(outcome) = retrain_gated(&req, &stop)? else { return Ok(ExitCode::SUCCESS) };
+            print_export(&outcome.exported)?;
+            if let Some(r) = &outcome.report {
+                eprintln!("{}", r.summary());
+                println!("{}", serde_json::to_string(&serde_json::json!({ "gate": r }))?);
+            }
+            match outcome.verdict {
+                Verdict::Written | Verdict::Passed => {}
+                Verdict::Installed(s) => {
+                    eprintln!(
+                        "installed at {}{}; vigil reloads a bundle when its files change (or run `systemctl reload vigil`); undo with `vigil rollback --camera ID`",
+                        s.bundle.display(),
+                        s.previous
+                            .map(|p| format!(", the replaced bundle kept at {}", p.display()))
+                            .unwrap_or_default()
+                    );
+                }
+                Verdict::Rejected(at) => {
+                    eprintln!(
+                        "vigil-train: the new bundle was not put in service: the gate rejected it; it is kept at {} with the reason in {}; {} is unchanged",
+                        at.display(),
+                        at.join(vigil_pipeline::gate::REPORT_FILE).display(),
+                        from.display()
+                    );
+                    return Ok(ExitCode::from(GATE_REJECTED));
+                }
             }
         }
         Command::Export { run, out, name } => {
@@ -743,6 +849,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The exit status of a retrain whose new bundle the gate rejected (not an error: the served
+/// bundle stays, the reason is in gate.json).
+const GATE_REJECTED: u8 = 3;
 
 /// Prints one JSON line.
 fn print_json<T: serde::Serialize>(row: &T) -> anyhow::Result<()> {

@@ -1,13 +1,15 @@
 //! `vigil-train retrain`: fine-tune a bundle's networks on new data (the feature families:
 //! add the new normal images to PaDiM's statistics or PatchCore's bank, fine-tune the feature
 //! autoencoder), recalibrate, re-evaluate, and write the next version with its parent
-//! recorded.
+//! recorded; then, when asked, judge it against the served bundle ([`crate::gate`]) and put it
+//! in service atomically or set it aside.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
 use vigil_model::bundle::Bundle;
+use vigil_model::bundle::install::{Swapped, install};
 use vigil_model::bundle::manifest::Parent;
 use vigil_model::engine::EngineConfig;
 
@@ -15,6 +17,7 @@ use crate::config::TrainConfig;
 use crate::data::DataSource;
 use crate::device::DeviceChoice;
 use crate::export::{ExportRequest, Exported, export};
+use crate::gate::{GateReport, HeldOut, Tolerances};
 use crate::model::WEIGHTS_FILE;
 use crate::train::{Outcome, RunDir, TrainRequest, train};
 
@@ -25,6 +28,8 @@ pub struct RetrainRequest {
     pub from: PathBuf,
     /// The new data.
     pub source: DataSource,
+    /// Confirmed defects that calibrate the threshold (F1-optimal), as `train --val-abnormal`.
+    pub val_abnormal: Option<PathBuf>,
     /// The bundle folder to write.
     pub out: PathBuf,
     /// Run folder for checkpoints (default: `<out>.run`).
@@ -33,6 +38,19 @@ pub struct RetrainRequest {
     pub epochs: Option<u32>,
     /// Where to train.
     pub device: DeviceChoice,
+    /// The engine that calibrates and evaluates the exported graph (and runs the gate).
+    pub engine: EngineConfig,
+}
+
+impl RetrainRequest {
+    /// The run folder: `run`, or `<out>.run`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.clone().unwrap_or_else(|| {
+            let mut p = self.out.clone().into_os_string();
+            p.push(".run");
+            PathBuf::from(p)
+        })
+    }
 }
 
 /// Fine-tunes and exports; `None` when stopped by Ctrl-C (resume with `train --resume`).
@@ -74,11 +92,7 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
     let epochs = req.epochs.unwrap_or((cfg.epochs / 4).max(1));
     cfg.epochs = epochs;
     cfg.encoder_epochs = cfg.encoder_epochs.map(|_| epochs);
-    let run = RunDir(req.run.clone().unwrap_or_else(|| {
-        let mut p = req.out.clone().into_os_string();
-        p.push(".run");
-        PathBuf::from(p)
-    }));
+    let run = RunDir(req.run_dir());
     let train_req = TrainRequest {
         config: cfg,
         source: Some(req.source.clone()),
@@ -86,7 +100,7 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
         device: req.device,
         resume: false,
         init_weights: Some(weights),
-        val_abnormal: None,
+        val_abnormal: req.val_abnormal.clone(),
     };
     if train(&train_req, stop)? == Outcome::Interrupted {
         return Ok(None);
@@ -97,7 +111,141 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
         name: Some(m.name.clone()),
         version: m.version + 1,
         parent: Some(Parent { name: m.name.clone(), version: m.version, model_sha256: parent.model_sha256.clone() }),
-        engine: EngineConfig::default(),
+        engine: req.engine.clone(),
     })?;
     Ok(Some(exported))
+}
+
+/// A retrain that must prove itself before it is served.
+#[derive(Debug, Clone)]
+pub struct GatedRequest {
+    /// The retrain; with a gate its data must be plain folders (`--dataset` or `--normal`).
+    pub retrain: RetrainRequest,
+    /// Judge the new bundle against the served one (`from`) on held-out files.
+    pub gate: Option<Tolerances>,
+    /// Put the new bundle in service at `from` (when the gate, if any, passes).
+    pub install: bool,
+    /// Where a rejected bundle is set aside (replacing an older one); `None` leaves it at `out`.
+    pub rejected: Option<PathBuf>,
+    /// `out` and its run folder are this command's scratch space: cleared before, and the run
+    /// folder removed once the bundle is exported.
+    pub scratch: bool,
+}
+
+/// What became of the new bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Written to `out`, nothing else asked.
+    Written,
+    /// The gate passed; left at `out` (no `--install`).
+    Passed,
+    /// In service at `from`; the replaced bundle is at `previous`.
+    Installed(Swapped),
+    /// The gate failed: set aside here, the served bundle untouched.
+    Rejected(PathBuf),
+}
+
+/// The result of a gated retrain.
+#[derive(Debug)]
+pub struct GatedOutcome {
+    /// The new bundle as exported, its path where it ended up (in service, set aside or `out`).
+    pub exported: Exported,
+    /// The gate's report, when there was a gate.
+    pub report: Option<GateReport>,
+    /// What became of it.
+    pub verdict: Verdict,
+}
+
+/// Retrains; with a gate, holds out part of the data from training and calibration and
+/// judges the new bundle against the served one on it (writing `gate.json` into the new
+/// bundle); then installs it, or sets it aside when the gate fails. `None` when stopped.
+pub fn retrain_gated(req: &GatedRequest, stop: &AtomicBool) -> anyhow::Result<Option<GatedOutcome>> {
+    if let Some(t) = &req.gate {
+        let fine = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+        anyhow::ensure!(
+            fine(t.auroc) && fine(t.f1) && fine(t.false_alarm),
+            "the gate's tolerances (--gate-auroc {}, --gate-f1 {}, --gate-false-alarm {}) are differences of figures between 0 and 1; give values in 0..1",
+            t.auroc,
+            t.f1,
+            t.false_alarm
+        );
+    }
+    let mut retrain_req = req.retrain.clone();
+    let run = retrain_req.run_dir();
+    if req.scratch {
+        for dir in [&retrain_req.out, &run] {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+            }
+        }
+    }
+    let held = match &req.gate {
+        None => None,
+        Some(_) => {
+            let DataSource::Folders { normal, abnormal, masks } = &retrain_req.source else {
+                bail!(
+                    "the gate holds out part of a data set of plain folders: pass --dataset DIR (DIR/normal, DIR/abnormal) or --normal DIR [--val-abnormal DIR], not --data"
+                );
+            };
+            let staged = crate::gate::stage(normal, retrain_req.val_abnormal.as_deref(), &run.join("data"))?;
+            retrain_req.source =
+                DataSource::Folders { normal: staged.normal.clone(), abnormal: abnormal.clone(), masks: masks.clone() };
+            retrain_req.val_abnormal = staged.abnormal.clone();
+            Some(staged.held_out)
+        }
+    };
+    let Some(exported) = retrain(&retrain_req, stop)? else { return Ok(None) };
+    if req.scratch {
+        let _ = std::fs::remove_dir_all(&run);
+    }
+    let from = &retrain_req.from;
+    let out = &retrain_req.out;
+    let report = match (&req.gate, &held) {
+        (Some(tol), Some(held)) => Some(judge_against(from, out, held, tol, &retrain_req.engine)?),
+        _ => None,
+    };
+    let verdict = match &report {
+        Some(r) if !r.passed => {
+            let at = match &req.rejected {
+                Some(aside) => {
+                    if aside.symlink_metadata().is_ok() {
+                        std::fs::remove_dir_all(aside)
+                            .with_context(|| format!("removing the older rejected bundle {}", aside.display()))?;
+                    }
+                    std::fs::rename(out, aside).with_context(|| {
+                        format!("setting the rejected bundle {} aside at {}", out.display(), aside.display())
+                    })?;
+                    aside.clone()
+                }
+                None => out.clone(),
+            };
+            Verdict::Rejected(at)
+        }
+        _ if req.install => Verdict::Installed(install(out, from)?),
+        Some(_) => Verdict::Passed,
+        None => Verdict::Written,
+    };
+    // The bundle is no longer where it was written.
+    let moved_to = match &verdict {
+        Verdict::Installed(s) => Some(s.bundle.clone()),
+        Verdict::Rejected(at) => Some(at.clone()),
+        Verdict::Written | Verdict::Passed => None,
+    };
+    let mut exported = exported;
+    if let Some(to) = moved_to {
+        exported.bundle.model_path = to.join(vigil_model::bundle::MODEL_FILE);
+        exported.bundle.path = to;
+    }
+    Ok(Some(GatedOutcome { exported, report, verdict }))
+}
+
+fn judge_against(
+    from: &Path,
+    out: &Path,
+    held: &HeldOut,
+    tol: &Tolerances,
+    engine: &EngineConfig,
+) -> anyhow::Result<GateReport> {
+    crate::gate::gate(from, out, held, tol, engine)
+        .with_context(|| format!("judging {} against the served {}", out.display(), from.display()))
 }

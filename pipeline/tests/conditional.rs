@@ -201,6 +201,8 @@ fn conditional_padim_scores_each_class_as_padim_fitted_on_that_class_alone() {
             run: None,
             epochs: None,
             device: DeviceChoice::Cpu,
+            val_abnormal: None,
+            engine: crate::common::engine_config(vigil_model::engine::EngineChoice::Tract),
         },
         &AtomicBool::new(false),
     )

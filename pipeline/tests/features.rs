@@ -218,6 +218,8 @@ fn a_retrain_adds_the_new_normals_to_padim_statistics_and_the_patchcore_bank() {
                 run: None,
                 epochs: None,
                 device: DeviceChoice::Cpu,
+                val_abnormal: None,
+                engine: crate::common::engine_config(vigil_model::engine::EngineChoice::Tract),
             },
             &AtomicBool::new(false),
         )

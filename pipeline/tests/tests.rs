@@ -8,4 +8,5 @@ mod cli;
 mod conditional;
 mod cyclegan;
 mod features;
+mod gate;
 mod training;

@@ -368,6 +368,8 @@ fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
         run: None,
         epochs: Some(1),
         device: DeviceChoice::Cpu,
+        val_abnormal: None,
+        engine: crate::common::engine_config(vigil_model::engine::EngineChoice::Tract),
     };
     let second = vigil_pipeline::retrain::retrain(&req, &AtomicBool::new(false)).unwrap().unwrap().bundle;
     assert_eq!(second.manifest.name, "surface");

@@ -4,5 +4,6 @@ pub mod bench;
 pub mod config_reference;
 pub mod demo;
 pub mod inspect;
+pub mod rollback;
 pub mod score;
 pub mod wrap;

@@ -6,6 +6,7 @@
 //! vigil is a complete bundle too. When both exist, `manifest.json` wins: it is the copy a
 //! person edits (a hand-tuned threshold, say).
 
+pub mod install;
 pub mod manifest;
 
 use std::fs;

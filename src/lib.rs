@@ -19,7 +19,8 @@
 //! - [`sink`]: every outbound message: alerts (outbox, delivery, JSON lines, stdout),
 //!   snapshots, scores, stats, threshold states, availability; [`alert`]: the alert JSON.
 //! - [`mqtt`]: the daemon's MQTT session and its client handle; [`topics`]: the topic names.
-//! - [`control`]: the MQTT control topics (`threshold/set`).
+//! - [`control`]: the MQTT control topics (`threshold/set`); [`homeassistant`]: Home
+//!   Assistant's MQTT discovery.
 //! - [`reload`]: bundle loading, watching and reloading.
 //! - [`state`]: what survives a restart; [`metrics`]: Prometheus and `/healthz`.
 //! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`, `bench`, `demo`).
@@ -36,6 +37,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_targets;
 pub mod guard;
+pub mod homeassistant;
 pub mod memory;
 pub mod metrics;
 pub mod mqtt;

@@ -264,8 +264,12 @@ impl Announcer {
             match &self.discovery {
                 Some(d) if d.topic() == before.topic => {
                     let now = d.platforms();
-                    let removed: BTreeMap<String, String> =
-                        before.components.iter().filter(|(id, _)| !now.contains_key(*id)).map(clone).collect();
+                    let removed: BTreeMap<String, String> = before
+                        .components
+                        .iter()
+                        .filter(|(id, _)| !now.contains_key(*id))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
                     if !removed.is_empty() {
                         tracing::info!(
                             "Home Assistant: removing {} entities of cameras no longer configured",
@@ -324,10 +328,6 @@ impl Announcer {
             let _ = mqtt.publish(m.topic, true, m.payload).await;
         }
     }
-}
-
-fn clone((k, v): (&String, &String)) -> (String, String) {
-    (k.clone(), v.clone())
 }
 
 fn load(path: &Path) -> anyhow::Result<Option<Announced>> {

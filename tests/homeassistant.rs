@@ -192,32 +192,38 @@ fn the_schema_refuses_payloads_home_assistant_would_not_take() {
     let cases = [
         (
             "no origin",
-            broken(&|v| {
+            broken(&|v: &mut Value| {
                 v.as_object_mut().unwrap().remove("origin");
             }),
         ),
         (
             "a number without its command topic",
-            broken(&|v| {
+            broken(&|v: &mut Value| {
                 v["components"]["cam1_threshold"].as_object_mut().unwrap().remove("command_topic");
             }),
         ),
-        ("a misspelt key", broken(&|v| v["components"]["cam1_score"]["stat_topic"] = "x/y".into())),
-        ("an image with both topics", broken(&|v| v["components"]["cam1_snapshot"]["url_topic"] = "x/y".into())),
-        ("an unknown platform", broken(&|v| v["components"]["cam1_score"]["platform"] = "lamp".into())),
-        ("off_delay as text", broken(&|v| v["components"]["cam1_anomaly"]["off_delay"] = "30s".into())),
+        ("a misspelt key", broken(&|v: &mut Value| v["components"]["cam1_score"]["stat_topic"] = "x/y".into())),
+        (
+            "an image with both topics",
+            broken(&|v: &mut Value| v["components"]["cam1_snapshot"]["url_topic"] = "x/y".into()),
+        ),
+        ("an unknown platform", broken(&|v: &mut Value| v["components"]["cam1_score"]["platform"] = "lamp".into())),
+        ("off_delay as text", broken(&|v: &mut Value| v["components"]["cam1_anomaly"]["off_delay"] = "30s".into())),
         (
             "an entity without unique_id",
-            broken(&|v| {
+            broken(&|v: &mut Value| {
                 v["components"]["cam1_anomaly"].as_object_mut().unwrap().remove("unique_id");
             }),
         ),
         (
             "a device per component",
-            broken(&|v| v["components"]["cam1_score"]["device"] = json!({ "identifiers": ["x"] })),
+            broken(&|v: &mut Value| v["components"]["cam1_score"]["device"] = json!({ "identifiers": ["x"] })),
         ),
-        ("a step finer than 0.001", broken(&|v| v["components"]["cam1_threshold"]["step"] = 0.0001.into())),
-        ("a wildcard topic", broken(&|v| v["components"]["cam1_score"]["state_topic"] = "vigil/+/score".into())),
+        ("a step finer than 0.001", broken(&|v: &mut Value| v["components"]["cam1_threshold"]["step"] = json!(0.0001))),
+        (
+            "a wildcard topic",
+            broken(&|v: &mut Value| v["components"]["cam1_score"]["state_topic"] = "vigil/+/score".into()),
+        ),
     ];
     let mut docs = vec![good.clone()];
     docs.extend(cases.iter().map(|(_, v)| v.clone()));

@@ -19,6 +19,7 @@ use crate::live::Board;
 use crate::web::App;
 use crate::web::auth::Token;
 use crate::decide::{self, Policy};
+use crate::homeassistant::Announcer;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Connection};
 use crate::problem::{ConfigError, Problem};
@@ -87,7 +88,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let session = match &config.mqtt {
         Some(m) => {
             let filters = mqtt_cameras.iter().map(|c| c.config.topic.clone()).collect();
-            Some(mqtt::start(m, &config.device_id, filters, control_tx, messages_tx, metrics.clone())?)
+            let homeassistant = Announcer::new(&config)?.map(Arc::new);
+            Some(mqtt::start(m, &config.device_id, filters, homeassistant, control_tx, messages_tx, metrics.clone())?)
         }
         None => None,
     };

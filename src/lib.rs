@@ -23,6 +23,7 @@
 //!   `feedback`); [`dataset`]: alert frames, verdicts and sampled normals kept for retraining.
 //! - [`web`]: the HTTP listener: the operator's page and its API, `/metrics`, `/healthz`;
 //!   [`live`]: what the page shows, kept as frames are decided.
+//! - [`homeassistant`]: Home Assistant's MQTT discovery.
 //! - [`reload`]: bundle loading, watching and reloading.
 //! - [`state`]: what survives a restart; [`metrics`]: the counters behind `/metrics`.
 //! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`, `bench`, `demo`).
@@ -40,6 +41,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_targets;
 pub mod guard;
+pub mod homeassistant;
 pub mod live;
 pub mod memory;
 pub mod metrics;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::homeassistant::Announcer;
 use crate::metrics::Metrics;
 use crate::problem::{Problems, is_loopback, valid_topic_filter};
 use crate::topics::{OFFLINE, ONLINE, Topics};
@@ -75,6 +76,19 @@ pub struct MqttConfig {
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub max_backoff: Duration,
+    /// Announce this box to Home Assistant (MQTT discovery): a device with, per camera, an
+    /// anomaly sensor, the last score, the threshold and the latest snapshot
+    /// (docs/homeassistant.md). Needs `publish_scores`.
+    #[serde(default)]
+    pub homeassistant: bool,
+    /// Home Assistant's discovery prefix (a setting of its MQTT integration); its birth
+    /// message is read on `<prefix>/status`.
+    #[serde(default = "default_homeassistant_prefix")]
+    pub homeassistant_prefix: String,
+    /// How long Home Assistant shows a camera's anomaly sensor on after its last alert.
+    #[serde(default = "default_homeassistant_off_delay", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub homeassistant_off_delay: Duration,
 }
 
 fn default_prefix() -> String {
@@ -90,6 +104,12 @@ fn default_stats_interval() -> Duration {
     Duration::from_secs(60)
 }
 fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_homeassistant_prefix() -> String {
+    "homeassistant".into()
+}
+fn default_homeassistant_off_delay() -> Duration {
     Duration::from_secs(30)
 }
 
@@ -164,6 +184,7 @@ impl MqttConfig {
         if self.keep_alive < Duration::from_secs(1) {
             p.add("mqtt.keep_alive", "must be at least 1s");
         }
+        crate::homeassistant::validate(self, p);
     }
 
     /// Checks that the password and TLS files can be read.
@@ -300,11 +321,13 @@ pub fn no_delay(eventloop: &mut EventLoop) {
 /// Connects (in the background: the first attempt happens in the task) and starts the loop.
 /// `frame_filters` are subscribed at QoS 1 with manual acknowledgement; a camera flooding
 /// faster than vigil scores is held back by TCP (this loop waits on the frame queue), so
-/// its backlog waits at the broker instead of in vigil's memory.
+/// its backlog waits at the broker instead of in vigil's memory. `homeassistant` announces
+/// the box to Home Assistant after each connect and on its birth message.
 pub fn start(
     cfg: &MqttConfig,
     device: &str,
     frame_filters: Vec<String>,
+    homeassistant: Option<Arc<Announcer>>,
     incoming: mpsc::UnboundedSender<Incoming>,
     frames: mpsc::Sender<Publish>,
     metrics: Arc<Metrics>,
@@ -330,6 +353,7 @@ pub fn start(
     let session = Session {
         mqtt: handle.clone(),
         frame_filters,
+        homeassistant,
         incoming,
         frames,
         endpoint: format!("{}:{}", cfg.host, cfg.effective_port()),
@@ -349,6 +373,7 @@ pub fn start(
 struct Session {
     mqtt: MqttClient,
     frame_filters: Vec<String>,
+    homeassistant: Option<Arc<Announcer>>,
     incoming: mpsc::UnboundedSender<Incoming>,
     frames: mpsc::Sender<Publish>,
     endpoint: String,
@@ -464,10 +489,12 @@ impl Session {
         Next::Poll
     }
 
-    /// Subscribes, then publishes `online`: through the request queue, which the loop drains,
-    /// so it is spawned, never awaited here. Subscriptions first: the broker handles a client's
-    /// packets in order, so once `online` is seen, frames and threshold changes are received.
+    /// Subscribes, announces the box to Home Assistant, then publishes `online`: through the
+    /// request queue, which the loop drains, so it is spawned, never awaited here.
+    /// Subscriptions first: the broker handles a client's packets in order, so once `online`
+    /// is seen, frames and threshold changes are received.
     fn announce(&self) {
+        let (m, homeassistant) = (self.mqtt.clone(), self.homeassistant.clone());
         let c = self.mqtt.client.clone();
         let (online, filters) = (self.mqtt.topics.available(), self.frame_filters.clone());
         let controls = [self.mqtt.topics.threshold_set_filter(), self.mqtt.topics.feedback_filter()];
@@ -480,11 +507,22 @@ impl Session {
             for f in controls {
                 let _ = c.subscribe(f, QoS::AtLeastOnce).await;
             }
+            if let Some(ha) = homeassistant {
+                ha.connected(&m).await;
+            }
             let _ = c.publish(online, QoS::AtLeastOnce, true, ONLINE).await;
         });
     }
 
     async fn on_publish(&mut self, p: Publish) {
+        if let Some(ha) = self.homeassistant.as_ref().filter(|h| h.is_status(&p.topic)) {
+            // Subscribed at QoS 0: nothing to acknowledge.
+            let (ha, m) = (ha.clone(), self.mqtt.clone());
+            if !self.stopping {
+                tokio::spawn(async move { ha.status(&p.payload, &m).await });
+            }
+            return;
+        }
         let (handled, done) = tokio::sync::oneshot::channel();
         let control = if let Some(camera) = self.mqtt.topics.threshold_set_camera(&p.topic) {
             Some(Incoming::ThresholdSet { camera: camera.to_owned(), payload: p.payload.to_vec(), handled })
@@ -557,6 +595,11 @@ impl MqttClient {
         if self.is_connected() {
             let _ = self.client.try_publish(topic, QoS::AtMostOnce, retain, payload);
         }
+    }
+
+    /// Subscribes at QoS 0, for messages that need no acknowledgement.
+    pub async fn subscribe_qos0(&self, filter: String) {
+        let _ = self.client.subscribe(filter, QoS::AtMostOnce).await;
     }
 
     /// Acknowledges a frame message once it was handled.

@@ -180,21 +180,32 @@ impl Drop for Daemon {
 
 /// Checks an alert against `schema/alert.schema.json` with Python's `jsonschema`.
 pub fn check_schema(alert: &serde_json::Value) {
+    let verdicts = schema_verdicts("schema/alert.schema.json", std::slice::from_ref(alert));
+    assert_eq!(verdicts, ["ok"], "{alert}\ndoes not fit the schema");
+}
+
+/// Each document checked against `schema` (a path under the repository) with Python's
+/// `jsonschema`: "ok", or its first error.
+pub fn schema_verdicts(schema: &str, docs: &[serde_json::Value]) -> Vec<String> {
     use std::io::Write;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(crate::common::python())
         .arg(root.join("tests/py/check_schema.py"))
-        .arg(root.join("schema/alert.schema.json"))
+        .arg(root.join(schema))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{alert}").unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for d in docs {
+        writeln!(stdin, "{d}").unwrap();
+    }
+    drop(stdin);
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{alert}\ndoes not fit the schema: {text}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(text.trim(), "ok");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "the schema checker failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 pub fn mqtt_section(port: u16) -> String {

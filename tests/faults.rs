@@ -355,7 +355,7 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
         let (messages_tx, messages) = mpsc::channel(16);
         let filters = vec!["cams/line/frame".to_string()];
         let (mqtt, connection) =
-            vigil::mqtt::start(&cfg, "dev", filters, control, messages_tx, metrics.clone()).unwrap();
+            vigil::mqtt::start(&cfg, "dev", filters, None, control, messages_tx, metrics.clone()).unwrap();
         let cameras = vec![MqttCamera { slot: 0, id: "line".into(), class: None, config: source }];
         let (frames_tx, mut frames) = mpsc::channel::<Frame>(16);
         let stop = vigil::shutdown::Stop::new();

@@ -11,6 +11,7 @@ mod demo;
 mod engines;
 mod faults;
 mod fuzz_corpus;
+mod homeassistant;
 mod load;
 mod models;
 mod onnx_writer;

@@ -60,7 +60,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!("vigil {} starting: device {}", crate::VERSION, config.device_id);
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<PathBuf>();
-    let _bundle_watcher = reload::watch(&config, changed_tx);
+    let mut bundle_watcher = reload::watch(&config, changed_tx);
     std::fs::create_dir_all(&config.state_dir).with_context(|| {
         format!("state_dir {}: cannot create it; fix the path or its permissions", config.state_dir.display())
     })?;
@@ -231,6 +231,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             due = changed.settled() => {
                 for p in due {
                     tracing::info!("bundle {} changed on disk: reloading", p.display());
+                    if let Some(w) = bundle_watcher.as_mut() {
+                        reload::rewatch(w, &p);
+                    }
                     reload::reload(&config, &models, &metrics, p).await;
                 }
             }

@@ -159,6 +159,19 @@ impl Metrics {
         self.float_gauge(name, l).set(v);
     }
 
+    /// Removes every series of gauge `name` whose label `key` is `value` (an info gauge whose
+    /// other labels changed, such as a camera's bundle after a reload).
+    pub fn remove_gauges(&self, name: &'static str, key: &str, value: &str) {
+        let family = self.families.gauges.get(name).unwrap_or_else(|| panic!("metric {name} is not a gauge in HELP"));
+        self.series.lock().expect("metrics lock").retain(|(n, l), _| {
+            let hit = *n == name && l.iter().any(|(k, v)| k == key && v == value);
+            if hit {
+                family.remove(l);
+            }
+            !hit
+        });
+    }
+
     /// Adds to a gauge (negative to lower it).
     pub fn shift(&self, name: &'static str, l: &[(&'static str, &str)], d: f64) {
         self.float_gauge(name, l).inc_by(d);

@@ -87,6 +87,7 @@ pub fn check(config: &Config) -> Vec<Problem> {
 /// Sets `vigil_model_info` for a camera's model.
 pub fn model_info(metrics: &Metrics, camera: &str, m: &Model) {
     let version = m.bundle.manifest.version.to_string();
+    metrics.remove_gauges("vigil_model_info", "camera", camera);
     metrics.set(
         "vigil_model_info",
         &[("camera", camera), ("name", &m.bundle.manifest.name), ("version", &version), ("engine", m.engine.name())],
@@ -160,13 +161,30 @@ pub fn watch(config: &Config, changed: mpsc::UnboundedSender<PathBuf>) -> Option
     })
     .ok()?;
     for b in &bundles {
-        // A folder bundle is watched itself; a lone .onnx through its folder.
-        let target = if b.is_dir() { b.clone() } else { b.parent().map(|p| p.to_path_buf()).unwrap_or_default() };
-        if let Err(e) = watcher.watch(&target, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!("cannot watch bundle {} for changes ({e}); reload it with SIGHUP", b.display());
+        // A lone .onnx is watched through its folder. A folder bundle is watched itself, and
+        // through its parent too: `vigil-train retrain --install` and `vigil rollback` swap
+        // whole folders, which only the parent sees.
+        let parent = b.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        let targets = if b.is_dir() { vec![b.clone(), parent] } else { vec![parent] };
+        for target in targets {
+            if let Err(e) = watcher.watch(&target, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!("cannot watch bundle {} for changes ({e}); reload it with SIGHUP", b.display());
+            }
         }
     }
     Some(watcher)
+}
+
+/// Watches folder bundle `bundle` again after a reload: a swapped-in folder is another
+/// directory than the one watched before.
+pub fn rewatch(watcher: &mut notify::RecommendedWatcher, bundle: &std::path::Path) {
+    use notify::Watcher;
+    if bundle.is_dir() {
+        let _ = watcher.unwatch(bundle);
+        if let Err(e) = watcher.watch(bundle, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!("cannot watch bundle {} for changes ({e}); reload it with SIGHUP", bundle.display());
+        }
+    }
 }
 
 /// Bundle paths that changed on disk, handed out once no change came for the settle time.

@@ -152,3 +152,46 @@ fn vigil_rollback_swaps_a_cameras_bundle_back_and_forth() {
     assert!(err.contains("camera cam2: rollback") && err.contains("no previous bundle at"), "{err}");
     assert_eq!(version(&other), 7);
 }
+
+#[test]
+fn a_running_daemon_serves_what_rollback_swapped_in_without_a_restart() {
+    use crate::daemon::{Daemon, Plant, WAIT};
+    let plant = Plant::new();
+    let previous = previous_path(&plant.bundle);
+    std::fs::create_dir_all(&previous).unwrap();
+    for e in std::fs::read_dir(&plant.bundle).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), previous.join(e.file_name())).unwrap();
+    }
+    let manifest = previous.join(vigil_model::bundle::MANIFEST_FILE);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["version"] = serde_json::json!(7);
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let cfg = plant.config(&format!("[alerts]\nstdout = true\n{}", plant.folder_camera("")));
+    let daemon = Daemon::start(&plant, &cfg);
+    let serving = |v: &str| plant.metrics().lines().any(|l| l.starts_with("vigil_model_info{") && l.contains(&format!("version=\"{v}\"")));
+    assert!(serving("1"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["rollback", "--camera", "cam1", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The watcher sees the swap in the bundle's parent folder and reloads.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !serving("7") {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not pick up the rollback:\n{}", plant.metrics());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // And again, forward: the swapped-in folder is watched too.
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["rollback", "--camera", "cam1", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    while serving("7") || !serving("1") {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not roll forward:\n{}", plant.metrics());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    daemon.stop();
+}

@@ -2,8 +2,8 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-// The same look as the reports' charts (pipeline/src/chart.rs).
-const STYLE = { score: "#1f77b4", threshold: "#d62728", axis: "#333333", grid: "#dddddd", font: "12px sans-serif" };
+// The same look as the reports' charts (pipeline/src/chart.rs): palette, threshold in black.
+const STYLE = { score: "#1f77b4", threshold: "#000000", text: "#222222", axis: "#555555", grid: "#e3e3e3", font: "12px 'Noto Sans', sans-serif", title: "bold 14px 'Noto Sans', sans-serif" };
 const series = new Map(); // camera -> [{t, score, threshold}]
 let historySeconds = 6 * 3600;
 
@@ -47,7 +47,7 @@ function draw(camera) {
   let lo = Math.min(0, ...scores);
   const x = (t) => L + ((t - t0) / (now - t0)) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo || 1)) * (H - T - B);
-  svg.append(el("text", { x: W / 2, y: 18, "text-anchor": "middle", "font-weight": "bold", style: `font:${STYLE.font}` }, `Score of ${camera}, last ${historySeconds / 3600} h`));
+  svg.append(el("text", { x: W / 2, y: 18, "text-anchor": "middle", style: `font:${STYLE.title}`, fill: STYLE.text }, `Score of ${camera}, last ${historySeconds / 3600} h`));
   for (const v of ticks(lo, hi, 5)) {
     svg.append(el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: STYLE.grid }));
     svg.append(el("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", style: `font:${STYLE.font}`, fill: STYLE.axis }, fmt(v)));

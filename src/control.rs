@@ -69,13 +69,14 @@ impl Control {
             self.metrics.inc("vigil_errors_total", &[("kind", "bad_threshold")]);
             return Err(ThresholdError::UnknownClass {
                 class: class.escape_default().to_string(),
-                known: if known.is_empty() { "no classes (it is not conditional)".to_owned() } else { known.join(", ") },
+                known: if known.is_empty() {
+                    "no classes (it is not conditional)".to_owned()
+                } else {
+                    known.join(", ")
+                },
             });
         }
-        let key = match &set.class {
-            Some(k) => crate::decide::class_key(camera, k),
-            None => camera.to_owned(),
-        };
+        let key = crate::decide::class_key(camera, set.class.as_deref());
         let saved = self.policy.thresholds.lock().expect("thresholds lock").set(&key, set.value);
         self.publish_state(camera).await;
         match saved {

@@ -15,11 +15,9 @@ use crate::alert::rfc3339;
 use crate::config::Config;
 use crate::control::Control;
 use crate::dataset::Dataset;
-use crate::live::Board;
-use crate::web::App;
-use crate::web::auth::Token;
 use crate::decide::{self, Policy};
 use crate::homeassistant::Announcer;
+use crate::live::Board;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Connection};
 use crate::problem::{ConfigError, Problem};
@@ -34,6 +32,8 @@ use crate::source::SourceConfig;
 use crate::source::folder::{self, FolderCamera};
 use crate::source::mqtt::{self as mqtt_source, MqttCamera};
 use crate::state::{Ledger, Thresholds};
+use crate::web::App;
+use crate::web::auth::Token;
 
 /// How long a stop may take before what is left is abandoned (systemd's default stop
 /// timeout is 90 s; this leaves room).
@@ -127,7 +127,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             rendered: Default::default(),
         });
         if let Some(addr) = crate::web::start(app).await? {
-            tracing::info!("http: {} on http://{addr}", if config.http.page { "the page, /metrics and /healthz" } else { "/metrics and /healthz" });
+            tracing::info!(
+                "http: {} on http://{addr}",
+                if config.http.page { "the page, /metrics and /healthz" } else { "/metrics and /healthz" }
+            );
         }
     }
     let delivery = match &config.mqtt {

@@ -3,9 +3,9 @@
 //! `<state_dir>/dataset/<camera>/{normal,abnormal}/`, and a sample of frames scored normal.
 //! `vigil-train retrain --dataset` reads that folder.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,10 @@ impl DatasetConfig {
     /// Checks the values.
     pub fn validate(&self, p: &mut Problems) {
         if self.sample_normal > 0 && self.sample_keep == 0 {
-            p.add("dataset.sample_keep", "0 with dataset.sample_normal on would keep nothing: raise it, or set sample_normal = 0");
+            p.add(
+                "dataset.sample_keep",
+                "0 with dataset.sample_normal on would keep nothing: raise it, or set sample_normal = 0",
+            );
         }
     }
 }
@@ -193,8 +196,10 @@ impl Dataset {
     /// The newest `n` alerts of `camera` whose frames are kept, newest first.
     pub fn recent_alerts(&self, camera: &str, n: usize) -> Vec<Alert> {
         let Ok(entries) = std::fs::read_dir(self.frames.join(camera)) else { return vec![] };
-        let mut names: Vec<PathBuf> =
-            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
         names.sort();
         names.iter().rev().filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok()).take(n).collect()
     }
@@ -250,8 +255,9 @@ impl Dataset {
     }
 
     /// Counts a frame scored normal and, every `sample_normal`-th, copies it into the data
-    /// set's `normal/` folder; returns the file written.
-    pub fn sample(&self, camera: &str, id: &str, frame: &[u8]) -> std::io::Result<Option<PathBuf>> {
+    /// set's `normal/` folder under the id `id` makes (asked only when a sample is due);
+    /// returns the file written.
+    pub fn sample(&self, camera: &str, id: impl FnOnce() -> String, frame: &[u8]) -> std::io::Result<Option<PathBuf>> {
         let every = self.config.sample_normal;
         if every == 0 || !valid_id(camera) {
             return Ok(None);
@@ -267,7 +273,7 @@ impl Dataset {
         }
         let folder = self.camera_dir(camera).join("normal");
         std::fs::create_dir_all(&folder)?;
-        let file = folder.join(format!("sample-{id}.{}", extension(frame)));
+        let file = folder.join(format!("sample-{}.{}", id(), extension(frame)));
         write_atomic(&file, frame)?;
         prune(&folder, "sample-", self.config.sample_keep);
         Ok(Some(file))
@@ -334,7 +340,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("frames/c")).unwrap().count(), 4, "two frames, two JSONs");
         let mut written = 0;
         for i in 0..10 {
-            if d.sample("c", &format!("01KB000000000000000000000{i}"), &png()).unwrap().is_some() {
+            if d.sample("c", || format!("01KB000000000000000000000{i}"), &png()).unwrap().is_some() {
                 written += 1;
             }
         }

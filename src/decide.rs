@@ -128,9 +128,13 @@ pub fn region(map: ArrayView2<'_, f32>, threshold: f32, area: Area) -> Region {
     Region { bbox: [fx0, fy0, fx1 - fx0, fy1 - fy0], area_fraction: n as f32 / (mh * mw).max(1) as f32 }
 }
 
-/// The run-time threshold key of one class on one camera (camera ids have no `/`).
-pub fn class_key(camera: &str, class: &str) -> String {
-    format!("{camera}/{class}")
+/// The key of a camera's threshold and decider state: the camera, or one class on it for a
+/// conditional bundle (camera ids have no `/`, so the two never collide).
+pub fn class_key(camera: &str, class: Option<&str>) -> String {
+    match class {
+        Some(class) => format!("{camera}/{class}"),
+        None => camera.to_owned(),
+    }
 }
 
 /// The threshold in force per camera (and, for a conditional bundle, per class): set at run
@@ -177,7 +181,7 @@ impl Policy {
     ) -> (f32, &'static str) {
         {
             let set = self.thresholds.lock().expect("thresholds lock");
-            if let Some(t) = class.and_then(|k| set.get(&class_key(camera, k))) {
+            if let Some(t) = class.and_then(|k| set.get(&class_key(camera, Some(k)))) {
                 return (t, "runtime");
             }
             if let Some(t) = set.get(camera) {
@@ -323,10 +327,7 @@ impl Stage {
         let cooldown = self.config.cameras[frame.slot].cooldown.unwrap_or(a.cooldown);
         // Cooldown and hysteresis per product: an alert on one class does not hold back
         // another's defect on the same camera.
-        let decider_key = match class {
-            Some(k) => class_key(&frame.camera, k),
-            None => frame.camera.clone(),
-        };
+        let decider_key = class_key(&frame.camera, class);
         let before = decider.save(&decider_key);
         let decision = decider.decide(&decider_key, score, threshold, cooldown, a.hysteresis, Instant::now());
         let result = if decision == Decision::Normal { "normal" } else { "anomalous" };
@@ -354,8 +355,8 @@ impl Stage {
         match decision {
             Decision::Normal => {
                 if self.config.dataset.sample_normal > 0 {
-                    let id = alert_id(frame.time, &self.device, &frame.camera, &source, &prepared.sha256);
-                    if let Err(e) = self.dataset.sample(&frame.camera, &id, &frame.bytes) {
+                    let id = || alert_id(frame.time, &self.device, &frame.camera, &source, &prepared.sha256);
+                    if let Err(e) = self.dataset.sample(&frame.camera, id, &frame.bytes) {
                         tracing::warn!(camera = frame.camera, "sampled normal frame not kept: {e}");
                         self.metrics.inc("vigil_errors_total", &[("kind", "dataset")]);
                     }
@@ -369,7 +370,11 @@ impl Stage {
                 let bytes = snapshot.as_ref().map_or(&prepared.frame.bytes, |j| &j.frame);
                 latest.bytes = std::sync::Arc::new(bytes.clone());
                 if let Err(e) = self.dataset.keep_alert(&alert, bytes) {
-                    tracing::warn!(camera = alert.camera, "the frame of alert {} is not kept for verdicts: {e}", alert.id);
+                    tracing::warn!(
+                        camera = alert.camera,
+                        "the frame of alert {} is not kept for verdicts: {e}",
+                        alert.id
+                    );
                     self.metrics.inc("vigil_errors_total", &[("kind", "dataset")]);
                 }
                 tracing::info!(

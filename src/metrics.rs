@@ -121,7 +121,8 @@ impl Default for Metrics {
 
 impl Metrics {
     fn counter(&self, name: &'static str, l: &[(&'static str, &str)]) -> Counter {
-        let family = self.families.counters.get(name).unwrap_or_else(|| panic!("metric {name} is not a counter in HELP"));
+        let family =
+            self.families.counters.get(name).unwrap_or_else(|| panic!("metric {name} is not a counter in HELP"));
         let l = labels(l);
         let c = family.get_or_create_owned(&l);
         self.series.lock().expect("metrics lock").entry((name, l)).or_insert_with(|| Series::Counter(c.clone()));

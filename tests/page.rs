@@ -256,7 +256,10 @@ fn the_page_refuses_writes_without_the_token_from_other_origins_and_outside_its_
     assert_eq!(http_request(port, "GET", "/", &[], "").0, 200);
     // Writes: no token, a wrong one, another origin, a cookie without an origin.
     assert_eq!(http_request(port, "POST", &verdict, &[], body).0, 401);
-    assert_eq!(http_request(port, "POST", &verdict, &[("Authorization", "Bearer wrong-token-0123456789")], body).0, 401);
+    assert_eq!(
+        http_request(port, "POST", &verdict, &[("Authorization", "Bearer wrong-token-0123456789")], body).0,
+        401
+    );
     let evil = [("Authorization", bearer.as_str()), ("Origin", "http://evil.example")];
     assert_eq!(http_request(port, "POST", &verdict, &evil, body).0, 403);
     let cross = [("Cookie", cookie.as_str()), ("Origin", host_origin), ("Sec-Fetch-Site", "cross-site")];
@@ -295,7 +298,10 @@ fn the_page_refuses_writes_without_the_token_from_other_origins_and_outside_its_
     // A browser with the cookie, from the page itself.
     let page = [("Cookie", cookie.as_str()), ("Origin", host_origin), ("Content-Type", "application/json")];
     let (code, text) = http_request(port, "POST", "/api/cameras/cam1/threshold", &page, r#"{"threshold": 2.5}"#);
-    assert_eq!((code, serde_json::from_str::<serde_json::Value>(&text).unwrap()["threshold"].clone()), (200, 2.5.into()));
+    assert_eq!(
+        (code, serde_json::from_str::<serde_json::Value>(&text).unwrap()["threshold"].clone()),
+        (200, 2.5.into())
+    );
     assert_eq!(http_request(port, "POST", "/api/cameras/nope/threshold", &page, "1").0, 404);
     // /metrics keeps its names, through prometheus-client.
     let m = plant.metrics();
@@ -319,20 +325,31 @@ fn the_page_off_loopback_needs_a_token_file_and_the_token_to_read() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("http.listen") && err.contains("token_file") && err.contains("http.page = false"), "{err}");
     // With `page = false` the same address serves only /metrics and /healthz.
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[http]\n", "[http]\npage = false\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // With a token file on all addresses: reads need the token too.
     let broker = Mosquitto::start();
     let token = plant.path("token");
     std::fs::write(&token, TOKEN).unwrap();
-    let cfg = plant.config(&format!("token_file = \"{}\"\n{}{}", token.display(), mqtt_section(broker.port), plant.folder_camera("")));
+    let cfg = plant.config(&format!(
+        "token_file = \"{}\"\n{}{}",
+        token.display(),
+        mqtt_section(broker.port),
+        plant.folder_camera("")
+    ));
     let text = std::fs::read_to_string(&cfg).unwrap().replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
     std::fs::write(&cfg, text).unwrap();
     let daemon = Daemon::start(&plant, &cfg);

@@ -169,7 +169,9 @@ fn a_running_daemon_serves_what_rollback_swapped_in_without_a_restart() {
     std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     let cfg = plant.config(&format!("[alerts]\nstdout = true\n{}", plant.folder_camera("")));
     let daemon = Daemon::start(&plant, &cfg);
-    let serving = |v: &str| plant.metrics().lines().any(|l| l.starts_with("vigil_model_info{") && l.contains(&format!("version=\"{v}\"")));
+    let serving = |v: &str| {
+        plant.metrics().lines().any(|l| l.starts_with("vigil_model_info{") && l.contains(&format!("version=\"{v}\"")))
+    };
     assert!(serving("1"));
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["rollback", "--camera", "cam1", "--config", cfg.to_str().unwrap()])

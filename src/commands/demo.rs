@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{CameraConfig, Config};
-use crate::web::HttpConfig;
 use crate::mqtt::MqttConfig;
 use crate::sink::AlertsConfig;
 use crate::source::SourceConfig;
 use crate::source::folder::FolderSource;
+use crate::web::HttpConfig;
 use vigil_model::engine::EngineConfig;
 use vigil_model::synth::{DefectKind, sample};
 

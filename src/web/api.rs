@@ -54,19 +54,18 @@ pub fn cameras(app: &App) -> Vec<String> {
     ids
 }
 
+/// One listed alert with its verdict so far and whether its frame is still kept.
+pub fn alert_entry(app: &App, camera: &str, alert: crate::alert::Alert) -> serde_json::Value {
+    let verdict = app.dataset.verdict_of(camera, &alert.id);
+    let frame = app.dataset.alert_frame(camera, &alert.id).is_some();
+    serde_json::json!({ "alert": alert, "verdict": verdict, "frame": frame })
+}
+
 /// One camera's state as the page shows it.
 pub fn camera_state(app: &App, camera: &str) -> serde_json::Value {
     let count = |result: &str| app.metrics.count("vigil_frames_total", &[("camera", camera), ("result", result)]);
-    let alerts: Vec<serde_json::Value> = app
-        .board
-        .alerts(camera)
-        .into_iter()
-        .map(|a| {
-            let verdict = app.dataset.verdict_of(camera, &a.id);
-            let frame = app.dataset.alert_frame(camera, &a.id).is_some();
-            serde_json::json!({ "alert": a, "verdict": verdict, "frame": frame })
-        })
-        .collect();
+    let alerts: Vec<serde_json::Value> =
+        app.board.alerts(camera).into_iter().map(|a| alert_entry(app, camera, a)).collect();
     let slot = app.policy.slot_of(camera);
     let model = slot.map(|s| {
         let m = app.policy.model(s);
@@ -180,7 +179,10 @@ fn alert_path(camera: &str, id: &str) -> Result<(), Response> {
     if valid_id(camera) && valid_alert_id(id) {
         Ok(())
     } else {
-        Err(text(StatusCode::NOT_FOUND, "no such alert: camera ids are letters, digits, - and _; alert ids 26 characters".into()))
+        Err(text(
+            StatusCode::NOT_FOUND,
+            "no such alert: camera ids are letters, digits, - and _; alert ids 26 characters".into(),
+        ))
     }
 }
 
@@ -271,7 +273,10 @@ pub async fn verdict(
         Ok(v) => v,
         Err(e) => {
             app.metrics.inc("vigil_errors_total", &[("kind", "bad_feedback")]);
-            return error(StatusCode::BAD_REQUEST, format!("{e}: send {{\"verdict\": \"false_alarm\"}} or {{\"verdict\": \"confirmed\"}}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{e}: send {{\"verdict\": \"false_alarm\"}} or {{\"verdict\": \"confirmed\"}}"),
+            );
         }
     };
     match app.control.verdict(&camera, &id, v.verdict).await {

@@ -45,13 +45,19 @@ impl Token {
                 let p = state_dir.join("http-token");
                 if !p.exists() {
                     create(&p)?;
-                    tracing::info!("the page's token is in {} (needed to change thresholds and give verdicts)", p.display());
+                    tracing::info!(
+                        "the page's token is in {} (needed to change thresholds and give verdicts)",
+                        p.display()
+                    );
                 }
                 p
             }
         };
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("http.token_file {}: cannot read it; create it (`openssl rand -hex 32 > FILE`) or fix its permissions", path.display())
+            format!(
+                "http.token_file {}: cannot read it; create it (`openssl rand -hex 32 > FILE`) or fix its permissions",
+                path.display()
+            )
         })?;
         let text = text.trim();
         if text.len() < MIN_LEN {
@@ -78,12 +84,9 @@ fn create(path: &Path) -> anyhow::Result<()> {
     let mut random = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).context("reading /dev/urandom")?;
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("{}: cannot create the page's token; check state_dir's permissions", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| {
+        format!("{}: cannot create the page's token; check state_dir's permissions", path.display())
+    })?;
     writeln!(f, "{hex}").with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -138,7 +141,10 @@ fn same_origin(headers: &HeaderMap, via: Via) -> Result<(), Response> {
         && site != "same-origin"
         && site != "none"
     {
-        return Err(refuse(StatusCode::FORBIDDEN, &format!("refused: a {site} request; send it from vigil's own page")));
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!("refused: a {site} request; send it from vigil's own page"),
+        ));
     }
     match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         Some(origin) => {
@@ -176,14 +182,27 @@ pub struct Login {
 }
 
 /// `POST /login`: sets the token cookie when it is right.
-pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, form: axum::Form<Login>) -> Response {
+pub async fn login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<Login>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    // The origin first: another site learns nothing, not even whether its form was well made.
     if let Err(r) = same_origin(&headers, Via::Cookie) {
         return r;
     }
+    let form = match form {
+        Ok(f) => f,
+        Err(e) => {
+            let message = format!("{e}: send the form field `token` (application/x-www-form-urlencoded)");
+            return (e.status(), axum::response::Html(super::page::login_page(Some(&message)))).into_response();
+        }
+    };
     let token = form.token.trim();
     if !app.token.matches(token) {
         app.metrics.inc("vigil_errors_total", &[("kind", "http_auth")]);
-        return (StatusCode::UNAUTHORIZED, axum::response::Html(super::page::login_page(Some("wrong token")))).into_response();
+        return (StatusCode::UNAUTHORIZED, axum::response::Html(super::page::login_page(Some("wrong token"))))
+            .into_response();
     }
     // HttpOnly: scripts never see it; SameSite=Strict: other sites' requests never carry it.
     let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");

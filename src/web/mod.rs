@@ -114,6 +114,7 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/api/cameras/{camera}/threshold", post(api::threshold))
             .route("/api/cameras/{camera}/alerts/{id}/snapshot.jpg", get(api::snapshot))
             .route("/api/cameras/{camera}/alerts/{id}/frame", get(api::frame))
+            .route("/api/cameras/{camera}/alerts/{id}/row", get(page::alert_row_html))
             .route("/api/cameras/{camera}/alerts/{id}/verdict", post(api::verdict));
     }
     r.fallback(api::not_found).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(app)

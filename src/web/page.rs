@@ -102,13 +102,16 @@ fn alert_row(camera: &str, a: &serde_json::Value) -> String {
 fn camera_card(c: &serde_json::Value) -> String {
     let id = c["id"].as_str().unwrap_or("");
     let model = match c["model"].as_object() {
-        Some(m) => format!("{} v{} ({})", m["name"].as_str().unwrap_or(""), m["version"], m["family"].as_str().unwrap_or("")),
+        Some(m) => {
+            format!("{} v{} ({})", m["name"].as_str().unwrap_or(""), m["version"], m["family"].as_str().unwrap_or(""))
+        }
         None => "-".into(),
     };
     let t = &c["threshold"];
     let threshold = t["threshold"].as_f64().map(|v| format!("{v}")).unwrap_or_default();
     let counters = &c["counters"];
-    let alerts: String = c["alerts"].as_array().map(|a| a.iter().map(|a| alert_row(id, a)).collect()).unwrap_or_default();
+    let alerts: String =
+        c["alerts"].as_array().map(|a| a.iter().map(|a| alert_row(id, a)).collect()).unwrap_or_default();
     format!(
         "<section class=\"camera\" id=\"camera-{id}\" data-camera=\"{id}\">\
          <h2>{id} <small class=\"model\">{model}</small></h2>\
@@ -131,12 +134,32 @@ fn camera_card(c: &serde_json::Value) -> String {
     )
 }
 
+/// `GET /api/cameras/{camera}/alerts/{id}/row`: one alert's table row, rendered as on the
+/// page, for the script to insert when the alert arrives live (one renderer, not two).
+pub async fn alert_row_html(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((camera, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = super::auth::check_read(&app, &headers) {
+        return r;
+    }
+    match app.board.alerts(&camera).into_iter().find(|a| a.id == id) {
+        Some(alert) => {
+            let row = alert_row(&camera, &super::api::alert_entry(&app, &camera, alert));
+            ([(header::CACHE_CONTROL, "no-store")], Html(row)).into_response()
+        }
+        None => super::api::not_found().await,
+    }
+}
+
 /// `GET /`: the page.
 pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !may_read(&app, &headers) {
         return Redirect::to("/login").into_response();
     }
-    let cards: String = super::api::cameras(&app).iter().map(|c| camera_card(&super::api::camera_state(&app, c))).collect();
+    let cards: String =
+        super::api::cameras(&app).iter().map(|c| camera_card(&super::api::camera_state(&app, c))).collect();
     let body = format!(
         "<header><h1>vigil <small>{device}</small></h1><span id=\"live\" class=\"live\">connecting…</span>\
          <a class=\"login-link\" href=\"/login\">token</a></header><main id=\"cameras\">{cards}</main>\
@@ -144,7 +167,11 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
         device = esc(&app.config.device_id),
         version = esc(crate::VERSION),
     );
-    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Html(shell(&format!("vigil · {}", app.config.device_id), &body)))
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(shell(&format!("vigil · {}", app.config.device_id), &body)),
+    )
         .into_response()
 }
 

@@ -5,6 +5,7 @@ const SVG = "http://www.w3.org/2000/svg";
 // The same look as the reports' charts (pipeline/src/chart.rs): palette, threshold in black.
 const STYLE = { score: "#1f77b4", threshold: "#000000", text: "#222222", axis: "#555555", grid: "#e3e3e3", font: "12px 'Noto Sans', sans-serif", title: "bold 14px 'Noto Sans', sans-serif" };
 const series = new Map(); // camera -> [{t, score, threshold}]
+const current = new Map(); // camera -> the threshold in force now (an edit shows at once)
 let historySeconds = 6 * 3600;
 
 function card(camera) {
@@ -41,7 +42,7 @@ function draw(camera) {
   const pts = series.get(camera) || [];
   const now = Date.now();
   const t0 = now - historySeconds * 1000;
-  const threshold = pts.length ? pts[pts.length - 1].threshold : Number(c.querySelector("input[name=threshold]").value);
+  const threshold = current.has(camera) ? current.get(camera) : pts.length ? pts[pts.length - 1].threshold : Number(c.querySelector("input[name=threshold]").value);
   const scores = pts.map((p) => p.score).filter((s) => s !== null && isFinite(s));
   let hi = Math.max(threshold * 1.5 || 1, ...scores);
   let lo = Math.min(0, ...scores);
@@ -104,37 +105,26 @@ function addPoint(camera, t, score, threshold) {
   series.set(camera, pts);
 }
 
-function alertRow(camera, alert) {
-  const tr = document.createElement("tr");
-  tr.className = "alert";
-  tr.dataset.id = alert.id;
-  const snap = `/api/cameras/${encodeURIComponent(camera)}/alerts/${encodeURIComponent(alert.id)}/snapshot.jpg`;
-  const td = () => tr.appendChild(document.createElement("td"));
-  const a = td().appendChild(document.createElement("a"));
-  a.href = snap;
-  a.target = "_blank";
-  const img = a.appendChild(document.createElement("img"));
-  img.className = "thumb";
-  img.alt = `snapshot of alert ${alert.id}`;
-  // The snapshot is rendered just after the alert: give it a moment.
-  setTimeout(() => { img.src = snap; }, 1000);
-  const when = td();
-  when.appendChild(document.createElement("time")).textContent = alert.frame_time;
-  when.appendChild(document.createElement("br"));
-  const s = when.appendChild(document.createElement("span"));
-  s.className = "score";
-  s.textContent = `score ${Number(alert.score).toFixed(4)}`;
-  td().textContent = alert.region ? `[${alert.region.bbox.join(", ")}]` : "-";
-  td().textContent = `${alert.model.name} v${alert.model.version}`;
-  const v = td();
-  v.className = "verdicts";
-  for (const [verdict, label] of [["false_alarm", "False alarm"], ["confirmed", "Confirmed"]]) {
-    const b = v.appendChild(document.createElement("button"));
-    b.className = "verdict";
-    b.dataset.verdict = verdict;
-    b.textContent = label;
+// Rows come rendered by the server (the same code as the page's first load).
+const inserting = new Set();
+async function insertAlert(camera, id, verdict) {
+  const body = card(camera)?.querySelector("table.alerts tbody");
+  if (!body || inserting.has(id) || body.querySelector(`tr.alert[data-id="${CSS.escape(id)}"]`)) return;
+  inserting.add(id);
+  try {
+    const r = await fetch(`/api/cameras/${encodeURIComponent(camera)}/alerts/${encodeURIComponent(id)}/row`, { credentials: "same-origin" });
+    if (!r.ok || body.querySelector(`tr.alert[data-id="${CSS.escape(id)}"]`)) return;
+    const t = document.createElement("template");
+    t.innerHTML = (await r.text()).trim();
+    const row = t.content.firstElementChild;
+    // The snapshot is written just after the alert is announced: try again once if early.
+    const img = row.querySelector("img.thumb");
+    if (img) img.addEventListener("error", () => setTimeout(() => { img.src = img.src.split("?")[0] + "?retry=1"; }, 1000), { once: true });
+    body.prepend(row);
+    if (verdict) markVerdict(camera, id, verdict);
+  } finally {
+    inserting.delete(id);
   }
-  return tr;
 }
 
 function status(c, text, error) {
@@ -158,6 +148,7 @@ function showThreshold(camera, state) {
   if (!c || !state) return;
   const input = c.querySelector("input[name=threshold]");
   if (document.activeElement !== input) input.value = state.threshold;
+  current.set(camera, Number(state.threshold));
   c.querySelector(".threshold-source").textContent = `(${state.source})`;
   draw(camera);
 }
@@ -176,8 +167,7 @@ async function loadState() {
     }
     showThreshold(cam.id, cam.threshold);
     for (const a of cam.alerts) {
-      const row = c.querySelector(`tr.alert[data-id="${CSS.escape(a.alert.id)}"]`);
-      if (!row) c.querySelector("table.alerts tbody").prepend(alertRow(cam.id, a.alert));
+      insertAlert(cam.id, a.alert.id, a.verdict);
       markVerdict(cam.id, a.alert.id, a.verdict);
     }
   }
@@ -207,12 +197,12 @@ function follow() {
     if (!c) { loadState(); return; }
     if (e.type === "score") {
       addPoint(e.camera, e.t, e.score, e.threshold);
+      current.set(e.camera, e.threshold);
       const n = c.querySelector('[data-counter="normal"]');
       redraw(e.camera);
       if (n && e.score !== null && e.score <= e.threshold) n.textContent = Number(n.textContent) + 1;
     } else if (e.type === "alert") {
-      const body = c.querySelector("table.alerts tbody");
-      if (!body.querySelector(`tr.alert[data-id="${CSS.escape(e.alert.id)}"]`)) body.prepend(alertRow(e.camera, e.alert));
+      insertAlert(e.camera, e.alert.id);
       const n = c.querySelector('[data-counter="alerts"]');
       if (n) n.textContent = Number(n.textContent) + 1;
     } else if (e.type === "threshold") {

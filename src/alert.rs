@@ -43,6 +43,9 @@ pub struct Alert {
     pub snapshot: Option<SnapshotRef>,
     /// Anomalous frames of this camera not alerted since the previous alert (cooldown).
     pub suppressed_before: u64,
+    /// The id of the trigger message the frame answered (cameras with `trigger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// The model in an alert.

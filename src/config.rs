@@ -52,6 +52,10 @@ pub struct Config {
     /// What the daemon keeps for retraining: alert frames, verdicts, sampled normals.
     #[serde(default)]
     pub dataset: DatasetConfig,
+    /// Bundles rolled out over MQTT by `vigil publish`: the keys this box trusts. Absent:
+    /// bundles are not taken over MQTT.
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// The cameras.
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -113,6 +117,10 @@ pub struct CameraConfig {
     /// `class_field` overrides it per message.
     #[serde(default)]
     pub class: Option<String>,
+    /// Score only the first frame after each message on an MQTT topic (a part-present
+    /// signal); other frames are skipped. Absent: every frame is scored.
+    #[serde(default)]
+    pub trigger: Option<crate::trigger::TriggerConfig>,
 }
 
 impl CameraConfig {
@@ -137,6 +145,18 @@ impl CameraConfig {
             p.at(key, "roi", "width and height must be positive: [x, y, width, height]");
         }
         self.source.validate(&format!("{key}.source"), has_broker, p);
+        if let Some(t) = &self.trigger {
+            t.validate(&format!("{key}.trigger"), has_broker, p);
+            if let SourceConfig::Mqtt(m) = &self.source
+                && (m.camera_from_topic.is_some() || m.camera_field.is_some())
+            {
+                p.at(
+                    key,
+                    "trigger",
+                    "a trigger needs one camera, and this MQTT source serves a group (camera_from_topic or camera_field): give each camera its own [[cameras]] entry",
+                );
+            }
+        }
     }
 
     /// Checks that its bundle and folders exist (loading the bundle is `reload::check`'s).
@@ -282,8 +302,34 @@ impl Config {
         self.alerts.validate(self.mqtt.is_some(), &mut p);
         self.http.validate(&mut p);
         self.dataset.validate(&mut p);
+        if let Some(f) = &self.fleet {
+            f.validate(self.mqtt.is_some(), &mut p);
+        }
         if self.cameras.is_empty() {
             p.add("cameras", "no cameras: add a [[cameras]] entry (see examples/vigil.toml)");
+        }
+        // A trigger topic that a frame or control topic also matches would take those messages.
+        let mut taken: Vec<String> = self
+            .cameras
+            .iter()
+            .filter_map(|c| match &c.source {
+                SourceConfig::Mqtt(m) => Some(m.topic.clone()),
+                SourceConfig::Folder(_) => None,
+            })
+            .collect();
+        if let Some(m) = &self.mqtt {
+            taken.push(format!("{}/{}/#", m.topic_prefix.trim_end_matches('/'), self.device_id));
+        }
+        for (i, c) in self.cameras.iter().enumerate() {
+            if let Some(t) = &c.trigger
+                && let Some(f) = taken.iter().find(|f| crate::topics::filters_overlap(&t.mqtt, f))
+            {
+                p.at(
+                    &format!("cameras[{i}].trigger"),
+                    "mqtt",
+                    format!("`{}` overlaps `{f}`, whose messages it would take; use a topic of its own", t.mqtt),
+                );
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {

@@ -27,6 +27,8 @@ pub struct Control {
     pub dataset: Arc<Dataset>,
     /// The page's live state.
     pub board: Arc<Board>,
+    /// Bundles rolled out over MQTT (`[fleet]`).
+    pub fleet: Option<Arc<crate::fleet::Receiver>>,
 }
 
 /// Why a threshold change was refused or not kept.
@@ -120,6 +122,47 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Incoming>, mqtt: MqttClient, co
                 for camera in control.policy.cameras() {
                     control.publish_state(&camera).await;
                 }
+                if let Some(fleet) = &control.fleet {
+                    for camera in control.policy.cameras() {
+                        if let Some(state) = serving(fleet, &camera).await {
+                            let state = serde_json::json!({ "ok": true, "serving": state });
+                            control.publisher.bundle_state(&camera, &state).await;
+                        }
+                    }
+                }
+            }
+            Incoming::BundleChunk { camera, payload, handled } => {
+                if let Some(fleet) = &control.fleet {
+                    let transfer = crate::fleet::Chunk::parse(&payload).ok().map(|(h, _)| h.transfer);
+                    let (f, c) = (fleet.clone(), camera.clone());
+                    // Writing, hashing and test-running a bundle is blocking work.
+                    let result = tokio::task::spawn_blocking(move || f.receive(&c, &payload))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("receiving the bundle failed: {e}")));
+                    match result {
+                        Ok(crate::fleet::Received::Stored) | Ok(crate::fleet::Received::Done) => {}
+                        Ok(crate::fleet::Received::Installed(state)) => {
+                            tracing::info!(camera, "bundle rolled out and installed: {state}");
+                            control
+                                .metrics
+                                .inc("vigil_bundle_rollouts_total", &[("camera", &camera), ("result", "installed")]);
+                            let state = serde_json::json!({ "ok": true, "transfer": transfer, "serving": state });
+                            control.publisher.bundle_state(&camera, &state).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(camera, "bundle rollout refused, the served bundle stays: {e}");
+                            control
+                                .metrics
+                                .inc("vigil_bundle_rollouts_total", &[("camera", &camera), ("result", "refused")]);
+                            if valid_id(&camera) {
+                                let serving = serving(fleet, &camera).await;
+                                let state = serde_json::json!({ "ok": false, "transfer": transfer, "error": e, "serving": serving });
+                                control.publisher.bundle_state(&camera, &state).await;
+                            }
+                        }
+                    }
+                }
+                let _ = handled.send(());
             }
             Incoming::ThresholdSet { camera, payload, handled } => {
                 // Acknowledged only once saved: had vigil died before, or had the save failed,
@@ -164,6 +207,12 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Incoming>, mqtt: MqttClient, co
             }
         }
     }
+}
+
+/// What `camera` serves, for `bundle/state` (reading the bundle is blocking work).
+async fn serving(fleet: &Arc<crate::fleet::Receiver>, camera: &str) -> Option<serde_json::Value> {
+    let (f, c) = (fleet.clone(), camera.to_owned());
+    tokio::task::spawn_blocking(move || f.serving(&c)).await.ok().flatten()
 }
 
 /// A `feedback` payload: `{"id": "<alert id>", "verdict": "false_alarm" | "confirmed"}`.

@@ -32,6 +32,7 @@ use crate::source::SourceConfig;
 use crate::source::folder::{self, FolderCamera};
 use crate::source::mqtt::{self as mqtt_source, MqttCamera};
 use crate::state::{Ledger, Thresholds};
+use crate::trigger::{Queue, Triggers};
 use crate::web::App;
 use crate::web::auth::Token;
 
@@ -83,13 +84,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             SourceConfig::Folder(_) => None,
         })
         .collect();
+    let triggers = Arc::new(Triggers::new(
+        config.cameras.iter().enumerate().filter_map(|(slot, c)| c.trigger.clone().map(|t| (slot, c.id.clone(), t))),
+        metrics.clone(),
+    ));
+    let queue = Queue::new(stages.frames.clone(), triggers.clone());
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (messages_tx, messages_rx) = mpsc::channel(1024);
     let session = match &config.mqtt {
         Some(m) => {
             let filters = mqtt_cameras.iter().map(|c| c.config.topic.clone()).collect();
             let homeassistant = Announcer::new(&config)?.map(Arc::new);
-            Some(mqtt::start(m, &config.device_id, filters, homeassistant, control_tx, messages_tx, metrics.clone())?)
+            let session = mqtt::Subscriptions {
+                frames: filters,
+                triggers: triggers.clone(),
+                homeassistant,
+                fleet: config.fleet.is_some(),
+            };
+            Some(mqtt::start(m, &config.device_id, session, control_tx, messages_tx, metrics.clone())?)
         }
         None => None,
     };
@@ -109,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics: metrics.clone(),
         dataset: dataset.clone(),
         board: board.clone(),
+        fleet: crate::fleet::Receiver::new(&config).map(Arc::new),
     });
     if config.http.listen.is_some() {
         let token = match config.http.page {
@@ -125,6 +138,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             control: control.clone(),
             token,
             rendered: Default::default(),
+            live_pages: Arc::new(tokio::sync::Semaphore::new((config.http.max_connections / 2).max(1))),
         });
         if let Some(addr) = crate::web::start(app).await? {
             tracing::info!(
@@ -173,7 +187,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 config: f.clone(),
                 ledger: Arc::new(Mutex::new(ledger)),
             };
-            let (frames, metrics, shutdown) = (stages.frames.clone(), metrics.clone(), stop.subscribe());
+            let (frames, metrics, shutdown) = (queue.clone(), metrics.clone(), stop.subscribe());
             let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             watching.push(started_rx);
             sources.spawn(async move {
@@ -188,12 +202,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sources.spawn(mqtt_source::run(
             mqtt_cameras,
             messages_rx,
-            stages.frames.clone(),
+            queue.clone(),
             c.clone(),
             metrics.clone(),
             stop.subscribe(),
         ));
         tokio::spawn(crate::control::run(control_rx, c.clone(), control.clone()));
+    }
+
+    if !triggers.is_empty() {
+        tokio::spawn(triggers.clone().watch(stop.subscribe()));
     }
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(3600));

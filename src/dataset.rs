@@ -111,6 +111,9 @@ pub struct Dataset {
     config: DatasetConfig,
     /// Frames scored normal since the last sample, per camera.
     since_sample: Mutex<HashMap<String, u32>>,
+    /// One verdict at a time: the page and MQTT may give two at once on the same alert, and
+    /// each moves what the other wrote.
+    verdicts: Mutex<()>,
 }
 
 /// Whether `id` has the shape of an alert id (a ULID in Crockford base32).
@@ -132,8 +135,13 @@ fn extension(bytes: &[u8]) -> &'static str {
 /// Writes `bytes` to `path` through a temporary file and a rename, so that a reader (the
 /// trainer) never sees half a frame.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("part");
-    std::fs::write(&tmp, bytes)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    // On disk before the name: a power cut leaves the old file or the whole new one, never
+    // an empty frame in the data set.
+    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
@@ -170,6 +178,7 @@ impl Dataset {
             dataset: state_dir.join("dataset"),
             config,
             since_sample: Mutex::default(),
+            verdicts: Mutex::default(),
         }
     }
 
@@ -223,6 +232,7 @@ impl Dataset {
     /// verdict (and out of the other one, when the operator changed their mind). The same
     /// verdict again changes nothing.
     pub fn verdict(&self, camera: &str, id: &str, verdict: Verdict) -> Result<Applied, VerdictError> {
+        let _one_at_a_time = self.verdicts.lock().expect("verdict lock");
         if !valid_alert_id(id) {
             return Err(VerdictError::BadId(id.escape_default().to_string()));
         }

@@ -461,6 +461,7 @@ impl Stage {
             region: reg,
             snapshot: (topic.is_some() || file.is_some()).then_some(SnapshotRef { topic, file }),
             suppressed_before,
+            trigger: frame.trigger.clone(),
         };
         (alert, snapshot)
     }

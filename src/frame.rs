@@ -30,6 +30,8 @@ impl Origin {
 pub enum Outcome {
     /// Scored; its alert, if any, was handed to the sinks.
     Scored,
+    /// Not scored: its camera waits for a trigger and none was waiting. Done all the same.
+    Skipped,
     /// Refused (bad input) with this reason.
     Rejected(String),
     /// Scored, but its alert could not be stored durably: not done, score it again later.
@@ -50,6 +52,8 @@ pub struct Frame {
     pub class: Option<String>,
     /// The encoded image.
     pub bytes: Vec<u8>,
+    /// The id of the trigger message this frame answers (cameras with `trigger`).
+    pub trigger: Option<String>,
     /// When the frame was taken (file modification time, payload time, or arrival).
     pub time: SystemTime,
     /// When vigil received it, for latency.

@@ -37,6 +37,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataset;
 pub mod decide;
+pub mod fleet;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_targets;
@@ -54,6 +55,7 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod topics;
+pub mod trigger;
 pub mod web;
 
 /// This build's version.

@@ -18,6 +18,20 @@ pub const HISTORY: Duration = Duration::from_secs(6 * 3600);
 pub const RECENT_ALERTS: usize = 20;
 /// Events a slow page may fall behind by before it misses some (it then reloads its state).
 const EVENTS: usize = 512;
+/// Cameras the board follows, at most: an MQTT group takes its ids from messages, and made-up
+/// ids must not grow the board (each holds its latest frame and hours of points) without end.
+pub const MAX_CAMERAS: usize = 256;
+
+/// The board's entry of `camera`, made if there is room.
+fn entry<'a>(cameras: &'a mut HashMap<String, Camera>, camera: &str) -> Option<&'a mut Camera> {
+    if !cameras.contains_key(camera) {
+        if cameras.len() >= MAX_CAMERAS {
+            return None;
+        }
+        cameras.insert(camera.to_owned(), Camera::default());
+    }
+    cameras.get_mut(camera)
+}
 
 /// One point of the score chart: the highest score of a second.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -86,10 +100,12 @@ impl Board {
 
     /// Records a scored frame: a point of the chart, and the latest frame.
     pub fn scored(&self, camera: &str, time: SystemTime, score: f32, threshold: f32, latest: Option<Latest>) {
-        let t = millis(time) / 1000 * 1000;
+        // A clock ahead (a camera's, or a file's time) must not hold later points back.
+        let now = millis(SystemTime::now());
+        let t = millis(time).min(now) / 1000 * 1000;
         {
             let mut cameras = self.cameras.lock().expect("board lock");
-            let c = cameras.entry(camera.to_owned()).or_default();
+            let Some(c) = entry(&mut cameras, camera) else { return };
             match c.history.back_mut() {
                 Some(p) if p.t == t => {
                     if score > p.score || score.is_nan() {
@@ -101,7 +117,7 @@ impl Board {
                 Some(p) if p.t > t => {}
                 _ => c.history.push_back(Point { t, score, threshold }),
             }
-            let oldest = millis(SystemTime::now()).saturating_sub(HISTORY.as_millis() as u64);
+            let oldest = now.saturating_sub(HISTORY.as_millis() as u64);
             while c.history.front().is_some_and(|p| p.t < oldest) {
                 c.history.pop_front();
             }
@@ -118,7 +134,11 @@ impl Board {
     pub fn alert(&self, alert: &Alert) {
         {
             let mut cameras = self.cameras.lock().expect("board lock");
-            let c = cameras.entry(alert.camera.clone()).or_default();
+            let Some(c) = entry(&mut cameras, &alert.camera) else { return };
+            // The same frame alerted again (a redelivery): one row.
+            if c.alerts.iter().any(|a| a.id == alert.id) {
+                return;
+            }
             c.alerts.push_front(alert.clone());
             c.alerts.truncate(RECENT_ALERTS);
         }
@@ -128,7 +148,7 @@ impl Board {
     /// Seeds a camera's alert list (at start, from the kept frames), newest first.
     pub fn seed_alerts(&self, camera: &str, alerts: Vec<Alert>) {
         let mut cameras = self.cameras.lock().expect("board lock");
-        let c = cameras.entry(camera.to_owned()).or_default();
+        let Some(c) = entry(&mut cameras, camera) else { return };
         c.alerts = alerts.into_iter().take(RECENT_ALERTS).collect();
     }
 

@@ -102,6 +102,41 @@ enum Command {
     },
     /// Print the configuration reference (Markdown) generated from the config's documentation.
     ConfigReference,
+    /// Roll a bundle out to boxes over MQTT: signed, in chunks, on
+    /// `<prefix>/<device>/<camera>/bundle/set`; prints each box's answer as a JSON line, exit 1
+    /// unless every box installed it.
+    Publish {
+        /// The bundle folder or .onnx file.
+        bundle: PathBuf,
+        /// The broker: mqtt://host[:port] (plain MQTT). For TLS and credentials give --config.
+        #[arg(long, required_unless_present = "config")]
+        mqtt: Option<String>,
+        /// A vigil.toml whose [mqtt] section (host, TLS, credentials, topic_prefix) is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Device ids to roll out to: a glob over the boxes' `device_id` (`line1-*`).
+        #[arg(long)]
+        devices: String,
+        /// The camera id on each box.
+        #[arg(long)]
+        camera: String,
+        /// The signing key (`vigil keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The boxes' `mqtt.topic_prefix` (default: the config's, else `vigil`).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// How long to wait for the boxes' answers.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// Make a signing key for `vigil publish`: writes FILE (secret, mode 0600) and FILE.pub, and
+    /// prints the public key for the boxes' `[fleet] trusted_keys`.
+    Keygen {
+        /// Where to write the key (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Put the bundle a camera served before the last `vigil-train retrain --install` back in
     /// service (swapped with `<bundle>.previous`; run it again to go forward).
     Rollback {
@@ -263,6 +298,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::ConfigReference => print!("{}", vigil::commands::config_reference::markdown()),
+        Command::Keygen { out } => println!("{}", vigil::commands::publish::keygen(&out)?),
+        Command::Publish { bundle, mqtt, config, devices, camera, key, prefix, wait } => {
+            init_logging(None);
+            let from_config = config.map(|c| vigil::config::load(&c)).transpose()?.and_then(|c| c.mqtt);
+            let broker = match (&mqtt, &from_config) {
+                (Some(url), _) => vigil::commands::publish::broker(url)?,
+                (None, Some(m)) => m.clone(),
+                (None, None) => anyhow::bail!("the config has no [mqtt] section; give --mqtt mqtt://host:port"),
+            };
+            let prefix = prefix.or(from_config.map(|m| m.topic_prefix)).unwrap_or_else(|| "vigil".into());
+            let publish = vigil::commands::publish::Publish {
+                bundle,
+                mqtt: broker,
+                prefix,
+                devices,
+                camera,
+                key,
+                discover: std::time::Duration::from_secs(2),
+                wait,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let outcomes = rt.block_on(vigil::commands::publish::run(&publish))?;
+            for o in &outcomes {
+                println!("{}", serde_json::to_string(o)?);
+            }
+            if outcomes.iter().any(|o| !o.ok) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Rollback { camera, config } => {
             let cfg = vigil::config::load(&config)?;
             print!("{}", vigil::commands::rollback::run(&cfg, &camera)?.report());

@@ -23,12 +23,13 @@ const SCORE_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1
 /// A metric's labels, in the order they are written.
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// The registered families, by the name the exposition shows.
 struct Families {
     counters: BTreeMap<&'static str, Family<Labels, Counter>>,
     gauges: BTreeMap<&'static str, Family<Labels, FloatGauge>>,
-    histograms: BTreeMap<&'static str, Family<Labels, Histogram, fn() -> Histogram>>,
+    histograms: BTreeMap<&'static str, Histograms>,
 }
 
 /// The daemon's metrics; cheap to update from any thread.
@@ -81,6 +82,22 @@ const HELP: &[(&str, &str, &str)] = &[
         "vigil_alerts_duplicate_total",
         "counter",
         "Alerts not sent again because the same id was already sent or queued.",
+    ),
+    (
+        "vigil_bundle_rollouts_total",
+        "counter",
+        "Bundles rolled out over MQTT by camera and result (installed, refused).",
+    ),
+    (
+        "vigil_triggers_total",
+        "counter",
+        "Trigger messages by camera and result (scored: a frame followed; missed: none in time).",
+    ),
+    ("vigil_triggers_pending", "gauge", "Triggers waiting for their frame, by camera."),
+    (
+        "vigil_frames_untriggered_total",
+        "counter",
+        "Frames of triggered cameras skipped because no trigger was waiting.",
     ),
     ("vigil_verdicts_total", "counter", "Verdicts given on alerts, by camera and verdict (false_alarm, confirmed)."),
     ("vigil_mqtt_connected", "gauge", "1 while connected to the broker."),

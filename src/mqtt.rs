@@ -225,6 +225,15 @@ pub enum Incoming {
         /// acknowledged only then, so a change vigil dies before saving is delivered again.
         handled: tokio::sync::oneshot::Sender<()>,
     },
+    /// A message on `<camera>/bundle/set`: one chunk of a rolled-out bundle.
+    BundleChunk {
+        /// The camera.
+        camera: String,
+        /// The payload.
+        payload: Vec<u8>,
+        /// Answered once the chunk is stored (or refused); acknowledged only then.
+        handled: tokio::sync::oneshot::Sender<()>,
+    },
     /// A message on `<camera>/feedback`: a verdict on an alert.
     Feedback {
         /// The camera.
@@ -318,6 +327,18 @@ pub fn no_delay(eventloop: &mut EventLoop) {
     eventloop.set_network_options(n);
 }
 
+/// What the daemon's session subscribes to besides its control topics.
+pub struct Subscriptions {
+    /// MQTT sources' topic filters (QoS 1, acknowledged once the frame is done).
+    pub frames: Vec<String>,
+    /// Part-present signals (QoS 0: a trigger delivered late would score the wrong part).
+    pub triggers: Arc<crate::trigger::Triggers>,
+    /// Home Assistant's birth message, when discovery is on.
+    pub homeassistant: Option<Arc<Announcer>>,
+    /// Bundle rollouts (`[fleet]`).
+    pub fleet: bool,
+}
+
 /// Connects (in the background: the first attempt happens in the task) and starts the loop.
 /// `frame_filters` are subscribed at QoS 1 with manual acknowledgement; a camera flooding
 /// faster than vigil scores is held back by TCP (this loop waits on the frame queue), so
@@ -326,8 +347,7 @@ pub fn no_delay(eventloop: &mut EventLoop) {
 pub fn start(
     cfg: &MqttConfig,
     device: &str,
-    frame_filters: Vec<String>,
-    homeassistant: Option<Arc<Announcer>>,
+    subscriptions: Subscriptions,
     incoming: mpsc::UnboundedSender<Incoming>,
     frames: mpsc::Sender<Publish>,
     metrics: Arc<Metrics>,
@@ -350,9 +370,12 @@ pub fn start(
         metrics,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let Subscriptions { frames: frame_filters, triggers, homeassistant, fleet } = subscriptions;
     let session = Session {
         mqtt: handle.clone(),
         frame_filters,
+        triggers,
+        fleet,
         homeassistant,
         incoming,
         frames,
@@ -373,6 +396,8 @@ pub fn start(
 struct Session {
     mqtt: MqttClient,
     frame_filters: Vec<String>,
+    triggers: Arc<crate::trigger::Triggers>,
+    fleet: bool,
     homeassistant: Option<Arc<Announcer>>,
     incoming: mpsc::UnboundedSender<Incoming>,
     frames: mpsc::Sender<Publish>,
@@ -497,7 +522,11 @@ impl Session {
         let (m, homeassistant) = (self.mqtt.clone(), self.homeassistant.clone());
         let c = self.mqtt.client.clone();
         let (online, filters) = (self.mqtt.topics.available(), self.frame_filters.clone());
-        let controls = [self.mqtt.topics.threshold_set_filter(), self.mqtt.topics.feedback_filter()];
+        let mut controls = vec![self.mqtt.topics.threshold_set_filter(), self.mqtt.topics.feedback_filter()];
+        if self.fleet {
+            controls.push(self.mqtt.topics.bundle_set_filter());
+        }
+        let triggers = self.triggers.filters();
         self.mqtt.pending.fetch_add(1, Ordering::SeqCst);
         self.mqtt.show_pending();
         tokio::spawn(async move {
@@ -506,6 +535,9 @@ impl Session {
             }
             for f in controls {
                 let _ = c.subscribe(f, QoS::AtLeastOnce).await;
+            }
+            for f in triggers {
+                let _ = c.subscribe(f, QoS::AtMostOnce).await;
             }
             if let Some(ha) = homeassistant {
                 ha.connected(&m).await;
@@ -526,13 +558,29 @@ impl Session {
         let (handled, done) = tokio::sync::oneshot::channel();
         let control = if let Some(camera) = self.mqtt.topics.threshold_set_camera(&p.topic) {
             Some(Incoming::ThresholdSet { camera: camera.to_owned(), payload: p.payload.to_vec(), handled })
-        } else {
-            self.mqtt.topics.feedback_camera(&p.topic).map(|camera| Incoming::Feedback {
+        } else if let Some(camera) = self.mqtt.topics.feedback_camera(&p.topic) {
+            Some(Incoming::Feedback { camera: camera.to_owned(), payload: p.payload.to_vec(), handled })
+        } else if self.fleet {
+            self.mqtt.topics.bundle_set_camera(&p.topic).map(|camera| Incoming::BundleChunk {
                 camera: camera.to_owned(),
                 payload: p.payload.to_vec(),
                 handled,
             })
+        } else {
+            None
         };
+        if control.is_none() && self.triggers.matches(&p.topic) {
+            // Not behind queued frames: the part is in front of the camera now. A retained
+            // message is an old signal, not a part.
+            if !p.retain {
+                self.triggers.fire(&p.topic, &p.payload);
+            }
+            if p.qos != QoS::AtMostOnce {
+                let c = self.mqtt.client.clone();
+                tokio::spawn(async move { c.ack(&p).await });
+            }
+            return;
+        }
         if let Some(control) = control {
             let _ = self.incoming.send(control);
             let c = self.mqtt.client.clone();

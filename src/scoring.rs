@@ -402,6 +402,7 @@ mod tests {
             bytes,
             time: std::time::SystemTime::now(),
             received: Instant::now(),
+            trigger: None,
             done: None,
         }
     }

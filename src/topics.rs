@@ -33,15 +33,27 @@ impl Topics {
     pub fn camera(&self, camera: &str, leaf: &str) -> String {
         format!("{}/{camera}/{leaf}", self.base)
     }
+    /// The camera of `<prefix>/<device>/<camera>/<leaf>`.
+    fn camera_of<'a>(&self, topic: &'a str, leaf: &str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let camera = rest.strip_suffix(leaf)?.strip_suffix('/')?;
+        (!camera.is_empty() && !camera.contains('/')).then_some(camera)
+    }
     /// The filter of threshold changes for every camera.
     pub fn threshold_set_filter(&self) -> String {
         format!("{}/+/threshold/set", self.base)
     }
     /// The camera of a threshold-change topic.
     pub fn threshold_set_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
-        let camera = rest.strip_suffix("/threshold/set")?;
-        (!camera.contains('/')).then_some(camera)
+        self.camera_of(topic, "threshold/set")
+    }
+    /// The filter of bundle rollouts for every camera.
+    pub fn bundle_set_filter(&self) -> String {
+        format!("{}/+/bundle/set", self.base)
+    }
+    /// The camera of a bundle rollout topic.
+    pub fn bundle_set_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        self.camera_of(topic, "bundle/set")
     }
     /// The filter of verdicts for every camera.
     pub fn feedback_filter(&self) -> String {
@@ -49,9 +61,20 @@ impl Topics {
     }
     /// The camera of a verdict topic.
     pub fn feedback_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
-        let camera = rest.strip_suffix("/feedback")?;
-        (!camera.contains('/')).then_some(camera)
+        self.camera_of(topic, "feedback")
+    }
+}
+
+/// Whether some topic matches both filters.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some(x), Some(y)) if x == y || x == "+" || y == "+" => {}
+            _ => return false,
+        }
     }
 }
 
@@ -72,6 +95,15 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_overlap_when_one_topic_fits_both() {
+        assert!(filters_overlap("line1/#", "line1/cam/frame"));
+        assert!(filters_overlap("line1/+/part", "+/st3/part"));
+        assert!(filters_overlap("vigil/#", "vigil"));
+        assert!(!filters_overlap("line1/+/part", "line1/st3/frame"));
+        assert!(!filters_overlap("line1/part", "line1/part/x"));
+    }
 
     #[test]
     fn filters_match_like_a_broker() {

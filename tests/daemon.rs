@@ -770,6 +770,7 @@ fn a_folder_frame_rewritten_while_its_old_version_is_scored_is_scored_next() {
         let stop = vigil::shutdown::Stop::new();
         let (watching, watching_rx) = tokio::sync::oneshot::channel();
         let metrics = Arc::new(vigil::metrics::Metrics::default());
+        let frames = vigil::trigger::Queue::new(frames, Default::default());
         let source = tokio::spawn(run(cam, frames, metrics, stop.subscribe(), watching));
         watching_rx.await.unwrap();
         let path = folder.join("latest.png");

@@ -353,16 +353,22 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
     rt.block_on(async {
         let (control, _control) = mpsc::unbounded_channel();
         let (messages_tx, messages) = mpsc::channel(16);
-        let filters = vec!["cams/line/frame".to_string()];
+        let triggers = Arc::new(vigil::trigger::Triggers::default());
+        let subscriptions = vigil::mqtt::Subscriptions {
+            frames: vec!["cams/line/frame".to_string()],
+            triggers: triggers.clone(),
+            homeassistant: None,
+            fleet: false,
+        };
         let (mqtt, connection) =
-            vigil::mqtt::start(&cfg, "dev", filters, None, control, messages_tx, metrics.clone()).unwrap();
+            vigil::mqtt::start(&cfg, "dev", subscriptions, control, messages_tx, metrics.clone()).unwrap();
         let cameras = vec![MqttCamera { slot: 0, id: "line".into(), class: None, config: source }];
         let (frames_tx, mut frames) = mpsc::channel::<Frame>(16);
         let stop = vigil::shutdown::Stop::new();
         let task = tokio::spawn(vigil::source::mqtt::run(
             cameras,
             messages,
-            frames_tx,
+            vigil::trigger::Queue::new(frames_tx, triggers),
             mqtt.clone(),
             metrics.clone(),
             stop.subscribe(),

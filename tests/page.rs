@@ -254,6 +254,14 @@ fn the_page_refuses_writes_without_the_token_from_other_origins_and_outside_its_
     // Reading on loopback needs no token.
     assert_eq!(http_request(port, "GET", "/api/state", &[], "").0, 200);
     assert_eq!(http_request(port, "GET", "/", &[], "").0, 200);
+    // Reads from the box itself only: not for another site's name rebound to 127.0.0.1, not
+    // through a proxy; the token still opens them.
+    let rebound = [("Host", "vigil.attacker.example:80")];
+    assert_eq!(http_request(port, "GET", "/api/state", &rebound, "").0, 401);
+    let proxied = [("X-Forwarded-For", "203.0.113.9")];
+    assert_eq!(http_request(port, "GET", "/api/state", &proxied, "").0, 401);
+    let proxied_token = [("X-Forwarded-For", "203.0.113.9"), ("Authorization", bearer.as_str())];
+    assert_eq!(http_request(port, "GET", "/api/state", &proxied_token, "").0, 200);
     // Writes: no token, a wrong one, another origin, a cookie without an origin.
     assert_eq!(http_request(port, "POST", &verdict, &[], body).0, 401);
     assert_eq!(

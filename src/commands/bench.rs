@@ -174,6 +174,7 @@ pub fn daemon(
                     bytes,
                     time: SystemTime::now(),
                     received: Instant::now(),
+                    trigger: None,
                     done: None,
                 };
                 if frames.blocking_send(frame).is_err() {

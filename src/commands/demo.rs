@@ -119,6 +119,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         },
         http: HttpConfig { listen: None, ..Default::default() },
         dataset: Default::default(),
+        fleet: None,
         cameras: vec![CameraConfig {
             id: "demo-cam".into(),
             bundle: bundle.clone(),
@@ -136,6 +137,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             cooldown: None,
             class: None,
             roi: None,
+            trigger: None,
         }],
     };
     let manifest = vigil_model::bundle::Bundle::load(&bundle)?.manifest;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod config_reference;
 pub mod demo;
 pub mod inspect;
+pub mod publish;
 pub mod rollback;
 pub mod score;
 pub mod wrap;

@@ -67,6 +67,14 @@ impl Publisher {
         }
     }
 
+    /// A camera's bundle: what it serves, or why a rollout was refused; retained on
+    /// `<camera>/bundle/state` (QoS 1), so the fleet shows which box runs which model.
+    pub async fn bundle_state(&self, camera: &str, state: &serde_json::Value) {
+        if let Some(m) = &self.mqtt {
+            let _ = m.publish(m.topics.camera(camera, "bundle/state"), true, state.to_string().into_bytes()).await;
+        }
+    }
+
     /// `stopped`, retained on `available` (QoS 1), at a clean stop while connected.
     pub async fn stopped(&self) {
         if let Some(m) = self.mqtt.as_ref().filter(|m| m.is_connected()) {

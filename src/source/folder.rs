@@ -163,7 +163,7 @@ fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {
 /// Watches the folder until the stop. Returns once every frame it queued is done.
 pub async fn run(
     cam: FolderCamera,
-    frames: mpsc::Sender<Frame>,
+    frames: crate::trigger::Queue,
     metrics: Arc<Metrics>,
     mut stop: Shutdown,
     watching: oneshot::Sender<()>,
@@ -389,6 +389,7 @@ fn take(
         bytes,
         time: meta.modified().unwrap_or_else(|_| SystemTime::now()),
         received: Instant::now(),
+        trigger: None,
         done: Some(tx),
     };
     Some((frame, key, rx))

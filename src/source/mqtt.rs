@@ -216,7 +216,7 @@ pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Resu
 pub async fn run(
     cameras: Vec<MqttCamera>,
     mut messages: mpsc::Receiver<Publish>,
-    frames: mpsc::Sender<Frame>,
+    frames: crate::trigger::Queue,
     mqtt: MqttClient,
     metrics: Arc<Metrics>,
     mut stop: Shutdown,
@@ -243,6 +243,7 @@ pub async fn run(
                     bytes: parsed.bytes,
                     time: parsed.time,
                     received: Instant::now(),
+                    trigger: None,
                     done: Some(tx),
                 };
                 tokio::select! {

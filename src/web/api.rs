@@ -125,15 +125,22 @@ pub async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     if let Err(r) = check_read(&app, &headers) {
         return r;
     }
+    let Ok(permit) = app.live_pages.clone().try_acquire_owned() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live pages open: close one, or raise http.max_connections (half of it may be live pages)".into(),
+        );
+    };
     let rx = app.board.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    // The permit lives as long as the stream: a closed page frees its place.
+    let stream = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
         let event = match rx.recv().await {
             Ok(json) => Event::default().data(json),
             // Fell behind: tell the page to fetch the whole state again.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::default().data(r#"{"type":"resync"}"#),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok::<Event, Infallible>(event), rx))
+        Some((Ok::<Event, Infallible>(event), (rx, permit)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }

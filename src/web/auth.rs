@@ -116,13 +116,37 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{why}\n")).into_response()
 }
 
+/// A 401 says which scheme it takes (RFC 9110).
+fn bearer(mut r: Response) -> Response {
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer realm=\"vigil\""));
+    r
+}
+
 fn authorised(app: &App, headers: &HeaderMap) -> Option<Via> {
     presented(headers).and_then(|(t, via)| app.token.matches(&t).then_some(via))
 }
 
-/// Whether the page may be read: always on loopback, else with the token.
+/// Whether the page may be read: with the token, or without one from this machine itself.
 pub fn may_read(app: &App, headers: &HeaderMap) -> bool {
-    app.config.http.listen.is_none_or(|a| a.ip().is_loopback()) || authorised(app, headers).is_some()
+    authorised(app, headers).is_some() || local_request(app, headers)
+}
+
+/// A request from this machine: a loopback listener, a loopback name in `Host` (not a DNS
+/// name rebound to 127.0.0.1 by another site's page), and no proxy in between (a reverse
+/// proxy on the box forwards the network's requests from loopback).
+fn local_request(app: &App, headers: &HeaderMap) -> bool {
+    if !app.config.http.listen.is_none_or(|a| a.ip().is_loopback()) {
+        return false;
+    }
+    if ["forwarded", "x-forwarded-for", "x-real-ip", "via"].iter().any(|h| headers.contains_key(*h)) {
+        return false;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    matches!(name.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "::1")
 }
 
 /// `Ok` when a read is allowed, else the refusal.
@@ -130,7 +154,7 @@ pub fn check_read(app: &App, headers: &HeaderMap) -> Result<(), Response> {
     if may_read(app, headers) {
         Ok(())
     } else {
-        Err(refuse(StatusCode::UNAUTHORIZED, "this page needs the token: log in at /login"))
+        Err(bearer(refuse(StatusCode::UNAUTHORIZED, "this page needs the token: log in at /login")))
     }
 }
 
@@ -167,11 +191,11 @@ fn same_origin(headers: &HeaderMap, via: Via) -> Result<(), Response> {
 pub fn check_write(app: &App, headers: &HeaderMap) -> Result<(), Response> {
     match authorised(app, headers) {
         Some(via) => same_origin(headers, via),
-        None if presented(headers).is_some() => Err(refuse(StatusCode::UNAUTHORIZED, "wrong token")),
-        None => Err(refuse(
+        None if presented(headers).is_some() => Err(bearer(refuse(StatusCode::UNAUTHORIZED, "wrong token"))),
+        None => Err(bearer(refuse(
             StatusCode::UNAUTHORIZED,
             "this needs the page's token: log in at /login, or send `Authorization: Bearer TOKEN`",
-        )),
+        ))),
     }
 }
 

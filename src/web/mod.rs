@@ -2,6 +2,10 @@
 //! `/healthz`, served by axum on hyper with a bound on connections, header size and time,
 //! and body size.
 
+// Handlers refuse with a ready `Response` (axum's own idiom); boxing it would buy nothing on
+// a path that runs once per request.
+#![allow(clippy::result_large_err)]
+
 pub mod api;
 pub mod auth;
 pub mod page;
@@ -36,7 +40,8 @@ pub struct HttpConfig {
     /// or giving a verdict needs it, and so does reading the page when `listen` is not a
     /// loopback address. Default: `<state_dir>/http-token`, created at the first start.
     pub token_file: Option<PathBuf>,
-    /// Connections served at once (live pages hold one each); more wait to be accepted.
+    /// Connections served at once; more wait to be accepted. Live pages hold one each, and
+    /// may take at most half of them (more are answered 503).
     pub max_connections: usize,
 }
 
@@ -89,8 +94,14 @@ pub struct App {
     /// The page's token.
     pub token: auth::Token,
     /// The latest frame of each camera as rendered, by frame count.
-    pub rendered: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<Vec<u8>>)>>,
+    pub rendered: std::sync::Mutex<Rendered>,
+    /// Live pages (event streams) open at once: half the connections, so that open pages
+    /// never leave `/metrics` and `/healthz` without one.
+    pub live_pages: Arc<tokio::sync::Semaphore>,
 }
+
+/// Per camera: the board's frame count and that frame's JPEG with its anomaly map.
+pub type Rendered = std::collections::HashMap<String, (u64, Arc<Vec<u8>>)>;
 
 /// Largest request body (the API takes small JSON objects and the login form).
 const MAX_BODY: usize = 4096;

@@ -222,15 +222,13 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     http_request(port, "GET", path, &[], "")
 }
 
-/// One HTTP/1.1 request (`Host: localhost`, the connection closed after it); the status code
-/// and body.
+/// One HTTP/1.1 request (`Host: localhost` unless `headers` name another, the connection
+/// closed after it); the status code and body.
 pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let host = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) { "" } else { "Host: localhost\r\n" };
+    let mut head = format!("{method} {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -1,0 +1,285 @@
+//! `vigil publish` and `vigil keygen`: roll a signed bundle out to the boxes whose device id
+//! matches a pattern, over the broker they share, and wait for each box's answer on
+//! `bundle/state`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+
+use crate::fleet::{Chunk, package};
+use crate::mqtt::MqttConfig;
+
+/// Bytes per message: far under any broker's packet limit, few enough messages for
+/// Mosquitto's queue of an offline box (1,000 by default) up to 250 MB.
+pub const CHUNK: u64 = 256 * 1024;
+
+/// What to publish where.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The bundle folder or `.onnx` file.
+    pub bundle: PathBuf,
+    /// The broker (host, port, TLS, credentials).
+    pub mqtt: MqttConfig,
+    /// `mqtt.topic_prefix` of the boxes.
+    pub prefix: String,
+    /// Device ids to publish to: a glob (`line1-*`).
+    pub devices: String,
+    /// The camera on each box.
+    pub camera: String,
+    /// The signing key file (`vigil keygen`).
+    pub key: PathBuf,
+    /// How long to listen for the boxes' retained availability.
+    pub discover: Duration,
+    /// How long to wait for the boxes' answers.
+    pub wait: Duration,
+}
+
+/// One box's answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// The box.
+    pub device: String,
+    /// Its availability when the rollout began (`online`, `offline`, `stopped`).
+    pub available: String,
+    /// Installed.
+    pub ok: bool,
+    /// The box's `bundle/state`, or why there is none.
+    pub state: serde_json::Value,
+}
+
+/// The broker of `--mqtt`: `mqtt://host[:port]` or `host[:port]`, in plain MQTT; TLS and
+/// credentials come from a config file's `[mqtt]` (`--config`).
+pub fn broker(url: &str) -> anyhow::Result<MqttConfig> {
+    let rest = match url.split_once("://") {
+        Some(("mqtt", r)) => r,
+        Some(("mqtts", _)) => {
+            anyhow::bail!("--mqtt {url}: for TLS give --config with a vigil.toml whose [mqtt.tls] names the CA")
+        }
+        Some((s, _)) => anyhow::bail!("--mqtt {url}: scheme `{s}` is not mqtt://"),
+        None => url,
+    };
+    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().with_context(|| format!("--mqtt {url}: bad port `{p}`"))?)),
+        None => (rest.trim_end_matches('/'), None),
+    };
+    anyhow::ensure!(!host.is_empty(), "--mqtt {url}: no host; give e.g. mqtt://broker.local:1883");
+    Ok(serde_json::from_value(serde_json::json!({ "host": host, "port": port, "plaintext": true }))?)
+}
+
+/// The messages of one rollout: the chunks, each with its header.
+pub fn messages(package: &[u8], key: &ed25519_dalek::SigningKey, transfer: &str) -> Vec<Vec<u8>> {
+    let size = package.len() as u64;
+    let sha256 = package::sha256_hex(package);
+    let signature = package::sign(key, &sha256, size);
+    let parts = size.div_ceil(CHUNK).max(1);
+    (0..parts)
+        .map(|i| {
+            let header = Chunk {
+                transfer: transfer.to_owned(),
+                part: i as u32,
+                parts: parts as u32,
+                chunk: CHUNK,
+                size,
+                sha256: sha256.clone(),
+                signature: signature.clone(),
+                key: package::public_key_text(&key.verifying_key()),
+            };
+            let start = (i * CHUNK) as usize;
+            let end = ((i + 1) * CHUNK).min(size) as usize;
+            let mut m = serde_json::to_vec(&header).expect("header");
+            m.push(b'\n');
+            m.extend_from_slice(&package[start..end]);
+            m
+        })
+        .collect()
+}
+
+/// Publishes the bundle to every matching box and waits for their answers.
+pub async fn run(p: &Publish) -> anyhow::Result<Vec<Outcome>> {
+    let key = package::read_signing_key(&p.key)?;
+    let package = package::pack(&p.bundle)?;
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("the system's random source: {e}"))?;
+    let transfer: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let messages = messages(&package, &key, &transfer);
+    let matcher = globset::Glob::new(&p.devices)
+        .with_context(|| format!("--devices `{}`: not a glob such as line1-*", p.devices))?
+        .compile_matcher();
+
+    let prefix = p.prefix.trim_end_matches('/');
+    let client_id = format!("vigil-publish-{transfer}");
+    let mut opts = crate::mqtt::options(&p.mqtt, &client_id)?;
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(m))) => {
+                    let _ = tx.send((m.topic.clone(), m.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = err_tx.send(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
+    client.subscribe(format!("{prefix}/+/available"), QoS::AtLeastOnce).await?;
+    client.subscribe(format!("{prefix}/+/{}/bundle/state", p.camera), QoS::AtLeastOnce).await?;
+
+    // The boxes announce themselves with a retained `available`.
+    let mut available: BTreeMap<String, String> = BTreeMap::new();
+    let mut states: Vec<(String, Vec<u8>)> = vec![];
+    let until = tokio::time::Instant::now() + p.discover;
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some((topic, payload)) => note(prefix, topic, payload, &mut available, &mut states),
+                None => break,
+            },
+            Some(e) = err_rx.recv() => {
+                poller.abort();
+                anyhow::bail!("the broker {}:{}: {e}", p.mqtt.host, p.mqtt.effective_port());
+            }
+            _ = tokio::time::sleep_until(until) => break,
+        }
+    }
+    let targets: Vec<String> = available.keys().filter(|d| matcher.is_match(d.as_str())).cloned().collect();
+    if targets.is_empty() {
+        poller.abort();
+        anyhow::bail!(
+            "no box matching `{}` announced itself on {prefix}/+/available within {:?}; boxes seen: {}",
+            p.devices,
+            p.discover,
+            if available.is_empty() {
+                "none (check --mqtt and --prefix)".into()
+            } else {
+                available.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        );
+    }
+    for device in &targets {
+        let topic = format!("{prefix}/{device}/{}/bundle/set", p.camera);
+        for m in &messages {
+            client.publish(topic.clone(), QoS::AtLeastOnce, false, m.clone()).await?;
+        }
+    }
+
+    // Each box answers once the last chunk is in: installed, or refused with the reason.
+    let mut answers: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let waiting: BTreeSet<&String> = targets.iter().collect();
+    let until = tokio::time::Instant::now() + p.wait;
+    let take = |states: &mut Vec<(String, Vec<u8>)>, answers: &mut BTreeMap<String, serde_json::Value>| {
+        for (device, payload) in states.drain(..) {
+            let Ok(state) = serde_json::from_slice::<serde_json::Value>(&payload) else { continue };
+            if state["transfer"] == transfer.as_str() && waiting.contains(&device) {
+                answers.insert(device, state);
+            }
+        }
+    };
+    take(&mut states, &mut answers);
+    while answers.len() < targets.len() {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some((topic, payload)) => note(prefix, topic, payload, &mut available, &mut states),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(until) => break,
+        }
+        take(&mut states, &mut answers);
+    }
+    let _ = client.disconnect().await;
+    poller.abort();
+    Ok(targets
+        .iter()
+        .map(|device| {
+            let was = available.get(device).cloned().unwrap_or_default();
+            match answers.remove(device) {
+                Some(state) => Outcome { device: device.clone(), available: was, ok: state["ok"] == true, state },
+                None => Outcome {
+                    device: device.clone(),
+                    ok: false,
+                    state: serde_json::json!({ "error": format!(
+                        "no answer within {:?}{}",
+                        p.wait,
+                        if was == "online" { "" } else { "; the box is not online: it installs the bundle when it connects again" }
+                    ) }),
+                    available: was,
+                },
+            }
+        })
+        .collect())
+}
+
+fn note(
+    prefix: &str,
+    topic: String,
+    payload: Vec<u8>,
+    available: &mut BTreeMap<String, String>,
+    states: &mut Vec<(String, Vec<u8>)>,
+) {
+    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else { return };
+    let mut levels = rest.splitn(2, '/');
+    let (Some(device), Some(leaf)) = (levels.next(), levels.next()) else { return };
+    if leaf == "available" {
+        available.insert(device.to_owned(), String::from_utf8_lossy(&payload).into_owned());
+    } else if leaf.ends_with("/bundle/state") {
+        states.push((device.to_owned(), payload));
+    }
+}
+
+/// Writes a new signing key to `out` (readable by its owner only) and its public key to
+/// `out.pub`; returns the public key, for `[fleet] trusted_keys`.
+pub fn keygen(out: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = package::generate()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("{}: cannot create it (it must not exist yet)", out.display()))?;
+    writeln!(f, "{}", package::signing_key_text(&key))?;
+    let public = package::public_key_text(&key.verifying_key());
+    let mut pub_path = out.as_os_str().to_owned();
+    pub_path.push(".pub");
+    std::fs::write(&pub_path, format!("{public}\n"))?;
+    Ok(public)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_name_host_port_and_tls() {
+        let b = broker("mqtt://broker.local:1884").unwrap();
+        assert_eq!((b.host.as_str(), b.effective_port()), ("broker.local", 1884));
+        assert_eq!(broker("10.0.0.5").unwrap().effective_port(), 1883);
+        assert!(broker("mqtts://b").unwrap_err().to_string().contains("[mqtt.tls]"));
+        assert!(broker("http://b").unwrap_err().to_string().contains("scheme"));
+        assert!(broker("mqtt://b:x").unwrap_err().to_string().contains("bad port"));
+    }
+
+    #[test]
+    fn every_chunk_parses_and_they_cover_the_package() {
+        let key = package::generate().unwrap();
+        let package: Vec<u8> = (0..(CHUNK * 2 + 10)).map(|i| i as u8).collect();
+        let m = messages(&package, &key, "0123456789abcdef");
+        assert_eq!(m.len(), 3);
+        let mut joined = vec![];
+        for (i, msg) in m.iter().enumerate() {
+            let (h, data) = Chunk::parse(msg).unwrap();
+            assert_eq!(h.part as usize, i);
+            joined.extend_from_slice(data);
+        }
+        assert_eq!(joined, package);
+    }
+}

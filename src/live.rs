@@ -185,7 +185,7 @@ mod tests {
     fn one_point_per_second_keeps_the_highest_score() {
         let b = Board::default();
         let mut events = b.subscribe();
-        let t0 = UNIX_EPOCH + Duration::from_millis(millis(SystemTime::now()) / 1000 * 1000);
+        let t0 = UNIX_EPOCH + Duration::from_millis(millis(SystemTime::now()) / 1000 * 1000 - 5000);
         b.scored("c", t0, 0.2, 1.0, None);
         b.scored("c", t0 + Duration::from_millis(400), 0.7, 1.0, None);
         b.scored("c", t0 + Duration::from_millis(900), 0.1, 1.0, None);
@@ -196,6 +196,10 @@ mod tests {
         assert_eq!(b.history("c", h[0].t).len(), 1, "since");
         let first: serde_json::Value = serde_json::from_str(&events.try_recv().unwrap()).unwrap();
         assert_eq!((first["type"].as_str(), first["camera"].as_str()), (Some("score"), Some("c")));
+        // A clock ahead: the point lands now, and later points are not held back.
+        b.scored("ahead", SystemTime::now() + Duration::from_secs(3600), 0.4, 1.0, None);
+        let now = millis(SystemTime::now());
+        assert!(b.history("ahead", 0)[0].t <= now, "clamped to now");
         // Older than the chart's span: dropped.
         b.scored("old", UNIX_EPOCH + Duration::from_secs(1), 0.5, 1.0, None);
         assert!(b.history("old", 0).is_empty());

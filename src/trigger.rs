@@ -67,6 +67,11 @@ struct Pending {
 /// arrived in time may still be settling in its folder or waiting in the source.
 const GRACE: Duration = Duration::from_secs(2);
 
+/// A frame that arrived this little before vigil got the trigger still answers it: the signal
+/// and the frame travel different roads (the broker, a file write), a camera triggered by the
+/// same signal in hardware can be first, and file times are kept at the kernel's clock tick.
+const EARLY: Duration = Duration::from_millis(50);
+
 /// One triggered camera.
 struct Gate {
     slot: usize,
@@ -174,7 +179,7 @@ impl Triggers {
                 self.missed(g, "no frame arrived in time");
                 continue;
             }
-            if arrived < p.fired {
+            if arrived + EARLY < p.fired {
                 return Err(());
             }
             let p = pending.pop_front().expect("front");
@@ -254,12 +259,11 @@ impl Queue {
         // A file came into being when it was last written (it may have settled since); a
         // message when vigil took it from the broker.
         let arrived = match &frame.origin {
-            crate::frame::Origin::File(_) => frame
-                .time
-                .elapsed()
-                .ok()
-                .and_then(|age| frame.received.checked_sub(age))
-                .map_or(frame.received, |t| t.min(frame.received)),
+            crate::frame::Origin::File(_) => {
+                // Its age and the instant it is taken from, read together.
+                let (now, age) = (Instant::now(), frame.time.elapsed());
+                age.ok().and_then(|age| now.checked_sub(age)).map_or(frame.received, |t| t.min(frame.received))
+            }
             crate::frame::Origin::Topic(_) => frame.received,
         };
         match self.triggers.take(frame.slot, arrived) {
@@ -308,7 +312,11 @@ mod tests {
         assert_eq!(t.fire("line1/a/part_present", br#"{"id":"p1"}"#), 1);
         assert_eq!(t.fire("line1/a/part_present", b""), 1);
         assert_eq!(t.fire("line2/a/part_present", b""), 0, "another line's signal");
-        assert_eq!(t.take(1, before), Err(()), "a frame from before the trigger does not use it up");
+        assert_eq!(
+            t.take(1, before - EARLY - Duration::from_millis(1)),
+            Err(()),
+            "a frame from before the trigger does not use it up"
+        );
         let now = Instant::now();
         assert_eq!(t.take(1, now), Ok(Some("p1".into())));
         assert_eq!(t.take(1, now), Ok(None));

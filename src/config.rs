@@ -314,7 +314,7 @@ impl Config {
             .iter()
             .filter_map(|c| match &c.source {
                 SourceConfig::Mqtt(m) => Some(m.topic.clone()),
-                SourceConfig::Folder(_) => None,
+                _ => None,
             })
             .collect();
         if let Some(m) = &self.mqtt {

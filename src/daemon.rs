@@ -31,6 +31,7 @@ use crate::sink::{Sinks, jsonl::Jsonl};
 use crate::source::SourceConfig;
 use crate::source::folder::{self, FolderCamera};
 use crate::source::mqtt::{self as mqtt_source, MqttCamera};
+use crate::source::{rtsp, v4l2};
 use crate::state::{Ledger, Thresholds};
 use crate::trigger::{Queue, Triggers};
 use crate::web::App;
@@ -81,7 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             SourceConfig::Mqtt(m) => {
                 Some(MqttCamera { slot, id: c.id.clone(), class: c.class.clone(), config: m.clone() })
             }
-            SourceConfig::Folder(_) => None,
+            _ => None,
         })
         .collect();
     let triggers = Arc::new(Triggers::new(
@@ -196,6 +197,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     tracing::error!(camera = id, "folder source stopped: {e:#}");
                 }
             });
+        }
+    }
+    for (slot, c) in config.cameras.iter().enumerate() {
+        let out = || crate::source::camera::Output {
+            slot,
+            camera: c.id.clone(),
+            class: c.class.clone(),
+            origin: String::new(),
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+        };
+        let triggered = c.trigger.is_some();
+        match &c.source {
+            SourceConfig::Rtsp(r) => {
+                let camera = rtsp::RtspCamera { config: r.clone(), triggered };
+                let out = crate::source::camera::Output { origin: r.url.clone(), ..out() };
+                sources.spawn(rtsp::run(camera, out, stop.subscribe()));
+            }
+            SourceConfig::V4l2(v) => {
+                let out = crate::source::camera::Output { origin: v.device.display().to_string(), ..out() };
+                sources.spawn(v4l2::run(v.clone(), triggered, out, stop.subscribe()));
+            }
+            SourceConfig::Folder(_) | SourceConfig::Mqtt(_) => {}
         }
     }
     if let Some(c) = &client {

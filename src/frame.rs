@@ -12,6 +12,8 @@ pub enum Origin {
     File(PathBuf),
     /// An MQTT message.
     Topic(String),
+    /// A live stream: an RTSP URL (never with credentials) or a V4L2 device.
+    Stream(String),
 }
 
 impl Origin {
@@ -19,7 +21,7 @@ impl Origin {
     pub fn describe(&self) -> String {
         match self {
             Origin::File(p) => p.display().to_string(),
-            Origin::Topic(t) => t.clone(),
+            Origin::Topic(t) | Origin::Stream(t) => t.clone(),
         }
     }
 }
@@ -54,7 +56,8 @@ pub struct Frame {
     pub bytes: Vec<u8>,
     /// The id of the trigger message this frame answers (cameras with `trigger`).
     pub trigger: Option<String>,
-    /// When the frame was taken (file modification time, payload time, or arrival).
+    /// When the frame was taken (file modification time, payload time, the stream's timestamp,
+    /// or arrival).
     pub time: SystemTime,
     /// When vigil received it, for latency.
     pub received: Instant,

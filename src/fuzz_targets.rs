@@ -43,6 +43,22 @@ pub fn mqtt_payload(data: &[u8]) {
     let _ = parse(&cameras, &topic, payload);
 }
 
+/// A USB camera's buffer: the first byte picks the pixel format (low two bits) and the line
+/// padding (the rest), the next two the frame's width and height (1 to 64); the rest is the
+/// buffer. What comes out is decoded as a frame would be.
+pub fn camera_buffer(data: &[u8]) {
+    use crate::source::pixels::{Layout, PixelFormat, encode};
+    let [mode, w, h, buf @ ..] = data else { return };
+    let format = PixelFormat::PREFERRED[usize::from(mode & 3)];
+    let (width, height) = (u32::from(w % 64) + 1, u32::from(h % 64) + 1);
+    let pad = u32::from(mode >> 2);
+    let line = if format == PixelFormat::Yuyv { width * 2 } else { width };
+    let layout = Layout { width, height, stride: if pad == 0 { 0 } else { line + pad } };
+    if let Ok(frame) = encode(format, buf, layout) {
+        let _ = vigil_model::preprocess::decode(&frame);
+    }
+}
+
 /// A `vigil.toml`: parsed, then validated.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };

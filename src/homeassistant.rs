@@ -65,8 +65,8 @@ pub fn announced_cameras(cfg: &Config) -> Vec<String> {
     cfg.cameras
         .iter()
         .filter(|c| match &c.source {
-            SourceConfig::Folder(_) => true,
             SourceConfig::Mqtt(m) => m.camera_from_topic.is_none() && m.camera_field.is_none(),
+            SourceConfig::Folder(_) | SourceConfig::Rtsp(_) | SourceConfig::V4l2(_) => true,
         })
         .map(|c| c.id.clone())
         .collect()

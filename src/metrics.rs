@@ -99,6 +99,13 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Frames of triggered cameras skipped because no trigger was waiting.",
     ),
+    (
+        "vigil_stream_frames_total",
+        "counter",
+        "Frames of live cameras (RTSP, V4L2) by what was done: sampled, decoded (for later frames), skipped, damaged.",
+    ),
+    ("vigil_stream_connected", "gauge", "1 while a live camera's stream is up, by camera."),
+    ("vigil_stream_reconnects_total", "counter", "Live camera streams lost or failed and opened again, by camera."),
     ("vigil_verdicts_total", "counter", "Verdicts given on alerts, by camera and verdict (false_alarm, confirmed)."),
     ("vigil_mqtt_connected", "gauge", "1 while connected to the broker."),
     ("vigil_model_info", "gauge", "The bundle each camera serves."),

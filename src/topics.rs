@@ -67,7 +67,7 @@ impl Topics {
 
 /// Whether some topic matches both filters.
 pub fn filters_overlap(a: &str, b: &str) -> bool {
-    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    let (mut a, mut b) = (unshared(a).split('/'), unshared(b).split('/'));
     loop {
         match (a.next(), b.next()) {
             (Some("#"), _) | (_, Some("#")) => return true,
@@ -78,10 +78,20 @@ pub fn filters_overlap(a: &str, b: &str) -> bool {
     }
 }
 
-/// Whether `topic` matches the MQTT filter `filter`.
+/// The filter a shared subscription (`$share/<group>/<filter>`: the broker hands each message
+/// to one member of the group) matches topics with; any other filter as it is.
+pub fn unshared(filter: &str) -> &str {
+    match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
+        Some((group, inner)) if !group.is_empty() => inner,
+        _ => filter,
+    }
+}
+
+/// Whether `topic` matches the MQTT filter `filter` (a shared subscription by its inner
+/// filter).
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     let mut t = topic.split('/');
-    for f in filter.split('/') {
+    for f in unshared(filter).split('/') {
         match (f, t.next()) {
             ("#", _) => return true,
             ("+", Some(_)) => {}
@@ -95,6 +105,15 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_subscription_matches_by_its_inner_filter() {
+        assert_eq!(unshared("$share/vigil/factory/+/frame"), "factory/+/frame");
+        assert_eq!(unshared("factory/+/frame"), "factory/+/frame");
+        assert!(topic_matches("$share/boxes/factory/+/frame", "factory/cam1/frame"));
+        assert!(!topic_matches("$share/boxes/factory/+/frame", "$share/boxes/factory/cam1/frame"));
+        assert!(filters_overlap("$share/g/line1/#", "line1/cam/frame"));
+    }
 
     #[test]
     fn filters_overlap_when_one_topic_fits_both() {

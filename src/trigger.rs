@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
@@ -190,6 +190,14 @@ impl Triggers {
         Err(())
     }
 
+    /// For a triggered camera, whether a trigger that has not run out waits for a frame of
+    /// `slot` taken at `at`; `None` for a camera without a trigger.
+    fn waiting(&self, slot: usize, at: Instant) -> Option<bool> {
+        let g = self.gates.iter().find(|g| g.slot == slot)?;
+        let pending = g.pending.lock().expect("trigger lock");
+        Some(pending.iter().any(|p| p.fired <= at + EARLY && at <= p.deadline))
+    }
+
     fn show(&self, g: &Gate, waiting: usize) {
         self.metrics.set("vigil_triggers_pending", &[("camera", &g.camera)], waiting as f64);
     }
@@ -256,29 +264,92 @@ impl Queue {
     /// Queues `frame` if its camera scores it (waiting while the queue is full); errs only when
     /// the scoring side has stopped.
     pub async fn send(&self, mut frame: Frame) -> Result<(), mpsc::error::SendError<Frame>> {
-        // A file came into being when it was last written (it may have settled since); a
-        // message when vigil took it from the broker.
-        let arrived = match &frame.origin {
-            crate::frame::Origin::File(_) => {
-                // Its age and the instant it is taken from, read together.
-                let (now, age) = (Instant::now(), frame.time.elapsed());
-                age.ok().and_then(|age| now.checked_sub(age)).map_or(frame.received, |t| t.min(frame.received))
-            }
-            crate::frame::Origin::Topic(_) => frame.received,
-        };
-        match self.triggers.take(frame.slot, arrived) {
+        match self.triggers.take(frame.slot, arrival(&frame)) {
             Ok(id) => {
                 frame.trigger = id;
                 self.tx.send(frame).await
             }
             Err(()) => {
-                self.triggers.metrics.inc("vigil_frames_untriggered_total", &[("camera", &frame.camera)]);
-                if let Some(done) = frame.done.take() {
-                    let _ = done.send(Outcome::Skipped);
-                }
+                self.untriggered(frame);
                 Ok(())
             }
         }
+    }
+
+    /// Queues `frame` of a live source if its camera scores it and the queue has room: a live
+    /// camera's next frame is worth more than a stale one, so a frame the scoring side has no
+    /// room for is dropped (and counted) rather than waited for. Errs only when the scoring side
+    /// has stopped.
+    pub fn offer(&self, mut frame: Frame) -> Result<(), Closed> {
+        if self.tx.is_closed() {
+            return Err(Closed);
+        }
+        // Checked before the trigger is taken, so a full queue does not use a trigger up.
+        if self.tx.capacity() == 0 {
+            self.dropped(&frame.camera);
+            return Ok(());
+        }
+        match self.triggers.take(frame.slot, arrival(&frame)) {
+            Ok(id) => {
+                frame.trigger = id;
+                match self.tx.try_send(frame) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(f)) => {
+                        self.dropped(&f.camera);
+                        Ok(())
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
+                }
+            }
+            Err(()) => {
+                self.untriggered(frame);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a live source should decode and hand over its frame taken at `time`: always for
+    /// cameras without a trigger (their own rate decides), and for a triggered camera only
+    /// while a trigger waits for it.
+    pub fn wanted(&self, slot: usize, time: SystemTime) -> Option<bool> {
+        self.triggers.waiting(slot, instant_of(time, Instant::now()))
+    }
+
+    fn untriggered(&self, mut frame: Frame) {
+        self.triggers.metrics.inc("vigil_frames_untriggered_total", &[("camera", &frame.camera)]);
+        if let Some(done) = frame.done.take() {
+            let _ = done.send(Outcome::Skipped);
+        }
+    }
+
+    fn dropped(&self, camera: &str) {
+        self.triggers.metrics.inc("vigil_frames_dropped_total", &[("camera", camera), ("reason", "busy")]);
+    }
+}
+
+/// The scoring side has stopped.
+#[derive(Debug)]
+pub struct Closed;
+
+/// When `frame` came into being, on the clock triggers are kept by: a file when it was last
+/// written (it may have settled since), a stream's frame when it was taken (decoding takes a
+/// while), a message when vigil took it from the broker.
+fn arrival(frame: &Frame) -> Instant {
+    match &frame.origin {
+        crate::frame::Origin::File(_) | crate::frame::Origin::Stream(_) => {
+            instant_of(frame.time, Instant::now()).min(frame.received)
+        }
+        crate::frame::Origin::Topic(_) => frame.received,
+    }
+}
+
+/// The instant of wall-clock `time`, `now` being the instant of this moment's wall clock (read
+/// together, so the two clocks are compared at one point).
+fn instant_of(time: SystemTime, now: Instant) -> Instant {
+    match time.elapsed() {
+        Ok(age) => now.checked_sub(age).unwrap_or(now),
+        // A time ahead of this clock (a camera's clock, a coarse file time): now.
+        Err(_) => now,
     }
 }
 

@@ -33,6 +33,11 @@ fn mqtt_payloads_never_panic() {
 }
 
 #[test]
+fn camera_buffers_never_panic() {
+    replay("camera_buffer", vigil::fuzz_targets::camera_buffer);
+}
+
+#[test]
 fn configs_never_panic() {
     replay("config", vigil::fuzz_targets::config);
 }

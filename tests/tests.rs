@@ -3,6 +3,7 @@
 mod common;
 
 mod bundle;
+mod cameras;
 mod cli;
 mod conditional;
 mod config_docs;

@@ -22,7 +22,8 @@ use crate::topics::topic_matches;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSource {
-    /// Topic filter, e.g. `factory/+/camera/+/frame`.
+    /// Topic filter, e.g. `factory/+/camera/+/frame`; `$share/<group>/<filter>` shares the
+    /// frames among the boxes subscribed with the same group (each frame scored by one).
     pub topic: String,
     /// `raw` (the payload is JPEG/PNG bytes) or `json` (`{"image": base64, ...}`).
     #[serde(default)]
@@ -81,9 +82,9 @@ impl MqttSource {
             [("camera_from_topic", self.camera_from_topic), ("class_from_topic", self.class_from_topic)]
         {
             if let Some(n) = level
-                && self.topic.split('/').nth(n).is_none_or(|l| l == "#")
+                && crate::topics::unshared(&self.topic).split('/').nth(n).is_none_or(|l| l == "#")
             {
-                p.at(key, name, format!("topic `{}` has no level {n}", self.topic));
+                p.at(key, name, format!("topic `{}` has no level {n}", crate::topics::unshared(&self.topic)));
             }
         }
         if self.payload == PayloadFormat::Raw
@@ -301,6 +302,18 @@ mod tests {
         assert_eq!((j.camera.as_str(), j.bytes.as_slice()), ("c9", &b"PNG"[..]));
         assert_eq!(j.time, UNIX_EPOCH + Duration::from_secs(1));
         assert!(parse(&cams(PayloadFormat::Raw, None), "other/topic", b"x").is_none());
+    }
+
+    #[test]
+    fn a_shared_subscription_takes_its_frames_and_counts_levels_in_its_inner_filter() {
+        let mut shared = cams(PayloadFormat::Raw, Some(3));
+        shared[0].config.topic = "$share/boxes/factory/+/camera/+/frame".into();
+        (shared[0].config.camera_field, shared[0].config.time_field) = (None, None);
+        let f = parse(&shared, "factory/l1/camera/c7/frame", b"PNG").unwrap().unwrap();
+        assert_eq!(f.camera, "c7");
+        let mut p = Problems::default();
+        shared[0].config.validate("cameras[0].source", true, &mut p);
+        assert!(p.into_vec().is_empty());
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! What an RTSP camera costs the box: H.264 clips made by ffmpeg (a moving test pattern,
+//! 25 fps, keyframes every 0.5 s or every 2 s), run through the RTSP source's decode plan
+//! (`source::rtsp::Plan`) at the default two scored frames a second, decoded by OpenH264,
+//! the scored pictures converted to RGB and PNG as the source does; beside it, the same clip
+//! with every frame decoded (what a source that cannot skip does). Reports CPU seconds per
+//! second of stream (the share of one core a camera takes) and the ratio. One JSON line per
+//! clip.
+//!
+//!   cargo bench --bench stream                 (1280x720; VIGIL_STREAM_SIZE=1920x1080)
+
+use std::path::Path;
+use std::process::Command;
+
+use openh264::decoder::Decoder;
+use openh264::formats::YUVSource as _;
+use vigil::source::camera::encode_png;
+use vigil::source::rtsp::{Handling, Plan};
+
+const FPS_STREAM: u32 = 25;
+const SECONDS: u32 = 12;
+
+/// The clip's access units: each frame's NAL units (Annex B), with whether it is a keyframe
+/// (IDR) and whether nothing refers to it (`nal_ref_idc` 0).
+fn access_units(h264: &[u8]) -> Vec<(Vec<u8>, bool, bool)> {
+    let mut units = vec![];
+    let mut current = vec![];
+    for nal in openh264::nal_units(h264) {
+        current.extend_from_slice(nal);
+        let header = nal.iter().skip_while(|&&b| b == 0).nth(1).copied().unwrap_or(0);
+        let kind = header & 0x1f;
+        // One slice a frame (x264's default here): a coded slice ends the access unit.
+        if kind == 1 || kind == 5 {
+            units.push((std::mem::take(&mut current), kind == 5, header & 0x60 == 0));
+        }
+    }
+    units
+}
+
+fn clip(dir: &Path, size: &str, gop: u32) -> Vec<u8> {
+    let out = dir.join(format!("gop{gop}.h264"));
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={size}:rate={FPS_STREAM}:duration={SECONDS}"))
+        .args(["-c:v", "libx264", "-profile:v", "main", "-bf", "0", "-pix_fmt", "yuv420p"])
+        .args(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0", "-crf", "23"])
+        .args(["-bsf:v", "h264_mp4toannexb", "-f", "h264"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg runs (scripts/setup installs it)");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+/// CPU seconds (this thread's) spent decoding `units` as `plan` says (`None`: every frame,
+/// every 1/`fps` s one converted), and the frames scored.
+fn run(units: &[(Vec<u8>, bool, bool)], plan: Option<&mut Plan>) -> (f64, usize, usize) {
+    let mut decoder = Decoder::new().unwrap();
+    let mut sampler = vigil::source::camera::Sampler::new(2.0);
+    let mut plan = plan;
+    let (mut scored, mut decoded) = (0, 0);
+    let start = cpu_time();
+    for (i, (data, key, disposable)) in units.iter().enumerate() {
+        let t = f64::from(i as u32) / f64::from(FPS_STREAM);
+        let handling = match plan.as_deref_mut() {
+            Some(p) => p.decide(t, *key, *disposable, |due| due),
+            None => match sampler.due(t, 0.005) {
+                true => Handling::Sample,
+                false => Handling::Decode,
+            },
+        };
+        if matches!(handling, Handling::Skip | Handling::Damaged) {
+            continue;
+        }
+        decoded += 1;
+        let Ok(Some(yuv)) = decoder.decode(data) else { continue };
+        if handling == Handling::Sample {
+            let (w, h) = yuv.dimensions();
+            let mut rgb = vec![0; w * h * 3];
+            yuv.write_rgb8(&mut rgb);
+            std::hint::black_box(encode_png(&rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8));
+            scored += 1;
+        }
+    }
+    (cpu_time() - start, scored, decoded)
+}
+
+fn cpu_time() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid pointer to a timespec, for the calling thread's CPU clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter that does not name this benchmark skips it.
+    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"stream".contains(a.as_str())) {
+        return;
+    }
+    let size = std::env::var("VIGIL_STREAM_SIZE").unwrap_or_else(|_| "1280x720".into());
+    let dir = tempfile::tempdir().unwrap();
+    for gop in [FPS_STREAM / 2, FPS_STREAM * 2] {
+        let units = access_units(&clip(dir.path(), &size, gop));
+        let (every, every_scored, every_decoded) = run(&units, None);
+        let mut plan = Plan::new(2.0, false);
+        let (planned, scored, decoded) = run(&units, Some(&mut plan));
+        let stream_s = f64::from(SECONDS);
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "stream", "size": size, "stream_fps": FPS_STREAM, "keyframe_every_s": f64::from(gop) / f64::from(FPS_STREAM),
+                "scored_fps": 2, "frames": units.len(), "keyframes_only": plan.keyframes_only(),
+                "vigil": {"decoded": decoded, "scored": scored, "cpu_share": (planned / stream_s * 1e4).round() / 1e4},
+                "decode_every_frame": {"decoded": every_decoded, "scored": every_scored, "cpu_share": (every / stream_s * 1e4).round() / 1e4},
+                "cpu_ratio": (planned / every * 1e3).round() / 1e3,
+            })
+        );
+    }
+}

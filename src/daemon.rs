@@ -305,6 +305,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("stopping: finishing frames in flight");
     metrics.set_ready(false);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // The scoring stages drain once every sender of frames is gone: this one, then the sources'.
+    drop(queue);
     let drained = tokio::time::timeout(STOP_TIMEOUT, async {
         stop.stop();
         while sources.join_next().await.is_some() {}

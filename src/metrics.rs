@@ -70,7 +70,11 @@ const HELP: &[(&str, &str, &str)] = &[
     ("vigil_errors_total", "counter", "Errors by kind (bad input, engine, sink, broker)."),
     ("vigil_alerts_total", "counter", "Alerts emitted by camera."),
     ("vigil_alerts_suppressed_total", "counter", "Anomalous frames not alerted because of cooldown or hysteresis."),
-    ("vigil_frames_dropped_total", "counter", "Frames dropped by reason (only where the config allows dropping)."),
+    (
+        "vigil_frames_dropped_total",
+        "counter",
+        "Frames of live cameras dropped by camera and reason (busy, decoder_behind).",
+    ),
     ("vigil_reloads_total", "counter", "Bundle reloads by result."),
     ("vigil_queue_depth", "gauge", "Frames waiting to be decoded and scored."),
     ("vigil_alerts_pending", "gauge", "Messages (availability, state) not yet acknowledged by the broker."),
@@ -102,7 +106,7 @@ const HELP: &[(&str, &str, &str)] = &[
     (
         "vigil_stream_frames_total",
         "counter",
-        "Frames of live cameras (RTSP, V4L2) by what was done: sampled, decoded (for later frames), skipped, damaged.",
+        "Frames of live cameras (RTSP, V4L2) by what was done: sampled (offered to scoring), decoded (for later frames), skipped, damaged.",
     ),
     ("vigil_stream_connected", "gauge", "1 while a live camera's stream is up, by camera."),
     ("vigil_stream_reconnects_total", "counter", "Live camera streams lost or failed and opened again, by camera."),

@@ -61,7 +61,15 @@ struct Pending {
     id: Option<String>,
     fired: Instant,
     deadline: Instant,
+    /// When a live source took it for the frame it is decoding (that frame takes it for good
+    /// when it reaches the queue); other frames leave it alone for [`CLAIM`].
+    claimed: Option<Instant>,
 }
+
+/// How long a trigger claimed by a live source's frame is left to that frame: decoding and
+/// converting it takes milliseconds, and a frame lost on the way (damaged, dropped) must not
+/// cost the part its inspection.
+const CLAIM: Duration = Duration::from_millis(500);
 
 /// How long after its timeout a trigger is counted as missed by the clock alone: a frame that
 /// arrived in time may still be settling in its folder or waiting in the source.
@@ -158,7 +166,7 @@ impl Triggers {
                 pending.pop_front();
                 self.missed(g, "more triggers waiting than a line holds parts");
             }
-            pending.push_back(Pending { id: id.clone(), fired: now, deadline: now + g.config.timeout });
+            pending.push_back(Pending { id: id.clone(), fired: now, deadline: now + g.config.timeout, claimed: None });
             self.show(g, pending.len());
         }
         self.added.notify_one();
@@ -190,12 +198,17 @@ impl Triggers {
         Err(())
     }
 
-    /// For a triggered camera, whether a trigger that has not run out waits for a frame of
-    /// `slot` taken at `at`; `None` for a camera without a trigger.
-    fn waiting(&self, slot: usize, at: Instant) -> Option<bool> {
+    /// For a triggered camera, whether a trigger that has not run out, and that no other
+    /// frame has claimed, waits for a frame of `slot` taken at `at`, which then claims it;
+    /// `None` for a camera without a trigger.
+    fn claim(&self, slot: usize, at: Instant) -> Option<bool> {
         let g = self.gates.iter().find(|g| g.slot == slot)?;
-        let pending = g.pending.lock().expect("trigger lock");
-        Some(pending.iter().any(|p| p.fired <= at + EARLY && at <= p.deadline))
+        let mut pending = g.pending.lock().expect("trigger lock");
+        let now = Instant::now();
+        let free = pending.iter_mut().find(|p| {
+            p.fired <= at + EARLY && at <= p.deadline && p.claimed.is_none_or(|c| now.duration_since(c) > CLAIM)
+        });
+        Some(free.map(|p| p.claimed = Some(now)).is_some())
     }
 
     fn show(&self, g: &Gate, waiting: usize) {
@@ -281,38 +294,30 @@ impl Queue {
     /// room for is dropped (and counted) rather than waited for. Errs only when the scoring side
     /// has stopped.
     pub fn offer(&self, mut frame: Frame) -> Result<(), Closed> {
-        if self.tx.is_closed() {
-            return Err(Closed);
-        }
-        // Checked before the trigger is taken, so a full queue does not use a trigger up.
-        if self.tx.capacity() == 0 {
-            self.dropped(&frame.camera);
-            return Ok(());
-        }
+        // The room is taken before the trigger, so a full queue does not use a trigger up.
+        let permit = match self.tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                self.dropped(&frame.camera);
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Closed),
+        };
         match self.triggers.take(frame.slot, arrival(&frame)) {
             Ok(id) => {
                 frame.trigger = id;
-                match self.tx.try_send(frame) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(f)) => {
-                        self.dropped(&f.camera);
-                        Ok(())
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
-                }
+                permit.send(frame);
             }
-            Err(()) => {
-                self.untriggered(frame);
-                Ok(())
-            }
+            Err(()) => self.untriggered(frame),
         }
+        Ok(())
     }
 
     /// Whether a live source should decode and hand over its frame taken at `time`: always for
-    /// cameras without a trigger (their own rate decides), and for a triggered camera only
-    /// while a trigger waits for it.
+    /// cameras without a trigger (`None`: their own rate decides), and for a triggered camera
+    /// only for the first frame taken while a trigger waits (which claims it).
     pub fn wanted(&self, slot: usize, time: SystemTime) -> Option<bool> {
-        self.triggers.waiting(slot, instant_of(time, Instant::now()))
+        self.triggers.claim(slot, instant_of(time, Instant::now()))
     }
 
     fn untriggered(&self, mut frame: Frame) {
@@ -328,7 +333,8 @@ impl Queue {
 }
 
 /// The scoring side has stopped.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the scoring stages have stopped")]
 pub struct Closed;
 
 /// When `frame` came into being, on the clock triggers are kept by: a file when it was last
@@ -406,5 +412,19 @@ mod tests {
         assert_eq!(t.take(1, Instant::now()), Err(()), "a frame after the timeout is not the part's");
         assert_eq!(t.metrics.count("vigil_triggers_total", &[("camera", "cam1"), ("result", "missed")]), 2);
         assert_eq!(t.expire(), None);
+    }
+
+    #[test]
+    fn a_live_camera_decodes_one_frame_per_trigger() {
+        let t = triggers(Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(t.claim(0, now), None, "an untriggered camera goes by its rate");
+        assert_eq!(t.claim(1, now), Some(false), "no trigger: nothing to decode");
+        t.fire("line1/a/part_present", br#"{"id":"p1"}"#);
+        let after = Instant::now();
+        assert_eq!(t.claim(1, after), Some(true), "the first frame after the trigger is decoded");
+        assert_eq!(t.claim(1, after), Some(false), "the next ones are not, while the first is on its way");
+        assert_eq!(t.take(1, after), Ok(Some("p1".into())), "the claiming frame takes the trigger");
+        assert_eq!(t.claim(1, after), Some(false));
     }
 }

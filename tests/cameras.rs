@@ -115,8 +115,7 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
         camera("cam3", 2.0, &wrong)
     ));
     let log = plant.path("vigil.log");
-    let mut daemon = run_binary(&cfg, Stdio::from(std::fs::File::create(&log).unwrap()));
-    let _kill = scopeguard(&mut daemon);
+    let mut daemon = KillOnDrop(run_binary(&cfg, Stdio::from(std::fs::File::create(&log).unwrap())));
 
     // Frames arrive, normal ones are scored normal, the defect gives an alert on both cameras.
     let alert = sub.wait_for("vigil/box1/cam1/anomaly", 1, WAIT)[0].json();
@@ -127,13 +126,13 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
         metric(m, "vigil_frames_total{camera=\"cam1\",result=\"normal\"}") >= 2.0
     });
     assert_eq!(metric(&m, "vigil_stream_connected{camera=\"cam1\"}"), 1.0, "{m}");
-    // Keyframes only on cam2: once the keyframe interval is known (after the first one, whose
+    // Keyframes only on cam2: once the keyframe interval is known (after the first two, whose
     // frames are decoded), the frames between keyframes are never decoded.
     let m = wait_until("cam2 to skip three seconds of frames", plant.http, |m| {
         metric(m, "vigil_stream_frames_total{camera=\"cam2\",handling=\"skipped\"}") >= 27.0
     });
     let decoded = metric(&m, "vigil_stream_frames_total{camera=\"cam2\",handling=\"decoded\"}");
-    assert!(decoded <= 10.0, "cam2 decoded {decoded} frames beyond its first keyframe interval:\n{m}");
+    assert!(decoded <= 20.0, "cam2 decoded {decoded} frames beyond its first two keyframe intervals:\n{m}");
     // The wrong password: refused, counted, retried, never connected.
     let m = wait_until("cam3's failures", plant.http, |m| {
         metric(m, "vigil_stream_reconnects_total{camera=\"cam3\"}") >= 1.0
@@ -154,23 +153,32 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
             && metric(m, "vigil_frames_total{camera=\"cam1\",result=\"normal\"}") > before
     });
 
+    // A clean stop drains what is in flight.
+    let metrics = http_get(plant.http, "/metrics").1;
+    let status = Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(daemon.0.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("abandoned"), "the stop ran out of time:\n{text}");
     assert!(text.contains("401") && text.contains("credentials_file"), "cam3's refusal is explained:\n{text}");
+    // The passwords are nowhere: not in the log, the metrics or any message the box sent.
+    let sent: Vec<String> = sub.all().iter().map(|m| m.text()).collect();
+    assert!(sent.len() > 2, "the box published nothing to check");
     for secret in ["pa:ss-w0rd", "not-the-password"] {
         assert!(!text.contains(secret), "a password was logged:\n{text}");
+        assert!(!metrics.contains(secret), "a password is in the metrics");
+        assert!(!sent.iter().any(|m| m.contains(secret)), "a password was published");
     }
 }
 
-/// Kills the daemon child when the test ends, passing or not.
-fn scopeguard(child: &mut Child) -> impl Drop + '_ {
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A child process killed when the test ends, passing or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    Kill(child)
 }
 
 /// A smooth colour picture (gradients: chroma subsampling changes little) of `w`x`h`.

@@ -731,6 +731,7 @@ fn a_sigterm_while_it_starts_still_stops_it_cleanly() {
     let (status, log) = signalled_while_starting(&["-TERM"]);
     assert_eq!(status.code(), Some(0), "killed by the signal instead of stopping: {status:?}\n{log}");
     assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(!log.contains("abandoned"), "the stop ran out of time instead of draining:\n{log}");
 }
 
 #[test]
@@ -738,6 +739,7 @@ fn a_sighup_while_it_starts_reloads_instead_of_killing_it() {
     let (status, log) = signalled_while_starting(&["-HUP", "-TERM"]);
     assert_eq!(status.code(), Some(0), "killed by SIGHUP: {status:?}\n{log}");
     assert!(log.contains("SIGHUP: reloading"), "{log}");
+    assert!(!log.contains("abandoned"), "the stop ran out of time instead of draining:\n{log}");
 }
 
 #[test]

@@ -77,40 +77,49 @@ impl Sampler {
 }
 
 /// Turns a stream's clock (seconds since its start) into wall-clock frame times: the spacing
-/// of frames is the stream's own, the origin is vigil's clock when the first frame arrived.
+/// of frames is the stream's own, and the origin is vigil's clock, taken from the frame that
+/// arrived soonest after it was due (a frame is never seen before it is taken, so the least
+/// delay is the truest; a burst of buffered frames at the start does not push times late).
 /// Cameras' own clocks (RTCP sender reports) are often unset or far off, so they are not
-/// trusted; if the two clocks drift apart by more than [`DRIFT`], the origin is taken again.
+/// trusted. The two clocks drift apart slowly (a camera's crystal): the least delay is taken
+/// afresh every [`WINDOW`].
 #[derive(Debug, Default)]
 pub struct StreamClock {
-    origin: Option<(f64, SystemTime)>,
+    /// The origin in use: wall-clock time of stream time 0.
+    origin: Option<SystemTime>,
+    /// The earliest origin seen in the current window, and when the window began.
+    window: Option<(SystemTime, Instant)>,
 }
 
-/// How far frame times may drift from vigil's clock before they are anchored again.
-pub const DRIFT: Duration = Duration::from_secs(1);
+/// How often the origin may move later (to follow a camera clock that runs slow).
+pub const WINDOW: Duration = Duration::from_secs(60);
 
 impl StreamClock {
-    /// The time of the frame at stream time `t`, received `now`.
+    /// The time of the frame at stream time `t`, received at `now` (never later than `now`).
     pub fn time(&mut self, t: f64, now: SystemTime) -> SystemTime {
-        if let Some((t0, w0)) = self.origin {
-            let time = if t >= t0 {
-                w0.checked_add(Duration::from_secs_f64(t - t0))
-            } else {
-                w0.checked_sub(Duration::from_secs_f64(t0 - t))
-            };
-            if let Some(time) = time {
-                let off = now.duration_since(time).unwrap_or_else(|e| e.duration());
-                if off <= DRIFT {
-                    return time;
-                }
+        self.time_at(t, now, Instant::now())
+    }
+
+    fn time_at(&mut self, t: f64, now: SystemTime, mono: Instant) -> SystemTime {
+        let Some(seen) = now.checked_sub(Duration::from_secs_f64(t.max(0.0))) else { return now };
+        let (earliest, began) = match self.window {
+            Some((w, began)) if mono.duration_since(began) < WINDOW => (w.min(seen), began),
+            // A new window: what the last one found becomes the origin.
+            Some((w, _)) => {
+                self.origin = Some(w);
+                (seen, mono)
             }
-        }
-        self.origin = Some((t, now));
-        now
+            None => (seen, mono),
+        };
+        self.window = Some((earliest, began));
+        let origin = self.origin.map_or(earliest, |o| o.min(earliest));
+        self.origin = Some(origin);
+        origin.checked_add(Duration::from_secs_f64(t.max(0.0))).map_or(now, |time| time.min(now))
     }
 
     /// Forgets the origin (a new session).
     pub fn reset(&mut self) {
-        self.origin = None;
+        *self = StreamClock::default();
     }
 }
 
@@ -148,7 +157,8 @@ impl Output {
         self.queue.wanted(self.slot, time).unwrap_or(due)
     }
 
-    /// Hands an encoded frame taken at `time` to scoring (dropped if scoring is behind).
+    /// Hands an encoded frame taken at `time` to scoring (dropped, and counted there, if scoring
+    /// is behind).
     pub fn offer(&self, bytes: Vec<u8>, time: SystemTime) -> Result<(), Closed> {
         self.count("sampled");
         self.queue.offer(Frame {
@@ -229,17 +239,24 @@ mod tests {
     }
 
     #[test]
-    fn stream_times_keep_the_stream_spacing_and_reanchor_when_they_drift() {
+    fn stream_times_keep_the_stream_spacing_from_the_least_delayed_frame() {
         let mut c = StreamClock::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(c.time(10.0, t0), t0);
-        // Arrival jitter does not move frame times: the stream's spacing is kept.
-        let late = t0 + Duration::from_millis(730);
-        assert_eq!(c.time(10.5, late), t0 + Duration::from_millis(500));
-        // Two seconds of drift: anchored again at arrival.
-        let drifted = t0 + Duration::from_secs(5);
-        assert_eq!(c.time(12.0, drifted), drifted);
-        assert_eq!(c.time(12.5, drifted), drifted + Duration::from_millis(500));
+        let ms = Duration::from_millis;
+        let mono = Instant::now();
+        // The first frame came 300 ms late (a burst at the start): its time is its arrival.
+        assert_eq!(c.time_at(10.0, t0 + ms(300), mono), t0 + ms(300));
+        // The next arrived on time: the origin moves earlier, and times keep the stream's spacing.
+        assert_eq!(c.time_at(10.5, t0 + ms(500), mono), t0 + ms(500));
+        assert_eq!(c.time_at(11.0, t0 + ms(1700), mono), t0 + ms(1000), "a late frame keeps its time");
+        // Never later than its arrival.
+        assert!(c.time_at(11.5, t0 + ms(1200), mono) <= t0 + ms(1200));
+        // A camera clock that runs slow: after a window the origin follows it.
+        let later = mono + WINDOW + ms(1);
+        let slow = t0 + ms(70_000);
+        c.time_at(70.0, slow, later);
+        let next = mono + 2 * WINDOW + ms(2);
+        assert_eq!(c.time_at(70.5, slow + ms(500), next), slow + ms(500));
     }
 
     #[test]

@@ -46,6 +46,9 @@ impl PixelFormat {
     }
 }
 
+/// Frames larger than this are refused (8K UHD), as they are from files and streams.
+const MAX_PIXELS: u64 = 7680 * 4320;
+
 /// A buffer's layout: its size and the bytes per line of its first plane (drivers pad lines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -60,6 +63,9 @@ pub struct Layout {
 /// The encoded frame (PNG, or the camera's own JPEG) of one buffer.
 pub fn encode(format: PixelFormat, buf: &[u8], layout: Layout) -> Result<Vec<u8>, String> {
     let Layout { width: w, height: h, .. } = layout;
+    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(format!("a {w}x{h} frame is out of bounds (the driver reported it)"));
+    }
     match format {
         PixelFormat::Grey => Ok(encode_png(&grey(buf, layout)?, w, h, image::ExtendedColorType::L8)),
         PixelFormat::Yuyv => Ok(encode_png(&yuyv_to_rgb(buf, layout)?, w, h, image::ExtendedColorType::Rgb8)),
@@ -146,17 +152,31 @@ pub fn mjpeg_to_jpeg(buf: &[u8]) -> Result<Vec<u8>, String> {
     let mut at = 2;
     let mut has_tables = false;
     let sos = loop {
-        if at + 4 > buf.len() || buf[at] != 0xFF {
+        if at >= buf.len() || buf[at] != 0xFF {
             return Err("an MJPEG buffer whose JPEG header is cut short or damaged".into());
         }
-        let marker = buf[at + 1];
-        if marker == 0xDA {
-            break at;
+        // Any number of 0xFF fill bytes may come before a marker.
+        while buf.get(at + 1) == Some(&0xFF) {
+            at += 1;
         }
-        if marker == 0xC4 {
-            has_tables = true;
+        let Some(&marker) = buf.get(at + 1) else {
+            return Err("an MJPEG buffer whose JPEG header is cut short".into());
+        };
+        match marker {
+            0xDA => break at,
+            0xD9 => return Err("an MJPEG buffer with no image data".into()),
+            // Markers without a length: TEM, the restart markers, a stray start of image.
+            0x01 | 0xD0..=0xD8 => {
+                at += 2;
+                continue;
+            }
+            0xC4 => has_tables = true,
+            _ => {}
         }
-        at += 2 + usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
+        let Some(len) = buf.get(at + 2..at + 4) else {
+            return Err("an MJPEG buffer whose JPEG header is cut short".into());
+        };
+        at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
     };
     let end = buf.windows(2).rposition(|w| w == [0xFF, 0xD9]).map_or(buf.len(), |i| i + 2);
     if end <= sos {
@@ -270,5 +290,20 @@ mod tests {
         assert!(yuyv_to_rgb(&[0; 12], Layout { width: 3, height: 1, stride: 0 }).unwrap_err().contains("even"));
         assert!(mjpeg_to_jpeg(b"not a jpeg").is_err());
         assert!(mjpeg_to_jpeg(&[0xFF, 0xD8, 0xFF, 0xDB, 0x00]).is_err());
+        assert!(mjpeg_to_jpeg(&[0xFF, 0xD8, 0xFF, 0xD9]).unwrap_err().contains("no image data"));
+        assert!(encode(PixelFormat::Grey, &[], Layout { width: 0, height: 4, stride: 0 }).is_err());
+        assert!(encode(PixelFormat::Grey, &[0; 16], Layout { width: 100_000, height: 100_000, stride: 0 }).is_err());
+    }
+
+    #[test]
+    fn fill_bytes_and_markers_without_a_length_are_walked_over() {
+        // SOI, fill bytes before a COM segment, a stray RST0, then SOS with one byte of data
+        // and EOI: the tables go in just before SOS.
+        let jpeg =
+            [0xFF, 0xD8, 0xFF, 0xFF, 0xFE, 0x00, 0x03, b'x', 0xFF, 0xD0, 0xFF, 0xDA, 0x00, 0x02, 0x55, 0xFF, 0xD9];
+        let out = mjpeg_to_jpeg(&jpeg).unwrap();
+        assert_eq!(out[..10], jpeg[..10]);
+        assert_eq!(out[10..12], [0xFF, 0xC4]);
+        assert_eq!(out[10 + STANDARD_TABLES_LEN..], jpeg[10..]);
     }
 }

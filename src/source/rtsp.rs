@@ -78,6 +78,11 @@ impl RtspSource {
                 "holds credentials: move `user:password` into a file named by credentials_file, so they are never logged",
             ),
             Ok(u) if u.host_str().is_none_or(str::is_empty) => p.at(key, "url", "names no host"),
+            Ok(u) if u.query_pairs().any(|(k, _)| secret_key(&k)) => p.at(
+                key,
+                "url",
+                "holds credentials in its query: use the camera's RTSP authentication with credentials_file instead, so they are never logged",
+            ),
             Ok(_) => {}
         }
         camera::validate_fps(self.fps, key, p);
@@ -104,6 +109,12 @@ impl RtspSource {
     }
 }
 
+/// Whether a URL query key carries a credential (`?user=...&pwd=...`, as some cameras take).
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["user", "pass", "pwd", "token", "auth", "key", "secret"].iter().any(|s| k.contains(s))
+}
+
 /// `username:password` on the first line (the password may hold `:`).
 pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
@@ -126,25 +137,46 @@ pub struct RtspCamera {
     pub triggered: bool,
 }
 
+/// The decoder thread of a camera, and the channel to it.
+struct DecoderThread {
+    work: mpsc::Sender<Work>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DecoderThread {
+    fn start(out: &Output, damaged: &Arc<AtomicBool>) -> DecoderThread {
+        let (work, rx) = mpsc::channel(h264::QUEUE);
+        let (out, damaged) = (out.clone(), damaged.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("h264-{}", out.camera))
+            .spawn(move || h264::decode(rx, out, damaged))
+            .expect("spawning a decoder thread");
+        DecoderThread { work, thread }
+    }
+
+    async fn stop(self) {
+        drop(self.work);
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
 /// Reads the camera's stream until `shutdown`, reconnecting when it is lost.
 pub async fn run(camera: RtspCamera, out: Output, mut shutdown: Shutdown) {
     let damaged = Arc::new(AtomicBool::new(false));
-    let (work_tx, work_rx) = mpsc::channel(h264::QUEUE);
-    let decoder = {
-        let (out, damaged) = (out.clone(), damaged.clone());
-        std::thread::Builder::new()
-            .name(format!("h264-{}", out.camera))
-            .spawn(move || h264::decode(work_rx, out, damaged))
-            .expect("spawning a decoder thread")
-    };
+    let mut decoder = DecoderThread::start(&out, &damaged);
     let mut backoff = Backoff::default();
     let mut plan = Plan::new(camera.config.fps, camera.triggered);
     loop {
-        let _ = work_tx.send(Work::Reset).await;
-        plan.reset();
+        if decoder.work.is_closed() {
+            // The decoder ended (it could not start, or panicked on a frame): a fresh one.
+            tracing::warn!(camera = out.camera, "the H.264 decoder stopped; starting a new one");
+            decoder.stop().await;
+            decoder = DecoderThread::start(&out, &damaged);
+        }
+        let _ = decoder.work.send(Work::Reset).await;
         let mut delivered = false;
         let result = tokio::select! {
-            r = session(&camera.config, &out, &work_tx, &damaged, &mut plan, &mut delivered) => r,
+            r = session(&camera.config, &out, &decoder.work, &damaged, &mut plan, &mut delivered) => r,
             _ = shutdown.recv() => break,
         };
         out.connected(false);
@@ -163,8 +195,7 @@ pub async fn run(camera: RtspCamera, out: Output, mut shutdown: Shutdown) {
         }
     }
     out.connected(false);
-    drop(work_tx);
-    let _ = tokio::task::spawn_blocking(move || decoder.join()).await;
+    decoder.stop().await;
 }
 
 /// One connection: DESCRIBE, SETUP of the H.264 stream, PLAY, then frames until the stream
@@ -207,9 +238,12 @@ async fn session(
         .map_err(|_| anyhow!("no answer within {CONNECT_TIMEOUT:?}; check the address and that the camera is on"))??;
     out.connected(true);
     tracing::info!(camera = out.camera, "stream {} playing over {:?}", out.origin, config.transport);
+    plan.reset();
     let mut clock = StreamClock::default();
+    // Other items (RTCP reports) do not keep a stream alive: only video does.
+    let mut last_video = tokio::time::Instant::now();
     loop {
-        let item = tokio::time::timeout(config.stall_timeout, stream.next())
+        let item = tokio::time::timeout_at(last_video + config.stall_timeout, stream.next())
             .await
             .map_err(|_| anyhow!("no frame for {:?}", config.stall_timeout))?;
         let frame = match item {
@@ -218,14 +252,15 @@ async fn session(
             Some(Ok(CodecItem::VideoFrame(f))) => f,
             Some(Ok(_)) => continue,
         };
+        last_video = tokio::time::Instant::now();
         let t = frame.timestamp().elapsed_secs();
         let time = clock.time(t, SystemTime::now());
         if damaged.swap(false, Ordering::Relaxed) {
             plan.lost();
         }
         let handling = plan.handle(&frame, t, |due| out.wanted(time, due));
-        if plan.waiting_too_long(Instant::now(), config.stall_timeout) {
-            bail!("no keyframe for {:?} after damage; starting again", config.stall_timeout);
+        if let Some(waited) = plan.waiting_too_long(Instant::now(), config.stall_timeout) {
+            bail!("no keyframe for {waited:?} (at the start, or since lost data); starting again");
         }
         match handling {
             Handling::Sample | Handling::Decode => {
@@ -282,41 +317,63 @@ pub enum Handling {
 pub struct Plan {
     sampler: Sampler,
     triggered: bool,
-    /// Seconds between the last two keyframes.
-    gop: Option<f64>,
+    /// Seconds between the last keyframes (the latest [`GAPS`]).
+    gaps: std::collections::VecDeque<f64>,
     last_key: Option<f64>,
-    /// Since when frames wait for a keyframe (a new session, loss, a decoding error).
-    need_key: Option<Instant>,
+    /// Frames wait for a keyframe (a new session, loss, a decoding error); since when, once a
+    /// frame has come to wait.
+    need_key: bool,
+    waiting_since: Option<Instant>,
 }
+
+/// Keyframe intervals remembered: keyframes alone are decoded only if every one of them was
+/// short enough (one extra keyframe, at a scene change, does not decide it).
+const GAPS: usize = 4;
 
 impl Plan {
     /// For a camera scored `fps` times a second, or on triggers.
     pub fn new(fps: f64, triggered: bool) -> Self {
-        Plan { sampler: Sampler::new(fps), triggered, gop: None, last_key: None, need_key: Some(Instant::now()) }
+        Plan {
+            sampler: Sampler::new(fps),
+            triggered,
+            gaps: Default::default(),
+            last_key: None,
+            need_key: true,
+            waiting_since: None,
+        }
     }
 
     /// A new session: wait for its first keyframe.
     pub fn reset(&mut self) {
         self.sampler.reset();
-        self.gop = None;
+        self.gaps.clear();
         self.last_key = None;
-        self.need_key = Some(Instant::now());
+        self.need_key = true;
+        self.waiting_since = None;
     }
 
     /// Data was lost: frames until the next keyframe would be damaged.
     pub fn lost(&mut self) {
-        self.need_key.get_or_insert_with(Instant::now);
+        self.need_key = true;
     }
 
-    /// Whether frames have waited for a keyframe longer than `limit` (a stream that refreshes
-    /// without keyframes, or has stopped sending them).
-    pub fn waiting_too_long(&self, now: Instant, limit: Duration) -> bool {
-        self.need_key.is_some_and(|since| now.duration_since(since) > limit)
+    /// How long frames have waited for a keyframe, if longer than `limit` or two keyframe
+    /// intervals, whichever is longer (a stream that refreshes without keyframes, or has
+    /// stopped sending them).
+    pub fn waiting_too_long(&self, now: Instant, limit: Duration) -> Option<Duration> {
+        let gop = Duration::from_secs_f64(self.interval().unwrap_or(0.0) * 2.0);
+        let waited = now.duration_since(self.waiting_since?);
+        (waited > limit.max(gop)).then_some(waited)
+    }
+
+    /// The keyframe interval: the longest of the last few.
+    fn interval(&self) -> Option<f64> {
+        self.gaps.iter().copied().reduce(f64::max)
     }
 
     /// Whether only keyframes are decoded.
     pub fn keyframes_only(&self) -> bool {
-        !self.triggered && self.gop.is_some_and(|g| g <= self.sampler.interval() * 1.05)
+        !self.triggered && self.gaps.len() >= 2 && self.interval().is_some_and(|g| g <= self.sampler.interval() * 1.05)
     }
 
     fn handle(&mut self, f: &VideoFrame, t: f64, wanted: impl FnOnce(bool) -> bool) -> Handling {
@@ -331,16 +388,21 @@ impl Plan {
     pub fn decide(&mut self, t: f64, key: bool, disposable: bool, wanted: impl FnOnce(bool) -> bool) -> Handling {
         if key {
             if let Some(last) = self.last_key.filter(|&l| t > l) {
-                self.gop = Some(t - last);
+                if self.gaps.len() == GAPS {
+                    self.gaps.pop_front();
+                }
+                self.gaps.push_back(t - last);
             }
             self.last_key = Some(t);
-            self.need_key = None;
-        } else if self.need_key.is_some() {
+            self.need_key = false;
+            self.waiting_since = None;
+        } else if self.need_key {
+            self.waiting_since.get_or_insert_with(Instant::now);
             return Handling::Damaged;
         }
         if self.keyframes_only() {
             // Keyframes come at least once per interval: the one nearest the due time.
-            let slack = self.gop.unwrap_or(0.0) / 2.0;
+            let slack = self.interval().unwrap_or(0.0) / 2.0;
             return match key && wanted(self.sampler.due(t, slack)) {
                 true => Handling::Sample,
                 false => Handling::Skip,
@@ -369,16 +431,33 @@ mod tests {
     #[test]
     fn keyframes_alone_are_decoded_when_they_come_often_enough() {
         use Handling::*;
-        // Keyframes every second, one frame scored every two: from the second keyframe on (when
-        // the interval is known) only keyframes are decoded, every other one scored.
+        // Keyframes every second, one frame scored every two: from the third keyframe on (when
+        // two intervals are known) only keyframes are decoded, every other one scored.
         let mut plan = Plan::new(0.5, false);
-        let h = run(&mut plan, 0..41, 10);
+        let h = run(&mut plan, 0..51, 10);
         assert_eq!(h[0], Sample);
-        assert!(h[1..10].iter().all(|&x| x == Decode), "{h:?}");
+        assert!(h[1..20].iter().all(|&x| x == Decode || x == Sample), "{h:?}");
         assert!(plan.keyframes_only());
-        let keys: Vec<Handling> = h[10..].iter().step_by(10).copied().collect();
-        assert_eq!(keys, [Skip, Sample, Skip, Sample]);
-        assert!(h[11..].iter().enumerate().all(|(i, &x)| (i + 1) % 10 == 0 || x == Skip), "{h:?}");
+        let keys: Vec<Handling> = h[20..].iter().step_by(10).copied().collect();
+        assert_eq!(keys, [Sample, Skip, Sample, Skip]);
+        assert!(h[21..].iter().enumerate().all(|(i, &x)| (i + 1) % 10 == 0 || x == Skip), "{h:?}");
+    }
+
+    #[test]
+    fn one_early_keyframe_does_not_switch_to_keyframes_alone() {
+        // Keyframes every 2 s at 2 scored frames a second, then one extra keyframe 0.4 s after
+        // another (a scene change): the longest recent interval still rules.
+        let mut plan = Plan::new(2.0, false);
+        for t in [0.0, 2.0, 4.0, 4.4] {
+            plan.decide(t, true, false, |d| d);
+        }
+        assert!(!plan.keyframes_only());
+        // Intervals at the boundary (0.5 s for 0.5 s between scored frames) do.
+        let mut plan = Plan::new(2.0, false);
+        for t in [0.0, 0.5, 1.0] {
+            plan.decide(t, true, false, |d| d);
+        }
+        assert!(plan.keyframes_only());
     }
 
     #[test]
@@ -401,16 +480,26 @@ mod tests {
     fn frames_wait_for_a_keyframe_at_the_start_and_after_loss() {
         use Handling::*;
         let mut plan = Plan::new(2.0, false);
+        let limit = Duration::from_secs(10);
+        // Before any frame (connecting), nothing has waited.
+        assert_eq!(plan.waiting_too_long(Instant::now() + limit * 2, limit), None);
         // Joined mid-GOP: nothing until the keyframe.
         assert_eq!(plan.decide(0.0, false, false, |d| d), Damaged);
         assert_eq!(plan.decide(0.1, true, false, |d| d), Sample);
         assert_eq!(plan.decide(0.2, false, false, |d| d), Decode);
         plan.lost();
         assert_eq!(plan.decide(0.3, false, false, |d| d), Damaged);
-        assert!(!plan.waiting_too_long(Instant::now(), Duration::from_secs(10)));
-        assert!(plan.waiting_too_long(Instant::now() + Duration::from_secs(11), Duration::from_secs(10)));
+        assert_eq!(plan.waiting_too_long(Instant::now(), limit), None);
+        assert!(plan.waiting_too_long(Instant::now() + Duration::from_secs(11), limit).is_some());
         assert_eq!(plan.decide(2.1, true, false, |d| d), Sample);
-        assert!(!plan.waiting_too_long(Instant::now() + Duration::from_secs(11), Duration::from_secs(10)));
+        assert_eq!(plan.waiting_too_long(Instant::now() + Duration::from_secs(11), limit), None);
+        // Keyframes 8 s apart: waiting up to two intervals is not too long.
+        for t in [10.1, 18.1] {
+            plan.decide(t, true, false, |d| d);
+        }
+        plan.lost();
+        plan.decide(18.2, false, false, |d| d);
+        assert_eq!(plan.waiting_too_long(Instant::now() + Duration::from_secs(15), limit), None);
     }
 
     #[test]
@@ -453,5 +542,8 @@ mod tests {
         assert!(with_creds.contains("credentials_file") && !with_creds.contains("hunter2"), "{with_creds}");
         assert!(check("http://10.0.0.5/stream1").contains("rtsp://"));
         assert!(check("not a url").contains("cameras[0].source.url"));
+        let query = check("rtsp://10.0.0.5/live?user=admin&pwd=hunter2");
+        assert!(query.contains("credentials_file") && !query.contains("hunter2"), "{query}");
+        assert_eq!(check("rtsp://10.0.0.5/cam/realmonitor?channel=1&subtype=0"), "");
     }
 }

@@ -2,10 +2,12 @@
 //! (pure Rust over the kernel's ioctls) on its own thread (dequeuing blocks), sampled at the
 //! configured rate. A device that fails or is unplugged is opened again with backoff.
 
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use linuxvideo::format::PixFormat;
@@ -35,6 +37,14 @@ pub struct V4l2Source {
     /// `[width, height]` to ask for; the driver picks the nearest it has. Absent: the largest.
     #[serde(default)]
     pub size: Option<[u32; 2]>,
+    /// A device that gives no frame for this long is taken as stalled and opened again.
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub stall_timeout: Duration,
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl V4l2Source {
@@ -49,31 +59,58 @@ impl V4l2Source {
         {
             p.at(key, "size", "width and height must be positive: [width, height]");
         }
+        if self.stall_timeout < Duration::from_secs(1) {
+            p.at(key, "stall_timeout", "must be at least 1s");
+        }
     }
 }
 
 /// Reads the device until `shutdown`, opening it again when it fails.
 pub async fn run(config: V4l2Source, triggered: bool, out: Output, mut shutdown: Shutdown) {
     let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    {
+    let thread = {
         let (stop, out) = (stop.clone(), out.clone());
         std::thread::Builder::new()
             .name(format!("v4l2-{}", out.camera))
-            .spawn(move || {
-                capture(&config, triggered, &out, &stop);
-                let _ = done_tx.send(());
-            })
-            .expect("spawning a capture thread");
-    }
-    tokio::select! {
-        _ = shutdown.recv() => {}
-        _ = &mut done_rx => {}
-    }
-    // The thread sees the flag after its current frame; a device that has stopped sending
-    // leaves it blocked, and it ends with the process.
+            .spawn(move || capture(&config, triggered, &out, &stop))
+            .expect("spawning a capture thread")
+    };
+    shutdown.recv().await;
+    // The thread looks at the flag at least every STEP, even while the device is silent.
     stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     out.connected(false);
+}
+
+/// How often a waiting capture thread looks whether it is to stop.
+const STEP: Duration = Duration::from_millis(200);
+
+/// Waits up to `limit` for a filled buffer on `fd`; `Ok(false)` if none came or `stop` was
+/// set meanwhile.
+fn wait_frame(fd: RawFd, limit: Duration, stop: &AtomicBool) -> io::Result<bool> {
+    let until = Instant::now() + limit;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if stop.load(Ordering::Relaxed) || left.is_zero() {
+            return Ok(false);
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let ms = left.min(STEP).as_millis() as libc::c_int;
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            0 => {}
+            _ if pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 => {
+                return Err(io::Error::other("the device reported an error (unplugged?)"));
+            }
+            _ => return Ok(true),
+        }
+    }
 }
 
 /// Opens the device and reads frames until `stop`, reopening it with backoff when it fails.
@@ -145,6 +182,12 @@ fn stream(
     let mut sampler = Sampler::new(config.fps);
     let mut last_warning = None;
     while !stop.load(Ordering::Relaxed) {
+        if !wait_frame(frames.as_raw_fd(), config.stall_timeout, stop).context("waiting for a frame failed")? {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            anyhow::bail!("no frame for {:?}", config.stall_timeout);
+        }
         // The buffer goes back to the driver when the closure returns, so it only copies.
         let frame = frames
             .dequeue(|buf| {

@@ -176,6 +176,10 @@ impl Subscriber {
     }
 
     /// Every message so far on `topic`.
+    pub fn all(&self) -> Vec<Message> {
+        self.messages.lock().unwrap().clone()
+    }
+
     pub fn on(&self, topic: &str) -> Vec<Message> {
         self.messages.lock().unwrap().iter().filter(|m| m.topic == topic).cloned().collect()
     }

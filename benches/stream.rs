@@ -2,9 +2,10 @@
 //! 25 fps, keyframes every 0.5 s or every 2 s), run through the RTSP source's decode plan
 //! (`source::rtsp::Plan`) at the default two scored frames a second, decoded by OpenH264,
 //! the scored pictures converted to RGB and PNG as the source does; beside it, the same clip
-//! with every frame decoded (what a source that cannot skip does). Reports CPU seconds per
-//! second of stream (the share of one core a camera takes) and the ratio. One JSON line per
-//! clip.
+//! with every frame decoded (what a source that cannot skip does), and the usual grabber in
+//! front of a Python script or an NVR: ffmpeg (libavcodec, one thread) decoding every frame
+//! and writing two PNG frames a second. Reports CPU seconds per second of stream (the share of
+//! one core a camera takes) and the ratios. One JSON line per clip.
 //!
 //!   cargo bench --bench stream                 (1280x720; VIGIL_STREAM_SIZE=1920x1080)
 
@@ -36,7 +37,7 @@ fn access_units(h264: &[u8]) -> Vec<(Vec<u8>, bool, bool)> {
     units
 }
 
-fn clip(dir: &Path, size: &str, gop: u32) -> Vec<u8> {
+fn clip(dir: &Path, size: &str, gop: u32) -> std::path::PathBuf {
     let out = dir.join(format!("gop{gop}.h264"));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
@@ -48,7 +49,7 @@ fn clip(dir: &Path, size: &str, gop: u32) -> Vec<u8> {
         .status()
         .expect("ffmpeg runs (scripts/setup installs it)");
     assert!(status.success());
-    std::fs::read(out).unwrap()
+    out
 }
 
 /// CPU seconds (this thread's) spent decoding `units` as `plan` says (`None`: every frame,
@@ -84,6 +85,28 @@ fn run(units: &[(Vec<u8>, bool, bool)], plan: Option<&mut Plan>) -> (f64, usize,
     (cpu_time() - start, scored, decoded)
 }
 
+/// CPU seconds of ffmpeg decoding `clip` whole, one thread, and writing `fps` PNGs a second.
+fn ffmpeg_cpu(clip: &Path, fps: u32) -> f64 {
+    let before = children_cpu();
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-threads", "1", "-i"])
+        .arg(clip)
+        .args(["-vf", &format!("fps={fps}"), "-f", "image2pipe", "-c:v", "png", "-compression_level", "1", "-"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    children_cpu() - before
+}
+
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 fn cpu_time() -> f64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid pointer to a timespec, for the calling thread's CPU clock.
@@ -99,7 +122,9 @@ fn main() {
     let size = std::env::var("VIGIL_STREAM_SIZE").unwrap_or_else(|_| "1280x720".into());
     let dir = tempfile::tempdir().unwrap();
     for gop in [FPS_STREAM / 2, FPS_STREAM * 2] {
-        let units = access_units(&clip(dir.path(), &size, gop));
+        let path = clip(dir.path(), &size, gop);
+        let units = access_units(&std::fs::read(&path).unwrap());
+        let ffmpeg = ffmpeg_cpu(&path, 2);
         let (every, every_scored, every_decoded) = run(&units, None);
         let mut plan = Plan::new(2.0, false);
         let (planned, scored, decoded) = run(&units, Some(&mut plan));
@@ -111,7 +136,9 @@ fn main() {
                 "scored_fps": 2, "frames": units.len(), "keyframes_only": plan.keyframes_only(),
                 "vigil": {"decoded": decoded, "scored": scored, "cpu_share": (planned / stream_s * 1e4).round() / 1e4},
                 "decode_every_frame": {"decoded": every_decoded, "scored": every_scored, "cpu_share": (every / stream_s * 1e4).round() / 1e4},
-                "cpu_ratio": (planned / every * 1e3).round() / 1e3,
+                "ffmpeg_decode_every_frame": {"cpu_share": (ffmpeg / stream_s * 1e4).round() / 1e4},
+                "cpu_ratio_vs_every_frame": (planned / every * 1e3).round() / 1e3,
+                "cpu_ratio_vs_ffmpeg": (planned / ffmpeg * 1e3).round() / 1e3,
             })
         );
     }

@@ -69,7 +69,7 @@ struct Pending {
 /// How long a trigger claimed by a live source's frame is left to that frame: decoding and
 /// converting it takes milliseconds, and a frame lost on the way (damaged, dropped) must not
 /// cost the part its inspection.
-const CLAIM: Duration = Duration::from_millis(500);
+const CLAIM: Duration = Duration::from_secs(1);
 
 /// How long after its timeout a trigger is counted as missed by the clock alone: a frame that
 /// arrived in time may still be settling in its folder or waiting in the source.

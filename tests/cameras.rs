@@ -106,13 +106,15 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
         )
     };
     // cam1 scores two frames a second (every frame decoded: keyframes come once a second);
-    // cam2 one every two seconds (keyframes alone decoded); cam3 has the wrong password.
+    // cam2 one every two seconds (keyframes alone decoded); cam3 has the wrong password; cam4
+    // scores only the frame after each part-present signal.
     let cfg = plant.config(&format!(
-        "{}[alerts]\ncooldown = \"0s\"\n{}{}{}",
+        "{}[alerts]\ncooldown = \"0s\"\n{}{}{}{}trigger = {{ mqtt = \"line1/cam4/part_present\", timeout = \"10s\" }}\n",
         mqtt_section(broker.port),
         camera("cam1", 2.0, &secret),
         camera("cam2", 0.5, &secret),
-        camera("cam3", 2.0, &wrong)
+        camera("cam3", 2.0, &wrong),
+        camera("cam4", 2.0, &secret)
     ));
     let log = plant.path("vigil.log");
     let mut daemon = KillOnDrop(run_binary(&cfg, Stdio::from(std::fs::File::create(&log).unwrap())));
@@ -139,6 +141,25 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
     });
     assert_eq!(metric(&m, "vigil_stream_connected{camera=\"cam3\"}"), 0.0, "{m}");
     assert_eq!(metric(&m, "vigil_frames_total{camera=\"cam3\",result=\"normal\"}"), 0.0, "{m}");
+
+    // The triggered camera: nothing scored until the signal, then exactly one frame, which
+    // carries the trigger's id.
+    assert_eq!(metric(&m, "vigil_stream_frames_total{camera=\"cam4\",handling=\"sampled\"}"), 0.0, "{m}");
+    assert_eq!(metric(&m, "vigil_stream_connected{camera=\"cam4\"}"), 1.0, "{m}");
+    sub.publish("line1/cam4/part_present", false, br#"{"id": "part-9"}"#.to_vec());
+    wait_until("cam4's triggered frame", plant.http, |m| {
+        metric(m, "vigil_triggers_total{camera=\"cam4\",result=\"scored\"}") >= 1.0
+            && metric(m, "vigil_frames_total{camera=\"cam4\",result=\"normal\"}")
+                + metric(m, "vigil_frames_total{camera=\"cam4\",result=\"anomalous\"}")
+                >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m = http_get(plant.http, "/metrics").1;
+    let scored = metric(&m, "vigil_frames_total{camera=\"cam4\",result=\"normal\"}")
+        + metric(&m, "vigil_frames_total{camera=\"cam4\",result=\"anomalous\"}");
+    assert_eq!(scored, 1.0, "one frame per trigger:\n{m}");
+    assert_eq!(metric(&m, "vigil_stream_frames_total{camera=\"cam4\",handling=\"sampled\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "vigil_frames_untriggered_total{camera=\"cam4\"}"), 0.0, "{m}");
 
     // The server goes away: the stream is lost, counted, and taken up again once it is back.
     server.kill();

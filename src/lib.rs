@@ -31,6 +31,7 @@
 //!   freed memory back to the system.
 
 pub mod alert;
+pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod control;

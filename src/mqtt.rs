@@ -599,12 +599,13 @@ impl Session {
 
     async fn on_error(&mut self, e: rumqttc::ConnectionError, stop_rx: &mut watch::Receiver<bool>) -> Next {
         let endpoint = &self.endpoint;
+        let wait = crate::backoff::jitter(self.backoff);
         if self.mqtt.connected.swap(false, Ordering::SeqCst) {
             tracing::warn!("mqtt: connection to {endpoint} lost: {e}; reconnecting");
         } else {
             tracing::warn!(
-                "mqtt: cannot connect to {endpoint}: {e}; retrying in {}s (check mqtt.host, mqtt.port, credentials and TLS)",
-                self.backoff.as_secs()
+                "mqtt: cannot connect to {endpoint}: {e}; retrying in {:.1}s (check mqtt.host, mqtt.port, credentials and TLS)",
+                wait.as_secs_f64()
             );
         }
         self.mqtt.set_connected(false);
@@ -613,7 +614,7 @@ impl Session {
             return Next::End;
         }
         tokio::select! {
-            _ = tokio::time::sleep(self.backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop_rx.changed() => return Next::End,
         }
         self.backoff = (self.backoff * 2).min(self.max_backoff);

@@ -169,18 +169,19 @@ async fn run(
             Ok(()) => return,
             Err(e) => e,
         };
+        let wait = crate::backoff::jitter(backoff);
         if was_connected {
             tracing::warn!("mqtt: alert connection to {endpoint} lost: {e}; alerts wait in the outbox");
             was_connected = false;
         } else {
-            tracing::debug!("mqtt: alert connection to {endpoint}: {e}; retrying in {}s", backoff.as_secs());
+            tracing::debug!("mqtt: alert connection to {endpoint}: {e}; retrying in {:.1}s", wait.as_secs_f64());
         }
         shared.metrics.inc("vigil_errors_total", &[("kind", "broker_alerts")]);
         if stop.stopping {
             return;
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.rx.changed() => return,
         }
         backoff = (backoff * 2).min(max_backoff);

@@ -186,34 +186,6 @@ impl Output {
     }
 }
 
-/// Waits before reconnecting: doubling from one second to half a minute, and back to one
-/// second once a session has delivered frames.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: Backoff::MIN }
-    }
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(30);
-
-    /// The wait before the next attempt; `worked`: whether the last session delivered frames.
-    pub fn next(&mut self, worked: bool) -> Duration {
-        if worked {
-            self.next = Backoff::MIN;
-        }
-        let wait = self.next;
-        self.next = (self.next * 2).min(Backoff::MAX);
-        wait
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,15 +229,6 @@ mod tests {
         c.time_at(70.0, slow, later);
         let next = mono + 2 * WINDOW + ms(2);
         assert_eq!(c.time_at(70.5, slow + ms(500), next), slow + ms(500));
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_resets_after_a_working_session() {
-        let mut b = Backoff::default();
-        let waits: Vec<u64> = (0..7).map(|_| b.next(false).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(b.next(true).as_secs(), 1);
-        assert_eq!(b.next(false).as_secs(), 2);
     }
 
     #[test]

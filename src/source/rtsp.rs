@@ -14,8 +14,9 @@ use retina::codec::{CodecItem, FrameFormat, VideoFrame};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::camera::{self, Backoff, Output, Sampler, StreamClock};
+use super::camera::{self, Output, Sampler, StreamClock};
 use super::h264::{self, Work};
+use crate::backoff::{Backoff, jitter};
 use crate::problem::Problems;
 use crate::shutdown::Shutdown;
 
@@ -180,7 +181,7 @@ pub async fn run(camera: RtspCamera, out: Output, mut shutdown: Shutdown) {
             _ = shutdown.recv() => break,
         };
         out.connected(false);
-        let wait = backoff.next(delivered);
+        let wait = jitter(backoff.next(delivered));
         match result {
             Ok(()) => tracing::warn!(camera = out.camera, "stream {} ended; reconnecting in {wait:?}", out.origin),
             Err(e) => {

@@ -14,8 +14,9 @@ use linuxvideo::format::PixFormat;
 use linuxvideo::{BufType, Device};
 use serde::{Deserialize, Serialize};
 
-use super::camera::{self, Backoff, Output, Sampler};
+use super::camera::{self, Output, Sampler};
 use super::pixels::{self, Layout, PixelFormat};
+use crate::backoff::{Backoff, jitter};
 use crate::problem::Problems;
 use crate::shutdown::Shutdown;
 
@@ -123,7 +124,7 @@ fn capture(config: &V4l2Source, triggered: bool, out: &Output, stop: &AtomicBool
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let wait = backoff.next(delivered);
+        let wait = jitter(backoff.next(delivered));
         if let Err(e) = result {
             tracing::warn!(camera = out.camera, "device {}: {e:#}; opening it again in {wait:?}", out.origin);
             out.metrics.inc("vigil_errors_total", &[("kind", "stream")]);

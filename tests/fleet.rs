@@ -172,6 +172,43 @@ fn a_signed_bundle_rolls_out_to_the_named_boxes_and_nothing_bad_replaces_a_serve
     let m = boxes[0].plant.metrics();
     assert!(m.contains("vigil_bundle_rollouts_total{camera=\"cam1\",result=\"installed\"} 1"), "{m}");
 
+    // A broker redelivers chunks of an older transfer (a failover, a session's backlog): they
+    // neither break off the newer transfer in progress nor undo it once installed.
+    let v11 = version_of(&boxes[0].plant.bundle, &keys.path().join("v11"), 11, 300_000);
+    let v12 = version_of(&boxes[0].plant.bundle, &keys.path().join("v12"), 12, 300_000);
+    let v11_package = vigil::fleet::package::pack(&v11).unwrap();
+    let old = vigil::commands::publish::messages(&v11_package, &signing, "00000000000000f0");
+    let older = vigil::commands::publish::messages(&v11_package, &signing, "00000000000000f1");
+    std::thread::sleep(Duration::from_millis(5));
+    let new =
+        vigil::commands::publish::messages(&vigil::fleet::package::pack(&v12).unwrap(), &signing, "00000000000000e0");
+    assert!(new.len() >= 2 && old.len() >= 2);
+    sub.publish("vigil/line1-a/cam1/bundle/set", false, new[0].clone());
+    let progress = boxes[0].plant.path("state/fleet/cam1/00000000000000e0.json");
+    let deadline = Instant::now() + WAIT;
+    while !progress.exists() {
+        assert!(Instant::now() < deadline, "the newer transfer's first chunk was not stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sub.publish("vigil/line1-a/cam1/bundle/set", false, old[0].clone());
+    let state = state_of(&sub, "line1-a", "00000000000000f0");
+    assert!(state["error"].as_str().unwrap().contains("in progress"), "{state}");
+    for m in &new[1..] {
+        sub.publish("vigil/line1-a/cam1/bundle/set", false, m.clone());
+    }
+    let state = state_of(&sub, "line1-a", "00000000000000e0");
+    assert_eq!(state["ok"], true, "{state}");
+    wait_serving(&boxes[0].plant, 12);
+    // A whole older transfer, after the newer one is in service: refused, 12 stays.
+    for m in &older {
+        sub.publish("vigil/line1-a/cam1/bundle/set", false, m.clone());
+    }
+    let state = state_of(&sub, "line1-a", "00000000000000f1");
+    assert!(state["error"].as_str().unwrap().contains("installed last"), "{state}");
+    assert_eq!(state["serving"]["version"], 12, "{state}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(serving(&boxes[0].plant, 12) && serving_files(&boxes[0].plant.bundle, 12));
+
     for b in &mut boxes {
         b.daemon.take().unwrap().stop();
     }

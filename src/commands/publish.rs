@@ -75,6 +75,8 @@ pub fn messages(package: &[u8], key: &ed25519_dalek::SigningKey, transfer: &str)
     let sha256 = package::sha256_hex(package);
     let signature = package::sign(key, &sha256, size);
     let parts = size.div_ceil(CHUNK).max(1);
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     (0..parts)
         .map(|i| {
             let header = Chunk {
@@ -86,6 +88,7 @@ pub fn messages(package: &[u8], key: &ed25519_dalek::SigningKey, transfer: &str)
                 sha256: sha256.clone(),
                 signature: signature.clone(),
                 key: package::public_key_text(&key.verifying_key()),
+                created,
             };
             let start = (i * CHUNK) as usize;
             let end = ((i + 1) * CHUNK).min(size) as usize;

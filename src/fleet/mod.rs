@@ -79,6 +79,12 @@ pub struct Chunk {
     pub signature: String,
     /// The signer's public key (base64); it must be one of `trusted_keys`.
     pub key: String,
+    /// When the publisher began the transfer (Unix milliseconds; 0 from older publishers): a
+    /// chunk of a transfer begun before the one in progress, or before the bundle installed
+    /// last (redelivered by a broker after a failover, say), is refused rather than let undo
+    /// it.
+    #[serde(default)]
+    pub created: u64,
 }
 
 impl Chunk {
@@ -110,6 +116,18 @@ impl Chunk {
     fn same_transfer(&self, other: &Chunk) -> bool {
         Chunk { part: other.part, ..self.clone() } == *other
     }
+}
+
+/// A transfer in progress in `dir` that was begun after `created`, if any.
+fn newer_in_progress(dir: &Path, created: u64) -> Option<String> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|f| {
+        let p = f.path();
+        if p.extension().is_none_or(|e| e != "json") {
+            return None;
+        }
+        let t: Transfer = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+        (t.header.created > created).then_some(t.header.transfer)
+    })
 }
 
 /// A transfer being received, as kept beside its bytes.
@@ -210,8 +228,20 @@ impl Receiver {
 
     fn store(&self, c: &CameraConfig, header: &Chunk, data: &[u8]) -> Result<Received, String> {
         let dir = self.dir.join(&c.id);
-        if std::fs::read_to_string(dir.join("installed")).is_ok_and(|t| t.trim() == header.transfer) {
+        // `installed` holds the transfer installed last and when it was begun.
+        let installed = std::fs::read_to_string(dir.join("installed")).unwrap_or_default();
+        let mut last = installed.split_whitespace();
+        let (last_id, last_created) = (last.next(), last.next().and_then(|t| t.parse::<u64>().ok()));
+        if last_id == Some(header.transfer.as_str()) {
             return Ok(Received::Done);
+        }
+        if let Some(last_created) = last_created.filter(|&t| header.created < t) {
+            return Err(format!(
+                "transfer {} was begun before the bundle installed last (transfer {}, {} ms later): ignored, nothing changed",
+                header.transfer,
+                last_id.unwrap_or("?"),
+                last_created - header.created
+            ));
         }
         if header.size > self.config.max_bytes {
             return Err(format!(
@@ -232,6 +262,12 @@ impl Receiver {
                 serde_json::from_slice::<Transfer>(&bytes).map_err(|e| format!("{}: {e}", state_file.display()))?
             }
             Err(_) => {
+                if let Some(newer) = newer_in_progress(&dir, header.created) {
+                    return Err(format!(
+                        "transfer {} was begun before transfer {newer}, which is in progress: ignored",
+                        header.transfer
+                    ));
+                }
                 // A new transfer: any other one for this camera was given up by its publisher.
                 self.discard_all(&dir);
                 Transfer { header: header.clone(), received: vec![false; header.parts as usize] }
@@ -255,7 +291,7 @@ impl Receiver {
         let _ = std::fs::remove_file(&part_file);
         let _ = std::fs::remove_file(&state_file);
         let state = result?;
-        let _ = std::fs::write(dir.join("installed"), &header.transfer);
+        let _ = std::fs::write(dir.join("installed"), format!("{} {}", header.transfer, header.created));
         Ok(Received::Installed(state))
     }
 

@@ -1,7 +1,9 @@
 //! What an RTSP camera costs the box: H.264 clips made by ffmpeg (a moving test pattern,
 //! 25 fps, keyframes every 0.5 s or every 2 s), run through the RTSP source's decode plan
 //! (`source::rtsp::Plan`) at the default two scored frames a second, decoded by OpenH264,
-//! the scored pictures converted to RGB and PNG as the source does; beside it, the same clip
+//! the scored pictures converted to RGB and PNG as the source does (and a clip with B-frames,
+//! to show that OpenH264 gives no pictures for it: `scored` below the due frames); beside it,
+//! the same clip
 //! with every frame decoded (what a source that cannot skip does), and the usual grabber in
 //! front of a Python script or an NVR: ffmpeg (libavcodec, one thread) decoding every frame
 //! and writing two PNG frames a second. Reports CPU seconds per second of stream (the share of
@@ -37,12 +39,14 @@ fn access_units(h264: &[u8]) -> Vec<(Vec<u8>, bool, bool)> {
     units
 }
 
-fn clip(dir: &Path, size: &str, gop: u32) -> std::path::PathBuf {
-    let out = dir.join(format!("gop{gop}.h264"));
+/// `bframes`: B-frames between reference frames, none of them referred to (no pyramid).
+fn clip(dir: &Path, size: &str, gop: u32, bframes: u32) -> std::path::PathBuf {
+    let out = dir.join(format!("gop{gop}-b{bframes}.h264"));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size={size}:rate={FPS_STREAM}:duration={SECONDS}"))
-        .args(["-c:v", "libx264", "-profile:v", "main", "-bf", "0", "-pix_fmt", "yuv420p"])
+        .args(["-c:v", "libx264", "-profile:v", "main", "-bf", &bframes.to_string(), "-pix_fmt", "yuv420p"])
+        .args(["-x264-params", "b-pyramid=none"])
         .args(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0", "-crf", "23"])
         .args(["-bsf:v", "h264_mp4toannexb", "-f", "h264"])
         .arg(&out)
@@ -62,6 +66,12 @@ fn run(units: &[(Vec<u8>, bool, bool)], plan: Option<&mut Plan>) -> (f64, usize,
     let start = cpu_time();
     for (i, (data, key, disposable)) in units.iter().enumerate() {
         let t = f64::from(i as u32) / f64::from(FPS_STREAM);
+        // The RTSP source skips B-frames (OpenH264 does not decode them, and then gives no
+        // pictures for the others either: the clip with B-frames shows it); every-frame
+        // decoding tries them all.
+        if plan.is_some() && vigil::source::h264::is_b_frame(data) {
+            continue;
+        }
         let handling = match plan.as_deref_mut() {
             Some(p) => p.decide(t, *key, *disposable, |due| due),
             None => match sampler.due(t, 0.005) {
@@ -121,8 +131,8 @@ fn main() {
     }
     let size = std::env::var("VIGIL_STREAM_SIZE").unwrap_or_else(|_| "1280x720".into());
     let dir = tempfile::tempdir().unwrap();
-    for gop in [FPS_STREAM / 2, FPS_STREAM * 2] {
-        let path = clip(dir.path(), &size, gop);
+    for (gop, bframes) in [(FPS_STREAM / 2, 0), (FPS_STREAM * 2, 0), (FPS_STREAM * 2, 2)] {
+        let path = clip(dir.path(), &size, gop, bframes);
         let units = access_units(&std::fs::read(&path).unwrap());
         let ffmpeg = ffmpeg_cpu(&path, 2);
         let (every, every_scored, every_decoded) = run(&units, None);
@@ -133,6 +143,7 @@ fn main() {
             "{}",
             serde_json::json!({
                 "bench": "stream", "size": size, "stream_fps": FPS_STREAM, "keyframe_every_s": f64::from(gop) / f64::from(FPS_STREAM),
+                "b_frames": bframes, "disposable": units.iter().filter(|u| u.2).count(),
                 "scored_fps": 2, "frames": units.len(), "keyframes_only": plan.keyframes_only(),
                 "vigil": {"decoded": decoded, "scored": scored, "cpu_share": (planned / stream_s * 1e4).round() / 1e4},
                 "decode_every_frame": {"decoded": every_decoded, "scored": every_scored, "cpu_share": (every / stream_s * 1e4).round() / 1e4},

@@ -243,6 +243,7 @@ async fn session(
     let mut clock = StreamClock::default();
     // Other items (RTCP reports) do not keep a stream alive: only video does.
     let mut last_video = tokio::time::Instant::now();
+    let mut b_frames_seen = false;
     loop {
         let item = tokio::time::timeout_at(last_video + config.stall_timeout, stream.next())
             .await
@@ -254,6 +255,21 @@ async fn session(
             Some(Ok(_)) => continue,
         };
         last_video = tokio::time::Instant::now();
+        if h264::is_b_frame(frame.data()) {
+            // OpenH264 does not decode B-frames, and gives no pictures for the frames around
+            // them either (measured: `cargo bench --bench stream`): the camera must send none.
+            if !b_frames_seen {
+                b_frames_seen = true;
+                tracing::error!(
+                    camera = out.camera,
+                    "stream {} has B-frames, which vigil's H.264 decoder cannot decode: turn B-frames off in the camera's encoder settings (most cameras send none)",
+                    out.origin
+                );
+                out.metrics.inc("vigil_errors_total", &[("kind", "stream_b_frames")]);
+            }
+            out.count("skipped");
+            continue;
+        }
         let t = frame.timestamp().elapsed_secs();
         let time = clock.time(t, SystemTime::now());
         if damaged.swap(false, Ordering::Relaxed) {

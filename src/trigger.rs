@@ -427,4 +427,36 @@ mod tests {
         assert_eq!(t.take(1, after), Ok(Some("p1".into())), "the claiming frame takes the trigger");
         assert_eq!(t.claim(1, after), Some(false));
     }
+
+    fn live_frame(slot: usize) -> Frame {
+        Frame {
+            slot,
+            camera: "cam1".into(),
+            origin: crate::frame::Origin::Stream("rtsp://cam/live".into()),
+            class: None,
+            bytes: vec![],
+            trigger: None,
+            time: SystemTime::now(),
+            received: Instant::now(),
+            done: None,
+        }
+    }
+
+    #[test]
+    fn a_live_frame_that_finds_the_queue_full_is_dropped_and_keeps_the_trigger_for_the_next() {
+        let t = Arc::new(triggers(Duration::from_secs(60)));
+        let (tx, mut rx) = mpsc::channel(1);
+        let q = Queue::new(tx, t.clone());
+        t.fire("line1/a/part_present", br#"{"id":"p1"}"#);
+        q.offer(live_frame(0)).unwrap();
+        q.offer(live_frame(1)).unwrap();
+        let busy = [("camera", "cam1"), ("reason", "busy")];
+        assert_eq!(t.metrics.count("vigil_frames_dropped_total", &busy), 1);
+        assert!(rx.try_recv().is_ok_and(|f| f.slot == 0));
+        // Room again: the triggered camera's frame takes the trigger that waited.
+        q.offer(live_frame(1)).unwrap();
+        assert_eq!(rx.try_recv().unwrap().trigger.as_deref(), Some("p1"));
+        drop(rx);
+        assert!(q.offer(live_frame(0)).is_err(), "scoring stopped");
+    }
 }

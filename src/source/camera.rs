@@ -123,6 +123,17 @@ impl StreamClock {
     }
 }
 
+/// Frames larger than this are refused (8K UHD), whether a driver or a stream reports them.
+const MAX_PIXELS: u64 = 7680 * 4320;
+
+/// Refuses a frame size no camera sends, before anything is allocated for it.
+pub fn check_size(width: u64, height: u64) -> Result<(), String> {
+    if width == 0 || height == 0 || width * height > MAX_PIXELS {
+        return Err(format!("a {width}x{height} frame is out of bounds"));
+    }
+    Ok(())
+}
+
 /// PNG at the fastest compression: lossless (the picture scored is the picture decoded), and
 /// cheap next to decoding the stream.
 pub fn encode_png(pixels: &[u8], width: u32, height: u32, color: image::ExtendedColorType) -> Vec<u8> {

@@ -9,14 +9,11 @@ use openh264::decoder::Decoder;
 use openh264::formats::YUVSource as _;
 use tokio::sync::mpsc;
 
-use super::camera::{Output, encode_png};
+use super::camera::{Output, check_size, encode_png};
 
 /// Access units that may wait for the decoder: a second at 4 fps of keyframes, or a short
 /// burst of a full-rate stream; more means the decoder cannot keep up.
 pub const QUEUE: usize = 8;
-
-/// Pictures larger than this are refused (8K UHD), as they are from files.
-const MAX_PIXELS: usize = 7680 * 4320;
 
 /// What the stream reader hands the decoder.
 #[derive(Debug)]
@@ -58,9 +55,10 @@ pub fn decode(mut work: mpsc::Receiver<Work>, out: Output, damaged: std::sync::A
             },
         };
         let result = match d.decode(&data) {
-            Ok(Some(yuv)) => picture(&yuv, sample.is_some()),
-            // A unit that completes no picture (parameter sets alone, a field): nothing to show.
-            Ok(None) => Ok(None),
+            Ok(Some(yuv)) if sample.is_some() => picture(&yuv).map(Some),
+            // Decoded only for the frames after it, or a unit that completes no picture
+            // (parameter sets alone, a field): nothing to show.
+            Ok(_) => Ok(None),
             Err(e) => Err(format!("{e}")),
         };
         match (result, sample) {
@@ -143,18 +141,13 @@ impl Bits<'_> {
     }
 }
 
-/// The picture as a PNG, if it is to be scored.
-fn picture(yuv: &openh264::decoder::DecodedYUV<'_>, keep: bool) -> Result<Option<Vec<u8>>, String> {
-    if !keep {
-        return Ok(None);
-    }
+/// The picture as a PNG.
+fn picture(yuv: &openh264::decoder::DecodedYUV<'_>) -> Result<Vec<u8>, String> {
     let (w, h) = yuv.dimensions();
-    if w == 0 || h == 0 || w * h > MAX_PIXELS {
-        return Err(format!("a {w}x{h} picture is out of bounds"));
-    }
+    check_size(w as u64, h as u64)?;
     let mut rgb = vec![0; w * h * 3];
     yuv.write_rgb8(&mut rgb);
-    Ok(Some(encode_png(&rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)))
+    Ok(encode_png(&rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8))
 }
 
 #[cfg(test)]

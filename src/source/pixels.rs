@@ -2,7 +2,7 @@
 //! NV12, GREY, MJPEG), as pure functions over a buffer, so they are tested on real buffers
 //! without a device.
 
-use super::camera::encode_png;
+use super::camera::{check_size, encode_png};
 
 /// A pixel format vigil reads from a V4L2 device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -46,9 +46,6 @@ impl PixelFormat {
     }
 }
 
-/// Frames larger than this are refused (8K UHD), as they are from files and streams.
-const MAX_PIXELS: u64 = 7680 * 4320;
-
 /// A buffer's layout: its size and the bytes per line of its first plane (drivers pad lines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -63,9 +60,7 @@ pub struct Layout {
 /// The encoded frame (PNG, or the camera's own JPEG) of one buffer.
 pub fn encode(format: PixelFormat, buf: &[u8], layout: Layout) -> Result<Vec<u8>, String> {
     let Layout { width: w, height: h, .. } = layout;
-    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(format!("a {w}x{h} frame is out of bounds (the driver reported it)"));
-    }
+    check_size(u64::from(w), u64::from(h))?;
     match format {
         PixelFormat::Grey => Ok(encode_png(&grey(buf, layout)?, w, h, image::ExtendedColorType::L8)),
         PixelFormat::Yuyv => Ok(encode_png(&yuyv_to_rgb(buf, layout)?, w, h, image::ExtendedColorType::Rgb8)),

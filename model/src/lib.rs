@@ -11,9 +11,11 @@
 //! - [`overlay`]: heatmaps drawn over frames (snapshots, reports).
 //! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
 //! - [`rng`]: the small seeded generator behind weights, data and splits.
+//! - [`fsio`]: durable file replacement (write, sync, rename, sync the folder).
 
 pub mod bundle;
 pub mod engine;
+pub mod fsio;
 pub mod onnx;
 pub mod overlay;
 pub mod preprocess;

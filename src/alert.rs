@@ -112,9 +112,18 @@ fn crockford(mut value: u128) -> String {
     String::from_utf8(out.to_vec()).expect("ASCII")
 }
 
-/// RFC 3339 in UTC with milliseconds.
+/// RFC 3339 in UTC with milliseconds. Never panics: a time the format cannot show (before
+/// 1970, after 9999) is written as the nearest it can; frame times are checked on the way in
+/// (`frame::checked_time`), so this is the last line of defence, not the rule.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    use std::fmt::Write;
+    let mut out = String::new();
+    if write!(out, "{}", humantime::format_rfc3339_millis(t)).is_ok() {
+        return out;
+    }
+    let last = UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
+    let clamped = if t < UNIX_EPOCH { UNIX_EPOCH } else { last };
+    humantime::format_rfc3339_millis(clamped).to_string()
 }
 
 #[cfg(test)]
@@ -135,5 +144,12 @@ mod tests {
         assert!(later > a);
         // The first 10 characters are the time, as in every ULID.
         assert_eq!(&crockford((1_780_000_000_123u128) << 80)[..10], &a[..10]);
+    }
+
+    #[test]
+    fn times_out_of_range_are_written_not_panicked_on() {
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(1)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(253_402_300_800_000)), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_780_000_000_123)), "2026-05-28T20:26:40.123Z");
     }
 }

@@ -272,7 +272,13 @@ pub fn parse_threshold(payload: &[u8]) -> Result<ThresholdSet, String> {
         _ => (None, None),
     };
     match value {
-        Some(v) if v.is_finite() => Ok(ThresholdSet { value: Some(v as f32), class }),
+        // Finite as the f32 it is kept as: 1e39 is finite as f64 but infinite as f32, which
+        // would mute the camera (or, negative, alert on everything) and cannot be saved.
+        Some(v) if (v as f32).is_finite() => Ok(ThresholdSet { value: Some(v as f32), class }),
+        Some(v) if v.is_finite() => Err(format!(
+            "`{}`: {v} is beyond the range of a threshold (±3.4e38); send a score in the bundle's units",
+            text.escape_default()
+        )),
         _ => Err(usage()),
     }
 }
@@ -293,6 +299,10 @@ mod tests {
         assert!(parse_threshold(br#"{"threshold": 2, "class": 3}"#).is_err());
         assert!(parse_threshold(b"high").is_err());
         assert!(parse_threshold(&[0xff]).is_err());
+        // Finite as f64, infinite as the f32 a threshold is kept as: refused, naming the range.
+        assert!(parse_threshold(b"1e39").unwrap_err().contains("beyond the range"));
+        assert!(parse_threshold(br#"{"threshold": -1e39}"#).unwrap_err().contains("beyond the range"));
+        assert_eq!(parse_threshold(b"3e38"), set(Some(3e38), None));
     }
 
     #[test]

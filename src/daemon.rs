@@ -67,12 +67,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         format!("state_dir {}: cannot create it; fix the path or its permissions", config.state_dir.display())
     })?;
     let metrics = Arc::new(Metrics::default());
+    // From here until the stop, a vital task that ends is a failure (health.rs).
+    metrics.health.arm();
     let started = Instant::now();
     let models = load(&config, &metrics).await?;
 
     let (results_tx, results_rx) = mpsc::channel(scoring::results_capacity(&config.scoring));
     let rois = config.cameras.iter().map(|c| c.roi).collect();
-    let stages = scoring::start(&config.scoring, models.clone(), rois, results_tx);
+    let stages = scoring::start(&config.scoring, models.clone(), rois, results_tx, &metrics.health);
 
     let mqtt_cameras: Vec<MqttCamera> = config
         .cameras
@@ -95,7 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let session = match &config.mqtt {
         Some(m) => {
             let filters = mqtt_cameras.iter().map(|c| c.config.topic.clone()).collect();
-            let homeassistant = Announcer::new(&config)?.map(Arc::new);
+            let homeassistant = Announcer::new(&config, &metrics)?.map(Arc::new);
             let session = mqtt::Subscriptions {
                 frames: filters,
                 triggers: triggers.clone(),
@@ -109,10 +111,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let client = session.as_ref().map(|(c, _)| c.clone());
     let publisher = Publisher::new(client.clone(), config.mqtt.as_ref().is_some_and(|m| m.publish_scores));
 
-    let thresholds = Thresholds::open(&config.state_dir)?;
+    let thresholds = Thresholds::open(&config.state_dir, &metrics)?;
     let policy = Arc::new(Policy::new(config.cameras.clone(), models.clone(), thresholds));
     let board = Arc::new(Board::default());
-    let dataset = Arc::new(Dataset::new(&config.state_dir, config.dataset.clone()));
+    let dataset =
+        Arc::new(Dataset::new(&config.state_dir, config.dataset.clone()).with_reserve(config.alerts.disk_reserve()));
     for c in &config.cameras {
         board.seed_alerts(&c.id, dataset.recent_alerts(&c.id, crate::live::RECENT_ALERTS));
     }
@@ -173,7 +176,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         board,
         dataset,
     };
-    let decide = tokio::spawn(decide.run(results_rx));
+    let vital = metrics.health.vital("decide stage");
+    let decide = tokio::spawn(async move {
+        let _vital = vital;
+        decide.run(results_rx).await
+    });
 
     let stop = Stop::new();
     let mut sources = tokio::task::JoinSet::new();
@@ -191,12 +198,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let (frames, metrics, shutdown) = (queue.clone(), metrics.clone(), stop.subscribe());
             let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             watching.push(started_rx);
-            sources.spawn(async move {
-                let id = cam.camera.clone();
-                if let Err(e) = folder::run(cam, frames, metrics, shutdown, started_tx).await {
-                    tracing::error!(camera = id, "folder source stopped: {e:#}");
-                }
-            });
+            sources.spawn(folder_camera(cam, frames, metrics, shutdown, started_tx));
         }
     }
     for (slot, c) in config.cameras.iter().enumerate() {
@@ -213,29 +215,63 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             SourceConfig::Rtsp(r) => {
                 let camera = rtsp::RtspCamera { config: r.clone(), triggered };
                 let out = crate::source::camera::Output { origin: r.url.clone(), ..out() };
-                sources.spawn(rtsp::run(camera, out, stop.subscribe()));
+                let vital = metrics.health.vital(format!("camera {} (rtsp)", c.id));
+                let run = rtsp::run(camera, out, stop.subscribe());
+                sources.spawn(async move {
+                    let _vital = vital;
+                    run.await
+                });
             }
             SourceConfig::V4l2(v) => {
                 let out = crate::source::camera::Output { origin: v.device.display().to_string(), ..out() };
-                sources.spawn(v4l2::run(v.clone(), triggered, out, stop.subscribe()));
+                let vital = metrics.health.vital(format!("camera {} (v4l2)", c.id));
+                let run = v4l2::run(v.clone(), triggered, out, stop.subscribe());
+                sources.spawn(async move {
+                    let _vital = vital;
+                    run.await
+                });
             }
             SourceConfig::Folder(_) | SourceConfig::Mqtt(_) => {}
         }
     }
     if let Some(c) = &client {
-        sources.spawn(mqtt_source::run(
+        let vital = metrics.health.vital("MQTT frame source");
+        // Group members with kept frames from earlier runs count against their group's bound.
+        let configured: std::collections::HashSet<&str> = config.cameras.iter().map(|c| c.id.as_str()).collect();
+        let known = std::fs::read_dir(config.state_dir.join("frames"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| !configured.contains(id.as_str()))
+            .collect();
+        let run = mqtt_source::run(
             mqtt_cameras,
             messages_rx,
             queue.clone(),
             c.clone(),
             metrics.clone(),
+            known,
             stop.subscribe(),
-        ));
-        tokio::spawn(crate::control::run(control_rx, c.clone(), control.clone()));
+        );
+        sources.spawn(async move {
+            let _vital = vital;
+            run.await
+        });
+        let vital = metrics.health.vital("control (threshold, feedback, rollout)");
+        let run = crate::control::run(control_rx, c.clone(), control.clone());
+        tokio::spawn(async move {
+            let _vital = vital;
+            run.await
+        });
     }
 
     if !triggers.is_empty() {
-        tokio::spawn(triggers.clone().watch(stop.subscribe()));
+        let vital = metrics.health.vital("triggers");
+        let run = triggers.clone().watch(stop.subscribe());
+        tokio::spawn(async move {
+            let _vital = vital;
+            run.await
+        });
     }
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(3600));
@@ -261,6 +297,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     tokio::pin!(shutdown);
     let mut changed = reload::Settling::new(RELOAD_SETTLE);
+    let mut raised = std::collections::BTreeSet::new();
+    let mut failure: Option<(String, Instant)> = None;
+    let mut ended = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -283,9 +322,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
             }
             _ = watchdog_tick.tick() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                // A daemon whose stage ended is not fed to the watchdog: systemd restarts it even
+                // if the stop below hangs.
+                if failure.is_none() {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
             }
             _ = gauge_tick.tick() => {
+                let outbox_failing = metrics.gauge("vigil_outbox_failing", &[]) > 0.0;
+                crate::space::check(&config.state_dir, config.alerts.disk_reserve(), outbox_failing, &metrics);
+                health_gauges(&metrics, &mut raised);
+                if let Some((name, c)) = metrics.health.failed().filter(|(n, _)| n.starts_with("stage:")) {
+                    let since = failure.get_or_insert_with(|| (name.clone(), Instant::now())).1;
+                    // Reported on /healthz for a moment (monitors, the test) before the process
+                    // ends and systemd starts it again.
+                    if since.elapsed() >= FAILED_GRACE {
+                        tracing::error!("{name}: {}; ending", c.message);
+                        ended = Some(anyhow::anyhow!("{name}: {}", c.message));
+                        break;
+                    }
+                }
                 let depth = stages.frames.max_capacity() - stages.frames.capacity();
                 metrics.set("vigil_queue_depth", &[], depth as f64);
                 if depth == 0 {
@@ -303,7 +359,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // The stop sequence (shutdown.rs): sources, scoring, decisions, then the sinks.
     tracing::info!("stopping: finishing frames in flight");
-    metrics.set_ready(false);
+    metrics.health.set_stopping();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // The scoring stages drain once every sender of frames is gone: this one, then the sources'.
     drop(queue);
@@ -329,7 +385,85 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Connection::stop(connection).await;
     }
     tracing::info!("stopped");
-    Ok(())
+    match ended {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// How long a daemon whose stage ended reports it before it ends.
+const FAILED_GRACE: Duration = Duration::from_secs(3);
+
+/// `vigil_health_condition`: 1 for each condition raised, 0 once cleared.
+fn health_gauges(metrics: &Metrics, raised: &mut std::collections::BTreeSet<(String, &'static str)>) {
+    let now: std::collections::BTreeSet<(String, &'static str)> = metrics
+        .health
+        .conditions()
+        .into_iter()
+        .map(|(n, c)| (n, if c.severity == crate::health::Severity::Failed { "failed" } else { "warning" }))
+        .collect();
+    for (n, s) in raised.difference(&now) {
+        metrics.set("vigil_health_condition", &[("condition", n), ("severity", s)], 0.0);
+    }
+    for (n, s) in &now {
+        metrics.set("vigil_health_condition", &[("condition", n), ("severity", s)], 1.0);
+    }
+    *raised = now;
+}
+
+/// A folder camera: started again with a backoff when it fails (a folder removed, the file
+/// watcher refused), its `source:<camera>` condition raised until it runs again.
+async fn folder_camera(
+    cam: FolderCamera,
+    frames: Queue,
+    metrics: Arc<Metrics>,
+    mut shutdown: crate::shutdown::Shutdown,
+    started: tokio::sync::oneshot::Sender<()>,
+) {
+    let _vital = metrics.health.vital(format!("camera {} (folder)", cam.camera));
+    let condition = format!("source:{}", cam.camera);
+    let mut backoff = crate::backoff::Backoff::default();
+    let mut started = Some(started);
+    let worked = std::sync::atomic::AtomicBool::new(false);
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let run = folder::run(cam.clone(), frames.clone(), metrics.clone(), shutdown.clone(), tx);
+        let watch = async {
+            if rx.await.is_ok() {
+                worked.store(true, std::sync::atomic::Ordering::Relaxed);
+                metrics.health.clear(&condition);
+                if let Some(s) = started.take() {
+                    let _ = s.send(());
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let result = tokio::select! {
+            r = run => r,
+            () = watch => unreachable!("pending"),
+        };
+        match result {
+            Ok(()) => return, // stopped
+            Err(e) => {
+                // Ready is not held back for a camera that cannot start: the others serve.
+                if let Some(s) = started.take() {
+                    let _ = s.send(());
+                }
+                metrics.inc("vigil_errors_total", &[("kind", "source")]);
+                let wait =
+                    crate::backoff::jitter(backoff.next(worked.swap(false, std::sync::atomic::Ordering::Relaxed)));
+                metrics.health.raise(
+                    &condition,
+                    crate::health::Severity::Failed,
+                    format!("folder camera {} stopped: {e:#}; trying again in {}s", cam.camera, wait.as_secs()),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.recv() => return,
+                }
+            }
+        }
+    }
 }
 
 /// Loads every camera's bundle (off the async threads) and reports what each camera serves.

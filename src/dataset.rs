@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
 use crate::problem::{Problems, valid_id};
+use vigil_model::fsio::write_atomic;
 
 /// `[dataset]`: what the daemon keeps for retraining.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -25,11 +26,16 @@ pub struct DatasetConfig {
     /// Alerts' clean frames kept per camera in `<state_dir>/frames/<camera>/` (the oldest
     /// removed first): a verdict can be given on these.
     pub frames_keep: usize,
+    /// Megabytes of alert frames kept per camera at most (the oldest removed first), whatever
+    /// `frames_keep` allows.
+    pub frames_max_mb: u64,
+    /// Megabytes of sampled normal frames kept per camera at most (the oldest removed first).
+    pub sample_max_mb: u64,
 }
 
 impl Default for DatasetConfig {
     fn default() -> Self {
-        DatasetConfig { sample_normal: 0, sample_keep: 2000, frames_keep: 200 }
+        DatasetConfig { sample_normal: 0, sample_keep: 2000, frames_keep: 200, frames_max_mb: 200, sample_max_mb: 500 }
     }
 }
 
@@ -114,6 +120,8 @@ pub struct Dataset {
     /// One verdict at a time: the page and MQTT may give two at once on the same alert, and
     /// each moves what the other wrote.
     verdicts: Mutex<()>,
+    /// Bytes kept free for the outbox (see [`Dataset::with_reserve`]).
+    reserve: u64,
 }
 
 /// Whether `id` has the shape of an alert id (a ULID in Crockford base32).
@@ -132,32 +140,31 @@ fn extension(bytes: &[u8]) -> &'static str {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so that a reader (the
-/// trainer) never sees half a frame.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("part");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    // On disk before the name: a power cut leaves the old file or the whole new one, never
-    // an empty frame in the data set.
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// Removes the oldest files of `folder` whose names start with `prefix` (and end with one of
-/// the image extensions), keeping `keep`; ids sort by time, so the oldest are first by name.
-fn prune(folder: &Path, prefix: &str, keep: usize) {
+/// the image extensions), keeping the newest `keep` that fit in `max_bytes`; ids sort by time,
+/// so the oldest are first by name.
+fn prune(folder: &Path, prefix: &str, keep: usize, max_bytes: u64) {
     let Ok(entries) = std::fs::read_dir(folder) else { return };
-    let mut ids: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(prefix) && !n.ends_with(".json") && !n.ends_with(".part"))
+    let mut ids: Vec<(String, u64)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name().into_string().ok()?, e.metadata().map_or(0, |m| m.len())))
+        })
+        .filter(|(n, _)| n.starts_with(prefix) && !n.ends_with(".json") && !n.ends_with(".tmp"))
         .collect();
-    if ids.len() <= keep {
-        return;
-    }
     ids.sort();
-    for name in &ids[..ids.len() - keep] {
+    let mut kept = 0usize;
+    let mut bytes = 0u64;
+    let mut first_kept = ids.len();
+    for (i, (_, size)) in ids.iter().enumerate().rev() {
+        if kept == keep || bytes.saturating_add(*size) > max_bytes {
+            break;
+        }
+        kept += 1;
+        bytes += size;
+        first_kept = i;
+    }
+    for (name, _) in &ids[..first_kept] {
         let _ = std::fs::remove_file(folder.join(name));
         if let Some(stem) = Path::new(name).file_stem() {
             let _ = std::fs::remove_file(folder.join(stem).with_extension("json"));
@@ -179,7 +186,30 @@ impl Dataset {
             config,
             since_sample: Mutex::default(),
             verdicts: Mutex::default(),
+            reserve: 0,
         }
+    }
+
+    /// Keeps `bytes` of free space on the state folder's file system for the outbox and the
+    /// state files (`alerts.disk_reserve_mb`): nothing here is written below it.
+    pub fn with_reserve(mut self, bytes: u64) -> Dataset {
+        self.reserve = bytes;
+        self
+    }
+
+    /// Refuses a write of `len` bytes that would go below the reserve.
+    fn room_for(&self, len: usize) -> std::io::Result<()> {
+        let dir = self.frames.parent().unwrap_or(&self.frames);
+        if crate::space::may_write(dir, len as u64, self.reserve) {
+            return Ok(());
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "the state folder {} has less than alerts.disk_reserve_mb free: kept for alerts, so frames are not kept until space is freed",
+                dir.display()
+            ),
+        ))
     }
 
     /// `<state_dir>/dataset/<camera>`.
@@ -193,12 +223,13 @@ impl Dataset {
         if self.config.frames_keep == 0 || !valid_id(&alert.camera) {
             return Ok(());
         }
+        self.room_for(frame.len())?;
         let folder = self.frames.join(&alert.camera);
         std::fs::create_dir_all(&folder)?;
         write_atomic(&folder.join(format!("{}.{}", alert.id, extension(frame))), frame)?;
         let json = serde_json::to_vec(alert).expect("an alert serialises");
         write_atomic(&folder.join(format!("{}.json", alert.id)), &json)?;
-        prune(&folder, "", self.config.frames_keep);
+        prune(&folder, "", self.config.frames_keep, self.config.frames_max_mb.saturating_mul(1 << 20));
         Ok(())
     }
 
@@ -257,6 +288,7 @@ impl Dataset {
         let name = from.file_name().expect("a file name").to_owned();
         let file = folder.join(name);
         let bytes = std::fs::read(&from).map_err(|e| io(e, &from))?;
+        self.room_for(bytes.len()).map_err(|e| io(e, &file))?;
         write_atomic(&file, &bytes).map_err(|e| io(e, &file))?;
         if let Some(old) = moved_from {
             std::fs::remove_file(&old).map_err(|e| io(e, &old))?;
@@ -281,11 +313,12 @@ impl Dataset {
             }
             *n = 0;
         }
+        self.room_for(frame.len())?;
         let folder = self.camera_dir(camera).join("normal");
         std::fs::create_dir_all(&folder)?;
         let file = folder.join(format!("sample-{}.{}", id(), extension(frame)));
         write_atomic(&file, frame)?;
-        prune(&folder, "sample-", self.config.sample_keep);
+        prune(&folder, "sample-", self.config.sample_keep, self.config.sample_max_mb.saturating_mul(1 << 20));
         Ok(Some(file))
     }
 }
@@ -340,7 +373,7 @@ mod tests {
     #[test]
     fn kept_frames_and_samples_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DatasetConfig { sample_normal: 2, sample_keep: 3, frames_keep: 2 };
+        let config = DatasetConfig { sample_normal: 2, sample_keep: 3, frames_keep: 2, ..Default::default() };
         let d = Dataset::new(dir.path(), config);
         for i in 0..4 {
             d.keep_alert(&alert("c", &format!("01KB000000000000000000000{i}")), &png()).unwrap();

@@ -279,12 +279,20 @@ impl Stage {
         let a = self.config.alerts.clone();
         let snapshots = snapshot::Worker::start(
             a.snapshot_dir(&self.config.state_dir),
-            a.snapshot_keep,
+            snapshot::Retention {
+                keep: a.snapshot_keep,
+                max_bytes: a.snapshot_max_mb.saturating_mul(1 << 20),
+                reserve: a.disk_reserve(),
+            },
             self.sinks.publisher.clone(),
             self.metrics.clone(),
         );
         let mut decider = Decider::default();
         while let Some(finished) = results.recv().await {
+            #[cfg(feature = "fuzzing")]
+            if crate::health::faults::take(&self.device, "decide") {
+                panic!("a fault armed by a test: the decide stage ends");
+            }
             match finished {
                 Finished::Rejected { mut frame, kind, reason } => {
                     self.metrics.rejected(&frame.camera, &frame.origin.describe(), kind, &reason);
@@ -297,7 +305,19 @@ impl Stage {
                     }
                 }
                 Finished::Scored { prepared, score, map } => {
-                    self.scored(&mut decider, &snapshots, prepared, score, map);
+                    // One frame's decision must not end the stage that decides every frame of
+                    // every camera: a panic is counted and logged, and the next frame goes on.
+                    let camera = prepared.frame.camera.clone();
+                    let source = prepared.frame.origin.describe();
+                    let decided = crate::guard::catch(|| self.scored(&mut decider, &snapshots, prepared, score, map));
+                    if let Err(message) = decided {
+                        self.metrics.rejected(
+                            &camera,
+                            &source,
+                            "internal",
+                            &crate::guard::reason("deciding", &message),
+                        );
+                    }
                 }
             }
         }

@@ -38,6 +38,7 @@ pub fn mqtt_payload(data: &[u8]) {
         class_field: (mode & 16 != 0).then(|| "class".into()),
         class_from_topic: (mode & 32 != 0).then_some(1),
         max_bytes: 1 << 16,
+        max_cameras: 64,
     };
     let cameras = [MqttCamera { slot: 0, id: "cam".into(), class: None, config: source }];
     let _ = parse(&cameras, &topic, payload);

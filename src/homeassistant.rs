@@ -236,10 +236,11 @@ pub struct Announcer {
 
 impl Announcer {
     /// The announcer of `cfg`, or `None` when Home Assistant is off and nothing was announced
-    /// before. Reads `<state_dir>/homeassistant.json`.
-    pub fn new(cfg: &Config) -> anyhow::Result<Option<Announcer>> {
+    /// before. Reads `<state_dir>/homeassistant.json` (one that cannot be read is moved aside:
+    /// what it announced is then not removed, which only leaves stale entities).
+    pub fn new(cfg: &Config, metrics: &crate::metrics::Metrics) -> anyhow::Result<Option<Announcer>> {
         let state = cfg.state_dir.join(STATE_FILE);
-        let before = load(&state)?;
+        let before = crate::state::read_or_set_aside(&state, metrics, "record of announced entities", |_| Ok(()));
         let discovery = Discovery::new(cfg);
         if discovery.is_none() && before.is_none() {
             return Ok(None);
@@ -330,19 +331,6 @@ impl Announcer {
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<Option<Announced>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).with_context(|| {
-            format!(
-                "{}: not what vigil writes there; delete it (vigil then removes no entities it announced before)",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
 /// Writes (or, with nothing announced, deletes) the record, atomically.
 fn save(path: &Path, announced: Option<&Announced>) -> anyhow::Result<()> {
     let Some(a) = announced else {
@@ -353,9 +341,7 @@ fn save(path: &Path, announced: Option<&Announced>) -> anyhow::Result<()> {
             _ => Ok(()),
         };
     };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(a)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    vigil_model::fsio::write_atomic(path, &serde_json::to_vec_pretty(a)?).map_err(Into::into)
 }
 
 #[cfg(test)]
@@ -416,7 +402,9 @@ mod tests {
     #[test]
     fn a_camera_that_left_the_config_is_removed_once_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Announcer::new(&config(dir.path(), &["cam1", "cam2"], true)).unwrap().unwrap();
+        let first = Announcer::new(&config(dir.path(), &["cam1", "cam2"], true), &crate::metrics::Metrics::default())
+            .unwrap()
+            .unwrap();
         let sent = first.on_connect();
         assert_eq!(sent.len(), 1);
         assert_eq!(json(&sent[0])["components"].as_object().unwrap().len(), 8);
@@ -425,7 +413,8 @@ mod tests {
         assert!(first.on_status(b"offline").is_empty());
         assert!(first.is_status("homeassistant/status"));
 
-        let second = Announcer::new(&config(dir.path(), &["cam1"], true)).unwrap().unwrap();
+        let second =
+            Announcer::new(&config(dir.path(), &["cam1"], true), &crate::metrics::Metrics::default()).unwrap().unwrap();
         let sent = second.on_connect();
         assert_eq!(sent.len(), 2, "the removal, then the discovery without it");
         let removal = json(&sent[0]);
@@ -438,12 +427,18 @@ mod tests {
         assert_eq!(second.on_connect().len(), 1);
 
         // Discovery turned off: the device is deleted with an empty payload, once.
-        let off = Announcer::new(&config(dir.path(), &["cam1"], false)).unwrap().unwrap();
+        let off = Announcer::new(&config(dir.path(), &["cam1"], false), &crate::metrics::Metrics::default())
+            .unwrap()
+            .unwrap();
         assert!(off.status_topic().is_none());
         let sent = off.on_connect();
         assert_eq!(sent, [Message { topic: "homeassistant/device/vigil_box1/config".into(), payload: vec![] }]);
         assert!(off.on_connect().is_empty());
-        assert!(Announcer::new(&config(dir.path(), &["cam1"], false)).unwrap().is_none());
+        assert!(
+            Announcer::new(&config(dir.path(), &["cam1"], false), &crate::metrics::Metrics::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //!   [`live`]: what the page shows, kept as frames are decided.
 //! - [`homeassistant`]: Home Assistant's MQTT discovery.
 //! - [`reload`]: bundle loading, watching and reloading.
-//! - [`state`]: what survives a restart; [`metrics`]: the counters behind `/metrics`.
+//! - [`state`]: what survives a restart; [`metrics`]: the counters behind `/metrics`;
+//!   [`health`]: what `/healthz` and the watchdog report (stages alive, disk, clock);
+//!   [`space`]: free space in the state folder, the outbox's reserve.
 //! - [`commands`]: the one-shot commands (`score`, `inspect`, `wrap`, `bench`, `demo`).
 //! - [`guard`]: panics in a frame's work turned into a refused frame; [`memory`]: giving
 //!   freed memory back to the system.
@@ -43,6 +45,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_targets;
 pub mod guard;
+pub mod health;
 pub mod homeassistant;
 pub mod live;
 pub mod memory;
@@ -54,6 +57,7 @@ pub mod scoring;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod space;
 pub mod state;
 pub mod topics;
 pub mod trigger;

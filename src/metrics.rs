@@ -3,8 +3,9 @@
 //! MQTT `stats` topic.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,7 +39,8 @@ pub struct Metrics {
     families: Families,
     /// Every series created so far, for the `stats` JSON (the registry only encodes).
     series: Mutex<BTreeMap<(&'static str, Labels), Series>>,
-    ready: AtomicBool,
+    /// What `/healthz` and the watchdog report.
+    pub health: Arc<crate::health::Health>,
 }
 
 #[derive(Clone)]
@@ -49,7 +51,7 @@ enum Series {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("ready", &self.ready).finish_non_exhaustive()
+        f.debug_struct("Metrics").field("health", &self.health).finish_non_exhaustive()
     }
 }
 
@@ -112,6 +114,22 @@ const HELP: &[(&str, &str, &str)] = &[
     ("vigil_stream_reconnects_total", "counter", "Live camera streams lost or failed and opened again, by camera."),
     ("vigil_verdicts_total", "counter", "Verdicts given on alerts, by camera and verdict (false_alarm, confirmed)."),
     ("vigil_mqtt_connected", "gauge", "1 while connected to the broker."),
+    (
+        "vigil_health_condition",
+        "gauge",
+        "1 while a health condition is raised (a stage ended, state_dir full, clock not set), by condition and severity.",
+    ),
+    (
+        "vigil_frame_times_fixed_total",
+        "counter",
+        "Frames whose time was outside 2000-01-01 .. now + 60 s and was replaced by their arrival, by camera and reason.",
+    ),
+    (
+        "vigil_outbox_failing",
+        "gauge",
+        "1 while the outbox's last write failed (a full state folder): alerts are not stored.",
+    ),
+    ("vigil_state_dir_free_bytes", "gauge", "Free bytes on the state folder's file system."),
     ("vigil_model_info", "gauge", "The bundle each camera serves."),
     ("vigil_latency_seconds", "histogram", "From frame arrival to decision."),
     ("vigil_normalized_score", "histogram", "Normalised scores (0.5 = threshold) by camera."),
@@ -143,7 +161,7 @@ impl Default for Metrics {
                 }
             }
         }
-        Metrics { registry, families, series: Mutex::default(), ready: AtomicBool::new(false) }
+        Metrics { registry, families, series: Mutex::default(), health: Arc::default() }
     }
 }
 
@@ -238,12 +256,12 @@ impl Metrics {
 
     /// Marks the daemon ready (bundles loaded, sources started) or not.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        self.health.set_ready(ready);
     }
 
-    /// Whether `/healthz` says ok.
+    /// Whether `/healthz` says ok: ready, and nothing has failed.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.health.is_ok()
     }
 
     /// The Prometheus text exposition (version 0.0.4, [`CONTENT_TYPE`]).

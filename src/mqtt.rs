@@ -361,6 +361,7 @@ pub fn start(
     opts.set_request_channel_capacity(4096);
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     no_delay(&mut eventloop);
+    let vital = metrics.health.vital("MQTT session");
     let handle = MqttClient {
         client,
         topics,
@@ -388,7 +389,10 @@ pub fn start(
         renew_at: None,
         renewing: false,
     };
-    let task = tokio::spawn(session.run(eventloop, stop_rx));
+    let task = tokio::spawn(async move {
+        let _vital = vital;
+        session.run(eventloop, stop_rx).await
+    });
     Ok((handle, Connection { task, stop: stop_tx }))
 }
 

@@ -248,6 +248,7 @@ pub fn start(
     models: Arc<Models>,
     rois: Vec<Option<[u32; 4]>>,
     out: mpsc::Sender<Finished>,
+    health: &Arc<crate::health::Health>,
 ) -> Stages {
     let (frames_tx, frames_rx) = mpsc::channel::<Frame>(config.queue);
     let frames_rx = Arc::new(Mutex::new(frames_rx));
@@ -257,17 +258,25 @@ pub fn start(
     for i in 0..config.decode_workers {
         let (rx, tx, out, models, rois) =
             (frames_rx.clone(), prep_tx.clone(), out.clone(), models.clone(), rois.clone());
+        let vital = health.vital(format!("decode worker {i}"));
         let t = std::thread::Builder::new()
             .name(format!("vigil-decode-{i}"))
-            .spawn(move || decode_worker(rx, tx, out, models, rois))
+            .spawn(move || {
+                let _vital = vital;
+                decode_worker(rx, tx, out, models, rois)
+            })
             .expect("spawning a decode thread");
         threads.push(t);
     }
     drop(prep_tx);
     let (max_batch, max_wait) = (config.max_batch, config.max_wait);
+    let vital = health.vital("inference thread");
     let t = std::thread::Builder::new()
         .name("vigil-infer".into())
-        .spawn(move || infer(prep_rx, out, max_batch, max_wait))
+        .spawn(move || {
+            let _vital = vital;
+            infer(prep_rx, out, max_batch, max_wait)
+        })
         .expect("spawning the inference thread");
     threads.push(t);
     Stages { frames: frames_tx, threads }
@@ -431,7 +440,7 @@ mod tests {
         let models = Arc::new(Models::new(vec![model], vec![bundle]));
         let (out_tx, mut out_rx) = mpsc::channel(8);
         let scoring = ScoringConfig { max_batch: 1, ..ScoringConfig::default() };
-        let stages = start(&scoring, models, vec![None], out_tx);
+        let stages = start(&scoring, models, vec![None], out_tx, &Default::default());
         let mut png = std::io::Cursor::new(vec![]);
         image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x * 3 + y) as u8]))
             .write_to(&mut png, image::ImageFormat::Png)

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
+use vigil_model::fsio::write_atomic;
+
+use crate::metrics::Metrics;
 
 /// The identity of a file version: path, size and modification time, so a file rewritten
 /// under the same name is a new frame.
@@ -60,24 +63,20 @@ impl Ledger {
         let mut done = HashSet::new();
         if path.exists() {
             let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
-            for line in BufReader::new(f).lines() {
-                // A torn last line (power loss mid-write) is skipped: that file is scored again.
-                if let Some(k) = FileKey::parse(&line.with_context(|| format!("reading {}", path.display()))?) {
+            // Line by line as bytes: a torn last line (power loss mid-write) or a damaged one
+            // (not UTF-8, not three fields) is skipped, and that file is scored again, rather
+            // than keeping the daemon from starting.
+            for line in BufReader::new(f).split(b'\n') {
+                let line = line.with_context(|| format!("reading {}", path.display()))?;
+                if let Some(k) = std::str::from_utf8(&line).ok().and_then(FileKey::parse) {
                     done.insert(k);
                 }
             }
         }
-        // Compact: keep the entries whose file still exists, written to a new file first.
+        // Compact: keep the entries whose file still exists.
         done.retain(|k| k.path.exists());
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            for k in &done {
-                f.write_all(k.line().as_bytes())?;
-            }
-            f.sync_all()?;
-        }
-        replace(&tmp, path)?;
+        let lines: String = done.iter().map(FileKey::line).collect();
+        write_atomic(path, lines.as_bytes())?;
         let file = OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
         Ok(Ledger { path: path.to_path_buf(), done, file })
     }
@@ -109,15 +108,20 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
-    /// Loads `thresholds.json` from the state folder (empty when absent).
-    pub fn open(state_dir: &Path) -> anyhow::Result<Thresholds> {
+    /// Loads `thresholds.json` from the state folder (empty when absent). A file that cannot
+    /// be read, or holds anything but finite numbers, is moved aside (`.corrupt`) and the
+    /// cameras start from their configured or calibrated thresholds: a damaged state file must
+    /// never keep the daemon from starting (under systemd, a restart loop).
+    pub fn open(state_dir: &Path, metrics: &Metrics) -> anyhow::Result<Thresholds> {
         let path = state_dir.join("thresholds.json");
-        let values = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("{}: not a JSON object of thresholds; fix or delete it", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        let values: BTreeMap<String, f32> =
+            read_or_set_aside(&path, metrics, "thresholds set at run time", |v: &BTreeMap<String, f32>| {
+                match v.iter().find(|(_, t)| !t.is_finite()) {
+                    Some((camera, t)) => Err(format!("the threshold of `{camera}` is {t}, not a finite number")),
+                    None => Ok(()),
+                }
+            })
+            .unwrap_or_default();
         Ok(Thresholds { path, values })
     }
 
@@ -132,28 +136,61 @@ impl Thresholds {
     }
 
     /// Sets (`Some`) or clears (`None`) a camera's threshold and saves the file atomically.
+    /// A value that is not finite (as f32: `1e39` is infinite) is refused before anything
+    /// changes: it would mute the camera or alert on everything, and JSON cannot hold it.
     pub fn set(&mut self, camera: &str, value: Option<f32>) -> anyhow::Result<()> {
+        if let Some(v) = value
+            && !v.is_finite()
+        {
+            anyhow::bail!("threshold {v} is not a finite number; nothing changed");
+        }
         match value {
             Some(v) => self.values.insert(camera.to_owned(), v),
             None => self.values.remove(camera),
         };
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(&self.values)?)?;
-        f.sync_all()?;
-        replace(&tmp, &self.path)?;
+        write_atomic(&self.path, &serde_json::to_vec_pretty(&self.values)?)?;
         Ok(())
     }
 }
 
-/// Renames the written and synced `tmp` over `path`, then syncs the folder, so that after a
-/// power loss the folder holds the new file, not the old one or none. The folder's sync is
-/// best effort: some file systems refuse it, and the file itself is already safe.
-fn replace(tmp: &Path, path: &Path) -> anyhow::Result<()> {
-    std::fs::rename(tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let _ = File::open(dir).and_then(|d| d.sync_all());
-    Ok(())
+/// Reads a JSON state file that vigil wrote, checked by `check`. Absent: `None`. One that
+/// cannot be read, parsed or checked is renamed to `<name>.corrupt` (kept for a person to
+/// look at), logged with what it held and what happens instead, counted
+/// (`vigil_errors_total{kind="state_corrupt"}`), and `None` returned, so the daemon starts.
+pub fn read_or_set_aside<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    metrics: &Metrics,
+    what: &str,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Option<T> {
+    let problem = match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => format!("cannot be read ({e})"),
+        Ok(bytes) => match serde_json::from_slice::<T>(&bytes) {
+            Err(e) => format!("is not what vigil writes there ({e})"),
+            Ok(v) => match check(&v) {
+                Ok(()) => return Some(v),
+                Err(e) => e,
+            },
+        },
+    };
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    let aside = PathBuf::from(aside);
+    let moved = std::fs::rename(path, &aside);
+    metrics.inc("vigil_errors_total", &[("kind", "state_corrupt")]);
+    match moved {
+        Ok(()) => tracing::error!(
+            "{} {problem}: moved aside to {}; starting without the {what} it held",
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => tracing::error!(
+            "{} {problem}, and could not be moved aside ({e}); starting without the {what} it held",
+            path.display()
+        ),
+    }
+    None
 }
 
 #[cfg(test)]
@@ -182,12 +219,39 @@ mod tests {
     #[test]
     fn thresholds_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = Thresholds::open(dir.path()).unwrap();
+        let m = Metrics::default();
+        let mut t = Thresholds::open(dir.path(), &m).unwrap();
         t.set("cam1", Some(0.25)).unwrap();
         t.set("cam2", Some(1.0)).unwrap();
         t.set("cam2", None).unwrap();
-        let t = Thresholds::open(dir.path()).unwrap();
+        assert!(t.set("cam1", Some(f32::INFINITY)).is_err(), "an infinite threshold is refused");
+        let t = Thresholds::open(dir.path(), &m).unwrap();
         assert_eq!(t.get("cam1"), Some(0.25));
         assert_eq!(t.get("cam2"), None);
+    }
+
+    #[test]
+    fn damaged_state_files_are_moved_aside_and_never_block_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::default();
+        let file = dir.path().join("thresholds.json");
+        // What vigil before this fix wrote for a threshold of 1e39 (infinite as f32).
+        for damaged in [&br#"{"cam1": null}"#[..], b"{\"cam1\": 0.5", b"\xff\xfe", b"[1, 2]"] {
+            std::fs::write(&file, damaged).unwrap();
+            let t = Thresholds::open(dir.path(), &m).unwrap();
+            assert!(t.all().is_empty(), "started from the bundle's values");
+            assert!(!file.exists());
+            assert_eq!(std::fs::read(dir.path().join("thresholds.json.corrupt")).unwrap(), damaged, "kept to look at");
+        }
+        assert_eq!(m.count("vigil_errors_total", &[("kind", "state_corrupt")]), 4);
+        // A ledger with a damaged line (not UTF-8) loses that line only.
+        let frame = dir.path().join("a.png");
+        std::fs::write(&frame, b"x").unwrap();
+        let key = FileKey::of(&frame, &std::fs::metadata(&frame).unwrap());
+        let ledger = dir.path().join("cam.done");
+        let mut bytes = b"\xff\xfe\tgarbage\n".to_vec();
+        bytes.extend(key.line().as_bytes());
+        std::fs::write(&ledger, bytes).unwrap();
+        assert!(Ledger::open(&ledger).unwrap().contains(&key));
     }
 }

@@ -277,6 +277,7 @@ impl Queue {
     /// Queues `frame` if its camera scores it (waiting while the queue is full); errs only when
     /// the scoring side has stopped.
     pub async fn send(&self, mut frame: Frame) -> Result<(), mpsc::error::SendError<Frame>> {
+        self.check_time(&mut frame);
         match self.triggers.take(frame.slot, arrival(&frame)) {
             Ok(id) => {
                 frame.trigger = id;
@@ -294,6 +295,7 @@ impl Queue {
     /// room for is dropped (and counted) rather than waited for. Errs only when the scoring side
     /// has stopped.
     pub fn offer(&self, mut frame: Frame) -> Result<(), Closed> {
+        self.check_time(&mut frame);
         // The room is taken before the trigger, so a full queue does not use a trigger up.
         let permit = match self.tx.try_reserve() {
             Ok(p) => p,
@@ -318,6 +320,30 @@ impl Queue {
     /// only for the first frame taken while a trigger waits (which claims it).
     pub fn wanted(&self, slot: usize, time: SystemTime) -> Option<bool> {
         self.triggers.claim(slot, instant_of(time, Instant::now()))
+    }
+
+    /// Every frame passes here, whatever its source: a time outside the sane window (a file
+    /// dated 1969, a message in year 10000) is replaced by the arrival and counted, so that
+    /// nothing after (alert ids, RFC 3339 text, pruning) meets a time it cannot handle.
+    fn check_time(&self, frame: &mut Frame) {
+        let (time, fix) = crate::frame::checked_time(frame.time, SystemTime::now());
+        if let Some(fix) = fix {
+            tracing::warn!(
+                camera = frame.camera,
+                source = frame.origin.describe(),
+                "frame time {:?} is {}: scored with its arrival time instead; check the camera's or file system's clock",
+                frame
+                    .time
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i128)
+                    .unwrap_or_else(|e| -(e.duration().as_millis() as i128)),
+                fix.name().replace('_', " ")
+            );
+            self.triggers
+                .metrics
+                .inc("vigil_frame_times_fixed_total", &[("camera", &frame.camera), ("reason", fix.name())]);
+            frame.time = time;
+        }
     }
 
     fn untriggered(&self, mut frame: Frame) {

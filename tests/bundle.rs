@@ -175,3 +175,25 @@ fn missing_and_broken_bundle_files_are_named() {
     assert!(matches!(err, BundleError::NoManifest(_)), "{err}");
     assert!(err.to_string().contains("write a manifest.json"), "{err}");
 }
+
+#[test]
+fn a_model_that_keeps_its_weights_in_an_external_file_is_refused() {
+    use vigil_model::onnx::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Gray, 32);
+    let mut model = bundle.model_proto().unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let first = &mut graph.initializer[0];
+    let name = first.name.clone();
+    // What onnx.save(..., save_as_external_data=True) writes, pointed at a file the box holds.
+    first.raw_data.clear();
+    first.float_data.clear();
+    first.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+    first.external_data =
+        vec![pb::StringStringEntryProto { key: "location".into(), value: "../../etc/vigil/http-token".into() }];
+    // Written as a bundle is; the load at its end refuses it.
+    let e = Bundle::write(dir.path(), &bundle.manifest, model, &[]).unwrap_err();
+    assert!(matches!(e, BundleError::ExternalData { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&format!("tensor `{name}`")) && text.contains("export it again"), "{text}");
+}

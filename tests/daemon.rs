@@ -167,6 +167,18 @@ impl Daemon {
         self.stop.take().unwrap().send(()).unwrap();
         self.thread.take().unwrap().join().unwrap().expect("the daemon stops cleanly");
     }
+
+    /// Waits (at most [`WAIT`]) for a daemon that ends by itself, and returns how it ended.
+    pub fn join(mut self) -> anyhow::Result<()> {
+        let thread = self.thread.take().unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !thread.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the daemon did not end by itself");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.take();
+        thread.join().unwrap()
+    }
 }
 
 impl Drop for Daemon {

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::mosquitto::{Mosquitto, Subscriber, metric};
+use crate::common::wait_until;
 use crate::daemon::{Daemon, Plant, WAIT, mqtt_section, run_binary};
 
 /// Alert ids received on the camera's anomaly topic, with how often each came.
@@ -18,33 +19,11 @@ fn ids(sub: &Subscriber, camera: &str) -> HashMap<String, usize> {
     seen
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "waited {timeout:?} for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// A broker that keeps sessions across a graceful restart, so the test's subscriber misses
-/// nothing while it is away.
-fn persistent_broker() -> Mosquitto {
-    Mosquitto::start_with(|dir, port| {
-        // Started as root, mosquitto drops to its own user, which must be able to save there.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        format!(
-            "persistence true\npersistence_location {}/\nlistener {port} 127.0.0.1\nallow_anonymous true\n",
-            dir.display()
-        )
-    })
-}
-
 #[test]
 fn alerts_raised_while_the_broker_is_down_all_arrive_once_it_is_back() {
     const N: usize = 200;
     let plant = Plant::new();
-    let mut broker = persistent_broker();
+    let mut broker = Mosquitto::persistent();
     let sub = Subscriber::persistent(broker.port, "vigil/box1/+/anomaly", "fault-sub-outage");
     let cfg = plant.config(&format!("{}{}", mqtt_section(broker.port), plant.folder_camera("")));
     let daemon = Daemon::start(&plant, &cfg);
@@ -371,6 +350,7 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
             vigil::trigger::Queue::new(frames_tx, triggers),
             mqtt.clone(),
             metrics.clone(),
+            vec![],
             stop.subscribe(),
         ));
         let started = Instant::now();

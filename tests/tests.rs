@@ -13,6 +13,7 @@ mod engines;
 mod faults;
 mod fleet;
 mod fuzz_corpus;
+mod hardening;
 mod homeassistant;
 mod load;
 mod models;

@@ -155,9 +155,7 @@ impl RunState {
     }
 
     pub(crate) fn save(&self, run: &RunDir) -> anyhow::Result<()> {
-        let tmp = run.state().with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, run.state())?;
+        vigil_model::fsio::write_atomic(&run.state(), &serde_json::to_vec_pretty(self)?)?;
         Ok(())
     }
 }

@@ -158,7 +158,7 @@ pub fn daemon(
     let engine = model.engine.name();
     let models = Arc::new(Models::new(vec![model], vec![PathBuf::new()]));
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(scoring::results_capacity(config));
-    let stages = scoring::start(config, models, vec![None], out_tx);
+    let stages = scoring::start(config, models, vec![None], out_tx, &Default::default());
     let total = files.len() * repeat;
     let t0 = Instant::now();
     let feeder = {

@@ -53,9 +53,14 @@ impl Delivery {
         let wake = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let endpoint = format!("{}:{}", cfg.host, cfg.effective_port());
+        let cfg_backoff = cfg.max_backoff;
         let qos = if cfg.alert_qos == 1 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
         let shared = Shared { qos, outbox: outbox.clone(), wake: wake.clone(), metrics: metrics.clone() };
-        let task = tokio::spawn(run(opts, endpoint, cfg.max_backoff, shared, stop_rx));
+        let vital = metrics.health.vital("alert delivery");
+        let task = tokio::spawn(async move {
+            let _vital = vital;
+            run(opts, endpoint, cfg_backoff, shared, stop_rx).await
+        });
         Ok(Delivery { outbox, wake, stop, task, metrics })
     }
 
@@ -64,7 +69,9 @@ impl Delivery {
     pub fn put(&self, entry: Entry) -> anyhow::Result<()> {
         let id = entry.id.clone();
         let mut o = self.outbox.lock().expect("outbox lock");
-        match o.put(entry)? {
+        let put = o.put(entry);
+        failing(&self.metrics, put.is_err());
+        match put? {
             Put::Stored => {}
             Put::StoredDroppingOldest(old) => {
                 tracing::warn!(
@@ -238,12 +245,18 @@ async fn drive(
             let room = WINDOW.saturating_sub(o.in_flight_count());
             if room > 0 {
                 match o.send_next(room) {
-                    Ok(next) => queue.extend(
-                        next.into_iter().map(|(e, pkid)| Request::Publish(publish(e, pkid, shared.qos, false))),
-                    ),
+                    Ok(next) => {
+                        if !next.is_empty() {
+                            failing(&shared.metrics, false);
+                        }
+                        queue.extend(
+                            next.into_iter().map(|(e, pkid)| Request::Publish(publish(e, pkid, shared.qos, false))),
+                        )
+                    }
                     Err(e) => {
                         tracing::error!("{e:#}");
                         shared.metrics.inc("vigil_errors_total", &[("kind", "outbox")]);
+                        failing(&shared.metrics, true);
                     }
                 }
             }
@@ -310,6 +323,7 @@ async fn drive(
                 }
                 _ => Ok(()),
             };
+            failing(&shared.metrics, recorded.is_err());
             if let Err(e) = recorded {
                 // The PUBRELs just buffered must not go out unrecorded: the connection is
                 // dropped with them, and the flows resume from what the outbox holds.
@@ -319,6 +333,12 @@ async fn drive(
             }
         }
     }
+}
+
+/// `vigil_outbox_failing`: whether the outbox's last write failed (a full disk): the health
+/// check reports it, and it clears at the next write that works.
+fn failing(metrics: &Metrics, failed: bool) {
+    metrics.set("vigil_outbox_failing", &[], if failed { 1.0 } else { 0.0 });
 }
 
 fn publish(e: Entry, pkid: u16, qos: QoS, dup: bool) -> Publish {

@@ -37,6 +37,9 @@ pub struct AlertsConfig {
     pub snapshot_dir: Option<PathBuf>,
     /// Snapshots kept per camera (oldest removed first); 0 keeps none on disk.
     pub snapshot_keep: usize,
+    /// Megabytes of snapshots kept per camera at most (oldest removed first), whatever
+    /// `snapshot_keep` allows.
+    pub snapshot_max_mb: u64,
     /// After an alert, further anomalous frames of that camera within this time are counted
     /// but not alerted (`0s`: every anomalous frame alerts, right for one-part-per-frame lines).
     #[serde(with = "humantime_serde")]
@@ -52,6 +55,10 @@ pub struct AlertsConfig {
     /// broker) or `drop_newest`; either is logged and counted in
     /// `vigil_alerts_dropped_total{reason="outbox_full"}`.
     pub outbox_full: outbox::FullPolicy,
+    /// Megabytes kept free on the state folder's file system for the outbox and the state
+    /// files: below it, snapshots, alert frames and sampled normals are not written (and
+    /// `/healthz` warns), so they can never take the space alerts need.
+    pub disk_reserve_mb: u64,
 }
 
 impl Default for AlertsConfig {
@@ -62,10 +69,12 @@ impl Default for AlertsConfig {
             decisions_jsonl: None,
             snapshot_dir: None,
             snapshot_keep: 200,
+            snapshot_max_mb: 100,
             cooldown: Duration::ZERO,
             hysteresis: 0.0,
             outbox_max: 100_000,
             outbox_full: outbox::FullPolicy::DropOldest,
+            disk_reserve_mb: 64,
         }
     }
 }
@@ -91,6 +100,11 @@ impl AlertsConfig {
                 p.add(key, format!("{}: its folder does not exist", j.display()));
             }
         }
+    }
+
+    /// `disk_reserve_mb` in bytes.
+    pub fn disk_reserve(&self) -> u64 {
+        self.disk_reserve_mb.saturating_mul(1024 * 1024)
     }
 
     /// Where snapshots go.

@@ -116,6 +116,8 @@ pub struct Outbox {
     policy: FullPolicy,
     /// Records beyond what the log holds before it is compacted.
     slack: usize,
+    /// The log's length after its last whole record (`None`: unknown, nothing is cut).
+    good_len: Option<u64>,
 }
 
 impl Outbox {
@@ -135,6 +137,7 @@ impl Outbox {
             max: max.max(1),
             policy,
             slack: 10_000,
+            good_len: None,
         };
         let reader = BufReader::new(File::open(path).with_context(|| format!("outbox {}", path.display()))?);
         let mut torn = 0;
@@ -235,7 +238,18 @@ impl Outbox {
     fn append(&mut self, r: &Record, sync: bool) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(r).expect("a record serialises");
         line.push(b'\n');
-        self.file.write_all(&line).with_context(|| format!("writing the outbox {}", self.path.display()))?;
+        if let Err(e) = self.file.write_all(&line) {
+            // A full disk may take part of the line: cut it off, so the next record (once
+            // there is space) starts on a line of its own instead of merging with a torn one.
+            if let Ok(end) = self.file.metadata().map(|m| m.len())
+                && let Some(good) = self.good_len
+                && end > good
+            {
+                let _ = self.file.set_len(good);
+            }
+            return Err(e).with_context(|| format!("writing the outbox {}", self.path.display()));
+        }
+        self.good_len = self.good_len.map(|l| l + line.len() as u64);
         if sync {
             self.file.sync_data().with_context(|| format!("syncing the outbox {}", self.path.display()))?;
         }
@@ -347,8 +361,12 @@ impl Outbox {
     }
 
     fn maybe_compact(&mut self) -> anyhow::Result<()> {
-        if self.records > 2 * (3 * self.pending.len() + self.delivered.len()) + self.slack {
-            self.compact()?;
+        if self.records > 2 * (3 * self.pending.len() + self.delivered.len()) + self.slack
+            && let Err(e) = self.compact()
+        {
+            // The log is whole without it (the old one stays until the rename): a full disk
+            // must not also stop what was just recorded. Tried again at the next record.
+            tracing::warn!("outbox: not compacted: {e:#}");
         }
         Ok(())
     }
@@ -356,14 +374,11 @@ impl Outbox {
     /// Rewrites the log with only what it holds (delivered ids, then pending alerts), through
     /// a temporary file and a rename, so a crash leaves the old or the new log whole.
     fn compact(&mut self) -> anyhow::Result<()> {
-        let tmp = self.path.with_extension("compacting");
-        let mut out = std::io::BufWriter::new(
-            File::create(&tmp).with_context(|| format!("outbox: cannot write {}", tmp.display()))?,
-        );
+        let mut out = Vec::new();
         let mut records = 0;
         for id in &self.delivered {
             serde_json::to_writer(&mut out, &Record::Ack(id.clone()))?;
-            out.write_all(b"\n")?;
+            out.push(b'\n');
             records += 1;
         }
         // An ack of an id never put only fills the remembered set on the next open.
@@ -376,17 +391,13 @@ impl Outbox {
             }
             for r in rs {
                 serde_json::to_writer(&mut out, &r)?;
-                out.write_all(b"\n")?;
+                out.push(b'\n');
                 records += 1;
             }
         }
-        let file = out.into_inner().map_err(|e| anyhow::anyhow!("outbox {}: {e}", tmp.display()))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("outbox: replacing {}", self.path.display()))?;
-        if let Some(dir) = self.path.parent() {
-            let _ = File::open(dir).and_then(|d| d.sync_all());
-        }
+        vigil_model::fsio::write_atomic(&self.path, &out).with_context(|| "outbox: compacting")?;
         self.file = open_append(&self.path)?;
+        self.good_len = self.file.metadata().ok().map(|m| m.len());
         self.records = records;
         Ok(())
     }

@@ -46,22 +46,48 @@ pub fn render(image: &DynamicImage, area: Area, map: ArrayView2<'_, f32>, thresh
     out.into_inner()
 }
 
-/// Writes `jpeg` as `<dir>/<camera>/<id>.jpg` and removes the oldest beyond `keep`.
-pub fn save(dir: &Path, camera: &str, id: &str, jpeg: &[u8], keep: usize) -> std::io::Result<PathBuf> {
+/// How many snapshots are kept on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Per camera (`alerts.snapshot_keep`); 0 keeps none.
+    pub keep: usize,
+    /// Bytes per camera (`alerts.snapshot_max_mb`).
+    pub max_bytes: u64,
+    /// Bytes left free for the outbox (`alerts.disk_reserve_mb`): nothing is written below.
+    pub reserve: u64,
+}
+
+/// Writes `jpeg` as `<dir>/<camera>/<id>.jpg` and removes the oldest beyond what `keep`
+/// allows; refused when it would take the outbox's reserve.
+pub fn save(dir: &Path, camera: &str, id: &str, jpeg: &[u8], keep: Retention) -> std::io::Result<PathBuf> {
     let folder = dir.join(camera);
     std::fs::create_dir_all(&folder)?;
+    if !crate::space::may_write(&folder, jpeg.len() as u64, keep.reserve) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "less than alerts.disk_reserve_mb free: kept for alerts, so snapshots are not saved until space is freed",
+        ));
+    }
     let path = path(dir, camera, id);
-    std::fs::write(&path, jpeg)?;
+    vigil_model::fsio::write_atomic(&path, jpeg)?;
     // ULIDs sort by time, so the oldest are first by name.
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&folder)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+    let mut names: Vec<(PathBuf, u64)> = std::fs::read_dir(&folder)?
+        .filter_map(|e| e.ok().map(|e| (e.path(), e.metadata().map_or(0, |m| m.len()))))
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
-    if names.len() > keep {
-        names.sort();
-        for old in &names[..names.len() - keep] {
-            let _ = std::fs::remove_file(old);
+    names.sort();
+    let (mut kept, mut bytes) = (0usize, 0u64);
+    let mut first_kept = names.len();
+    for (i, (_, size)) in names.iter().enumerate().rev() {
+        if kept == keep.keep || bytes.saturating_add(*size) > keep.max_bytes {
+            break;
         }
+        kept += 1;
+        bytes += size;
+        first_kept = i;
+    }
+    for (old, _) in &names[..first_kept] {
+        let _ = std::fs::remove_file(old);
     }
     Ok(path)
 }
@@ -103,12 +129,16 @@ const QUEUE: usize = 8;
 impl Worker {
     /// Starts the thread: it keeps `keep` snapshots per camera under `dir` and publishes each,
     /// retained, on `<camera>/snapshot` when there is a broker.
-    pub fn start(dir: PathBuf, keep: usize, publisher: Publisher, metrics: Arc<Metrics>) -> Worker {
+    pub fn start(dir: PathBuf, keep: Retention, publisher: Publisher, metrics: Arc<Metrics>) -> Worker {
         let (tx, rx) = sync_channel(QUEUE);
         let m = metrics.clone();
+        let vital = metrics.health.vital("snapshot worker");
         let thread = std::thread::Builder::new()
             .name("vigil-snapshots".into())
-            .spawn(move || work(rx, &dir, keep, &publisher, &m))
+            .spawn(move || {
+                let _vital = vital;
+                work(rx, &dir, keep, &publisher, &m)
+            })
             .expect("starting the snapshot thread");
         Worker { tx: Some(tx), thread: Some(thread), metrics }
     }
@@ -134,7 +164,7 @@ impl Drop for Worker {
     }
 }
 
-fn work(rx: Receiver<Job>, dir: &Path, keep: usize, publisher: &Publisher, metrics: &Metrics) {
+fn work(rx: Receiver<Job>, dir: &Path, keep: Retention, publisher: &Publisher, metrics: &Metrics) {
     for job in rx {
         let (camera, id) = (job.camera.clone(), job.id.clone());
         if let Err(panic) = crate::guard::catch(|| snapshot(job, dir, keep, publisher, metrics)) {
@@ -149,7 +179,7 @@ fn work(rx: Receiver<Job>, dir: &Path, keep: usize, publisher: &Publisher, metri
 }
 
 /// Renders, saves and publishes one snapshot.
-fn snapshot(job: Job, dir: &Path, keep: usize, publisher: &Publisher, metrics: &Metrics) {
+fn snapshot(job: Job, dir: &Path, keep: Retention, publisher: &Publisher, metrics: &Metrics) {
     let image = match vigil_model::preprocess::decode(&job.frame) {
         Ok(i) => i,
         Err(e) => {
@@ -160,7 +190,7 @@ fn snapshot(job: Job, dir: &Path, keep: usize, publisher: &Publisher, metrics: &
         }
     };
     let jpeg = render(&image, job.area, job.map.view(), job.threshold, &job.region);
-    if keep > 0
+    if keep.keep > 0
         && let Err(e) = save(dir, &job.camera, &job.id, &jpeg, keep)
     {
         tracing::warn!(camera = job.camera, "snapshot not saved in {}: {e}", dir.display());

@@ -119,7 +119,11 @@ impl FolderSource {
     }
 }
 
+/// How long a file whose alert could not be stored waits before it is scored again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// One folder camera.
+#[derive(Clone)]
 pub struct FolderCamera {
     /// Its `[[cameras]]` index.
     pub slot: usize,
@@ -200,6 +204,9 @@ pub async fn run(
     let tick = (cfg.settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     let mut ticker = tokio::time::interval(tick);
     let mut tasks = tokio::task::JoinSet::new();
+    // Files whose alert could not be stored (a full state folder) come back here to be scored
+    // again while the daemon runs, so that they alert once space is back, without a restart.
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<PathBuf>();
     tracing::info!(camera = cam.camera, "watching {} ({} file(s) in the backlog)", root.display(), pending.len());
     loop {
         tokio::select! {
@@ -262,6 +269,11 @@ pub async fn run(
                 }
                 }
             }
+            Some(p) = retry_rx.recv() => {
+                if !pending.contains_key(&p) {
+                    add_existing(p, cfg.settle, &mut pending, &mut order);
+                }
+            }
             _ = ticker.tick() => {}
         }
         // Take what is complete, in arrival order.
@@ -308,11 +320,19 @@ pub async fn run(
             }
             let (ledger, in_flight, camera, cfg) =
                 (cam.ledger.clone(), in_flight.clone(), cam.camera.clone(), cfg.clone());
+            let (retry, mut stopped) = (retry_tx.clone(), stop.clone());
             tasks.spawn(async move {
-                if let Ok(outcome) = done_rx.await {
-                    finish(&camera, &key, outcome, &ledger, &cfg);
-                }
+                let again = match done_rx.await {
+                    Ok(outcome) => finish(&camera, &key, outcome, &ledger, &cfg),
+                    Err(_) => false,
+                };
                 in_flight.lock().expect("in-flight lock").remove(&key.path);
+                if again {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_AFTER) => { let _ = retry.send(key.path); }
+                        _ = stopped.recv() => {}
+                    }
+                }
             });
         }
         if stop.is_shutdown() {
@@ -396,15 +416,15 @@ fn take(
 }
 
 /// After scoring: record the file as done, then keep, delete or move it; a rejected file
-/// goes to the quarantine folder when one is set.
-fn finish(camera: &str, key: &FileKey, outcome: Outcome, ledger: &Mutex<Ledger>, cfg: &FolderSource) {
+/// goes to the quarantine folder when one is set. Returns whether the file is to be scored again (its alert was not stored).
+fn finish(camera: &str, key: &FileKey, outcome: Outcome, ledger: &Mutex<Ledger>, cfg: &FolderSource) -> bool {
     match outcome {
         Outcome::Retry(reason) => {
-            // Not marked done: the next start scores it again (and alerts under the same id).
-            tracing::warn!(camera, "{}: left for the next start: {reason}", key.path.display());
-            return;
+            // Not marked done: scored again shortly (and at the next start), under the same id.
+            tracing::warn!(camera, "{}: scored again in {}s: {reason}", key.path.display(), RETRY_AFTER.as_secs());
+            return true;
         }
-        Outcome::Rejected(_) if quarantine(camera, &key.path, cfg.quarantine.as_deref()) => return,
+        Outcome::Rejected(_) if quarantine(camera, &key.path, cfg.quarantine.as_deref()) => return false,
         _ => {}
     }
     // Done first: if vigil dies right after, the file is not scored again.
@@ -415,17 +435,18 @@ fn finish(camera: &str, key: &FileKey, outcome: Outcome, ledger: &Mutex<Ledger>,
     if !matches!(after, AfterScoring::Keep) && !still_the_scored_version(key) {
         // Rewritten while it was scored: the new version waits for its own turn; deleting or
         // moving it now would lose it unscored.
-        return;
+        return false;
     }
     let result = match (after, cfg.move_to.as_deref()) {
         (AfterScoring::Delete, _) => std::fs::remove_file(&key.path),
         (AfterScoring::Move, Some(dir)) => move_into(&key.path, dir),
-        _ => return,
+        _ => return false,
     };
     match result {
         Ok(()) => ledger.lock().expect("ledger lock").forget(key),
         Err(e) => tracing::warn!(camera, "{}: could not {after:?} it after scoring: {e}", key.path.display()),
     }
+    false
 }
 
 /// Whether the file at `key.path` is still the one `key` describes.

@@ -51,6 +51,15 @@ pub struct MqttSource {
     /// Payloads larger than this are refused.
     #[serde(default = "super::folder::default_max_bytes")]
     pub max_bytes: u64,
+    /// With `camera_from_topic` or `camera_field`: the most camera ids this group takes. Each
+    /// id gets its own metric series, kept frames and state, so an id beyond this is refused
+    /// (counted as `too_many_cameras`), whoever publishes it.
+    #[serde(default = "default_max_cameras")]
+    pub max_cameras: usize,
+}
+
+fn default_max_cameras() -> usize {
+    64
 }
 
 fn default_image_field() -> String {
@@ -94,6 +103,9 @@ impl MqttSource {
         }
         if self.max_bytes == 0 {
             p.at(key, "max_bytes", "must be positive");
+        }
+        if self.max_cameras == 0 {
+            p.at(key, "max_cameras", "must be positive (default 64)");
         }
     }
 }
@@ -220,15 +232,19 @@ pub async fn run(
     frames: crate::trigger::Queue,
     mqtt: MqttClient,
     metrics: Arc<Metrics>,
+    known: Vec<String>,
     mut stop: Shutdown,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
+    let mut members = Members::new(&cameras, known);
     loop {
         let p = tokio::select! {
             p = messages.recv() => match p { Some(p) => p, None => break },
             _ = stop.recv() => break,
         };
-        match parse(&cameras, &p.topic, &p.payload) {
+        let parsed =
+            parse(&cameras, &p.topic, &p.payload).map(|r| r.and_then(|parsed| members.admit(&cameras, parsed)));
+        match parsed {
             None => mqtt.ack(&p).await,
             Some(Err((camera, kind, reason))) => {
                 metrics.rejected(&camera, &p.topic, kind, &reason);
@@ -270,6 +286,47 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
+/// The camera ids each group has taken, bounded by its `max_cameras`.
+pub struct Members {
+    seen: std::collections::HashMap<usize, std::collections::HashSet<String>>,
+    known: std::collections::HashSet<String>,
+}
+
+impl Members {
+    /// `known`: ids with state from earlier runs (kept frames): taken again, and counted in the
+    /// bound, so that restarts do not each add another `max_cameras` ids.
+    pub fn new(cameras: &[MqttCamera], known: Vec<String>) -> Members {
+        let groups = cameras.iter().filter(|c| c.config.camera_from_topic.is_some() || c.config.camera_field.is_some());
+        let known: std::collections::HashSet<String> = known.into_iter().collect();
+        let seen = groups.map(|c| (c.slot, std::collections::HashSet::new())).collect();
+        Members { seen, known }
+    }
+
+    /// The frame, or its refusal when its id would take a group past `max_cameras`.
+    pub fn admit(&mut self, cameras: &[MqttCamera], parsed: Parsed) -> Result<Parsed, Refusal> {
+        let Some(seen) = self.seen.get_mut(&parsed.slot) else { return Ok(parsed) };
+        if seen.contains(&parsed.camera) {
+            return Ok(parsed);
+        }
+        let cam = cameras.iter().find(|c| c.slot == parsed.slot).expect("a parsed frame's camera");
+        let taken = seen.len() + self.known.iter().filter(|id| !seen.contains(*id)).count();
+        if !self.known.contains(&parsed.camera) && taken >= cam.config.max_cameras {
+            return Err((
+                cam.id.clone(),
+                "too_many_cameras",
+                format!(
+                    "camera id `{}` would be the group's {}th; the group takes at most {} (cameras[].source.max_cameras): raise it if the line has more cameras",
+                    parsed.camera.escape_default(),
+                    taken + 1,
+                    cam.config.max_cameras
+                ),
+            ));
+        }
+        seen.insert(parsed.camera.clone());
+        Ok(parsed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,8 +346,23 @@ mod tests {
                 class_field: None,
                 class_from_topic: None,
                 max_bytes: 100,
+                max_cameras: 2,
             },
         }]
+    }
+
+    #[test]
+    fn a_group_takes_at_most_max_cameras_ids_counting_those_from_earlier_runs() {
+        let cams = cams(PayloadFormat::Raw, Some(3));
+        let frame = |id: &str| parse(&cams, &format!("factory/l1/camera/{id}/frame"), b"PNG").unwrap().unwrap();
+        let mut members = Members::new(&cams, vec!["old".into()]);
+        assert!(members.admit(&cams, frame("c1")).is_ok());
+        let (group, kind, reason) = members.admit(&cams, frame("c2")).unwrap_err();
+        assert_eq!((group.as_str(), kind), ("line", "too_many_cameras"));
+        assert!(reason.contains("max_cameras"), "{reason}");
+        assert!(members.admit(&cams, frame("c1")).is_ok(), "a member already taken stays");
+        assert!(members.admit(&cams, frame("old")).is_ok(), "so does one from an earlier run");
+        assert!(members.admit(&cams, frame("c3")).is_err());
     }
 
     #[test]

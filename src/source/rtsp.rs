@@ -64,6 +64,11 @@ pub enum RtspTransport {
 /// How long connecting (DESCRIBE, SETUP, PLAY) may take before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest H.264 access unit (one frame's NAL units) taken from a stream. The RTSP library
+/// assembles a frame before vigil sees it, so its buffer is bounded by `stall_timeout` (no
+/// whole frame for that long restarts the stream), not in bytes: docs/security.md.
+const MAX_ACCESS_UNIT: usize = 16 << 20;
+
 impl RtspSource {
     /// Checks the values under `key` (`cameras[0].source`).
     pub fn validate(&self, key: &str, p: &mut Problems) {
@@ -255,6 +260,16 @@ async fn session(
             Some(Ok(_)) => continue,
         };
         last_video = tokio::time::Instant::now();
+        if frame.data().len() > MAX_ACCESS_UNIT {
+            // No camera's H.264 frame comes near this (a 4K keyframe is a few MB): a stream
+            // that sends one is broken or hostile, and its frames must not reach the decoder.
+            out.metrics.inc("vigil_errors_total", &[("kind", "stream_frame_too_large")]);
+            bail!(
+                "a frame of {} bytes, over the limit of {} MiB for one H.264 access unit; starting again",
+                frame.data().len(),
+                MAX_ACCESS_UNIT >> 20
+            );
+        }
         if h264::is_b_frame(frame.data()) {
             // OpenH264 does not decode B-frames, and gives no pictures for the frames around
             // them either (measured: `cargo bench --bench stream`): the camera must send none.

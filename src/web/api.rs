@@ -31,13 +31,13 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], app.metrics.render()).into_response()
 }
 
-/// `GET /healthz`: 200 once ready, 503 while starting or stopping.
+/// `GET /healthz`: 200 once ready (with any warnings), 503 while starting, stopping or failed.
 pub async fn healthz(State(app): State<Arc<App>>) -> Response {
-    if app.metrics.is_ready() {
-        text(StatusCode::OK, "ok".into())
-    } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "starting or stopping".into())
-    }
+    // 503 while starting, stopping or failed (a stage ended, state_dir full): a load balancer
+    // or monitor sees a box that scores nothing as down. Warnings keep 200 with their lines.
+    let report = app.metrics.health.report();
+    let status = if report.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, report.text)
 }
 
 /// Anything else.

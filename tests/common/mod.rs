@@ -262,3 +262,12 @@ pub fn write_png(dir: &Path, name: &str, w: u32, h: u32, rgb: bool, seed: u64) -
     }
     path
 }
+
+/// Waits up to `timeout` for `done`, failing the test with `what` after that.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "waited {timeout:?} for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}

@@ -49,6 +49,20 @@ impl Mosquitto {
         m
     }
 
+    /// A broker that keeps sessions across a graceful restart ([`Mosquitto::terminate`], then
+    /// [`Mosquitto::restart`]), so a persistent subscriber misses nothing while it is away.
+    pub fn persistent() -> Mosquitto {
+        Mosquitto::start_with(|dir, port| {
+            // Started as root, mosquitto drops to its own user, which must be able to save there.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            format!(
+                "persistence true\npersistence_location {}/\nlistener {port} 127.0.0.1\nallow_anonymous true\n",
+                dir.display()
+            )
+        })
+    }
+
     /// Starts the broker again on the same port (after [`Mosquitto::stop`]).
     pub fn restart(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");

@@ -10,7 +10,6 @@ pub mod install;
 pub mod manifest;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,6 +84,17 @@ pub enum BundleError {
         found: u64,
         /// The version this build reads.
         supported: u32,
+    },
+    /// The model names data outside itself (ONNX external data): what the box would act on is
+    /// then not what was hashed and signed, and a crafted path could read any file.
+    #[error(
+        "model bundle {path}: tensor `{tensor}` keeps its data in an external file; vigil serves self-contained models only: export it again with vigil-train (or save the ONNX with its data inside, e.g. onnx.save(model, path, save_as_external_data=False))"
+    )]
+    ExternalData {
+        /// The model file.
+        path: PathBuf,
+        /// The first tensor that does.
+        tensor: String,
     },
 }
 
@@ -169,12 +179,38 @@ pub fn embed_manifest(model: &mut pb::ModelProto, manifest: &Manifest) {
     model.metadata_props.push(pb::StringStringEntryProto { key: METADATA_KEY.into(), value: json });
 }
 
+/// The first tensor of `model` (initializers and constant attributes, in subgraphs too) whose
+/// data lives in an external file, if any.
+fn external_tensor(model: &pb::ModelProto) -> Option<String> {
+    fn external(t: &pb::TensorProto) -> bool {
+        !t.external_data.is_empty() || t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
+    }
+    fn in_graph(g: &pb::GraphProto) -> Option<String> {
+        let named = |t: &pb::TensorProto| if t.name.is_empty() { "(unnamed)".to_owned() } else { t.name.clone() };
+        if let Some(t) = g.initializer.iter().find(|t| external(t)) {
+            return Some(named(t));
+        }
+        if let Some(t) = g.sparse_initializer.iter().filter_map(|s| s.values.as_ref()).find(|t| external(t)) {
+            return Some(named(t));
+        }
+        for n in &g.node {
+            for a in &n.attribute {
+                if let Some(t) = a.t.as_ref().filter(|t| external(t)).or_else(|| a.tensors.iter().find(|t| external(t)))
+                {
+                    return Some(format!("{} (attribute `{}` of node `{}`)", named(t), a.name, n.name));
+                }
+                if let Some(found) = a.g.as_ref().and_then(in_graph).or_else(|| a.graphs.iter().find_map(in_graph)) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+    model.graph.as_ref().and_then(in_graph)
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    crate::fsio::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 impl Bundle {
@@ -195,18 +231,18 @@ impl Bundle {
             (path.to_path_buf(), None)
         };
         let model_bytes: Arc<[u8]> = fs::read(&model_path).map_err(io_err(&model_path))?.into();
+        // Still refuse a model file that is not ONNX, even with a good manifest.
+        let model = pb::ModelProto::decode(&model_bytes[..])
+            .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
+        if let Some(tensor) = external_tensor(&model) {
+            return Err(BundleError::ExternalData { path: model_path, tensor });
+        }
         let manifest = match manifest_path {
             Some(m) => {
                 let bytes = fs::read(&m).map_err(io_err(&m))?;
-                let manifest = parse_manifest(&bytes, &m.display().to_string())?;
-                // Still refuse a model file that is not ONNX, even with a good manifest.
-                pb::ModelProto::decode(&model_bytes[..])
-                    .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
-                manifest
+                parse_manifest(&bytes, &m.display().to_string())?
             }
             None => {
-                let model = pb::ModelProto::decode(&model_bytes[..])
-                    .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
                 let json = embedded_manifest(&model).ok_or_else(|| BundleError::NoManifest(path.to_path_buf()))?;
                 parse_manifest(json.as_bytes(), &format!("{}#{METADATA_KEY}", model_path.display()))?
             }

@@ -113,17 +113,12 @@ fn crockford(mut value: u128) -> String {
 }
 
 /// RFC 3339 in UTC with milliseconds. Never panics: a time the format cannot show (before
-/// 1970, after 9999) is written as the nearest it can; frame times are checked on the way in
-/// (`frame::checked_time`), so this is the last line of defence, not the rule.
+/// 1970, where humantime panics, or after 9999, where it errs) is written as the nearest it
+/// can; frame times are checked on the way in (`frame::checked_time`), so this is the last
+/// line of defence, not the rule.
 pub fn rfc3339(t: SystemTime) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    if write!(out, "{}", humantime::format_rfc3339_millis(t)).is_ok() {
-        return out;
-    }
     let last = UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
-    let clamped = if t < UNIX_EPOCH { UNIX_EPOCH } else { last };
-    humantime::format_rfc3339_millis(clamped).to_string()
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, last)).to_string()
 }
 
 #[cfg(test)]

@@ -113,6 +113,12 @@ const HELP: &[(&str, &str, &str)] = &[
     ("vigil_stream_connected", "gauge", "1 while a live camera's stream is up, by camera."),
     ("vigil_stream_reconnects_total", "counter", "Live camera streams lost or failed and opened again, by camera."),
     ("vigil_verdicts_total", "counter", "Verdicts given on alerts, by camera and verdict (false_alarm, confirmed)."),
+    ("vigil_http_connections", "gauge", "Connections open to the HTTP listener (at most http.max_connections)."),
+    (
+        "vigil_http_evicted_total",
+        "counter",
+        "HTTP connections closed to make room when all were taken, by what they were waiting in (head, idle, login_body).",
+    ),
     ("vigil_mqtt_connected", "gauge", "1 while connected to the broker."),
     (
         "vigil_health_condition",

@@ -2,6 +2,8 @@
 //! Chromium (through chromedriver), verdicts from the page and over MQTT into the data set,
 //! sampled normals, and every refusal of the page's security.
 
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use crate::common::mosquitto::{Mosquitto, Subscriber, free_port, http_request, metric};
 use crate::daemon::{Daemon, Plant, WAIT, mqtt_section};
 
-const TOKEN: &str = "page-test-token-0123456789";
+pub const TOKEN: &str = "page-test-token-0123456789";
 
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -40,6 +42,96 @@ fn start(plant: &Plant, broker: &Mosquitto, extra: &str) -> Daemon {
         plant.folder_camera("")
     ));
     Daemon::start(plant, &cfg)
+}
+
+/// A daemon with one folder camera (alerts to a JSON-lines file, no broker), the page with a
+/// token file, and `extra` config in `[http]`.
+pub fn start_web(plant: &Plant, extra: &str) -> Daemon {
+    let token = plant.path("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let cfg = plant.config(&format!(
+        "token_file = \"{}\"\n{extra}[alerts]\njsonl = \"{}\"\n{}",
+        token.display(),
+        plant.path("out/alerts.jsonl").display(),
+        plant.folder_camera("")
+    ));
+    Daemon::start(plant, &cfg)
+}
+
+/// An HTTP response as it came.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Raw {
+    /// The values of header `name` (any case).
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+}
+
+/// A TCP connection to the daemon on loopback, from the loopback address `from` (any of
+/// 127.0.0.0/8 is this machine's, so tests can be several clients).
+pub fn connect_from(from: IpAddr, port: u16) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        let s = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// Sends `request` whole on a new connection from `from` and reads the answer to the end.
+pub fn raw_request(port: u16, from: IpAddr, request: &str) -> Raw {
+    let mut s = connect_from(from, port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = vec![];
+    s.read_to_end(&mut out).unwrap();
+    parse_response(&out)
+}
+
+pub fn parse_response(bytes: &[u8]) -> Raw {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Raw { status, head: head.to_owned(), body: body.to_owned() }
+}
+
+/// A login form post from `from` with `token`, as the page's own form sends it.
+fn login_from(port: u16, from: IpAddr, token: &str, extra_headers: &str) -> Raw {
+    let form = format!("token={token}");
+    raw_request(
+        port,
+        from,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra_headers}\r\n{form}",
+            form.len()
+        ),
+    )
+}
+
+/// The `name=value` of a response's session cookie, and its attributes.
+fn session_cookie(r: &Raw) -> (String, Vec<String>) {
+    let set = r.header("set-cookie");
+    assert_eq!(set.len(), 1, "{r:?}");
+    let mut parts = set[0].split(';').map(|p| p.trim().to_owned());
+    (parts.next().unwrap(), parts.collect())
+}
+
+fn localhost() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
 }
 
 /// chromedriver on a free port, killed on drop.
@@ -248,7 +340,9 @@ fn the_page_refuses_writes_without_the_token_from_other_origins_and_outside_its_
     let verdict = format!("/api/cameras/cam1/alerts/{id}/verdict");
     let body = r#"{"verdict": "confirmed"}"#;
     let bearer = format!("Bearer {TOKEN}");
-    let cookie = format!("vigil_token={TOKEN}");
+    let login = login_from(port, localhost(), TOKEN, "");
+    assert_eq!(login.status, 303, "{login:?}");
+    let (cookie, _) = session_cookie(&login);
     let host_origin = "http://localhost";
 
     // Reading on loopback needs no token.
@@ -365,9 +459,146 @@ fn the_page_off_loopback_needs_a_token_file_and_the_token_to_read() {
     assert_eq!(http_request(port, "GET", "/api/state", &[], "").0, 401);
     let (code, _) = http_request(port, "GET", "/", &[], "");
     assert_eq!(code, 303, "the page sends to the login form");
-    assert_eq!(http_request(port, "GET", "/api/state", &[("Cookie", &format!("vigil_token={TOKEN}"))], "").0, 200);
+    let (cookie, _) = session_cookie(&login_from(port, localhost(), TOKEN, ""));
+    assert_eq!(http_request(port, "GET", "/api/state", &[("Cookie", &cookie)], "").0, 200);
+    assert_eq!(
+        http_request(port, "GET", "/api/state", &[("Cookie", &format!("vigil_session={TOKEN}"))], "").0,
+        401,
+        "the token itself is no session"
+    );
     assert_eq!(http_request(port, "GET", "/api/state", &[("Authorization", "Bearer nope-nope-nope-nope")], "").0, 401);
     assert_eq!(http_request(port, "GET", "/metrics", &[], "").0, 200, "scrapers need no token");
     assert_eq!(http_request(port, "GET", "/healthz", &[], "").0, 200);
+    daemon.stop();
+}
+
+#[test]
+fn every_response_says_nosniff_and_may_not_be_framed() {
+    let plant = Plant::new();
+    let daemon = start_web(&plant, "");
+    let port = plant.http;
+    let get = |path: &str| {
+        raw_request(port, localhost(), &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))
+    };
+    let refused_write = raw_request(
+        port,
+        localhost(),
+        "POST /api/cameras/cam1/threshold HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\n0",
+    );
+    assert_eq!(refused_write.status, 401);
+    let answers = [
+        get("/"),
+        get("/login"),
+        get("/static/page.js"),
+        get("/api/state"),
+        get("/nope"),
+        get("/healthz"),
+        get("/metrics"),
+        refused_write,
+        login_from(port, localhost(), "wrong-token-0123456789", ""),
+    ];
+    for r in &answers {
+        assert_eq!(r.header("x-content-type-options"), ["nosniff"], "{r:?}");
+        let csp = r.header("content-security-policy");
+        assert!(csp.len() == 1 && csp[0].contains("frame-ancestors 'none'"), "{r:?}");
+        assert_eq!(r.header("x-frame-options"), ["DENY"], "{r:?}");
+    }
+    daemon.stop();
+}
+
+#[test]
+fn the_session_cookie_holds_no_token_expires_and_is_secure_behind_tls() {
+    let plant = Plant::new();
+    let daemon = start_web(&plant, "");
+    let port = plant.http;
+    let login = login_from(port, localhost(), TOKEN, "");
+    assert_eq!(login.status, 303, "{login:?}");
+    let (cookie, attributes) = session_cookie(&login);
+    assert!(cookie.starts_with("vigil_session=") && !cookie.contains(TOKEN), "{cookie}");
+    for want in ["Path=/", "Max-Age=43200", "HttpOnly", "SameSite=Strict"] {
+        assert!(attributes.iter().any(|a| a == want), "{want} in {attributes:?}");
+    }
+    assert!(!attributes.iter().any(|a| a == "Secure"), "plain HTTP: a Secure cookie would never come back");
+    // The value says when it ends, and the server holds it to that.
+    let value = cookie.strip_prefix("vigil_session=").unwrap();
+    let expires: u64 = value.split_once('.').unwrap().0.parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(expires.abs_diff(now + 43200) <= 5, "{expires} vs {now}");
+
+    // It opens writes (the threshold, from the page's origin) ...
+    let write = |cookie: &str| {
+        let headers = [("Cookie", cookie), ("Origin", "http://localhost"), ("Content-Type", "application/json")];
+        http_request(port, "POST", "/api/cameras/cam1/threshold", &headers, r#"{"threshold": 2.5}"#)
+    };
+    assert_eq!(write(&cookie).0, 200);
+    // ... until it expires; the token itself, an altered expiry or a session made with another
+    // token open nothing.
+    let token = vigil::web::auth::Token::new(TOKEN);
+    let expired = format!("vigil_session={}", token.session(now - 1));
+    let (code, text) = write(&expired);
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("expired"), "{text}");
+    assert_eq!(write(&format!("vigil_session={TOKEN}")).0, 401);
+    let (_, tag) = value.split_once('.').unwrap();
+    assert_eq!(write(&format!("vigil_session={}.{tag}", expires + 60)).0, 401);
+    let other = vigil::web::auth::Token::new("another-token-0123456789");
+    assert_eq!(write(&format!("vigil_session={}", other.session(now + 600))).0, 401);
+    assert_eq!(write(&format!("vigil_session={}", token.session(now + 600))).0, 200, "the key is the token's");
+
+    // Through a TLS reverse proxy the cookie is Secure.
+    let proxied = login_from(port, localhost(), TOKEN, "X-Forwarded-Proto: https\r\n");
+    assert!(session_cookie(&proxied).1.iter().any(|a| a == "Secure"), "{proxied:?}");
+    daemon.stop();
+
+    // And always with `secure_cookie = true`.
+    let daemon = start_web(&plant, "secure_cookie = true\n");
+    let login = login_from(port, localhost(), TOKEN, "");
+    assert!(session_cookie(&login).1.iter().any(|a| a == "Secure"), "{login:?}");
+    daemon.stop();
+}
+
+#[test]
+fn wrong_logins_are_limited_per_address_and_in_all_with_429_and_retry_after() {
+    let plant = Plant::new();
+    let daemon = start_web(&plant, "");
+    let port = plant.http;
+    let from = |last: u8| IpAddr::from([127, 0, 0, last]);
+    let wrong = "wrong-token-0123456789";
+    // A right token costs nothing.
+    for _ in 0..8 {
+        assert_eq!(login_from(port, from(2), TOKEN, "").status, 303);
+    }
+    // One address: five wrong tokens, then it waits, the right token included (else the
+    // answer to a guess would still tell right from wrong).
+    for _ in 0..5 {
+        assert_eq!(login_from(port, from(2), wrong, "").status, 401);
+    }
+    let limited = login_from(port, from(2), wrong, "");
+    assert_eq!(limited.status, 429, "{limited:?}");
+    let retry: u64 = limited.header("retry-after")[0].parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert!(limited.body.contains("try again in"), "{limited:?}");
+    assert_eq!(login_from(port, from(2), TOKEN, "").status, 429);
+    // Another address is not held back by it ...
+    assert_eq!(login_from(port, from(3), TOKEN, "").status, 303);
+    // ... until all of them together have used the global allowance (20 wrong tokens).
+    for a in 3..=5 {
+        for _ in 0..5 {
+            assert_eq!(login_from(port, from(a), wrong, "").status, 401);
+        }
+    }
+    // Bounded: the global bucket earns one attempt back every 5 s, so a slow machine may see
+    // one more wrong token through.
+    let mut allowed = 0;
+    let mut a = 6;
+    while login_from(port, from(a), wrong, "").status != 429 {
+        allowed += 1;
+        a += 1;
+        assert!(allowed <= 1, "a fresh address was let in {allowed} times with all attempts used");
+    }
+    assert_eq!(login_from(port, from(a + 1), TOKEN, "").status, 429, "the right token waits too");
+    let m = plant.metrics();
+    assert_eq!(metric(&m, "vigil_errors_total{kind=\"http_auth\"}"), 20.0 + allowed as f64, "{m}");
+    assert_eq!(metric(&m, "vigil_errors_total{kind=\"http_login_limited\"}"), 4.0, "{m}");
     daemon.stop();
 }

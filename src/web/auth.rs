@@ -1,28 +1,40 @@
 //! The page's token and who may do what: reading the page is open on loopback and needs the
 //! token elsewhere; every write (threshold, verdict) needs the token, compared in constant
-//! time, and is refused when a browser sends it from another origin.
+//! time, and is refused when a browser sends it from another origin. The login form trades
+//! the token for a session cookie that expires and does not hold the token.
 
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::App;
+use super::gate::closing;
+use super::limit::LoginLimiter;
 
-/// The cookie the login form sets.
-pub const COOKIE: &str = "vigil_token";
+/// The cookie the login form sets: `<expiry, Unix seconds>.<HMAC of it, hex>`.
+pub const COOKIE: &str = "vigil_session";
+/// How long a login lasts: a shift, so a cookie left on a shared screen or copied from a
+/// browser stops working by the next one.
+pub const SESSION: Duration = Duration::from_secs(12 * 3600);
 /// Shortest token accepted from `token_file`.
 const MIN_LEN: usize = 16;
 
 /// The page's token (kept as its SHA-256, so comparisons take the same time whatever the
-/// length or content of what is presented).
+/// length or content of what is presented), and the key of the session cookies derived from
+/// it: a cookie reveals nothing of the token, and a new token ends every session.
 #[derive(Clone)]
-pub struct Token([u8; 32]);
+pub struct Token {
+    hash: [u8; 32],
+    session_key: [u8; 32],
+}
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +45,9 @@ impl std::fmt::Debug for Token {
 impl Token {
     /// A token from its text.
     pub fn new(text: &str) -> Token {
-        Token(Sha256::digest(text.as_bytes()).into())
+        let mut key = <Hmac<Sha256>>::new_from_slice(text.as_bytes()).expect("HMAC takes keys of any length");
+        key.update(b"vigil page session key");
+        Token { hash: Sha256::digest(text.as_bytes()).into(), session_key: key.finalize().into_bytes().into() }
     }
 
     /// Reads `token_file`, or the default `<state_dir>/http-token` (created, readable by the
@@ -73,9 +87,48 @@ impl Token {
     /// Whether `presented` is the token, in time independent of where they differ.
     pub fn matches(&self, presented: &str) -> bool {
         let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let diff = self.0.iter().zip(other.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = self.hash.iter().zip(other.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         std::hint::black_box(diff) == 0
     }
+
+    fn session_mac(&self, expires: u64) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256>>::new_from_slice(&self.session_key).expect("HMAC takes keys of any length");
+        mac.update(format!("vigil session until {expires}").as_bytes());
+        mac
+    }
+
+    /// The session cookie's value for a login that lasts until `expires` (Unix seconds).
+    pub fn session(&self, expires: u64) -> String {
+        let tag = self.session_mac(expires).finalize().into_bytes();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{expires}.{hex}")
+    }
+
+    /// Whether `value` is a session cookie of this token that has not expired at `now` (Unix
+    /// seconds); the tag is compared in constant time.
+    pub fn session_valid(&self, value: &str, now: u64) -> bool {
+        let Some((expires, hex)) = value.split_once('.') else { return false };
+        let Ok(expires) = expires.parse::<u64>() else { return false };
+        // Not expired, and not longer than a session (one issued before the clock was set is
+        // refused once it is).
+        if expires <= now || expires > now.saturating_add(SESSION.as_secs() + 60) {
+            return false;
+        }
+        let Some(tag) = unhex(hex) else { return false };
+        self.session_mac(expires).verify_slice(&tag).is_ok()
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn create(path: &Path) -> anyhow::Result<()> {
@@ -123,7 +176,13 @@ fn bearer(mut r: Response) -> Response {
 }
 
 fn authorised(app: &App, headers: &HeaderMap) -> Option<Via> {
-    presented(headers).and_then(|(t, via)| app.token.matches(&t).then_some(via))
+    presented(headers).and_then(|(t, via)| {
+        let ok = match via {
+            Via::Header => app.token.matches(&t),
+            Via::Cookie => app.token.session_valid(&t, unix_now()),
+        };
+        ok.then_some(via)
+    })
 }
 
 /// Whether the page may be read: with the token, or without one from this machine itself.
@@ -191,7 +250,9 @@ fn same_origin(headers: &HeaderMap, via: Via) -> Result<(), Response> {
 pub fn check_write(app: &App, headers: &HeaderMap) -> Result<(), Response> {
     match authorised(app, headers) {
         Some(via) => same_origin(headers, via),
-        None if presented(headers).is_some() => Err(bearer(refuse(StatusCode::UNAUTHORIZED, "wrong token"))),
+        None if presented(headers).is_some() => {
+            Err(bearer(refuse(StatusCode::UNAUTHORIZED, "wrong token, or the login expired: log in at /login again")))
+        }
         None => Err(bearer(refuse(
             StatusCode::UNAUTHORIZED,
             "this needs the page's token: log in at /login, or send `Authorization: Bearer TOKEN`",
@@ -205,17 +266,60 @@ pub struct Login {
     token: String,
 }
 
-/// `POST /login`: sets the token cookie when it is right.
+/// Whether the login came through a reverse proxy that says the browser used HTTPS
+/// (`X-Forwarded-Proto: https`, or `proto=https` in `Forwarded`). Believed from anyone: a
+/// client that lies only makes its own cookie `Secure`.
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("https")));
+    let forwarded = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|kv| kv.trim().eq_ignore_ascii_case("proto=https"));
+    proto || forwarded
+}
+
+/// `POST /login`: sets the session cookie when the token is right. In this order, each step
+/// before anything is read of the body: the origin, the rate limit (429 with `Retry-After`),
+/// then the form within `BODY_TIMEOUT`, its connection open to eviction while it arrives.
 pub async fn login(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    form: Result<axum::Form<Login>, axum::extract::rejection::FormRejection>,
+    axum::Extension(limiter): axum::Extension<Arc<LoginLimiter>>,
+    req: Request,
 ) -> Response {
     // The origin first: another site learns nothing, not even whether its form was well made.
-    if let Err(r) = same_origin(&headers, Via::Cookie) {
-        return r;
+    if let Err(r) = same_origin(req.headers(), Via::Cookie) {
+        return closing(r);
     }
-    let form = match form {
+    let from = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    if let Err(wait) = limiter.take(from) {
+        app.metrics.inc("vigil_errors_total", &[("kind", "http_login_limited")]);
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::warn!("http: login attempts from {from} refused for {seconds} s: too many wrong tokens");
+        let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, &format!("too many wrong tokens: try again in {seconds} s"));
+        r.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+        return closing(r);
+    }
+    let conn = req.extensions().get::<super::conn::Handle>().cloned();
+    if let Some(c) = &conn {
+        c.unauthenticated();
+    }
+    let req = match super::gate::read_body(&app, req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Some(c) = &conn {
+        c.serving();
+    }
+    let secure = app.config.http.secure_cookie || forwarded_https(req.headers());
+    let form = match axum::Form::<Login>::from_request(req, &()).await {
         Ok(f) => f,
         Err(e) => {
             let message = format!("{e}: send the form field `token` (application/x-www-form-urlencoded)");
@@ -228,8 +332,14 @@ pub async fn login(
         return (StatusCode::UNAUTHORIZED, axum::response::Html(super::page::login_page(Some("wrong token"))))
             .into_response();
     }
-    // HttpOnly: scripts never see it; SameSite=Strict: other sites' requests never carry it.
-    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    limiter.give_back(from);
+    let session = app.token.session(unix_now() + SESSION.as_secs());
+    // HttpOnly: scripts never see it; SameSite=Strict: other sites' requests never carry it;
+    // Max-Age: it ends with the session (the value says so too, and is checked).
+    let mut cookie = format!("{COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict", SESSION.as_secs());
+    if secure {
+        cookie.push_str("; Secure");
+    }
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
@@ -244,7 +354,7 @@ mod tests {
         assert!(!t.matches("0123456789abcdef012"));
         assert!(!t.matches(""));
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, "a=b; vigil_token=xyz; c=d".parse().unwrap());
+        h.insert(header::COOKIE, "a=b; vigil_session=xyz; c=d".parse().unwrap());
         assert_eq!(presented(&h), Some(("xyz".into(), Via::Cookie)));
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         assert_eq!(presented(&h), Some(("abc".into(), Via::Header)));
@@ -259,5 +369,23 @@ mod tests {
         assert!(same_origin(&o, Via::Header).is_ok(), "a script with the bearer token");
         o.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(same_origin(&o, Via::Header).is_err());
+    }
+
+    #[test]
+    fn a_session_cookie_holds_no_token_expires_and_cannot_be_altered() {
+        let text = "0123456789abcdef0123";
+        let t = Token::new(text);
+        let now = 1_800_000_000;
+        let cookie = t.session(now + SESSION.as_secs());
+        assert!(!cookie.contains(text) && cookie.len() == 10 + 1 + 64, "{cookie}");
+        assert!(t.session_valid(&cookie, now));
+        assert!(t.session_valid(&cookie, now + SESSION.as_secs() - 1));
+        assert!(!t.session_valid(&cookie, now + SESSION.as_secs()), "expired");
+        // A later expiry with the old tag, a tag of another token, a session far too long.
+        let (_, tag) = cookie.split_once('.').unwrap();
+        assert!(!t.session_valid(&format!("{}.{tag}", now + SESSION.as_secs() + 10), now));
+        assert!(!Token::new("another-token-0123456789").session_valid(&cookie, now));
+        assert!(!t.session_valid(&t.session(now + 10 * SESSION.as_secs()), now));
+        assert!(!t.session_valid(text, now) && !t.session_valid("", now) && !t.session_valid("1.zz", now));
     }
 }

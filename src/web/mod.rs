@@ -1,6 +1,7 @@
 //! The daemon's HTTP listener (`[http]`): the operator's page and its API, `/metrics` and
-//! `/healthz`, served by axum on hyper with a bound on connections, header size and time,
-//! and body size.
+//! `/healthz`, served by axum on hyper with a bound on connections (slow ones make room,
+//! `conn`), header size and time, and body size and time, with every body read only after
+//! the request has shown it may send one (`gate`).
 
 // Handlers refuse with a ready `Response` (axum's own idiom); boxing it would buy nothing on
 // a path that runs once per request.
@@ -8,16 +9,21 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
+pub mod gate;
+pub mod limit;
 pub mod page;
+
+pub use conn::serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::{Extension, Router, middleware};
 use tokio::net::TcpListener;
 
 use crate::dataset::Dataset;
@@ -40,9 +46,15 @@ pub struct HttpConfig {
     /// or giving a verdict needs it, and so does reading the page when `listen` is not a
     /// loopback address. Default: `<state_dir>/http-token`, created at the first start.
     pub token_file: Option<PathBuf>,
-    /// Connections served at once; more wait to be accepted. Live pages hold one each, and
-    /// may take at most half of them (more are answered 503).
+    /// Connections served at once. When all are taken, the one that has waited longest
+    /// (over 0.5 s) without sending a request, or in the body of a login, is closed to make
+    /// room; if every one is answering a request, newcomers wait to be accepted. Live pages
+    /// hold one each, and may take at most half of them (more are answered 503).
     pub max_connections: usize,
+    /// Mark the page's session cookie `Secure` (sent over HTTPS only): set it when the page
+    /// is reached through a TLS reverse proxy. The cookie is also `Secure` whenever the login
+    /// comes through a proxy that says it was HTTPS (`X-Forwarded-Proto: https`).
+    pub secure_cookie: bool,
 }
 
 impl Default for HttpConfig {
@@ -52,6 +64,7 @@ impl Default for HttpConfig {
             page: true,
             token_file: None,
             max_connections: 64,
+            secure_cookie: false,
         }
     }
 }
@@ -114,6 +127,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn router(app: Arc<App>) -> Router {
     let mut r = Router::new().route("/metrics", get(api::metrics)).route("/healthz", get(api::healthz));
     if app.config.http.page {
+        // Writes show the token on their head before their body is read.
+        let write = || middleware::from_fn_with_state(app.clone(), gate::write);
         r = r
             .route("/", get(page::index))
             .route("/login", get(page::login_form).post(auth::login))
@@ -122,40 +137,17 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/api/events", get(api::events))
             .route("/api/cameras/{camera}/history", get(api::history))
             .route("/api/cameras/{camera}/latest.jpg", get(api::latest))
-            .route("/api/cameras/{camera}/threshold", post(api::threshold))
+            .route("/api/cameras/{camera}/threshold", post(api::threshold).layer(write()))
             .route("/api/cameras/{camera}/alerts/{id}/snapshot.jpg", get(api::snapshot))
             .route("/api/cameras/{camera}/alerts/{id}/frame", get(api::frame))
             .route("/api/cameras/{camera}/alerts/{id}/row", get(page::alert_row_html))
-            .route("/api/cameras/{camera}/alerts/{id}/verdict", post(api::verdict));
+            .route("/api/cameras/{camera}/alerts/{id}/verdict", post(api::verdict).layer(write()));
     }
-    r.fallback(api::not_found).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(app)
-}
-
-/// Serves `router` on `listener` until the task is dropped: at most `max_connections` at once.
-pub async fn serve(listener: TcpListener, router: Router, max_connections: usize) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!("http: accepting a connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
+    r.fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(Extension(Arc::new(limit::LoginLimiter::default())))
+        .layer(middleware::from_fn(gate::security_headers))
+        .with_state(app)
 }
 
 /// Binds `[http] listen` and starts serving; `None` when there is no listener.
@@ -167,6 +159,7 @@ pub async fn start(app: Arc<App>) -> anyhow::Result<Option<SocketAddr>> {
         .with_context(|| format!("http.listen {addr}: cannot listen there; pick a free address or port"))?;
     let bound = listener.local_addr()?;
     let max = app.config.http.max_connections;
-    tokio::spawn(serve(listener, router(app), max));
+    let metrics = app.metrics.clone();
+    tokio::spawn(serve(listener, router(app), max, metrics));
     Ok(Some(bound))
 }

@@ -153,17 +153,8 @@ fn prune(folder: &Path, prefix: &str, keep: usize, max_bytes: u64) {
         .filter(|(n, _)| n.starts_with(prefix) && !n.ends_with(".json") && !n.ends_with(".tmp"))
         .collect();
     ids.sort();
-    let mut kept = 0usize;
-    let mut bytes = 0u64;
-    let mut first_kept = ids.len();
-    for (i, (_, size)) in ids.iter().enumerate().rev() {
-        if kept == keep || bytes.saturating_add(*size) > max_bytes {
-            break;
-        }
-        kept += 1;
-        bytes += size;
-        first_kept = i;
-    }
+    let sizes: Vec<u64> = ids.iter().map(|(_, s)| *s).collect();
+    let first_kept = crate::space::first_kept(&sizes, keep, max_bytes);
     for (name, _) in &ids[..first_kept] {
         let _ = std::fs::remove_file(folder.join(name));
         if let Some(stem) = Path::new(name).file_stem() {

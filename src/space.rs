@@ -33,6 +33,22 @@ pub fn may_write(dir: &Path, bytes: u64, reserve: u64) -> bool {
     free_bytes(dir).ok().is_none_or(|free| free >= reserve.saturating_add(bytes))
 }
 
+/// Of files sorted oldest first with these sizes, the index of the first to keep so that the
+/// newest `keep` are kept and they fit in `max_bytes`: the ones before it are to be removed.
+pub fn first_kept(sizes: &[u64], keep: usize, max_bytes: u64) -> usize {
+    let mut bytes = 0u64;
+    let fitting = sizes
+        .iter()
+        .rev()
+        .take(keep)
+        .take_while(|s| {
+            bytes = bytes.saturating_add(**s);
+            bytes <= max_bytes
+        })
+        .count();
+    sizes.len() - fitting
+}
+
 /// Reads the free space and raises or clears the `disk` condition: a warning within a quarter
 /// of the reserve above it (the helpers stop at the reserve itself, so the free space settles
 /// just above it: alerts are still stored), failed below a tenth of the reserve or when the
@@ -80,5 +96,13 @@ mod tests {
         assert!(!may_write(&dir, 1, u64::MAX), "a reserve larger than the disk refuses");
         assert!(free_bytes(Path::new("/no/such/folder")).is_err());
         assert!(may_write(Path::new("/no/such/folder"), 1, u64::MAX), "unknown space does not stop writes");
+    }
+
+    #[test]
+    fn the_newest_files_are_kept_within_both_the_count_and_the_bytes() {
+        assert_eq!(first_kept(&[10, 10, 10, 10], 3, 100), 1, "the count");
+        assert_eq!(first_kept(&[10, 10, 10, 10], 9, 25), 2, "the bytes");
+        assert_eq!(first_kept(&[10, 50, 10], 9, 25), 2, "an old large file stops the run");
+        assert_eq!(first_kept(&[], 3, 25), 0);
     }
 }

@@ -76,16 +76,8 @@ pub fn save(dir: &Path, camera: &str, id: &str, jpeg: &[u8], keep: Retention) ->
         .filter(|(p, _)| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
     names.sort();
-    let (mut kept, mut bytes) = (0usize, 0u64);
-    let mut first_kept = names.len();
-    for (i, (_, size)) in names.iter().enumerate().rev() {
-        if kept == keep.keep || bytes.saturating_add(*size) > keep.max_bytes {
-            break;
-        }
-        kept += 1;
-        bytes += size;
-        first_kept = i;
-    }
+    let sizes: Vec<u64> = names.iter().map(|(_, s)| *s).collect();
+    let first_kept = crate::space::first_kept(&sizes, keep.keep, keep.max_bytes);
     for (old, _) in &names[..first_kept] {
         let _ = std::fs::remove_file(old);
     }

@@ -58,6 +58,25 @@ fn state_of(sub: &Subscriber, device: &str, transfer: &str) -> serde_json::Value
     }
 }
 
+/// The box's `bundle/state` answering `transfer` with `ok` (another answer to the same id,
+/// such as the refusal of a forged chunk under it, is passed over).
+fn answer(sub: &Subscriber, device: &str, transfer: &str, ok: bool) -> serde_json::Value {
+    let topic = format!("vigil/{device}/cam1/bundle/state");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = sub.on(&topic).iter().map(|m| m.json()).find(|s| s["transfer"] == transfer && s["ok"] == ok);
+        if let Some(m) = found {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bundle/state of {device} with ok = {ok} for transfer {transfer}; got {:?}",
+            sub.on(&topic).iter().map(|m| m.text()).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The last `bundle/state` of `device` whose error contains `needle`.
 fn refusal(sub: &Subscriber, device: &str, needle: &str) -> serde_json::Value {
     let topic = format!("vigil/{device}/cam1/bundle/state");
@@ -319,15 +338,22 @@ fn a_replayed_retargeted_forged_or_old_format_rollout_is_refused_and_the_next_ho
     let state = state_of(&sub, "line1-a", "00000000000000c4");
     assert!(state["error"].as_str().unwrap().contains("signed for devices `line2-*`"), "{state}");
 
-    // `created` = 2^64-1: forged on an honest rollout it breaks the signature; signed so (a key
-    // holder's broken clock) it is refused as being in the future. Neither blocks what follows.
+    // `created` = 2^64-1: forged on an honest rollout (under its transfer id, sent ahead of
+    // it) it breaks the signature, and the honest chunks that follow are still taken.
     let honest = rollout_of(&v4, &key, "00000000000000d4", "line1-a", false);
     let forged: Vec<Vec<u8>> = honest.iter().map(|m| rewrite(m, |h| h["created"] = u64::MAX.into())).collect();
     send(&sub, "line1-a", &forged);
-    assert!(state_of(&sub, "line1-a", "00000000000000d4")["error"].as_str().unwrap().contains("signature"));
-    let (name, version) = identity(&v4).unwrap();
+    let state = answer(&sub, "line1-a", "00000000000000d4", false);
+    assert!(state["error"].as_str().unwrap().contains("signature does not match"), "{state}");
+    send(&sub, "line1-a", &honest);
+    assert_eq!(answer(&sub, "line1-a", "00000000000000d4", true)["serving"]["version"], 4);
+    wait_serving(&b.plant, 4);
+    // Signed so (a key holder's broken clock): refused as being in the future; it blocks
+    // nothing after it, since rollouts go by their sequence.
+    let v5 = version_of(&bundle, &keys.path().join("v5"), 5, 0);
+    let (name, version) = identity(&v5).unwrap();
     let future = Rollout {
-        transfer: "00000000000000e4".into(),
+        transfer: "00000000000000e5".into(),
         created: u64::MAX,
         devices: "line1-a".into(),
         camera: "cam1".into(),
@@ -336,10 +362,11 @@ fn a_replayed_retargeted_forged_or_old_format_rollout_is_refused_and_the_next_ho
         sequence: next_sequence(&key).unwrap(),
         rollback: false,
     };
-    let future = messages(&package::pack(&v4).unwrap(), &package::read_signing_key(&key).unwrap(), &future);
+    let future = messages(&package::pack(&v5).unwrap(), &package::read_signing_key(&key).unwrap(), &future);
     send(&sub, "line1-a", &future);
-    let state = state_of(&sub, "line1-a", "00000000000000e4");
+    let state = state_of(&sub, "line1-a", "00000000000000e5");
     assert!(state["error"].as_str().unwrap().contains("later than this box's clock"), "{state}");
+    let honest = rollout_of(&v5, &key, "00000000000000d5", "line1-a", false);
 
     // A header of 1-byte chunks: refused before anything is stored.
     let tiny = rewrite(&honest[0], |h| {
@@ -350,7 +377,7 @@ fn a_replayed_retargeted_forged_or_old_format_rollout_is_refused_and_the_next_ho
     let end = tiny.iter().position(|&b| b == b'\n').unwrap();
     send(&sub, "line1-a", &[tiny[..end + 2].to_vec()]);
     let state = refusal(&sub, "line1-a", "under the minimum of 64 KiB");
-    assert_eq!(state["serving"]["version"], 3, "{state}");
+    assert_eq!(state["serving"]["version"], 4, "{state}");
     assert!(!b.plant.path("state/fleet/cam1/00000000000000f4.part").exists());
 
     // A rollout of an older `vigil publish` (format 1: the package's SHA-256 and size signed).
@@ -370,11 +397,11 @@ fn a_replayed_retargeted_forged_or_old_format_rollout_is_refused_and_the_next_ho
     let error = state["error"].as_str().unwrap();
     assert!(error.contains("format 1") && error.contains("publish the bundle again with `vigil publish`"), "{state}");
 
-    // Through all of it the box served version 3, and it takes the next honest rollout.
-    assert!(serving(&b.plant, 3) && serving_files(&bundle, 3));
+    // Through all of it the box served version 4, and it takes the next honest rollout.
+    assert!(serving(&b.plant, 4) && serving_files(&bundle, 4));
     send(&sub, "line1-a", &honest);
-    assert_eq!(state_of(&sub, "line1-a", "00000000000000d4")["ok"], true);
-    wait_serving(&b.plant, 4);
+    assert_eq!(state_of(&sub, "line1-a", "00000000000000d5")["ok"], true);
+    wait_serving(&b.plant, 5);
     let m = b.plant.metrics();
     assert!(metric(&m, "vigil_bundle_rollouts_total{camera=\"cam1\",result=\"refused\"}") >= 7.0, "{m}");
     b.daemon.take().unwrap().stop();
@@ -421,13 +448,16 @@ fn rollouts_go_by_the_signed_sequence_not_the_version_and_a_signed_rollback_is_t
         .collect();
     assert!(!captured.is_empty());
     let transfer = vigil::fleet::Chunk::parse(&captured[0]).unwrap().0.transfer;
+    // Right away it is the rollout installed last: nothing to do.
     send(&sub, "line1-a", &captured);
-    let state = refusal(&sub, "line1-a", "not newer than rollout");
-    assert_eq!(state["transfer"], transfer.as_str(), "{state}");
+    std::thread::sleep(Duration::from_millis(300));
     send(&sub, "line1-a", &rollout_of(&version_of(&bundle, &keys.path().join("v5"), 5, 0), &key, "00000000000000a5", "line1-a", false));
     assert_eq!(state_of(&sub, "line1-a", "00000000000000a5")["ok"], true);
     wait_serving(&b.plant, 5);
+    // After a newer rollout, the replayed rollback would go back: refused.
     send(&sub, "line1-a", &captured);
+    let state = refusal(&sub, "line1-a", "not newer than rollout");
+    assert_eq!(state["transfer"], transfer.as_str(), "{state}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(serving(&b.plant, 5) && serving_files(&bundle, 5));
 

@@ -377,8 +377,10 @@ struct Progress {
 struct State {
     /// Per camera, the transfer in progress: at most one each.
     transfers: HashMap<String, Progress>,
-    /// Per camera, the last transfer refused: its other chunks are dropped without a word.
-    refused: HashMap<String, String>,
+    /// Per camera, the header of the last transfer refused: its other chunks are dropped
+    /// without a word. The whole header, not the transfer id, which is anyone's to copy: a
+    /// forged chunk under an honest transfer's id must not get the honest chunks dropped.
+    refused: HashMap<String, Chunk>,
     last_sweep: Option<Instant>,
 }
 
@@ -584,7 +586,7 @@ impl Receiver {
         })?;
         let (header, data) = Chunk::parse(payload)?;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.refused.get(camera) == Some(&header.transfer) {
+        if state.refused.get(camera).is_some_and(|r| r.same_transfer(&header)) {
             return Ok(Received::Done);
         }
         if state.last_sweep.is_none_or(|t| t.elapsed() > SWEEP_EVERY) {
@@ -592,7 +594,7 @@ impl Receiver {
         }
         let result = self.store(&mut state, c, &header, data);
         if result.is_err() {
-            state.refused.insert(camera.to_owned(), header.transfer.clone());
+            state.refused.insert(camera.to_owned(), header);
         }
         result
     }

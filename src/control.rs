@@ -51,6 +51,17 @@ pub enum ThresholdError {
 }
 
 impl Control {
+    /// What `camera` serves now, for `bundle/state`: the model in memory (what scores its
+    /// frames), so that answering a message, a malformed one included, never reads or hashes
+    /// the bundle on disk.
+    pub fn serving(&self, camera: &str) -> Option<serde_json::Value> {
+        let model = self.policy.model(self.policy.slot_of(camera)?);
+        let m = &model.bundle.manifest;
+        Some(serde_json::json!({
+            "camera": camera, "name": m.name, "version": m.version, "sha256": model.bundle.model_sha256,
+        }))
+    }
+
     async fn publish_state(&self, camera: &str) {
         if let Some(state) = self.policy.state(camera) {
             self.publisher.threshold_state(camera, &state).await;
@@ -115,16 +126,16 @@ impl Control {
 }
 
 /// Handles (re)connections, threshold changes and verdicts until the connection task ends.
-pub async fn run(mut rx: mpsc::UnboundedReceiver<Incoming>, mqtt: MqttClient, control: Arc<Control>) {
+pub async fn run(mut rx: mpsc::Receiver<Incoming>, mqtt: MqttClient, control: Arc<Control>) {
     while let Some(msg) = rx.recv().await {
         match msg {
             Incoming::Connected => {
                 for camera in control.policy.cameras() {
                     control.publish_state(&camera).await;
                 }
-                if let Some(fleet) = &control.fleet {
+                if control.fleet.is_some() {
                     for camera in control.policy.cameras() {
-                        if let Some(state) = serving(fleet, &camera).await {
+                        if let Some(state) = control.serving(&camera) {
                             let state = serde_json::json!({ "ok": true, "serving": state });
                             control.publisher.bundle_state(&camera, &state).await;
                         }
@@ -133,34 +144,7 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Incoming>, mqtt: MqttClient, co
             }
             Incoming::BundleChunk { camera, payload, handled } => {
                 if let Some(fleet) = &control.fleet {
-                    let transfer = crate::fleet::Chunk::parse(&payload).ok().map(|(h, _)| h.transfer);
-                    let (f, c) = (fleet.clone(), camera.clone());
-                    // Writing, hashing and test-running a bundle is blocking work.
-                    let result = tokio::task::spawn_blocking(move || f.receive(&c, &payload))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("receiving the bundle failed: {e}")));
-                    match result {
-                        Ok(crate::fleet::Received::Stored) | Ok(crate::fleet::Received::Done) => {}
-                        Ok(crate::fleet::Received::Installed(state)) => {
-                            tracing::info!(camera, "bundle rolled out and installed: {state}");
-                            control
-                                .metrics
-                                .inc("vigil_bundle_rollouts_total", &[("camera", &camera), ("result", "installed")]);
-                            let state = serde_json::json!({ "ok": true, "transfer": transfer, "serving": state });
-                            control.publisher.bundle_state(&camera, &state).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(camera, "bundle rollout refused, the served bundle stays: {e}");
-                            control
-                                .metrics
-                                .inc("vigil_bundle_rollouts_total", &[("camera", &camera), ("result", "refused")]);
-                            if valid_id(&camera) {
-                                let serving = serving(fleet, &camera).await;
-                                let state = serde_json::json!({ "ok": false, "transfer": transfer, "error": e, "serving": serving });
-                                control.publisher.bundle_state(&camera, &state).await;
-                            }
-                        }
-                    }
+                    bundle_chunk(&control, fleet, camera, payload).await;
                 }
                 let _ = handled.send(());
             }
@@ -209,10 +193,40 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Incoming>, mqtt: MqttClient, co
     }
 }
 
-/// What `camera` serves, for `bundle/state` (reading the bundle is blocking work).
-async fn serving(fleet: &Arc<crate::fleet::Receiver>, camera: &str) -> Option<serde_json::Value> {
-    let (f, c) = (fleet.clone(), camera.to_owned());
-    tokio::task::spawn_blocking(move || f.serving(&c)).await.ok().flatten()
+/// One chunk on `<camera>/bundle/set`: stored, installed with the last one, or refused; the
+/// outcome of an install or a refusal is published on the camera's `bundle/state`.
+async fn bundle_chunk(control: &Control, fleet: &Arc<crate::fleet::Receiver>, camera: String, payload: Vec<u8>) {
+    let header = crate::fleet::Chunk::parse(&payload).ok().map(|(h, _)| h);
+    let (transfer, sequence) = (header.as_ref().map(|h| h.transfer.clone()), header.map(|h| h.sequence));
+    let (f, c) = (fleet.clone(), camera.clone());
+    // Writing, hashing and test-running a bundle is blocking work.
+    let result = tokio::task::spawn_blocking(move || f.receive(&c, &payload))
+        .await
+        .unwrap_or_else(|e| Err(format!("receiving the bundle failed: {e}")));
+    // Only this box's cameras get a counter series and a retained state: a topic's camera id
+    // is anyone's to choose.
+    let known = control.policy.slot_of(&camera).is_some();
+    match result {
+        Ok(crate::fleet::Received::Stored) | Ok(crate::fleet::Received::Done) => {}
+        Ok(crate::fleet::Received::Installed(state)) => {
+            tracing::info!(camera, "bundle rolled out and installed: {state}");
+            control.metrics.inc("vigil_bundle_rollouts_total", &[("camera", &camera), ("result", "installed")]);
+            let state = serde_json::json!({ "ok": true, "transfer": transfer, "sequence": sequence, "serving": state });
+            control.publisher.bundle_state(&camera, &state).await;
+        }
+        Err(e) if known => {
+            tracing::warn!(camera, "bundle rollout refused, the served bundle stays: {e}");
+            control.metrics.inc("vigil_bundle_rollouts_total", &[("camera", &camera), ("result", "refused")]);
+            let state = serde_json::json!({
+                "ok": false, "transfer": transfer, "sequence": sequence, "error": e, "serving": control.serving(&camera),
+            });
+            control.publisher.bundle_state(&camera, &state).await;
+        }
+        Err(e) => {
+            tracing::warn!("bundle rollout refused: {e}");
+            control.metrics.inc("vigil_errors_total", &[("kind", "bad_rollout")]);
+        }
+    }
 }
 
 /// A `feedback` payload: `{"id": "<alert id>", "verdict": "false_alarm" | "confirmed"}`.

@@ -92,7 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics.clone(),
     ));
     let queue = Queue::new(stages.frames.clone(), triggers.clone());
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mqtt::control_channel();
     let (messages_tx, messages_rx) = mpsc::channel(1024);
     let session = match &config.mqtt {
         Some(m) => {

@@ -129,6 +129,10 @@ enum Command {
         /// How long to wait for the boxes' answers.
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
+        /// Go back on purpose: sign the rollout as a rollback, so that boxes take a bundle
+        /// version older than the one rolled out last (they refuse it as a downgrade otherwise).
+        #[arg(long)]
+        rollback: bool,
     },
     /// Make a signing key for `vigil publish`: writes FILE (secret, mode 0600) and FILE.pub, and
     /// prints the public key for the boxes' `[fleet] trusted_keys`.
@@ -299,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ConfigReference => print!("{}", vigil::commands::config_reference::markdown()),
         Command::Keygen { out } => println!("{}", vigil::commands::publish::keygen(&out)?),
-        Command::Publish { bundle, mqtt, config, devices, camera, key, prefix, wait } => {
+        Command::Publish { bundle, mqtt, config, devices, camera, key, prefix, wait, rollback } => {
             init_logging(None);
             let from_config = config.map(|c| vigil::config::load(&c)).transpose()?.and_then(|c| c.mqtt);
             let broker = match (&mqtt, &from_config) {
@@ -317,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 key,
                 discover: std::time::Duration::from_secs(2),
                 wait,
+                rollback,
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let outcomes = rt.block_on(vigil::commands::publish::run(&publish))?;

@@ -210,6 +210,52 @@ impl MqttConfig {
     }
 }
 
+/// Control messages waiting for the control task, most. A publisher flooding the control
+/// topics at QoS 0 (which no in-flight window holds back) fills it; what does not fit is
+/// dropped and counted (`vigil_errors_total{kind="control_dropped"}`), so the connection
+/// task never waits on the control task and frames keep flowing.
+pub const CONTROL_QUEUE: usize = 256;
+
+/// The channel from the connection task to the control task, bounded at [`CONTROL_QUEUE`].
+pub fn control_channel() -> (mpsc::Sender<Incoming>, mpsc::Receiver<Incoming>) {
+    mpsc::channel(CONTROL_QUEUE)
+}
+
+/// Messages dropped from a full control queue since the last log line: one line per
+/// [`DROP_LOG_EVERY`] at most, so a flood does not become a flood of log lines too.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    since_log: u64,
+    logged: Option<Instant>,
+}
+
+/// How often a control flood is logged, at most.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Hands `msg` to the control task without waiting: when the queue is full it is dropped,
+/// counted and logged, and `false` returned (a QoS 1 message is then left unacknowledged, so
+/// the broker delivers it again).
+pub fn offer(tx: &mpsc::Sender<Incoming>, msg: Incoming, metrics: &Metrics, dropped: &mut Dropped) -> bool {
+    match tx.try_send(msg) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(msg)) => {
+            metrics.inc("vigil_errors_total", &[("kind", "control_dropped")]);
+            dropped.since_log += 1;
+            if dropped.logged.is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY) {
+                tracing::warn!(
+                    "mqtt: the control queue is full ({CONTROL_QUEUE} messages waiting): {} control message(s) dropped, the last {}; a flood on the control topics? (counted in vigil_errors_total{{kind=\"control_dropped\"}})",
+                    dropped.since_log,
+                    msg.describe()
+                );
+                dropped.since_log = 0;
+                dropped.logged = Some(Instant::now());
+            }
+            false
+        }
+    }
+}
+
 /// What the connection hands to the daemon's control task.
 #[derive(Debug)]
 pub enum Incoming {
@@ -243,6 +289,17 @@ pub enum Incoming {
         /// Answered once the verdict is written (or refused); acknowledged only then.
         handled: tokio::sync::oneshot::Sender<()>,
     },
+}
+
+impl Incoming {
+    fn describe(&self) -> String {
+        match self {
+            Incoming::Connected => "a (re)connection".into(),
+            Incoming::ThresholdSet { camera, .. } => format!("on {}/threshold/set", camera.escape_default()),
+            Incoming::BundleChunk { camera, .. } => format!("on {}/bundle/set", camera.escape_default()),
+            Incoming::Feedback { camera, .. } => format!("on {}/feedback", camera.escape_default()),
+        }
+    }
 }
 
 /// The handle of the daemon's MQTT session: publish, acknowledge frames, ask for redelivery.
@@ -348,7 +405,7 @@ pub fn start(
     cfg: &MqttConfig,
     device: &str,
     subscriptions: Subscriptions,
-    incoming: mpsc::UnboundedSender<Incoming>,
+    incoming: mpsc::Sender<Incoming>,
     frames: mpsc::Sender<Publish>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(MqttClient, Connection)> {
@@ -379,6 +436,7 @@ pub fn start(
         fleet,
         homeassistant,
         incoming,
+        dropped: Dropped::default(),
         frames,
         endpoint: format!("{}:{}", cfg.host, cfg.effective_port()),
         max_backoff: cfg.max_backoff.max(Duration::from_secs(1)),
@@ -403,7 +461,8 @@ struct Session {
     triggers: Arc<crate::trigger::Triggers>,
     fleet: bool,
     homeassistant: Option<Arc<Announcer>>,
-    incoming: mpsc::UnboundedSender<Incoming>,
+    incoming: mpsc::Sender<Incoming>,
+    dropped: Dropped,
     frames: mpsc::Sender<Publish>,
     endpoint: String,
     max_backoff: Duration,
@@ -500,7 +559,12 @@ impl Session {
                 if !self.stopping {
                     self.announce();
                 }
-                let _ = self.incoming.send(Incoming::Connected);
+                // Never dropped (the retained states must be published again), never waited
+                // on here.
+                if let Err(mpsc::error::TrySendError::Full(m)) = self.incoming.try_send(Incoming::Connected) {
+                    let tx = self.incoming.clone();
+                    tokio::spawn(async move { tx.send(m).await });
+                }
             }
             Event::Incoming(Packet::Publish(p)) => self.on_publish(p).await,
             Event::Incoming(Packet::PubAck(_)) => self.mqtt.settled(),
@@ -586,7 +650,12 @@ impl Session {
             return;
         }
         if let Some(control) = control {
-            let _ = self.incoming.send(control);
+            if !offer(&self.incoming, control, &self.mqtt.metrics, &mut self.dropped) {
+                if p.qos != QoS::AtMostOnce {
+                    self.mqtt.redeliver();
+                }
+                return;
+            }
             let c = self.mqtt.client.clone();
             tokio::spawn(async move {
                 if done.await.is_ok() {
@@ -693,5 +762,34 @@ impl Connection {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_flood_is_dropped_and_counted_never_queued_without_bound() {
+        let metrics = Metrics::default();
+        let (tx, mut rx) = control_channel();
+        let mut dropped = Dropped::default();
+        let mut acks = vec![];
+        let mut offered = 0;
+        for i in 0..CONTROL_QUEUE + 40 {
+            let (handled, done) = tokio::sync::oneshot::channel();
+            acks.push(done);
+            let msg = Incoming::BundleChunk { camera: "cam1".into(), payload: format!("{i}").into_bytes(), handled };
+            offered += usize::from(offer(&tx, msg, &metrics, &mut dropped));
+        }
+        assert_eq!(offered, CONTROL_QUEUE, "the queue holds {CONTROL_QUEUE}, the rest is dropped");
+        assert_eq!(metrics.count("vigil_errors_total", &[("kind", "control_dropped")]), 40);
+        // A dropped message's acknowledgement never comes, so a QoS 1 one is delivered again.
+        assert!(acks[CONTROL_QUEUE].try_recv().is_err());
+        // What was queued comes out in order, and once there is room a message is taken again.
+        let Some(Incoming::BundleChunk { payload, .. }) = rx.try_recv().ok() else { panic!("nothing queued") };
+        assert_eq!(payload, b"0");
+        let (handled, _done) = tokio::sync::oneshot::channel();
+        assert!(offer(&tx, Incoming::Feedback { camera: "cam1".into(), payload: vec![], handled }, &metrics, &mut dropped));
     }
 }

@@ -330,7 +330,7 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
     let metrics = Arc::new(vigil::metrics::Metrics::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let (control, _control) = mpsc::unbounded_channel();
+        let (control, _control) = vigil::mqtt::control_channel();
         let (messages_tx, messages) = mpsc::channel(16);
         let triggers = Arc::new(vigil::trigger::Triggers::default());
         let subscriptions = vigil::mqtt::Subscriptions {

@@ -1,6 +1,7 @@
 //! `vigil publish` and `vigil keygen`: roll a signed bundle out to the boxes whose device id
 //! matches a pattern, over the broker they share, and wait for each box's answer on
-//! `bundle/state`.
+//! `bundle/state`. Each rollout is signed with the next number of the key's sequence (kept in
+//! `<key>.seq` beside the key file), by which the boxes order rollouts and refuse replays.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ pub struct Publish {
     pub discover: Duration,
     /// How long to wait for the boxes' answers.
     pub wait: Duration,
+    /// Signed as a rollback: the boxes take a bundle version older than the one rolled out
+    /// last (without it they refuse it as a downgrade).
+    pub rollback: bool,
 }
 
 /// One box's answer.
@@ -46,6 +50,8 @@ pub struct Outcome {
     pub available: String,
     /// Installed.
     pub ok: bool,
+    /// The rollout's sequence number (the same for every box of one publish).
+    pub sequence: u64,
     /// The box's `bundle/state`, or why there is none.
     pub state: serde_json::Value,
 }
@@ -69,26 +75,64 @@ pub fn broker(url: &str) -> anyhow::Result<MqttConfig> {
     Ok(serde_json::from_value(serde_json::json!({ "host": host, "port": port, "plaintext": true }))?)
 }
 
+/// What one rollout says besides the package itself; all of it is signed.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// The transfer's id (hex).
+    pub transfer: String,
+    /// When the transfer began (Unix milliseconds).
+    pub created: u64,
+    /// The device ids it is for (a glob).
+    pub devices: String,
+    /// The camera on each box.
+    pub camera: String,
+    /// The bundle's manifest `name`.
+    pub name: String,
+    /// The bundle's manifest `version`.
+    pub version: u32,
+    /// The key's sequence number for this rollout ([`next_sequence`]).
+    pub sequence: u64,
+    /// Signed as a rollback to an older version.
+    pub rollback: bool,
+}
+
 /// The messages of one rollout: the chunks, each with its header.
-pub fn messages(package: &[u8], key: &ed25519_dalek::SigningKey, transfer: &str) -> Vec<Vec<u8>> {
+pub fn messages(package: &[u8], key: &ed25519_dalek::SigningKey, r: &Rollout) -> Vec<Vec<u8>> {
     let size = package.len() as u64;
-    let sha256 = package::sha256_hex(package);
-    let signature = package::sign(key, &sha256, size);
+    let statement = package::Statement {
+        transfer: r.transfer.clone(),
+        created: r.created,
+        devices: r.devices.clone(),
+        camera: r.camera.clone(),
+        name: r.name.clone(),
+        version: r.version,
+        sequence: r.sequence,
+        rollback: r.rollback,
+        sha256: package::sha256_hex(package),
+        size,
+        chunk: CHUNK,
+    };
+    let signature = package::sign(key, &statement);
     let parts = size.div_ceil(CHUNK).max(1);
-    let created =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     (0..parts)
         .map(|i| {
             let header = Chunk {
-                transfer: transfer.to_owned(),
+                format: package::FORMAT,
+                transfer: r.transfer.clone(),
                 part: i as u32,
                 parts: parts as u32,
                 chunk: CHUNK,
                 size,
-                sha256: sha256.clone(),
+                sha256: statement.sha256.clone(),
                 signature: signature.clone(),
                 key: package::public_key_text(&key.verifying_key()),
-                created,
+                created: r.created,
+                devices: r.devices.clone(),
+                camera: r.camera.clone(),
+                name: r.name.clone(),
+                version: r.version,
+                sequence: r.sequence,
+                rollback: r.rollback,
             };
             let start = (i * CHUNK) as usize;
             let end = ((i + 1) * CHUNK).min(size) as usize;
@@ -100,14 +144,74 @@ pub fn messages(package: &[u8], key: &ed25519_dalek::SigningKey, transfer: &str)
         .collect()
 }
 
+/// `<key>.seq`: the last sequence number signed with the key at `key`.
+pub fn sequence_path(key: &Path) -> PathBuf {
+    let mut p = key.as_os_str().to_owned();
+    p.push(".seq");
+    PathBuf::from(p)
+}
+
+/// Takes the key's next sequence number: above the last one recorded in `<key>.seq` and at
+/// least the time now in Unix milliseconds, so that a lost or older `.seq` (the key copied
+/// to another machine) still gives a number above every earlier rollout's while the
+/// publisher's clock is right. It is recorded (durably, under a lock against a concurrent
+/// `vigil publish` with the same key) before anything is sent, so no number is used twice.
+pub fn next_sequence(key: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let path = sequence_path(key);
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| {
+            format!(
+                "{}: the key's rollout sequence is kept beside the key; make its folder writable",
+                PathBuf::from(&lock_path).display()
+            )
+        })?;
+    // SAFETY: flock on a file descriptor this function owns; released when `lock` closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        anyhow::bail!("{}: locking: {}", PathBuf::from(&lock_path).display(), std::io::Error::last_os_error());
+    }
+    let last = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().parse::<u64>().with_context(|| {
+            format!("{}: not a sequence number; it holds the last one signed with {}", path.display(), key.display())
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
+    let next = last.checked_add(1).context("the sequence is exhausted")?.max(crate::fleet::now_ms());
+    vigil_model::fsio::write_atomic(&path, format!("{next}\n").as_bytes())
+        .with_context(|| format!("{}: recording the rollout sequence", path.display()))?;
+    drop(lock);
+    Ok(next)
+}
+
+/// The manifest's name and version of the bundle at `bundle` (the manifest only: whether the
+/// model loads and runs is the boxes' test).
+pub fn identity(bundle: &Path) -> anyhow::Result<(String, u32)> {
+    let manifest = bundle.join(vigil_model::bundle::MANIFEST_FILE);
+    let m = if bundle.is_dir() && manifest.is_file() {
+        vigil_model::bundle::parse_manifest(&std::fs::read(&manifest)?, &manifest.display().to_string())?
+    } else {
+        vigil_model::bundle::Bundle::load(bundle)?.manifest
+    };
+    Ok((m.name, m.version))
+}
+
 /// Publishes the bundle to every matching box and waits for their answers.
 pub async fn run(p: &Publish) -> anyhow::Result<Vec<Outcome>> {
     let key = package::read_signing_key(&p.key)?;
     let package = package::pack(&p.bundle)?;
+    let (name, version) = identity(&p.bundle).with_context(|| format!("{}: reading its manifest", p.bundle.display()))?;
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("the system's random source: {e}"))?;
     let transfer: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let messages = messages(&package, &key, &transfer);
     let matcher = globset::Glob::new(&p.devices)
         .with_context(|| format!("--devices `{}`: not a glob such as line1-*", p.devices))?
         .compile_matcher();
@@ -167,6 +271,17 @@ pub async fn run(p: &Publish) -> anyhow::Result<Vec<Outcome>> {
             }
         );
     }
+    let rollout = Rollout {
+        transfer: transfer.clone(),
+        created: crate::fleet::now_ms(),
+        devices: p.devices.clone(),
+        camera: p.camera.clone(),
+        name,
+        version,
+        sequence: next_sequence(&p.key)?,
+        rollback: p.rollback,
+    };
+    let messages = messages(&package, &key, &rollout);
     for device in &targets {
         let topic = format!("{prefix}/{device}/{}/bundle/set", p.camera);
         for m in &messages {
@@ -204,10 +319,17 @@ pub async fn run(p: &Publish) -> anyhow::Result<Vec<Outcome>> {
         .map(|device| {
             let was = available.get(device).cloned().unwrap_or_default();
             match answers.remove(device) {
-                Some(state) => Outcome { device: device.clone(), available: was, ok: state["ok"] == true, state },
+                Some(state) => Outcome {
+                    device: device.clone(),
+                    available: was,
+                    ok: state["ok"] == true,
+                    sequence: rollout.sequence,
+                    state,
+                },
                 None => Outcome {
                     device: device.clone(),
                     ok: false,
+                    sequence: rollout.sequence,
                     state: serde_json::json!({ "error": format!(
                         "no answer within {:?}{}",
                         p.wait,
@@ -271,18 +393,63 @@ mod tests {
         assert!(broker("mqtt://b:x").unwrap_err().to_string().contains("bad port"));
     }
 
+    fn rollout() -> Rollout {
+        Rollout {
+            transfer: "0123456789abcdef".into(),
+            created: crate::fleet::now_ms(),
+            devices: "line1-*".into(),
+            camera: "cam1".into(),
+            name: "surface".into(),
+            version: 2,
+            sequence: 5,
+            rollback: false,
+        }
+    }
+
     #[test]
     fn every_chunk_parses_and_they_cover_the_package() {
         let key = package::generate().unwrap();
         let package: Vec<u8> = (0..(CHUNK * 2 + 10)).map(|i| i as u8).collect();
-        let m = messages(&package, &key, "0123456789abcdef");
+        let m = messages(&package, &key, &rollout());
         assert_eq!(m.len(), 3);
         let mut joined = vec![];
         for (i, msg) in m.iter().enumerate() {
             let (h, data) = Chunk::parse(msg).unwrap();
             assert_eq!(h.part as usize, i);
+            let public = key.verifying_key();
+            assert_eq!(package::verify(&public, &h.statement(), &h.signature), Ok(()));
+            assert_eq!((h.format, h.sequence, h.camera.as_str()), (package::FORMAT, 5, "cam1"));
             joined.extend_from_slice(data);
         }
         assert_eq!(joined, package);
+    }
+
+    #[test]
+    fn sequences_only_grow_even_when_the_sequence_file_is_lost_or_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("fleet.key");
+        let first = next_sequence(&key).unwrap();
+        assert!(first >= crate::fleet::now_ms() - 1000, "at least the time: {first}");
+        let second = next_sequence(&key).unwrap();
+        assert!(second > first);
+        assert_eq!(std::fs::read_to_string(sequence_path(&key)).unwrap().trim(), second.to_string());
+        // Far ahead (a clock that once ran fast): the next is still one more.
+        std::fs::write(sequence_path(&key), format!("{}\n", u64::MAX / 2)).unwrap();
+        assert_eq!(next_sequence(&key).unwrap(), u64::MAX / 2 + 1);
+        // Lost (the key copied to another machine): the clock keeps it above the last ones.
+        std::fs::remove_file(sequence_path(&key)).unwrap();
+        assert!(next_sequence(&key).unwrap() > second);
+        std::fs::write(sequence_path(&key), "x").unwrap();
+        assert!(next_sequence(&key).unwrap_err().to_string().contains("not a sequence number"));
+        // Concurrent publishers with one key never share a number.
+        std::fs::remove_file(sequence_path(&key)).unwrap();
+        let taken: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| next_sequence(&key).unwrap())).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut unique = taken.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), taken.len(), "{taken:?}");
     }
 }

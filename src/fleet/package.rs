@@ -1,6 +1,7 @@
 //! A bundle as one signed byte string for the trip over MQTT: vigil's own small format (a
 //! JSON index of plain files, then their bytes) so that unpacking can only ever write plain
-//! files inside one new folder; the Ed25519 signature covers its SHA-256 and size.
+//! files inside one new folder; the Ed25519 signature covers a [`Statement`]: the package's
+//! SHA-256 and size and everything a box acts on (target, bundle, time, order).
 
 use std::path::{Component, Path};
 
@@ -100,9 +101,58 @@ pub fn unpack(package: &[u8], dest: &Path) -> Result<std::path::PathBuf, String>
     })
 }
 
-/// What a signature covers: the package's SHA-256 and size.
-fn statement(sha256: &str, size: u64) -> Vec<u8> {
-    format!("vigil-bundle/1\n{sha256}\n{size}\n").into_bytes()
+/// The format of the signed statement that `vigil publish` of this version writes and boxes
+/// of this version accept. Format 1 (signing only the package's SHA-256 and size) is refused:
+/// whoever saw one rollout could replay it anywhere, at any time.
+pub const FORMAT: u32 = 2;
+
+/// Everything a signature covers: what a box acts on when it takes a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The transfer's id (hex): a replay under another id does not verify.
+    pub transfer: String,
+    /// When the publisher began the transfer (Unix milliseconds).
+    pub created: u64,
+    /// The device ids it is for (a glob, as given to `vigil publish --devices`).
+    pub devices: String,
+    /// The camera it is for.
+    pub camera: String,
+    /// The bundle's manifest `name`.
+    pub name: String,
+    /// The bundle's manifest `version`.
+    pub version: u32,
+    /// The publisher's sequence number for this key: each rollout's is higher than any before.
+    pub sequence: u64,
+    /// The publisher means to go back to an older bundle version (`vigil publish --rollback`).
+    pub rollback: bool,
+    /// The package's SHA-256 (hex).
+    pub sha256: String,
+    /// The package's size in bytes.
+    pub size: u64,
+    /// Bytes per chunk.
+    pub chunk: u64,
+}
+
+impl Statement {
+    /// The bytes signed: a JSON array in a fixed order, so that no field's text (a glob, a
+    /// name) can pass for another field.
+    fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!([
+            format!("vigil-rollout/{FORMAT}"),
+            self.transfer,
+            self.created,
+            self.devices,
+            self.camera,
+            self.name,
+            self.version,
+            self.sequence,
+            self.rollback,
+            self.sha256,
+            self.size,
+            self.chunk,
+        ]))
+        .expect("a statement serialises")
+    }
 }
 
 /// The hex SHA-256 of `bytes`.
@@ -137,17 +187,46 @@ pub fn public_key_text(key: &VerifyingKey) -> String {
     B64.encode(key.to_bytes())
 }
 
-/// The signature (base64) of a package with this digest and size.
-pub fn sign(key: &SigningKey, sha256: &str, size: u64) -> String {
-    B64.encode(key.sign(&statement(sha256, size)).to_bytes())
+/// The signature (base64) of a statement.
+pub fn sign(key: &SigningKey, statement: &Statement) -> String {
+    B64.encode(key.sign(&statement.bytes()).to_bytes())
 }
 
-/// Whether `signature` (base64) by `key` covers this digest and size.
-pub fn verify(key: &VerifyingKey, sha256: &str, size: u64, signature: &str) -> Result<(), String> {
+/// Whether `signature` (base64) by `key` covers exactly this statement.
+pub fn verify(key: &VerifyingKey, statement: &Statement, signature: &str) -> Result<(), String> {
     let bytes: [u8; 64] =
         B64.decode(signature).ok().and_then(|b| b.try_into().ok()).ok_or("the signature is not 64 bytes in base64")?;
-    key.verify(&statement(sha256, size), &ed25519_dalek::Signature::from_bytes(&bytes))
-        .map_err(|_| "the signature does not match the bundle: it was changed, or signed by another key".to_owned())
+    key.verify(&statement.bytes(), &ed25519_dalek::Signature::from_bytes(&bytes)).map_err(|_| {
+        "the signature does not match the rollout (its bundle, target, time or sequence was changed, or another key signed it)"
+            .to_owned()
+    })
+}
+
+/// The SHA-256 (hex) of a bundle as installed: for a folder, each file's name, size and bytes
+/// in name order; for a one-file bundle, its bytes. It tells, after a crash, whether the
+/// served path holds the bundle an install was putting in.
+pub fn fingerprint(bundle: &Path) -> std::io::Result<String> {
+    fn feed(path: &Path, hash: &mut Sha256) -> std::io::Result<()> {
+        let mut f = std::fs::File::open(path)?;
+        std::io::copy(&mut f, hash)?;
+        Ok(())
+    }
+    let mut hash = Sha256::new();
+    if std::fs::symlink_metadata(bundle)?.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(bundle)?.collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            hash.update(name.as_encoded_bytes());
+            hash.update(e.metadata()?.len().to_le_bytes());
+            if e.file_type()?.is_file() {
+                feed(&e.path(), &mut hash)?;
+            }
+        }
+    } else {
+        feed(bundle, &mut hash)?;
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A new signing key from the system's random source.
@@ -186,17 +265,71 @@ mod tests {
         assert!(unpack(b"PK\x03\x04", &dir.path().join("z")).unwrap_err().contains("bad magic"));
     }
 
+    fn statement() -> Statement {
+        Statement {
+            transfer: "0123456789abcdef".into(),
+            created: 1_750_000_000_000,
+            devices: "line1-*".into(),
+            camera: "cam1".into(),
+            name: "surface".into(),
+            version: 3,
+            sequence: 7,
+            rollback: false,
+            sha256: sha256_hex(b"bundle"),
+            size: 6,
+            chunk: 262_144,
+        }
+    }
+
     #[test]
-    fn signatures_hold_only_for_the_same_digest_size_and_key() {
+    fn a_signature_holds_only_for_the_whole_statement_and_its_key() {
         let key = generate().unwrap();
         let other = generate().unwrap();
-        let digest = sha256_hex(b"bundle");
-        let sig = sign(&key, &digest, 6);
+        let s = statement();
+        let sig = sign(&key, &s);
         let public = parse_public_key(&public_key_text(&key.verifying_key())).unwrap();
-        assert_eq!(verify(&public, &digest, 6, &sig), Ok(()));
-        assert!(verify(&public, &digest, 7, &sig).is_err());
-        assert!(verify(&public, &sha256_hex(b"bundlf"), 6, &sig).is_err());
-        assert!(verify(&other.verifying_key(), &digest, 6, &sig).is_err());
+        assert_eq!(verify(&public, &s, &sig), Ok(()));
+        // Each field a box acts on is covered: changing any one breaks the signature.
+        let changed: [fn(&mut Statement); 11] = [
+            |s| s.transfer = "0123456789abcdee".into(),
+            |s| s.created = u64::MAX,
+            |s| s.devices = "*".into(),
+            |s| s.camera = "cam2".into(),
+            |s| s.name = "other".into(),
+            |s| s.version = 2,
+            |s| s.sequence = 8,
+            |s| s.rollback = true,
+            |s| s.sha256 = sha256_hex(b"bundlf"),
+            |s| s.size = 7,
+            |s| s.chunk = 65_536,
+        ];
+        for change in changed {
+            let mut t = s.clone();
+            change(&mut t);
+            assert!(verify(&public, &t, &sig).unwrap_err().contains("does not match"), "{t:?}");
+        }
+        // A text field cannot pass for its neighbour.
+        let mut shifted = s.clone();
+        (shifted.devices, shifted.camera) = ("line1-*\",cam1".into(), String::new());
+        assert!(verify(&public, &shifted, &sig).is_err());
+        assert!(verify(&other.verifying_key(), &s, &sig).is_err());
         assert!(parse_public_key("abc").is_err());
+    }
+
+    #[test]
+    fn a_fingerprint_tells_bundles_apart_by_names_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("model.onnx"), b"graph").unwrap();
+            std::fs::write(d.join("manifest.json"), b"{}").unwrap();
+        }
+        assert_eq!(fingerprint(&a).unwrap(), fingerprint(&b).unwrap());
+        std::fs::write(b.join("manifest.json"), b"{ }").unwrap();
+        assert_ne!(fingerprint(&a).unwrap(), fingerprint(&b).unwrap());
+        std::fs::rename(b.join("manifest.json"), b.join("notes.json")).unwrap();
+        std::fs::write(b.join("notes.json"), b"{}").unwrap();
+        assert_ne!(fingerprint(&a).unwrap(), fingerprint(&b).unwrap());
     }
 }

@@ -1,7 +1,10 @@
 //! Putting a bundle in service and taking it back out: the served path is exchanged with
 //! the new folder in one `renameat2(RENAME_EXCHANGE)` call, so a reader (the daemon, a
 //! reload) sees the old bundle or the new one and never a half-moved folder; the one it
-//! replaced is kept at `<bundle>.previous` for [`rollback`].
+//! replaced is kept at `<bundle>.previous` for [`rollback`]. The new bundle's files and folder
+//! are synced before the exchange and each rename's folder after it, so a power cut leaves the
+//! old bundle or the whole new one in service, never names whose contents did not reach the
+//! disk.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -114,53 +117,105 @@ fn exists(p: &Path) -> bool {
     p.symlink_metadata().is_ok()
 }
 
+/// The steps of an [`install_observed`], each reported once done: a kill between any two
+/// leaves the served path holding the old bundle or the new one, whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The new bundle's files and folder are on disk (synced), so the exchange cannot put in
+    /// service a name whose contents a power cut would lose.
+    Synced,
+    /// The served path holds the new bundle (the exchange, and the folder holding it, synced).
+    Exchanged,
+    /// The replaced bundle is at `<bundle>.previous`.
+    PreviousKept,
+    /// The bundle before the previous one was removed.
+    OlderRemoved,
+}
+
 /// Puts the bundle at `new` in service at `bundle`: checks that it loads, exchanges the two
 /// atomically, then keeps the replaced one at `<bundle>.previous` (an older previous is
 /// removed). `new` is gone afterwards. When `bundle` does not exist yet, `new` is renamed to
 /// it. Nothing is moved when `new` does not load or the exchange fails.
 pub fn install(new: &Path, bundle: &Path) -> Result<Swapped, InstallError> {
+    install_observed(new, bundle, &mut |_| {})
+}
+
+/// [`install`], telling `observe` each [`Step`] once it is done (a journal, or a test that
+/// stops there as a kill would).
+pub fn install_observed(new: &Path, bundle: &Path, observe: &mut dyn FnMut(Step)) -> Result<Swapped, InstallError> {
     Bundle::load(new).map_err(|source| InstallError::Invalid { path: new.to_path_buf(), source })?;
     if same_entry(new, bundle) {
         return Err(InstallError::SamePath(bundle.to_path_buf()));
     }
+    // Without this, a power cut after the exchange can leave the served name pointing at
+    // files whose contents never reached the disk (an empty `model.onnx`).
+    sync_all(new).map_err(|e| io_error("syncing the new bundle to disk failed; nothing was moved", new, bundle, e))?;
+    observe(Step::Synced);
     if !exists(bundle) {
         std::fs::rename(new, bundle)
             .map_err(|e| io_error("putting the new bundle in place failed; nothing was moved", new, bundle, e))?;
+        crate::fsio::sync_parent(bundle);
+        observe(Step::Exchanged);
         return Ok(Swapped { bundle: bundle.to_path_buf(), previous: None });
     }
     exchange(new, bundle).map_err(|e| {
         io_error("exchanging the new bundle with the served one failed; nothing was moved", new, bundle, e)
     })?;
+    crate::fsio::sync_parent(bundle);
+    crate::fsio::sync_parent(new);
+    observe(Step::Exchanged);
     // `new` now names the replaced bundle; keep it as the previous one.
+    let previous = keep_previous_observed(new, bundle, observe)?;
+    Ok(Swapped { bundle: bundle.to_path_buf(), previous: Some(previous) })
+}
+
+/// Keeps `replaced` (the bundle an exchange took out of service at `bundle`) as
+/// `<bundle>.previous`, removing an older previous; for an install that was cut short after
+/// its exchange. Returns the previous path.
+pub fn keep_previous(replaced: &Path, bundle: &Path) -> Result<PathBuf, InstallError> {
+    keep_previous_observed(replaced, bundle, &mut |_| {})
+}
+
+fn keep_previous_observed(
+    replaced: &Path,
+    bundle: &Path,
+    observe: &mut dyn FnMut(Step),
+) -> Result<PathBuf, InstallError> {
     let previous = previous_path(bundle);
+    let failed = "the new bundle is in service, but keeping the replaced one as previous failed; it is still at the first path";
     if exists(&previous) {
         // Exchanged too, so `.previous` always names a whole bundle; the older one it held
-        // ends up at `new`, to be removed.
-        exchange(new, &previous).map_err(|e| {
-            io_error(
-                "the new bundle is in service, but keeping the replaced one as previous failed; it is still at the first path",
-                new,
-                &previous,
-                e,
-            )
-        })?;
-        if let Err(e) = remove(new) {
+        // ends up at `replaced`, to be removed.
+        exchange(replaced, &previous).map_err(|e| io_error(failed, replaced, &previous, e))?;
+        crate::fsio::sync_parent(&previous);
+        observe(Step::PreviousKept);
+        if let Err(e) = remove(replaced) {
             tracing::warn!(
                 "{}: the bundle before the previous one could not be removed ({e}); remove it by hand",
-                new.display()
+                replaced.display()
             );
         }
+        crate::fsio::sync_parent(replaced);
+        observe(Step::OlderRemoved);
     } else {
-        std::fs::rename(new, &previous).map_err(|e| {
-            io_error(
-                "the new bundle is in service, but keeping the replaced one as previous failed; it is still at the first path",
-                new,
-                &previous,
-                e,
-            )
-        })?;
+        std::fs::rename(replaced, &previous).map_err(|e| io_error(failed, replaced, &previous, e))?;
+        crate::fsio::sync_parent(&previous);
+        crate::fsio::sync_parent(replaced);
+        observe(Step::PreviousKept);
     }
-    Ok(Swapped { bundle: bundle.to_path_buf(), previous: Some(previous) })
+    Ok(previous)
+}
+
+/// Syncs a bundle folder (every file and the folder) or a one-file bundle (the file and the
+/// folder holding it).
+fn sync_all(p: &Path) -> io::Result<()> {
+    if p.symlink_metadata()?.is_dir() {
+        crate::fsio::sync_tree(p)
+    } else {
+        std::fs::File::open(p)?.sync_all()?;
+        crate::fsio::sync_parent(p);
+        Ok(())
+    }
 }
 
 /// Goes back to `<bundle>.previous`: checks that it loads, then exchanges the two atomically,
@@ -176,11 +231,13 @@ pub fn rollback(bundle: &Path) -> Result<Swapped, InstallError> {
         std::fs::rename(&previous, bundle).map_err(|e| {
             io_error("putting the previous bundle in place failed; nothing was moved", &previous, bundle, e)
         })?;
+        crate::fsio::sync_parent(bundle);
         return Ok(Swapped { bundle: bundle.to_path_buf(), previous: None });
     }
     exchange(&previous, bundle).map_err(|e| {
         io_error("exchanging the previous bundle with the served one failed; nothing was moved", &previous, bundle, e)
     })?;
+    crate::fsio::sync_parent(bundle);
     Ok(Swapped { bundle: bundle.to_path_buf(), previous: Some(previous) })
 }
 

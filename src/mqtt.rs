@@ -790,6 +790,11 @@ mod tests {
         let Some(Incoming::BundleChunk { payload, .. }) = rx.try_recv().ok() else { panic!("nothing queued") };
         assert_eq!(payload, b"0");
         let (handled, _done) = tokio::sync::oneshot::channel();
-        assert!(offer(&tx, Incoming::Feedback { camera: "cam1".into(), payload: vec![], handled }, &metrics, &mut dropped));
+        assert!(offer(
+            &tx,
+            Incoming::Feedback { camera: "cam1".into(), payload: vec![], handled },
+            &metrics,
+            &mut dropped
+        ));
     }
 }

@@ -82,7 +82,8 @@ fn refusal(sub: &Subscriber, device: &str, needle: &str) -> serde_json::Value {
     let topic = format!("vigil/{device}/cam1/bundle/state");
     let deadline = Instant::now() + WAIT;
     loop {
-        let found = sub.on(&topic).iter().map(|m| m.json()).rfind(|s| s["error"].as_str().is_some_and(|e| e.contains(needle)));
+        let found =
+            sub.on(&topic).iter().map(|m| m.json()).rfind(|s| s["error"].as_str().is_some_and(|e| e.contains(needle)));
         if let Some(m) = found {
             return m;
         }
@@ -307,10 +308,12 @@ fn a_replayed_retargeted_forged_or_old_format_rollout_is_refused_and_the_next_ho
     let bundle = b.plant.bundle.clone();
 
     // Two honest rollouts; the first is captured by whoever watches the broker.
-    let captured = rollout_of(&version_of(&bundle, &keys.path().join("v2"), 2, 0), &key, "00000000000000a2", "line1-*", false);
+    let captured =
+        rollout_of(&version_of(&bundle, &keys.path().join("v2"), 2, 0), &key, "00000000000000a2", "line1-*", false);
     send(&sub, "line1-a", &captured);
     assert_eq!(state_of(&sub, "line1-a", "00000000000000a2")["ok"], true);
-    let v3 = rollout_of(&version_of(&bundle, &keys.path().join("v3"), 3, 0), &key, "00000000000000a3", "line1-*", false);
+    let v3 =
+        rollout_of(&version_of(&bundle, &keys.path().join("v3"), 3, 0), &key, "00000000000000a3", "line1-*", false);
     send(&sub, "line1-a", &v3);
     assert_eq!(state_of(&sub, "line1-a", "00000000000000a3")["ok"], true);
     wait_serving(&b.plant, 3);
@@ -390,7 +393,10 @@ fn a_replayed_retargeted_forged_or_old_format_rollout_is_refused_and_the_next_ho
         let statement = format!("vigil-bundle/1\n{}\n{}\n", o["sha256"].as_str().unwrap(), o["size"]);
         let signing = package::read_signing_key(&key).unwrap();
         let signature = ed25519_dalek::Signer::sign(&signing, statement.as_bytes());
-        o.insert("signature".into(), base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signature.to_bytes()).into());
+        o.insert(
+            "signature".into(),
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signature.to_bytes()).into(),
+        );
     });
     send(&sub, "line1-a", &[old_format]);
     let state = state_of(&sub, "line1-a", "00000000000000a1");
@@ -415,7 +421,11 @@ fn rollouts_go_by_the_signed_sequence_not_the_version_and_a_signed_rollback_is_t
     let (key, public) = fleet_key(keys.path());
     let mut b = start_box(&broker, &sub, "line1-a", &public);
     let bundle = b.plant.bundle.clone();
-    send(&sub, "line1-a", &rollout_of(&version_of(&bundle, &keys.path().join("v3"), 3, 0), &key, "00000000000000a3", "line1-a", false));
+    send(
+        &sub,
+        "line1-a",
+        &rollout_of(&version_of(&bundle, &keys.path().join("v3"), 3, 0), &key, "00000000000000a3", "line1-a", false),
+    );
     assert_eq!(state_of(&sub, "line1-a", "00000000000000a3")["ok"], true);
 
     // The box retrains locally (`vigil-train retrain --install` raises the version to 4)...
@@ -451,7 +461,11 @@ fn rollouts_go_by_the_signed_sequence_not_the_version_and_a_signed_rollback_is_t
     // Right away it is the rollout installed last: nothing to do.
     send(&sub, "line1-a", &captured);
     std::thread::sleep(Duration::from_millis(300));
-    send(&sub, "line1-a", &rollout_of(&version_of(&bundle, &keys.path().join("v5"), 5, 0), &key, "00000000000000a5", "line1-a", false));
+    send(
+        &sub,
+        "line1-a",
+        &rollout_of(&version_of(&bundle, &keys.path().join("v5"), 5, 0), &key, "00000000000000a5", "line1-a", false),
+    );
     assert_eq!(state_of(&sub, "line1-a", "00000000000000a5")["ok"], true);
     wait_serving(&b.plant, 5);
     // After a newer rollout, the replayed rollback would go back: refused.
@@ -468,7 +482,11 @@ fn rollouts_go_by_the_signed_sequence_not_the_version_and_a_signed_rollback_is_t
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_serving(&b.plant, 2);
-    send(&sub, "line1-a", &rollout_of(&version_of(&bundle, &keys.path().join("v6"), 6, 0), &key, "00000000000000a6", "line1-a", false));
+    send(
+        &sub,
+        "line1-a",
+        &rollout_of(&version_of(&bundle, &keys.path().join("v6"), 6, 0), &key, "00000000000000a6", "line1-a", false),
+    );
     assert_eq!(state_of(&sub, "line1-a", "00000000000000a6")["ok"], true);
     wait_serving(&b.plant, 6);
     b.daemon.take().unwrap().stop();
@@ -520,7 +538,11 @@ fn a_malformed_or_flooding_bundle_set_is_answered_without_reading_the_bundle_and
     }
     assert!(last <= (flood + 1) as f64, "more counted than sent: {last}");
     // The control task is free again: an honest rollout goes through.
-    send(&sub, "line1-a", &rollout_of(&version_of(&bundle, &keys.path().join("v2"), 2, 0), &key, "00000000000000a2", "line1-a", false));
+    send(
+        &sub,
+        "line1-a",
+        &rollout_of(&version_of(&bundle, &keys.path().join("v2"), 2, 0), &key, "00000000000000a2", "line1-a", false),
+    );
     assert_eq!(state_of(&sub, "line1-a", "00000000000000a2")["ok"], true);
     wait_serving(&b.plant, 2);
     b.daemon.take().unwrap().stop();
@@ -611,26 +633,33 @@ fn a_kill_at_each_step_of_an_install_leaves_the_old_or_the_new_bundle_whole() {
         assert!(killed.is_err(), "{kill:?} was not reached");
         drop(receiver);
 
+        // Which of the two bundles a folder holds, whole.
+        let which = |dir: &Path| match files(dir) {
+            f if f == old => "old",
+            f if f == new => "new",
+            _ => "neither",
+        };
+
         // The restart's recovery: the served bundle is the old or the new one, whole, and
         // nothing unpacked is left lying about.
         let receiver = Receiver::new(&config).unwrap();
-        let served = files(&bundle);
-        assert!(served == old || served == new, "after a kill at {kill:?} the bundle is neither the old nor the new one");
+        let served = which(&bundle);
+        assert_ne!(served, "neither", "after a kill at {kill:?}");
         vigil_model::bundle::Bundle::load(&bundle).unwrap();
         vigil_model::bundle::Bundle::load(previous_path(&bundle)).unwrap();
         assert_eq!(incoming_left(), 0, "after a kill at {kill:?}");
-        if served == new && i >= 6 {
-            assert_eq!(files(&previous_path(&bundle)), old, "after a kill at {kill:?} the replaced one is previous");
+        if served == "new" && i >= 6 {
+            assert_eq!(which(&previous_path(&bundle)), "old", "after a kill at {kill:?} the replaced one is previous");
         }
 
         // The broker delivers the unacknowledged last chunk again: the rollout completes.
         match receiver.receive("cam1", last) {
-            Ok(Received::Installed(_)) => assert_eq!(served, old, "installed twice after a kill at {kill:?}"),
-            Ok(Received::Done) => assert_eq!(served, new, "after a kill at {kill:?}"),
+            Ok(Received::Installed(_)) => assert_eq!(served, "old", "installed twice after a kill at {kill:?}"),
+            Ok(Received::Done) => assert_eq!(served, "new", "after a kill at {kill:?}"),
             other => panic!("after a kill at {kill:?}: {other:?}"),
         }
-        assert_eq!(files(&bundle), new, "after a kill at {kill:?}");
-        assert_eq!(files(&previous_path(&bundle)), old, "after a kill at {kill:?}");
+        assert_eq!(which(&bundle), "new", "after a kill at {kill:?}");
+        assert_eq!(which(&previous_path(&bundle)), "old", "after a kill at {kill:?}");
         // And the same rollout once more is not taken again.
         assert_eq!(receiver.receive("cam1", &rollout[0]), Ok(Received::Done), "after a kill at {kill:?}");
     }

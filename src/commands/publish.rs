@@ -208,7 +208,8 @@ pub fn identity(bundle: &Path) -> anyhow::Result<(String, u32)> {
 pub async fn run(p: &Publish) -> anyhow::Result<Vec<Outcome>> {
     let key = package::read_signing_key(&p.key)?;
     let package = package::pack(&p.bundle)?;
-    let (name, version) = identity(&p.bundle).with_context(|| format!("{}: reading its manifest", p.bundle.display()))?;
+    let (name, version) =
+        identity(&p.bundle).with_context(|| format!("{}: reading its manifest", p.bundle.display()))?;
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("the system's random source: {e}"))?;
     let transfer: String = id.iter().map(|b| format!("{b:02x}")).collect();

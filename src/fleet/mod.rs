@@ -217,7 +217,9 @@ pub fn check_time(created: u64, now: u64) -> Result<(), String> {
     // humantime cannot print a year past 9999 (its `to_string` panics): such times by number.
     const YEAR_10000_MS: u64 = 253_402_300_800_000;
     let show = |ms: u64| match ms {
-        ..YEAR_10000_MS => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+        ..YEAR_10000_MS => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        }
         _ => format!("{ms} ms after 1970, past the year 9999"),
     };
     if now < CLOCK_FLOOR_MS {

@@ -182,7 +182,8 @@ fn keep_previous_observed(
     observe: &mut dyn FnMut(Step),
 ) -> Result<PathBuf, InstallError> {
     let previous = previous_path(bundle);
-    let failed = "the new bundle is in service, but keeping the replaced one as previous failed; it is still at the first path";
+    let failed =
+        "the new bundle is in service, but keeping the replaced one as previous failed; it is still at the first path";
     if exists(&previous) {
         // Exchanged too, so `.previous` always names a whole bundle; the older one it held
         // ends up at `replaced`, to be removed.

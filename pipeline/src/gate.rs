@@ -386,9 +386,7 @@ pub fn judge(served: &Figures, new: &Figures, tol: &Tolerances) -> Decision {
     let recall = Comparison {
         judged: recall_judged,
         not_judged: (!recall_judged).then(|| {
-            format!(
-                "{defects} held-out confirmed defect(s), fewer than the {MIN_HELD_DEFECTS} recall is judged from"
-            )
+            format!("{defects} held-out confirmed defect(s), fewer than the {MIN_HELD_DEFECTS} recall is judged from")
         }),
         worse: recall_judged && r_diff[1] < -tol.recall - EPS,
         served: r_served,
@@ -496,9 +494,9 @@ impl GateReport {
         let why = self.recall.not_judged.as_deref().unwrap_or_default();
         let only = match (self.recall_judged, self.passed) {
             (true, _) => String::new(),
-            (false, true) => format!(
-                " on false alarms only (recall not judged: {why}; a less sensitive bundle passes this too)"
-            ),
+            (false, true) => {
+                format!(" on false alarms only (recall not judged: {why}; a less sensitive bundle passes this too)")
+            }
             (false, false) => format!(" (recall not judged: {why})"),
         };
         format!(

@@ -247,8 +247,14 @@ fn a_pass_without_enough_held_out_defects_says_it_judged_false_alarms_only() {
     let out = gated_install(&current, &ds);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("gate passed on false alarms only (recall not judged: 1 held-out confirmed defect(s)"), "{err}");
-    assert!(err.contains("warning: the gate judged false alarms only") && err.contains("at least 5 are held out"), "{err}");
+    assert!(
+        err.contains("gate passed on false alarms only (recall not judged: 1 held-out confirmed defect(s)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: the gate judged false alarms only") && err.contains("at least 5 are held out"),
+        "{err}"
+    );
     let r = report(&current);
     assert_eq!((&r["passed"], &r["recall_judged"], &r["min_held_defects"]), (&true.into(), &false.into(), &5.into()));
     assert_eq!(r["recall"]["judged"], false, "{r:#}");

@@ -93,10 +93,8 @@ fn every_family_retrains_on_images_of_another_aspect_at_the_served_input_shape()
         assert_eq!(next.manifest.version, 2, "{model:?}");
         // The new bundle scores the tall images as the daemon will feed them.
         let engine = vigil_model::engine::load(&next, &engine_config(EngineChoice::Tract)).unwrap();
-        let held = vigil_pipeline::gate::HeldOut {
-            normal: list_images(tall).unwrap()[..4].to_vec(),
-            ..Default::default()
-        };
+        let held =
+            vigil_pipeline::gate::HeldOut { normal: list_images(tall).unwrap()[..4].to_vec(), ..Default::default() };
         let f = vigil_pipeline::gate::figures(&next, &engine, &held);
         assert_eq!((f.normals, f.skipped), (4, 0), "{model:?}: {f:?}");
     }
@@ -117,8 +115,10 @@ fn a_bundle_whose_config_cannot_give_its_served_input_is_refused_with_the_reason
         let err = format!("{:#}", retrain_on(&served.path, tall, &dir.path().join("v2")).unwrap_err());
         let (h, w) = (served.manifest.input.height, served.manifest.input.width);
         assert!(err.contains(&format!("the bundle serves {w}x{h}")), "{model:?}: {err}");
-        assert!(err.contains(&format!("gives {wrong_size}x{wrong_size}")) && err.contains("vigil-train train"), "{err}");
+        assert!(
+            err.contains(&format!("gives {wrong_size}x{wrong_size}")) && err.contains("vigil-train train"),
+            "{err}"
+        );
         assert!(!dir.path().join("v2").exists(), "nothing written");
     }
 }
-

@@ -136,8 +136,8 @@ pub async fn serve(listener: TcpListener, router: Router, max_connections: usize
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
                 tracing::warn!("http: accepting a connection failed: {e}");
@@ -145,7 +145,9 @@ pub async fn serve(listener: TcpListener, router: Router, max_connections: usize
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // The client's address, for what records who did what (verdicts).
+        let router = router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(router);
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

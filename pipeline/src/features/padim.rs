@@ -234,7 +234,10 @@ mod tests {
         let two_cells = fit(&features(imgs.clone(), 6, 2), &[0, 1]);
         let three_cells = fit(&features(imgs, 4, 3), &[0, 1]);
         let err = merge(&two_cells, &three_cells).unwrap_err().to_string();
-        assert!(err.contains("2 feature cells") && err.contains("3 cells") && err.contains("another input size"), "{err}");
+        assert!(
+            err.contains("2 feature cells") && err.contains("3 cells") && err.contains("another input size"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::dataset::{Applied, Dataset, Verdict, VerdictError};
+use crate::dataset::{Applied, Dataset, Source, Verdict, VerdictError};
 use crate::decide::Policy;
 use crate::live::Board;
 use crate::metrics::Metrics;
@@ -101,19 +101,25 @@ impl Control {
         }
     }
 
-    /// Gives a verdict on an alert: its clean frame goes into the data set; the outcome is
-    /// published on `<camera>/feedback/state` and shown on the page.
-    pub async fn verdict(&self, camera: &str, id: &str, verdict: Verdict) -> Result<Applied, VerdictError> {
-        let result = self.dataset.verdict(camera, id, verdict);
+    /// Gives a verdict on an alert: its clean frame goes into the data set, recorded with
+    /// `source`; the outcome is published on `<camera>/feedback/state` and shown on the page.
+    pub async fn verdict(
+        &self,
+        camera: &str,
+        id: &str,
+        verdict: Verdict,
+        source: &Source,
+    ) -> Result<Applied, VerdictError> {
+        let result = self.dataset.verdict(camera, id, verdict, source);
         let state = match &result {
             Ok(a) => {
                 self.metrics.inc("vigil_verdicts_total", &[("camera", camera), ("verdict", verdict.name())]);
-                tracing::info!(camera, id, "verdict {}: {}", verdict.name(), a.file.display());
+                tracing::info!(camera, id, "verdict {} from {source}: {}", verdict.name(), a.file.display());
                 self.board.event("verdict", camera, serde_json::json!({ "id": id, "verdict": verdict }));
                 serde_json::json!({ "id": id, "verdict": verdict, "ok": true, "changed": a.changed })
             }
             Err(e) => {
-                tracing::warn!(camera, "verdict refused: {e}");
+                tracing::warn!(camera, "verdict from {source} refused: {e}");
                 self.metrics.inc("vigil_errors_total", &[("kind", "bad_feedback")]);
                 serde_json::json!({ "id": id, "verdict": verdict, "ok": false, "error": e.to_string() })
             }
@@ -175,8 +181,11 @@ pub async fn run(mut rx: mpsc::Receiver<Incoming>, mqtt: MqttClient, control: Ar
             }
             Incoming::Feedback { camera, payload, handled } => {
                 match parse_feedback(&payload) {
-                    Ok((id, verdict)) => {
-                        let _ = control.verdict(&camera, &id, verdict).await;
+                    Ok(f) => {
+                        // MQTT 3.1.1 does not say who published: the topic, and what the
+                        // payload says of itself.
+                        let source = Source::Mqtt { topic: mqtt.topics.camera(&camera, "feedback"), by: f.by };
+                        let _ = control.verdict(&camera, &f.id, f.verdict, &source).await;
                     }
                     Err(e) => {
                         tracing::warn!(camera, "feedback refused: {e}");
@@ -229,20 +238,38 @@ async fn bundle_chunk(control: &Control, fleet: &Arc<crate::fleet::Receiver>, ca
     }
 }
 
-/// A `feedback` payload: `{"id": "<alert id>", "verdict": "false_alarm" | "confirmed"}`.
-pub fn parse_feedback(payload: &[u8]) -> Result<(String, Verdict), String> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Feedback {
-        id: String,
-        verdict: Verdict,
-    }
+/// A parsed `feedback` payload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feedback {
+    /// The alert.
+    pub id: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Who gives it, as the publisher declares (recorded, not checked).
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// The longest `by` a feedback payload may carry.
+pub const MAX_BY: usize = 64;
+
+/// A `feedback` payload: `{"id": "<alert id>", "verdict": "false_alarm" | "confirmed"}`, with
+/// an optional `"by": "<who>"` (at most [`MAX_BY`] characters, no control characters).
+pub fn parse_feedback(payload: &[u8]) -> Result<Feedback, String> {
     let f: Feedback = serde_json::from_slice(payload).map_err(|e| {
         format!(
-            "{e}: send {{\"id\": \"<alert id>\", \"verdict\": \"false_alarm\"}} or {{..., \"verdict\": \"confirmed\"}}"
+            "{e}: send {{\"id\": \"<alert id>\", \"verdict\": \"false_alarm\"}} or {{..., \"verdict\": \"confirmed\"}}, optionally with \"by\": \"<who>\""
         )
     })?;
-    Ok((f.id, f.verdict))
+    if let Some(by) = &f.by
+        && (by.chars().count() > MAX_BY || by.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "`by` is at most {MAX_BY} characters without control characters: name who gives the verdict"
+        ));
+    }
+    Ok(f)
 }
 
 /// A parsed `threshold/set` payload.
@@ -322,9 +349,16 @@ mod tests {
     #[test]
     fn feedback_payloads() {
         let ok = parse_feedback(br#"{"id": "01KB0000000000000000000000", "verdict": "false_alarm"}"#).unwrap();
-        assert_eq!(ok, ("01KB0000000000000000000000".to_owned(), Verdict::FalseAlarm));
-        assert_eq!(parse_feedback(br#"{"id": "x", "verdict": "confirmed"}"#).unwrap().1, Verdict::Confirmed);
+        let want = Feedback { id: "01KB0000000000000000000000".to_owned(), verdict: Verdict::FalseAlarm, by: None };
+        assert_eq!(ok, want);
+        assert_eq!(parse_feedback(br#"{"id": "x", "verdict": "confirmed"}"#).unwrap().verdict, Verdict::Confirmed);
         assert!(parse_feedback(br#"{"id": "x", "verdict": "maybe"}"#).unwrap_err().contains("false_alarm"));
         assert!(parse_feedback(b"ok").is_err());
+        // Who gives it, as declared; bounded.
+        let by = parse_feedback(br#"{"id": "x", "verdict": "confirmed", "by": "line 3 QA"}"#).unwrap().by;
+        assert_eq!(by.as_deref(), Some("line 3 QA"));
+        let long = format!(r#"{{"id": "x", "verdict": "confirmed", "by": "{}"}}"#, "a".repeat(MAX_BY + 1));
+        assert!(parse_feedback(long.as_bytes()).unwrap_err().contains("`by` is at most 64"));
+        assert!(parse_feedback(br#"{"id": "x", "verdict": "confirmed", "by": "a\nb"}"#).is_err());
     }
 }

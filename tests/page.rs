@@ -31,6 +31,20 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The data-set files of cam1 for one verdict folder (`normal`, `abnormal`), on both sides of
+/// the hold-out (which side a frame lands on is the box's key's to decide).
+fn dataset_files(plant: &Plant, kind: &str) -> Vec<PathBuf> {
+    let mut v = files(&plant.path(&format!("state/dataset/cam1/{kind}")));
+    v.extend(files(&plant.path(&format!("state/dataset/cam1/held-out/{kind}"))));
+    v
+}
+
+/// The records of cam1's verdict log.
+fn verdict_log(plant: &Plant) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(plant.path("state/dataset/cam1/verdicts.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 /// A daemon with one folder camera, MQTT, the page with a token file, and `extra` config.
 fn start(plant: &Plant, broker: &Mosquitto, extra: &str) -> Daemon {
     let token = plant.path("token");
@@ -208,7 +222,6 @@ fn the_page_shows_alerts_live_takes_verdicts_and_threshold_edits_in_a_real_brows
     let driver = Driver::start();
     let base = format!("http://127.0.0.1:{}", plant.http);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let normal_dir = plant.path("state/dataset/cam1/normal/x").parent().unwrap().to_path_buf();
     rt.block_on(async {
         let b = driver.browser().await;
         b.goto(&format!("{base}/")).await.unwrap();
@@ -226,7 +239,7 @@ fn the_page_shows_alerts_live_takes_verdicts_and_threshold_edits_in_a_real_brows
         // A verdict before logging in is refused, and says why.
         b.find(Locator::Css("button.verdict[data-verdict=\"false_alarm\"]")).await.unwrap().click().await.unwrap();
         wait_text(&b, "section#camera-cam1 .status", "token").await;
-        assert!(files(&normal_dir).is_empty(), "nothing written without the token");
+        assert!(dataset_files(&plant, "normal").is_empty(), "nothing written without the token");
 
         // Log in; the alert is on the page as rendered by the server.
         b.goto(&format!("{base}/login")).await.unwrap();
@@ -234,9 +247,14 @@ fn the_page_shows_alerts_live_takes_verdicts_and_threshold_edits_in_a_real_brows
         b.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
         let button = format!("tr.alert[data-id=\"{id}\"] button.verdict[data-verdict=\"false_alarm\"]");
         b.wait().at_most(WAIT).for_element(Locator::Css(&button)).await.unwrap().click().await.unwrap();
-        let kept = normal_dir.join(format!("{id}.png"));
-        wait_until("the false alarm's frame in the data set", || kept.is_file());
+        wait_until("the false alarm's frame in the data set", || !dataset_files(&plant, "normal").is_empty());
+        let kept = dataset_files(&plant, "normal").remove(0);
+        assert_eq!(kept.file_name().unwrap().to_str().unwrap(), format!("{id}.png"));
         assert_eq!(std::fs::read(&kept).unwrap(), plant.anomalous, "the clean frame, as it arrived");
+        // Recorded as given on the page, from the browser's address.
+        let log = verdict_log(&plant);
+        assert_eq!((log.len(), &log[0]["id"], &log[0]["source"]["via"]), (1, &id.clone().into(), &"page".into()));
+        assert!(log[0]["source"]["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{:?}", log[0]);
         wait_text(&b, "section#camera-cam1 .status", "saved to the data set").await;
         let pressed = b.find(Locator::Css(&button)).await.unwrap().attr("aria-pressed").await.unwrap();
         assert_eq!(pressed.as_deref(), Some("true"));
@@ -283,15 +301,20 @@ fn verdicts_over_mqtt_land_in_the_data_set_once_and_unknown_ids_write_nothing() 
     assert_eq!(std::fs::read(&clean).unwrap(), plant.anomalous, "the clean frame is kept next to the alert");
 
     let feedback = |payload: String| sub.publish("vigil/box1/cam1/feedback", false, payload.into_bytes());
-    feedback(format!(r#"{{"id": "{id}", "verdict": "confirmed"}}"#));
+    feedback(format!(r#"{{"id": "{id}", "verdict": "confirmed", "by": "qa line 2"}}"#));
     let state = &sub.wait_for("vigil/box1/cam1/feedback/state", 1, WAIT)[0];
     assert_eq!(state.json(), serde_json::json!({ "id": id, "verdict": "confirmed", "ok": true, "changed": true }));
-    let abnormal = plant.path("state/dataset/cam1/abnormal/x").parent().unwrap().to_path_buf();
-    assert_eq!(files(&abnormal), [abnormal.join(format!("{id}.png"))]);
+    let abnormal = dataset_files(&plant, "abnormal");
+    assert_eq!(abnormal.len(), 1);
+    assert_eq!(abnormal[0].file_name().unwrap().to_str().unwrap(), format!("{id}.png"));
+    // Recorded as from MQTT: the topic, and who the payload says it is.
+    let source = serde_json::json!({ "via": "mqtt", "topic": "vigil/box1/cam1/feedback", "by": "qa line 2" });
+    assert_eq!(verdict_log(&plant)[0]["source"], source);
     // Again: idempotent.
     feedback(format!(r#"{{"id": "{id}", "verdict": "confirmed"}}"#));
     assert_eq!(sub.wait_for("vigil/box1/cam1/feedback/state", 2, WAIT)[1].json()["changed"], false);
-    assert_eq!(files(&abnormal).len(), 1);
+    assert_eq!(dataset_files(&plant, "abnormal").len(), 1);
+    assert_eq!(verdict_log(&plant).len(), 1, "a repeat records nothing");
 
     // An unknown id and a bad payload: a clear error on the state topic, nothing written.
     feedback(r#"{"id": "01KB0000000000000000000000", "verdict": "false_alarm"}"#.into());
@@ -301,8 +324,7 @@ fn verdicts_over_mqtt_land_in_the_data_set_once_and_unknown_ids_write_nothing() 
     feedback(r#"{"id": "x", "verdict": "maybe"}"#.into());
     let bad = sub.wait_for("vigil/box1/cam1/feedback/state", 4, WAIT)[3].json();
     assert!(bad["error"].as_str().unwrap().contains("false_alarm"), "names the verdicts: {bad}");
-    let normal = plant.path("state/dataset/cam1/normal/x").parent().unwrap().to_path_buf();
-    assert!(files(&normal).is_empty());
+    assert!(dataset_files(&plant, "normal").is_empty());
     let m = plant.metrics();
     assert_eq!(metric(&m, "vigil_errors_total{kind=\"bad_feedback\"}"), 2.0, "{m}");
     assert_eq!(metric(&m, "vigil_verdicts_total{camera=\"cam1\",verdict=\"confirmed\"}"), 2.0, "{m}");
@@ -312,7 +334,7 @@ fn verdicts_over_mqtt_land_in_the_data_set_once_and_unknown_ids_write_nothing() 
         plant.drop_frame(&format!("n{i}.png"), &plant.normal);
     }
     plant.wait_frames("cam1", "normal", 4.0);
-    let sampled = files(&normal);
+    let sampled = dataset_files(&plant, "normal");
     assert_eq!(sampled.len(), 2, "{sampled:?}");
     assert!(sampled.iter().all(|p| p.file_name().unwrap().to_str().unwrap().starts_with("sample-")));
     daemon.stop();
@@ -370,8 +392,7 @@ fn the_page_refuses_writes_without_the_token_from_other_origins_and_outside_its_
     let evil_threshold = [("Cookie", cookie.as_str()), ("Origin", "http://evil.example")];
     assert_eq!(http_request(port, "POST", "/api/cameras/cam1/threshold", &evil_threshold, "0").0, 403);
     assert_eq!(http_request(port, "POST", "/login", &[("Origin", "http://evil.example")], "token=x").0, 403);
-    let abnormal = plant.path("state/dataset/cam1/abnormal/x").parent().unwrap().to_path_buf();
-    assert!(files(&abnormal).is_empty(), "no refused write wrote anything");
+    assert!(dataset_files(&plant, "abnormal").is_empty(), "no refused write wrote anything");
     // Outside the page's own files: nothing.
     for path in [
         "/static/../Cargo.toml",
@@ -392,7 +413,7 @@ fn the_page_refuses_writes_without_the_token_from_other_origins_and_outside_its_
     // The right token from the page's origin works, and the login form sets the cookie.
     let (code, text) = http_request(port, "POST", &verdict, &ok, body);
     assert_eq!(code, 200, "{text}");
-    assert_eq!(files(&abnormal).len(), 1);
+    assert_eq!(dataset_files(&plant, "abnormal").len(), 1);
     let form = format!("token={TOKEN}");
     let login = [("Origin", host_origin), ("Content-Type", "application/x-www-form-urlencoded")];
     assert_eq!(http_request(port, "POST", "/login", &login, &form).0, 303);

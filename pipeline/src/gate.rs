@@ -2,6 +2,13 @@
 //! calibrates on, both bundles (the served one and the new one) evaluated on it through their
 //! exported graphs, the rule that decides whether the new one may replace the served one, and
 //! the `gate.json` report of the decision.
+//!
+//! The rule judges counts, not point figures: how many held-out normals each bundle flags
+//! (false alarms) and how many held-out defects it catches (recall), each with a 95 % Wilson
+//! score interval, and the difference between the bundles with Newcombe's interval built from
+//! them. The new bundle fails only when that interval says it is worse by more than the
+//! tolerance, so one missed defect out of one cannot decide; recall is judged only from
+//! [`MIN_HELD_DEFECTS`] held-out defects, and a pass without them says so.
 
 use std::path::{Path, PathBuf};
 
@@ -17,27 +24,55 @@ use crate::evaluate::evaluate;
 /// The report's file name, written into the new bundle's folder.
 pub const REPORT_FILE: &str = "gate.json";
 
-/// The share of a data set's files held out, by name.
+/// The folder of a data set that holds its held-out files, as the daemon records them:
+/// `<dataset>/held-out/normal/` and `<dataset>/held-out/abnormal/`.
+pub const HELD_OUT_DIR: &str = "held-out";
+
+/// The share of a data set's files held out, by name (data sets without a recorded hold-out).
 pub const HOLDOUT_FRACTION: f64 = 0.2;
 
 /// The fewest held-out normal images the gate judges on.
 pub const MIN_HELD_NORMAL: usize = 2;
 
-/// How much worse the new bundle may be than the served one and still replace it.
+/// The fewest held-out confirmed defects (scored by both bundles) from which the gate judges
+/// recall; below, it judges false alarms only and says so. With 5, a new bundle that misses 3
+/// defects the served one caught fails; 1 or 2 misses are within chance.
+pub const MIN_HELD_DEFECTS: usize = 5;
+
+/// The confidence of the intervals.
+pub const CONFIDENCE: f64 = 0.95;
+
+/// The standard normal quantile of a two-sided [`CONFIDENCE`] interval.
+const Z: f64 = 1.959_963_984_540_054;
+
+/// How much worse the new bundle may be than the served one and still replace it, beyond
+/// what chance explains.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Tolerances {
-    /// Image AUROC may be this much lower (with confirmed defects).
-    pub auroc: f64,
-    /// F1 at each bundle's own threshold may be this much lower (with confirmed defects).
-    pub f1: f64,
-    /// The false-alarm rate on held-out normals may be this much higher (without defects).
+    /// Recall on held-out defects (each bundle at its own threshold) may be this much lower.
+    pub recall: f64,
+    /// The false-alarm rate on held-out normals (each at its own threshold) may be this much
+    /// higher.
     pub false_alarm: f64,
 }
 
 impl Default for Tolerances {
     fn default() -> Self {
-        Tolerances { auroc: 0.01, f1: 0.02, false_alarm: 0.0 }
+        Tolerances { recall: 0.0, false_alarm: 0.0 }
     }
+}
+
+/// Where the held-out files came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldOutSource {
+    /// Chosen here from the files' names (folders not written by the daemon, or written before
+    /// it recorded a hold-out).
+    #[default]
+    ByName,
+    /// Read from the data set's `held-out/` folder, where the daemon put each file when it
+    /// came in (decided with the box's secret key, so a frame's publisher cannot choose).
+    Recorded,
 }
 
 /// The held-out files of a data set.
@@ -47,11 +82,14 @@ pub struct HeldOut {
     pub normal: Vec<PathBuf>,
     /// Confirmed defects.
     pub abnormal: Vec<PathBuf>,
+    /// Where the split came from.
+    pub source: HoldOutSource,
 }
 
 /// Where a file falls, from its name alone: a number in `[0, 1)`; files under
 /// [`HOLDOUT_FRACTION`] are held out. Its name alone, so that a file keeps its side as the
-/// data set grows and every retrain holds out the same files.
+/// data set grows and every retrain holds out the same files. Anyone who names the files can
+/// compute it: the daemon's data set records its own keyed hold-out instead ([`recorded`]).
 pub fn holdout_rank(path: &Path) -> f64 {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut h = Sha256::new();
@@ -89,7 +127,7 @@ pub struct Staged {
 }
 
 /// Holds out part of the normal images in `normal` and of the defects in `abnormal` (if
-/// given), and links the rest into `into/normal` and `into/abnormal`.
+/// given) by name, and links the rest into `into/normal` and `into/abnormal`.
 pub fn stage(normal: &Path, abnormal: Option<&Path>, into: &Path) -> anyhow::Result<Staged> {
     let normals = list_images(normal)?;
     let needed = MIN_NORMAL + MIN_HELD_NORMAL;
@@ -104,9 +142,11 @@ pub fn stage(normal: &Path, abnormal: Option<&Path>, into: &Path) -> anyhow::Res
         Some(dir) => list_images(dir)?,
         None => vec![],
     };
-    // One defect held out at least, when there are any: judging by defects is the stronger
-    // rule, and the rest calibrate the threshold.
-    let (kept_defects, held_defects) = split_holdout(defects, 1, 0);
+    // Enough defects held out for the gate to judge recall when there are enough to spare as
+    // many for calibrating the threshold; fewer are held out by rank alone (recall is then
+    // not judged, and the report says so).
+    let min_held = if defects.len() >= 2 * MIN_HELD_DEFECTS { MIN_HELD_DEFECTS } else { 0 };
+    let (kept_defects, held_defects) = split_holdout(defects, min_held, 0);
     if into.exists() {
         std::fs::remove_dir_all(into).with_context(|| format!("clearing {}", into.display()))?;
     }
@@ -132,8 +172,32 @@ pub fn stage(normal: &Path, abnormal: Option<&Path>, into: &Path) -> anyhow::Res
     Ok(Staged {
         normal: staged_normal,
         abnormal: staged_abnormal,
-        held_out: HeldOut { normal: held_normal, abnormal: held_defects },
+        held_out: HeldOut { normal: held_normal, abnormal: held_defects, source: HoldOutSource::ByName },
     })
+}
+
+/// The hold-out the daemon recorded in a data set (`<dataset>/held-out/{normal,abnormal}`),
+/// read as it is: the files there are held out, the ones in `<dataset>/normal` and
+/// `<dataset>/abnormal` train and calibrate. `None` when the data set has no such folder.
+pub fn recorded(dataset: &Path) -> anyhow::Result<Option<HeldOut>> {
+    let dir = dataset.join(HELD_OUT_DIR);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let list = |kind: &str| -> anyhow::Result<Vec<PathBuf>> {
+        let d = dir.join(kind);
+        Ok(if d.is_dir() { list_images(&d)? } else { vec![] })
+    };
+    let held = HeldOut { normal: list("normal")?, abnormal: list("abnormal")?, source: HoldOutSource::Recorded };
+    anyhow::ensure!(
+        held.normal.len() >= MIN_HELD_NORMAL,
+        "data set {}: {} held-out normal image(s) in {}; the gate judges on at least {MIN_HELD_NORMAL}. The daemon holds out about 1 in {} of the frames it adds: collect more (dataset.sample_normal, false-alarm verdicts) or retrain without --gate",
+        dataset.display(),
+        held.normal.len(),
+        dir.join("normal").display(),
+        (1.0 / HOLDOUT_FRACTION).round()
+    );
+    Ok(Some(held))
 }
 
 /// One bundle's figures on the held-out files.
@@ -147,9 +211,10 @@ pub struct Figures {
     pub version: u32,
     /// Its threshold (raw score units).
     pub threshold: f32,
-    /// Image AUROC, held-out defects against held-out normals (with defects).
+    /// Image AUROC, held-out defects against held-out normals (with defects); reported, not
+    /// judged.
     pub image_auroc: Option<f64>,
-    /// F1 at its threshold (with defects).
+    /// F1 at its threshold (with defects); reported, not judged.
     pub f1: Option<f64>,
     /// Share of held-out normals over its threshold.
     pub false_alarm_rate: f64,
@@ -159,6 +224,12 @@ pub struct Figures {
     pub defects: usize,
     /// Files it could not score.
     pub skipped: usize,
+    /// Held-out normals over its threshold.
+    pub false_alarms: usize,
+    /// Held-out defects over its threshold.
+    pub detected: usize,
+    /// `detected / defects` (with defects).
+    pub recall: Option<f64>,
 }
 
 /// Evaluates `bundle` on the held-out files through its exported graph.
@@ -185,7 +256,78 @@ pub fn figures(bundle: &Bundle, engine: &engine::LoadedEngine, held: &HeldOut) -
         normals,
         defects,
         skipped: e.skipped.len(),
+        false_alarms: c.fp,
+        detected: c.tp,
+        recall: (defects > 0).then(|| c.tp as f64 / defects as f64),
     }
+}
+
+/// The Wilson score interval of `k` successes in `n` trials at [`CONFIDENCE`]; `[0, 1]`
+/// without trials. Unlike the plain normal interval it stays inside `[0, 1]` and is not
+/// empty at 0 of n or n of n, which is where small held-out sets are.
+pub fn wilson(k: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let (k, n) = (k.min(n) as f64, n as f64);
+    let p = k / n;
+    let z2 = Z * Z;
+    let denom = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denom;
+    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
+    [(center - half).max(0.0), (center + half).min(1.0)]
+}
+
+/// A count out of a total, with its interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Count {
+    /// How many.
+    pub count: usize,
+    /// Out of how many.
+    pub of: usize,
+    /// `count / of`, when `of > 0`.
+    pub rate: Option<f64>,
+    /// The [`CONFIDENCE`] Wilson interval of the rate.
+    pub interval: [f64; 2],
+}
+
+impl Count {
+    /// `count` of `of`.
+    pub fn new(count: usize, of: usize) -> Count {
+        Count { count, of, rate: (of > 0).then(|| count as f64 / of as f64), interval: wilson(count, of) }
+    }
+}
+
+/// Newcombe's hybrid score interval of `new.rate - served.rate` (his method 10), from the two
+/// Wilson intervals. It treats the two counts as independent; on the same held-out files they
+/// are positively correlated, so the interval is wider than need be: the gate errs towards
+/// "not shown to be worse".
+pub fn difference(new: &Count, served: &Count) -> [f64; 2] {
+    let (Some(p1), Some(p2)) = (new.rate, served.rate) else { return [-1.0, 1.0] };
+    let ([l1, u1], [l2, u2]) = (new.interval, served.interval);
+    let d = p1 - p2;
+    [d - ((p1 - l1).powi(2) + (u2 - p2).powi(2)).sqrt(), d + ((u1 - p1).powi(2) + (p2 - l2).powi(2)).sqrt()]
+}
+
+/// One judged quantity: both bundles' counts, the interval of their difference, and whether it
+/// shows the new bundle worse beyond the tolerance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Whether it was judged (enough held-out files).
+    pub judged: bool,
+    /// Why not, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_judged: Option<String>,
+    /// The served bundle's count.
+    pub served: Count,
+    /// The new bundle's count.
+    pub new: Count,
+    /// The [`CONFIDENCE`] interval of the new rate minus the served one.
+    pub difference: [f64; 2],
+    /// How much worse is allowed.
+    pub tolerance: f64,
+    /// Judged, and worse beyond the tolerance.
+    pub worse: bool,
 }
 
 /// The decision.
@@ -197,67 +339,110 @@ pub struct Decision {
     pub rule: String,
     /// Why it passed or failed, with the figures.
     pub reason: String,
+    /// False alarms on the held-out normals.
+    pub false_alarms: Comparison,
+    /// Recall on the held-out defects.
+    pub recall: Comparison,
 }
 
 /// Below this, a difference is rounding, not a change.
 const EPS: f64 = 1e-9;
 
-/// The rule: with held-out defects, the new bundle's image AUROC may be at most
-/// `tol.auroc` lower and its F1 at its own threshold at most `tol.f1` lower than the served
-/// one's; without, its false-alarm rate on held-out normals (at its own threshold) may be at
-/// most `tol.false_alarm` higher.
+fn fraction(c: &Count) -> String {
+    format!("{} of {}", c.count, c.of)
+}
+
+/// The rule. False alarms: the new bundle fails when the [`CONFIDENCE`] interval of its
+/// false-alarm rate minus the served one's (each at its own threshold, on the held-out
+/// normals) lies wholly above `tol.false_alarm`. Recall, judged from [`MIN_HELD_DEFECTS`]
+/// held-out defects: it fails when the interval of its recall minus the served one's lies
+/// wholly below `-tol.recall`. Otherwise it passes; without enough defects the reason says
+/// that recall was not judged.
 pub fn judge(served: &Figures, new: &Figures, tol: &Tolerances) -> Decision {
-    let with_defects = served.defects > 0 && new.defects > 0;
-    if with_defects {
-        let rule = format!(
-            "with confirmed defects: image AUROC at most {} lower and F1 at the bundle's own threshold at most {} lower than the served bundle's",
-            tol.auroc, tol.f1
-        );
-        let mut failures = vec![];
-        let mut figures = vec![];
-        for (what, s, n, allowed) in
-            [("image AUROC", served.image_auroc, new.image_auroc, tol.auroc), ("F1", served.f1, new.f1, tol.f1)]
-        {
-            match (s, n) {
-                (Some(s), Some(n)) => {
-                    let line = format!("{what} {n:.4} against {s:.4}");
-                    if n < s - allowed - EPS {
-                        failures.push(format!("{line}: {:.4} lower, more than the {allowed} allowed", s - n));
-                    } else {
-                        figures.push(line);
-                    }
-                }
-                (_, None) => failures.push(format!("{what} of the new bundle could not be computed")),
-                // The served bundle gave none: nothing to be worse than.
-                (None, Some(n)) => figures.push(format!("{what} {n:.4} (the served bundle gave none)")),
-            }
-        }
-        let held = format!("on {} held-out normal(s) and {} defect(s)", new.normals, new.defects);
-        return if failures.is_empty() {
-            Decision { passed: true, rule, reason: format!("not worse {held}: {}", figures.join("; ")) }
-        } else {
-            Decision { passed: false, rule, reason: format!("worse {held}: {}", failures.join("; ")) }
-        };
-    }
     let rule = format!(
-        "no confirmed defects held out: the false-alarm rate on held-out normals, each bundle at its own threshold, at most {} higher than the served bundle's",
-        tol.false_alarm
+        "each bundle at its own threshold, counts on the held-out files with {:.0} % intervals (Wilson; Newcombe for the difference): fails when its false-alarm rate on the held-out normals is shown to be more than {} higher than the served bundle's, or, with at least {MIN_HELD_DEFECTS} held-out confirmed defects, its recall on them shown to be more than {} lower",
+        CONFIDENCE * 100.0,
+        tol.false_alarm,
+        tol.recall
     );
-    let line = format!(
-        "false-alarm rate {:.4} ({} of {} held-out normals) against {:.4}",
-        new.false_alarm_rate,
-        (new.false_alarm_rate * new.normals as f64).round(),
-        new.normals,
-        served.false_alarm_rate
+    let fa_served = Count::new(served.false_alarms, served.normals);
+    let fa_new = Count::new(new.false_alarms, new.normals);
+    let fa_diff = difference(&fa_new, &fa_served);
+    let fa_judged = new.normals > 0;
+    let false_alarms = Comparison {
+        judged: fa_judged,
+        not_judged: (!fa_judged).then(|| "the new bundle scored none of the held-out normals".to_owned()),
+        worse: fa_judged && fa_diff[0] > tol.false_alarm + EPS,
+        served: fa_served,
+        new: fa_new,
+        difference: fa_diff,
+        tolerance: tol.false_alarm,
+    };
+    let r_served = Count::new(served.detected, served.defects);
+    let r_new = Count::new(new.detected, new.defects);
+    let r_diff = difference(&r_new, &r_served);
+    let defects = served.defects.min(new.defects);
+    let recall_judged = defects >= MIN_HELD_DEFECTS;
+    let recall = Comparison {
+        judged: recall_judged,
+        not_judged: (!recall_judged).then(|| {
+            format!("{defects} held-out confirmed defect(s), fewer than the {MIN_HELD_DEFECTS} recall is judged from")
+        }),
+        worse: recall_judged && r_diff[1] < -tol.recall - EPS,
+        served: r_served,
+        new: r_new,
+        difference: r_diff,
+        tolerance: tol.recall,
+    };
+    let held = format!("{} held-out normal(s) and {} defect(s)", new.normals, new.defects);
+    let fa_line = format!(
+        "false alarms {} against {} (difference {:+.3} to {:+.3})",
+        fraction(&false_alarms.new),
+        fraction(&false_alarms.served),
+        fa_diff[0],
+        fa_diff[1]
     );
-    if new.normals == 0 {
-        return Decision { passed: false, rule, reason: "the new bundle scored none of the held-out normals".into() };
+    let recall_line = format!(
+        "recall {} against {} (difference {:+.3} to {:+.3})",
+        fraction(&recall.new),
+        fraction(&recall.served),
+        r_diff[0],
+        r_diff[1]
+    );
+    let mut failures = vec![];
+    if !false_alarms.judged {
+        failures.push("the new bundle scored none of the held-out normals".to_owned());
+    } else if false_alarms.worse {
+        failures.push(format!(
+            "more false alarms: {} held-out normals against {}: at least {:.3} more ({:.0} % confidence), more than the {} allowed",
+            fraction(&false_alarms.new),
+            fraction(&false_alarms.served),
+            fa_diff[0],
+            CONFIDENCE * 100.0,
+            tol.false_alarm
+        ));
     }
-    if new.false_alarm_rate > served.false_alarm_rate + tol.false_alarm + EPS {
-        Decision { passed: false, rule, reason: format!("more false alarms: {line}") }
+    if recall.worse {
+        failures.push(format!(
+            "lower recall: {} held-out defects caught against {}: at least {:.3} lower ({:.0} % confidence), more than the {} allowed",
+            fraction(&recall.new),
+            fraction(&recall.served),
+            -r_diff[1],
+            CONFIDENCE * 100.0,
+            tol.recall
+        ));
+    }
+    let reason = if !failures.is_empty() {
+        format!("worse on {held}: {}", failures.join("; "))
+    } else if recall.judged {
+        format!("not shown to be worse on {held}: {fa_line}; {recall_line}")
     } else {
-        Decision { passed: true, rule, reason: format!("no more false alarms: {line}") }
-    }
+        format!(
+            "passed on false alarms only, recall not judged ({}): not shown to be worse on {held}: {fa_line}",
+            recall.not_judged.as_deref().unwrap_or_default()
+        )
+    };
+    Decision { passed: failures.is_empty(), rule, reason, false_alarms, recall }
 }
 
 /// What `gate.json` holds.
@@ -279,6 +464,17 @@ pub struct GateReport {
     pub new: Figures,
     /// The held-out files, by name.
     pub held_out: HeldOutNames,
+    /// Whether recall on held-out defects was judged; false: the new bundle passed (or failed)
+    /// on false alarms alone, and a less sensitive bundle could have passed.
+    pub recall_judged: bool,
+    /// The fewest held-out defects recall is judged from.
+    pub min_held_defects: usize,
+    /// The confidence of the intervals.
+    pub confidence: f64,
+    /// False alarms on the held-out normals, both bundles' counts and their difference.
+    pub false_alarms: Comparison,
+    /// Recall on the held-out defects, the same.
+    pub recall: Comparison,
 }
 
 /// The held-out files' names (the folders are the data set's).
@@ -288,13 +484,23 @@ pub struct HeldOutNames {
     pub normal: Vec<String>,
     /// Confirmed defects.
     pub abnormal: Vec<String>,
+    /// Where the split came from: `recorded` (the daemon's `held-out/` folder) or `by_name`.
+    pub source: HoldOutSource,
 }
 
 impl GateReport {
     /// One line for the log and the terminal.
     pub fn summary(&self) -> String {
+        let why = self.recall.not_judged.as_deref().unwrap_or_default();
+        let only = match (self.recall_judged, self.passed) {
+            (true, _) => String::new(),
+            (false, true) => {
+                format!(" on false alarms only (recall not judged: {why}; a less sensitive bundle passes this too)")
+            }
+            (false, false) => format!(" (recall not judged: {why})"),
+        };
         format!(
-            "gate {}: {} v{} against served {} v{}: {}",
+            "gate {}{only}: {} v{} against served {} v{}: {}",
             if self.passed { "passed" } else { "failed" },
             self.new.name,
             self.new.version,
@@ -331,10 +537,15 @@ pub fn gate(
         engine: new_engine.name(),
         served: s,
         new: n,
-        held_out: HeldOutNames { normal: names(&held.normal), abnormal: names(&held.abnormal) },
+        held_out: HeldOutNames { normal: names(&held.normal), abnormal: names(&held.abnormal), source: held.source },
+        recall_judged: d.recall.judged,
+        min_held_defects: MIN_HELD_DEFECTS,
+        confidence: CONFIDENCE,
+        false_alarms: d.false_alarms,
+        recall: d.recall,
     };
     let path = new.path.join(REPORT_FILE);
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+    vigil_model::fsio::write_atomic(&path, &serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(report)
 }

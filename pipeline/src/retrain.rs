@@ -89,6 +89,7 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
         cfg.normalize = true;
         cfg.pixel_range = Some(m.input.mean.iter().zip(&m.input.std).map(|(&lo, &span)| [lo, lo + span]).collect());
     }
+    keep_input_shape(&mut cfg, m, &req.from)?;
     let epochs = req.epochs.unwrap_or((cfg.epochs / 4).max(1));
     cfg.epochs = epochs;
     cfg.encoder_epochs = cfg.encoder_epochs.map(|_| epochs);
@@ -116,11 +117,58 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
     Ok(Some(exported))
 }
 
+/// Holds the retrain to the served bundle's input: its height and width, and for the
+/// families trained from scratch its channels. The feature families would otherwise measure
+/// the new images' aspect again (a parent trained on square images has none in its config),
+/// and statistics, a memory bank or a feature autoencoder fitted at one feature grid cannot
+/// take in features of another; the daemon also feeds the bundle at the size it was serving.
+/// A parent whose config does not give its own input is refused with the reason.
+fn keep_input_shape(
+    cfg: &mut TrainConfig,
+    m: &vigil_model::bundle::manifest::Manifest,
+    from: &Path,
+) -> anyhow::Result<()> {
+    let (h, w) = (m.input.height, m.input.width);
+    let expected = if cfg.model.is_feature() {
+        if cfg.aspect.is_none() {
+            cfg.aspect = Some(h as f32 / w as f32);
+        }
+        crate::features::input_size(cfg)
+    } else {
+        [cfg.size, cfg.size]
+    };
+    anyhow::ensure!(
+        expected == [h, w],
+        "{}: the bundle serves {w}x{h} (manifest.json `input`), but its training config (size {}, aspect {}) gives {}x{}; a retrain keeps the served input shape, so this bundle cannot be retrained: train a new one with `vigil-train train`",
+        from.display(),
+        cfg.size,
+        cfg.aspect.map_or("none".to_owned(), |a| format!("{a:.3}")),
+        expected[1],
+        expected[0]
+    );
+    if !cfg.model.is_feature()
+        && let Some(c) = cfg.channels
+    {
+        anyhow::ensure!(
+            c == m.input.channels,
+            "{}: the bundle takes {} channel(s) (manifest.json `input`), but its training config says {c}; train a new one with `vigil-train train`",
+            from.display(),
+            m.input.channels
+        );
+    }
+    Ok(())
+}
+
 /// A retrain that must prove itself before it is served.
 #[derive(Debug, Clone)]
 pub struct GatedRequest {
     /// The retrain; with a gate its data must be plain folders (`--dataset` or `--normal`).
     pub retrain: RetrainRequest,
+    /// The daemon's data set the data came from (`--dataset`): when it records a hold-out
+    /// (`<dataset>/held-out/`), the gate judges on those files and the retrain's folders are
+    /// taken as they are. Otherwise (and with `None`) the gate holds out part of the folders
+    /// by name.
+    pub dataset: Option<PathBuf>,
     /// Judge the new bundle against the served one (`from`) on held-out files.
     pub gate: Option<Tolerances>,
     /// Put the new bundle in service at `from` (when the gate, if any, passes).
@@ -156,17 +204,17 @@ pub struct GatedOutcome {
     pub verdict: Verdict,
 }
 
-/// Retrains; with a gate, holds out part of the data from training and calibration and
-/// judges the new bundle against the served one on it (writing `gate.json` into the new
-/// bundle); then installs it, or sets it aside when the gate fails. `None` when stopped.
+/// Retrains; with a gate, holds out part of the data from training and calibration (the
+/// data set's recorded hold-out, or part of the folders by name) and judges the new bundle
+/// against the served one on it (writing `gate.json` into the new bundle); then installs it,
+/// or sets it aside when the gate fails. `None` when stopped.
 pub fn retrain_gated(req: &GatedRequest, stop: &AtomicBool) -> anyhow::Result<Option<GatedOutcome>> {
     if let Some(t) = &req.gate {
         let fine = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
         anyhow::ensure!(
-            fine(t.auroc) && fine(t.f1) && fine(t.false_alarm),
-            "the gate's tolerances (--gate-auroc {}, --gate-f1 {}, --gate-false-alarm {}) are differences of figures between 0 and 1; give values in 0..1",
-            t.auroc,
-            t.f1,
+            fine(t.recall) && fine(t.false_alarm),
+            "the gate's tolerances (--gate-recall {}, --gate-false-alarm {}) are differences of rates between 0 and 1; give values in 0..1",
+            t.recall,
             t.false_alarm
         );
     }
@@ -179,9 +227,15 @@ pub fn retrain_gated(req: &GatedRequest, stop: &AtomicBool) -> anyhow::Result<Op
             }
         }
     }
-    let held = match &req.gate {
-        None => None,
-        Some(_) => {
+    // The daemon decided each file's side when it came in: read it, never recompute it.
+    let recorded = match (&req.gate, &req.dataset) {
+        (Some(_), Some(dataset)) => crate::gate::recorded(dataset)?,
+        _ => None,
+    };
+    let held = match (&req.gate, recorded) {
+        (None, _) => None,
+        (Some(_), Some(held)) => Some(held),
+        (Some(_), None) => {
             let DataSource::Folders { normal, abnormal, masks } = &retrain_req.source else {
                 bail!(
                     "the gate holds out part of a data set of plain folders: pass --dataset DIR (DIR/normal, DIR/abnormal) or --normal DIR [--val-abnormal DIR], not --data"

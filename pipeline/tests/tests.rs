@@ -9,4 +9,5 @@ mod conditional;
 mod cyclegan;
 mod features;
 mod gate;
+mod retrain_shape;
 mod training;

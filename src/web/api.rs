@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use super::App;
 use super::auth::{check_read, check_write};
 use crate::control::{ThresholdError, parse_threshold};
-use crate::dataset::{Verdict, VerdictError, valid_alert_id};
+use crate::dataset::{Source, Verdict, VerdictError, valid_alert_id};
 use crate::problem::valid_id;
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -266,11 +266,13 @@ pub struct VerdictBody {
     verdict: Verdict,
 }
 
-/// `POST /api/cameras/{camera}/alerts/{id}/verdict` with `{"verdict": "false_alarm" | "confirmed"}`.
+/// `POST /api/cameras/{camera}/alerts/{id}/verdict` with `{"verdict": "false_alarm" | "confirmed"}`;
+/// recorded as given on the page, from the client's address.
 pub async fn verdict(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((camera, id)): Path<(String, String)>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     body: Bytes,
 ) -> Response {
     if let Err(r) = check_write(&app, &headers) {
@@ -286,7 +288,8 @@ pub async fn verdict(
             );
         }
     };
-    match app.control.verdict(&camera, &id, v.verdict).await {
+    let source = Source::Page { client: peer.map(|axum::Extension(c)| c.0.to_string()) };
+    match app.control.verdict(&camera, &id, v.verdict, &source).await {
         Ok(a) => Json(serde_json::json!({ "id": id, "verdict": v.verdict, "changed": a.changed })).into_response(),
         Err(e @ VerdictError::Io(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e @ VerdictError::BadId(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),

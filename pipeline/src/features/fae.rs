@@ -173,7 +173,10 @@ pub fn train(
     let cells = gh * gw;
     device.seed(t.seed);
     let mut model = match init {
-        Some(m) => m.to_device(device),
+        // `fork`, not `to_device`: a moved parameter would be the output of a recorded
+        // operation rather than a leaf, and the second step's backward pass would find its
+        // graph consumed by the first (every retrain of an `fae` bundle panicked so).
+        Some(m) => m.fork(device),
         None => FeatureAe::new(c, t.latent, t.variational, device),
     };
     let mut opt = AdamConfig::new().init();

@@ -237,7 +237,7 @@ fn fit_head(
             let dims = padim::choose_dims(features.shape.channels, cfg.padim_dims, cfg.seed);
             let stats = padim::fit(&features, &dims);
             let stats = match previous.map(|p| HeadState::load(ModelKind::Padim, p)).transpose()? {
-                Some(HeadState::Padim(old)) => padim::merge(&old, &stats),
+                Some(HeadState::Padim(old)) => padim::merge(&old, &stats)?,
                 _ => stats,
             };
             HeadState::Padim(stats)
@@ -247,6 +247,12 @@ fn fit_head(
             if let Some(HeadState::Patchcore(old)) =
                 previous.map(|p| HeadState::load(ModelKind::Patchcore, p)).transpose()?
             {
+                anyhow::ensure!(
+                    old.channels == patches.channels,
+                    "the fitted PatchCore bank holds patches of {} channels, the new images give {}: they come from another backbone and cannot be joined",
+                    old.channels,
+                    patches.channels
+                );
                 patches = old.concat(&patches);
             }
             let m = cfg.bank_size.min(patches.len());

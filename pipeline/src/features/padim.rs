@@ -87,9 +87,18 @@ pub fn fit(features: &Features, dims: &[usize]) -> Stats {
     stats
 }
 
-/// The statistics of both sets together (Chan et al.'s pairwise update).
-pub fn merge(a: &Stats, b: &Stats) -> Stats {
-    assert_eq!((a.dims.as_slice(), a.cells), (b.dims.as_slice(), b.cells), "statistics of one layout");
+/// The statistics of both sets together (Chan et al.'s pairwise update); an error when they
+/// are not of one layout (other channels, or another feature grid: images at another input
+/// size), which no update can join.
+pub fn merge(a: &Stats, b: &Stats) -> anyhow::Result<Stats> {
+    anyhow::ensure!(
+        a.dims == b.dims && a.cells == b.cells && a.mean.len() == a.cells * a.dims.len(),
+        "the fitted PaDiM statistics cover {} feature cells over {} channels, the new images' {} cells over {} channels: they were computed at another input size or channel choice and cannot be merged",
+        a.cells,
+        a.dims.len(),
+        b.cells,
+        b.dims.len()
+    );
     let d = a.dims.len();
     let (na, nb) = (a.count as f64, b.count as f64);
     let n = na + nb;
@@ -107,7 +116,7 @@ pub fn merge(a: &Stats, b: &Stats) -> Stats {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Inverts a symmetric positive definite `d x d` matrix through its Cholesky factor.
@@ -211,11 +220,24 @@ mod tests {
         let all = fit(&features(imgs.clone(), 4, 2), &dims);
         let a = fit(&features(imgs[..4].to_vec(), 4, 2), &dims);
         let b = fit(&features(imgs[4..].to_vec(), 4, 2), &dims);
-        let m = merge(&a, &b);
+        let m = merge(&a, &b).unwrap();
         assert_eq!(m.count, 9);
         for (x, y) in m.mean.iter().zip(&all.mean).chain(m.scatter.iter().zip(&all.scatter)) {
             assert!((x - y).abs() < 1e-9, "{x} vs {y}");
         }
+    }
+
+    #[test]
+    fn statistics_of_another_layout_are_refused_not_merged() {
+        let mut rng = Rng::new(4);
+        let imgs: Vec<Vec<f32>> = (0..4).map(|_| (0..12).map(|_| rng.uniform()).collect()).collect();
+        let two_cells = fit(&features(imgs.clone(), 6, 2), &[0, 1]);
+        let three_cells = fit(&features(imgs, 4, 3), &[0, 1]);
+        let err = merge(&two_cells, &three_cells).unwrap_err().to_string();
+        assert!(
+            err.contains("2 feature cells") && err.contains("3 cells") && err.contains("another input size"),
+            "{err}"
+        );
     }
 
     #[test]

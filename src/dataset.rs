@@ -292,7 +292,7 @@ fn load_or_make_key(path: &Path) -> std::io::Result<[u8; 32]> {
     }
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| std::io::Error::other(format!("the system's random source: {e}")))?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = vigil_model::digest::hex(&key);
     // Made with its final mode, never readable by others even for a moment; a torn write is
     // caught by the check above at the next start.
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
@@ -807,7 +807,7 @@ mod tests {
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(b"Jefe");
         let mac = hmac_sha256(&key, &[b"what do ya want ", b"for nothing?"]);
-        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = vigil_model::digest::hex(&mac);
         assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
     }
 }

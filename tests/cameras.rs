@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vigil::source::pixels::{self, Layout, PixelFormat};
 
@@ -55,16 +55,14 @@ impl Drop for RtspServer {
     }
 }
 
-fn wait_until(what: &str, http: u16, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = http_get(http, "/metrics").1;
-        if ok(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "waited for {what}:\n{m}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The metrics page once `ok` holds for it.
+fn wait_for_metrics(what: &str, http: u16, ok: impl Fn(&str) -> bool) -> String {
+    let mut m = String::new();
+    crate::common::wait_until(what, WAIT, || {
+        m = http_get(http, "/metrics").1;
+        ok(&m)
+    });
+    m
 }
 
 #[test]
@@ -124,19 +122,19 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
     assert_eq!(alert["source"], server.url.as_str(), "{alert}");
     check_schema(&alert);
     sub.wait_for("vigil/box1/cam2/anomaly", 1, WAIT);
-    let m = wait_until("normal frames on cam1", plant.http, |m| {
+    let m = wait_for_metrics("normal frames on cam1", plant.http, |m| {
         metric(m, "vigil_frames_total{camera=\"cam1\",result=\"normal\"}") >= 2.0
     });
     assert_eq!(metric(&m, "vigil_stream_connected{camera=\"cam1\"}"), 1.0, "{m}");
     // Keyframes only on cam2: once the keyframe interval is known (after the first two, whose
     // frames are decoded), the frames between keyframes are never decoded.
-    let m = wait_until("cam2 to skip three seconds of frames", plant.http, |m| {
+    let m = wait_for_metrics("cam2 to skip three seconds of frames", plant.http, |m| {
         metric(m, "vigil_stream_frames_total{camera=\"cam2\",handling=\"skipped\"}") >= 27.0
     });
     let decoded = metric(&m, "vigil_stream_frames_total{camera=\"cam2\",handling=\"decoded\"}");
     assert!(decoded <= 20.0, "cam2 decoded {decoded} frames beyond its first two keyframe intervals:\n{m}");
     // The wrong password: refused, counted, retried, never connected.
-    let m = wait_until("cam3's failures", plant.http, |m| {
+    let m = wait_for_metrics("cam3's failures", plant.http, |m| {
         metric(m, "vigil_stream_reconnects_total{camera=\"cam3\"}") >= 1.0
     });
     assert_eq!(metric(&m, "vigil_stream_connected{camera=\"cam3\"}"), 0.0, "{m}");
@@ -147,7 +145,7 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
     assert_eq!(metric(&m, "vigil_stream_frames_total{camera=\"cam4\",handling=\"sampled\"}"), 0.0, "{m}");
     assert_eq!(metric(&m, "vigil_stream_connected{camera=\"cam4\"}"), 1.0, "{m}");
     sub.publish("line1/cam4/part_present", false, br#"{"id": "part-9"}"#.to_vec());
-    wait_until("cam4's triggered frame", plant.http, |m| {
+    wait_for_metrics("cam4's triggered frame", plant.http, |m| {
         metric(m, "vigil_triggers_total{camera=\"cam4\",result=\"scored\"}") >= 1.0
             && metric(m, "vigil_frames_total{camera=\"cam4\",result=\"normal\"}")
                 + metric(m, "vigil_frames_total{camera=\"cam4\",result=\"anomalous\"}")
@@ -163,13 +161,13 @@ fn an_rtsp_stream_with_a_defect_gives_an_alert_and_resumes_after_the_server_rest
 
     // The server goes away: the stream is lost, counted, and taken up again once it is back.
     server.kill();
-    wait_until("cam1 to notice the server is gone", plant.http, |m| {
+    wait_for_metrics("cam1 to notice the server is gone", plant.http, |m| {
         metric(m, "vigil_stream_connected{camera=\"cam1\"}") == 0.0
             && metric(m, "vigil_stream_reconnects_total{camera=\"cam1\"}") >= 1.0
     });
     let before = metric(&http_get(plant.http, "/metrics").1, "vigil_frames_total{camera=\"cam1\",result=\"normal\"}");
     let _server = RtspServer::start(port, &clip, "inspector:pa:ss-w0rd");
-    wait_until("cam1's stream back and scored", plant.http, |m| {
+    wait_for_metrics("cam1's stream back and scored", plant.http, |m| {
         metric(m, "vigil_stream_connected{camera=\"cam1\"}") == 1.0
             && metric(m, "vigil_frames_total{camera=\"cam1\",result=\"normal\"}") > before
     });
@@ -314,7 +312,7 @@ fn a_usb_camera_that_is_not_there_is_retried_and_counted_and_the_daemon_serves_o
         plant.folder_camera("")
     ));
     let daemon = crate::daemon::Daemon::start(&plant, &cfg);
-    let m = wait_until("usb1's retries", plant.http, |m| {
+    let m = wait_for_metrics("usb1's retries", plant.http, |m| {
         metric(m, "vigil_stream_reconnects_total{camera=\"usb1\"}") >= 1.0
     });
     assert!(metric(&m, "vigil_errors_total{kind=\"stream\"}") >= 1.0, "{m}");

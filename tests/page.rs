@@ -15,14 +15,6 @@ use crate::daemon::{Daemon, Plant, WAIT, mqtt_section};
 
 pub const TOKEN: &str = "page-test-token-0123456789";
 
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ok() {
-        assert!(Instant::now() < deadline, "waited for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The files in `dir` (none when it does not exist).
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> =
@@ -247,7 +239,9 @@ fn the_page_shows_alerts_live_takes_verdicts_and_threshold_edits_in_a_real_brows
         b.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
         let button = format!("tr.alert[data-id=\"{id}\"] button.verdict[data-verdict=\"false_alarm\"]");
         b.wait().at_most(WAIT).for_element(Locator::Css(&button)).await.unwrap().click().await.unwrap();
-        wait_until("the false alarm's frame in the data set", || !dataset_files(&plant, "normal").is_empty());
+        crate::common::wait_until("the false alarm's frame in the data set", WAIT, || {
+            !dataset_files(&plant, "normal").is_empty()
+        });
         let kept = dataset_files(&plant, "normal").remove(0);
         assert_eq!(kept.file_name().unwrap().to_str().unwrap(), format!("{id}.png"));
         assert_eq!(std::fs::read(&kept).unwrap(), plant.anomalous, "the clean frame, as it arrived");

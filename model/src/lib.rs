@@ -12,8 +12,10 @@
 //! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
 //! - [`rng`]: the small seeded generator behind weights, data and splits.
 //! - [`fsio`]: durable file replacement (write, sync, rename, sync the folder).
+//! - [`digest`]: hex and SHA-256.
 
 pub mod bundle;
+pub mod digest;
 pub mod engine;
 pub mod fsio;
 pub mod onnx;

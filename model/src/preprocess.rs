@@ -15,6 +15,17 @@ use ndarray::{Array3, ArrayViewMut3};
 use crate::bundle::manifest::{ColorMode, InputSpec, ResizeFilter, ResizeMode};
 use crate::tiling::{self, Inputs};
 
+/// File extensions read as images (any case): folder cameras' default patterns, the
+/// trainer's data sets and `vigil bench --frames`.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+
+/// Whether `path` names an image by its extension ([`IMAGE_EXTENSIONS`]).
+pub fn is_image_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// Largest width or height accepted from a frame; bigger declared sizes are refused before
 /// any pixel is decoded (a decompression bomb declares huge sizes in a tiny file).
 pub const MAX_SIDE: u32 = 16_384;

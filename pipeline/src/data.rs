@@ -5,12 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use vigil_model::preprocess::{Preprocessor, decode};
+use vigil_model::preprocess::{Preprocessor, decode, is_image_file as is_image};
 use vigil_model::rng::mix;
 use vigil_model::tiling::Inputs;
-
-/// File extensions read as images.
-pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
 /// Where the images come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,10 +156,6 @@ const CLASSES_LAYOUT: &str = "one subfolder per product class, each in MVTec AD 
 
 /// The fewest normal images a run accepts (some for training, some for the threshold).
 pub const MIN_NORMAL: usize = 4;
-
-fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-}
 
 /// The images directly inside `dir`, sorted by name.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
@@ -342,5 +335,5 @@ pub fn fingerprint(paths: &[PathBuf]) -> String {
             h.update(Sha256::digest(&bytes));
         }
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    vigil_model::digest::hex(&h.finalize())
 }

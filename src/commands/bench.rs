@@ -97,11 +97,7 @@ pub fn frame_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("--frames {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff")
-            })
-        })
+        .filter(|p| vigil_model::preprocess::is_image_file(p))
         .collect();
     files.sort();
     anyhow::ensure!(!files.is_empty(), "--frames {}: no PNG, JPEG, BMP or TIFF files", dir.display());

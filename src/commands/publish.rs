@@ -108,7 +108,7 @@ pub fn messages(package: &[u8], key: &ed25519_dalek::SigningKey, r: &Rollout) ->
         version: r.version,
         sequence: r.sequence,
         rollback: r.rollback,
-        sha256: package::sha256_hex(package),
+        sha256: vigil_model::digest::sha256_hex(package),
         size,
         chunk: CHUNK,
     };
@@ -212,7 +212,7 @@ pub async fn run(p: &Publish) -> anyhow::Result<Vec<Outcome>> {
         identity(&p.bundle).with_context(|| format!("{}: reading its manifest", p.bundle.display()))?;
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("the system's random source: {e}"))?;
-    let transfer: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let transfer: String = vigil_model::digest::hex(&id);
     let matcher = globset::Glob::new(&p.devices)
         .with_context(|| format!("--devices `{}`: not a glob such as line1-*", p.devices))?
         .compile_matcher();

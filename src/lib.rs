@@ -34,6 +34,7 @@
 
 pub mod alert;
 pub mod backoff;
+pub mod cameras;
 pub mod commands;
 pub mod config;
 pub mod control;

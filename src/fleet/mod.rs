@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CameraConfig, Config};
+use crate::cameras::CameraConfig;
 use crate::problem::Problems;
 use vigil_model::bundle::install;
+use vigil_model::engine::EngineConfig;
 use vigil_model::fsio::write_atomic;
 
 /// Smallest chunk a header may declare (only a transfer's last chunk is shorter): with 1-byte
@@ -429,17 +430,23 @@ fn transfers_in(dir: &Path) -> Vec<String> {
 }
 
 impl Receiver {
-    /// The receiver of `config`'s cameras, if `[fleet]` is set. It first does what a restart
-    /// must: finishes or forgets an install a crash cut short, removes unpacked leftovers and
-    /// stale transfers, and takes up the transfers in progress.
-    pub fn new(config: &Config) -> Option<Receiver> {
-        let fleet = config.fleet.clone()?;
+    /// The receiver of rollouts for `cameras` under `[fleet]`, keeping its state in
+    /// `<state_dir>/fleet`. It first does what a restart must: finishes or forgets an install a
+    /// crash cut short, removes unpacked leftovers and stale transfers, and takes up the
+    /// transfers in progress.
+    pub fn new(
+        fleet: &FleetConfig,
+        device: &str,
+        state_dir: &Path,
+        engine: &EngineConfig,
+        cameras: &[CameraConfig],
+    ) -> Receiver {
         let r = Receiver {
-            config: fleet,
-            engine: config.engine.clone(),
-            device: config.device_id.clone(),
-            dir: config.state_dir.join("fleet"),
-            cameras: config.cameras.iter().map(|c| (c.id.clone(), c.clone())).collect(),
+            config: fleet.clone(),
+            engine: engine.clone(),
+            device: device.to_owned(),
+            dir: state_dir.join("fleet"),
+            cameras: cameras.iter().map(|c| (c.id.clone(), c.clone())).collect(),
             state: Mutex::new(State::default()),
             observer: None,
         };
@@ -455,7 +462,7 @@ impl Receiver {
             }
         }
         *r.state.lock().expect("fleet lock") = state;
-        Some(r)
+        r
     }
 
     /// Calls `f` after each [`Step`] of an install: a test stops there as a kill would.
@@ -763,7 +770,7 @@ impl Receiver {
             }
             let model = crate::scoring::Model::load(&new, &self.engine)
                 .map_err(|e| format!("the bundle does not load or run: {e:#}"))?;
-            crate::reload::class_fits(camera, &model)?;
+            camera.class_fits(&model)?;
             let m = &model.bundle.manifest;
             if m.name != header.name || m.version != header.version {
                 return Err(format!(

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{self, Connection};
 use crate::problem::{ConfigError, Problem};
 use crate::reload;
+use crate::scoring::Queue;
 use crate::scoring::{self, Models};
 use crate::shutdown::Stop;
 use crate::sink::delivery::Delivery;
@@ -33,7 +34,7 @@ use crate::source::folder::{self, FolderCamera};
 use crate::source::mqtt::{self as mqtt_source, MqttCamera};
 use crate::source::{rtsp, v4l2};
 use crate::state::{Ledger, Thresholds};
-use crate::trigger::{Queue, Triggers};
+use crate::trigger::Triggers;
 use crate::web::App;
 use crate::web::auth::Token;
 

@@ -111,16 +111,9 @@ impl Token {
         if expires <= now || expires > now.saturating_add(SESSION.as_secs() + 60) {
             return false;
         }
-        let Some(tag) = unhex(hex) else { return false };
+        let Some(tag) = vigil_model::digest::unhex(hex).filter(|t| t.len() == 32) else { return false };
         self.session_mac(expires).verify_slice(&tag).is_ok()
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 /// Now, in Unix seconds.

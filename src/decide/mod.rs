@@ -11,5 +11,5 @@ pub mod stage;
 
 pub use decider::{Decider, Decision, Saved, region};
 pub use policy::{Policy, class_key};
-pub use record::{DecisionRecord, ScoreMessage};
+pub use record::{DecisionRecord, ScoreMessage, Scored};
 pub use stage::Stage;

@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-/// A scored frame on `<prefix>/<device>/<camera>/score` (QoS 0).
-#[derive(Debug, Serialize)]
-pub struct ScoreMessage<'a> {
+/// What every record of a scored frame says about it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Scored<'a> {
     /// The camera.
     pub camera: &'a str,
     /// Where the frame came from (file path, topic, stream).
@@ -19,6 +19,14 @@ pub struct ScoreMessage<'a> {
     pub normalized_score: f32,
     /// The threshold in force.
     pub threshold: f32,
+}
+
+/// A scored frame on `<prefix>/<device>/<camera>/score` (QoS 0).
+#[derive(Debug, Serialize)]
+pub struct ScoreMessage<'a> {
+    /// The frame and its score.
+    #[serde(flatten)]
+    pub scored: Scored<'a>,
     /// Whether the score is over the threshold (whatever the cooldown decided).
     pub anomalous: bool,
     /// The product, for a conditional bundle.
@@ -32,18 +40,9 @@ pub struct ScoreMessage<'a> {
 pub enum DecisionRecord<'a> {
     /// A scored frame and what was decided.
     Scored {
-        /// The camera.
-        camera: &'a str,
-        /// Where the frame came from.
-        source: &'a str,
-        /// The frame's time, RFC 3339.
-        frame_time: &'a str,
-        /// The raw score.
-        score: f32,
-        /// The normalized score.
-        normalized_score: f32,
-        /// The threshold in force.
-        threshold: f32,
+        /// The frame and its score.
+        #[serde(flatten)]
+        scored: Scored<'a>,
         /// `normal` or `anomalous`.
         result: &'static str,
         /// From the frame's arrival to the decision.
@@ -74,37 +73,31 @@ mod tests {
 
     #[test]
     fn the_records_keep_the_fields_the_json_had() {
-        let m = ScoreMessage {
+        let scored = Scored {
             camera: "cam1",
             source: "a.png",
             frame_time: "2026-12-07T10:00:00Z",
             score: 2.0,
-            normalized_score: 1.5,
+            normalized_score: 0.75,
             threshold: 1.0,
-            anomalous: true,
-            class: None,
         };
+        let m = ScoreMessage { scored, anomalous: true, class: None };
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
             json!({"camera": "cam1", "source": "a.png", "frame_time": "2026-12-07T10:00:00Z", "score": 2.0,
-                   "normalized_score": 1.5, "threshold": 1.0, "anomalous": true})
+                   "normalized_score": 0.75, "threshold": 1.0, "anomalous": true})
         );
         assert_eq!(serde_json::to_value(ScoreMessage { class: Some("a"), ..m }).unwrap()["class"], "a");
-        let scored = DecisionRecord::Scored {
-            camera: "cam1",
-            source: "a.png",
-            frame_time: "2026-12-07T10:00:00Z",
-            score: 2.0,
-            normalized_score: 1.5,
-            threshold: 1.0,
+        let line = DecisionRecord::Scored {
+            scored,
             result: "anomalous",
             latency_ms: 3.5,
             alert: Some("01J0000000000000000000000A"),
         };
         assert_eq!(
-            serde_json::to_value(&scored).unwrap(),
+            serde_json::to_value(&line).unwrap(),
             json!({"camera": "cam1", "source": "a.png", "frame_time": "2026-12-07T10:00:00Z", "score": 2.0,
-                   "normalized_score": 1.5, "threshold": 1.0, "result": "anomalous", "latency_ms": 3.5,
+                   "normalized_score": 0.75, "threshold": 1.0, "result": "anomalous", "latency_ms": 3.5,
                    "alert": "01J0000000000000000000000A"})
         );
         let rejected = DecisionRecord::Rejected {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::decider::{Decider, Decision, region};
 use super::policy::{Policy, class_key};
-use super::record::{DecisionRecord, ScoreMessage};
+use super::record::{DecisionRecord, ScoreMessage, Scored};
 use crate::alert::{ALERT_SCHEMA, Alert, ModelRef, SnapshotRef, alert_id, rfc3339};
 use crate::frame::Outcome;
 use crate::metrics::Metrics;
@@ -132,16 +132,17 @@ impl Stage {
         self.metrics.score(&frame.camera, normalized as f64);
         let source = frame.origin.describe();
         let time_text = rfc3339(frame.time);
-        let message = ScoreMessage {
-            camera: &frame.camera,
+        // Owned: the frame is handed on (alert, snapshot) before the decision is logged.
+        let camera = frame.camera.clone();
+        let scored = Scored {
+            camera: &camera,
             source: &source,
             frame_time: &time_text,
             score,
             normalized_score: normalized,
             threshold,
-            anomalous: result == "anomalous",
-            class,
         };
+        let message = ScoreMessage { scored, anomalous: result == "anomalous", class };
         self.sinks.publisher.score(&frame.camera, &message);
         let mut outcome = Outcome::Scored;
         let mut latest =
@@ -199,17 +200,7 @@ impl Stage {
         }
         self.board.scored(&frame.camera, frame_time, score, threshold, Some(latest));
         self.metrics.latency(frame.received.elapsed().as_secs_f64());
-        self.record(&DecisionRecord::Scored {
-            camera: &frame.camera,
-            source: &source,
-            frame_time: &time_text,
-            score,
-            normalized_score: normalized,
-            threshold,
-            result,
-            latency_ms,
-            alert: alerted.as_deref(),
-        });
+        self.record(&DecisionRecord::Scored { scored, result, latency_ms, alert: alerted.as_deref() });
         if let Some(done) = frame.done.take() {
             let _ = done.send(outcome);
         }

@@ -60,8 +60,13 @@ enum Command {
         #[arg(long)]
         mqtt: Option<String>,
         /// Keep watching the folder after the simulated frames (drop your own in; Ctrl-C ends).
+        /// Serves the page too.
         #[arg(long)]
         follow: bool,
+        /// Serve the operator's page on 127.0.0.1 (port 9187, or a free one) and keep running
+        /// until Ctrl-C, as with --follow.
+        #[arg(long)]
+        page: bool,
         /// A bundle to use instead of the built-in one.
         #[arg(long)]
         model: Option<PathBuf>,
@@ -239,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             rt.block_on(vigil::daemon::run(cfg, stop))?;
         }
-        Command::Demo { out, frames, interval, mqtt, follow, model, seed, engine } => {
+        Command::Demo { out, frames, interval, mqtt, follow, page, model, seed, engine } => {
             let out = out.unwrap_or_else(|| {
                 let stamp =
                     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -251,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 interval,
                 mqtt,
                 follow,
+                page,
                 engine: engine.config(),
                 model,
                 seed,

@@ -188,6 +188,15 @@ async fn text_of(b: &Client, css: &str) -> String {
     b.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
 }
 
+/// Waits until `script` (the body of a function) returns `true` in the page.
+async fn wait_js(b: &Client, what: &str, script: &str) {
+    let deadline = Instant::now() + WAIT;
+    while b.execute(script, vec![]).await.unwrap().as_bool() != Some(true) {
+        assert!(Instant::now() < deadline, "waited for {what} ({script})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the element `css` has text containing `want`.
 async fn wait_text(b: &Client, css: &str, want: &str) {
     let deadline = Instant::now() + WAIT;
@@ -266,6 +275,61 @@ fn the_page_shows_alerts_live_takes_verdicts_and_threshold_edits_in_a_real_brows
         wait_text(&b, "section#camera-cam1 [data-counter=\"alerts\"]", "2").await;
         assert_eq!(b.find_all(Locator::Css("section#camera-cam1 tr.alert")).await.unwrap().len(), 2);
         wait_text(&b, "section#camera-cam1 .threshold-label", "threshold 0").await;
+
+        // The full-size view: the first alert's thumbnail opens its clean frame with the map
+        // over it and the region outlined in the frame's pixels.
+        let link = format!("tr.alert[data-id=\"{id}\"] a.open-viewer");
+        b.find(Locator::Css(&link)).await.unwrap().click().await.unwrap();
+        b.wait().at_most(WAIT).for_element(Locator::Css("dialog#viewer[open]")).await.unwrap();
+        wait_js(
+            &b,
+            "the clean frame in the view",
+            "const f = document.querySelector('#viewer img.frame'); \
+             return f.complete && f.naturalWidth > 0 && f.src.endsWith('/frame')",
+        )
+        .await;
+        let frame = image::load_from_memory(&plant.anomalous).unwrap();
+        let geometry = b
+            .execute(
+                "const s = document.querySelector('#viewer svg.region'); const r = s.querySelector('rect'); \
+                 return [s.getAttribute('viewBox'), Number(r.getAttribute('width')), s.style.display];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(geometry[0], format!("0 0 {} {}", frame.width(), frame.height()));
+        assert!(geometry[1].as_f64().unwrap() > 0.0, "{geometry}");
+        assert_eq!(geometry[2], "", "the region is shown");
+        assert!(text_of(&b, "#viewer .viewer-score").await.contains("normalized"));
+        // M hides the map, and shows it again.
+        let key = |k: &'static str| {
+            let b = b.clone();
+            async move { b.active_element().await.unwrap().send_keys(k).await.unwrap() }
+        };
+        key("m").await;
+        wait_js(&b, "the map hidden", "return document.querySelector('#viewer img.map').hidden").await;
+        key("m").await;
+        wait_js(&b, "the map shown", "return !document.querySelector('#viewer img.map').hidden").await;
+        // C confirms the defect from the keyboard: the frame goes from the normal examples to
+        // the defects, and both the view and the table say so.
+        key("c").await;
+        wait_text(&b, "#viewer .viewer-status", "saved to the data set").await;
+        crate::common::wait_until("the confirmed frame among the defects", WAIT, || {
+            dataset_files(&plant, "abnormal").len() == 1 && dataset_files(&plant, "normal").is_empty()
+        });
+        let confirmed = format!("tr.alert[data-id=\"{id}\"] button.verdict[data-verdict=\"confirmed\"]");
+        let pressed = b.find(Locator::Css(&confirmed)).await.unwrap().attr("aria-pressed").await.unwrap();
+        assert_eq!(pressed.as_deref(), Some("true"));
+        let pressed = b.find(Locator::Css("#viewer button.viewer-verdict[data-verdict=\"confirmed\"]")).await.unwrap();
+        assert_eq!(pressed.attr("aria-pressed").await.unwrap().as_deref(), Some("true"));
+        if std::env::var_os("VIGIL_BLESS").is_some() {
+            let shot = image::load_from_memory(&b.screenshot().await.unwrap()).unwrap();
+            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/images/alert-view.png");
+            shot.resize(900, 900, image::imageops::FilterType::Triangle).save(&out).unwrap();
+        }
+        // Esc closes it.
+        key("\u{e00c}").await;
+        wait_js(&b, "the view closed", "return !document.querySelector('#viewer').open").await;
 
         // The screenshot in docs/operators-loop.md is this page (VIGIL_BLESS=1 rewrites it).
         let png = b.screenshot().await.unwrap();

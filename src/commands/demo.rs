@@ -38,6 +38,8 @@ pub struct DemoOptions {
     pub mqtt: Option<String>,
     /// Keep watching the folder after the simulated frames (until Ctrl-C).
     pub follow: bool,
+    /// Serve the operator's page on loopback (and keep running, as with `follow`).
+    pub page: bool,
     /// Engine settings.
     pub engine: EngineConfig,
     /// A bundle to use instead of the built-in default.
@@ -89,6 +91,10 @@ fn label(source: &str) -> Option<&str> {
 
 /// Runs the demo and prints as it goes.
 pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
+    // A page that vanished with the last frame would show nothing: it keeps the demo running,
+    // and a demo that keeps running shows its page.
+    let follow = opts.follow || opts.page;
+    let page = follow.then(page_address).transpose()?;
     let out = &opts.out;
     let frames_dir = out.join("frames");
     std::fs::create_dir_all(&frames_dir).with_context(|| format!("creating {}", frames_dir.display()))?;
@@ -118,7 +124,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             snapshot_keep: 10_000,
             ..Default::default()
         },
-        http: HttpConfig { listen: None, ..Default::default() },
+        http: HttpConfig { listen: page, page: page.is_some(), ..Default::default() },
         dataset: Default::default(),
         fleet: None,
         cameras: vec![CameraConfig {
@@ -166,6 +172,12 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the daemon did not start within 60 s");
         std::thread::sleep(Duration::from_millis(20));
     }
+    if let Some(addr) = page {
+        println!(
+            "the page: http://{addr}/ (read it on this machine; verdicts and threshold edits take the token in {}; Ctrl-C ends the demo)",
+            out.join("state").join("http-token").display()
+        );
+    }
     let (size, seed, n, interval) = (manifest.input.width.max(128) as u32 * 2, opts.seed, opts.frames, opts.interval);
     let dir = frames_dir.clone();
     let camera = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -199,13 +211,20 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
             last_change = Instant::now();
             let d: serde_json::Value = serde_json::from_str(&line)?;
             print_decision(&d, &mut summary, &mut latencies);
-            if !opts.follow && summary.frames + summary.rejected >= opts.frames {
-                break;
+            if summary.frames + summary.rejected == opts.frames {
+                if !follow {
+                    break;
+                }
+                // Following: the simulated camera's summary once, then frames keep coming.
+                finish(&mut summary, t0, &mut latencies);
+                overlays(out, &alerts)?;
+                print_summary(&summary);
+                println!("still watching {} and serving the page; Ctrl-C ends the demo", frames_dir.display());
             }
             continue;
         }
         anyhow::ensure!(
-            opts.follow || last_change.elapsed() < Duration::from_secs(60),
+            follow || last_change.elapsed() < Duration::from_secs(60),
             "no decision for 60 s; see the log above"
         );
         if daemon.is_finished() {
@@ -218,15 +237,30 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    summary.frames_per_s = summary.frames as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-    latencies.sort_by(f64::total_cmp);
-    summary.p50_latency_ms = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
+    finish(&mut summary, t0, &mut latencies);
     camera.join().map_err(|_| anyhow::anyhow!("the camera thread panicked"))??;
     let _ = stop_tx.send(());
     rt.block_on(daemon)??;
     overlays(out, &alerts)?;
     print_summary(&summary);
     Ok(summary)
+}
+
+/// The rate and the median latency of what was decided so far.
+fn finish(summary: &mut DemoSummary, t0: Instant, latencies: &mut [f64]) {
+    summary.frames_per_s = summary.frames as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+    latencies.sort_by(f64::total_cmp);
+    summary.p50_latency_ms = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
+}
+
+/// Where the demo serves its page: vigil's usual port on loopback, or any free one when a
+/// daemon already has it.
+fn page_address() -> anyhow::Result<std::net::SocketAddr> {
+    let usual = std::net::SocketAddr::from(([127, 0, 0, 1], 9187));
+    let free = std::net::TcpListener::bind(usual)
+        .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .context("finding a free port on 127.0.0.1 for the page")?;
+    Ok(free.local_addr()?)
 }
 
 fn print_decision(d: &serde_json::Value, s: &mut DemoSummary, latencies: &mut Vec<f64>) {
@@ -280,6 +314,12 @@ fn overlays(out: &Path, alerts: &Path) -> anyhow::Result<()> {
         let a: serde_json::Value = serde_json::from_str(line)?;
         let (Some(file), Some(source)) = (a["snapshot"]["file"].as_str(), a["source"].as_str()) else { continue };
         let stem = Path::new(source).file_stem().map_or("frame".into(), |s| s.to_string_lossy().into_owned());
+        // While the daemon runs (--follow) the snapshot may still be on its way: it is written
+        // after the alert is sent.
+        let written = Instant::now();
+        while !Path::new(file).exists() && written.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let img = image::open(file).with_context(|| format!("reading snapshot {file}"))?;
         img.save(dir.join(format!("{stem}.png")))?;
     }

@@ -48,6 +48,20 @@ pub async fn asset(Path(file): Path<String>) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
+/// `v` to `digits` significant digits, without trailing zeros (`26.7264` to 3: `26.7`): a
+/// score or threshold as an operator reads it; the exact value stays in the data.
+pub fn number(v: f64, digits: i32) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let decimals = (digits - 1 - v.abs().log10().floor() as i32).max(0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_owned() } else { text }
+}
+
 fn alert_row(camera: &str, a: &serde_json::Value) -> String {
     let alert = &a["alert"];
     let id = alert["id"].as_str().unwrap_or("");
@@ -69,12 +83,30 @@ fn alert_row(camera: &str, a: &serde_json::Value) -> String {
     } else {
         "<span class=\"hint\">frame no longer kept</span>".into()
     };
+    let bbox = alert["region"]["bbox"]
+        .as_array()
+        .map(|b| b.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    let value = |key: &str| alert[key].as_f64().unwrap_or(f64::NAN);
+    // The link opens the full-size view (the script); without the script, the snapshot.
     format!(
-        "<tr class=\"alert\" data-id=\"{id}\"><td><a href=\"{snapshot}\" target=\"_blank\"><img class=\"thumb\" src=\"{snapshot}\" alt=\"snapshot of alert {id}\" loading=\"lazy\"></a></td>\
-         <td><time>{time}</time><br><span class=\"score\">score {score:.4}</span></td><td>{region}</td><td>{model}</td><td class=\"verdicts\">{buttons}</td></tr>",
+        "<tr class=\"alert\" data-id=\"{id}\"><td><a class=\"open-viewer\" href=\"{snapshot}\" target=\"_blank\" \
+         data-camera=\"{camera}\" data-id=\"{id}\" data-frame=\"{frame}\" data-time=\"{time}\" data-score=\"{score}\" \
+         data-normalized=\"{normalized}\" data-threshold=\"{threshold}\" data-bbox=\"{bbox}\">\
+         <img class=\"thumb\" src=\"{snapshot}\" alt=\"snapshot of alert {id}\" loading=\"lazy\"></a></td>\
+         <td><time>{time}</time><br><span class=\"score\">score {score_text}</span> \
+         <span class=\"normalized\" title=\"normalized score: 0.5 at the threshold, 1 far above it\">({normalized_text})</span></td>\
+         <td>{region}</td><td>{model}</td><td class=\"verdicts\">{buttons}</td></tr>",
         id = esc(id),
+        camera = esc(camera),
+        frame = a["frame"].as_bool().unwrap_or(false),
         time = esc(alert["frame_time"].as_str().unwrap_or("")),
-        score = alert["score"].as_f64().unwrap_or(f64::NAN),
+        score = value("score"),
+        normalized = value("normalized_score"),
+        threshold = value("threshold"),
+        score_text = number(value("score"), 3),
+        normalized_text = number(value("normalized_score"), 2),
+        bbox = esc(&bbox),
         region = esc(&region),
         model = esc(&model),
     )
@@ -89,7 +121,9 @@ fn camera_card(c: &serde_json::Value) -> String {
         None => "-".into(),
     };
     let t = &c["threshold"];
-    let threshold = t["threshold"].as_f64().map(|v| format!("{v}")).unwrap_or_default();
+    // Four significant digits: what the operator reads and would type; the exact value is in
+    // `threshold/state` and the API.
+    let threshold = t["threshold"].as_f64().map(|v| number(v, 4)).unwrap_or_default();
     let counters = &c["counters"];
     let alerts: String =
         c["alerts"].as_array().map(|a| a.iter().map(|a| alert_row(id, a)).collect()).unwrap_or_default();
@@ -134,6 +168,19 @@ pub async fn alert_row_html(
     }
 }
 
+/// The full-size view of one alert, filled and opened by the script: the clean frame, the
+/// snapshot with the anomaly map over it (a toggle), the region outlined, and the verdicts,
+/// each with its key.
+const VIEWER: &str = "<dialog id=\"viewer\" aria-labelledby=\"viewer-title\"><div class=\"viewer-head\">\
+     <h2 id=\"viewer-title\"></h2><p class=\"viewer-score\"></p></div>\
+     <div class=\"viewer-stage\"><img class=\"frame\" alt=\"the alert's frame\"><img class=\"map\" alt=\"the anomaly map over the frame\">\
+     <svg class=\"region\" preserveAspectRatio=\"none\" aria-hidden=\"true\"><rect fill=\"none\" stroke=\"#00e5ff\" stroke-width=\"3\" vector-effect=\"non-scaling-stroke\"></rect></svg></div>\
+     <div class=\"viewer-controls\"><label><input type=\"checkbox\" id=\"viewer-map\" checked> Anomaly map <kbd>M</kbd></label>\
+     <button class=\"viewer-verdict\" data-verdict=\"false_alarm\">False alarm <kbd>F</kbd></button>\
+     <button class=\"viewer-verdict\" data-verdict=\"confirmed\">Confirmed <kbd>C</kbd></button>\
+     <button class=\"viewer-prev\">Newer <kbd>←</kbd></button><button class=\"viewer-next\">Older <kbd>→</kbd></button>\
+     <button class=\"viewer-close\">Close <kbd>Esc</kbd></button><span class=\"viewer-status\" role=\"status\"></span></div></dialog>";
+
 /// `GET /`: the page.
 pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !may_read(&app, &headers) {
@@ -144,7 +191,8 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     let body = format!(
         "<header><h1>vigil <small>{device}</small></h1><span id=\"live\" class=\"live\">connecting…</span>\
          <a class=\"login-link\" href=\"/login\">token</a></header><main id=\"cameras\">{cards}</main>\
-         <footer>vigil {version} · <a href=\"/metrics\">metrics</a></footer><script src=\"/static/page.js\"></script>",
+         <footer>vigil {version} · <a href=\"/metrics\">metrics</a></footer>{viewer}<script src=\"/static/page.js\"></script>",
+        viewer = VIEWER,
         device = esc(&app.device_id),
         version = esc(crate::VERSION),
     );
@@ -154,6 +202,18 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_are_shown_to_sensible_precision() {
+        use super::number;
+        assert_eq!(number(26.72640609, 4), "26.73");
+        assert_eq!(number(26.72640609, 3), "26.7");
+        assert_eq!(number(0.7349, 2), "0.73");
+        assert_eq!(number(1234.6, 3), "1235");
+        assert_eq!(number(0.000123456, 3), "0.000123");
+        assert_eq!(number(2.0, 3), "2");
+        assert_eq!((number(0.0, 3), number(f64::NAN, 3)), ("0".into(), "-".into()));
+    }
+
     #[test]
     fn escapes_markup() {
         assert_eq!(super::esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");

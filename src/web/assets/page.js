@@ -32,6 +32,15 @@ function fmt(v) {
   return Math.abs(v) >= 100 || v === 0 ? v.toFixed(0) : v.toPrecision(3);
 }
 
+// `v` to `digits` significant digits without trailing zeros, as the server renders it
+// (`number` in page.rs).
+function sig(v, digits) {
+  if (!isFinite(v)) return "-";
+  if (v === 0) return "0";
+  const decimals = Math.max(0, digits - 1 - Math.floor(Math.log10(Math.abs(v))));
+  return String(Number(v.toFixed(decimals)));
+}
+
 function draw(camera) {
   const c = card(camera);
   if (!c) return;
@@ -147,7 +156,7 @@ function showThreshold(camera, state) {
   const c = card(camera);
   if (!c || !state) return;
   const input = c.querySelector("input[name=threshold]");
-  if (document.activeElement !== input) input.value = state.threshold;
+  if (document.activeElement !== input) input.value = sig(Number(state.threshold), 4);
   current.set(camera, Number(state.threshold));
   c.querySelector(".threshold-source").textContent = `(${state.source})`;
   draw(camera);
@@ -177,7 +186,121 @@ function markVerdict(camera, id, verdict) {
   const row = card(camera)?.querySelector(`tr.alert[data-id="${CSS.escape(id)}"]`);
   if (!row) return;
   for (const b of row.querySelectorAll("button.verdict")) b.setAttribute("aria-pressed", String(b.dataset.verdict === verdict));
+  if (viewing && viewing.dataset.camera === camera && viewing.dataset.id === id) syncViewer();
 }
+
+// Gives a verdict and says so in the camera's card; returns what was said, and whether it
+// was an error, for the full-size view to show too.
+async function giveVerdict(camera, id, verdict, label) {
+  const c = card(camera);
+  try {
+    await post(`/api/cameras/${encodeURIComponent(camera)}/alerts/${encodeURIComponent(id)}/verdict`, { verdict });
+    markVerdict(camera, id, verdict);
+    const text = `alert ${id.slice(-6)}: ${label}, saved to the data set`;
+    status(c, text);
+    return [text, false];
+  } catch (e) {
+    status(c, e.message, true);
+    return [e.message, true];
+  }
+}
+
+// The full-size view of one alert: the clean frame, the anomaly map over it (M), the region
+// outlined, verdicts from the keyboard (F, C), the next and previous alerts (arrows), Esc.
+const viewer = document.getElementById("viewer");
+let viewing = null; // the alert's link in the table
+
+function alertLinks() {
+  return [...document.querySelectorAll("a.open-viewer")];
+}
+
+function openViewer(link) {
+  viewing = link;
+  const d = link.dataset;
+  const base = `/api/cameras/${encodeURIComponent(d.camera)}/alerts/${encodeURIComponent(d.id)}`;
+  const frame = viewer.querySelector("img.frame");
+  const map = viewer.querySelector("img.map");
+  const svg = viewer.querySelector("svg.region");
+  const rect = svg.querySelector("rect");
+  // The region is in the frame's pixels; without the frame only the snapshot (box drawn in).
+  const [x, y, w, h] = (d.bbox || "").split(",").map(Number);
+  const kept = d.frame === "true";
+  svg.style.display = kept && w > 0 && h > 0 ? "" : "none";
+  for (const [k, v] of Object.entries({ x, y, width: w, height: h })) rect.setAttribute(k, v);
+  frame.onload = () => {
+    const [nw, nh] = [frame.naturalWidth, frame.naturalHeight];
+    svg.setAttribute("viewBox", `0 0 ${nw} ${nh}`);
+    // As large as the window allows, small frames scaled up too; the map and the region
+    // follow the frame's box.
+    const scale = Math.min((0.92 * innerWidth) / nw, (0.72 * innerHeight) / nh);
+    frame.style.width = `${Math.round(nw * scale)}px`;
+  };
+  frame.src = kept ? `${base}/frame` : `${base}/snapshot.jpg`;
+  map.src = `${base}/snapshot.jpg`;
+  viewer.querySelector("#viewer-title").textContent = `${d.camera} · ${d.time}`;
+  viewer.querySelector(".viewer-score").textContent =
+    `score ${sig(Number(d.score), 3)} (normalized ${sig(Number(d.normalized), 2)}, 0.5 at the threshold) · threshold ${sig(Number(d.threshold), 4)}`;
+  viewer.querySelector(".viewer-status").textContent = "";
+  syncViewer();
+  if (!viewer.open) viewer.showModal();
+}
+
+function syncViewer() {
+  const row = viewing.closest("tr.alert");
+  const map = viewer.querySelector("img.map");
+  map.hidden = !viewer.querySelector("#viewer-map").checked;
+  for (const b of viewer.querySelectorAll("button.viewer-verdict")) {
+    const same = row.querySelector(`button.verdict[data-verdict="${b.dataset.verdict}"]`);
+    b.disabled = !same;
+    b.setAttribute("aria-pressed", same ? same.getAttribute("aria-pressed") || "false" : "false");
+  }
+}
+
+async function viewerVerdict(verdict) {
+  const b = viewer.querySelector(`button.viewer-verdict[data-verdict="${verdict}"]`);
+  if (!viewing || b.disabled) return;
+  const [text, error] = await giveVerdict(viewing.dataset.camera, viewing.dataset.id, verdict, b.textContent.replace(/[A-Z]$/, "").trim().toLowerCase());
+  const s = viewer.querySelector(".viewer-status");
+  s.textContent = text;
+  s.classList.toggle("error", error);
+}
+
+function stepViewer(by) {
+  const links = alertLinks();
+  const next = links[links.indexOf(viewing) + by];
+  if (next) openViewer(next);
+}
+
+viewer.addEventListener("click", (ev) => {
+  const b = ev.target.closest("button");
+  if (ev.target === viewer || b?.classList.contains("viewer-close")) viewer.close();
+  else if (b?.classList.contains("viewer-verdict")) viewerVerdict(b.dataset.verdict);
+  else if (b?.classList.contains("viewer-prev")) stepViewer(-1);
+  else if (b?.classList.contains("viewer-next")) stepViewer(1);
+});
+viewer.querySelector("#viewer-map").addEventListener("change", syncViewer);
+viewer.addEventListener("keydown", (ev) => {
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const key = ev.key.toLowerCase();
+  if (key === "m") {
+    const toggle = viewer.querySelector("#viewer-map");
+    toggle.checked = !toggle.checked;
+    syncViewer();
+  } else if (key === "f") viewerVerdict("false_alarm");
+  else if (key === "c") viewerVerdict("confirmed");
+  else if (ev.key === "ArrowLeft") stepViewer(-1);
+  else if (ev.key === "ArrowRight") stepViewer(1);
+  else return;
+  ev.preventDefault();
+});
+viewer.addEventListener("close", () => { viewing = null; });
+
+document.addEventListener("click", (ev) => {
+  const link = ev.target.closest("a.open-viewer");
+  if (!link || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+  ev.preventDefault();
+  openViewer(link);
+});
 
 async function loadHistory(camera) {
   const r = await fetch(`/api/cameras/${encodeURIComponent(camera)}/history`, { credentials: "same-origin" });
@@ -228,18 +351,10 @@ document.addEventListener("submit", async (ev) => {
   }
 });
 
-document.addEventListener("click", async (ev) => {
+document.addEventListener("click", (ev) => {
   const b = ev.target.closest("button.verdict");
   if (!b) return;
-  const c = b.closest("section.camera");
-  const id = b.closest("tr.alert").dataset.id;
-  try {
-    await post(`/api/cameras/${encodeURIComponent(c.dataset.camera)}/alerts/${encodeURIComponent(id)}/verdict`, { verdict: b.dataset.verdict });
-    markVerdict(c.dataset.camera, id, b.dataset.verdict);
-    status(c, `alert ${id.slice(-6)}: ${b.textContent.toLowerCase()}, saved to the data set`);
-  } catch (e) {
-    status(c, e.message, true);
-  }
+  giveVerdict(b.closest("section.camera").dataset.camera, b.closest("tr.alert").dataset.id, b.dataset.verdict, b.textContent.toLowerCase());
 });
 
 for (const c of document.querySelectorAll("section.camera")) loadHistory(c.dataset.camera);

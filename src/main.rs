@@ -156,6 +156,21 @@ enum Command {
         #[arg(long, short, env = "VIGIL_CONFIG", default_value = "/etc/vigil/vigil.toml")]
         config: PathBuf,
     },
+    /// Retrain one camera's bundle on the data set the daemon collected, gated: runs
+    /// `vigil-train retrain --from <its bundle> --dataset <its data set> --gate --install`
+    /// with the paths from the config (what `vigil-retrain@<camera>.service` runs). Exit 3:
+    /// the gate kept the served bundle.
+    Retrain {
+        /// The camera's id (`[[cameras]] id`).
+        #[arg(long)]
+        camera: String,
+        /// The config file (TOML).
+        #[arg(long, short, env = "VIGIL_CONFIG", default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+        /// More `vigil-train retrain` flags (after `--`), e.g. `-- --epochs 5`.
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
     /// Score image files; prints one JSON line per image.
     Score {
         /// Bundle folder, or a .onnx file with an embedded manifest.
@@ -341,6 +356,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback { camera, config } => {
             let cfg = vigil::config::load(&config)?;
             print!("{}", vigil::commands::rollback::run(&cfg, &camera)?.report());
+        }
+        Command::Retrain { camera, config, extra } => {
+            let cfg = vigil::config::load(&config)?;
+            let code = vigil::commands::retrain::run(&cfg, &camera, &extra)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::Score { model, class, engine, images } => {
             let (bundle, engine) = score::prepare(&model, &engine.config())?;

@@ -5,6 +5,7 @@ pub mod config_reference;
 pub mod demo;
 pub mod inspect;
 pub mod publish;
+pub mod retrain;
 pub mod rollback;
 pub mod score;
 pub mod wrap;

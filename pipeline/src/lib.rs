@@ -23,6 +23,7 @@
 pub mod backbone;
 pub mod calibrate;
 pub mod chart;
+pub mod commands;
 pub mod compare;
 pub mod config;
 pub mod corrupt;

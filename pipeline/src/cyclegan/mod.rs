@@ -92,6 +92,12 @@ impl Default for CycleConfig {
 }
 
 impl CycleConfig {
+    /// Reads a TOML file of CycleGAN options (the rest keep their defaults).
+    pub fn from_file(path: &Path) -> anyhow::Result<CycleConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: not a CycleGAN config", path.display()))
+    }
+
     /// Checks values before any work starts.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.size >= 16 && self.size.is_multiple_of(8), "size must be a multiple of 8, at least 16");

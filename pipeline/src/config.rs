@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use vigil_model::bundle::manifest::{PixelError, Reduction, Tiling};
 use vigil_model::onnx::reference::ArchSpec;
 
-use crate::model::{GanScore, ModelKind};
+use crate::family::kind::{GanScore, ModelKind};
 
 /// Data augmentation of the training images (all off by default: many parts have an
 /// orientation, and a flipped part is not a normal part).
@@ -208,7 +208,7 @@ impl Default for TrainConfig {
             beta2: 0.999,
             seed: 0,
             val_fraction: 0.1,
-            quantile: crate::calibrate::DEFAULT_QUANTILE,
+            quantile: crate::evaluate::calibrate::DEFAULT_QUANTILE,
             corruption: Corruption::Synthetic,
             noise_sigma: 0.1,
             kl_weight: 1.0,

@@ -19,12 +19,12 @@ use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::backbone::{self, Variant};
 use vigil_pipeline::config::{Corruption, TrainConfig};
-use vigil_pipeline::data::{DataSource, load_image};
+use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::export::{ExportRequest, export};
-use vigil_pipeline::features::{HEAD_FILE, HeadState, padim, patchcore};
-use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::retrain::{RetrainRequest, retrain};
+use vigil_pipeline::export::bundle::{ExportRequest, export};
+use vigil_pipeline::family::features::{HEAD_FILE, HeadState, padim, patchcore};
+use vigil_pipeline::family::kind::ModelKind;
+use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
 use vigil_pipeline::train::RunDir;
 
 use crate::common::{engine_config, train_on};
@@ -113,7 +113,7 @@ fn features_and_cells(net: &EfficientNetLite, bundle: &Bundle, dir: &Path) -> (V
     let input = [bundle.manifest.input.height, bundle.manifest.input.width];
     let cfg: TrainConfig =
         serde_json::from_value(serde_json::Value::Object(bundle.manifest.training.clone().unwrap().config)).unwrap();
-    let head = vigil_pipeline::features::head(&cfg, dir, 152).unwrap();
+    let head = vigil_pipeline::family::features::head(&cfg, dir, 152).unwrap();
     let n = x.shape()[0];
     let run = |model: vigil_model::onnx::pb::ModelProto| {
         let r = GraphRunner::load(&encode(&model), [n, 3, input[0], input[1]], &engine_config(EngineChoice::Tract))
@@ -200,7 +200,7 @@ fn the_feature_autoencoder_learns_and_detects_defects() {
         );
         detects(&bundle, Family::Fae);
         engines_agree(&bundle);
-        assert!(dir.path().join("bundle").join(vigil_pipeline::features::FAE_FILE).is_file());
+        assert!(dir.path().join("bundle").join(vigil_pipeline::family::features::FAE_FILE).is_file());
     }
 }
 
@@ -245,7 +245,7 @@ fn a_retrain_adds_the_new_normals_to_padim_statistics_and_the_patchcore_bank() {
 
 #[test]
 fn tall_parts_get_an_input_in_their_shape_and_square_ones_stay_square() {
-    use vigil_pipeline::features::{input_size, measure_aspect};
+    use vigil_pipeline::family::features::{input_size, measure_aspect};
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, w: u32, h: u32| {
         let p = dir.path().join(name);

@@ -13,10 +13,10 @@ use vigil_model::bundle::Bundle;
 use vigil_model::engine::EngineChoice;
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::TrainConfig;
-use vigil_pipeline::data::{DataSource, list_images};
+use vigil_pipeline::data::sets::{DataSource, list_images};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::retrain::{RetrainRequest, retrain};
+use vigil_pipeline::family::kind::ModelKind;
+use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
 
 use crate::common::{engine_config, export_run, train_on};
 
@@ -93,9 +93,11 @@ fn every_family_retrains_on_images_of_another_aspect_at_the_served_input_shape()
         assert_eq!(next.manifest.version, 2, "{model:?}");
         // The new bundle scores the tall images as the daemon will feed them.
         let engine = vigil_model::engine::load(&next, &engine_config(EngineChoice::Tract)).unwrap();
-        let held =
-            vigil_pipeline::gate::HeldOut { normal: list_images(tall).unwrap()[..4].to_vec(), ..Default::default() };
-        let f = vigil_pipeline::gate::figures(&next, &engine, &held);
+        let held = vigil_pipeline::retrain::gate::HeldOut {
+            normal: list_images(tall).unwrap()[..4].to_vec(),
+            ..Default::default()
+        };
+        let f = vigil_pipeline::retrain::gate::figures(&next, &engine, &held);
         assert_eq!((f.normals, f.skipped), (4, 0), "{model:?}: {f:?}");
     }
 }

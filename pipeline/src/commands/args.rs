@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::config::TrainConfig;
-use crate::data::DataSource;
+use crate::data::sets::DataSource;
 use crate::device::DeviceChoice;
-use crate::model::ModelKind;
+use crate::family::kind::ModelKind;
 
 #[derive(Args, Default)]
 pub struct DataArgs {

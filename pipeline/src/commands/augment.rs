@@ -23,7 +23,7 @@ pub struct AugmentArgs {
 /// Writes the images and prints what was written as one JSON line.
 pub fn run(a: AugmentArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.n >= 1, "--n must be at least 1");
-    let done = crate::cyclegan::augment::augment(&a.generator, &a.normal, &a.out, a.n)?;
+    let done = crate::family::cyclegan::augment::augment(&a.generator, &a.normal, &a.out, a.n)?;
     println!("{}", serde_json::to_string(&done)?);
     Ok(())
 }

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::bench::conditional::{CompareRequest, compare, products_in};
 use crate::commands::args::BenchArgs;
 use crate::commands::console::{print_json, stop_on_ctrl_c};
-use crate::compare::{CompareRequest, compare, products_in};
-use crate::model::ModelKind;
+use crate::family::kind::ModelKind;
 
 #[derive(Args)]
 pub struct BenchConditionalArgs {

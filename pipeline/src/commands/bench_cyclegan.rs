@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::bench::cyclegan::{BenchRequest, bench};
 use crate::commands::args::BenchArgs;
 use crate::commands::console::{print_json, stop_on_ctrl_c};
 use crate::config::TrainConfig;
-use crate::cyclegan::CycleConfig;
-use crate::cyclegan::bench::{BenchRequest, bench};
 use crate::device::DeviceChoice;
-use crate::model::ModelKind;
+use crate::family::cyclegan::config::CycleConfig;
+use crate::family::kind::ModelKind;
 
 #[derive(Args)]
 pub struct BenchCycleganArgs {

@@ -23,7 +23,7 @@ pub fn run(a: BenchLayersArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.batch >= 1 && a.repeats >= 1, "--batch and --repeats must be at least 1");
     let chosen = crate::device::choose(a.device)?;
     eprintln!("device: {}", chosen.description);
-    for t in crate::layers::bench_layers(&chosen.device, a.batch, a.repeats) {
+    for t in crate::family::layers::bench_layers(&chosen.device, a.batch, a.repeats) {
         println!("{}", serde_json::to_string(&t)?);
     }
     Ok(())

@@ -7,9 +7,9 @@ use clap::Args;
 
 use crate::commands::args::BenchArgs;
 use crate::commands::console::stop_on_ctrl_c;
-use crate::data::DataSource;
-use crate::export::train_and_export;
-use crate::model::ModelKind;
+use crate::data::sets::DataSource;
+use crate::export::bundle::train_and_export;
+use crate::family::kind::ModelKind;
 use crate::train::RunDir;
 
 #[derive(Args)]

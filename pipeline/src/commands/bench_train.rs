@@ -4,8 +4,8 @@
 use clap::Args;
 
 use crate::device::DeviceChoice;
-use crate::layers::ConvImpl;
-use crate::model::ModelKind;
+use crate::family::kind::ModelKind;
+use crate::family::layers::ConvImpl;
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -28,7 +28,7 @@ pub struct BenchTrainArgs {
 
 /// Times each family, one JSON line each.
 pub fn run(a: BenchTrainArgs) -> anyhow::Result<()> {
-    crate::layers::set_conv_impl(a.conv_impl);
+    crate::family::layers::set_conv_impl(a.conv_impl);
     for m in a.model {
         let r = crate::train::bench(m, a.batch, a.steps, a.device)?;
         println!("{}", serde_json::to_string(&r)?);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::export::Exported;
+use crate::export::bundle::Exported;
 
 /// Prints one JSON line.
 pub fn print_json<T: serde::Serialize>(row: &T) -> anyhow::Result<()> {

@@ -7,9 +7,11 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::commands::console::stop_on_ctrl_c;
-use crate::cyclegan::{CycleConfig, CycleRequest, CycleState};
 use crate::device::DeviceChoice;
-use crate::train::{Outcome, RunDir};
+use crate::family::cyclegan::config::{CycleConfig, CycleState};
+use crate::family::cyclegan::fit::CycleRequest;
+use crate::run::Outcome;
+use crate::train::RunDir;
 
 #[derive(Args)]
 pub struct CycleganArgs {
@@ -76,7 +78,7 @@ pub fn run(a: CycleganArgs) -> anyhow::Result<()> {
         device,
         resume: resuming,
     };
-    if crate::cyclegan::train(&req, &stop)? == Outcome::Finished {
+    if crate::family::cyclegan::fit::train(&req, &stop)? == Outcome::Finished {
         println!("{}", serde_json::to_string(&CycleState::load(&req.run)?)?);
     }
     Ok(())

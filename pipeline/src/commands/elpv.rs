@@ -22,10 +22,13 @@ pub fn run(a: ElpvArgs) -> anyhow::Result<()> {
     let ElpvArgs { out, source, by_type } = a;
     let source = match source {
         Some(s) => s,
-        None => crate::elpv::find_installed()?,
+        None => crate::data::elpv::find_installed()?,
     };
-    let written =
-        if by_type { crate::elpv::convert_by_type(&source, &out)? } else { vec![crate::elpv::convert(&source, &out)?] };
+    let written = if by_type {
+        crate::data::elpv::convert_by_type(&source, &out)?
+    } else {
+        vec![crate::data::elpv::convert(&source, &out)?]
+    };
     for s in written {
         println!("{}", serde_json::to_string(&s)?);
     }

@@ -8,7 +8,7 @@ use vigil_model::bundle::Bundle;
 use vigil_model::engine::{self, EngineChoice, EngineConfig};
 
 use crate::commands::args::DataArgs;
-use crate::data::{DataSource, TestImage, discover};
+use crate::data::sets::{DataSource, TestImage, discover};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -67,9 +67,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         // A conditional bundle cannot score images of no class.
         bundle.manifest.resolve_class(None).map_err(anyhow::Error::msg)?;
     }
-    let (e, details) = crate::evaluate::evaluate(&bundle, &engine, &test, &classes);
+    let (e, details) = crate::evaluate::scores::evaluate(&bundle, &engine, &test, &classes);
     if let Some(dir) = report {
-        crate::report::write(&dir, &bundle, &e, &details)?;
+        crate::evaluate::report::write(&dir, &bundle, &e, &details)?;
         eprintln!("report: {}", dir.join("index.md").display());
     }
     println!("{}", serde_json::to_string(&e)?);

@@ -6,7 +6,7 @@ use clap::Args;
 use vigil_model::engine::EngineConfig;
 
 use crate::commands::console::print_export;
-use crate::export::{ExportRequest, export};
+use crate::export::bundle::{ExportRequest, export};
 use crate::train::RunDir;
 
 #[derive(Args)]

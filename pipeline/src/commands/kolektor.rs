@@ -16,7 +16,7 @@ pub struct KolektorArgs {
 
 /// Converts the set and prints a JSON line of counts.
 pub fn run(a: KolektorArgs) -> anyhow::Result<()> {
-    let s = crate::kolektor::convert(&a.source, &a.out)?;
+    let s = crate::data::kolektor::convert(&a.source, &a.out)?;
     println!("{}", serde_json::to_string(&s)?);
     Ok(())
 }

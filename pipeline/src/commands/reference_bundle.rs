@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use vigil_model::onnx::reference::ArchSpec;
 
-use crate::model::ModelKind;
+use crate::family::kind::ModelKind;
 
 #[derive(Args)]
 pub struct ReferenceBundleArgs {
@@ -29,7 +29,7 @@ pub struct ReferenceBundleArgs {
 /// Writes the bundle with random weights.
 pub fn run(a: ReferenceBundleArgs) -> anyhow::Result<()> {
     let spec = ArchSpec { channels: a.channels, size: a.size, ..ArchSpec::default() };
-    let bundle = crate::reference::write_reference_bundle(&a.out, a.model.family(), &spec, a.seed)?;
+    let bundle = crate::export::reference::write_reference_bundle(&a.out, a.model.family(), &spec, a.seed)?;
     eprintln!("wrote bundle {}", bundle.path.display());
     Ok(())
 }

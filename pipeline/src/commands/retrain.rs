@@ -11,10 +11,10 @@ use vigil_model::engine::{EngineChoice, EngineConfig};
 
 use crate::commands::args::DataArgs;
 use crate::commands::console::{print_export, stop_on_ctrl_c};
-use crate::data::DataSource;
+use crate::data::sets::DataSource;
 use crate::device::DeviceChoice;
-use crate::gate::{MIN_HELD_DEFECTS, REPORT_FILE, Tolerances};
-use crate::retrain::{GatedRequest, RetrainRequest, Verdict, retrain_gated};
+use crate::retrain::finetune::{GatedRequest, RetrainRequest, Verdict, retrain_gated};
+use crate::retrain::gate::{MIN_HELD_DEFECTS, REPORT_FILE, Tolerances};
 
 /// The exit status of a retrain whose new bundle the gate rejected (not an error: the served
 /// bundle stays, the reason is in gate.json).

@@ -11,9 +11,10 @@ use crate::commands::args::DataArgs;
 use crate::commands::console::{print_export, stop_on_ctrl_c};
 use crate::config::TrainConfig;
 use crate::device::DeviceChoice;
-use crate::export::{ExportRequest, export};
-use crate::model::ModelKind;
-use crate::train::{Outcome, RunDir, TrainRequest, train};
+use crate::export::bundle::{ExportRequest, export};
+use crate::family::kind::ModelKind;
+use crate::run::Outcome;
+use crate::train::{RunDir, TrainRequest, train};
 
 #[derive(Args)]
 pub struct TrainArgs {

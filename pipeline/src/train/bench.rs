@@ -12,7 +12,7 @@ use super::checkpoint::Nets;
 use super::step::{read, train_step};
 use crate::config::{Corruption, TrainConfig};
 use crate::device::{DeviceChoice, choose};
-use crate::model::ModelKind;
+use crate::family::kind::ModelKind;
 use crate::run::RunDir;
 
 /// What one training benchmark measured.

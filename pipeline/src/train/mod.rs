@@ -11,6 +11,7 @@ pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod images;
+pub mod ssim;
 pub mod step;
 
 use std::path::PathBuf;
@@ -20,14 +21,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use vigil_model::preprocess::Preprocessor;
 
+use crate::data::sets::detect_channels;
+use crate::run::Outcome;
 pub use crate::run::{EpochLog, RunDir, RunState, SourceSpec, is_run};
 pub use bench::{BenchResult, bench};
 pub use checkpoint::load_trained;
-pub use images::{detect_channels, input_spec, measure_pixel_range};
-pub use step::Cond;
+pub use images::{input_spec, measure_pixel_range};
 
 use crate::config::TrainConfig;
-use crate::data::{DataSet, DataSource, discover};
+use crate::data::sets::{DataSet, DataSource, discover};
 use crate::device::{DeviceChoice, choose};
 use checkpoint::Nets;
 use images::Images;
@@ -49,15 +51,6 @@ pub struct TrainRequest {
     pub init_weights: Option<PathBuf>,
     /// Labelled defective images for calibration: the threshold becomes the F1-optimal one.
     pub val_abnormal: Option<PathBuf>,
-}
-
-/// How a training call ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every epoch ran.
-    Finished,
-    /// Stopped by Ctrl-C after saving a checkpoint.
-    Interrupted,
 }
 
 /// burn's random source is per backend, not per run: two trainings in one process would
@@ -99,9 +92,9 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             cfg.pixel_range = Some(range);
         }
         if cfg.model.is_feature() && cfg.aspect.is_none() {
-            cfg.aspect = crate::features::measure_aspect(&data.train);
+            cfg.aspect = crate::family::features::measure_aspect(&data.train);
             if let Some(a) = cfg.aspect {
-                let [h, w] = crate::features::input_size(&cfg);
+                let [h, w] = crate::family::features::input_size(&cfg);
                 tracing::info!("the training images are {a:.2} times as tall as wide: the model input is {w}x{h}");
             }
         }
@@ -186,7 +179,7 @@ fn train_features(
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let previous = if req.resume { None } else { req.init_weights.as_deref() };
-    let Some(fitted) = crate::features::fit(cfg, data, &req.run, device, stop, previous)? else {
+    let Some(fitted) = crate::family::features::fit(cfg, data, &req.run, device, stop, previous)? else {
         tracing::info!("stopped; start again with --resume {}", req.run.0.display());
         return Ok(Outcome::Interrupted);
     };

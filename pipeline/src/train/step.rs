@@ -14,59 +14,15 @@ use super::augment::{augment_images, shift_images};
 use super::checkpoint::Nets;
 use super::images::{Images, input_spec};
 use crate::config::{Corruption, ReconstructionLoss, TrainConfig};
-use crate::model::{Encoder, ModelKind};
+use crate::family::blocks::Encoder;
+use crate::family::cond::Cond;
+use crate::family::kind::ModelKind;
 use crate::run::EpochLog;
 
 /// Non-saturating GAN losses and the WGAN critic loss need the critic as `[B]`.
 fn logits(critic: &Encoder, x: Tensor<4>) -> Tensor<1> {
     let b = x.dims()[0];
     critic.forward(x).reshape([b])
-}
-
-/// The class of each image of a conditional model's batch, as its networks read it (the
-/// exported graph's `Condition`): one-hot vectors appended to latent codes, and the same
-/// broadcast as extra planes of images.
-#[derive(Clone)]
-pub struct Cond {
-    one_hot: Tensor<2>,
-}
-
-impl Cond {
-    /// The one-hot rows of `labels` for `k` classes; `None` for a model of one product.
-    pub fn new(labels: &[usize], k: usize, device: &Device) -> Option<Cond> {
-        if k == 0 || labels.is_empty() {
-            return None;
-        }
-        let mut data = vec![0f32; labels.len() * k];
-        for (row, &l) in labels.iter().enumerate() {
-            data[row * k + l] = 1.0;
-        }
-        Some(Cond { one_hot: Tensor::<2>::from_data(TensorData::new(data, [labels.len(), k]), device) })
-    }
-
-    /// `x` `[B, C, H, W]` with the class planes appended.
-    pub fn image(c: Option<&Cond>, x: Tensor<4>) -> Tensor<4> {
-        match c {
-            Some(c) => {
-                let [b, _, h, w] = x.dims();
-                let k = c.one_hot.dims()[1];
-                let planes = c.one_hot.clone().reshape([b, k, 1, 1]).expand([b, k, h, w]);
-                Tensor::cat(vec![x, planes], 1)
-            }
-            None => x,
-        }
-    }
-
-    /// `z` `[B, L, 1, 1]` with the class vector appended.
-    pub fn latent(c: Option<&Cond>, z: Tensor<4>) -> Tensor<4> {
-        match c {
-            Some(c) => {
-                let [b, k] = c.one_hot.dims();
-                Tensor::cat(vec![z, c.one_hot.clone().reshape([b, k, 1, 1])], 1)
-            }
-            None => z,
-        }
-    }
 }
 
 /// The WGAN-GP penalty `(‖∇ₓD(x̂)‖ − 1)²`. burn 0.22 has first-order autodiff only, so the
@@ -144,7 +100,7 @@ pub(super) fn run_epoch(
                 if cfg.augment.shift > 0 {
                     shift_images(&mut data, [batch, c, s, s], cfg.augment.shift, &mut rng);
                 }
-                let input = corrupt.then(|| crate::corrupt::corrupt_batch(&data, [batch, c, s, s], &mut rng));
+                let input = corrupt.then(|| crate::data::corrupt::corrupt_batch(&data, [batch, c, s, s], &mut rng));
                 let labels = images.labels(&order[step * batch..(step + 1) * batch]);
                 if tx.send(Batch { target: data, input, labels }).is_err() {
                     break; // the epoch stopped early
@@ -158,14 +114,14 @@ pub(super) fn run_epoch(
 /// A CycleGAN generator as the corruption: the model's inputs are normalised
 /// (`input_spec`'s mean and std), the generator's are pixel levels in 0..1.
 struct CycleCorruption {
-    translator: crate::cyclegan::augment::Translator,
+    translator: crate::family::cyclegan::augment::Translator,
     mean: Tensor<4>,
     std: Tensor<4>,
 }
 
 impl CycleCorruption {
     fn new(cfg: &TrainConfig, run: &std::path::Path, channels: usize, device: &Device) -> anyhow::Result<Self> {
-        let translator = crate::cyclegan::augment::corruption(run, cfg.size, channels, device)?;
+        let translator = crate::family::cyclegan::augment::corruption(run, cfg.size, channels, device)?;
         let spec = input_spec(cfg, channels);
         let per_channel = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, channels, 1, 1]), device);
         Ok(CycleCorruption { translator, mean: per_channel(&spec.mean), std: per_channel(&spec.std) })
@@ -262,7 +218,7 @@ fn reconstruction_loss(cfg: &TrainConfig, recon: Tensor<4>, x: Tensor<4>) -> Ten
         ReconstructionLoss::L2 => l2,
         ReconstructionLoss::SsimL2 => {
             let range = input_spec(cfg, x.dims()[1]).dynamic_range();
-            l2 - crate::ssim::mean_ssim(recon, x, &range).sub_scalar(1.0)
+            l2 - crate::train::ssim::mean_ssim(recon, x, &range).sub_scalar(1.0)
         }
     }
 }

@@ -32,8 +32,8 @@ use vigil_model::onnx::pb;
 
 use crate::backbone::{self, BackboneInfo};
 use crate::config::{Corruption, TrainConfig};
-use crate::data::{DataSet, Skipped};
-use crate::model::ModelKind;
+use crate::data::sets::{DataSet, Skipped};
+use crate::family::kind::ModelKind;
 use crate::run::{EpochLog, RunDir};
 use extract::Extractor;
 use patchcore::Patches;

@@ -337,3 +337,14 @@ pub fn fingerprint(paths: &[PathBuf]) -> String {
     }
     vigil_model::digest::hex(&h.finalize())
 }
+
+/// Gray when the first readable training image is gray, else RGB.
+pub fn detect_channels(paths: &[PathBuf]) -> usize {
+    for p in paths.iter().take(8) {
+        if let Ok(img) = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| decode(&b).map_err(|e| e.to_string()))
+        {
+            return if img.color().has_color() { 3 } else { 1 };
+        }
+    }
+    3
+}

@@ -1,7 +1,7 @@
 //! `vigil-train retrain`: fine-tune a bundle's networks on new data (the feature families:
 //! add the new normal images to PaDiM's statistics or PatchCore's bank, fine-tune the feature
 //! autoencoder), recalibrate, re-evaluate, and write the next version with its parent
-//! recorded; then, when asked, judge it against the served bundle ([`crate::gate`]) and put it
+//! recorded; then, when asked, judge it against the served bundle ([`crate::retrain::gate`]) and put it
 //! in service atomically or set it aside.
 
 use std::path::{Path, PathBuf};
@@ -14,12 +14,13 @@ use vigil_model::bundle::manifest::Parent;
 use vigil_model::engine::EngineConfig;
 
 use crate::config::TrainConfig;
-use crate::data::DataSource;
+use crate::data::sets::DataSource;
 use crate::device::DeviceChoice;
-use crate::export::{ExportRequest, Exported, export};
-use crate::gate::{GateReport, HeldOut, Tolerances};
-use crate::model::WEIGHTS_FILE;
-use crate::train::{Outcome, RunDir, TrainRequest, train};
+use crate::export::bundle::{ExportRequest, Exported, export};
+use crate::family::trained::WEIGHTS_FILE;
+use crate::retrain::gate::{GateReport, HeldOut, Tolerances};
+use crate::run::Outcome;
+use crate::train::{RunDir, TrainRequest, train};
 
 /// What `vigil-train retrain` needs.
 #[derive(Debug, Clone)]
@@ -133,7 +134,7 @@ fn keep_input_shape(
         if cfg.aspect.is_none() {
             cfg.aspect = Some(h as f32 / w as f32);
         }
-        crate::features::input_size(cfg)
+        crate::family::features::input_size(cfg)
     } else {
         [cfg.size, cfg.size]
     };
@@ -229,7 +230,7 @@ pub fn retrain_gated(req: &GatedRequest, stop: &AtomicBool) -> anyhow::Result<Op
     }
     // The daemon decided each file's side when it came in: read it, never recompute it.
     let recorded = match (&req.gate, &req.dataset) {
-        (Some(_), Some(dataset)) => crate::gate::recorded(dataset)?,
+        (Some(_), Some(dataset)) => crate::retrain::gate::recorded(dataset)?,
         _ => None,
     };
     let held = match (&req.gate, recorded) {
@@ -241,7 +242,7 @@ pub fn retrain_gated(req: &GatedRequest, stop: &AtomicBool) -> anyhow::Result<Op
                     "the gate holds out part of a data set of plain folders: pass --dataset DIR (DIR/normal, DIR/abnormal) or --normal DIR [--val-abnormal DIR], not --data"
                 );
             };
-            let staged = crate::gate::stage(normal, retrain_req.val_abnormal.as_deref(), &run.join("data"))?;
+            let staged = crate::retrain::gate::stage(normal, retrain_req.val_abnormal.as_deref(), &run.join("data"))?;
             retrain_req.source =
                 DataSource::Folders { normal: staged.normal.clone(), abnormal: abnormal.clone(), masks: masks.clone() };
             retrain_req.val_abnormal = staged.abnormal.clone();
@@ -300,6 +301,6 @@ fn judge_against(
     tol: &Tolerances,
     engine: &EngineConfig,
 ) -> anyhow::Result<GateReport> {
-    crate::gate::gate(from, out, held, tol, engine)
+    crate::retrain::gate::gate(from, out, held, tol, engine)
         .with_context(|| format!("judging {} against the served {}", out.display(), from.display()))
 }

@@ -12,8 +12,8 @@ use vigil_model::engine::LoadedEngine;
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::tiling::{Inputs, score_frames};
 
-use crate::data::{Skipped, TestImage, load_inputs, load_mask};
-use crate::metrics::{Confusion, aupro, auroc, confusion, pixel_auroc};
+use crate::data::sets::{Skipped, TestImage, load_inputs, load_mask};
+use crate::evaluate::metrics::{Confusion, aupro, auroc, confusion, pixel_auroc};
 
 /// One image's result.
 #[derive(Debug, Clone)]

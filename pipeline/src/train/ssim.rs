@@ -45,7 +45,7 @@ pub fn mean_ssim(a: Tensor<4>, b: Tensor<4>, range: &[f32]) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::ssim_dissimilarity;
+    use crate::export::forward::ssim_dissimilarity;
     use burn::tensor::Device;
 
     fn plane(h: usize, w: usize, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {

@@ -11,7 +11,7 @@ use burn::tensor::activation::{leaky_relu, relu, tanh};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{conv_down, conv_up};
+use crate::family::layers::{conv_down, conv_up};
 
 /// Sizes of the networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use vigil_model::bundle::manifest::{Normalization, Threshold, ThresholdMethod};
 
-use crate::metrics::{f1_optimal_threshold, quantile};
+use crate::evaluate::metrics::{f1_optimal_threshold, quantile};
 
 /// The quantile of validation-normal scores used as the threshold unless told otherwise:
 /// about one false alarm in 200 normal frames.

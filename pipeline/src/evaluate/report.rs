@@ -11,8 +11,8 @@ use vigil_model::bundle::Bundle;
 use vigil_model::overlay::overlay;
 
 use crate::chart::{self, Marker, number};
-use crate::evaluate::{Detail, Evaluation};
-use crate::metrics::{average_precision, pr_curve, roc_curve};
+use crate::evaluate::metrics::{average_precision, pr_curve, roc_curve};
+use crate::evaluate::scores::{Detail, Evaluation};
 
 fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     img.save(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use vigil_model::bundle::Bundle;
 use vigil_model::engine::{self, EngineConfig};
 
-use crate::data::{MIN_NORMAL, TestImage, list_images};
-use crate::evaluate::evaluate;
+use crate::data::sets::{MIN_NORMAL, TestImage, list_images};
+use crate::evaluate::scores::evaluate;
 
 /// The report's file name, written into the new bundle's folder.
 pub const REPORT_FILE: &str = "gate.json";

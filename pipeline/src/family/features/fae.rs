@@ -17,7 +17,7 @@ use vigil_model::onnx::net::{Layer, Sequential};
 use vigil_model::rng::{Rng, mix};
 
 use super::extract::{Features, progress};
-use crate::model::blocks::{bn_layer, conv_layer};
+use crate::family::blocks::{bn_layer, conv_layer};
 
 /// The autoencoder: `C → hidden → latent → hidden → C`, 1x1 convolutions, batch norm and ReLU
 /// between them, a linear output. Variational when it has a `logvar` head: the bottleneck is

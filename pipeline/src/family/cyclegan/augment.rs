@@ -5,13 +5,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 use vigil_model::preprocess::{Preprocessor, decode};
 
-use super::nets::Generator;
-use super::{CycleConfig, load_generator};
-use crate::data::list_images;
+use crate::data::sets::list_images;
+use crate::family::cyclegan::config::{CycleConfig, CycleState, GENERATOR, load_config};
+use crate::family::cyclegan::nets::Generator;
+use crate::run::RunDir;
+use crate::run::restore_module;
 
 /// Pixels whose mean change over channels exceeds this (of the full range) are masked.
 pub const MASK_LEVEL: f32 = 0.1;
@@ -26,7 +29,7 @@ pub struct Augmented {
     /// Masks written (`OUT/masks/<name>_mask.png`).
     pub masks: usize,
     /// Normal images that could not be read.
-    pub skipped: Vec<crate::data::Skipped>,
+    pub skipped: Vec<crate::data::sets::Skipped>,
 }
 
 /// The generator of a CycleGAN run, ready to translate images of its size and colour.
@@ -80,7 +83,7 @@ pub fn augment(run: &Path, normal: &Path, out: &Path, n: usize) -> anyhow::Resul
     anyhow::ensure!(!paths.is_empty(), "--normal {}: no images", normal.display());
     std::fs::create_dir_all(out.join("masks")).with_context(|| format!("creating {}", out.display()))?;
     let mut done = Augmented { images: 0, masks: 0, skipped: vec![] };
-    let bar = crate::features::extract::progress(n, "augment");
+    let bar = crate::family::features::extract::progress(n, "augment");
     let mut i = 0;
     let mut failures = 0;
     while done.images < n {
@@ -102,7 +105,7 @@ pub fn augment(run: &Path, normal: &Path, out: &Path, n: usize) -> anyhow::Resul
             }
             Err(reason) => {
                 failures += 1;
-                done.skipped.push(crate::data::Skipped { path: path.clone(), reason });
+                done.skipped.push(crate::data::sets::Skipped { path: path.clone(), reason });
                 anyhow::ensure!(failures < paths.len(), "--normal {}: no readable image", normal.display());
             }
         }
@@ -170,4 +173,19 @@ pub fn corruption(run: &Path, size: usize, channels: usize, device: &Device) -> 
         run.display()
     );
     Ok(t)
+}
+
+/// The normal → defective generator of a finished (or stopped) run, and its settings.
+pub fn load_generator(run: &Path, device: &Device) -> anyhow::Result<(Generator, CycleConfig, usize)> {
+    let run = RunDir(run.to_path_buf());
+    let state = CycleState::load(&run)?;
+    let cfg = load_config(&run)?;
+    anyhow::ensure!(
+        state.epochs_done > 0,
+        "{}: the CycleGAN has not finished an epoch yet; train it first (`vigil-train cyclegan --resume {}`)",
+        run.0.display(),
+        run.0.display()
+    );
+    let g = restore_module(Generator::new(&cfg.spec(state.channels), device), &run, GENERATOR)?;
+    Ok((g.valid(), cfg, state.channels))
 }

@@ -15,10 +15,10 @@ use vigil_model::engine::{self, EngineConfig};
 use vigil_model::onnx::head::{CLASS_INPUT, MAP_OUTPUT, SCORE_OUTPUT, build_scoring_model};
 use vigil_model::preprocess::Preprocessor;
 
-use crate::calibrate;
 use crate::config::TrainConfig;
-use crate::data::{discover, fingerprint, list_images};
-use crate::evaluate::{Evaluation, evaluate, score_files};
+use crate::data::sets::{discover, fingerprint, list_images};
+use crate::evaluate::calibrate;
+use crate::evaluate::scores::{Evaluation, evaluate, score_files};
 use crate::train::{RunDir, RunState, input_spec, load_trained};
 
 /// What to export.
@@ -69,7 +69,7 @@ fn sanitize(name: &str) -> String {
 /// when stopped.
 pub fn train_and_export(
     config: TrainConfig,
-    source: crate::data::DataSource,
+    source: crate::data::sets::DataSource,
     run: RunDir,
     device: crate::device::DeviceChoice,
     stop: &std::sync::atomic::AtomicBool,
@@ -83,7 +83,7 @@ pub fn train_and_export(
         init_weights: None,
         val_abnormal: None,
     };
-    if crate::train::train(&req, stop)? == crate::train::Outcome::Interrupted {
+    if crate::train::train(&req, stop)? == crate::run::Outcome::Interrupted {
         return Ok(None);
     }
     let out = run.0.join("bundle");
@@ -107,7 +107,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let data = discover(&state.data.source()?, cfg.val_fraction, cfg.seed)?;
     let (model, input, score, weights, backbone) = if cfg.model.is_feature() {
         let checkpoint = run.0.join("checkpoint");
-        let (model, input, score, backbone) = crate::features::model(&cfg, &checkpoint)?;
+        let (model, input, score, backbone) = crate::family::features::model(&cfg, &checkpoint)?;
         (model, input, score, Weights::Features(checkpoint), Some(backbone))
     } else {
         let spec = cfg.arch(state.channels);
@@ -244,9 +244,8 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let card = model_card(&manifest, evaluation.as_ref());
     let bundle = Bundle::write(&req.out, &manifest, model, &[("README.md", card.as_bytes())])?;
     match weights {
-        Weights::Networks(trained) => {
-            crate::model::BundleWeights::from(*trained).save(&req.out.join(crate::model::WEIGHTS_FILE))?
-        }
+        Weights::Networks(trained) => crate::family::trained::BundleWeights::from(*trained)
+            .save(&req.out.join(crate::family::trained::WEIGHTS_FILE))?,
         Weights::Features(checkpoint) => {
             // The head's state as the bundle's weights (what a retrain extends), and the
             // feature autoencoder's network; a conditional model's per class in its folder.
@@ -255,17 +254,20 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             } else {
                 (0..cfg.classes.len())
                     .map(|i| {
-                        let dir = crate::features::class_dir(i);
+                        let dir = crate::family::features::class_dir(i);
                         (checkpoint.join(&dir), req.out.join(&dir))
                     })
                     .collect()
             };
             for (from, to) in folders {
                 std::fs::create_dir_all(&to)?;
-                std::fs::copy(from.join(crate::features::HEAD_FILE), to.join(crate::model::WEIGHTS_FILE))?;
-                let fae = from.join(crate::features::FAE_FILE);
+                std::fs::copy(
+                    from.join(crate::family::features::HEAD_FILE),
+                    to.join(crate::family::trained::WEIGHTS_FILE),
+                )?;
+                let fae = from.join(crate::family::features::FAE_FILE);
                 if fae.is_file() {
-                    std::fs::copy(&fae, to.join(crate::features::FAE_FILE))?;
+                    std::fs::copy(&fae, to.join(crate::family::features::FAE_FILE))?;
                 }
             }
         }
@@ -309,7 +311,7 @@ fn validation_scores(
 /// What a bundle keeps beside its graph for retraining.
 enum Weights {
     /// The networks of a family trained from scratch.
-    Networks(Box<crate::model::Trained>),
+    Networks(Box<crate::family::trained::Trained>),
     /// The fitted head of a feature family, in this checkpoint folder.
     Features(PathBuf),
 }

@@ -10,10 +10,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::TrainConfig;
-use crate::data::DataSource;
+use crate::data::sets::DataSource;
 use crate::device::DeviceChoice;
-use crate::evaluate::Evaluation;
-use crate::export::train_and_export;
+use crate::evaluate::scores::Evaluation;
+use crate::export::bundle::train_and_export;
 use crate::train::RunDir;
 
 /// How the products are modelled.
@@ -32,7 +32,7 @@ pub enum Setup {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// The family.
-    pub model: crate::model::ModelKind,
+    pub model: crate::family::kind::ModelKind,
     /// How the products were modelled.
     pub setup: Setup,
     /// Image AUROC per product, each on that product's test images.
@@ -73,7 +73,7 @@ fn run_one(
     Ok(Some((evaluation, e.bundle.path)))
 }
 
-fn row(model: crate::model::ModelKind, setup: Setup, started: Instant) -> Row {
+fn row(model: crate::family::kind::ModelKind, setup: Setup, started: Instant) -> Row {
     Row {
         model,
         setup,

@@ -10,7 +10,7 @@ use vigil_model::onnx::graph::{ConvParams, Tensor as OnnxTensor};
 use vigil_model::onnx::net::{BatchNorm as OnnxBatchNorm, Layer, Sequential};
 use vigil_model::onnx::reference::ArchSpec;
 
-use crate::layers::{conv_down, conv_up};
+use crate::family::layers::{conv_down, conv_up};
 
 const SLOPE: f64 = 0.2;
 

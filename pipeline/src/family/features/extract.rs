@@ -15,8 +15,8 @@ use vigil_model::preprocess::Preprocessor;
 
 use vigil_model::rng::{Rng, mix};
 
-use crate::corrupt::corrupt_batch;
-use crate::data::{Skipped, load_image};
+use crate::data::corrupt::corrupt_batch;
+use crate::data::sets::{Skipped, load_image};
 
 /// The model input of a feature family: RGB at `[height, width]`, ImageNet-normalised.
 pub fn input_spec(height: usize, width: usize) -> InputSpec {

@@ -1,24 +1,7 @@
-//! CycleGAN (Zhu et al. 2017): unpaired translation between normal images and the few real
-//! defective ones, so that any normal image can be turned into a realistic defective one.
-//!
-//! - [`nets`]: the ResNet generators and PatchGAN discriminators.
-//! - [`pool`]: the buffer of past fakes the discriminators see.
-//! - [`augment`]: defective images (and, where the change is local, masks) from a trained
-//!   generator; the generator as the DAE's corruption.
-//! - [`bench`]: thresholds calibrated on its defects against the quantile of normals.
-//!
-//! Training follows the paper: least-squares adversarial losses, cycle consistency (λ = 10)
-//! and identity (0.5 λ) losses, Adam (2e-4, β₁ 0.5), the learning rate constant for the first
-//! half of the epochs and falling linearly to zero over the second, an image buffer of 50.
-//! A run folder holds `cyclegan.toml` (the settings), `cyclegan.json` (progress), checkpoints
-//! every epoch, `losses.csv`/`losses.png` and a sample grid per epoch in `samples/`.
+//! Training a CycleGAN: both generators and discriminators, one epoch after another, with a
+//! checkpoint, the losses and a sample grid after each.
 
-pub mod augment;
-pub mod bench;
-pub mod nets;
-pub mod pool;
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -26,170 +9,15 @@ use anyhow::{Context, bail};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
-use vigil_model::bundle::manifest::{ColorMode, InputSpec};
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::rng::{Rng, mix};
 
-use crate::data::{Skipped, list_images, load_image};
+use crate::data::sets::{Skipped, list_images, load_image};
 use crate::device::{DeviceChoice, choose};
-use crate::run::{EpochLog, RunDir};
-use crate::train::checkpoint::{restore_module, restore_opt, save_module, save_opt};
-use nets::{CycleSpec, Discriminator, Generator};
-use pool::ImagePool;
-
-/// The settings of a CycleGAN run (`cyclegan.toml` in the run folder).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CycleConfig {
-    /// Side of the square images the networks see (a multiple of 8).
-    pub size: usize,
-    /// 1 (gray) or 3 (RGB); absent: from the first normal image.
-    pub channels: Option<usize>,
-    /// Channels of the generators' first convolution (the paper: 64) and the
-    /// discriminators' (the paper: 64).
-    pub width: usize,
-    /// Residual blocks per generator (the paper: 9 at 256 px).
-    pub blocks: usize,
-    /// Epochs; the learning rate falls linearly to zero over the second half.
-    pub epochs: u32,
-    /// Steps per epoch (each a batch of normal and a batch of defective images).
-    pub steps_per_epoch: usize,
-    /// Images per step from each side.
-    pub batch: usize,
-    /// Adam learning rate.
-    pub lr: f64,
-    /// Adam beta 1.
-    pub beta1: f32,
-    /// Weight of the cycle-consistency losses (λ).
-    pub lambda_cycle: f32,
-    /// Weight of the identity losses, as a fraction of λ.
-    pub identity: f32,
-    /// Past fakes the discriminators draw from.
-    pub pool_size: usize,
-    /// Seed of every random choice.
-    pub seed: u64,
-}
-
-impl Default for CycleConfig {
-    fn default() -> Self {
-        CycleConfig {
-            size: 128,
-            channels: None,
-            width: 16,
-            blocks: 4,
-            epochs: 12,
-            steps_per_epoch: 200,
-            batch: 1,
-            lr: 2e-4,
-            beta1: 0.5,
-            lambda_cycle: 10.0,
-            identity: 0.5,
-            pool_size: 50,
-            seed: 0,
-        }
-    }
-}
-
-impl CycleConfig {
-    /// Reads a TOML file of CycleGAN options (the rest keep their defaults).
-    pub fn from_file(path: &Path) -> anyhow::Result<CycleConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: not a CycleGAN config", path.display()))
-    }
-
-    /// Checks values before any work starts.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.size >= 16 && self.size.is_multiple_of(8), "size must be a multiple of 8, at least 16");
-        anyhow::ensure!(matches!(self.channels, None | Some(1) | Some(3)), "channels must be 1 or 3");
-        anyhow::ensure!(
-            self.width > 0 && self.epochs > 0 && self.steps_per_epoch > 0 && self.batch > 0,
-            "width, epochs, steps_per_epoch and batch must be positive"
-        );
-        anyhow::ensure!(
-            self.lr > 0.0 && self.lambda_cycle >= 0.0 && self.identity >= 0.0,
-            "lr must be positive, the loss weights not negative"
-        );
-        Ok(())
-    }
-
-    /// The networks' sizes for `channels`.
-    pub fn spec(&self, channels: usize) -> CycleSpec {
-        CycleSpec { channels, width: self.width, blocks: self.blocks }
-    }
-
-    /// The learning rate of `epoch` (0-based): constant for the first half, then falling
-    /// linearly to zero.
-    pub fn lr_at(&self, epoch: u32) -> f64 {
-        let half = self.epochs / 2;
-        if epoch < half {
-            return self.lr;
-        }
-        let decay = (self.epochs - half) as f64;
-        self.lr * (1.0 - (epoch - half) as f64 / decay)
-    }
-
-    /// How the images become tensors: unit range, the run's colour, the run's size.
-    pub fn input(&self, channels: usize) -> InputSpec {
-        let color = if channels == 1 { ColorMode::Gray } else { ColorMode::Rgb };
-        InputSpec::unit_range("image", color, self.size, self.size)
-    }
-}
-
-/// Settings file in a CycleGAN run folder.
-pub const CONFIG_FILE: &str = "cyclegan.toml";
-/// Progress file in a CycleGAN run folder.
-pub const STATE_FILE: &str = "cyclegan.json";
-/// The normal → defective generator's checkpoint name.
-pub const GENERATOR: &str = "generator_normal_to_defect";
-
-/// A CycleGAN run's progress (`cyclegan.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CycleState {
-    /// Normal images.
-    pub normal: PathBuf,
-    /// Defective images.
-    pub defect: PathBuf,
-    /// Image channels.
-    pub channels: usize,
-    /// Epochs finished.
-    pub epochs_done: u32,
-    /// The device trained on.
-    pub device: String,
-    /// Per-epoch loss averages.
-    pub history: Vec<EpochLog>,
-    /// Images that could not be read.
-    pub skipped: Vec<Skipped>,
-    /// Seconds spent training.
-    pub seconds: f64,
-}
-
-impl CycleState {
-    fn save(&self, run: &RunDir) -> anyhow::Result<()> {
-        let path = run.0.join(STATE_FILE);
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
-    }
-
-    /// Reads `cyclegan.json` of a run.
-    pub fn load(run: &RunDir) -> anyhow::Result<Self> {
-        let path = run.0.join(STATE_FILE);
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "{}: not a CycleGAN run folder (no {STATE_FILE}); train one with `vigil-train cyclegan`",
-                run.0.display()
-            )
-        })?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{}: unreadable", path.display()))
-    }
-}
-
-/// Reads `cyclegan.toml` of a run.
-pub fn load_config(run: &RunDir) -> anyhow::Result<CycleConfig> {
-    let path = run.0.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: not a CycleGAN config", path.display()))
-}
+use crate::family::cyclegan::config::{CONFIG_FILE, CycleConfig, CycleState, GENERATOR, STATE_FILE, load_config};
+use crate::family::cyclegan::nets::{Discriminator, Generator};
+use crate::family::cyclegan::pool::ImagePool;
+use crate::run::{EpochLog, Outcome, RunDir, restore_module, restore_opt, save_module, save_opt};
 
 /// Both generators (normal → defect and back), trained with one optimizer.
 #[derive(Module, Debug)]
@@ -281,9 +109,6 @@ fn l1(a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {
     (a - b).abs().mean()
 }
 
-/// How a training call ended.
-pub use crate::train::Outcome;
-
 /// Trains (or resumes) a CycleGAN until every epoch is done or `stop` is set.
 pub fn train(req: &CycleRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let run = &req.run;
@@ -297,7 +122,7 @@ pub fn train(req: &CycleRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         }
         let normal = list_images(&req.normal)?;
         anyhow::ensure!(!normal.is_empty(), "--normal {}: no images", req.normal.display());
-        let channels = cfg.channels.unwrap_or_else(|| crate::train::detect_channels(&normal));
+        let channels = cfg.channels.unwrap_or_else(|| crate::data::sets::detect_channels(&normal));
         std::fs::create_dir_all(run.0.join("checkpoint")).with_context(|| format!("creating {}", run.0.display()))?;
         let cfg = CycleConfig { channels: Some(channels), ..cfg };
         std::fs::write(run.0.join(CONFIG_FILE), toml::to_string(&cfg)?)?;
@@ -358,7 +183,7 @@ pub fn train(req: &CycleRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         device.seed(seed);
         let mut rng = Rng::new(seed);
         let lr = cfg.lr_at(epoch);
-        let bar = crate::features::extract::progress(
+        let bar = crate::family::features::extract::progress(
             cfg.steps_per_epoch,
             &format!("cyclegan epoch {}/{}", epoch + 1, cfg.epochs),
         );
@@ -553,21 +378,6 @@ fn sample_grid(
         }
     }
     img
-}
-
-/// The normal → defective generator of a finished (or stopped) run, and its settings.
-pub fn load_generator(run: &Path, device: &Device) -> anyhow::Result<(Generator, CycleConfig, usize)> {
-    let run = RunDir(run.to_path_buf());
-    let state = CycleState::load(&run)?;
-    let cfg = load_config(&run)?;
-    anyhow::ensure!(
-        state.epochs_done > 0,
-        "{}: the CycleGAN has not finished an epoch yet; train it first (`vigil-train cyclegan --resume {}`)",
-        run.0.display(),
-        run.0.display()
-    );
-    let g = restore_module(Generator::new(&cfg.spec(state.channels), device), &run, GENERATOR)?;
-    Ok((g.valid(), cfg, state.channels))
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use vigil_model::bundle::manifest::{InputSpec, PixelError, Reduction, SSIM_SIGMA, ScoreSource, ScoreSpec};
 use vigil_model::onnx::graph::gaussian_kernel;
 
-use crate::model::{GanScore, Trained};
-use crate::train::Cond;
+use crate::family::cond::Cond;
+use crate::family::kind::GanScore;
+use crate::family::trained::Trained;
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.try_into_vec_as::<f32>().expect("float tensor")

@@ -13,15 +13,17 @@ use serde::Serialize;
 use vigil_model::engine::{self, EngineConfig};
 use vigil_model::preprocess::Preprocessor;
 
-use super::{CycleConfig, CycleRequest};
-use crate::calibrate;
 use crate::config::TrainConfig;
-use crate::data::{DataSource, discover, list_images};
+use crate::data::sets::{DataSource, discover, list_images};
 use crate::device::DeviceChoice;
-use crate::evaluate::score_files;
-use crate::export::train_and_export;
-use crate::metrics::{Confusion, confusion};
-use crate::train::{Outcome, RunDir};
+use crate::evaluate::calibrate;
+use crate::evaluate::metrics::{Confusion, confusion};
+use crate::evaluate::scores::score_files;
+use crate::export::bundle::train_and_export;
+use crate::family::cyclegan::config::CycleConfig;
+use crate::family::cyclegan::fit::CycleRequest;
+use crate::run::Outcome;
+use crate::train::RunDir;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -56,7 +58,7 @@ pub struct Row {
     /// The data set.
     pub data: PathBuf,
     /// The family calibrated.
-    pub model: crate::model::ModelKind,
+    pub model: crate::family::kind::ModelKind,
     /// Seconds the CycleGAN trained.
     pub cyclegan_s: f64,
 }
@@ -109,12 +111,12 @@ pub fn bench(
         device: req.device,
         resume: false,
     };
-    if super::train(&cycle, stop)? == Outcome::Interrupted {
+    if crate::family::cyclegan::fit::train(&cycle, stop)? == Outcome::Interrupted {
         return Ok(None);
     }
     let cyclegan_s = started.elapsed().as_secs_f64();
     let generated = req.root.join("generated-defects");
-    super::augment::augment(&cycle_run.0, &normal_dir, &generated, req.generated)?;
+    crate::family::cyclegan::augment::augment(&cycle_run.0, &normal_dir, &generated, req.generated)?;
 
     let run = RunDir(req.root.join("model"));
     let source = DataSource::Mvtec(req.data.clone());

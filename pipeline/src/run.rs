@@ -1,5 +1,7 @@
 //! The run folder: where a run keeps its files, `state.json` (data source, epochs done,
-//! loss history, skipped files), `losses.csv` and the loss chart `losses.png`.
+//! loss history, skipped files), `losses.csv`, the loss chart `losses.png`, and the
+//! checkpoint files that every training loop (the families' and the CycleGAN's) saves and
+//! restores; and how a training call ended.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! Data sets: finding images (MVTec AD layout or plain folders), the deterministic
-//! train/validation split, and loading them through the daemon's own preprocessing.
+//! train/validation split, loading them through the daemon's own preprocessing, and their
+//! channel count.
 
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,8 @@
 //! `vigil-train retrain`: fine-tune a bundle's networks on new data (the feature families:
 //! add the new normal images to PaDiM's statistics or PatchCore's bank, fine-tune the feature
 //! autoencoder), recalibrate, re-evaluate, and write the next version with its parent
-//! recorded; then, when asked, judge it against the served bundle ([`crate::retrain::gate`]) and put it
-//! in service atomically or set it aside.
+//! recorded; then, when asked, judge it against the served bundle ([`crate::retrain::gate`])
+//! and put it in service atomically or set it aside.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

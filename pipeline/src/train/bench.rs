@@ -38,7 +38,7 @@ pub struct BenchResult {
 /// data, as `shared/bench/reference_torch.py` does: 3 warm-up steps, then `steps` timed
 /// ones; a GAN step is one discriminator and one generator update.
 pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice) -> anyhow::Result<BenchResult> {
-    let _turn = super::TRAINING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = super::turn::TRAINING.lock().unwrap_or_else(|p| p.into_inner());
     // Gaussian noise, as reference_torch.py's DAE: the same arithmetic on both sides.
     let cfg = TrainConfig {
         model,

@@ -1,5 +1,5 @@
 //! Training images: the input spec a config trains on, the level range for normalisation,
-//! the channel count, and the samples (in memory within the cache budget, else read per batch).
+//! and the samples (in memory within the cache budget, else read per batch).
 
 use std::path::PathBuf;
 

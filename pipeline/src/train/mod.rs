@@ -4,8 +4,10 @@
 //! - [`images`]: the input spec, level range and training samples.
 //! - [`checkpoint`]: networks and Adam states saved and loaded (burnpack files).
 //! - [`augment`]: flips, brightness and shifts.
-//! - [`step`]: one epoch, its loader thread, and each family's training step.
+//! - [`step`]: one epoch, its loader thread, and each family's training step; [`ssim`]: the
+//!   structural term of the reconstruction loss.
 //! - [`bench`]: training speed on random data.
+//! - [`turn`]: one training at a time in a process.
 
 pub mod augment;
 pub mod bench;
@@ -13,6 +15,7 @@ pub mod checkpoint;
 pub mod images;
 pub mod ssim;
 pub mod step;
+pub mod turn;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -53,13 +56,9 @@ pub struct TrainRequest {
     pub val_abnormal: Option<PathBuf>,
 }
 
-/// burn's random source is per backend, not per run: two trainings in one process would
-/// draw from it in turns and neither would be reproducible, so they take turns as a whole.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Runs (or resumes) training until every epoch is done or `stop` is set.
 pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
-    let _turn = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = turn::TRAINING.lock().unwrap_or_else(|p| p.into_inner());
     let run = &req.run;
     let (cfg, mut state, data) = if req.resume {
         if !is_run(&run.0) {

@@ -14,6 +14,8 @@ use vigil_model::synth::{SynthConfig, generate_products};
 use vigil_pipeline::config::TrainConfig;
 use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
+use vigil_pipeline::family::features::padim::PadimConfig;
+use vigil_pipeline::family::gan::GanConfig;
 use vigil_pipeline::family::kind::ModelKind;
 use vigil_pipeline::train::{RunDir, RunState, load_trained};
 
@@ -84,7 +86,7 @@ fn check_parity(run: &RunDir, bundle: &Bundle) {
         let (want, _) = vigil_pipeline::export::forward::score(
             &trained,
             cfg.latent,
-            cfg.gan_score,
+            cfg.gan.score,
             &bundle.manifest.score,
             &bundle.manifest.input,
             &x,
@@ -130,12 +132,11 @@ fn a_conditional_wgan_trains_its_critic_and_encoder_on_labels_and_exports_with_p
     let cfg = TrainConfig {
         model: ModelKind::Wgan,
         epochs: 1,
-        encoder_epochs: Some(1),
         batch: 16,
         size: 32,
         latent: 16,
         width: 8,
-        n_critic: 2,
+        gan: GanConfig { n_critic: 2, encoder_epochs: Some(1), ..GanConfig::default() },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     };
@@ -151,7 +152,7 @@ fn conditional_padim_scores_each_class_as_padim_fitted_on_that_class_alone() {
     let cfg = TrainConfig {
         model: ModelKind::Padim,
         size: 64,
-        padim_dims: 48,
+        padim: PadimConfig { dims: 48 },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     };

@@ -22,6 +22,10 @@ use vigil_pipeline::config::{Corruption, TrainConfig};
 use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
 use vigil_pipeline::export::bundle::{ExportRequest, export};
+use vigil_pipeline::family::features::config::FeatureConfig;
+use vigil_pipeline::family::features::fae::FaeConfig;
+use vigil_pipeline::family::features::padim::PadimConfig;
+use vigil_pipeline::family::features::patchcore::PatchcoreConfig;
 use vigil_pipeline::family::features::{HEAD_FILE, HeadState, padim, patchcore};
 use vigil_pipeline::family::kind::ModelKind;
 use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
@@ -52,8 +56,8 @@ fn small(model: ModelKind) -> TrainConfig {
         size: 64,
         epochs: 4,
         batch: 8,
-        bank_size: 300,
-        padim_dims: 48,
+        patchcore: PatchcoreConfig { bank_size: 300 },
+        padim: PadimConfig { dims: 48 },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     }
@@ -189,7 +193,11 @@ fn the_feature_autoencoder_learns_and_detects_defects() {
         [(Corruption::Synthetic, false), (Corruption::Gaussian, false), (Corruption::Synthetic, true)]
     {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig { corruption: corruption.clone(), fae_variational, ..small(ModelKind::Fae) };
+        let cfg = TrainConfig {
+            corruption: corruption.clone(),
+            fae: FaeConfig { variational: fae_variational, ..FaeConfig::default() },
+            ..small(ModelKind::Fae)
+        };
         let (run, bundle) = train_and_export(cfg, dir.path());
         let state = vigil_pipeline::train::RunState::load(&run).unwrap();
         let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
@@ -258,7 +266,10 @@ fn tall_parts_get_an_input_in_their_shape_and_square_ones_stay_square() {
     assert!((aspect - 2.5).abs() < 1e-6, "{aspect}");
     assert_eq!(measure_aspect(&square), None, "within a quarter of square");
     // About 256² pixels in the part's shape, each side a multiple of 32.
-    let cfg = TrainConfig { aspect: Some(aspect), ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        features: FeatureConfig { aspect: Some(aspect), ..FeatureConfig::default() },
+        ..TrainConfig::default()
+    };
     assert_eq!(input_size(&cfg), [416, 160]);
     assert_eq!(input_size(&TrainConfig::default()), [256, 256]);
 }

@@ -15,6 +15,10 @@ use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::TrainConfig;
 use vigil_pipeline::data::sets::{DataSource, list_images};
 use vigil_pipeline::device::DeviceChoice;
+use vigil_pipeline::family::features::fae::FaeConfig;
+use vigil_pipeline::family::features::padim::PadimConfig;
+use vigil_pipeline::family::features::patchcore::PatchcoreConfig;
+use vigil_pipeline::family::gan::GanConfig;
 use vigil_pipeline::family::kind::ModelKind;
 use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
 
@@ -43,14 +47,20 @@ fn tiny(model: ModelKind) -> TrainConfig {
     let base = TrainConfig {
         model,
         epochs: 1,
-        encoder_epochs: Some(1),
+        gan: GanConfig { encoder_epochs: Some(1), ..GanConfig::default() },
         batch: 8,
         smoothing_sigma: 1.0,
         val_fraction: 0.25,
         ..TrainConfig::default()
     };
     if model.is_feature() {
-        TrainConfig { size: 64, padim_dims: 16, bank_size: 64, fae_latent: 8, ..base }
+        TrainConfig {
+            size: 64,
+            padim: PadimConfig { dims: 16 },
+            patchcore: PatchcoreConfig { bank_size: 64 },
+            fae: FaeConfig { latent: 8, ..FaeConfig::default() },
+            ..base
+        }
     } else {
         TrainConfig { size: 32, latent: 16, width: 8, ..base }
     }

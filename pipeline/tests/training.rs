@@ -10,9 +10,11 @@ use vigil_model::bundle::manifest::PixelError;
 use vigil_model::engine::{self, EngineChoice};
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate};
-use vigil_pipeline::config::{ReconstructionLoss, TrainConfig};
+use vigil_pipeline::config::TrainConfig;
 use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
+use vigil_pipeline::family::autoencoder::{AutoencoderConfig, ReconstructionLoss};
+use vigil_pipeline::family::gan::GanConfig;
 use vigil_pipeline::family::kind::ModelKind;
 use vigil_pipeline::run::Outcome;
 use vigil_pipeline::train::{RunDir, RunState, TrainRequest, load_trained, train};
@@ -37,7 +39,7 @@ fn small(model: ModelKind, epochs: u32) -> TrainConfig {
         size: 32,
         latent: 32,
         width: 16,
-        encoder_epochs: Some(epochs),
+        gan: GanConfig { encoder_epochs: Some(epochs), ..GanConfig::default() },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     }
@@ -79,7 +81,7 @@ fn export_with_parity(run: &RunDir, out: &Path) -> Bundle {
     let (want, want_maps) = vigil_pipeline::export::forward::score(
         &trained,
         cfg.latent,
-        cfg.gan_score,
+        cfg.gan.score,
         &bundle.manifest.score,
         &bundle.manifest.input,
         &x,
@@ -188,7 +190,7 @@ fn a_low_contrast_camera_is_normalised_recorded_in_the_manifest_and_detected() {
 fn the_vae_trains_on_ssim_and_exports_with_parity() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
-        loss: ReconstructionLoss::SsimL2,
+        autoencoder: AutoencoderConfig { loss: ReconstructionLoss::SsimL2, ..AutoencoderConfig::default() },
         pixel_error: PixelError::SsimSquared,
         ..small(ModelKind::Vae, 4)
     };
@@ -215,7 +217,7 @@ fn the_gans_train_their_encoder_and_export_both_scores_with_parity() {
         assert_eq!(bundle.manifest.score.source, vigil_model::bundle::manifest::ScoreSource::EncoderFeatures);
         // The discriminator score exports too.
         let mut cfg = TrainConfig::from_file(&run.config()).unwrap();
-        cfg.gan_score = vigil_pipeline::family::kind::GanScore::Discriminator;
+        cfg.gan.score = vigil_pipeline::family::kind::GanScore::Discriminator;
         cfg.save(&run.config()).unwrap();
         let bundle = export_with_parity(&run, &dir.path().join("discriminator"));
         assert_eq!(bundle.manifest.outputs.anomaly_map, None);

@@ -54,7 +54,7 @@ pub fn score_spec(cfg: &TrainConfig, source: ScoreSource) -> ScoreSpec {
         pixel_error: cfg.pixel_error,
         smoothing_sigma: cfg.smoothing_sigma,
         reduction: cfg.reduction,
-        feature_weight: (source == ScoreSource::EncoderFeatures).then_some(cfg.feature_weight),
+        feature_weight: (source == ScoreSource::EncoderFeatures).then_some(cfg.gan.feature_weight),
     }
 }
 
@@ -97,7 +97,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let cfg = TrainConfig::from_file(&run.config())?;
     anyhow::ensure!(
         state.epochs_done >= cfg.epochs
-            && (!cfg.model.is_gan() || state.encoder_epochs_done >= cfg.encoder_epochs.unwrap_or(cfg.epochs)),
+            && (!cfg.model.is_gan() || state.encoder_epochs_done >= cfg.gan.encoder_epochs.unwrap_or(cfg.epochs)),
         "{}: training is not finished ({} of {} epochs); continue it with `vigil-train train --resume {}`",
         run.0.display(),
         state.epochs_done,
@@ -112,7 +112,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     } else {
         let spec = cfg.arch(state.channels);
         let trained = load_trained(run, &cfg, state.channels)?;
-        let (net, source) = trained.score_net(&spec, cfg.gan_score)?;
+        let (net, source) = trained.score_net(&spec, cfg.gan.score)?;
         let input = input_spec(&cfg, state.channels);
         let score = score_spec(&cfg, source);
         let model = build_scoring_model(&net, &input, &score, cfg.classes.len())?;
@@ -132,7 +132,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             Some(b) => format!(
                 "{} on {} features ({}), fitted by vigil-train on {}",
                 cfg.model.family().as_str(),
-                cfg.backbone.name(),
+                cfg.features.backbone.name(),
                 b.package,
                 data.description
             ),

@@ -1,11 +1,12 @@
-//! The GAN families (GAN, WGAN-GP, with the f-AnoGAN encoder) as a burn module.
+//! The GAN families (GAN, WGAN-GP, with the f-AnoGAN encoder) as a burn module, and their
+//! options.
 
 use burn::module::Module;
 use burn::tensor::Device;
 use vigil_model::onnx::reference::ArchSpec;
 
 use crate::family::blocks::{Decoder, Encoder};
-use crate::family::kind::ModelKind;
+use crate::family::kind::{GanScore, ModelKind};
 
 /// A GAN: generator, discriminator (critic), and the f-AnoGAN encoder trained afterwards.
 #[derive(Module, Debug)]
@@ -26,5 +27,26 @@ impl GanModel {
             critic: Encoder::new(spec, 1, kind == ModelKind::Gan, device),
             encoder: Encoder::new(spec, spec.latent, true, device),
         }
+    }
+}
+
+/// The GANs' own options (`train.toml` keys of the same names; `score` is `gan_score`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GanConfig {
+    /// WGAN: critic steps per generator step.
+    pub n_critic: usize,
+    /// WGAN: gradient penalty weight.
+    pub gp_weight: f32,
+    /// f-AnoGAN: weight of the discriminator-feature error, in training and in the score.
+    pub feature_weight: f32,
+    /// f-AnoGAN: encoder epochs after the GAN (default: the GAN's epochs).
+    pub encoder_epochs: Option<u32>,
+    /// How GANs are scored.
+    pub score: GanScore,
+}
+
+impl Default for GanConfig {
+    fn default() -> Self {
+        GanConfig { n_critic: 5, gp_weight: 10.0, feature_weight: 1.0, encoder_epochs: None, score: GanScore::Encoder }
     }
 }

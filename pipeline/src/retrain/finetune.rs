@@ -93,7 +93,7 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
     keep_input_shape(&mut cfg, m, &req.from)?;
     let epochs = req.epochs.unwrap_or((cfg.epochs / 4).max(1));
     cfg.epochs = epochs;
-    cfg.encoder_epochs = cfg.encoder_epochs.map(|_| epochs);
+    cfg.gan.encoder_epochs = cfg.gan.encoder_epochs.map(|_| epochs);
     let run = RunDir(req.run_dir());
     let train_req = TrainRequest {
         config: cfg,
@@ -131,8 +131,8 @@ fn keep_input_shape(
 ) -> anyhow::Result<()> {
     let (h, w) = (m.input.height, m.input.width);
     let expected = if cfg.model.is_feature() {
-        if cfg.aspect.is_none() {
-            cfg.aspect = Some(h as f32 / w as f32);
+        if cfg.features.aspect.is_none() {
+            cfg.features.aspect = Some(h as f32 / w as f32);
         }
         crate::family::features::input_size(cfg)
     } else {
@@ -143,7 +143,7 @@ fn keep_input_shape(
         "{}: the bundle serves {w}x{h} (manifest.json `input`), but its training config (size {}, aspect {}) gives {}x{}; a retrain keeps the served input shape, so this bundle cannot be retrained: train a new one with `vigil-train train`",
         from.display(),
         cfg.size,
-        cfg.aspect.map_or("none".to_owned(), |a| format!("{a:.3}")),
+        cfg.features.aspect.map_or("none".to_owned(), |a| format!("{a:.3}")),
         expected[1],
         expected[0]
     );

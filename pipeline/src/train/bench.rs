@@ -12,6 +12,7 @@ use super::checkpoint::Nets;
 use super::step::{read, train_step};
 use crate::config::{Corruption, TrainConfig};
 use crate::device::{DeviceChoice, choose};
+use crate::family::gan::GanConfig;
 use crate::family::kind::ModelKind;
 use crate::run::RunDir;
 
@@ -45,7 +46,7 @@ pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice)
         batch,
         size: crate::config::default_size(model),
         channels: Some(3),
-        n_critic: 1,
+        gan: GanConfig { n_critic: 1, ..GanConfig::default() },
         corruption: Corruption::Gaussian,
         ..TrainConfig::default()
     };

@@ -90,9 +90,9 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             tracing::info!("pixel range per channel (levels mapped to 0 and 1): {range:?}");
             cfg.pixel_range = Some(range);
         }
-        if cfg.model.is_feature() && cfg.aspect.is_none() {
-            cfg.aspect = crate::family::features::measure_aspect(&data.train);
-            if let Some(a) = cfg.aspect {
+        if cfg.model.is_feature() && cfg.features.aspect.is_none() {
+            cfg.features.aspect = crate::family::features::measure_aspect(&data.train);
+            if let Some(a) = cfg.features.aspect {
                 let [h, w] = crate::family::features::input_size(&cfg);
                 tracing::info!("the training images are {a:.2} times as tall as wide: the model input is {w}x{h}");
             }
@@ -132,7 +132,7 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     if let (Some(path), false) = (&req.init_weights, req.resume) {
         nets = nets.with_weights(path)?;
     }
-    let encoder_epochs = cfg.encoder_epochs.unwrap_or(cfg.epochs);
+    let encoder_epochs = cfg.gan.encoder_epochs.unwrap_or(cfg.epochs);
     let phases: Vec<(&str, u32)> = if cfg.model.is_gan() {
         vec![("train", cfg.epochs), ("encoder", encoder_epochs)]
     } else {

@@ -13,7 +13,8 @@ use vigil_model::rng::{Rng, mix};
 use super::augment::{augment_images, shift_images};
 use super::checkpoint::Nets;
 use super::images::{Images, input_spec};
-use crate::config::{Corruption, ReconstructionLoss, TrainConfig};
+use crate::config::{Corruption, TrainConfig};
+use crate::family::autoencoder::ReconstructionLoss;
 use crate::family::blocks::Encoder;
 use crate::family::cond::Cond;
 use crate::family::kind::ModelKind;
@@ -214,7 +215,7 @@ fn run_steps(
 /// The autoencoders' reconstruction term; SSIM's constants are those the exported map uses.
 fn reconstruction_loss(cfg: &TrainConfig, recon: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
     let l2 = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
-    match cfg.loss {
+    match cfg.autoencoder.loss {
         ReconstructionLoss::L2 => l2,
         ReconstructionLoss::SsimL2 => {
             let range = input_spec(cfg, x.dims()[1]).dynamic_range();
@@ -246,7 +247,7 @@ pub(super) fn train_step(
                         x.clone()
                             + Tensor::<4>::random(
                                 [b, c, h, w],
-                                Distribution::Normal(0.0, cfg.noise_sigma as f64),
+                                Distribution::Normal(0.0, cfg.autoencoder.noise_sigma as f64),
                                 &device,
                             )
                     }
@@ -270,7 +271,7 @@ pub(super) fn train_step(
                     .sum_dim(1)
                     .mean()
                     .mul_scalar(-0.5);
-                let loss = rec.clone() + kl.clone().mul_scalar(cfg.kl_weight as f64 / (c * h * w) as f64);
+                let loss = rec.clone() + kl.clone().mul_scalar(cfg.autoencoder.kl_weight as f64 / (c * h * w) as f64);
                 let values = (kept(loss.clone()), kept(rec), kept(kl));
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
                 *model = opt.step(lr, model.clone(), grads);
@@ -288,13 +289,13 @@ pub(super) fn train_step(
                 (l, None)
             } else {
                 let gp = gradient_penalty(critic, x.clone(), fake.clone(), cond);
-                let l = judge(fake).mean() - judge(x.clone()).mean() + gp.clone().mul_scalar(cfg.gp_weight as f64);
+                let l = judge(fake).mean() - judge(x.clone()).mean() + gp.clone().mul_scalar(cfg.gan.gp_weight as f64);
                 (l, Some(kept(gp)))
             };
             let d_value = kept(d_loss.clone());
             let grads = GradientsParams::from_grads(d_loss.backward(), &*critic);
             *critic = opt_d.step(lr, critic.clone(), grads);
-            let n_critic = if cfg.model == ModelKind::Wgan { cfg.n_critic } else { 1 };
+            let n_critic = if cfg.model == ModelKind::Wgan { cfg.gan.n_critic } else { 1 };
             let mut out = vec![("d_loss", d_value)];
             if step.is_multiple_of(n_critic) {
                 let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
@@ -325,7 +326,7 @@ pub(super) fn train_step(
             let pixel = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
             let feature =
                 (d.features(Cond::image(cond, recon)) - d.features(Cond::image(cond, x))).powf_scalar(2.0).mean();
-            let loss = pixel.clone() + feature.clone().mul_scalar(cfg.feature_weight as f64);
+            let loss = pixel.clone() + feature.clone().mul_scalar(cfg.gan.feature_weight as f64);
             let values = (kept(loss.clone()), kept(pixel), kept(feature));
             let mut grads = loss.backward();
             let grads = GradientsParams::from_module(&mut grads, &*encoder);

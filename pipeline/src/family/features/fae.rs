@@ -247,3 +247,25 @@ fn standardised<'a>(
     }
     Tensor::<4>::from_data(TensorData::new(data, [chosen.len(), c, gh, gw]), device)
 }
+
+/// The feature autoencoder's own options (`train.toml`'s `fae_latent`, `fae_lr`, `fae_noise`,
+/// `fae_variational`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaeConfig {
+    /// Bottleneck channels.
+    pub latent: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// With `corruption = "gaussian"`: standard deviation of the noise on its input, in
+    /// standardised units.
+    pub noise: f32,
+    /// A variational autoencoder (the bottleneck a Gaussian, its KL term weighted by
+    /// `kl_weight`; scored by decoding the mean) instead of a plain one.
+    pub variational: bool,
+}
+
+impl Default for FaeConfig {
+    fn default() -> Self {
+        FaeConfig { latent: 32, lr: 1e-3, noise: 0.5, variational: false }
+    }
+}

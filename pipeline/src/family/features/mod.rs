@@ -1,6 +1,7 @@
 //! The pretrained-feature families: `padim`, `patchcore` and `fae` score images in the feature
 //! space of an ImageNet backbone ([`crate::backbone`]) instead of reconstructing pixels.
 //!
+//! - [`config`]: the options the feature families share.
 //! - [`extract`]: the backbone's features of the training images, once per image.
 //! - [`padim`]: per-cell Gaussians, Mahalanobis distance.
 //! - [`patchcore`]: a memory bank by greedy coreset selection, nearest-neighbour distance.
@@ -10,6 +11,7 @@
 //! `checkpoint/head.safetensors` (the fitted head; for `fae` also `checkpoint/fae.bpk`); the
 //! exported bundle is one ONNX graph (backbone, head, map, score) like any other.
 
+pub mod config;
 pub mod extract;
 pub mod fae;
 pub mod padim;
@@ -48,7 +50,7 @@ pub const FAE_FILE: &str = "fae.bpk";
 /// in their shape, each side a multiple of [`INPUT_MULTIPLE`].
 pub fn input_size(cfg: &TrainConfig) -> [usize; 2] {
     let m = INPUT_MULTIPLE as f32;
-    match cfg.aspect {
+    match cfg.features.aspect {
         Some(a) if a.is_finite() && a > 0.0 => {
             let side = |v: f32| ((v / m).round().max(2.0) * m) as usize;
             [side(cfg.size as f32 * a.sqrt()), side(cfg.size as f32 / a.sqrt())]
@@ -176,7 +178,7 @@ pub fn fit(
     stop: &AtomicBool,
     previous: Option<&Path>,
 ) -> anyhow::Result<Option<Fitted>> {
-    let (net, info) = backbone::ensure(cfg.backbone)?;
+    let (net, info) = backbone::ensure(cfg.features.backbone)?;
     tracing::info!("backbone: {} ({}, {} parameters)", info.package, info.license, info.parameters);
     let extractor = Extractor::new(&net, input_size(cfg), &EngineConfig::default())?;
     let checkpoint = run.0.join("checkpoint");
@@ -234,7 +236,7 @@ fn fit_head(
     let mut history = vec![];
     let state = match cfg.model {
         ModelKind::Padim => {
-            let dims = padim::choose_dims(features.shape.channels, cfg.padim_dims, cfg.seed);
+            let dims = padim::choose_dims(features.shape.channels, cfg.padim.dims, cfg.seed);
             let stats = padim::fit(&features, &dims);
             let stats = match previous.map(|p| HeadState::load(ModelKind::Padim, p)).transpose()? {
                 Some(HeadState::Padim(old)) => padim::merge(&old, &stats)?,
@@ -255,7 +257,7 @@ fn fit_head(
                 );
                 patches = old.concat(&patches);
             }
-            let m = cfg.bank_size.min(patches.len());
+            let m = cfg.patchcore.bank_size.min(patches.len());
             let bar = extract::progress(m, "coreset");
             let started = Instant::now();
             let chosen = patchcore::coreset(&patches, m, cfg.seed, &|| bar.inc(1));
@@ -277,13 +279,13 @@ fn fit_head(
                 None => None,
             };
             let t = fae::FaeTraining {
-                latent: cfg.fae_latent,
+                latent: cfg.fae.latent,
                 epochs: cfg.epochs,
                 batch: cfg.batch,
-                lr: cfg.fae_lr,
-                noise: cfg.fae_noise,
-                variational: cfg.fae_variational,
-                kl_weight: cfg.kl_weight,
+                lr: cfg.fae.lr,
+                noise: cfg.fae.noise,
+                variational: cfg.fae.variational,
+                kl_weight: cfg.autoencoder.kl_weight,
                 seed: cfg.seed,
             };
             let pool = match cfg.corruption {
@@ -318,7 +320,7 @@ fn fit_head(
 }
 
 fn load_fae(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) -> anyhow::Result<fae::FeatureAe> {
-    fae::FeatureAe::new(channels, cfg.fae_latent, cfg.fae_variational, device)
+    fae::FeatureAe::new(channels, cfg.fae.latent, cfg.fae.variational, device)
         .try_load_file(path)
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
@@ -361,7 +363,7 @@ pub fn model(
     cfg: &TrainConfig,
     checkpoint: &Path,
 ) -> anyhow::Result<(pb::ModelProto, InputSpec, ScoreSpec, BackboneInfo)> {
-    let (net, info): (EfficientNetLite, BackboneInfo) = backbone::ensure(cfg.backbone)?;
+    let (net, info): (EfficientNetLite, BackboneInfo) = backbone::ensure(cfg.features.backbone)?;
     let [h, w] = input_size(cfg);
     let input = extract::input_spec(h, w);
     let channels = net.stage_shapes()[vigil_model::onnx::features::TAP_STAGES[0] - 1].0

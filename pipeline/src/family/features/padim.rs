@@ -185,6 +185,19 @@ pub fn head(stats: &Stats) -> anyhow::Result<FeatureHead> {
     })
 }
 
+/// PaDiM's own option (`train.toml`'s `padim_dims`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PadimConfig {
+    /// Feature channels each cell's Gaussian uses (a seeded random subset).
+    pub dims: usize,
+}
+
+impl Default for PadimConfig {
+    fn default() -> Self {
+        PadimConfig { dims: 100 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,19 @@ pub fn head(bank: &Patches) -> FeatureHead {
     FeatureHead::Patchcore { bank: Tensor::new(vec![bank.len(), bank.channels], bank.data.clone()) }
 }
 
+/// PatchCore's own option (`train.toml`'s `bank_size`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchcoreConfig {
+    /// Patches kept in the memory bank (scoring time grows with it).
+    pub bank_size: usize,
+}
+
+impl Default for PatchcoreConfig {
+    fn default() -> Self {
+        PatchcoreConfig { bank_size: 4096 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{self, Connection};
 use crate::problem::{ConfigError, Problem};
 use crate::reload;
+use crate::scoring::Queue;
 use crate::scoring::{self, Models};
 use crate::shutdown::Stop;
 use crate::sink::delivery::Delivery;
@@ -33,7 +34,7 @@ use crate::source::folder::{self, FolderCamera};
 use crate::source::mqtt::{self as mqtt_source, MqttCamera};
 use crate::source::{rtsp, v4l2};
 use crate::state::{Ledger, Thresholds};
-use crate::trigger::{Queue, Triggers};
+use crate::trigger::Triggers;
 use crate::web::App;
 use crate::web::auth::Token;
 
@@ -97,7 +98,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let session = match &config.mqtt {
         Some(m) => {
             let filters = mqtt_cameras.iter().map(|c| c.config.topic.clone()).collect();
-            let homeassistant = Announcer::new(&config, &metrics)?.map(Arc::new);
+            let homeassistant =
+                Announcer::new(config.mqtt.as_ref(), &config.device_id, &config.cameras, &config.state_dir, &metrics)?
+                    .map(Arc::new);
             let session = mqtt::Subscriptions {
                 frames: filters,
                 triggers: triggers.clone(),
@@ -125,7 +128,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics: metrics.clone(),
         dataset: dataset.clone(),
         board: board.clone(),
-        fleet: crate::fleet::Receiver::new(&config).map(Arc::new),
+        fleet: config.fleet.as_ref().map(|f| {
+            Arc::new(crate::fleet::Receiver::new(
+                f,
+                &config.device_id,
+                &config.state_dir,
+                &config.engine,
+                &config.cameras,
+            ))
+        }),
     });
     if config.http.listen.is_some() {
         let token = match config.http.page {
@@ -134,7 +145,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             false => Token::new(""),
         };
         let app = Arc::new(App {
-            config: config.clone(),
+            device_id: config.device_id.clone(),
+            http: config.http.clone(),
+            snapshot_dir: config.alerts.snapshot_dir(&config.state_dir),
             metrics: metrics.clone(),
             board: board.clone(),
             dataset: dataset.clone(),
@@ -168,7 +181,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let decide = decide::Stage {
         device: config.device_id.clone(),
-        config: config.clone(),
+        alerts: config.alerts.clone(),
+        snapshot_dir: config.alerts.snapshot_dir(&config.state_dir),
+        cooldowns: config.cameras.iter().map(|c| c.cooldown).collect(),
+        sample_normal: config.dataset.sample_normal > 0,
         policy: policy.clone(),
         metrics: metrics.clone(),
         decisions: config.alerts.decisions_jsonl.as_deref().map(|p| Jsonl::open(p, false)).transpose()?,

@@ -18,9 +18,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::cameras::CameraConfig;
 use crate::mqtt::{MqttClient, MqttConfig};
-use crate::problem::{Problems, valid_topic_filter};
 use crate::source::SourceConfig;
 use crate::topics::{OFFLINE, ONLINE, Topics};
 
@@ -42,27 +41,10 @@ const THRESHOLD_STEP: f64 = 0.001;
 const KINDS: [(&str, &str); 4] =
     [("anomaly", "binary_sensor"), ("score", "sensor"), ("threshold", "number"), ("snapshot", "image")];
 
-/// Checks the Home Assistant keys of `[mqtt]`.
-pub fn validate(cfg: &MqttConfig, p: &mut Problems) {
-    let prefix = &cfg.homeassistant_prefix;
-    if prefix.is_empty() || !valid_topic_filter(prefix) || prefix.contains(['+', '#']) {
-        p.add("mqtt.homeassistant_prefix", format!("`{prefix}`: a topic without wildcards, as set in Home Assistant"));
-    }
-    if cfg.homeassistant_off_delay < Duration::from_secs(1) {
-        p.add("mqtt.homeassistant_off_delay", "must be at least 1s (Home Assistant counts it in whole seconds)");
-    }
-    if cfg.homeassistant && !cfg.publish_scores {
-        p.add(
-            "mqtt.publish_scores",
-            "mqtt.homeassistant announces a last-score sensor per camera, which reads <camera>/score: set publish_scores = true",
-        );
-    }
-}
-
 /// The cameras announced: those with an id of their own. An MQTT group that takes camera
 /// ids from topics or payloads has no fixed topics to announce.
-pub fn announced_cameras(cfg: &Config) -> Vec<String> {
-    cfg.cameras
+pub fn announced_cameras(cameras: &[CameraConfig]) -> Vec<String> {
+    cameras
         .iter()
         .filter(|c| match &c.source {
             SourceConfig::Mqtt(m) => m.camera_from_topic.is_none() && m.camera_field.is_none(),
@@ -92,11 +74,11 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// The discovery of `cfg`'s box, when `mqtt.homeassistant` is on and a camera has an id of
+    /// The discovery of box `device_id`, when `mqtt.homeassistant` is on and a camera has an id of
     /// its own.
-    pub fn new(cfg: &Config) -> Option<Discovery> {
-        let m = cfg.mqtt.as_ref().filter(|m| m.homeassistant)?;
-        let cameras = announced_cameras(cfg);
+    pub fn new(mqtt: Option<&MqttConfig>, device_id: &str, cameras: &[CameraConfig]) -> Option<Discovery> {
+        let m = mqtt.filter(|m| m.homeassistant)?;
+        let cameras = announced_cameras(cameras);
         if cameras.is_empty() {
             tracing::warn!(
                 "mqtt.homeassistant: no camera has an id of its own (MQTT groups name theirs per message): nothing to announce"
@@ -104,8 +86,8 @@ impl Discovery {
             return None;
         }
         Some(Discovery {
-            topics: Topics::new(&m.topic_prefix, &cfg.device_id),
-            device: cfg.device_id.clone(),
+            topics: Topics::new(&m.topic_prefix, device_id),
+            device: device_id.to_owned(),
             prefix: m.homeassistant_prefix.trim_end_matches('/').to_owned(),
             cameras,
             off_delay: m.homeassistant_off_delay,
@@ -235,13 +217,19 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// The announcer of `cfg`, or `None` when Home Assistant is off and nothing was announced
+    /// The announcer of box `device_id`'s `cameras`, or `None` when Home Assistant is off and nothing was announced
     /// before. Reads `<state_dir>/homeassistant.json` (one that cannot be read is moved aside:
     /// what it announced is then not removed, which only leaves stale entities).
-    pub fn new(cfg: &Config, metrics: &crate::metrics::Metrics) -> anyhow::Result<Option<Announcer>> {
-        let state = cfg.state_dir.join(STATE_FILE);
+    pub fn new(
+        mqtt: Option<&MqttConfig>,
+        device_id: &str,
+        cameras: &[CameraConfig],
+        state_dir: &Path,
+        metrics: &crate::metrics::Metrics,
+    ) -> anyhow::Result<Option<Announcer>> {
+        let state = state_dir.join(STATE_FILE);
         let before = crate::state::read_or_set_aside(&state, metrics, "record of announced entities", |_| Ok(()));
-        let discovery = Discovery::new(cfg);
+        let discovery = Discovery::new(mqtt, device_id, cameras);
         if discovery.is_none() && before.is_none() {
             return Ok(None);
         }
@@ -347,6 +335,16 @@ fn save(path: &Path, announced: Option<&Announced>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::problem::Problems;
+
+    fn discovery(c: &Config) -> Option<Discovery> {
+        Discovery::new(c.mqtt.as_ref(), &c.device_id, &c.cameras)
+    }
+
+    fn announcer(c: &Config, metrics: &crate::metrics::Metrics) -> anyhow::Result<Option<Announcer>> {
+        Announcer::new(c.mqtt.as_ref(), &c.device_id, &c.cameras, &c.state_dir, metrics)
+    }
 
     fn config(state: &Path, cameras: &[&str], homeassistant: bool) -> Config {
         let mut text = format!(
@@ -373,7 +371,7 @@ mod tests {
     #[test]
     fn the_payload_has_four_components_per_camera_on_the_daemons_topics() {
         let dir = tempfile::tempdir().unwrap();
-        let d = Discovery::new(&config(dir.path(), &["cam1", "cam-2"], true)).unwrap();
+        let d = discovery(&config(dir.path(), &["cam1", "cam-2"], true)).unwrap();
         assert_eq!(d.topic(), "homeassistant/device/vigil_box1/config");
         assert_eq!(d.status_topic(), "homeassistant/status");
         let p = d.payload(&BTreeMap::new());
@@ -402,7 +400,7 @@ mod tests {
     #[test]
     fn a_camera_that_left_the_config_is_removed_once_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Announcer::new(&config(dir.path(), &["cam1", "cam2"], true), &crate::metrics::Metrics::default())
+        let first = announcer(&config(dir.path(), &["cam1", "cam2"], true), &crate::metrics::Metrics::default())
             .unwrap()
             .unwrap();
         let sent = first.on_connect();
@@ -414,7 +412,7 @@ mod tests {
         assert!(first.is_status("homeassistant/status"));
 
         let second =
-            Announcer::new(&config(dir.path(), &["cam1"], true), &crate::metrics::Metrics::default()).unwrap().unwrap();
+            announcer(&config(dir.path(), &["cam1"], true), &crate::metrics::Metrics::default()).unwrap().unwrap();
         let sent = second.on_connect();
         assert_eq!(sent.len(), 2, "the removal, then the discovery without it");
         let removal = json(&sent[0]);
@@ -427,17 +425,14 @@ mod tests {
         assert_eq!(second.on_connect().len(), 1);
 
         // Discovery turned off: the device is deleted with an empty payload, once.
-        let off = Announcer::new(&config(dir.path(), &["cam1"], false), &crate::metrics::Metrics::default())
-            .unwrap()
-            .unwrap();
+        let off =
+            announcer(&config(dir.path(), &["cam1"], false), &crate::metrics::Metrics::default()).unwrap().unwrap();
         assert!(off.status_topic().is_none());
         let sent = off.on_connect();
         assert_eq!(sent, [Message { topic: "homeassistant/device/vigil_box1/config".into(), payload: vec![] }]);
         assert!(off.on_connect().is_empty());
         assert!(
-            Announcer::new(&config(dir.path(), &["cam1"], false), &crate::metrics::Metrics::default())
-                .unwrap()
-                .is_none()
+            announcer(&config(dir.path(), &["cam1"], false), &crate::metrics::Metrics::default()).unwrap().is_none()
         );
     }
 
@@ -450,8 +445,8 @@ mod tests {
         m.homeassistant_prefix = "ha/#".into();
         m.homeassistant_off_delay = Duration::from_millis(200);
         let mut p = Problems::default();
-        validate(m, &mut p);
-        let keys: Vec<String> = p.into_vec().into_iter().map(|p| p.key).collect();
+        m.validate(&mut p);
+        let keys: Vec<String> = p.into_vec().into_iter().map(|p| p.key).filter(|k| k != "mqtt.topic_prefix").collect();
         assert_eq!(keys, ["mqtt.homeassistant_prefix", "mqtt.homeassistant_off_delay", "mqtt.publish_scores"]);
     }
 }

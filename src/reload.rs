@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::{CameraConfig, Config};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::scoring::{Model, Models};
-use crate::source::SourceConfig;
 
 /// Loads every camera's bundle (each distinct path once), checks and test-runs it; with
 /// `skip_missing`, cameras whose bundle path does not exist are left out (the pre-flight has
@@ -40,34 +39,12 @@ fn load_each(config: &Config, skip_missing: bool) -> (Vec<Arc<Model>>, Vec<Probl
                 }
             },
         };
-        if let Err(message) = class_fits(c, &model) {
+        if let Err(message) = c.class_fits(&model) {
             problems.push(Problem { key: format!("cameras[{i}].class"), message });
         }
         out.push(model);
     }
     (out, problems)
-}
-
-/// Whether a camera's `class` fits its bundle: a conditional bundle needs a class from the
-/// camera (or from each message, with an MQTT `class_field`), one the bundle knows; a bundle
-/// of one product takes none.
-pub fn class_fits(camera: &CameraConfig, model: &Model) -> Result<(), String> {
-    let m = &model.bundle.manifest;
-    let per_message =
-        matches!(&camera.source, SourceConfig::Mqtt(s) if s.class_field.is_some() || s.class_from_topic.is_some());
-    match (&camera.class, &m.conditioning) {
-        (Some(class), _) => m.class_index(class).map(|_| ()),
-        (None, None) if per_message => Err(format!(
-            "the source takes a product class from each message (class_field or class_from_topic) but bundle `{}` is not conditional; remove them, or serve a bundle trained with --conditional",
-            m.name
-        )),
-        (None, Some(_)) if !per_message => Err(format!(
-            "bundle `{}` is conditional (one model for several products); set the camera's `class` to one of {}",
-            m.name,
-            m.class_names().join(", ")
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Loads every camera's bundle, in `[[cameras]]` order, or says which failed and why.
@@ -112,7 +89,7 @@ pub async fn reload(config: &Config, models: &Models, metrics: &Metrics, path: P
                 .cameras
                 .iter()
                 .filter(|c| c.bundle == path)
-                .find_map(|c| class_fits(c, &m).err().map(|e| (c.id.clone(), e)));
+                .find_map(|c| c.class_fits(&m).err().map(|e| (c.id.clone(), e)));
             if let Some((camera, e)) = misfit {
                 tracing::error!(
                     "bundle {}: reload refused, the previous model keeps serving: camera {camera}: {e}",

@@ -4,12 +4,11 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
-use crate::frame::{Frame, Outcome};
 use crate::metrics::Metrics;
 use crate::problem::Problems;
 use crate::problem::valid_topic_filter;
@@ -127,6 +126,11 @@ impl Triggers {
     }
 
     /// Whether no camera has a trigger.
+    /// The counters the triggers and the scoring queue report to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn is_empty(&self) -> bool {
         self.gates.is_empty()
     }
@@ -177,7 +181,7 @@ impl Triggers {
     /// cameras; for a triggered one, only when a trigger fired before it arrived and had not
     /// run out, whose id (if any) is returned in `Ok`. A frame older than every waiting
     /// trigger leaves them for the next one.
-    fn take(&self, slot: usize, arrived: Instant) -> Result<Option<String>, ()> {
+    pub(crate) fn take(&self, slot: usize, arrived: Instant) -> Result<Option<String>, ()> {
         let Some(g) = self.gates.iter().find(|g| g.slot == slot) else { return Ok(None) };
         let mut pending = g.pending.lock().expect("trigger lock");
         while let Some(p) = pending.front() {
@@ -201,7 +205,7 @@ impl Triggers {
     /// For a triggered camera, whether a trigger that has not run out, and that no other
     /// frame has claimed, waits for a frame of `slot` taken at `at`, which then claims it;
     /// `None` for a camera without a trigger.
-    fn claim(&self, slot: usize, at: Instant) -> Option<bool> {
+    pub(crate) fn claim(&self, slot: usize, at: Instant) -> Option<bool> {
         let g = self.gates.iter().find(|g| g.slot == slot)?;
         let mut pending = g.pending.lock().expect("trigger lock");
         let now = Instant::now();
@@ -256,132 +260,6 @@ impl Triggers {
                 _ = stop.recv() => return,
             }
         }
-    }
-}
-
-/// The scoring queue as the sources see it: frames of a triggered camera without a waiting
-/// trigger are answered `Skipped` here (the file is done, the message acknowledged) and never
-/// decoded.
-#[derive(Clone)]
-pub struct Queue {
-    tx: mpsc::Sender<Frame>,
-    triggers: Arc<Triggers>,
-}
-
-impl Queue {
-    /// The queue in front of `tx`.
-    pub fn new(tx: mpsc::Sender<Frame>, triggers: Arc<Triggers>) -> Self {
-        Queue { tx, triggers }
-    }
-
-    /// Queues `frame` if its camera scores it (waiting while the queue is full); errs only when
-    /// the scoring side has stopped.
-    pub async fn send(&self, mut frame: Frame) -> Result<(), mpsc::error::SendError<Frame>> {
-        self.check_time(&mut frame);
-        match self.triggers.take(frame.slot, arrival(&frame)) {
-            Ok(id) => {
-                frame.trigger = id;
-                self.tx.send(frame).await
-            }
-            Err(()) => {
-                self.untriggered(frame);
-                Ok(())
-            }
-        }
-    }
-
-    /// Queues `frame` of a live source if its camera scores it and the queue has room: a live
-    /// camera's next frame is worth more than a stale one, so a frame the scoring side has no
-    /// room for is dropped (and counted) rather than waited for. Errs only when the scoring side
-    /// has stopped.
-    pub fn offer(&self, mut frame: Frame) -> Result<(), Closed> {
-        self.check_time(&mut frame);
-        // The room is taken before the trigger, so a full queue does not use a trigger up.
-        let permit = match self.tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                self.dropped(&frame.camera);
-                return Ok(());
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(Closed),
-        };
-        match self.triggers.take(frame.slot, arrival(&frame)) {
-            Ok(id) => {
-                frame.trigger = id;
-                permit.send(frame);
-            }
-            Err(()) => self.untriggered(frame),
-        }
-        Ok(())
-    }
-
-    /// Whether a live source should decode and hand over its frame taken at `time`: always for
-    /// cameras without a trigger (`None`: their own rate decides), and for a triggered camera
-    /// only for the first frame taken while a trigger waits (which claims it).
-    pub fn wanted(&self, slot: usize, time: SystemTime) -> Option<bool> {
-        self.triggers.claim(slot, instant_of(time, Instant::now()))
-    }
-
-    /// Every frame passes here, whatever its source: a time outside the sane window (a file
-    /// dated 1969, a message in year 10000) is replaced by the arrival and counted, so that
-    /// nothing after (alert ids, RFC 3339 text, pruning) meets a time it cannot handle.
-    fn check_time(&self, frame: &mut Frame) {
-        let (time, fix) = crate::frame::checked_time(frame.time, SystemTime::now());
-        if let Some(fix) = fix {
-            tracing::warn!(
-                camera = frame.camera,
-                source = frame.origin.describe(),
-                "frame time {:?} is {}: scored with its arrival time instead; check the camera's or file system's clock",
-                frame
-                    .time
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i128)
-                    .unwrap_or_else(|e| -(e.duration().as_millis() as i128)),
-                fix.name().replace('_', " ")
-            );
-            self.triggers
-                .metrics
-                .inc("vigil_frame_times_fixed_total", &[("camera", &frame.camera), ("reason", fix.name())]);
-            frame.time = time;
-        }
-    }
-
-    fn untriggered(&self, mut frame: Frame) {
-        self.triggers.metrics.inc("vigil_frames_untriggered_total", &[("camera", &frame.camera)]);
-        if let Some(done) = frame.done.take() {
-            let _ = done.send(Outcome::Skipped);
-        }
-    }
-
-    fn dropped(&self, camera: &str) {
-        self.triggers.metrics.inc("vigil_frames_dropped_total", &[("camera", camera), ("reason", "busy")]);
-    }
-}
-
-/// The scoring side has stopped.
-#[derive(Debug, thiserror::Error)]
-#[error("the scoring stages have stopped")]
-pub struct Closed;
-
-/// When `frame` came into being, on the clock triggers are kept by: a file when it was last
-/// written (it may have settled since), a stream's frame when it was taken (decoding takes a
-/// while), a message when vigil took it from the broker.
-fn arrival(frame: &Frame) -> Instant {
-    match &frame.origin {
-        crate::frame::Origin::File(_) | crate::frame::Origin::Stream(_) => {
-            instant_of(frame.time, Instant::now()).min(frame.received)
-        }
-        crate::frame::Origin::Topic(_) => frame.received,
-    }
-}
-
-/// The instant of wall-clock `time`, `now` being the instant of this moment's wall clock (read
-/// together, so the two clocks are compared at one point).
-fn instant_of(time: SystemTime, now: Instant) -> Instant {
-    match time.elapsed() {
-        Ok(age) => now.checked_sub(age).unwrap_or(now),
-        // A time ahead of this clock (a camera's clock, a coarse file time): now.
-        Err(_) => now,
     }
 }
 
@@ -452,37 +330,5 @@ mod tests {
         assert_eq!(t.claim(1, after), Some(false), "the next ones are not, while the first is on its way");
         assert_eq!(t.take(1, after), Ok(Some("p1".into())), "the claiming frame takes the trigger");
         assert_eq!(t.claim(1, after), Some(false));
-    }
-
-    fn live_frame(slot: usize) -> Frame {
-        Frame {
-            slot,
-            camera: "cam1".into(),
-            origin: crate::frame::Origin::Stream("rtsp://cam/live".into()),
-            class: None,
-            bytes: vec![],
-            trigger: None,
-            time: SystemTime::now(),
-            received: Instant::now(),
-            done: None,
-        }
-    }
-
-    #[test]
-    fn a_live_frame_that_finds_the_queue_full_is_dropped_and_keeps_the_trigger_for_the_next() {
-        let t = Arc::new(triggers(Duration::from_secs(60)));
-        let (tx, mut rx) = mpsc::channel(1);
-        let q = Queue::new(tx, t.clone());
-        t.fire("line1/a/part_present", br#"{"id":"p1"}"#);
-        q.offer(live_frame(0)).unwrap();
-        q.offer(live_frame(1)).unwrap();
-        let busy = [("camera", "cam1"), ("reason", "busy")];
-        assert_eq!(t.metrics.count("vigil_frames_dropped_total", &busy), 1);
-        assert!(rx.try_recv().is_ok_and(|f| f.slot == 0));
-        // Room again: the triggered camera's frame takes the trigger that waited.
-        q.offer(live_frame(1)).unwrap();
-        assert_eq!(rx.try_recv().unwrap().trigger.as_deref(), Some("p1"));
-        drop(rx);
-        assert!(q.offer(live_frame(0)).is_err(), "scoring stopped");
     }
 }

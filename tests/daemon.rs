@@ -283,6 +283,8 @@ fn an_anomalous_frame_in_a_folder_gives_one_alert_with_every_field_and_a_normal_
     let mut anomalous: Vec<bool> = scores.iter().map(|m| m.json()["anomalous"].as_bool().unwrap()).collect();
     anomalous.sort();
     assert_eq!(anomalous, [false, true]);
+    let docs: Vec<serde_json::Value> = scores.iter().map(|m| m.json()).collect();
+    assert_eq!(schema_verdicts("schema/score.schema.json", &docs), ["ok", "ok"], "{docs:?}");
     let stats = sub.wait_for("vigil/box1/stats", 1, WAIT);
     assert_eq!(stats[0].json()["device"], "box1");
     daemon.stop();
@@ -784,7 +786,7 @@ fn a_folder_frame_rewritten_while_its_old_version_is_scored_is_scored_next() {
         let stop = vigil::shutdown::Stop::new();
         let (watching, watching_rx) = tokio::sync::oneshot::channel();
         let metrics = Arc::new(vigil::metrics::Metrics::default());
-        let frames = vigil::trigger::Queue::new(frames, Default::default());
+        let frames = vigil::scoring::Queue::new(frames, Default::default());
         let source = tokio::spawn(run(cam, frames, metrics, stop.subscribe(), watching));
         watching_rx.await.unwrap();
         let path = folder.join("latest.png");

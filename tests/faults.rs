@@ -155,6 +155,12 @@ fn a_daemon_killed_mid_stream_loses_no_frame_and_sends_no_alert_twice() {
         (0..N).map(|i| format!("f{i:03}.png")).filter(|n| !scored.contains_key(n)).collect::<Vec<_>>()
     );
     assert!(scored.values().all(|n| *n <= 2), "a frame scored three times: {scored:?}");
+    // Each line, those with an alert among them, is what schema/decision.schema.json says.
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&decisions).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.iter().any(|l| l["alert"].is_string()));
+    let verdicts = crate::daemon::schema_verdicts("schema/decision.schema.json", &lines);
+    assert!(verdicts.iter().all(|v| v == "ok"), "{:?}", verdicts.iter().find(|v| *v != "ok"));
 }
 
 /// CRC-32 (IEEE) of PNG chunks.
@@ -221,9 +227,11 @@ fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anoma
     let broker = Mosquitto::start();
     let sub = Subscriber::new(broker.port, "vigil/#");
     let quarantine = plant.path("quarantine/x").parent().unwrap().to_owned();
+    let decisions = plant.path("decisions.jsonl");
     let cfg = plant.config(&format!(
-        "{}{}[[cameras]]\nid = \"raw\"\nbundle = \"{}\"\nthreshold = {}\nsource = {{ type = \"mqtt\", topic = \"raw/+\", camera_from_topic = 1, max_bytes = 4000 }}\n\
+        "[alerts]\ndecisions_jsonl = \"{}\"\n{}{}[[cameras]]\nid = \"raw\"\nbundle = \"{}\"\nthreshold = {}\nsource = {{ type = \"mqtt\", topic = \"raw/+\", camera_from_topic = 1, max_bytes = 4000 }}\n\
          [[cameras]]\nid = \"json\"\nbundle = \"{}\"\nthreshold = {}\nsource = {{ type = \"mqtt\", topic = \"json/frames\", payload = \"json\" }}\n",
+        decisions.display(),
         mqtt_section(broker.port),
         plant.folder_camera(&format!(", max_bytes = 200000, quarantine = \"{}\"", quarantine.display())),
         plant.bundle.display(),
@@ -309,6 +317,14 @@ fn every_kind_of_bad_input_is_refused_counted_and_quarantined_and_the_next_anoma
     sub.wait_for("vigil/box1/c1/anomaly", 1, WAIT);
     sub.wait_for("vigil/box1/json/anomaly", 1, WAIT);
     daemon.stop();
+    // The refusals are in the decisions log too, each as schema/decision.schema.json says.
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&decisions).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> =
+        lines.iter().filter(|l| l["result"] == "rejected").filter_map(|l| l["kind"].as_str()).collect();
+    assert!(kinds.contains(&"corrupt") && kinds.contains(&"too_large"), "{kinds:?}");
+    let verdicts = crate::daemon::schema_verdicts("schema/decision.schema.json", &lines);
+    assert!(verdicts.iter().all(|v| v == "ok"), "{:?}", verdicts.iter().find(|v| *v != "ok"));
 }
 
 /// A frame whose alert could not be stored stays unacknowledged, and the broker is made to
@@ -347,7 +363,7 @@ fn a_frame_whose_alert_could_not_be_stored_is_delivered_again_and_a_handled_one_
         let task = tokio::spawn(vigil::source::mqtt::run(
             cameras,
             messages,
-            vigil::trigger::Queue::new(frames_tx, triggers),
+            vigil::scoring::Queue::new(frames_tx, triggers),
             mqtt.clone(),
             metrics.clone(),
             vec![],

@@ -563,6 +563,12 @@ fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 fn a_kill_at_each_step_of_an_install_leaves_the_old_or_the_new_bundle_whole() {
     use std::sync::{Arc, Mutex};
     use vigil::fleet::{Received, Receiver, Step};
+
+    /// The rollout receiver of `config`, which has a `[fleet]`.
+    fn receiver_of(config: &vigil::config::Config) -> Receiver {
+        let fleet = config.fleet.as_ref().expect("a [fleet] section");
+        Receiver::new(fleet, &config.device_id, &config.state_dir, &config.engine, &config.cameras)
+    }
     use vigil_model::bundle::install::{Step as Swap, previous_path};
 
     let plant = Plant::new();
@@ -585,7 +591,7 @@ fn a_kill_at_each_step_of_an_install_leaves_the_old_or_the_new_bundle_whole() {
     // An install run through: the new bundle's files are synced before it goes in service.
     let seen = Arc::new(Mutex::new(vec![]));
     let s = seen.clone();
-    let receiver = Receiver::new(&config).unwrap().observe(move |step| s.lock().unwrap().push(step));
+    let receiver = receiver_of(&config).observe(move |step| s.lock().unwrap().push(step));
     let v2 = version_of(&bundle, &keys.path().join("v2"), 2, 0);
     let mut outcome = None;
     for m in rollout_of(&v2, &key, "0000000000000002", "box1", false) {
@@ -620,7 +626,7 @@ fn a_kill_at_each_step_of_an_install_leaves_the_old_or_the_new_bundle_whole() {
 
         // The process dies right after `kill` (the observer stops it there: nothing after it
         // runs, no clean-up, no unwinding that would matter).
-        let receiver = Receiver::new(&config).unwrap().observe(move |step| {
+        let receiver = receiver_of(&config).observe(move |step| {
             if step == kill {
                 panic!("killed after {step:?}");
             }
@@ -642,7 +648,7 @@ fn a_kill_at_each_step_of_an_install_leaves_the_old_or_the_new_bundle_whole() {
 
         // The restart's recovery: the served bundle is the old or the new one, whole, and
         // nothing unpacked is left lying about.
-        let receiver = Receiver::new(&config).unwrap();
+        let receiver = receiver_of(&config);
         let served = which(&bundle);
         assert_ne!(served, "neither", "after a kill at {kill:?}");
         vigil_model::bundle::Bundle::load(&bundle).unwrap();

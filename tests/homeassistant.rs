@@ -183,7 +183,12 @@ fn the_schema_refuses_payloads_home_assistant_would_not_take() {
     );
     let (cfg, problems) = vigil::config::parse_str(&text);
     assert!(problems.is_empty(), "{problems:?}");
-    let good = vigil::homeassistant::Discovery::new(&cfg.unwrap()).unwrap().payload(&Default::default());
+    let good = {
+        let cfg = cfg.unwrap();
+        vigil::homeassistant::Discovery::new(cfg.mqtt.as_ref(), &cfg.device_id, &cfg.cameras)
+    }
+    .unwrap()
+    .payload(&Default::default());
     let broken = |f: &dyn Fn(&mut Value)| {
         let mut v = good.clone();
         f(&mut v);

@@ -12,7 +12,7 @@
 //! - [`synth`]: the procedural data set of textured surfaces and defects (tests, demo).
 //! - [`rng`]: the small seeded generator behind weights, data and splits.
 //! - [`fsio`]: durable file replacement (write, sync, rename, sync the folder).
-//! - [`digest`]: hex and SHA-256.
+//! - [`digest`]: hex (both ways) and SHA-256.
 
 pub mod bundle;
 pub mod digest;

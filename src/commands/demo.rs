@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::{CameraConfig, Config};
+use crate::cameras::CameraConfig;
+use crate::config::Config;
 use crate::mqtt::MqttConfig;
 use crate::sink::AlertsConfig;
 use crate::source::SourceConfig;

@@ -5,335 +5,27 @@
 //! previous one kept for `vigil rollback`), and answers on `bundle/state`. Nothing
 //! half-received, failing, replayed or cut short by a crash ever replaces a served bundle.
 
+pub mod chunk;
+pub mod config;
 pub mod package;
+pub mod record;
 
-use std::collections::{BTreeMap, HashMap};
+pub use chunk::{CLOCK_FLOOR_MS, CLOCK_SKEW, Chunk, MAX_CHUNK, MAX_PARTS, MIN_CHUNK, check_time, now_ms};
+pub use config::FleetConfig;
+use record::{Installed, JOURNAL, Journal, Record};
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::{CameraConfig, Config};
-use crate::problem::Problems;
+use crate::cameras::CameraConfig;
 use vigil_model::bundle::install;
+use vigil_model::engine::EngineConfig;
 use vigil_model::fsio::write_atomic;
 
-/// Smallest chunk a header may declare (only a transfer's last chunk is shorter): with 1-byte
-/// chunks each byte would be a message, an acknowledgement and a disk write.
-pub const MIN_CHUNK: u64 = 64 << 10;
-/// Largest chunk: far under brokers' packet limits.
-pub const MAX_CHUNK: u64 = 16 << 20;
-/// Most chunks in one transfer (4 GiB at `vigil publish`'s 256 KiB).
-pub const MAX_PARTS: u64 = 16_384;
-/// How far in this box's future a transfer's `created` may be (the two clocks differ).
-pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
-/// A clock before this (2025-01-01, Unix ms) has not been set: a board without a real-time
-/// clock starts in 1970 until NTP answers.
-pub const CLOCK_FLOOR_MS: u64 = 1_735_689_600_000;
 /// How often, at most, transfers are checked for staleness while chunks arrive.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Per camera: what was installed from which key (`installed.json`).
-const RECORD: &str = "installed.json";
-/// Per camera: the install under way, for the recovery after a crash (`installing.json`).
-const JOURNAL: &str = "installing.json";
-
-/// `[fleet]`: who may roll bundles out to this box.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FleetConfig {
-    /// Ed25519 public keys (base64, as `vigil keygen` prints them) whose signed bundles this
-    /// box installs; a bundle signed by any other key is refused.
-    pub trusted_keys: Vec<String>,
-    /// Bundles larger than this are refused before anything is stored.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: u64,
-    /// A transfer with no new chunk for this long is discarded (a publisher that died).
-    #[serde(default = "default_transfer_timeout", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub transfer_timeout: Duration,
-}
-
-fn default_max_bytes() -> u64 {
-    512 << 20
-}
-fn default_transfer_timeout() -> Duration {
-    Duration::from_secs(3600)
-}
-
-impl FleetConfig {
-    /// Checks the values under `fleet`.
-    pub fn validate(&self, has_broker: bool, p: &mut Problems) {
-        if !has_broker {
-            p.add("fleet", "rollout over MQTT needs the [mqtt] broker section");
-        }
-        if self.trusted_keys.is_empty() {
-            p.at("fleet", "trusted_keys", "empty: add the public key `vigil keygen` printed, or remove [fleet]");
-        }
-        for (i, k) in self.trusted_keys.iter().enumerate() {
-            if let Err(e) = package::parse_public_key(k) {
-                p.at("fleet", &format!("trusted_keys[{i}]"), e);
-            }
-        }
-        if self.max_bytes == 0 {
-            p.at("fleet", "max_bytes", "must be positive");
-        }
-    }
-}
-
-/// The header line before each chunk's bytes. Everything but `part`, `signature` and `key`
-/// is signed (the [`package::Statement`]); `key` is checked against `trusted_keys`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Chunk {
-    /// The statement's format: [`package::FORMAT`]. Headers of older publishers have none
-    /// (format 1, whose signature covered only the package's SHA-256 and size).
-    #[serde(default = "format_1")]
-    pub format: u32,
-    /// The transfer's id (hex), the same on every chunk of one bundle.
-    pub transfer: String,
-    /// This chunk's index.
-    pub part: u32,
-    /// How many chunks.
-    pub parts: u32,
-    /// Bytes per chunk (the last may be shorter).
-    pub chunk: u64,
-    /// The package's size.
-    pub size: u64,
-    /// The package's SHA-256 (hex).
-    pub sha256: String,
-    /// The Ed25519 signature of the statement (base64).
-    pub signature: String,
-    /// The signer's public key (base64); it must be one of `trusted_keys`.
-    pub key: String,
-    /// When the publisher began the transfer (Unix milliseconds).
-    #[serde(default)]
-    pub created: u64,
-    /// The device ids the rollout is for (a glob).
-    #[serde(default)]
-    pub devices: String,
-    /// The camera it is for.
-    #[serde(default)]
-    pub camera: String,
-    /// The bundle's manifest `name`.
-    #[serde(default)]
-    pub name: String,
-    /// The bundle's manifest `version`.
-    #[serde(default)]
-    pub version: u32,
-    /// The publisher's sequence number for its key: rollouts are ordered by it.
-    #[serde(default)]
-    pub sequence: u64,
-    /// Signed as a rollback: an older bundle version than the one rolled out last is meant.
-    #[serde(default)]
-    pub rollback: bool,
-}
-
-fn format_1() -> u32 {
-    1
-}
-
-fn kib(bytes: u64) -> String {
-    format!("{} KiB", bytes >> 10)
-}
-
-impl Chunk {
-    /// The header and the chunk's bytes of one message, with the sizes checked against the
-    /// limits ([`MIN_CHUNK`], [`MAX_CHUNK`], [`MAX_PARTS`]).
-    pub fn parse(payload: &[u8]) -> Result<(Chunk, &[u8]), String> {
-        let end =
-            payload.iter().position(|&b| b == b'\n').ok_or("no header line: send bundles with `vigil publish`")?;
-        let c: Chunk = serde_json::from_slice(&payload[..end]).map_err(|e| format!("the chunk header: {e}"))?;
-        let ok_id = (8..=64).contains(&c.transfer.len()) && c.transfer.bytes().all(|b| b.is_ascii_hexdigit());
-        let ok_sha = c.sha256.len() == 64 && c.sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        if !ok_id || !ok_sha {
-            return Err("the transfer id or the sha256 is not hex".into());
-        }
-        if c.chunk < MIN_CHUNK {
-            return Err(format!(
-                "chunks of {} bytes: under the minimum of {} (only a transfer's last chunk may be shorter); publish with `vigil publish`",
-                c.chunk,
-                kib(MIN_CHUNK)
-            ));
-        }
-        if c.chunk > MAX_CHUNK {
-            return Err(format!("chunks of {} bytes: over the maximum of {}", c.chunk, kib(MAX_CHUNK)));
-        }
-        if c.size == 0 {
-            return Err("an empty package: there is no bundle in it".into());
-        }
-        let parts = c.size.div_ceil(c.chunk);
-        if parts > MAX_PARTS {
-            return Err(format!(
-                "a package of {} bytes in chunks of {} is {parts} chunks, over the limit of {MAX_PARTS}",
-                c.size, c.chunk
-            ));
-        }
-        if c.parts as u64 != parts || c.part >= c.parts {
-            return Err(format!(
-                "chunk {} of {} does not fit a size of {} in chunks of {}",
-                c.part, c.parts, c.size, c.chunk
-            ));
-        }
-        let data = &payload[end + 1..];
-        let want = c.chunk.min(c.size - c.part as u64 * c.chunk);
-        if data.len() as u64 != want {
-            return Err(format!("chunk {} has {} bytes, its header says {want}", c.part, data.len()));
-        }
-        Ok((c, data))
-    }
-
-    /// What the signature must cover.
-    pub fn statement(&self) -> package::Statement {
-        package::Statement {
-            transfer: self.transfer.clone(),
-            created: self.created,
-            devices: self.devices.clone(),
-            camera: self.camera.clone(),
-            name: self.name.clone(),
-            version: self.version,
-            sequence: self.sequence,
-            rollback: self.rollback,
-            sha256: self.sha256.clone(),
-            size: self.size,
-            chunk: self.chunk,
-        }
-    }
-
-    /// The same bundle and transfer as `other` (everything but the part).
-    fn same_transfer(&self, other: &Chunk) -> bool {
-        Chunk { part: other.part, ..self.clone() } == *other
-    }
-}
-
-/// Unix milliseconds now (0 for a clock before 1970).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Whether a transfer begun at `created` can be taken at `now` (both Unix ms): not from the
-/// future beyond [`CLOCK_SKEW`], and not before this box's clock is set.
-pub fn check_time(created: u64, now: u64) -> Result<(), String> {
-    // humantime cannot print a year past 9999 (its `to_string` panics): such times by number.
-    const YEAR_10000_MS: u64 = 253_402_300_800_000;
-    let show = |ms: u64| match ms {
-        ..YEAR_10000_MS => {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-        }
-        _ => format!("{ms} ms after 1970, past the year 9999"),
-    };
-    if now < CLOCK_FLOOR_MS {
-        return Err(format!(
-            "this box's clock is not set (it reads {}): a rollout's time cannot be checked until it is; set the clock (NTP, or a real-time clock) and publish again",
-            show(now)
-        ));
-    }
-    let skew = CLOCK_SKEW.as_millis() as u64;
-    if created > now.saturating_add(skew) {
-        return Err(format!(
-            "the transfer says it was begun at {}, later than this box's clock ({}) plus {}s: a forged time, or a publisher's clock that is wrong; check both clocks",
-            show(created),
-            show(now),
-            CLOCK_SKEW.as_secs()
-        ));
-    }
-    Ok(())
-}
-
-/// One rollout installed on a camera.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Installed {
-    key: String,
-    transfer: String,
-    sequence: u64,
-    created: u64,
-    name: String,
-    version: u32,
-    rollback: bool,
-}
-
-/// What a camera took from the fleet (`installed.json`): per signing key the highest sequence
-/// installed, and the last rollout, whose version a rollout must not go below unless signed
-/// as a rollback. Local changes (`vigil rollback`, `vigil-train retrain --install`) are not
-/// recorded: they neither block nor unlock central rollouts.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    sequences: BTreeMap<String, u64>,
-    last: Option<Installed>,
-}
-
-impl Record {
-    /// The record in `dir`; one that cannot be read is moved aside (`.corrupt`) and logged.
-    fn read(dir: &Path) -> Record {
-        let path = dir.join(RECORD);
-        let Ok(bytes) = std::fs::read(&path) else { return Record::default() };
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            let aside = path.with_extension("json.corrupt");
-            tracing::error!(
-                "{}: {e}; moved to {} and starting afresh: the next signed rollout of any sequence is taken",
-                path.display(),
-                aside.display()
-            );
-            let _ = std::fs::rename(&path, aside);
-            Record::default()
-        })
-    }
-
-    fn commit(dir: &Path, installed: &Installed) -> Result<(), String> {
-        let mut record = Record::read(dir);
-        let seq = record.sequences.entry(installed.key.clone()).or_default();
-        *seq = (*seq).max(installed.sequence);
-        record.last = Some(installed.clone());
-        let path = dir.join(RECORD);
-        write_atomic(&path, &serde_json::to_vec_pretty(&record).expect("record")).map_err(|e| e.to_string())?;
-        // The record of vigil before sequences ("<transfer> <created>"): replaced.
-        let _ = std::fs::remove_file(dir.join("installed"));
-        Ok(())
-    }
-
-    /// Whether a rollout comes in order: a sequence above every one installed from its key,
-    /// and no older version than the last rollout's (of the same bundle name) unless signed
-    /// as a rollback. A signed rollback cannot be replayed: its sequence is spent once taken.
-    fn admits(&self, h: &Chunk, key: &str, camera: &str) -> Result<(), String> {
-        if let Some(&last) = self.sequences.get(key)
-            && h.sequence <= last
-        {
-            return Err(format!(
-                "rollout {} of this key is not newer than rollout {last}, installed on camera {camera} already: an old rollout sent again (a replay, or a broker's late redelivery); nothing changed",
-                h.sequence
-            ));
-        }
-        if let Some(last) = &self.last
-            && last.name == h.name
-            && h.version < last.version
-            && !h.rollback
-        {
-            return Err(format!(
-                "{} version {} is older than version {} rolled out last (rollout {}): to go back on purpose publish it with `vigil publish --rollback`; nothing changed",
-                h.name, h.version, last.version, last.sequence
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// An install under way (`installing.json`), written before the exchange: after a crash the
-/// next start finds which bundle the served path holds and finishes or forgets the install.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Journal {
-    installed: Installed,
-    /// The unpacked bundle's path (the folder, or the file in it).
-    new: PathBuf,
-    /// The folder unpacked into, removed afterwards.
-    incoming: PathBuf,
-    /// [`package::fingerprint`] of the new bundle and of the one it replaces.
-    new_fingerprint: String,
-    old_fingerprint: Option<String>,
-}
-
 /// What became of a chunk.
 #[derive(Debug, PartialEq)]
 pub enum Received {
@@ -429,17 +121,23 @@ fn transfers_in(dir: &Path) -> Vec<String> {
 }
 
 impl Receiver {
-    /// The receiver of `config`'s cameras, if `[fleet]` is set. It first does what a restart
-    /// must: finishes or forgets an install a crash cut short, removes unpacked leftovers and
-    /// stale transfers, and takes up the transfers in progress.
-    pub fn new(config: &Config) -> Option<Receiver> {
-        let fleet = config.fleet.clone()?;
+    /// The receiver of rollouts for `cameras` under `[fleet]`, keeping its state in
+    /// `<state_dir>/fleet`. It first does what a restart must: finishes or forgets an install a
+    /// crash cut short, removes unpacked leftovers and stale transfers, and takes up the
+    /// transfers in progress.
+    pub fn new(
+        fleet: &FleetConfig,
+        device: &str,
+        state_dir: &Path,
+        engine: &EngineConfig,
+        cameras: &[CameraConfig],
+    ) -> Receiver {
         let r = Receiver {
-            config: fleet,
-            engine: config.engine.clone(),
-            device: config.device_id.clone(),
-            dir: config.state_dir.join("fleet"),
-            cameras: config.cameras.iter().map(|c| (c.id.clone(), c.clone())).collect(),
+            config: fleet.clone(),
+            engine: engine.clone(),
+            device: device.to_owned(),
+            dir: state_dir.join("fleet"),
+            cameras: cameras.iter().map(|c| (c.id.clone(), c.clone())).collect(),
             state: Mutex::new(State::default()),
             observer: None,
         };
@@ -455,7 +153,7 @@ impl Receiver {
             }
         }
         *r.state.lock().expect("fleet lock") = state;
-        Some(r)
+        r
     }
 
     /// Calls `f` after each [`Step`] of an install: a test stops there as a kill would.
@@ -763,7 +461,7 @@ impl Receiver {
             }
             let model = crate::scoring::Model::load(&new, &self.engine)
                 .map_err(|e| format!("the bundle does not load or run: {e:#}"))?;
-            crate::reload::class_fits(camera, &model)?;
+            camera.class_fits(&model)?;
             let m = &model.bundle.manifest;
             if m.name != header.name || m.version != header.version {
                 return Err(format!(

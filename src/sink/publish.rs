@@ -32,9 +32,10 @@ impl Publisher {
     }
 
     /// A frame's score on `<camera>/score` (QoS 0), with `mqtt.publish_scores`.
-    pub fn score(&self, camera: &str, body: &serde_json::Value) {
+    pub fn score(&self, camera: &str, body: &impl serde::Serialize) {
         if let Some(m) = self.mqtt.as_ref().filter(|_| self.scores) {
-            m.publish_lossy(m.topics.camera(camera, "score"), false, body.to_string().into_bytes());
+            let body = serde_json::to_vec(body).expect("a score message serialises");
+            m.publish_lossy(m.topics.camera(camera, "score"), false, body);
         }
     }
 

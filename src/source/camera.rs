@@ -11,7 +11,7 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 
 use crate::frame::{Frame, Origin};
 use crate::metrics::Metrics;
-use crate::trigger::{Closed, Queue};
+use crate::scoring::{Closed, Queue};
 
 /// The default sampling rate: two frames a second is enough to see a part on a moving line,
 /// and light enough for a small box running several cameras.

@@ -167,7 +167,7 @@ fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {
 /// Watches the folder until the stop. Returns once every frame it queued is done.
 pub async fn run(
     cam: FolderCamera,
-    frames: crate::trigger::Queue,
+    frames: crate::scoring::Queue,
     metrics: Arc<Metrics>,
     mut stop: Shutdown,
     watching: oneshot::Sender<()>,

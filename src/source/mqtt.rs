@@ -229,7 +229,7 @@ pub fn parse(cameras: &[MqttCamera], topic: &str, payload: &[u8]) -> Option<Resu
 pub async fn run(
     cameras: Vec<MqttCamera>,
     mut messages: mpsc::Receiver<Publish>,
-    frames: crate::trigger::Queue,
+    frames: crate::scoring::Queue,
     mqtt: MqttClient,
     metrics: Arc<Metrics>,
     known: Vec<String>,

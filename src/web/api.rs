@@ -92,7 +92,7 @@ pub async fn state(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     }
     let cameras: Vec<serde_json::Value> = cameras(&app).iter().map(|c| camera_state(&app, c)).collect();
     Json(serde_json::json!({
-        "device": app.config.device_id,
+        "device": app.device_id,
         "version": crate::VERSION,
         "history_seconds": crate::live::HISTORY.as_secs(),
         "cameras": cameras,
@@ -202,7 +202,7 @@ pub async fn snapshot(
     if let Err(r) = check_read(&app, &headers).and_then(|_| alert_path(&camera, &id)) {
         return r;
     }
-    let dir = app.config.alerts.snapshot_dir(&app.config.state_dir);
+    let dir = app.snapshot_dir.clone();
     match tokio::fs::read(crate::sink::snapshot::path(&dir, &camera, &id)).await {
         Ok(b) => image(b, "image/jpeg"),
         Err(_) => text(StatusCode::NOT_FOUND, format!("no snapshot kept for alert {id}")),

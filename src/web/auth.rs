@@ -5,19 +5,16 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use axum::extract::{ConnectInfo, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::App;
-use super::gate::closing;
-use super::limit::LoginLimiter;
 
 /// The cookie the login form sets: `<expiry, Unix seconds>.<HMAC of it, hex>`.
 pub const COOKIE: &str = "vigil_session";
@@ -114,20 +111,13 @@ impl Token {
         if expires <= now || expires > now.saturating_add(SESSION.as_secs() + 60) {
             return false;
         }
-        let Some(tag) = unhex(hex) else { return false };
+        let Some(tag) = vigil_model::digest::unhex(hex).filter(|t| t.len() == 32) else { return false };
         self.session_mac(expires).verify_slice(&tag).is_ok()
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
-}
-
 /// Now, in Unix seconds.
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -146,7 +136,7 @@ fn create(path: &Path) -> anyhow::Result<()> {
 
 /// How a request presented the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
+pub(super) enum Via {
     Header,
     Cookie,
 }
@@ -165,7 +155,13 @@ fn presented(headers: &HeaderMap) -> Option<(String, Via)> {
         .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(|t| (t.to_owned(), Via::Cookie)))
 }
 
-fn refuse(status: StatusCode, why: &str) -> Response {
+/// A refusal after which the connection is closed (its body, if any, is left unread).
+pub fn closing(mut r: Response) -> Response {
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+pub(super) fn refuse(status: StatusCode, why: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{why}\n")).into_response()
 }
 
@@ -194,7 +190,7 @@ pub fn may_read(app: &App, headers: &HeaderMap) -> bool {
 /// name rebound to 127.0.0.1 by another site's page), and no proxy in between (a reverse
 /// proxy on the box forwards the network's requests from loopback).
 fn local_request(app: &App, headers: &HeaderMap) -> bool {
-    if !app.config.http.listen.is_none_or(|a| a.ip().is_loopback()) {
+    if !app.http.listen.is_none_or(|a| a.ip().is_loopback()) {
         return false;
     }
     if ["forwarded", "x-forwarded-for", "x-real-ip", "via"].iter().any(|h| headers.contains_key(*h)) {
@@ -218,7 +214,7 @@ pub fn check_read(app: &App, headers: &HeaderMap) -> Result<(), Response> {
 }
 
 /// Refuses a browser request sent from another origin (a page elsewhere posting to vigil).
-fn same_origin(headers: &HeaderMap, via: Via) -> Result<(), Response> {
+pub(super) fn same_origin(headers: &HeaderMap, via: Via) -> Result<(), Response> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && site != "same-origin"
@@ -258,89 +254,6 @@ pub fn check_write(app: &App, headers: &HeaderMap) -> Result<(), Response> {
             "this needs the page's token: log in at /login, or send `Authorization: Bearer TOKEN`",
         ))),
     }
-}
-
-/// The login form's fields.
-#[derive(serde::Deserialize)]
-pub struct Login {
-    token: String,
-}
-
-/// Whether the login came through a reverse proxy that says the browser used HTTPS
-/// (`X-Forwarded-Proto: https`, or `proto=https` in `Forwarded`). Believed from anyone: a
-/// client that lies only makes its own cookie `Secure`.
-fn forwarded_https(headers: &HeaderMap) -> bool {
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("https")));
-    let forwarded = headers
-        .get_all(header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .any(|kv| kv.trim().eq_ignore_ascii_case("proto=https"));
-    proto || forwarded
-}
-
-/// `POST /login`: sets the session cookie when the token is right. In this order, each step
-/// before anything is read of the body: the origin, the rate limit (429 with `Retry-After`),
-/// then the form within `BODY_TIMEOUT`, its connection open to eviction while it arrives.
-pub async fn login(
-    State(app): State<Arc<App>>,
-    axum::Extension(limiter): axum::Extension<Arc<LoginLimiter>>,
-    req: Request,
-) -> Response {
-    // The origin first: another site learns nothing, not even whether its form was well made.
-    if let Err(r) = same_origin(req.headers(), Via::Cookie) {
-        return closing(r);
-    }
-    let from = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    if let Err(wait) = limiter.take(from) {
-        app.metrics.inc("vigil_errors_total", &[("kind", "http_login_limited")]);
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        tracing::warn!("http: login attempts from {from} refused for {seconds} s: too many wrong tokens");
-        let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, &format!("too many wrong tokens: try again in {seconds} s"));
-        r.headers_mut().insert(header::RETRY_AFTER, seconds.into());
-        return closing(r);
-    }
-    let conn = req.extensions().get::<super::conn::Handle>().cloned();
-    if let Some(c) = &conn {
-        c.unauthenticated();
-    }
-    let req = match super::gate::read_body(&app, req).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if let Some(c) = &conn {
-        c.serving();
-    }
-    let secure = app.config.http.secure_cookie || forwarded_https(req.headers());
-    let form = match axum::Form::<Login>::from_request(req, &()).await {
-        Ok(f) => f,
-        Err(e) => {
-            let message = format!("{e}: send the form field `token` (application/x-www-form-urlencoded)");
-            return (e.status(), axum::response::Html(super::page::login_page(Some(&message)))).into_response();
-        }
-    };
-    let token = form.token.trim();
-    if !app.token.matches(token) {
-        app.metrics.inc("vigil_errors_total", &[("kind", "http_auth")]);
-        return (StatusCode::UNAUTHORIZED, axum::response::Html(super::page::login_page(Some("wrong token"))))
-            .into_response();
-    }
-    limiter.give_back(from);
-    let session = app.token.session(unix_now() + SESSION.as_secs());
-    // HttpOnly: scripts never see it; SameSite=Strict: other sites' requests never carry it;
-    // Max-Age: it ends with the session (the value says so too, and is checked).
-    let mut cookie = format!("{COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict", SESSION.as_secs());
-    if secure {
-        cookie.push_str("; Secure");
-    }
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::auth::closing;
 use super::{App, MAX_BODY};
 
 /// A request body (at most `MAX_BODY` bytes: a small JSON object or the login form) must
@@ -30,12 +31,6 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     // For browsers that predate `frame-ancestors`.
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
-}
-
-/// A refusal after which the connection is closed (its body, if any, is left unread).
-pub fn closing(mut r: Response) -> Response {
-    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
 }
 
 fn plain(status: StatusCode, message: String) -> Response {

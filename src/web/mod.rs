@@ -12,6 +12,7 @@ pub mod auth;
 pub mod conn;
 pub mod gate;
 pub mod limit;
+pub mod login;
 pub mod page;
 
 pub use conn::serve;
@@ -92,8 +93,12 @@ impl HttpConfig {
 
 /// What the handlers share.
 pub struct App {
-    /// The daemon's config.
-    pub config: crate::config::Config,
+    /// This box's id, shown on the page.
+    pub device_id: String,
+    /// `[http]`.
+    pub http: HttpConfig,
+    /// Where alert snapshots are kept.
+    pub snapshot_dir: std::path::PathBuf,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The live state the page shows.
@@ -126,12 +131,12 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The routes: the page and its API when `page`, else only metrics and health.
 pub fn router(app: Arc<App>) -> Router {
     let mut r = Router::new().route("/metrics", get(api::metrics)).route("/healthz", get(api::healthz));
-    if app.config.http.page {
+    if app.http.page {
         // Writes show the token on their head before their body is read.
         let write = || middleware::from_fn_with_state(app.clone(), gate::write);
         r = r
             .route("/", get(page::index))
-            .route("/login", get(page::login_form).post(auth::login))
+            .route("/login", get(login::login_form).post(login::login))
             .route("/static/{file}", get(page::asset))
             .route("/api/state", get(api::state))
             .route("/api/events", get(api::events))
@@ -153,12 +158,12 @@ pub fn router(app: Arc<App>) -> Router {
 /// Binds `[http] listen` and starts serving; `None` when there is no listener.
 pub async fn start(app: Arc<App>) -> anyhow::Result<Option<SocketAddr>> {
     use anyhow::Context;
-    let Some(addr) = app.config.http.listen else { return Ok(None) };
+    let Some(addr) = app.http.listen else { return Ok(None) };
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("http.listen {addr}: cannot listen there; pick a free address or port"))?;
     let bound = listener.local_addr()?;
-    let max = app.config.http.max_connections;
+    let max = app.http.max_connections;
     let metrics = app.metrics.clone();
     tokio::spawn(serve(listener, router(app), max, metrics));
     Ok(Some(bound))

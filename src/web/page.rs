@@ -30,31 +30,12 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-fn shell(title: &str, body: &str) -> String {
+pub(super) fn shell(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{}</title><link rel=\"stylesheet\" href=\"/static/page.css\"></head><body>{body}</body></html>\n",
         esc(title)
     )
-}
-
-/// The login page, with `error` shown above the form.
-pub fn login_page(error: Option<&str>) -> String {
-    let error = error.map(|e| format!("<p class=\"error\" id=\"login-error\">{}</p>", esc(e))).unwrap_or_default();
-    shell(
-        "vigil: log in",
-        &format!(
-            "<main class=\"login\"><h1>vigil</h1>{error}<form method=\"post\" action=\"/login\">\
-             <label>Token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" required></label>\
-             <button type=\"submit\" id=\"login\">Log in</button></form>\
-             <p class=\"hint\">The token is in <code>http.token_file</code>, by default <code>&lt;state_dir&gt;/http-token</code>.</p></main>"
-        ),
-    )
-}
-
-/// `GET /login`.
-pub async fn login_form() -> Html<String> {
-    Html(login_page(None))
 }
 
 /// `GET /static/{file}`: the script and the style (nothing is read from disk).
@@ -164,14 +145,10 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
         "<header><h1>vigil <small>{device}</small></h1><span id=\"live\" class=\"live\">connecting…</span>\
          <a class=\"login-link\" href=\"/login\">token</a></header><main id=\"cameras\">{cards}</main>\
          <footer>vigil {version} · <a href=\"/metrics\">metrics</a></footer><script src=\"/static/page.js\"></script>",
-        device = esc(&app.config.device_id),
+        device = esc(&app.device_id),
         version = esc(crate::VERSION),
     );
-    (
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(shell(&format!("vigil · {}", app.config.device_id), &body)),
-    )
+    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Html(shell(&format!("vigil · {}", app.device_id), &body)))
         .into_response()
 }
 

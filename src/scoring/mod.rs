@@ -2,7 +2,12 @@
 //! tensors (overlapping the engine), and one inference thread batches what has queued up
 //! (up to `max_batch`, waiting at most `max_wait`) and runs the engine.
 //!
-//! All queues are bounded: a full queue makes the stage before it wait, up to the sources.
+//! All queues are bounded: a full queue makes the stage before it wait, up to the sources,
+//! which hand their frames to the first one through [`Queue`].
+
+pub mod queue;
+
+pub use queue::{Closed, Queue};
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};

@@ -13,55 +13,21 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+pub mod config;
+pub mod holdout;
+
+pub use config::DatasetConfig;
+pub use holdout::{HELD_OUT, HOLDOUT_FRACTION, KEY_FILE};
+use holdout::{held_out, load_or_make_key};
 
 use crate::alert::Alert;
-use crate::problem::{Problems, valid_id};
+use crate::problem::valid_id;
 use vigil_model::fsio::write_atomic;
-
-/// `[dataset]`: what the daemon keeps for retraining.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatasetConfig {
-    /// Copy 1 in N frames scored normal into `<state_dir>/dataset/<camera>/normal/` (as
-    /// `sample-<id>.<ext>`; about 1 in 5 of them into `held-out/normal/`, for the retrain
-    /// gate); 0: none. Frames marked as false alarms go there always.
-    pub sample_normal: u32,
-    /// Sampled normal frames kept per camera, held out or not (the oldest removed first);
-    /// frames an operator gave a verdict on are never removed.
-    pub sample_keep: usize,
-    /// Alerts' clean frames kept per camera in `<state_dir>/frames/<camera>/` (the oldest
-    /// removed first): a verdict can be given on these.
-    pub frames_keep: usize,
-    /// Megabytes of alert frames kept per camera at most (the oldest removed first), whatever
-    /// `frames_keep` allows.
-    pub frames_max_mb: u64,
-    /// Megabytes of sampled normal frames kept per camera at most (the oldest removed first).
-    pub sample_max_mb: u64,
-}
-
-impl Default for DatasetConfig {
-    fn default() -> Self {
-        DatasetConfig { sample_normal: 0, sample_keep: 2000, frames_keep: 200, frames_max_mb: 200, sample_max_mb: 500 }
-    }
-}
-
-impl DatasetConfig {
-    /// Checks the values.
-    pub fn validate(&self, p: &mut Problems) {
-        if self.sample_normal > 0 && self.sample_keep == 0 {
-            p.add(
-                "dataset.sample_keep",
-                "0 with dataset.sample_normal on would keep nothing: raise it, or set sample_normal = 0",
-            );
-        }
-    }
-}
 
 /// An operator's verdict on an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,17 +56,6 @@ impl Verdict {
         }
     }
 }
-
-/// The folder of a camera's data set holding the files the retrain gate judges on
-/// (`held-out/normal/`, `held-out/abnormal/`); `vigil-train retrain --dataset` reads it as
-/// the recorded hold-out.
-pub const HELD_OUT: &str = "held-out";
-
-/// The share of incoming files held out.
-pub const HOLDOUT_FRACTION: f64 = 0.2;
-
-/// The box's secret that keys the hold-out, in `state_dir` (64 hex digits, mode 0600).
-pub const KEY_FILE: &str = "dataset-key";
 
 /// Each camera's record of verdicts, one JSON object a line, in its data set's folder.
 pub const VERDICT_LOG: &str = "verdicts.jsonl";
@@ -236,70 +191,6 @@ fn prune(folders: &[PathBuf], prefix: &str, keep: usize, max_bytes: u64) {
             let _ = std::fs::remove_file(folder.join(stem).with_extension("json"));
         }
     }
-}
-
-/// HMAC-SHA-256 (RFC 2104) of the concatenated `parts` under a 32-byte key.
-fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
-    for (i, b) in key.iter().enumerate() {
-        ipad[i] ^= b;
-        opad[i] ^= b;
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
-    for p in parts {
-        inner.update(p);
-    }
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-/// Whether the file `stem` of `camera` goes to the held-out side under `key`: a keyed rank
-/// in `[0, 1)` below [`HOLDOUT_FRACTION`]. The camera is in the hash so that cameras sharing
-/// frames do not share sides.
-fn held_out(key: &[u8; 32], camera: &str, stem: &str) -> bool {
-    let mac = hmac_sha256(key, &[b"vigil-holdout\0", camera.as_bytes(), b"\0", stem.as_bytes()]);
-    let bytes: [u8; 8] = mac[..8].try_into().expect("8 bytes");
-    ((u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64) < HOLDOUT_FRACTION
-}
-
-/// Reads the key in `path`, or makes one (a file that is not 64 hex digits, as a write cut
-/// short would leave, is replaced: the sides of the files already in the data set are
-/// recorded by their folders, so a new key moves none of them).
-fn load_or_make_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let text = text.trim();
-            let digits: Option<Vec<u8>> = (text.len() == 64)
-                .then(|| (0..32).map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()).collect())
-                .flatten();
-            if let Some(key) = digits.and_then(|d| <[u8; 32]>::try_from(d).ok()) {
-                // Only the daemon reads it.
-                if let Ok(meta) = std::fs::metadata(path)
-                    && meta.permissions().mode() & 0o077 != 0
-                {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                }
-                return Ok(key);
-            }
-            tracing::warn!("{}: not a key (64 hex digits); making a new one", path.display());
-            std::fs::remove_file(path)?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-    }
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| std::io::Error::other(format!("the system's random source: {e}")))?;
-    let hex: String = vigil_model::digest::hex(&key);
-    // Made with its final mode, never readable by others even for a moment; a torn write is
-    // caught by the check above at the next start.
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(format!("{hex}\n").as_bytes())?;
-    f.sync_all()?;
-    vigil_model::fsio::sync_parent(path);
-    Ok(key)
 }
 
 /// One record of `verdicts.jsonl`.
@@ -580,6 +471,8 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
 
     const ID: &str = "01KB0000000000000000000000";
 
@@ -799,15 +692,5 @@ mod tests {
         d.verdict("cam1", ID, Verdict::Confirmed, &page()).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert_eq!(std::fs::metadata(path.with_extension("jsonl.1")).unwrap().len(), VERDICT_LOG_MAX + 1);
-    }
-
-    #[test]
-    fn the_keyed_hash_is_hmac_sha256() {
-        // RFC 4231, test case 2 (the key "Jefe", zero-padded as HMAC pads every short key).
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(b"Jefe");
-        let mac = hmac_sha256(&key, &[b"what do ya want ", b"for nothing?"]);
-        let hex: String = vigil_model::digest::hex(&mac);
-        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
     }
 }

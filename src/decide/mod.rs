@@ -1,0 +1,15 @@
+//! The decide stage, score → decision → alert: the threshold in force ([`Policy`]: set at
+//! run time over MQTT, else the camera's config, else the bundle's), cooldown and hysteresis
+//! per camera ([`Decider`]), the anomalous region read from the anomaly map, and the alert
+//! handed to the sinks; then each frame's source is told it is done. What it writes about
+//! each frame is typed in [`record`].
+
+pub mod decider;
+pub mod policy;
+pub mod record;
+pub mod stage;
+
+pub use decider::{Decider, Decision, Saved, region};
+pub use policy::{Policy, class_key};
+pub use record::{DecisionRecord, ScoreMessage};
+pub use stage::Stage;

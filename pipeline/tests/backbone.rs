@@ -15,7 +15,7 @@ use vigil_model::onnx::features::extractor_model;
 use vigil_model::onnx::graph::encode;
 use vigil_model::preprocess::{Preprocessor, decode};
 use vigil_pipeline::backbone::{self, CLASSIFIER_FILE, Variant, WEIGHTS_FILE};
-use vigil_pipeline::features::extract::input_spec;
+use vigil_pipeline::family::features::extract::input_spec;
 
 use crate::common::engine_config;
 

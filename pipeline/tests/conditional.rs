@@ -12,9 +12,11 @@ use vigil_model::engine::{self, EngineChoice};
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate_products};
 use vigil_pipeline::config::TrainConfig;
-use vigil_pipeline::data::{DataSource, load_image};
+use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::model::ModelKind;
+use vigil_pipeline::family::features::padim::PadimConfig;
+use vigil_pipeline::family::gan::GanConfig;
+use vigil_pipeline::family::kind::ModelKind;
 use vigil_pipeline::train::{RunDir, RunState, load_trained};
 
 use crate::common::{engine_config, export_run, train_on, train_source};
@@ -81,10 +83,10 @@ fn check_parity(run: &RunDir, bundle: &Bundle) {
     let mut per_class = vec![];
     for k in 0..3 {
         let labels = vec![k; files.len()];
-        let (want, _) = vigil_pipeline::forward::score(
+        let (want, _) = vigil_pipeline::export::forward::score(
             &trained,
             cfg.latent,
-            cfg.gan_score,
+            cfg.gan.score,
             &bundle.manifest.score,
             &bundle.manifest.input,
             &x,
@@ -130,12 +132,11 @@ fn a_conditional_wgan_trains_its_critic_and_encoder_on_labels_and_exports_with_p
     let cfg = TrainConfig {
         model: ModelKind::Wgan,
         epochs: 1,
-        encoder_epochs: Some(1),
         batch: 16,
         size: 32,
         latent: 16,
         width: 8,
-        n_critic: 2,
+        gan: GanConfig { n_critic: 2, encoder_epochs: Some(1), ..GanConfig::default() },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     };
@@ -151,7 +152,7 @@ fn conditional_padim_scores_each_class_as_padim_fitted_on_that_class_alone() {
     let cfg = TrainConfig {
         model: ModelKind::Padim,
         size: 64,
-        padim_dims: 48,
+        padim: PadimConfig { dims: 48 },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     };
@@ -186,15 +187,15 @@ fn conditional_padim_scores_each_class_as_padim_fitted_on_that_class_alone() {
     }
     // Evaluation per class, by the class's own threshold.
     let engine = engine::load(&conditional, &engine_config(EngineChoice::Tract)).unwrap();
-    let set = vigil_pipeline::data::discover(&DataSource::classes_in(products()).unwrap(), 0.1, 0).unwrap();
-    let (e, _) = vigil_pipeline::evaluate::evaluate(&conditional, &engine, &set.test, &set.classes);
+    let set = vigil_pipeline::data::sets::discover(&DataSource::classes_in(products()).unwrap(), 0.1, 0).unwrap();
+    let (e, _) = vigil_pipeline::evaluate::scores::evaluate(&conditional, &engine, &set.test, &set.classes);
     assert_eq!(e.per_class.keys().collect::<Vec<_>>(), NAMES.iter().collect::<Vec<_>>());
     for (name, ce) in &e.per_class {
         assert!(ce.image_auroc.unwrap() >= 0.9, "{name}: {:?}", ce.image_auroc);
     }
     // Retraining one is refused by name rather than failing on a missing file.
-    let err = vigil_pipeline::retrain::retrain(
-        &vigil_pipeline::retrain::RetrainRequest {
+    let err = vigil_pipeline::retrain::finetune::retrain(
+        &vigil_pipeline::retrain::finetune::RetrainRequest {
             from: conditional.path.clone(),
             source: DataSource::Mvtec(products().join("dark")),
             out: dir.path().join("retrained"),

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::{Corruption, TrainConfig};
-use vigil_pipeline::cyclegan::{CycleConfig, CycleRequest, CycleState, augment, train};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::train::{Outcome, RunDir, RunState};
+use vigil_pipeline::family::cyclegan::augment;
+use vigil_pipeline::family::cyclegan::config::{CycleConfig, CycleState};
+use vigil_pipeline::family::cyclegan::fit::{CycleRequest, train};
+use vigil_pipeline::family::kind::ModelKind;
+use vigil_pipeline::run::Outcome;
+use vigil_pipeline::train::{RunDir, RunState};
 
 use crate::common::train_on;
 
@@ -154,7 +157,7 @@ fn a_dae_trains_on_the_generators_defects_and_refuses_a_generator_of_another_siz
     let wrong = TrainConfig { size: 64, ..cfg };
     let req = vigil_pipeline::train::TrainRequest {
         config: wrong,
-        source: Some(vigil_pipeline::data::DataSource::Mvtec(root.clone())),
+        source: Some(vigil_pipeline::data::sets::DataSource::Mvtec(root.clone())),
         run: RunDir(dir.path().join("wrong")),
         device: DeviceChoice::Cpu,
         resume: false,

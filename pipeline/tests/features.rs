@@ -19,12 +19,16 @@ use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::backbone::{self, Variant};
 use vigil_pipeline::config::{Corruption, TrainConfig};
-use vigil_pipeline::data::{DataSource, load_image};
+use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::export::{ExportRequest, export};
-use vigil_pipeline::features::{HEAD_FILE, HeadState, padim, patchcore};
-use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::retrain::{RetrainRequest, retrain};
+use vigil_pipeline::export::bundle::{ExportRequest, export};
+use vigil_pipeline::family::features::config::FeatureConfig;
+use vigil_pipeline::family::features::fae::FaeConfig;
+use vigil_pipeline::family::features::padim::PadimConfig;
+use vigil_pipeline::family::features::patchcore::PatchcoreConfig;
+use vigil_pipeline::family::features::{HEAD_FILE, HeadState, padim, patchcore};
+use vigil_pipeline::family::kind::ModelKind;
+use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
 use vigil_pipeline::train::RunDir;
 
 use crate::common::{engine_config, train_on};
@@ -52,8 +56,8 @@ fn small(model: ModelKind) -> TrainConfig {
         size: 64,
         epochs: 4,
         batch: 8,
-        bank_size: 300,
-        padim_dims: 48,
+        patchcore: PatchcoreConfig { bank_size: 300 },
+        padim: PadimConfig { dims: 48 },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     }
@@ -113,7 +117,7 @@ fn features_and_cells(net: &EfficientNetLite, bundle: &Bundle, dir: &Path) -> (V
     let input = [bundle.manifest.input.height, bundle.manifest.input.width];
     let cfg: TrainConfig =
         serde_json::from_value(serde_json::Value::Object(bundle.manifest.training.clone().unwrap().config)).unwrap();
-    let head = vigil_pipeline::features::head(&cfg, dir, 152).unwrap();
+    let head = vigil_pipeline::family::features::head(&cfg, dir, 152).unwrap();
     let n = x.shape()[0];
     let run = |model: vigil_model::onnx::pb::ModelProto| {
         let r = GraphRunner::load(&encode(&model), [n, 3, input[0], input[1]], &engine_config(EngineChoice::Tract))
@@ -189,7 +193,11 @@ fn the_feature_autoencoder_learns_and_detects_defects() {
         [(Corruption::Synthetic, false), (Corruption::Gaussian, false), (Corruption::Synthetic, true)]
     {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig { corruption: corruption.clone(), fae_variational, ..small(ModelKind::Fae) };
+        let cfg = TrainConfig {
+            corruption: corruption.clone(),
+            fae: FaeConfig { variational: fae_variational, ..FaeConfig::default() },
+            ..small(ModelKind::Fae)
+        };
         let (run, bundle) = train_and_export(cfg, dir.path());
         let state = vigil_pipeline::train::RunState::load(&run).unwrap();
         let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
@@ -200,7 +208,7 @@ fn the_feature_autoencoder_learns_and_detects_defects() {
         );
         detects(&bundle, Family::Fae);
         engines_agree(&bundle);
-        assert!(dir.path().join("bundle").join(vigil_pipeline::features::FAE_FILE).is_file());
+        assert!(dir.path().join("bundle").join(vigil_pipeline::family::features::FAE_FILE).is_file());
     }
 }
 
@@ -245,7 +253,7 @@ fn a_retrain_adds_the_new_normals_to_padim_statistics_and_the_patchcore_bank() {
 
 #[test]
 fn tall_parts_get_an_input_in_their_shape_and_square_ones_stay_square() {
-    use vigil_pipeline::features::{input_size, measure_aspect};
+    use vigil_pipeline::family::features::{input_size, measure_aspect};
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, w: u32, h: u32| {
         let p = dir.path().join(name);
@@ -258,7 +266,10 @@ fn tall_parts_get_an_input_in_their_shape_and_square_ones_stay_square() {
     assert!((aspect - 2.5).abs() < 1e-6, "{aspect}");
     assert_eq!(measure_aspect(&square), None, "within a quarter of square");
     // About 256² pixels in the part's shape, each side a multiple of 32.
-    let cfg = TrainConfig { aspect: Some(aspect), ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        features: FeatureConfig { aspect: Some(aspect), ..FeatureConfig::default() },
+        ..TrainConfig::default()
+    };
     assert_eq!(input_size(&cfg), [416, 160]);
     assert_eq!(input_size(&TrainConfig::default()), [256, 256]);
 }

@@ -16,14 +16,15 @@ use vigil_model::bundle::install::sibling;
 use vigil_model::engine::{self, EngineChoice};
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::TrainConfig;
-use vigil_pipeline::data::{DataSource, list_images};
+use vigil_pipeline::data::sets::{DataSource, list_images};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::gate::{
+use vigil_pipeline::family::features::padim::PadimConfig;
+use vigil_pipeline::family::kind::ModelKind;
+use vigil_pipeline::retrain::finetune::{GatedRequest, RetrainRequest, Verdict, retrain_gated};
+use vigil_pipeline::retrain::gate::{
     Count, Figures, HOLDOUT_FRACTION, HeldOut, HoldOutSource, MIN_HELD_DEFECTS, REPORT_FILE, Tolerances, difference,
     figures, gate, holdout_rank, judge, split_holdout, stage, wilson,
 };
-use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::retrain::{GatedRequest, RetrainRequest, Verdict, retrain_gated};
 use vigil_pipeline::train::{RunDir, RunState};
 
 use crate::common::{engine_config, export_run, train_source};
@@ -44,7 +45,7 @@ fn padim() -> TrainConfig {
         size: 64,
         epochs: 1,
         batch: 8,
-        padim_dims: 48,
+        padim: PadimConfig { dims: 48 },
         smoothing_sigma: 1.0,
         // Enough validation normals for a threshold that holds on the held-out ones.
         val_fraction: 0.25,

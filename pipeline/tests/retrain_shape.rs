@@ -13,10 +13,14 @@ use vigil_model::bundle::Bundle;
 use vigil_model::engine::EngineChoice;
 use vigil_model::synth::{SynthConfig, generate};
 use vigil_pipeline::config::TrainConfig;
-use vigil_pipeline::data::{DataSource, list_images};
+use vigil_pipeline::data::sets::{DataSource, list_images};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::retrain::{RetrainRequest, retrain};
+use vigil_pipeline::family::features::fae::FaeConfig;
+use vigil_pipeline::family::features::padim::PadimConfig;
+use vigil_pipeline::family::features::patchcore::PatchcoreConfig;
+use vigil_pipeline::family::gan::GanConfig;
+use vigil_pipeline::family::kind::ModelKind;
+use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
 
 use crate::common::{engine_config, export_run, train_on};
 
@@ -43,14 +47,20 @@ fn tiny(model: ModelKind) -> TrainConfig {
     let base = TrainConfig {
         model,
         epochs: 1,
-        encoder_epochs: Some(1),
+        gan: GanConfig { encoder_epochs: Some(1), ..GanConfig::default() },
         batch: 8,
         smoothing_sigma: 1.0,
         val_fraction: 0.25,
         ..TrainConfig::default()
     };
     if model.is_feature() {
-        TrainConfig { size: 64, padim_dims: 16, bank_size: 64, fae_latent: 8, ..base }
+        TrainConfig {
+            size: 64,
+            padim: PadimConfig { dims: 16 },
+            patchcore: PatchcoreConfig { bank_size: 64 },
+            fae: FaeConfig { latent: 8, ..FaeConfig::default() },
+            ..base
+        }
     } else {
         TrainConfig { size: 32, latent: 16, width: 8, ..base }
     }
@@ -93,9 +103,11 @@ fn every_family_retrains_on_images_of_another_aspect_at_the_served_input_shape()
         assert_eq!(next.manifest.version, 2, "{model:?}");
         // The new bundle scores the tall images as the daemon will feed them.
         let engine = vigil_model::engine::load(&next, &engine_config(EngineChoice::Tract)).unwrap();
-        let held =
-            vigil_pipeline::gate::HeldOut { normal: list_images(tall).unwrap()[..4].to_vec(), ..Default::default() };
-        let f = vigil_pipeline::gate::figures(&next, &engine, &held);
+        let held = vigil_pipeline::retrain::gate::HeldOut {
+            normal: list_images(tall).unwrap()[..4].to_vec(),
+            ..Default::default()
+        };
+        let f = vigil_pipeline::retrain::gate::figures(&next, &engine, &held);
         assert_eq!((f.normals, f.skipped), (4, 0), "{model:?}: {f:?}");
     }
 }

@@ -10,11 +10,14 @@ use vigil_model::bundle::manifest::PixelError;
 use vigil_model::engine::{self, EngineChoice};
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate};
-use vigil_pipeline::config::{ReconstructionLoss, TrainConfig};
-use vigil_pipeline::data::{DataSource, load_image};
+use vigil_pipeline::config::TrainConfig;
+use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::model::ModelKind;
-use vigil_pipeline::train::{Outcome, RunDir, RunState, TrainRequest, load_trained, train};
+use vigil_pipeline::family::autoencoder::{AutoencoderConfig, ReconstructionLoss};
+use vigil_pipeline::family::gan::GanConfig;
+use vigil_pipeline::family::kind::ModelKind;
+use vigil_pipeline::run::Outcome;
+use vigil_pipeline::train::{RunDir, RunState, TrainRequest, load_trained, train};
 
 use crate::common::{engine_config, export_run, train_on};
 
@@ -36,7 +39,7 @@ fn small(model: ModelKind, epochs: u32) -> TrainConfig {
         size: 32,
         latent: 32,
         width: 16,
-        encoder_epochs: Some(epochs),
+        gan: GanConfig { encoder_epochs: Some(epochs), ..GanConfig::default() },
         smoothing_sigma: 1.0,
         ..TrainConfig::default()
     }
@@ -75,10 +78,10 @@ fn export_with_parity(run: &RunDir, out: &Path) -> Bundle {
     }
     let [c, h, w] = pre.chw();
     let dims = [files.len(), c, h, w];
-    let (want, want_maps) = vigil_pipeline::forward::score(
+    let (want, want_maps) = vigil_pipeline::export::forward::score(
         &trained,
         cfg.latent,
-        cfg.gan_score,
+        cfg.gan.score,
         &bundle.manifest.score,
         &bundle.manifest.input,
         &x,
@@ -119,10 +122,10 @@ fn the_dae_trains_separates_synthetic_defects_and_exports_with_parity() {
     assert!(run.0.join("losses.png").is_file());
     // The evaluation report: curves, histogram, overlays and the page that shows them.
     let engine = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
-    let set = vigil_pipeline::data::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
-    let (evaluation, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test, &set.classes);
+    let set = vigil_pipeline::data::sets::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
+    let (evaluation, details) = vigil_pipeline::evaluate::scores::evaluate(&bundle, &engine, &set.test, &set.classes);
     let report = dir.path().join("report");
-    vigil_pipeline::report::write(&report, &bundle, &evaluation, &details).unwrap();
+    vigil_pipeline::evaluate::report::write(&report, &bundle, &evaluation, &details).unwrap();
     for f in ["roc.png", "pr.png", "histogram.png", "case_01.png", "index.md", "evaluation.json"] {
         assert!(report.join(f).is_file(), "report lacks {f}");
     }
@@ -187,7 +190,7 @@ fn a_low_contrast_camera_is_normalised_recorded_in_the_manifest_and_detected() {
 fn the_vae_trains_on_ssim_and_exports_with_parity() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
-        loss: ReconstructionLoss::SsimL2,
+        autoencoder: AutoencoderConfig { loss: ReconstructionLoss::SsimL2, ..AutoencoderConfig::default() },
         pixel_error: PixelError::SsimSquared,
         ..small(ModelKind::Vae, 4)
     };
@@ -214,7 +217,7 @@ fn the_gans_train_their_encoder_and_export_both_scores_with_parity() {
         assert_eq!(bundle.manifest.score.source, vigil_model::bundle::manifest::ScoreSource::EncoderFeatures);
         // The discriminator score exports too.
         let mut cfg = TrainConfig::from_file(&run.config()).unwrap();
-        cfg.gan_score = vigil_pipeline::model::GanScore::Discriminator;
+        cfg.gan.score = vigil_pipeline::family::kind::GanScore::Discriminator;
         cfg.save(&run.config()).unwrap();
         let bundle = export_with_parity(&run, &dir.path().join("discriminator"));
         assert_eq!(bundle.manifest.outputs.anomaly_map, None);
@@ -252,7 +255,9 @@ fn a_resumed_run_continues_from_its_checkpoint_exactly() {
     // Identical losses in the resumed epoch already need the Adam moments back (without them
     // the first resumed step differs); the weights must match value for value too.
     let weights = |r: &RunDir| match load_trained(r, &cfg, 1).unwrap() {
-        vigil_pipeline::model::Trained::Autoencoder(a) => (a.encoder.to_sequential(), a.decoder.to_sequential()),
+        vigil_pipeline::family::trained::Trained::Autoencoder(a) => {
+            (a.encoder.to_sequential(), a.decoder.to_sequential())
+        }
         _ => unreachable!("a DAE run"),
     };
     let (a, b) = (weights(&straight), weights(&split));
@@ -324,7 +329,7 @@ fn corrupt_training_images_are_skipped_named_and_counted() {
 fn state_train_count(run: &RunDir) -> usize {
     let state = RunState::load(run).unwrap();
     let cfg = TrainConfig::from_file(&run.config()).unwrap();
-    vigil_pipeline::data::discover(&state.data.source().unwrap(), cfg.val_fraction, cfg.seed).unwrap().train.len()
+    vigil_pipeline::data::sets::discover(&state.data.source().unwrap(), cfg.val_fraction, cfg.seed).unwrap().train.len()
 }
 
 fn describe(x: &vigil_model::onnx::net::Layer, y: &vigil_model::onnx::net::Layer) -> String {
@@ -361,7 +366,7 @@ fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
     config.remove("normalize");
     config.remove("pixel_range");
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    let req = vigil_pipeline::retrain::RetrainRequest {
+    let req = vigil_pipeline::retrain::finetune::RetrainRequest {
         from: dir.path().join("v1"),
         source: DataSource::Mvtec(synthetic().to_path_buf()),
         out: dir.path().join("v2"),
@@ -371,7 +376,7 @@ fn retraining_a_bundle_fine_tunes_it_into_the_next_version() {
         val_abnormal: None,
         engine: crate::common::engine_config(vigil_model::engine::EngineChoice::Tract),
     };
-    let second = vigil_pipeline::retrain::retrain(&req, &AtomicBool::new(false)).unwrap().unwrap().bundle;
+    let second = vigil_pipeline::retrain::finetune::retrain(&req, &AtomicBool::new(false)).unwrap().unwrap().bundle;
     assert_eq!(second.manifest.name, "surface");
     assert_eq!(second.manifest.version, 2);
     let parent = second.manifest.parent.clone().unwrap();
@@ -429,7 +434,7 @@ fn a_tiled_dae_trains_on_tiles_and_its_bundle_scores_whole_frames() {
     }
     // Maps cover the whole 64-pixel frame.
     let engine = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
-    let set = vigil_pipeline::data::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
-    let (_, details) = vigil_pipeline::evaluate::evaluate(&bundle, &engine, &set.test[..4], &[]);
+    let set = vigil_pipeline::data::sets::discover(&DataSource::Mvtec(synthetic().to_path_buf()), 0.1, 0).unwrap();
+    let (_, details) = vigil_pipeline::evaluate::scores::evaluate(&bundle, &engine, &set.test[..4], &[]);
     assert_eq!(details[0].map.as_ref().unwrap().dim(), (64, 64));
 }

@@ -12,7 +12,8 @@ use super::checkpoint::Nets;
 use super::step::{read, train_step};
 use crate::config::{Corruption, TrainConfig};
 use crate::device::{DeviceChoice, choose};
-use crate::model::ModelKind;
+use crate::family::gan::GanConfig;
+use crate::family::kind::ModelKind;
 use crate::run::RunDir;
 
 /// What one training benchmark measured.
@@ -38,14 +39,14 @@ pub struct BenchResult {
 /// data, as `shared/bench/reference_torch.py` does: 3 warm-up steps, then `steps` timed
 /// ones; a GAN step is one discriminator and one generator update.
 pub fn bench(model: ModelKind, batch: usize, steps: usize, device: DeviceChoice) -> anyhow::Result<BenchResult> {
-    let _turn = super::TRAINING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = super::turn::TRAINING.lock().unwrap_or_else(|p| p.into_inner());
     // Gaussian noise, as reference_torch.py's DAE: the same arithmetic on both sides.
     let cfg = TrainConfig {
         model,
         batch,
         size: crate::config::default_size(model),
         channels: Some(3),
-        n_critic: 1,
+        gan: GanConfig { n_critic: 1, ..GanConfig::default() },
         corruption: Corruption::Gaussian,
         ..TrainConfig::default()
     };

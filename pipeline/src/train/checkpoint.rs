@@ -9,8 +9,12 @@ use burn::optim::{AdamConfig, ModuleOptimizer};
 use burn::tensor::Device;
 
 use crate::config::TrainConfig;
-use crate::model::{Autoencoder, Decoder, Encoder, GanModel, ModelKind, Trained};
-use crate::run::RunDir;
+use crate::family::autoencoder::Autoencoder;
+use crate::family::blocks::{Decoder, Encoder};
+use crate::family::gan::GanModel;
+use crate::family::kind::ModelKind;
+use crate::family::trained::Trained;
+use crate::run::{RunDir, restore_module, restore_opt, save_module, save_opt};
 
 fn adam(cfg: &TrainConfig) -> AdamConfig {
     AdamConfig::new().with_beta_1(cfg.beta1).with_beta_2(cfg.beta2).with_epsilon(1e-8)
@@ -29,28 +33,6 @@ fn load_module<M: Module>(m: M, run: &RunDir, name: &str, resume: bool) -> anyho
         return restore_module(m, run, name);
     }
     Ok(m)
-}
-
-/// The module saved as checkpoint `name` of `run` (an error when there is none).
-pub(crate) fn restore_module<M: Module>(m: M, run: &RunDir, name: &str) -> anyhow::Result<M> {
-    let path = run.checkpoint(name);
-    m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
-}
-
-/// The optimizer state saved as checkpoint `name` of `run`, into `opt`.
-pub(crate) fn restore_opt(opt: ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<ModuleOptimizer> {
-    let path = run.checkpoint(name);
-    opt.load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
-}
-
-pub(crate) fn save_module<M: Module>(m: &M, run: &RunDir, name: &str) -> anyhow::Result<()> {
-    let path = run.checkpoint(name);
-    m.clone().save_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
-}
-
-pub(crate) fn save_opt(o: &ModuleOptimizer, run: &RunDir, name: &str) -> anyhow::Result<()> {
-    let path = run.checkpoint(name);
-    o.save(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
 
 /// All networks and optimizers of one family during training (one value per run, so the
@@ -104,7 +86,7 @@ impl Nets {
 
     /// Replaces the networks by the weights of a bundle (fine-tuning); Adam starts afresh.
     pub(super) fn with_weights(self, path: &Path) -> anyhow::Result<Nets> {
-        use crate::model::BundleWeights;
+        use crate::family::trained::BundleWeights;
         Ok(match self {
             Nets::Ae { model, opt } => {
                 let w = BundleWeights { autoencoder: Some(model), gan: None }.load(path)?;

@@ -1,13 +1,13 @@
 //! Training images: the input spec a config trains on, the level range for normalisation,
-//! the channel count, and the samples (in memory within the cache budget, else read per batch).
+//! and the samples (in memory within the cache budget, else read per batch).
 
 use std::path::PathBuf;
 
 use vigil_model::bundle::manifest::{ColorMode, InputSpec};
-use vigil_model::preprocess::{Preprocessor, decode};
+use vigil_model::preprocess::Preprocessor;
 
 use crate::config::TrainConfig;
-use crate::data::{Skipped, load_image};
+use crate::data::sets::{Skipped, load_image};
 
 /// The input spec of the models a config trains.
 pub fn input_spec(cfg: &TrainConfig, channels: usize) -> InputSpec {
@@ -36,7 +36,7 @@ pub fn measure_pixel_range(cfg: &TrainConfig, channels: usize, paths: &[PathBuf]
     let mut hist = vec![[0u64; 256]; channels];
     let step = paths.len().div_ceil(RANGE_SAMPLE).max(1);
     for path in paths.iter().step_by(step) {
-        for tensor in crate::data::load_image(&pre, path).unwrap_or_default() {
+        for tensor in crate::data::sets::load_image(&pre, path).unwrap_or_default() {
             let plane = tensor.len() / channels;
             for (c, h) in hist.iter_mut().enumerate() {
                 for v in &tensor[c * plane..(c + 1) * plane] {
@@ -69,17 +69,6 @@ pub fn measure_pixel_range(cfg: &TrainConfig, channels: usize, paths: &[PathBuf]
             [lo / 255.0, hi / 255.0]
         })
         .collect()
-}
-
-/// Gray when the first readable training image is gray, else RGB.
-pub fn detect_channels(paths: &[PathBuf]) -> usize {
-    for p in paths.iter().take(8) {
-        if let Ok(img) = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| decode(&b).map_err(|e| e.to_string()))
-        {
-            return if img.color().has_color() { 3 } else { 1 };
-        }
-    }
-    3
 }
 
 /// Training samples (images, or their tiles for a tiled model), in memory when they fit the

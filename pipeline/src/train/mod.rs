@@ -4,14 +4,18 @@
 //! - [`images`]: the input spec, level range and training samples.
 //! - [`checkpoint`]: networks and Adam states saved and loaded (burnpack files).
 //! - [`augment`]: flips, brightness and shifts.
-//! - [`step`]: one epoch, its loader thread, and each family's training step.
+//! - [`step`]: one epoch, its loader thread, and each family's training step; [`ssim`]: the
+//!   structural term of the reconstruction loss.
 //! - [`bench`]: training speed on random data.
+//! - [`turn`]: one training at a time in a process.
 
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod images;
+pub mod ssim;
 pub mod step;
+pub mod turn;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -20,14 +24,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use vigil_model::preprocess::Preprocessor;
 
+use crate::data::sets::detect_channels;
+use crate::run::Outcome;
 pub use crate::run::{EpochLog, RunDir, RunState, SourceSpec, is_run};
 pub use bench::{BenchResult, bench};
 pub use checkpoint::load_trained;
-pub use images::{detect_channels, input_spec, measure_pixel_range};
-pub use step::Cond;
+pub use images::{input_spec, measure_pixel_range};
 
 use crate::config::TrainConfig;
-use crate::data::{DataSet, DataSource, discover};
+use crate::data::sets::{DataSet, DataSource, discover};
 use crate::device::{DeviceChoice, choose};
 use checkpoint::Nets;
 use images::Images;
@@ -51,22 +56,9 @@ pub struct TrainRequest {
     pub val_abnormal: Option<PathBuf>,
 }
 
-/// How a training call ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every epoch ran.
-    Finished,
-    /// Stopped by Ctrl-C after saving a checkpoint.
-    Interrupted,
-}
-
-/// burn's random source is per backend, not per run: two trainings in one process would
-/// draw from it in turns and neither would be reproducible, so they take turns as a whole.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Runs (or resumes) training until every epoch is done or `stop` is set.
 pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
-    let _turn = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = turn::TRAINING.lock().unwrap_or_else(|p| p.into_inner());
     let run = &req.run;
     let (cfg, mut state, data) = if req.resume {
         if !is_run(&run.0) {
@@ -98,10 +90,10 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             tracing::info!("pixel range per channel (levels mapped to 0 and 1): {range:?}");
             cfg.pixel_range = Some(range);
         }
-        if cfg.model.is_feature() && cfg.aspect.is_none() {
-            cfg.aspect = crate::features::measure_aspect(&data.train);
-            if let Some(a) = cfg.aspect {
-                let [h, w] = crate::features::input_size(&cfg);
+        if cfg.model.is_feature() && cfg.features.aspect.is_none() {
+            cfg.features.aspect = crate::family::features::measure_aspect(&data.train);
+            if let Some(a) = cfg.features.aspect {
+                let [h, w] = crate::family::features::input_size(&cfg);
                 tracing::info!("the training images are {a:.2} times as tall as wide: the model input is {w}x{h}");
             }
         }
@@ -140,7 +132,7 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     if let (Some(path), false) = (&req.init_weights, req.resume) {
         nets = nets.with_weights(path)?;
     }
-    let encoder_epochs = cfg.encoder_epochs.unwrap_or(cfg.epochs);
+    let encoder_epochs = cfg.gan.encoder_epochs.unwrap_or(cfg.epochs);
     let phases: Vec<(&str, u32)> = if cfg.model.is_gan() {
         vec![("train", cfg.epochs), ("encoder", encoder_epochs)]
     } else {
@@ -186,7 +178,7 @@ fn train_features(
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let previous = if req.resume { None } else { req.init_weights.as_deref() };
-    let Some(fitted) = crate::features::fit(cfg, data, &req.run, device, stop, previous)? else {
+    let Some(fitted) = crate::family::features::fit(cfg, data, &req.run, device, stop, previous)? else {
         tracing::info!("stopped; start again with --resume {}", req.run.0.display());
         return Ok(Outcome::Interrupted);
     };

@@ -13,60 +13,17 @@ use vigil_model::rng::{Rng, mix};
 use super::augment::{augment_images, shift_images};
 use super::checkpoint::Nets;
 use super::images::{Images, input_spec};
-use crate::config::{Corruption, ReconstructionLoss, TrainConfig};
-use crate::model::{Encoder, ModelKind};
+use crate::config::{Corruption, TrainConfig};
+use crate::family::autoencoder::ReconstructionLoss;
+use crate::family::blocks::Encoder;
+use crate::family::cond::Cond;
+use crate::family::kind::ModelKind;
 use crate::run::EpochLog;
 
 /// Non-saturating GAN losses and the WGAN critic loss need the critic as `[B]`.
 fn logits(critic: &Encoder, x: Tensor<4>) -> Tensor<1> {
     let b = x.dims()[0];
     critic.forward(x).reshape([b])
-}
-
-/// The class of each image of a conditional model's batch, as its networks read it (the
-/// exported graph's `Condition`): one-hot vectors appended to latent codes, and the same
-/// broadcast as extra planes of images.
-#[derive(Clone)]
-pub struct Cond {
-    one_hot: Tensor<2>,
-}
-
-impl Cond {
-    /// The one-hot rows of `labels` for `k` classes; `None` for a model of one product.
-    pub fn new(labels: &[usize], k: usize, device: &Device) -> Option<Cond> {
-        if k == 0 || labels.is_empty() {
-            return None;
-        }
-        let mut data = vec![0f32; labels.len() * k];
-        for (row, &l) in labels.iter().enumerate() {
-            data[row * k + l] = 1.0;
-        }
-        Some(Cond { one_hot: Tensor::<2>::from_data(TensorData::new(data, [labels.len(), k]), device) })
-    }
-
-    /// `x` `[B, C, H, W]` with the class planes appended.
-    pub fn image(c: Option<&Cond>, x: Tensor<4>) -> Tensor<4> {
-        match c {
-            Some(c) => {
-                let [b, _, h, w] = x.dims();
-                let k = c.one_hot.dims()[1];
-                let planes = c.one_hot.clone().reshape([b, k, 1, 1]).expand([b, k, h, w]);
-                Tensor::cat(vec![x, planes], 1)
-            }
-            None => x,
-        }
-    }
-
-    /// `z` `[B, L, 1, 1]` with the class vector appended.
-    pub fn latent(c: Option<&Cond>, z: Tensor<4>) -> Tensor<4> {
-        match c {
-            Some(c) => {
-                let [b, k] = c.one_hot.dims();
-                Tensor::cat(vec![z, c.one_hot.clone().reshape([b, k, 1, 1])], 1)
-            }
-            None => z,
-        }
-    }
 }
 
 /// The WGAN-GP penalty `(‖∇ₓD(x̂)‖ − 1)²`. burn 0.22 has first-order autodiff only, so the
@@ -144,7 +101,7 @@ pub(super) fn run_epoch(
                 if cfg.augment.shift > 0 {
                     shift_images(&mut data, [batch, c, s, s], cfg.augment.shift, &mut rng);
                 }
-                let input = corrupt.then(|| crate::corrupt::corrupt_batch(&data, [batch, c, s, s], &mut rng));
+                let input = corrupt.then(|| crate::data::corrupt::corrupt_batch(&data, [batch, c, s, s], &mut rng));
                 let labels = images.labels(&order[step * batch..(step + 1) * batch]);
                 if tx.send(Batch { target: data, input, labels }).is_err() {
                     break; // the epoch stopped early
@@ -158,14 +115,14 @@ pub(super) fn run_epoch(
 /// A CycleGAN generator as the corruption: the model's inputs are normalised
 /// (`input_spec`'s mean and std), the generator's are pixel levels in 0..1.
 struct CycleCorruption {
-    translator: crate::cyclegan::augment::Translator,
+    translator: crate::family::cyclegan::augment::Translator,
     mean: Tensor<4>,
     std: Tensor<4>,
 }
 
 impl CycleCorruption {
     fn new(cfg: &TrainConfig, run: &std::path::Path, channels: usize, device: &Device) -> anyhow::Result<Self> {
-        let translator = crate::cyclegan::augment::corruption(run, cfg.size, channels, device)?;
+        let translator = crate::family::cyclegan::augment::corruption(run, cfg.size, channels, device)?;
         let spec = input_spec(cfg, channels);
         let per_channel = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, channels, 1, 1]), device);
         Ok(CycleCorruption { translator, mean: per_channel(&spec.mean), std: per_channel(&spec.std) })
@@ -258,11 +215,11 @@ fn run_steps(
 /// The autoencoders' reconstruction term; SSIM's constants are those the exported map uses.
 fn reconstruction_loss(cfg: &TrainConfig, recon: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
     let l2 = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
-    match cfg.loss {
+    match cfg.autoencoder.loss {
         ReconstructionLoss::L2 => l2,
         ReconstructionLoss::SsimL2 => {
             let range = input_spec(cfg, x.dims()[1]).dynamic_range();
-            l2 - crate::ssim::mean_ssim(recon, x, &range).sub_scalar(1.0)
+            l2 - crate::train::ssim::mean_ssim(recon, x, &range).sub_scalar(1.0)
         }
     }
 }
@@ -290,7 +247,7 @@ pub(super) fn train_step(
                         x.clone()
                             + Tensor::<4>::random(
                                 [b, c, h, w],
-                                Distribution::Normal(0.0, cfg.noise_sigma as f64),
+                                Distribution::Normal(0.0, cfg.autoencoder.noise_sigma as f64),
                                 &device,
                             )
                     }
@@ -314,7 +271,7 @@ pub(super) fn train_step(
                     .sum_dim(1)
                     .mean()
                     .mul_scalar(-0.5);
-                let loss = rec.clone() + kl.clone().mul_scalar(cfg.kl_weight as f64 / (c * h * w) as f64);
+                let loss = rec.clone() + kl.clone().mul_scalar(cfg.autoencoder.kl_weight as f64 / (c * h * w) as f64);
                 let values = (kept(loss.clone()), kept(rec), kept(kl));
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
                 *model = opt.step(lr, model.clone(), grads);
@@ -332,13 +289,13 @@ pub(super) fn train_step(
                 (l, None)
             } else {
                 let gp = gradient_penalty(critic, x.clone(), fake.clone(), cond);
-                let l = judge(fake).mean() - judge(x.clone()).mean() + gp.clone().mul_scalar(cfg.gp_weight as f64);
+                let l = judge(fake).mean() - judge(x.clone()).mean() + gp.clone().mul_scalar(cfg.gan.gp_weight as f64);
                 (l, Some(kept(gp)))
             };
             let d_value = kept(d_loss.clone());
             let grads = GradientsParams::from_grads(d_loss.backward(), &*critic);
             *critic = opt_d.step(lr, critic.clone(), grads);
-            let n_critic = if cfg.model == ModelKind::Wgan { cfg.n_critic } else { 1 };
+            let n_critic = if cfg.model == ModelKind::Wgan { cfg.gan.n_critic } else { 1 };
             let mut out = vec![("d_loss", d_value)];
             if step.is_multiple_of(n_critic) {
                 let z = Tensor::<4>::random([b, latent, 1, 1], Distribution::Normal(0.0, 1.0), &device);
@@ -369,7 +326,7 @@ pub(super) fn train_step(
             let pixel = (recon.clone() - x.clone()).powf_scalar(2.0).mean();
             let feature =
                 (d.features(Cond::image(cond, recon)) - d.features(Cond::image(cond, x))).powf_scalar(2.0).mean();
-            let loss = pixel.clone() + feature.clone().mul_scalar(cfg.feature_weight as f64);
+            let loss = pixel.clone() + feature.clone().mul_scalar(cfg.gan.feature_weight as f64);
             let values = (kept(loss.clone()), kept(pixel), kept(feature));
             let mut grads = loss.backward();
             let grads = GradientsParams::from_module(&mut grads, &*encoder);

@@ -6,9 +6,10 @@ use std::sync::atomic::AtomicBool;
 
 use vigil_model::engine::{EngineChoice, EngineConfig};
 use vigil_pipeline::config::TrainConfig;
-use vigil_pipeline::data::DataSource;
+use vigil_pipeline::data::sets::DataSource;
 use vigil_pipeline::device::DeviceChoice;
-use vigil_pipeline::train::{Outcome, RunDir, TrainRequest, train};
+use vigil_pipeline::run::Outcome;
+use vigil_pipeline::train::{RunDir, TrainRequest, train};
 
 /// The ONNX Runtime library `scripts/setup` installs into the workspace's `.venv`.
 pub fn ort_library() -> PathBuf {
@@ -26,7 +27,7 @@ pub fn ort_library() -> PathBuf {
 
 /// Exports a run as version 1 into `out`, calibrating and evaluating on tract.
 pub fn export_run(run: &RunDir, out: &Path) -> vigil_model::bundle::Bundle {
-    let req = vigil_pipeline::export::ExportRequest {
+    let req = vigil_pipeline::export::bundle::ExportRequest {
         run: run.clone(),
         out: out.to_path_buf(),
         name: None,
@@ -34,7 +35,7 @@ pub fn export_run(run: &RunDir, out: &Path) -> vigil_model::bundle::Bundle {
         parent: None,
         engine: engine_config(EngineChoice::Tract),
     };
-    vigil_pipeline::export::export(&req).unwrap().bundle
+    vigil_pipeline::export::bundle::export(&req).unwrap().bundle
 }
 
 /// One engine, one thread (the tests run side by side).

@@ -1,0 +1,11 @@
+//! The images a run learns from and is judged on.
+//!
+//! - [`sets`]: finding images, the train/validation split, loading through vigil's
+//!   preprocessing.
+//! - [`elpv`], [`kolektor`]: public data sets converted into MVTec layout.
+//! - [`corrupt`]: synthetic defects, the denoising autoencoder's corruption.
+
+pub mod corrupt;
+pub mod elpv;
+pub mod kolektor;
+pub mod sets;

@@ -1,0 +1,375 @@
+//! The pretrained-feature families: `padim`, `patchcore` and `fae` score images in the feature
+//! space of an ImageNet backbone ([`crate::backbone`]) instead of reconstructing pixels.
+//!
+//! - [`config`]: the options the feature families share.
+//! - [`extract`]: the backbone's features of the training images, once per image.
+//! - [`padim`]: per-cell Gaussians, Mahalanobis distance.
+//! - [`patchcore`]: a memory bank by greedy coreset selection, nearest-neighbour distance.
+//! - [`fae`]: an autoencoder trained on the features, reconstruction error.
+//!
+//! A run folder of these families holds `train.toml`, `state.json` and
+//! `checkpoint/head.safetensors` (the fitted head; for `fae` also `checkpoint/fae.bpk`); the
+//! exported bundle is one ONNX graph (backbone, head, map, score) like any other.
+
+pub mod config;
+pub mod extract;
+pub mod fae;
+pub mod padim;
+pub mod patchcore;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use vigil_model::bundle::manifest::{InputSpec, PixelError, ScoreSource, ScoreSpec};
+use vigil_model::engine::EngineConfig;
+use vigil_model::onnx::backbone::EfficientNetLite;
+use vigil_model::onnx::features::{FeatureHead, INPUT_MULTIPLE, MapSpec, feature_scoring_model};
+use vigil_model::onnx::graph::Tensor;
+use vigil_model::onnx::pb;
+
+use crate::backbone::{self, BackboneInfo};
+use crate::config::{Corruption, TrainConfig};
+use crate::data::sets::{DataSet, Skipped};
+use crate::family::kind::ModelKind;
+use crate::run::{EpochLog, RunDir};
+use extract::Extractor;
+use patchcore::Patches;
+
+/// The head's state file in a run's `checkpoint/` folder, and in a bundle as its weights.
+pub const HEAD_FILE: &str = "head.safetensors";
+/// The feature autoencoder's weights in a run's `checkpoint/` folder.
+pub const FAE_FILE: &str = "fae.bpk";
+
+/// The input `[height, width]` of a config: `size` × `size`, or, for images of another
+/// shape (`aspect` = height / width, measured on the training images), about as many pixels
+/// in their shape, each side a multiple of [`INPUT_MULTIPLE`].
+pub fn input_size(cfg: &TrainConfig) -> [usize; 2] {
+    let m = INPUT_MULTIPLE as f32;
+    match cfg.features.aspect {
+        Some(a) if a.is_finite() && a > 0.0 => {
+            let side = |v: f32| ((v / m).round().max(2.0) * m) as usize;
+            [side(cfg.size as f32 * a.sqrt()), side(cfg.size as f32 / a.sqrt())]
+        }
+        _ => [cfg.size, cfg.size],
+    }
+}
+
+/// The shape (height / width) of the training images when they are clearly not square: the
+/// median of up to 32 of them, `None` within a quarter of square. Squeezing a tall part into a
+/// square would shrink its defects along one axis.
+pub fn measure_aspect(paths: &[std::path::PathBuf]) -> Option<f32> {
+    let step = paths.len().div_ceil(32).max(1);
+    let mut ratios: Vec<f32> = paths
+        .iter()
+        .step_by(step)
+        .filter_map(|p| image::image_dimensions(p).ok())
+        .filter(|(w, h)| *w > 0 && *h > 0)
+        .map(|(w, h)| h as f32 / w as f32)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f32::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    (!(0.8..=1.25).contains(&median)).then_some(median)
+}
+
+/// What a fitted head holds, as stored in `head.safetensors`.
+#[derive(Debug, Clone)]
+pub enum HeadState {
+    /// PaDiM statistics.
+    Padim(padim::Stats),
+    /// PatchCore's bank, one row per patch.
+    Patchcore(Patches),
+    /// The feature autoencoder's standardisation (its network is in `fae.bpk`).
+    Fae {
+        /// Per-channel means.
+        mean: Vec<f32>,
+        /// Per-channel standard deviations.
+        std: Vec<f32>,
+    },
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+impl HeadState {
+    /// Writes the state as safetensors.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+        match self {
+            HeadState::Padim(s) => {
+                let d = s.dims.len();
+                tensors.insert("padim.dims".into(), Tensor::new(vec![d], s.dims.iter().map(|&v| v as f32).collect()));
+                tensors.insert("padim.count".into(), Tensor::new(vec![1], vec![s.count as f32]));
+                tensors.insert("padim.mean".into(), Tensor::new(vec![s.cells, d], f32s(&s.mean)));
+                tensors.insert("padim.scatter".into(), Tensor::new(vec![s.cells, d, d], f32s(&s.scatter)));
+            }
+            HeadState::Patchcore(b) => {
+                tensors.insert("patchcore.bank".into(), Tensor::new(vec![b.len(), b.channels], b.data.clone()));
+            }
+            HeadState::Fae { mean, std } => {
+                tensors.insert("fae.mean".into(), Tensor::new(vec![mean.len()], mean.clone()));
+                tensors.insert("fae.std".into(), Tensor::new(vec![std.len()], std.clone()));
+            }
+        }
+        backbone::write_tensors(&tensors, path)
+    }
+
+    /// Reads the state of `kind` written by [`HeadState::save`].
+    pub fn load(kind: ModelKind, path: &Path) -> anyhow::Result<HeadState> {
+        let t = backbone::read_tensors(path)?;
+        let get = |name: &str| {
+            t.get(name).with_context(|| format!("{}: no tensor `{name}`; is it a {kind:?} head?", path.display()))
+        };
+        Ok(match kind {
+            ModelKind::Padim => {
+                let mean = get("padim.mean")?;
+                HeadState::Padim(padim::Stats {
+                    dims: get("padim.dims")?.data.iter().map(|&v| v as usize).collect(),
+                    cells: mean.shape[0],
+                    count: get("padim.count")?.data[0] as usize,
+                    mean: mean.data.iter().map(|&v| v as f64).collect(),
+                    scatter: get("padim.scatter")?.data.iter().map(|&v| v as f64).collect(),
+                })
+            }
+            ModelKind::Patchcore => {
+                let b = get("patchcore.bank")?;
+                HeadState::Patchcore(Patches { channels: b.shape[1], data: b.data.clone() })
+            }
+            ModelKind::Fae => HeadState::Fae { mean: get("fae.mean")?.data.clone(), std: get("fae.std")?.data.clone() },
+            other => bail!("{other:?} is not a feature family"),
+        })
+    }
+}
+
+/// What fitting produced, for the run's state.
+pub struct Fitted {
+    /// Training images whose features were used.
+    pub images: usize,
+    /// Images that could not be read.
+    pub skipped: Vec<Skipped>,
+    /// Loss history (fae).
+    pub history: Vec<EpochLog>,
+    /// The engine the features were computed on.
+    pub engine: &'static str,
+}
+
+/// The folder of class `i`'s head inside a conditional run's `checkpoint/` (and bundle).
+pub fn class_dir(i: usize) -> String {
+    format!("class-{i}")
+}
+
+/// Computes the training images' features and fits the family's head into `run`'s
+/// `checkpoint/` (a conditional model: one head per class, each fitted on its class's images
+/// alone, in `checkpoint/class-<i>/`); `previous` (a retrain) is a bundle's head to extend
+/// with these images. `None` when stopped.
+pub fn fit(
+    cfg: &TrainConfig,
+    data: &DataSet,
+    run: &RunDir,
+    device: &Device,
+    stop: &AtomicBool,
+    previous: Option<&Path>,
+) -> anyhow::Result<Option<Fitted>> {
+    let (net, info) = backbone::ensure(cfg.features.backbone)?;
+    tracing::info!("backbone: {} ({}, {} parameters)", info.package, info.license, info.parameters);
+    let extractor = Extractor::new(&net, input_size(cfg), &EngineConfig::default())?;
+    let checkpoint = run.0.join("checkpoint");
+    if cfg.classes.is_empty() {
+        return fit_head(cfg, &extractor, &data.train, &checkpoint, device, stop, previous, "train");
+    }
+    anyhow::ensure!(
+        previous.is_none(),
+        "retraining a conditional model is not supported yet; train it again with --conditional on all its data"
+    );
+    let mut all = Fitted { images: 0, skipped: vec![], history: vec![], engine: extractor.engine() };
+    for (i, name) in cfg.classes.iter().enumerate() {
+        let train: Vec<std::path::PathBuf> =
+            data.train.iter().zip(&data.train_class).filter(|(_, k)| **k == i).map(|(p, _)| p.clone()).collect();
+        tracing::info!("class {name}: {} training images", train.len());
+        let dir = checkpoint.join(class_dir(i));
+        let Some(f) = fit_head(cfg, &extractor, &train, &dir, device, stop, None, &format!("train {name}"))? else {
+            return Ok(None);
+        };
+        all.images += f.images;
+        all.skipped.extend(f.skipped);
+        all.history.extend(f.history);
+    }
+    Ok(Some(all))
+}
+
+/// Fits one head on `train` into `dir`; `phase` names its loss history.
+#[allow(clippy::too_many_arguments)]
+fn fit_head(
+    cfg: &TrainConfig,
+    extractor: &Extractor,
+    train: &[std::path::PathBuf],
+    dir: &Path,
+    device: &Device,
+    stop: &AtomicBool,
+    previous: Option<&Path>,
+    phase: &str,
+) -> anyhow::Result<Option<Fitted>> {
+    let started = Instant::now();
+    let (features, skipped) = extractor.extract(train, "features")?;
+    tracing::info!(
+        "features of {} training images in {:.1}s on {} ({} channels on a {}x{} grid)",
+        features.len(),
+        started.elapsed().as_secs_f64(),
+        extractor.engine(),
+        features.shape.channels,
+        features.shape.grid[0],
+        features.shape.grid[1]
+    );
+    if features.len() < 2 {
+        bail!("fewer than 2 readable training images");
+    }
+    std::fs::create_dir_all(dir)?;
+    let head_path = dir.join(HEAD_FILE);
+    let mut history = vec![];
+    let state = match cfg.model {
+        ModelKind::Padim => {
+            let dims = padim::choose_dims(features.shape.channels, cfg.padim.dims, cfg.seed);
+            let stats = padim::fit(&features, &dims);
+            let stats = match previous.map(|p| HeadState::load(ModelKind::Padim, p)).transpose()? {
+                Some(HeadState::Padim(old)) => padim::merge(&old, &stats)?,
+                _ => stats,
+            };
+            HeadState::Padim(stats)
+        }
+        ModelKind::Patchcore => {
+            let mut patches = Patches::from_images(&features.data, features.shape.channels, features.shape.cells());
+            if let Some(HeadState::Patchcore(old)) =
+                previous.map(|p| HeadState::load(ModelKind::Patchcore, p)).transpose()?
+            {
+                anyhow::ensure!(
+                    old.channels == patches.channels,
+                    "the fitted PatchCore bank holds patches of {} channels, the new images give {}: they come from another backbone and cannot be joined",
+                    old.channels,
+                    patches.channels
+                );
+                patches = old.concat(&patches);
+            }
+            let m = cfg.patchcore.bank_size.min(patches.len());
+            let bar = extract::progress(m, "coreset");
+            let started = Instant::now();
+            let chosen = patchcore::coreset(&patches, m, cfg.seed, &|| bar.inc(1));
+            bar.finish_and_clear();
+            tracing::info!(
+                "memory bank: {m} of {} patches chosen in {:.1}s",
+                patches.len(),
+                started.elapsed().as_secs_f64()
+            );
+            HeadState::Patchcore(patches.select(&chosen))
+        }
+        ModelKind::Fae => {
+            let (mean, std) = match previous.map(|p| HeadState::load(ModelKind::Fae, p)).transpose()? {
+                Some(HeadState::Fae { mean, std }) => (mean, std),
+                _ => fae::channel_stats(&features),
+            };
+            let init = match previous {
+                Some(p) => Some(load_fae(cfg, features.shape.channels, &p.with_file_name(FAE_FILE), device)?),
+                None => None,
+            };
+            let t = fae::FaeTraining {
+                latent: cfg.fae.latent,
+                epochs: cfg.epochs,
+                batch: cfg.batch,
+                lr: cfg.fae.lr,
+                noise: cfg.fae.noise,
+                variational: cfg.fae.variational,
+                kl_weight: cfg.autoencoder.kl_weight,
+                seed: cfg.seed,
+            };
+            let pool = match cfg.corruption {
+                Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
+                Corruption::Gaussian | Corruption::None | Corruption::CycleGan(_) => None,
+            };
+            let input = match cfg.corruption {
+                Corruption::Synthetic => pool.as_deref(),
+                Corruption::Gaussian | Corruption::CycleGan(_) => None,
+                Corruption::None => Some(&features.data[..]),
+            };
+            let Some((model, losses)) = fae::train(&features, input, (&mean, &std), t, device, stop, init)? else {
+                return Ok(None);
+            };
+            model.clone().save_file(dir.join(FAE_FILE)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            history = losses
+                .iter()
+                .enumerate()
+                .map(|(i, l)| EpochLog {
+                    phase: phase.into(),
+                    epoch: i as u32 + 1,
+                    losses: vec![("loss".into(), *l)],
+                    samples_per_s: 0.0,
+                })
+                .collect();
+            HeadState::Fae { mean, std }
+        }
+        other => bail!("{other:?} is not a feature family"),
+    };
+    state.save(&head_path)?;
+    Ok(Some(Fitted { images: features.len(), skipped, history, engine: extractor.engine() }))
+}
+
+fn load_fae(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) -> anyhow::Result<fae::FeatureAe> {
+    fae::FeatureAe::new(channels, cfg.fae.latent, cfg.fae.variational, device)
+        .try_load_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+/// The graph head of a run's (or bundle's) fitted state: one head per class for a
+/// conditional model.
+pub fn head(cfg: &TrainConfig, dir: &Path, channels: usize) -> anyhow::Result<FeatureHead> {
+    if cfg.classes.is_empty() {
+        return head_of(cfg, dir, channels);
+    }
+    let heads = (0..cfg.classes.len()).map(|i| head_of(cfg, &dir.join(class_dir(i)), channels));
+    Ok(FeatureHead::PerClass(heads.collect::<anyhow::Result<_>>()?))
+}
+
+fn head_of(cfg: &TrainConfig, dir: &Path, channels: usize) -> anyhow::Result<FeatureHead> {
+    Ok(match HeadState::load(cfg.model, &dir.join(HEAD_FILE))? {
+        HeadState::Padim(s) => padim::head(&s)?,
+        HeadState::Patchcore(b) => patchcore::head(&b),
+        HeadState::Fae { mean, std } => {
+            let model = load_fae(cfg, channels, &dir.join(FAE_FILE), &Device::flex())?;
+            let net = model.valid().to_sequential().fold_batch_norm()?;
+            FeatureHead::Fae { mean: Tensor::new(vec![mean.len()], mean), std: Tensor::new(vec![std.len()], std), net }
+        }
+    })
+}
+
+/// The score settings these families export.
+pub fn score_spec(cfg: &TrainConfig) -> ScoreSpec {
+    ScoreSpec {
+        source: ScoreSource::Features,
+        pixel_error: PixelError::Squared,
+        smoothing_sigma: cfg.smoothing_sigma,
+        reduction: cfg.reduction,
+        feature_weight: None,
+    }
+}
+
+/// The bundle's graph, input and score settings of a finished run.
+pub fn model(
+    cfg: &TrainConfig,
+    checkpoint: &Path,
+) -> anyhow::Result<(pb::ModelProto, InputSpec, ScoreSpec, BackboneInfo)> {
+    let (net, info): (EfficientNetLite, BackboneInfo) = backbone::ensure(cfg.features.backbone)?;
+    let [h, w] = input_size(cfg);
+    let input = extract::input_spec(h, w);
+    let channels = net.stage_shapes()[vigil_model::onnx::features::TAP_STAGES[0] - 1].0
+        + net.stage_shapes()[vigil_model::onnx::features::TAP_STAGES[1] - 1].0;
+    let head = head(cfg, checkpoint, channels)?;
+    let score = score_spec(cfg);
+    let map = MapSpec { smoothing_sigma: cfg.smoothing_sigma, reduction: cfg.reduction };
+    Ok((feature_scoring_model(&net, &input, &head, map), input, score, info))
+}

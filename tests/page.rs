@@ -18,7 +18,7 @@ pub const TOKEN: &str = "page-test-token-0123456789";
 /// The files in `dir` (none when it does not exist), without those being written (`.tmp`).
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .filter(|p: &PathBuf| p.extension().is_none_or(|e| e != "tmp"))

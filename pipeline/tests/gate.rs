@@ -551,3 +551,66 @@ fn both_bundles_are_scored_through_their_graphs() {
     assert_eq!((f.normals, f.defects, f.skipped), (held.normal.len(), held.abnormal.len(), 0));
     assert!(f.image_auroc.unwrap() > 0.9 && f.f1.unwrap() > 0.5, "{f:?}");
 }
+
+/// The shipped per-camera unit as systemd reads it, and its command line with `%i` filled in,
+/// run as the unit would: `vigil retrain --camera cam1` finds the camera's bundle and data set
+/// in a daemon's config and the trainer beside itself (as the packages install them).
+#[test]
+fn the_per_camera_retrain_unit_verifies_and_its_command_retrains_that_camera() {
+    let vigil = Path::new(env!("CARGO_BIN_EXE_vigil-train")).with_file_name("vigil");
+    assert!(
+        vigil.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test), which builds both binaries",
+        vigil.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let copies = dir.path().join("units");
+    std::fs::create_dir_all(&copies).unwrap();
+    let service = std::fs::read_to_string(units.join("vigil-retrain@.service")).unwrap();
+    // systemd checks that ExecStart's program exists: point it at the built binary.
+    let built = service.replace("/usr/bin/vigil ", &format!("{} ", vigil.display()));
+    std::fs::write(copies.join("vigil-retrain@.service"), built).unwrap();
+    std::fs::copy(units.join("vigil-retrain@.timer"), copies.join("vigil-retrain@.timer")).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(copies.join("vigil-retrain@cam1.service"))
+        .arg(copies.join("vigil-retrain@cam1.timer"))
+        .output()
+        .expect("systemd-analyze runs (Debian package systemd; scripts/setup installs it)");
+    let said = format!("{}{}", String::from_utf8_lossy(&verify.stdout), stderr(&verify));
+    assert!(verify.status.success() && !said.contains("vigil-retrain"), "systemd-analyze verify: {said}");
+    assert!(!service.contains("cam1") && !service.contains("/var/lib/vigil"), "a path or camera in the unit");
+
+    // A box: camera cam1 serving version 1, the daemon's data set for it under state_dir.
+    let current = install_v1(dir.path());
+    let dataset = good_dataset(dir.path(), true);
+    std::fs::create_dir_all(dir.path().join("frames")).unwrap();
+    let config = dir.path().join("vigil.toml");
+    let toml = format!(
+        "device_id = \"box1\"\nstate_dir = \"{}\"\n[[cameras]]\nid = \"cam1\"\nbundle = \"{}\"\nsource = {{ type = \"folder\", path = \"{}\" }}\n",
+        dir.path().display(),
+        current.display(),
+        dir.path().join("frames").display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let exec = service.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("an ExecStart line");
+    let run = |camera: &str| {
+        let line = exec.replace("%i", camera).replace("/etc/vigil/vigil.toml", config.to_str().unwrap());
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/bin/vigil"), "{line}");
+        Command::new(&vigil).args(words).env_remove("VIGIL_TRAIN").env_remove("VIGIL_LOG").output().unwrap()
+    };
+    let out = run("cam1");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("--dataset {}", dataset.display())) && said.contains("gate passed"), "{said}");
+    assert_eq!(Bundle::load(&current).unwrap().manifest.version, 2);
+    assert!(sibling(&current, "previous").is_dir());
+
+    // Another camera's instance: named, with the cameras there are, nothing trained.
+    let out = run("cam9");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no camera `cam9`") && stderr(&out).contains("cam1"), "{}", stderr(&out));
+    assert_eq!(Bundle::load(&current).unwrap().manifest.version, 2);
+}

@@ -70,15 +70,15 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
         ),
         (
             "newer schema",
-            Box::new(|v| v["schema_version"] = 4.into()),
-            &["schema_version 4 is newer than this vigil reads (3)", "upgrade vigil"],
+            Box::new(|v| v["schema_version"] = 5.into()),
+            &["schema_version 5 is newer than this vigil reads (4)", "upgrade vigil"],
         ),
         (
             "no schema",
             Box::new(|v| {
                 v.as_object_mut().unwrap().remove("schema_version");
             }),
-            &["missing `schema_version`", "add \"schema_version\": 3"],
+            &["missing `schema_version`", "add \"schema_version\": 4"],
         ),
         (
             "missing key",

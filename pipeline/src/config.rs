@@ -10,6 +10,7 @@ use vigil_model::onnx::reference::ArchSpec;
 use crate::family::autoencoder::{AutoencoderConfig, ReconstructionLoss};
 use crate::family::features::config::FeatureConfig;
 use crate::family::features::fae::FaeConfig;
+use crate::family::features::fdisc::FdiscConfig;
 use crate::family::features::padim::PadimConfig;
 use crate::family::features::patchcore::PatchcoreConfig;
 use crate::family::gan::GanConfig;
@@ -159,6 +160,9 @@ pub struct TrainConfig {
     pub patchcore: PatchcoreConfig,
     /// The feature autoencoder: `fae_latent`, `fae_lr`, `fae_noise`, `fae_variational`.
     pub fae: FaeConfig,
+    /// The feature discriminator: `fdisc_hidden`, `fdisc_steps`, `fdisc_cells`, `fdisc_lr`,
+    /// `fdisc_noise`.
+    pub fdisc: FdiscConfig,
 }
 
 impl Default for TrainConfig {
@@ -193,6 +197,7 @@ impl Default for TrainConfig {
             padim: PadimConfig::default(),
             patchcore: PatchcoreConfig::default(),
             fae: FaeConfig::default(),
+            fdisc: FdiscConfig::default(),
         }
     }
 }
@@ -242,6 +247,11 @@ struct FlatConfig {
     fae_lr: f64,
     fae_noise: f32,
     fae_variational: bool,
+    fdisc_hidden: usize,
+    fdisc_steps: usize,
+    fdisc_cells: usize,
+    fdisc_lr: f64,
+    fdisc_noise: f32,
     tiling: Option<Tiling>,
 }
 
@@ -292,6 +302,11 @@ impl From<TrainConfig> for FlatConfig {
             fae_lr: c.fae.lr,
             fae_noise: c.fae.noise,
             fae_variational: c.fae.variational,
+            fdisc_hidden: c.fdisc.hidden,
+            fdisc_steps: c.fdisc.steps,
+            fdisc_cells: c.fdisc.cells,
+            fdisc_lr: c.fdisc.lr,
+            fdisc_noise: c.fdisc.noise,
             tiling: c.tiling,
         }
     }
@@ -335,6 +350,13 @@ impl From<FlatConfig> for TrainConfig {
             padim: PadimConfig { dims: f.padim_dims },
             patchcore: PatchcoreConfig { bank_size: f.bank_size },
             fae: FaeConfig { latent: f.fae_latent, lr: f.fae_lr, noise: f.fae_noise, variational: f.fae_variational },
+            fdisc: FdiscConfig {
+                hidden: f.fdisc_hidden,
+                steps: f.fdisc_steps,
+                cells: f.fdisc_cells,
+                lr: f.fdisc_lr,
+                noise: f.fdisc_noise,
+            },
         }
     }
 }
@@ -409,6 +431,13 @@ impl TrainConfig {
             anyhow::ensure!(self.patchcore.bank_size >= 1, "bank_size must be at least 1");
             anyhow::ensure!(self.padim.dims >= 1, "padim_dims must be at least 1");
             anyhow::ensure!(self.fae.latent >= 1, "fae_latent must be at least 1");
+            let d = &self.fdisc;
+            anyhow::ensure!(
+                d.hidden >= 1 && d.steps >= 1 && d.cells >= 1,
+                "fdisc_hidden, fdisc_steps and fdisc_cells must be at least 1"
+            );
+            anyhow::ensure!(d.lr.is_finite() && d.lr > 0.0, "fdisc_lr must be a positive number");
+            anyhow::ensure!(d.noise.is_finite() && d.noise > 0.0, "fdisc_noise must be a positive number");
             anyhow::ensure!(self.channels.is_none_or(|c| c == 3), "the feature families take RGB input: channels = 3");
         } else {
             self.arch(self.channels.unwrap_or(3))

@@ -52,6 +52,9 @@ pub struct SourceSpec {
     /// Labelled defective images held out for calibration (F1-optimal threshold).
     #[serde(default)]
     pub val_abnormal: Option<PathBuf>,
+    /// Confirmed defective images to learn from (`fdisc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_abnormal: Option<PathBuf>,
     /// The product classes of a conditional model, each with its own source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<ClassSource>,

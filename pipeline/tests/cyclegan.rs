@@ -163,6 +163,7 @@ fn a_dae_trains_on_the_generators_defects_and_refuses_a_generator_of_another_siz
         resume: false,
         init_weights: None,
         val_abnormal: None,
+        train_abnormal: None,
     };
     let err = vigil_pipeline::train::train(&req, &AtomicBool::new(false)).unwrap_err();
     assert!(format!("{err:#}").contains("train the CycleGAN with --size 64"), "{err:#}");

@@ -24,9 +24,10 @@ use vigil_pipeline::device::DeviceChoice;
 use vigil_pipeline::export::bundle::{ExportRequest, export};
 use vigil_pipeline::family::features::config::FeatureConfig;
 use vigil_pipeline::family::features::fae::FaeConfig;
+use vigil_pipeline::family::features::fdisc::{FdiscConfig, FeatureDisc};
 use vigil_pipeline::family::features::padim::PadimConfig;
 use vigil_pipeline::family::features::patchcore::PatchcoreConfig;
-use vigil_pipeline::family::features::{HEAD_FILE, HeadState, padim, patchcore};
+use vigil_pipeline::family::features::{FDISC_FILE, HEAD_FILE, HeadState, padim, patchcore};
 use vigil_pipeline::family::kind::ModelKind;
 use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
 use vigil_pipeline::train::RunDir;
@@ -104,7 +105,7 @@ fn engines_agree(bundle: &Bundle) {
 
 fn detects(bundle: &Bundle, family: Family) {
     let m = &bundle.manifest;
-    assert_eq!((m.family, m.score.source, m.schema_version), (family, ScoreSource::Features, 2));
+    assert_eq!((m.family, m.score.source, m.schema_version), (family, ScoreSource::Features, family.schema_version()));
     let auroc = m.metrics["image_auroc"];
     eprintln!("{family:?} metrics: {:?}", m.metrics);
     assert!(auroc >= 0.85, "{family:?}: image AUROC {auroc} on the synthetic test set");
@@ -272,4 +273,105 @@ fn tall_parts_get_an_input_in_their_shape_and_square_ones_stay_square() {
     };
     assert_eq!(input_size(&cfg), [416, 160]);
     assert_eq!(input_size(&TrainConfig::default()), [256, 256]);
+}
+
+fn fdisc_config() -> TrainConfig {
+    TrainConfig { fdisc: FdiscConfig { steps: 200, cells: 512, ..FdiscConfig::default() }, ..small(ModelKind::Fdisc) }
+}
+
+#[test]
+fn the_feature_discriminator_detects_defects_and_its_graph_is_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, bundle) = train_and_export(fdisc_config(), dir.path());
+    let state = vigil_pipeline::train::RunState::load(&run).unwrap();
+    let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
+    assert_eq!(losses.len(), 10, "one entry per tenth of the steps");
+    assert!(losses[9] < losses[0], "the loss should fall: {losses:?}");
+    detects(&bundle, Family::Fdisc);
+    assert_eq!(bundle.manifest.schema_version, 4, "the family that needs it writes the newer schema");
+    engines_agree(&bundle);
+    assert!(bundle.path.join(FDISC_FILE).is_file(), "the network travels with the bundle for retraining");
+
+    // The graph's cells against the network run here on the graph's own features.
+    let net = net();
+    let (features, cells) = features_and_cells(&net, &bundle, &run.0.join("checkpoint"));
+    let HeadState::Fdisc { mean, std } =
+        HeadState::load(ModelKind::Fdisc, &run.0.join("checkpoint").join(HEAD_FILE)).unwrap()
+    else {
+        panic!("an fdisc head")
+    };
+    let device = burn::tensor::Device::flex();
+    use burn::module::Module;
+    let model = FeatureDisc::new(152, FdiscConfig::default().hidden, &device)
+        .load_file(run.0.join("checkpoint").join(FDISC_FILE), &device)
+        .unwrap();
+    let n_cells = cells.len() / 3;
+    let mut rows = vec![];
+    for img in 0..3 {
+        let f = &features[img * 152 * n_cells..(img + 1) * 152 * n_cells];
+        for cell in 0..n_cells {
+            rows.extend((0..152).map(|ch| (f[ch * n_cells + cell] - mean[ch]) / std[ch]));
+        }
+    }
+    let x = burn::tensor::Tensor::<2>::from_data(burn::tensor::TensorData::new(rows, [3 * n_cells, 152]), &device);
+    let want = model.forward(x).try_into_vec_as::<f32>().unwrap();
+    for (i, (g, w)) in cells.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "cell {i}: graph {g}, network {w}");
+    }
+
+    // A retrain continues from the bundle's network and statistics.
+    let out = dir.path().join("v2");
+    let exported = retrain(
+        &RetrainRequest {
+            from: bundle.path.clone(),
+            source: DataSource::Folders { normal: synthetic().join("test/good"), abnormal: None, masks: None },
+            out: out.clone(),
+            run: None,
+            epochs: None,
+            device: DeviceChoice::Cpu,
+            val_abnormal: None,
+            engine: crate::common::engine_config(EngineChoice::Tract),
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(exported.bundle.manifest.version, 2);
+    assert_eq!(exported.bundle.manifest.family, Family::Fdisc);
+    engines_agree(&exported.bundle);
+}
+
+#[test]
+fn confirmed_defects_teach_the_feature_discriminator_and_only_it() {
+    use vigil_pipeline::train::{TrainRequest, train};
+    let dir = tempfile::tempdir().unwrap();
+    let defects = synthetic().join("test/missing");
+    let request = |cfg: TrainConfig, out: &str| TrainRequest {
+        config: cfg,
+        source: Some(DataSource::Mvtec(synthetic().to_path_buf())),
+        run: RunDir(dir.path().join(out)),
+        device: DeviceChoice::Cpu,
+        resume: false,
+        init_weights: None,
+        val_abnormal: None,
+        train_abnormal: Some(defects.clone()),
+    };
+    let run = request(fdisc_config(), "fdisc").run;
+    train(&request(fdisc_config(), "fdisc"), &AtomicBool::new(false)).unwrap();
+    let state = vigil_pipeline::train::RunState::load(&run).unwrap();
+    assert_eq!(state.data.train_abnormal.as_deref(), Some(defects.as_path()), "kept for --resume and provenance");
+    let bundle = export(&ExportRequest {
+        run: run.clone(),
+        out: dir.path().join("bundle"),
+        name: None,
+        version: 1,
+        parent: None,
+        engine: engine_config(EngineChoice::Tract),
+    })
+    .unwrap()
+    .bundle;
+    detects(&bundle, Family::Fdisc);
+
+    let err = train(&request(small(ModelKind::Padim), "padim"), &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(err.contains("only the fdisc family learns from confirmed defects"), "{err}");
 }

@@ -167,6 +167,7 @@ fn a_low_contrast_camera_is_normalised_recorded_in_the_manifest_and_detected() {
         resume: false,
         init_weights: None,
         val_abnormal: None,
+        train_abnormal: None,
     };
     assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
     let cfg = TrainConfig::from_file(&run_dir.config()).unwrap();
@@ -240,6 +241,7 @@ fn a_resumed_run_continues_from_its_checkpoint_exactly() {
         resume: false,
         init_weights: None,
         val_abnormal: None,
+        train_abnormal: None,
     };
     train(&req, &AtomicBool::new(false)).unwrap();
     let mut saved = TrainConfig::from_file(&split.config()).unwrap();
@@ -278,6 +280,7 @@ fn a_stop_request_saves_a_checkpoint_that_resume_finishes() {
         resume: false,
         init_weights: None,
         val_abnormal: None,
+        train_abnormal: None,
     };
     assert_eq!(train(&req, &AtomicBool::new(true)).unwrap(), Outcome::Interrupted);
     assert!(run.checkpoint("model").is_file());
@@ -315,6 +318,7 @@ fn corrupt_training_images_are_skipped_named_and_counted() {
             resume: false,
             init_weights: None,
             val_abnormal: None,
+            train_abnormal: None,
         };
         train(&req, &AtomicBool::new(false)).unwrap();
         let state = RunState::load(&run).unwrap();
@@ -407,6 +411,7 @@ fn labelled_validation_defects_give_the_f1_optimal_threshold() {
         resume: false,
         init_weights: None,
         val_abnormal: Some(synthetic().join("test/missing")),
+        train_abnormal: None,
     };
     train(&req, &AtomicBool::new(false)).unwrap();
     let bundle = export_run(&run, &dir.path().join("bundle"));

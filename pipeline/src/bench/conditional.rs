@@ -66,7 +66,8 @@ fn run_one(
     name: &str,
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<(Evaluation, PathBuf)>> {
-    let Some(e) = train_and_export(req.config.clone(), source, RunDir(req.root.join(name)), req.device, stop)? else {
+    let Some(e) = train_and_export(req.config.clone(), source, None, RunDir(req.root.join(name)), req.device, stop)?
+    else {
         return Ok(None);
     };
     let evaluation = e.evaluation.ok_or_else(|| anyhow::anyhow!("{name}: no test images to evaluate on"))?;

@@ -120,7 +120,7 @@ pub fn bench(
 
     let run = RunDir(req.root.join("model"));
     let source = DataSource::Mvtec(req.data.clone());
-    let Some(exported) = train_and_export(req.model.clone(), source, run, req.device, stop)? else {
+    let Some(exported) = train_and_export(req.model.clone(), source, None, run, req.device, stop)? else {
         return Ok(None);
     };
     let bundle = exported.bundle;

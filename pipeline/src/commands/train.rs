@@ -55,6 +55,11 @@ pub struct TrainArgs {
     /// the best F1 on them and the validation normals (default: a quantile of normal scores).
     #[arg(long)]
     val_abnormal: Option<PathBuf>,
+    /// Confirmed defective images to learn from (`--model fdisc`): in each, the cells the
+    /// model finds most anomalous are taught as anomalous. Keep them apart from the images
+    /// the model is judged on.
+    #[arg(long)]
+    train_abnormal: Option<PathBuf>,
     /// Stop after training; export later with `vigil-train export`.
     #[arg(long)]
     no_export: bool,
@@ -105,6 +110,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         resume,
         init_weights: None,
         val_abnormal: a.val_abnormal.clone(),
+        train_abnormal: a.train_abnormal.clone(),
     };
     if train(&req, &stop)? == Outcome::Interrupted {
         return Ok(());

@@ -72,6 +72,16 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
     Some(pts.windows(2).map(|w| (w[1].x - w[0].x) * (w[1].y + w[0].y) / 2.0).sum())
 }
 
+/// The highest recall (true positive rate) at a threshold whose false positive rate is at
+/// most `rate`; `None` when one class is missing.
+pub fn recall_at_false_alarm_rate(scores: &[f32], labels: &[bool], rate: f64) -> Option<f64> {
+    let pos = labels.iter().filter(|l| **l).count();
+    if pos == 0 || pos == labels.len() {
+        return None;
+    }
+    roc_curve(scores, labels).iter().filter(|p| p.x <= rate + 1e-12).map(|p| p.y).reduce(f64::max)
+}
+
 /// The precision-recall curve (x = recall, y = precision), one point per distinct score.
 pub fn pr_curve(scores: &[f32], labels: &[bool]) -> Vec<CurvePoint> {
     let pos = labels.iter().filter(|l| **l).count() as f64;

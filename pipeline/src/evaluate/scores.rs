@@ -13,7 +13,7 @@ use vigil_model::preprocess::Preprocessor;
 use vigil_model::tiling::{Inputs, score_frames};
 
 use crate::data::sets::{Skipped, TestImage, load_inputs, load_mask};
-use crate::evaluate::metrics::{Confusion, aupro, auroc, confusion, pixel_auroc};
+use crate::evaluate::metrics::{Confusion, aupro, auroc, confusion, pixel_auroc, recall_at_false_alarm_rate};
 
 /// One image's result.
 #[derive(Debug, Clone)]
@@ -87,6 +87,9 @@ pub struct Evaluation {
     pub threshold: f32,
     /// Counts, precision, recall and F1 at the threshold.
     pub at_threshold: Confusion,
+    /// The highest recall any threshold reaches with at most 1 false alarm per 100 normal
+    /// test images: what the model could catch at that operating point, whatever its threshold.
+    pub recall_at_1_in_100: Option<f64>,
     /// AUROC of each defect type against the normal test images.
     pub auroc_per_type: BTreeMap<String, Option<f64>>,
     /// Test images per type.
@@ -254,6 +257,7 @@ fn summarize(
         aupro: if has_masks { aupro(&maps, &masks, &dims, 0.3, 60) } else { None },
         threshold,
         at_threshold: confusion(&margins, &labels, 0.0),
+        recall_at_1_in_100: recall_at_false_alarm_rate(&scores, &labels, 0.01),
         auroc_per_type: per_type,
         counts,
         skipped,

@@ -64,12 +64,13 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "model".into() } else { s }
 }
 
-/// Trains `config` on `source` into `run` (fresh), then exports version 1 into `run/bundle`,
-/// calibrated and evaluated on the default engine: what the benchmarks do per model. `None`
-/// when stopped.
+/// Trains `config` on `source` (and the confirmed defects in `defects`, for `fdisc`) into
+/// `run` (fresh), then exports version 1 into `run/bundle`, calibrated and evaluated on the
+/// default engine: what the benchmarks do per model. `None` when stopped.
 pub fn train_and_export(
     config: TrainConfig,
     source: crate::data::sets::DataSource,
+    defects: Option<PathBuf>,
     run: RunDir,
     device: crate::device::DeviceChoice,
     stop: &std::sync::atomic::AtomicBool,
@@ -82,6 +83,7 @@ pub fn train_and_export(
         resume: false,
         init_weights: None,
         val_abnormal: None,
+        train_abnormal: defects,
     };
     if crate::train::train(&req, stop)? == crate::run::Outcome::Interrupted {
         return Ok(None);
@@ -248,7 +250,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             .save(&req.out.join(crate::family::trained::WEIGHTS_FILE))?,
         Weights::Features(checkpoint) => {
             // The head's state as the bundle's weights (what a retrain extends), and the
-            // feature autoencoder's network; a conditional model's per class in its folder.
+            // trained network of `fae` and `fdisc`; a conditional model's per class in its folder.
             let folders: Vec<(PathBuf, PathBuf)> = if cfg.classes.is_empty() {
                 vec![(checkpoint.clone(), req.out.clone())]
             } else {
@@ -265,9 +267,10 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
                     from.join(crate::family::features::HEAD_FILE),
                     to.join(crate::family::trained::WEIGHTS_FILE),
                 )?;
-                let fae = from.join(crate::family::features::FAE_FILE);
-                if fae.is_file() {
-                    std::fs::copy(&fae, to.join(crate::family::features::FAE_FILE))?;
+                for name in crate::family::features::NETWORK_FILES {
+                    if from.join(name).is_file() {
+                        std::fs::copy(from.join(name), to.join(name))?;
+                    }
                 }
             }
         }

@@ -22,6 +22,9 @@ pub enum ModelKind {
     Patchcore,
     /// An autoencoder trained on pretrained backbone features, reconstruction error.
     Fae,
+    /// A discriminator trained on pretrained backbone features against synthetic anomalies
+    /// (and confirmed defects), its logit.
+    Fdisc,
 }
 
 impl ModelKind {
@@ -35,12 +38,13 @@ impl ModelKind {
             ModelKind::Padim => Family::Padim,
             ModelKind::Patchcore => Family::Patchcore,
             ModelKind::Fae => Family::Fae,
+            ModelKind::Fdisc => Family::Fdisc,
         }
     }
 
     /// Whether the family scores in a pretrained backbone's feature space.
     pub fn is_feature(self) -> bool {
-        matches!(self, ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae)
+        matches!(self, ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae | ModelKind::Fdisc)
     }
 
     /// Whether the family is a GAN (generator + discriminator).

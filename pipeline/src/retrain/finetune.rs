@@ -14,9 +14,10 @@ use vigil_model::bundle::manifest::Parent;
 use vigil_model::engine::EngineConfig;
 
 use crate::config::TrainConfig;
-use crate::data::sets::DataSource;
+use crate::data::sets::{DataSource, list_images};
 use crate::device::DeviceChoice;
 use crate::export::bundle::{ExportRequest, Exported, export};
+use crate::family::kind::ModelKind;
 use crate::family::trained::WEIGHTS_FILE;
 use crate::retrain::gate::{GateReport, HeldOut, Tolerances};
 use crate::run::Outcome;
@@ -95,6 +96,18 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
     cfg.epochs = epochs;
     cfg.gan.encoder_epochs = cfg.gan.encoder_epochs.map(|_| epochs);
     let run = RunDir(req.run_dir());
+    // The feature discriminator learns from the confirmed defects (the daemon's
+    // `dataset/<camera>/abnormal`) instead of only calibrating on them; its threshold then
+    // comes from the validation normals, since defects it learnt from would judge it
+    // optimistically.
+    let has_defects = req.val_abnormal.as_deref().is_some_and(|d| list_images(d).is_ok_and(|v| !v.is_empty()));
+    let (val_abnormal, train_abnormal) = match (cfg.model, has_defects) {
+        (ModelKind::Fdisc, true) => {
+            tracing::info!("fdisc: learning from the confirmed defects; the threshold comes from validation normals");
+            (None, req.val_abnormal.clone())
+        }
+        _ => (req.val_abnormal.clone(), None),
+    };
     let train_req = TrainRequest {
         config: cfg,
         source: Some(req.source.clone()),
@@ -102,7 +115,8 @@ pub fn retrain(req: &RetrainRequest, stop: &AtomicBool) -> anyhow::Result<Option
         device: req.device,
         resume: false,
         init_weights: Some(weights),
-        val_abnormal: req.val_abnormal.clone(),
+        val_abnormal,
+        train_abnormal,
     };
     if train(&train_req, stop)? == Outcome::Interrupted {
         return Ok(None);

@@ -54,6 +54,9 @@ pub struct TrainRequest {
     pub init_weights: Option<PathBuf>,
     /// Labelled defective images for calibration: the threshold becomes the F1-optimal one.
     pub val_abnormal: Option<PathBuf>,
+    /// Confirmed defective images to learn from (`fdisc`; none of them should be among the
+    /// images the model is judged on).
+    pub train_abnormal: Option<PathBuf>,
 }
 
 /// Runs (or resumes) training until every epoch is done or `stop` is set.
@@ -100,7 +103,11 @@ pub fn train(req: &TrainRequest, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         cfg.validate()?;
         cfg.save(&run.config())?;
         let state = RunState {
-            data: SourceSpec { val_abnormal: req.val_abnormal.clone(), ..SourceSpec::from(&source) },
+            data: SourceSpec {
+                val_abnormal: req.val_abnormal.clone(),
+                train_abnormal: req.train_abnormal.clone(),
+                ..SourceSpec::from(&source)
+            },
             channels,
             epochs_done: 0,
             encoder_epochs_done: 0,
@@ -178,7 +185,9 @@ fn train_features(
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let previous = if req.resume { None } else { req.init_weights.as_deref() };
-    let Some(fitted) = crate::family::features::fit(cfg, data, &req.run, device, stop, previous)? else {
+    let defects = state.data.train_abnormal.clone();
+    let Some(fitted) = crate::family::features::fit(cfg, data, &req.run, device, stop, previous, defects.as_deref())?
+    else {
         tracing::info!("stopped; start again with --resume {}", req.run.0.display());
         return Ok(Outcome::Interrupted);
     };

@@ -59,6 +59,7 @@ pub fn train_source(cfg: TrainConfig, source: DataSource, dir: &Path) -> RunDir 
         resume: false,
         init_weights: None,
         val_abnormal: None,
+        train_abnormal: None,
     };
     assert_eq!(train(&req, &AtomicBool::new(false)).unwrap(), Outcome::Finished);
     run

@@ -6,14 +6,18 @@
 //! - [`padim`]: per-cell Gaussians, Mahalanobis distance.
 //! - [`patchcore`]: a memory bank by greedy coreset selection, nearest-neighbour distance.
 //! - [`fae`]: an autoencoder trained on the features, reconstruction error.
+//! - [`fdisc`]: a discriminator trained on the features against noisy copies of them (and
+//!   confirmed defects), its logit.
 //!
 //! A run folder of these families holds `train.toml`, `state.json` and
-//! `checkpoint/head.safetensors` (the fitted head; for `fae` also `checkpoint/fae.bpk`); the
+//! `checkpoint/head.safetensors` (the fitted head; for `fae` and `fdisc` also their network,
+//! `checkpoint/fae.bpk` or `checkpoint/fdisc.bpk`); the
 //! exported bundle is one ONNX graph (backbone, head, map, score) like any other.
 
 pub mod config;
 pub mod extract;
 pub mod fae;
+pub mod fdisc;
 pub mod padim;
 pub mod patchcore;
 
@@ -44,6 +48,10 @@ use patchcore::Patches;
 pub const HEAD_FILE: &str = "head.safetensors";
 /// The feature autoencoder's weights in a run's `checkpoint/` folder.
 pub const FAE_FILE: &str = "fae.bpk";
+/// The feature discriminator's weights in a run's `checkpoint/` folder.
+pub const FDISC_FILE: &str = "fdisc.bpk";
+/// The files beside the head that hold a trained network, copied into bundles.
+pub const NETWORK_FILES: [&str; 2] = [FAE_FILE, FDISC_FILE];
 
 /// The input `[height, width]` of a config: `size` × `size`, or, for images of another
 /// shape (`aspect` = height / width, measured on the training images), about as many pixels
@@ -93,6 +101,13 @@ pub enum HeadState {
         /// Per-channel standard deviations.
         std: Vec<f32>,
     },
+    /// The feature discriminator's standardisation (its network is in `fdisc.bpk`).
+    Fdisc {
+        /// Per-channel means.
+        mean: Vec<f32>,
+        /// Per-channel standard deviations.
+        std: Vec<f32>,
+    },
 }
 
 fn f32s(v: &[f64]) -> Vec<f32> {
@@ -117,6 +132,10 @@ impl HeadState {
             HeadState::Fae { mean, std } => {
                 tensors.insert("fae.mean".into(), Tensor::new(vec![mean.len()], mean.clone()));
                 tensors.insert("fae.std".into(), Tensor::new(vec![std.len()], std.clone()));
+            }
+            HeadState::Fdisc { mean, std } => {
+                tensors.insert("fdisc.mean".into(), Tensor::new(vec![mean.len()], mean.clone()));
+                tensors.insert("fdisc.std".into(), Tensor::new(vec![std.len()], std.clone()));
             }
         }
         backbone::write_tensors(&tensors, path)
@@ -144,6 +163,9 @@ impl HeadState {
                 HeadState::Patchcore(Patches { channels: b.shape[1], data: b.data.clone() })
             }
             ModelKind::Fae => HeadState::Fae { mean: get("fae.mean")?.data.clone(), std: get("fae.std")?.data.clone() },
+            ModelKind::Fdisc => {
+                HeadState::Fdisc { mean: get("fdisc.mean")?.data.clone(), std: get("fdisc.std")?.data.clone() }
+            }
             other => bail!("{other:?} is not a feature family"),
         })
     }
@@ -169,7 +191,8 @@ pub fn class_dir(i: usize) -> String {
 /// Computes the training images' features and fits the family's head into `run`'s
 /// `checkpoint/` (a conditional model: one head per class, each fitted on its class's images
 /// alone, in `checkpoint/class-<i>/`); `previous` (a retrain) is a bundle's head to extend
-/// with these images. `None` when stopped.
+/// with these images; `defects` (fdisc) a folder of confirmed defects to learn from. `None`
+/// when stopped.
 pub fn fit(
     cfg: &TrainConfig,
     data: &DataSet,
@@ -177,13 +200,32 @@ pub fn fit(
     device: &Device,
     stop: &AtomicBool,
     previous: Option<&Path>,
+    defects: Option<&Path>,
 ) -> anyhow::Result<Option<Fitted>> {
     let (net, info) = backbone::ensure(cfg.features.backbone)?;
     tracing::info!("backbone: {} ({}, {} parameters)", info.package, info.license, info.parameters);
     let extractor = Extractor::new(&net, input_size(cfg), &EngineConfig::default())?;
     let checkpoint = run.0.join("checkpoint");
+    let defects = match defects {
+        Some(dir) => {
+            anyhow::ensure!(
+                cfg.model == ModelKind::Fdisc,
+                "--train-abnormal: only the fdisc family learns from confirmed defects; use --model fdisc, or --val-abnormal to calibrate the threshold on them"
+            );
+            anyhow::ensure!(cfg.classes.is_empty(), "--train-abnormal is not available for conditional models yet");
+            let paths = crate::data::sets::list_images(dir)?;
+            anyhow::ensure!(!paths.is_empty(), "--train-abnormal {}: no images in that folder", dir.display());
+            let (f, skipped) = extractor.extract(&paths, "defect features")?;
+            for s in &skipped {
+                tracing::warn!("confirmed defect {} skipped: {}", s.path.display(), s.reason);
+            }
+            tracing::info!("learning from {} confirmed defect images", f.len());
+            Some(f)
+        }
+        None => None,
+    };
     if cfg.classes.is_empty() {
-        return fit_head(cfg, &extractor, &data.train, &checkpoint, device, stop, previous, "train");
+        return fit_head(cfg, &extractor, &data.train, &checkpoint, device, stop, previous, defects.as_ref(), "train");
     }
     anyhow::ensure!(
         previous.is_none(),
@@ -195,7 +237,8 @@ pub fn fit(
             data.train.iter().zip(&data.train_class).filter(|(_, k)| **k == i).map(|(p, _)| p.clone()).collect();
         tracing::info!("class {name}: {} training images", train.len());
         let dir = checkpoint.join(class_dir(i));
-        let Some(f) = fit_head(cfg, &extractor, &train, &dir, device, stop, None, &format!("train {name}"))? else {
+        let Some(f) = fit_head(cfg, &extractor, &train, &dir, device, stop, None, None, &format!("train {name}"))?
+        else {
             return Ok(None);
         };
         all.images += f.images;
@@ -215,6 +258,7 @@ fn fit_head(
     device: &Device,
     stop: &AtomicBool,
     previous: Option<&Path>,
+    defects: Option<&extract::Features>,
     phase: &str,
 ) -> anyhow::Result<Option<Fitted>> {
     let started = Instant::now();
@@ -301,22 +345,72 @@ fn fit_head(
                 return Ok(None);
             };
             model.clone().save_file(dir.join(FAE_FILE)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            history = losses
-                .iter()
-                .enumerate()
-                .map(|(i, l)| EpochLog {
-                    phase: phase.into(),
-                    epoch: i as u32 + 1,
-                    losses: vec![("loss".into(), *l)],
-                    samples_per_s: 0.0,
-                })
-                .collect();
+            history = loss_history(phase, &losses);
             HeadState::Fae { mean, std }
+        }
+        ModelKind::Fdisc => {
+            let (mean, std) = match previous.map(|p| HeadState::load(ModelKind::Fdisc, p)).transpose()? {
+                Some(HeadState::Fdisc { mean, std }) => (mean, std),
+                _ => fae::channel_stats(&features),
+            };
+            let init = match previous {
+                Some(p) => Some(load_fdisc(cfg, features.shape.channels, &p.with_file_name(FDISC_FILE), device)?),
+                None => None,
+            };
+            let t = fdisc::FdiscTraining {
+                hidden: cfg.fdisc.hidden,
+                steps: cfg.fdisc.steps,
+                cells: cfg.fdisc.cells,
+                lr: cfg.fdisc.lr,
+                noise: cfg.fdisc.noise,
+                seed: cfg.seed,
+            };
+            let pool = match cfg.corruption {
+                Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
+                Corruption::Gaussian | Corruption::None | Corruption::CycleGan(_) => None,
+            };
+            let moved = pool.as_deref().map(|p| fdisc::moved_cells(&features, p, &std, cfg.fdisc.noise));
+            if let Some(m) = &moved {
+                tracing::info!(
+                    "synthetic defects: {} of {} cells moved as far as the noise",
+                    m.len(),
+                    features.len() * features.shape.cells()
+                );
+            }
+            let synthetic = pool.as_deref().zip(moved.as_deref());
+            let Some((model, losses)) =
+                fdisc::train(&features, synthetic, defects, (&mean, &std), t, device, stop, init)?
+            else {
+                return Ok(None);
+            };
+            model.clone().save_file(dir.join(FDISC_FILE)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            history = loss_history(phase, &losses);
+            HeadState::Fdisc { mean, std }
         }
         other => bail!("{other:?} is not a feature family"),
     };
     state.save(&head_path)?;
     Ok(Some(Fitted { images: features.len(), skipped, history, engine: extractor.engine() }))
+}
+
+/// One log entry per epoch (fae) or tenth of the steps (fdisc).
+fn loss_history(phase: &str, losses: &[f64]) -> Vec<EpochLog> {
+    losses
+        .iter()
+        .enumerate()
+        .map(|(i, l)| EpochLog {
+            phase: phase.into(),
+            epoch: i as u32 + 1,
+            losses: vec![("loss".into(), *l)],
+            samples_per_s: 0.0,
+        })
+        .collect()
+}
+
+fn load_fdisc(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) -> anyhow::Result<fdisc::FeatureDisc> {
+    fdisc::FeatureDisc::new(channels, cfg.fdisc.hidden, device)
+        .try_load_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
 
 fn load_fae(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) -> anyhow::Result<fae::FeatureAe> {
@@ -343,6 +437,15 @@ fn head_of(cfg: &TrainConfig, dir: &Path, channels: usize) -> anyhow::Result<Fea
             let model = load_fae(cfg, channels, &dir.join(FAE_FILE), &Device::flex())?;
             let net = model.valid().to_sequential().fold_batch_norm()?;
             FeatureHead::Fae { mean: Tensor::new(vec![mean.len()], mean), std: Tensor::new(vec![std.len()], std), net }
+        }
+        HeadState::Fdisc { mean, std } => {
+            let model = load_fdisc(cfg, channels, &dir.join(FDISC_FILE), &Device::flex())?;
+            let net = model.valid().to_sequential();
+            FeatureHead::Discriminator {
+                mean: Tensor::new(vec![mean.len()], mean),
+                std: Tensor::new(vec![std.len()], std),
+                net,
+            }
         }
     })
 }

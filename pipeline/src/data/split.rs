@@ -1,0 +1,75 @@
+//! Confirmed defects taken out of a test set, as a line that has confirmed some would have
+//! them: the benchmark of training with labelled defects learns from these and is judged on
+//! the rest, never on an image it learnt from.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use vigil_model::rng::Rng;
+
+use super::sets::list_images;
+
+/// An MVTec-layout set split for mixed supervision.
+#[derive(Debug, Clone)]
+pub struct DefectSplit {
+    /// The set without the taken defects (MVTec layout, files linked to the original).
+    pub root: PathBuf,
+    /// The taken defects, all types in one folder (`<type>-<file>`).
+    pub defects: PathBuf,
+    /// Defects taken, per type.
+    pub taken: Vec<(String, usize)>,
+}
+
+/// Takes `per_type` defects of each type of the MVTec set at `data` (chosen by `seed`) into
+/// `out/train-defects`, and writes the rest of the set as `out/rest` (symbolic links).
+pub fn take_defects(data: &Path, per_type: usize, seed: u64, out: &Path) -> anyhow::Result<DefectSplit> {
+    let (root, defects) = (out.join("rest"), out.join("train-defects"));
+    for d in [&root, &defects] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("clearing {}", d.display()))?;
+        }
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let link = |from: &Path, to: &Path| -> anyhow::Result<()> {
+        let from = std::fs::canonicalize(from).with_context(|| format!("{}", from.display()))?;
+        std::os::unix::fs::symlink(&from, to).with_context(|| format!("linking {}", to.display()))
+    };
+    std::fs::create_dir_all(root.join("train"))?;
+    link(&data.join("train/good"), &root.join("train/good"))?;
+    if data.join("ground_truth").is_dir() {
+        link(&data.join("ground_truth"), &root.join("ground_truth"))?;
+    }
+    let mut taken = vec![];
+    let mut kinds: Vec<PathBuf> = std::fs::read_dir(data.join("test"))
+        .with_context(|| format!("{}: no test/ folder (MVTec layout)", data.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    kinds.sort();
+    for dir in kinds {
+        let kind = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if kind == "good" {
+            link(&dir, &root.join("test/good")).or_else(|_| {
+                std::fs::create_dir_all(root.join("test"))?;
+                link(&dir, &root.join("test/good"))
+            })?;
+            continue;
+        }
+        let mut files = list_images(&dir)?;
+        Rng::new(seed ^ kind.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))).shuffle(&mut files);
+        let n = per_type.min(files.len().saturating_sub(1));
+        let kept = root.join("test").join(&kind);
+        std::fs::create_dir_all(&kept)?;
+        for (i, f) in files.iter().enumerate() {
+            let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if i < n {
+                link(f, &defects.join(format!("{kind}-{name}")))?;
+            } else {
+                link(f, &kept.join(&name))?;
+            }
+        }
+        taken.push((kind, n));
+    }
+    Ok(DefectSplit { root, defects, taken })
+}

@@ -1,0 +1,260 @@
+//! The feature discriminator (`fdisc`): a feature adaptor and a small discriminator trained
+//! with burn on the backbone's frozen features (standardised per channel), in the manner of
+//! SimpleNet. Anomalies are made where the network can see them, in the adapted feature
+//! space: Gaussian noise on normal cells; and, with `corruption = "synthetic"`, the cells of
+//! the training images with synthetic defects pasted on (as `fae` learns from) that the
+//! defect moved at least as far as the noise does. The discriminator learns to tell those
+//! from the normal cells; a cell scores by its logit. Confirmed defects, when there are some, add real
+//! anomalous cells: in each defect image the cells the network already finds most anomalous
+//! (the image is labelled, its cells are not), so that it learns what the line's defects look
+//! like without being told that the rest of the part is defective.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::{leaky_relu, relu};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use vigil_model::onnx::graph::{ConvParams, Tensor as OnnxTensor};
+use vigil_model::onnx::net::{Layer, Sequential};
+use vigil_model::rng::{Rng, mix};
+
+use super::extract::{Features, progress};
+
+/// The negative slope of the discriminator's leaky ReLU.
+const SLOPE: f64 = 0.2;
+/// The margin of the truncated L1 loss: a normal cell is learnt once its logit is below
+/// `-MARGIN`, an anomalous one once it is above `MARGIN`.
+const MARGIN: f64 = 0.5;
+/// Of each confirmed defect image, the share of its cells taken as anomalous (the most
+/// anomalous ones by the network's current logits), at least one.
+pub const DEFECT_CELL_SHARE: f64 = 0.02;
+
+/// Adaptor (`C → C`, linear, starting as the identity) and discriminator (`C → hidden`, leaky
+/// ReLU, `→ 1`), applied to every grid cell alone.
+#[derive(Module, Debug)]
+pub struct FeatureDisc {
+    adaptor: Linear,
+    d1: Linear,
+    d2: Linear,
+}
+
+impl FeatureDisc {
+    /// A new network for `channels` features and `hidden` discriminator units.
+    pub fn new(channels: usize, hidden: usize, device: &Device) -> FeatureDisc {
+        let mut adaptor = LinearConfig::new(channels, channels).init(device);
+        let mut eye = vec![0f32; channels * channels];
+        (0..channels).for_each(|i| eye[i * channels + i] = 1.0);
+        adaptor.weight = Param::from_tensor(Tensor::<2>::from_data(TensorData::new(eye, [channels, channels]), device));
+        adaptor.bias = Some(Param::from_tensor(Tensor::<1>::zeros([channels], device)));
+        FeatureDisc {
+            adaptor,
+            d1: LinearConfig::new(channels, hidden).init(device),
+            d2: LinearConfig::new(hidden, 1).init(device),
+        }
+    }
+
+    fn adapt(&self, x: Tensor<2>) -> Tensor<2> {
+        self.adaptor.forward(x)
+    }
+
+    fn discriminate(&self, a: Tensor<2>) -> Tensor<2> {
+        self.d2.forward(leaky_relu(self.d1.forward(a), SLOPE))
+    }
+
+    /// `[M, C]` standardised cells to their logits `[M, 1]` (higher: more anomalous).
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.discriminate(self.adapt(x))
+    }
+
+    /// The network for the ONNX writer: each layer as a 1x1 convolution over the grid.
+    pub fn to_sequential(&self) -> Sequential {
+        Sequential::new(vec![
+            conv1x1(&self.adaptor),
+            conv1x1(&self.d1),
+            Layer::LeakyRelu(SLOPE as f32),
+            conv1x1(&self.d2),
+        ])
+    }
+}
+
+/// A linear layer (`[in, out]` weight) as the 1x1 convolution (`[out, in, 1, 1]`) that applies
+/// it to every cell.
+fn conv1x1(l: &Linear) -> Layer {
+    let w = l.weight.val().transpose();
+    let [out, inp] = w.dims();
+    let weight = OnnxTensor::new(vec![out, inp, 1, 1], w.try_into_vec_as::<f32>().expect("float weights"));
+    let bias = l.bias.as_ref().map(|b| OnnxTensor::new(vec![out], b.val().try_into_vec_as::<f32>().expect("float")));
+    Layer::Conv { weight, bias, params: ConvParams { stride: 1, pad: 0 } }
+}
+
+/// Training settings of the feature discriminator.
+#[derive(Debug, Clone, Copy)]
+pub struct FdiscTraining {
+    /// Discriminator units.
+    pub hidden: usize,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Normal cells per step (as many noisy ones are made from them).
+    pub cells: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Standard deviation of the noise that makes anomalous cells, in standardised units.
+    pub noise: f32,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// The cells of the corrupted pool (one block per image of `f`, same layout) that the pasted
+/// defect moved at least `noise`·√C in standardised units: as far as a noisy copy lies from
+/// its cell. `(image, cell)` pairs.
+pub fn moved_cells(f: &Features, corrupted: &[f32], std: &[f32], noise: f32) -> Vec<(usize, usize)> {
+    let (c, cells) = (f.shape.channels, f.shape.cells());
+    let limit = (noise as f64).powi(2) * c as f64;
+    let mut out = vec![];
+    for i in 0..f.len() {
+        let (clean, bad) = (f.image(i), &corrupted[i * c * cells..(i + 1) * c * cells]);
+        for cell in 0..cells {
+            let d2: f64 =
+                (0..c).map(|ch| (((bad[ch * cells + cell] - clean[ch * cells + cell]) / std[ch]) as f64).powi(2)).sum();
+            if d2 >= limit {
+                out.push((i, cell));
+            }
+        }
+    }
+    out
+}
+
+/// Trains the adaptor and discriminator on the standardised cells of `f` against noisy copies,
+/// the `moved` cells of the `corrupted` pool (see [`moved_cells`]) and, when given, the most
+/// anomalous cells of the confirmed `defects`; `None` when stopped. Returns the network and
+/// the mean loss of each tenth of the steps.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    f: &Features,
+    synthetic: Option<(&[f32], &[(usize, usize)])>,
+    defects: Option<&Features>,
+    (mean, std): (&[f32], &[f32]),
+    t: FdiscTraining,
+    device: &Device,
+    stop: &AtomicBool,
+    init: Option<FeatureDisc>,
+) -> anyhow::Result<Option<(FeatureDisc, Vec<f64>)>> {
+    let (c, cells) = (f.shape.channels, f.shape.cells());
+    anyhow::ensure!(!f.is_empty() && cells > 0, "no training features");
+    device.seed(t.seed);
+    let mut model = match init {
+        // `fork`, not `to_device`: see the feature autoencoder's retrain.
+        Some(m) => m.fork(device),
+        None => FeatureDisc::new(c, t.hidden, device),
+    };
+    let mut opt = AdamConfig::new().init();
+    let mut rng = Rng::new(mix(t.seed ^ 0xd15c));
+    let m = t.cells.max(1);
+    let chunk = t.steps.div_ceil(10).max(1);
+    let mut history = vec![];
+    let bar = progress(t.steps, "fdisc");
+    let (mut sum, mut count) = (0f64, 0usize);
+    // Defect images per step, so that each is seen about as often as a normal one.
+    let defect_images = defects.map(|d| d.len().min((m / cells).max(1)));
+    for step in 0..t.steps {
+        if stop.load(Ordering::SeqCst) {
+            bar.abandon();
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(m * c);
+        for _ in 0..m {
+            let img = f.image(rng.below(f.len()));
+            let cell = rng.below(cells);
+            data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch]) / std[ch]));
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(data, [m, c]), device);
+        let a = model.adapt(x);
+        let noisy = a.clone() + Tensor::<2>::random([m, c], Distribution::Normal(0.0, t.noise as f64), device);
+        let normal = model.discriminate(a);
+        let anomalous = model.discriminate(noisy);
+        let mut loss = relu(normal + MARGIN).mean() + relu(anomalous.neg() + MARGIN).mean();
+        if let Some((pool, moved)) = synthetic.filter(|(_, moved)| !moved.is_empty()) {
+            let mut data = Vec::with_capacity(m * c);
+            for _ in 0..m {
+                let (i, cell) = moved[rng.below(moved.len())];
+                let img = &pool[i * c * cells..(i + 1) * c * cells];
+                data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch]) / std[ch]));
+            }
+            let x = Tensor::<2>::from_data(TensorData::new(data, [m, c]), device);
+            loss = loss + relu(model.forward(x).neg() + MARGIN).mean();
+        }
+        if let (Some(d), Some(k)) = (defects, defect_images) {
+            loss = loss + defect_loss(&model, d, k, (mean, std), &mut rng, device);
+        }
+        sum += loss.clone().into_scalar::<f32>() as f64;
+        count += 1;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = opt.step(t.lr, model, grads);
+        bar.inc(1);
+        if (step + 1) % chunk == 0 || step + 1 == t.steps {
+            let mean_loss = sum / count as f64;
+            tracing::info!("fdisc step {}/{}: loss {mean_loss:.4}", step + 1, t.steps);
+            history.push(mean_loss);
+            (sum, count) = (0.0, 0);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Some((model, history)))
+}
+
+/// The loss on `k` random confirmed defect images: each one's most anomalous cells (by the
+/// current logits, [`DEFECT_CELL_SHARE`] of them) should score above the margin.
+fn defect_loss(
+    model: &FeatureDisc,
+    d: &Features,
+    k: usize,
+    (mean, std): (&[f32], &[f32]),
+    rng: &mut Rng,
+    device: &Device,
+) -> Tensor<1> {
+    let (c, cells) = (d.shape.channels, d.shape.cells());
+    let mut data = Vec::with_capacity(k * cells * c);
+    for _ in 0..k {
+        let img = d.image(rng.below(d.len()));
+        for cell in 0..cells {
+            data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch]) / std[ch]));
+        }
+    }
+    let x = Tensor::<2>::from_data(TensorData::new(data, [k * cells, c]), device);
+    let logits = model.forward(x); // [k * cells, 1]
+    let values = logits.clone().detach().try_into_vec_as::<f32>().expect("float logits");
+    let top = ((cells as f64 * DEFECT_CELL_SHARE).round() as usize).max(1);
+    let mut mask = vec![0f32; k * cells];
+    for (i, image) in values.chunks(cells).enumerate() {
+        let mut order: Vec<usize> = (0..cells).collect();
+        order.sort_unstable_by(|&a, &b| image[b].total_cmp(&image[a]));
+        order[..top].iter().for_each(|&j| mask[i * cells + j] = 1.0);
+    }
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [k * cells, 1]), device);
+    (relu(logits.neg() + MARGIN) * mask).sum() / (k * top) as f64
+}
+
+/// The feature discriminator's own options (`train.toml`'s `fdisc_hidden`, `fdisc_steps`,
+/// `fdisc_cells`, `fdisc_lr`, `fdisc_noise`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FdiscConfig {
+    /// Discriminator units.
+    pub hidden: usize,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Normal grid cells per step, drawn at random from all training images.
+    pub cells: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Standard deviation of the noise that makes the anomalous cells, in standardised units
+    /// of the features.
+    pub noise: f32,
+}
+
+impl Default for FdiscConfig {
+    fn default() -> Self {
+        FdiscConfig { hidden: 256, steps: 1000, cells: 2048, lr: 1e-3, noise: 0.5 }
+    }
+}

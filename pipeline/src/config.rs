@@ -129,6 +129,13 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Quantile of validation-normal scores used as the threshold.
     pub quantile: f64,
+    /// The threshold as about this many false alarms per 1000 good parts (the quantile
+    /// `1 - rate / 1000` of validation normals, also when defects are labelled); instead of
+    /// `quantile`.
+    pub false_alarms_per_1000: Option<f64>,
+    /// The threshold that catches this share of the labelled validation defects
+    /// (`--val-abnormal`), its false-alarm rate reported; instead of `quantile`.
+    pub recall_target: Option<f64>,
     /// What the DAE and VAE learn to remove: `synthetic` defects, `gaussian` noise, `none`.
     pub corruption: Corruption,
     /// The anomaly map's per-pixel measure: `squared`, `absolute`, `ssim` (structural
@@ -161,7 +168,7 @@ pub struct TrainConfig {
     /// The feature autoencoder: `fae_latent`, `fae_lr`, `fae_noise`, `fae_variational`.
     pub fae: FaeConfig,
     /// The feature discriminator: `fdisc_hidden`, `fdisc_steps`, `fdisc_cells`, `fdisc_lr`,
-    /// `fdisc_noise`.
+    /// `fdisc_noise`, `fdisc_standardise`.
     pub fdisc: FdiscConfig,
 }
 
@@ -184,6 +191,8 @@ impl Default for TrainConfig {
             seed: 0,
             val_fraction: 0.1,
             quantile: crate::evaluate::calibrate::DEFAULT_QUANTILE,
+            false_alarms_per_1000: None,
+            recall_target: None,
             corruption: Corruption::Synthetic,
             pixel_error: PixelError::Squared,
             smoothing_sigma: 4.0,
@@ -225,6 +234,8 @@ struct FlatConfig {
     seed: u64,
     val_fraction: f64,
     quantile: f64,
+    false_alarms_per_1000: Option<f64>,
+    recall_target: Option<f64>,
     corruption: Corruption,
     noise_sigma: f32,
     kl_weight: f32,
@@ -252,6 +263,7 @@ struct FlatConfig {
     fdisc_cells: usize,
     fdisc_lr: f64,
     fdisc_noise: f32,
+    fdisc_standardise: crate::family::features::fdisc::Standardise,
     tiling: Option<Tiling>,
 }
 
@@ -280,6 +292,8 @@ impl From<TrainConfig> for FlatConfig {
             seed: c.seed,
             val_fraction: c.val_fraction,
             quantile: c.quantile,
+            false_alarms_per_1000: c.false_alarms_per_1000,
+            recall_target: c.recall_target,
             corruption: c.corruption,
             noise_sigma: c.autoencoder.noise_sigma,
             kl_weight: c.autoencoder.kl_weight,
@@ -307,6 +321,7 @@ impl From<TrainConfig> for FlatConfig {
             fdisc_cells: c.fdisc.cells,
             fdisc_lr: c.fdisc.lr,
             fdisc_noise: c.fdisc.noise,
+            fdisc_standardise: c.fdisc.standardise,
             tiling: c.tiling,
         }
     }
@@ -331,6 +346,8 @@ impl From<FlatConfig> for TrainConfig {
             seed: f.seed,
             val_fraction: f.val_fraction,
             quantile: f.quantile,
+            false_alarms_per_1000: f.false_alarms_per_1000,
+            recall_target: f.recall_target,
             corruption: f.corruption,
             pixel_error: f.pixel_error,
             smoothing_sigma: f.smoothing_sigma,
@@ -356,6 +373,7 @@ impl From<FlatConfig> for TrainConfig {
                 cells: f.fdisc_cells,
                 lr: f.fdisc_lr,
                 noise: f.fdisc_noise,
+                standardise: f.fdisc_standardise,
             },
         }
     }
@@ -410,8 +428,31 @@ impl TrainConfig {
         ArchSpec { channels, size: self.size, latent: self.latent, width: self.width, classes: self.classes.len() }
     }
 
+    /// Where the threshold goes: `recall_target`, else `false_alarms_per_1000`, else
+    /// `quantile`.
+    pub fn operating_point(&self) -> crate::evaluate::calibrate::OperatingPoint {
+        use crate::evaluate::calibrate::OperatingPoint;
+        match (self.recall_target, self.false_alarms_per_1000) {
+            (Some(r), _) => OperatingPoint::Recall(r),
+            (None, Some(f)) => OperatingPoint::FalseAlarms(f),
+            (None, None) => OperatingPoint::Quantile(self.quantile),
+        }
+    }
+
     /// Checks values before any work starts; the message names the option and the fix.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(self.recall_target.is_some() && self.false_alarms_per_1000.is_some()),
+            "recall_target and false_alarms_per_1000 both place the threshold: set one of them"
+        );
+        anyhow::ensure!(
+            self.false_alarms_per_1000.is_none_or(|r| r.is_finite() && r > 0.0 && r < 1000.0),
+            "false_alarms_per_1000 must be more than 0 and less than 1000 (e.g. 1.0: one false alarm in 1000 good parts)"
+        );
+        anyhow::ensure!(
+            self.recall_target.is_none_or(|r| r.is_finite() && r > 0.0 && r <= 1.0),
+            "recall_target must be more than 0 and at most 1 (e.g. 0.9: catch 9 in 10 of the labelled defects)"
+        );
         if self.model.is_feature() {
             let multiple = vigil_model::onnx::features::INPUT_MULTIPLE;
             anyhow::ensure!(

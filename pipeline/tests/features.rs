@@ -24,7 +24,7 @@ use vigil_pipeline::device::DeviceChoice;
 use vigil_pipeline::export::bundle::{ExportRequest, export};
 use vigil_pipeline::family::features::config::FeatureConfig;
 use vigil_pipeline::family::features::fae::FaeConfig;
-use vigil_pipeline::family::features::fdisc::{FdiscConfig, FeatureDisc};
+use vigil_pipeline::family::features::fdisc::{FdiscConfig, FeatureDisc, Standardise, per_cell};
 use vigil_pipeline::family::features::padim::PadimConfig;
 use vigil_pipeline::family::features::patchcore::PatchcoreConfig;
 use vigil_pipeline::family::features::{FDISC_FILE, HEAD_FILE, HeadState, padim, patchcore};
@@ -279,9 +279,51 @@ fn fdisc_config() -> TrainConfig {
     TrainConfig { fdisc: FdiscConfig { steps: 200, cells: 512, ..FdiscConfig::default() }, ..small(ModelKind::Fdisc) }
 }
 
+/// The graph's cells against the network run here on the graph's own features, standardised
+/// as the run's head says (per channel, or per channel and cell).
+fn fdisc_graph_is_the_network(run: &RunDir, bundle: &Bundle) {
+    let net = net();
+    let (features, cells) = features_and_cells(&net, bundle, &run.0.join("checkpoint"));
+    let HeadState::Fdisc { mean, std } =
+        HeadState::load(ModelKind::Fdisc, &run.0.join("checkpoint").join(HEAD_FILE)).unwrap()
+    else {
+        panic!("an fdisc head")
+    };
+    let device = burn::tensor::Device::flex();
+    use burn::module::Module;
+    let model = FeatureDisc::new(152, FdiscConfig::default().hidden, &device)
+        .try_load_file(run.0.join("checkpoint").join(FDISC_FILE))
+        .unwrap();
+    let n_cells = cells.len() / 3;
+    let (mean, std) = (per_cell(&mean, 152, n_cells), per_cell(&std, 152, n_cells));
+    let mut rows = vec![];
+    for img in 0..3 {
+        let f = &features[img * 152 * n_cells..(img + 1) * 152 * n_cells];
+        for cell in 0..n_cells {
+            rows.extend(
+                (0..152).map(|ch| (f[ch * n_cells + cell] - mean[ch * n_cells + cell]) / std[ch * n_cells + cell]),
+            );
+        }
+    }
+    let x = burn::tensor::Tensor::<2>::from_data(burn::tensor::TensorData::new(rows, [3 * n_cells, 152]), &device);
+    let want = model.forward(x).try_into_vec_as::<f32>().unwrap();
+    for (i, (g, w)) in cells.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "cell {i}: graph {g}, network {w}");
+    }
+}
+
 #[test]
 fn the_feature_discriminator_detects_defects_and_its_graph_is_the_network() {
     let dir = tempfile::tempdir().unwrap();
+    // Standardised per channel and cell: the larger constants in the graph.
+    let per_cell_run = dir.path().join("cell");
+    let cfg = fdisc_config();
+    let cfg = TrainConfig { fdisc: FdiscConfig { standardise: Standardise::Cell, ..cfg.fdisc.clone() }, ..cfg };
+    let (run, bundle) = train_and_export(cfg, &per_cell_run);
+    detects(&bundle, Family::Fdisc);
+    engines_agree(&bundle);
+    fdisc_graph_is_the_network(&run, &bundle);
+
     let (run, bundle) = train_and_export(fdisc_config(), dir.path());
     let state = vigil_pipeline::train::RunState::load(&run).unwrap();
     let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
@@ -291,33 +333,7 @@ fn the_feature_discriminator_detects_defects_and_its_graph_is_the_network() {
     assert_eq!(bundle.manifest.schema_version, 4, "the family that needs it writes the newer schema");
     engines_agree(&bundle);
     assert!(bundle.path.join(FDISC_FILE).is_file(), "the network travels with the bundle for retraining");
-
-    // The graph's cells against the network run here on the graph's own features.
-    let net = net();
-    let (features, cells) = features_and_cells(&net, &bundle, &run.0.join("checkpoint"));
-    let HeadState::Fdisc { mean, std } =
-        HeadState::load(ModelKind::Fdisc, &run.0.join("checkpoint").join(HEAD_FILE)).unwrap()
-    else {
-        panic!("an fdisc head")
-    };
-    let device = burn::tensor::Device::flex();
-    use burn::module::Module;
-    let model = FeatureDisc::new(152, FdiscConfig::default().hidden, &device)
-        .load_file(run.0.join("checkpoint").join(FDISC_FILE), &device)
-        .unwrap();
-    let n_cells = cells.len() / 3;
-    let mut rows = vec![];
-    for img in 0..3 {
-        let f = &features[img * 152 * n_cells..(img + 1) * 152 * n_cells];
-        for cell in 0..n_cells {
-            rows.extend((0..152).map(|ch| (f[ch * n_cells + cell] - mean[ch]) / std[ch]));
-        }
-    }
-    let x = burn::tensor::Tensor::<2>::from_data(burn::tensor::TensorData::new(rows, [3 * n_cells, 152]), &device);
-    let want = model.forward(x).try_into_vec_as::<f32>().unwrap();
-    for (i, (g, w)) in cells.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "cell {i}: graph {g}, network {w}");
-    }
+    fdisc_graph_is_the_network(&run, &bundle);
 
     // A retrain continues from the bundle's network and statistics.
     let out = dir.path().join("v2");

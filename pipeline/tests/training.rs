@@ -443,3 +443,45 @@ fn a_tiled_dae_trains_on_tiles_and_its_bundle_scores_whole_frames() {
     let (_, details) = vigil_pipeline::evaluate::scores::evaluate(&bundle, &engine, &set.test[..4], &[]);
     assert_eq!(details[0].map.as_ref().unwrap().dim(), (64, 64));
 }
+
+#[test]
+fn an_operating_point_in_the_lines_terms_places_the_threshold_and_needs_the_newer_schema() {
+    use vigil_model::bundle::manifest::ThresholdMethod;
+    let dir = tempfile::tempdir().unwrap();
+    let padim = |name: &str, cfg: TrainConfig| {
+        let run = RunDir(dir.path().join(name));
+        let req = TrainRequest {
+            config: TrainConfig {
+                model: ModelKind::Padim,
+                size: 64,
+                padim: vigil_pipeline::family::features::padim::PadimConfig { dims: 48 },
+                ..cfg
+            },
+            source: Some(DataSource::Folders { normal: synthetic().join("train/good"), abnormal: None, masks: None }),
+            run: run.clone(),
+            device: DeviceChoice::Cpu,
+            resume: false,
+            init_weights: None,
+            val_abnormal: Some(synthetic().join("test/missing")),
+            train_abnormal: None,
+        };
+        train(&req, &AtomicBool::new(false)).unwrap();
+        export_run(&run, &dir.path().join(format!("{name}-bundle")))
+    };
+    // A share of the labelled defects to catch: the threshold catches at least that share.
+    let bundle = padim("recall", TrainConfig { recall_target: Some(0.9), ..TrainConfig::default() });
+    let t = &bundle.manifest.threshold;
+    assert_eq!((t.method, t.recall, bundle.manifest.schema_version), (ThresholdMethod::Recall, Some(0.9), 4));
+    let how = t.calibrated_on.as_deref().unwrap();
+    assert!(how.contains("validation defects") && how.contains("per 1000 (95 % interval"), "{how}");
+    // False alarms per 1000 good parts: from the normals, even with defects labelled.
+    let bundle = padim("false-alarms", TrainConfig { false_alarms_per_1000: Some(10.0), ..TrainConfig::default() });
+    let t = &bundle.manifest.threshold;
+    assert_eq!((t.method, t.false_alarms_per_1000, t.quantile), (ThresholdMethod::FalseAlarms, Some(10.0), Some(0.99)));
+    // The default stays the quantile, in the schema older vigils read.
+    let bundle = padim("quantile", TrainConfig { val_fraction: 0.2, ..TrainConfig::default() });
+    assert_eq!(bundle.manifest.schema_version, 2);
+    // Both at once is refused before anything is trained.
+    let both = TrainConfig { recall_target: Some(0.9), false_alarms_per_1000: Some(1.0), ..TrainConfig::default() };
+    assert!(both.validate().unwrap_err().to_string().contains("set one of them"));
+}

@@ -133,6 +133,8 @@ pub fn wrap(req: &WrapRequest) -> anyhow::Result<Bundle> {
             value: req.threshold,
             method: ThresholdMethod::Manual,
             quantile: None,
+            false_alarms_per_1000: None,
+            recall: None,
             calibrated_on: None,
         },
         normalization: None,

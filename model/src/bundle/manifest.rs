@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 /// The newest manifest schema this build of vigil reads and writes: 2 added the
 /// pretrained-feature families (`padim`, `patchcore`, `fae`, score source `features`), 3 the
 /// conditional models (`conditioning`: a class input and a threshold per class), 4 the
-/// feature discriminator (`fdisc`).
+/// feature discriminator (`fdisc`) and the thresholds set by an operating point
+/// (`false_alarms`, `recall`).
 pub const SCHEMA_VERSION: u32 = 4;
 /// The oldest schema it reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -358,6 +359,12 @@ pub enum ThresholdMethod {
     Quantile,
     /// The threshold that maximises F1 on labelled validation images.
     F1,
+    /// The operating point in the line's terms: about `false_alarms_per_1000` of good parts
+    /// scored above it (the quantile `1 - rate / 1000` of validation normals).
+    FalseAlarms,
+    /// The highest threshold that catches the share `recall` of the labelled validation
+    /// defects.
+    Recall,
     /// Set by a person.
     Manual,
 }
@@ -373,9 +380,26 @@ pub struct Threshold {
     /// The quantile used (`quantile` method).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantile: Option<f64>,
+    /// The false alarms per 1000 good parts asked for (`false_alarms` method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_alarms_per_1000: Option<f64>,
+    /// The share of defects asked to be caught (`recall` method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
     /// What the threshold was calibrated on, for people (e.g. "validation normals: 120 images").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibrated_on: Option<String>,
+}
+
+impl Threshold {
+    /// The oldest manifest schema that has this threshold's form: 4 for the operating points
+    /// `false_alarms` and `recall`.
+    pub fn schema_version(&self) -> u32 {
+        match self.method {
+            ThresholdMethod::FalseAlarms | ThresholdMethod::Recall => 4,
+            ThresholdMethod::Quantile | ThresholdMethod::F1 | ThresholdMethod::Manual => 1,
+        }
+    }
 }
 
 /// Statistics of scores on normal images.
@@ -470,7 +494,9 @@ impl Manifest {
     /// conditional model.
     pub fn required_schema_version(&self) -> u32 {
         let conditional = if self.conditioning.is_some() { 3 } else { 1 };
-        self.family.schema_version().max(conditional)
+        let classes = self.conditioning.iter().flat_map(|c| c.classes.iter().map(|k| &k.threshold));
+        let operating_point = std::iter::once(&self.threshold).chain(classes).map(Threshold::schema_version).max();
+        self.family.schema_version().max(conditional).max(operating_point.unwrap_or(1))
     }
 
     /// The class names of a conditional model, in index order (empty for other models).
@@ -675,6 +701,16 @@ fn check_calibration(prefix: &str, t: &Threshold, n: Option<&Normalization>) -> 
         && !(0.0..=1.0).contains(&q)
     {
         return bad("threshold.quantile", format!("is {q}, expected 0..=1"));
+    }
+    if let Some(r) = t.false_alarms_per_1000
+        && !(r > 0.0 && r < 1000.0)
+    {
+        return bad("threshold.false_alarms_per_1000", format!("is {r}, expected more than 0 and less than 1000"));
+    }
+    if let Some(r) = t.recall
+        && !(r > 0.0 && r <= 1.0)
+    {
+        return bad("threshold.recall", format!("is {r}, expected more than 0 and at most 1"));
     }
     if let Some(n) = n {
         let values = [n.mean, n.std, n.min, n.median, n.max];

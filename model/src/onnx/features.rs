@@ -99,7 +99,8 @@ pub enum FeatureHead {
         /// The autoencoder (1x1 and 3x3 convolutions, batch norm folded).
         net: Sequential,
     },
-    /// Feature discriminator: features standardised per channel (`mean`, `std` `[C]`), then
+    /// Feature discriminator: features standardised per channel (`mean`, `std` `[C]`) or per
+    /// channel and cell (`[C, gh·gw]`), then
     /// `net` (the feature adaptor and the discriminator, 1x1 convolutions) gives one channel;
     /// the score is that output, the discriminator's logit for "anomalous".
     Discriminator {
@@ -112,11 +113,21 @@ pub enum FeatureHead {
     },
 }
 
-/// Emits `(f - mean) / std` per channel; `prefix` names the constants.
-fn standardise(g: &mut GraphBuilder, f: &str, c: usize, mean: &Tensor, std: &Tensor, prefix: &str) -> String {
-    let m = g.constant(&format!("{prefix}_mean"), &Tensor::new(vec![1, c, 1, 1], mean.data.clone()));
+/// Emits `(f - mean) / std`: per channel (`mean`, `std` of `C` values) or per channel and grid
+/// cell (`C × cells` values); `prefix` names the constants.
+fn standardise(
+    g: &mut GraphBuilder,
+    f: &str,
+    shape: FeatureShape,
+    mean: &Tensor,
+    std: &Tensor,
+    prefix: &str,
+) -> String {
+    let c = shape.channels;
+    let dims = if mean.data.len() == c { vec![1, c, 1, 1] } else { vec![1, c, shape.grid[0], shape.grid[1]] };
+    let m = g.constant(&format!("{prefix}_mean"), &Tensor::new(dims.clone(), mean.data.clone()));
     let inv = std.data.iter().map(|v| 1.0 / v).collect();
-    let s = g.constant(&format!("{prefix}_inv_std"), &Tensor::new(vec![1, c, 1, 1], inv));
+    let s = g.constant(&format!("{prefix}_inv_std"), &Tensor::new(dims, inv));
     let centred = g.sub(f, &m);
     g.mul(&centred, &s)
 }
@@ -174,14 +185,14 @@ fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureH
             g.reshape(&dist, &[-1, 1, gh as i64, gw as i64])
         }
         FeatureHead::Fae { mean, std, net } => {
-            let z = standardise(g, f, shape.channels, mean, std, "fae");
+            let z = standardise(g, f, shape, mean, std, "fae");
             let recon = net.emit(g, &z);
             let diff = g.sub(&recon, &z);
             let sq = g.mul(&diff, &diff);
             g.reduce_mean(&sq, &[1], true) // [N, 1, gh, gw]
         }
         FeatureHead::Discriminator { mean, std, net } => {
-            let z = standardise(g, f, shape.channels, mean, std, "fdisc");
+            let z = standardise(g, f, shape, mean, std, "fdisc");
             net.emit(g, &z) // [N, 1, gh, gw]
         }
     }

@@ -136,7 +136,7 @@ pub fn bench(
     let normal_scores = scores(&normal_test);
     let test_scores: Vec<f32> = held_scores.iter().chain(&normal_scores).copied().collect();
     let labels: Vec<bool> = held_scores.iter().map(|_| true).chain(normal_scores.iter().map(|_| false)).collect();
-    let q = req.model.quantile;
+    let q = calibrate::OperatingPoint::Quantile(req.model.quantile);
     for (calibration, defects) in
         [("quantile", &vec![]), ("f1_cyclegan", &generated_scores), ("f1_few_real", &few_scores)]
     {

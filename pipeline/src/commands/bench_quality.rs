@@ -45,10 +45,7 @@ fn figures(e: Option<&Evaluation>) -> serde_json::Value {
         "precision": e.map(|e| e.at_threshold.precision),
         "recall": e.map(|e| e.at_threshold.recall),
         "f1": e.map(|e| e.at_threshold.f1),
-        "false_alarms_per_100": e.map(|e| {
-            let c = &e.at_threshold;
-            100.0 * c.fp as f64 / (c.fp + c.tn).max(1) as f64
-        }),
+        "false_alarms_per_1000": e.map(|e| e.at_threshold.false_alarms_per_1000),
         "recall_at_1_in_100": e.and_then(|e| e.recall_at_1_in_100),
     })
 }
@@ -109,7 +106,7 @@ pub fn run(a: BenchQualityArgs) -> anyhow::Result<()> {
             runs.push(line);
         }
         if runs.len() > 1 {
-            let keys = ["image_auroc", "pixel_auroc", "recall", "false_alarms_per_100", "recall_at_1_in_100"];
+            let keys = ["image_auroc", "pixel_auroc", "recall", "false_alarms_per_1000", "recall_at_1_in_100"];
             let mut summary =
                 serde_json::json!({ "model": model, "data": data, "labelled": labelled, "seeds": runs.len() });
             for k in keys {

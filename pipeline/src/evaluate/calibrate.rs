@@ -3,7 +3,7 @@
 
 use vigil_model::bundle::manifest::{Normalization, Threshold, ThresholdMethod};
 
-use crate::evaluate::metrics::{f1_optimal_threshold, quantile};
+use crate::evaluate::metrics::{f1_optimal_threshold, quantile, wilson};
 
 /// The quantile of validation-normal scores used as the threshold unless told otherwise:
 /// about one false alarm in 200 normal frames.
@@ -27,10 +27,109 @@ pub fn normalization(normal_scores: &[f32]) -> Option<Normalization> {
     })
 }
 
-/// The threshold from validation scores: the `q` quantile of normal scores, or the
-/// F1-optimal threshold when labelled defects were given for validation.
-pub fn threshold(normal_scores: &[f32], defect_scores: &[f32], q: f64) -> Option<Threshold> {
+/// Where the threshold goes: the train config's `quantile`, `false_alarms_per_1000` or
+/// `recall_target`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OperatingPoint {
+    /// The quantile of validation-normal scores (with labelled defects: the F1-optimal
+    /// threshold instead).
+    Quantile(f64),
+    /// About this many false alarms per 1000 good parts: the quantile `1 - rate / 1000` of
+    /// validation normals, whether or not defects are labelled.
+    FalseAlarms(f64),
+    /// The highest threshold that catches this share of the labelled validation defects.
+    Recall(f64),
+}
+
+/// `k` of `n` as a rate per 1000 with its 95 % interval, for people.
+fn per_1000(k: usize, n: usize) -> String {
+    let [lo, hi] = wilson(k, n);
+    format!(
+        "{k} of {n} validation normals above it, {:.1} per 1000 (95 % interval {:.1} to {:.1})",
+        1000.0 * k as f64 / n.max(1) as f64,
+        1000.0 * lo,
+        1000.0 * hi
+    )
+}
+
+/// The threshold from validation scores at operating point `op`. A recall target without
+/// labelled defects falls back to the quantile, and says so.
+pub fn threshold(normal_scores: &[f32], defect_scores: &[f32], op: OperatingPoint) -> Option<Threshold> {
+    let above = |t: f32| normal_scores.iter().filter(|&&s| s > t).count();
+    let caught = |t: f32| defect_scores.iter().filter(|&&s| s > t).count();
+    match op {
+        OperatingPoint::FalseAlarms(rate) => {
+            let q = 1.0 - rate / 1000.0;
+            let (value, how) = tail_quantile(normal_scores, q)?;
+            let defects = if defect_scores.is_empty() {
+                String::new()
+            } else {
+                format!("; catches {} of {} validation defects", caught(value), defect_scores.len())
+            };
+            return Some(Threshold {
+                value,
+                method: ThresholdMethod::FalseAlarms,
+                quantile: Some(q),
+                false_alarms_per_1000: Some(rate),
+                recall: None,
+                calibrated_on: Some(format!(
+                    "{rate} false alarms per 1000 good parts: {how} of {} validation normals; {}{defects}",
+                    normal_scores.len(),
+                    per_1000(above(value), normal_scores.len())
+                )),
+            });
+        }
+        OperatingPoint::Recall(share) if !defect_scores.is_empty() => {
+            let mut d: Vec<f32> = defect_scores.to_vec();
+            d.sort_by(|a, b| b.total_cmp(a));
+            let k = ((share * d.len() as f64).ceil() as usize).clamp(1, d.len());
+            let kth = d[k - 1];
+            // Halfway to the next lower score of any image, so that the k-th defect is above it
+            // and the threshold does not sit on a validation score.
+            let below = normal_scores
+                .iter()
+                .chain(defect_scores)
+                .copied()
+                .filter(|&s| s < kth)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let value = if below.is_finite() { below + (kth - below) / 2.0 } else { kth - kth.abs().max(1.0) * 1e-6 };
+            return Some(Threshold {
+                value,
+                method: ThresholdMethod::Recall,
+                quantile: None,
+                false_alarms_per_1000: None,
+                recall: Some(share),
+                calibrated_on: Some(format!(
+                    "recall {share}: catches {} of {} validation defects; {}",
+                    caught(value),
+                    d.len(),
+                    per_1000(above(value), normal_scores.len())
+                )),
+            });
+        }
+        OperatingPoint::Recall(_) | OperatingPoint::Quantile(_) => {}
+    }
+    let q = match op {
+        OperatingPoint::Quantile(q) => q,
+        _ => DEFAULT_QUANTILE,
+    };
     let (by_quantile, how) = tail_quantile(normal_scores, q)?;
+    if let OperatingPoint::Recall(share) = op {
+        tracing::warn!(
+            "recall_target {share} needs labelled validation defects (--val-abnormal); the threshold is the {q} quantile of normals instead"
+        );
+        return Some(Threshold {
+            value: by_quantile,
+            method: ThresholdMethod::Quantile,
+            quantile: Some(q),
+            false_alarms_per_1000: None,
+            recall: None,
+            calibrated_on: Some(format!(
+                "validation normals: {} images; {how} (recall_target {share} was asked for, but no labelled defects were given: pass --val-abnormal)",
+                normal_scores.len()
+            )),
+        });
+    }
     if !defect_scores.is_empty() {
         let scores: Vec<f32> = normal_scores.iter().chain(defect_scores).copied().collect();
         let labels: Vec<bool> = normal_scores.iter().map(|_| false).chain(defect_scores.iter().map(|_| true)).collect();
@@ -39,6 +138,8 @@ pub fn threshold(normal_scores: &[f32], defect_scores: &[f32], q: f64) -> Option
                 value: t,
                 method: ThresholdMethod::F1,
                 quantile: None,
+                false_alarms_per_1000: None,
+                recall: None,
                 calibrated_on: Some(format!(
                     "validation: {} normal and {} defective images (F1 {f1:.3}; the {q} quantile of normals was {by_quantile})",
                     normal_scores.len(),
@@ -51,7 +152,13 @@ pub fn threshold(normal_scores: &[f32], defect_scores: &[f32], q: f64) -> Option
         value: by_quantile,
         method: ThresholdMethod::Quantile,
         quantile: Some(q),
-        calibrated_on: Some(format!("validation normals: {} images; {how}", normal_scores.len())),
+        false_alarms_per_1000: None,
+        recall: None,
+        calibrated_on: Some(format!(
+            "validation normals: {} images; {how}; {}",
+            normal_scores.len(),
+            per_1000(above(by_quantile), normal_scores.len())
+        )),
     })
 }
 
@@ -136,5 +243,39 @@ mod tests {
         let many = draw(&mut rng, 20_000);
         let (t, how) = tail_quantile(&many, 0.995).unwrap();
         assert!(how.contains("empirical") && (t / truth - 1.0).abs() < 0.05, "{t} vs {truth}: {how}");
+    }
+}
+
+#[cfg(test)]
+mod operating_points {
+    use super::*;
+
+    #[test]
+    fn each_operating_point_places_the_threshold_and_says_what_it_costs() {
+        // Enough normals for the empirical quantile (25 beyond it).
+        let normals: Vec<f32> = (0..5000).map(|i| i as f32 / 5000.0).collect();
+        let defects: Vec<f32> = (0..20).map(|i| 0.9 + i as f32 / 100.0).collect();
+        // 5 per 1000 is the 0.995 quantile; the defects do not move it.
+        let t = threshold(&normals, &defects, OperatingPoint::FalseAlarms(5.0)).unwrap();
+        assert_eq!(
+            (t.method, t.false_alarms_per_1000, t.schema_version()),
+            (ThresholdMethod::FalseAlarms, Some(5.0), 4)
+        );
+        assert!((t.value - 0.995).abs() < 2e-3, "{t:?}");
+        let how = t.calibrated_on.unwrap();
+        assert!(how.contains("per 1000 (95 % interval") && how.contains("validation defects"), "{how}");
+        // Recall 0.5: the 10th highest defect (1.00) is caught, the 11th (0.99) is not.
+        let t = threshold(&normals, &defects, OperatingPoint::Recall(0.5)).unwrap();
+        assert_eq!((t.method, t.recall), (ThresholdMethod::Recall, Some(0.5)));
+        assert_eq!(defects.iter().filter(|&&d| d > t.value).count(), 10, "{t:?}");
+        let how = t.calibrated_on.unwrap();
+        assert!(how.contains("catches 10 of 20") && how.contains("validation normals above it"), "{how}");
+        // Without defects a recall target falls back to the quantile, and says so.
+        let t = threshold(&normals, &[], OperatingPoint::Recall(0.9)).unwrap();
+        assert_eq!((t.method, t.schema_version()), (ThresholdMethod::Quantile, 1));
+        assert!(t.calibrated_on.unwrap().contains("pass --val-abnormal"));
+        // The quantile with defects is the F1-optimal threshold, as before.
+        let t = threshold(&normals, &defects, OperatingPoint::Quantile(0.995)).unwrap();
+        assert_eq!(t.method, ThresholdMethod::F1);
     }
 }

@@ -127,6 +127,9 @@ pub struct Confusion {
     pub recall: f64,
     /// Harmonic mean of precision and recall.
     pub f1: f64,
+    /// False alarms per 1000 good parts: 1000 · fp / (fp + tn). Unlike precision it does not
+    /// depend on how many defects the test set holds (a line's output is rarely 1 % defective).
+    pub false_alarms_per_1000: f64,
 }
 
 /// The confusion counts at `threshold`.
@@ -143,7 +146,8 @@ pub fn confusion(scores: &[f32], labels: &[bool], threshold: f32) -> Confusion {
     let precision = if tp + fp > 0 { tp as f64 / (tp + fp) as f64 } else { 0.0 };
     let recall = if tp + fnn > 0 { tp as f64 / (tp + fnn) as f64 } else { 0.0 };
     let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-    Confusion { tp, fp, tn, r#fn: fnn, precision, recall, f1 }
+    let false_alarms_per_1000 = if fp + tn > 0 { 1000.0 * fp as f64 / (fp + tn) as f64 } else { 0.0 };
+    Confusion { tp, fp, tn, r#fn: fnn, precision, recall, f1, false_alarms_per_1000 }
 }
 
 /// The threshold with the best F1, placed halfway between the two scores it separates so it
@@ -290,6 +294,25 @@ pub fn aupro(
         (prev_fpr, prev_pro) = (fpr, pro);
     }
     Some(area / max_fpr)
+}
+
+/// The standard normal quantile of a two-sided 95 % interval.
+pub const Z: f64 = 1.959_963_984_540_054;
+
+/// The Wilson score interval of `k` successes in `n` trials at 95 % confidence; `[0, 1]`
+/// without trials. Unlike the plain normal interval it stays inside `[0, 1]` and is not
+/// empty at 0 of n or n of n, which is where small held-out sets are.
+pub fn wilson(k: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let (k, n) = (k.min(n) as f64, n as f64);
+    let p = k / n;
+    let z2 = Z * Z;
+    let denom = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denom;
+    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
+    [(center - half).max(0.0), (center + half).min(1.0)]
 }
 
 #[cfg(test)]

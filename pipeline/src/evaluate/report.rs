@@ -38,8 +38,8 @@ pub fn write(dir: &Path, bundle: &Bundle, e: &Evaluation, details: &[Detail]) ->
     ));
     let c = &e.at_threshold;
     md.push_str(&format!(
-        "| F1 / precision / recall at the threshold | {:.4} / {:.4} / {:.4} |\n| TP / FP / TN / FN | {} / {} / {} / {} |\n",
-        c.f1, c.precision, c.recall, c.tp, c.fp, c.tn, c.r#fn
+        "| recall / false alarms per 1000 good parts at the threshold | {:.4} / {:.1} |\n| F1 / precision at the threshold | {:.4} / {:.4} |\n| TP / FP / TN / FN | {} / {} / {} / {} |\n",
+        c.recall, c.false_alarms_per_1000, c.f1, c.precision, c.tp, c.fp, c.tn, c.r#fn
     ));
     for (kind, a) in &e.auroc_per_type {
         md.push_str(&format!("| image AUROC, {kind} ({} images) | {} |\n", e.counts.get(kind).unwrap_or(&0), fmt(*a)));

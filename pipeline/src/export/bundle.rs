@@ -185,7 +185,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let val_abnormal = state.data.val_abnormal.as_deref();
     if cfg.classes.is_empty() {
         let (normals, defects) = validation_scores(&engine, &pre, &manifest, &data.val, val_abnormal, None)?;
-        manifest.threshold = calibrate::threshold(&normals, &defects, cfg.quantile)
+        manifest.threshold = calibrate::threshold(&normals, &defects, cfg.operating_point())
             .context("no readable validation image to calibrate the threshold on")?;
         manifest.normalization = calibrate::normalization(&normals);
     } else {
@@ -199,7 +199,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             let defects_dir = val_abnormal.map(|d| d.join(name)).filter(|d| d.is_dir());
             let (normals, defects) =
                 validation_scores(&engine, &pre, &manifest, &val, defects_dir.as_deref(), Some(i))?;
-            let threshold = calibrate::threshold(&normals, &defects, cfg.quantile)
+            let threshold = calibrate::threshold(&normals, &defects, cfg.operating_point())
                 .with_context(|| format!("class {name}: no readable validation image to calibrate its threshold on"))?;
             let class = &mut manifest.conditioning.as_mut().expect("set above").classes[i];
             class.threshold = threshold;
@@ -207,10 +207,12 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             all_normals.extend(normals);
             all_defects.extend(defects);
         }
-        manifest.threshold = calibrate::threshold(&all_normals, &all_defects, cfg.quantile)
+        manifest.threshold = calibrate::threshold(&all_normals, &all_defects, cfg.operating_point())
             .context("no readable validation image to calibrate the threshold on")?;
         manifest.normalization = calibrate::normalization(&all_normals);
     }
+    // An operating-point threshold is newer than the uncalibrated one the graph was tried with.
+    manifest.schema_version = manifest.required_schema_version();
     let evaluation = if data.test.is_empty() {
         None
     } else {
@@ -280,7 +282,14 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
 
 /// A placeholder threshold until calibration replaces it.
 fn uncalibrated() -> Threshold {
-    Threshold { value: 0.0, method: ThresholdMethod::Manual, quantile: None, calibrated_on: None }
+    Threshold {
+        value: 0.0,
+        method: ThresholdMethod::Manual,
+        quantile: None,
+        false_alarms_per_1000: None,
+        recall: None,
+        calibrated_on: None,
+    }
 }
 
 /// The scores of validation normals `val` and of the defects in `defects_dir` (if any), all

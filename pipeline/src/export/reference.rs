@@ -51,6 +51,8 @@ pub fn write_reference_bundle(out: &Path, family: Family, spec: &ArchSpec, seed:
             value: 0.05,
             method: ThresholdMethod::Manual,
             quantile: None,
+            false_alarms_per_1000: None,
+            recall: None,
             calibrated_on: Some("nothing: untrained reference model".into()),
         },
         normalization: None,

@@ -19,6 +19,7 @@ use vigil_model::bundle::Bundle;
 use vigil_model::engine::{self, EngineConfig};
 
 use crate::data::sets::{MIN_NORMAL, TestImage, list_images};
+pub use crate::evaluate::metrics::wilson;
 use crate::evaluate::scores::evaluate;
 
 /// The report's file name, written into the new bundle's folder.
@@ -41,9 +42,6 @@ pub const MIN_HELD_DEFECTS: usize = 5;
 
 /// The confidence of the intervals.
 pub const CONFIDENCE: f64 = 0.95;
-
-/// The standard normal quantile of a two-sided [`CONFIDENCE`] interval.
-const Z: f64 = 1.959_963_984_540_054;
 
 /// How much worse the new bundle may be than the served one and still replace it, beyond
 /// what chance explains.
@@ -260,22 +258,6 @@ pub fn figures(bundle: &Bundle, engine: &engine::LoadedEngine, held: &HeldOut) -
         detected: c.tp,
         recall: (defects > 0).then(|| c.tp as f64 / defects as f64),
     }
-}
-
-/// The Wilson score interval of `k` successes in `n` trials at [`CONFIDENCE`]; `[0, 1]`
-/// without trials. Unlike the plain normal interval it stays inside `[0, 1]` and is not
-/// empty at 0 of n or n of n, which is where small held-out sets are.
-pub fn wilson(k: usize, n: usize) -> [f64; 2] {
-    if n == 0 {
-        return [0.0, 1.0];
-    }
-    let (k, n) = (k.min(n) as f64, n as f64);
-    let p = k / n;
-    let z2 = Z * Z;
-    let denom = 1.0 + z2 / n;
-    let center = (p + z2 / (2.0 * n)) / denom;
-    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
-    [(center - half).max(0.0), (center + half).min(1.0)]
 }
 
 /// A count out of a total, with its interval.

@@ -106,6 +106,54 @@ pub struct FdiscTraining {
     pub seed: u64,
 }
 
+/// How the features are standardised before the adaptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standardise {
+    /// Per channel, over every cell of every training image.
+    Channel,
+    /// Per channel and grid cell, over the training images: the discriminator then sees how
+    /// far each cell is from what that place of the part usually looks like, as PaDiM does
+    /// with its per-cell Gaussians.
+    Cell,
+}
+
+/// Means and standard deviations as [`Standardise`] says: `[C]` per channel, `[C, cells]`
+/// (flat) per cell, where a cell's deviation is at least a tenth of its channel's, so that a
+/// place that barely varies in training does not turn noise into anomalies.
+pub fn stats(f: &Features, how: Standardise) -> (Vec<f32>, Vec<f32>) {
+    let (c, cells) = (f.shape.channels, f.shape.cells());
+    let (cm, cs) = super::fae::channel_stats(f);
+    match how {
+        Standardise::Channel => (cm, cs),
+        Standardise::Cell => {
+            let n = f.len().max(1) as f64;
+            let mut mean = vec![0f64; c * cells];
+            let mut sq = vec![0f64; c * cells];
+            for i in 0..f.len() {
+                for (k, v) in f.image(i).iter().enumerate() {
+                    mean[k] += *v as f64;
+                    sq[k] += (*v as f64).powi(2);
+                }
+            }
+            let m: Vec<f32> = mean.iter().map(|s| (s / n) as f32).collect();
+            let sd = (0..c * cells)
+                .map(|k| ((sq[k] / n - (mean[k] / n).powi(2)).max(0.0).sqrt() as f32).max(0.1 * cs[k / cells]))
+                .collect();
+            (m, sd)
+        }
+    }
+}
+
+/// Standardisation values per channel and cell (`[C, cells]`, flat): per-channel ones
+/// (`[C]`) repeated for every cell, per-cell ones as they are.
+pub fn per_cell(v: &[f32], channels: usize, cells: usize) -> Vec<f32> {
+    if v.len() == channels {
+        return v.iter().flat_map(|x| std::iter::repeat_n(*x, cells)).collect();
+    }
+    v.to_vec()
+}
+
 /// The cells of the corrupted pool (one block per image of `f`, same layout) that the pasted
 /// defect moved at least `noise`·√C in standardised units: as far as a noisy copy lies from
 /// its cell. `(image, cell)` pairs.
@@ -116,8 +164,11 @@ pub fn moved_cells(f: &Features, corrupted: &[f32], std: &[f32], noise: f32) -> 
     for i in 0..f.len() {
         let (clean, bad) = (f.image(i), &corrupted[i * c * cells..(i + 1) * c * cells]);
         for cell in 0..cells {
-            let d2: f64 =
-                (0..c).map(|ch| (((bad[ch * cells + cell] - clean[ch * cells + cell]) / std[ch]) as f64).powi(2)).sum();
+            let d2: f64 = (0..c)
+                .map(|ch| {
+                    (((bad[ch * cells + cell] - clean[ch * cells + cell]) / std[ch * cells + cell]) as f64).powi(2)
+                })
+                .sum();
             if d2 >= limit {
                 out.push((i, cell));
             }
@@ -167,7 +218,7 @@ pub fn train(
         for _ in 0..m {
             let img = f.image(rng.below(f.len()));
             let cell = rng.below(cells);
-            data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch]) / std[ch]));
+            data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch * cells + cell]) / std[ch * cells + cell]));
         }
         let x = Tensor::<2>::from_data(TensorData::new(data, [m, c]), device);
         let a = model.adapt(x);
@@ -180,7 +231,9 @@ pub fn train(
             for _ in 0..m {
                 let (i, cell) = moved[rng.below(moved.len())];
                 let img = &pool[i * c * cells..(i + 1) * c * cells];
-                data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch]) / std[ch]));
+                data.extend(
+                    (0..c).map(|ch| (img[ch * cells + cell] - mean[ch * cells + cell]) / std[ch * cells + cell]),
+                );
             }
             let x = Tensor::<2>::from_data(TensorData::new(data, [m, c]), device);
             loss = loss + relu(model.forward(x).neg() + MARGIN).mean();
@@ -219,7 +272,7 @@ fn defect_loss(
     for _ in 0..k {
         let img = d.image(rng.below(d.len()));
         for cell in 0..cells {
-            data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch]) / std[ch]));
+            data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch * cells + cell]) / std[ch * cells + cell]));
         }
     }
     let x = Tensor::<2>::from_data(TensorData::new(data, [k * cells, c]), device);
@@ -237,7 +290,7 @@ fn defect_loss(
 }
 
 /// The feature discriminator's own options (`train.toml`'s `fdisc_hidden`, `fdisc_steps`,
-/// `fdisc_cells`, `fdisc_lr`, `fdisc_noise`).
+/// `fdisc_cells`, `fdisc_lr`, `fdisc_noise`, `fdisc_standardise`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FdiscConfig {
     /// Discriminator units.
@@ -251,10 +304,12 @@ pub struct FdiscConfig {
     /// Standard deviation of the noise that makes the anomalous cells, in standardised units
     /// of the features.
     pub noise: f32,
+    /// Standardisation of the features: per `channel`, or per channel and grid `cell`.
+    pub standardise: Standardise,
 }
 
 impl Default for FdiscConfig {
     fn default() -> Self {
-        FdiscConfig { hidden: 256, steps: 1000, cells: 2048, lr: 1e-3, noise: 0.5 }
+        FdiscConfig { hidden: 256, steps: 1000, cells: 2048, lr: 1e-3, noise: 0.5, standardise: Standardise::Channel }
     }
 }

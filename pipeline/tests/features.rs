@@ -335,6 +335,22 @@ fn the_feature_discriminator_detects_defects_and_its_graph_is_the_network() {
     assert!(bundle.path.join(FDISC_FILE).is_file(), "the network travels with the bundle for retraining");
     fdisc_graph_is_the_network(&run, &bundle);
 
+    // The daemon's binary serves it: a defect above the threshold, a normal part below.
+    let vigil = Path::new(env!("CARGO_BIN_EXE_vigil-train")).with_file_name("vigil");
+    assert!(vigil.is_file(), "{}: run the tests with `cargo test --workspace` (scripts/test)", vigil.display());
+    let (good, bad) = (synthetic().join("test/good/0000.png"), synthetic().join("test/missing/0000.png"));
+    let out = std::process::Command::new(&vigil)
+        .args(["score", "--engine", "tract", "--model"])
+        .arg(&bundle.path)
+        .args([&good, &bad])
+        .env_remove("VIGIL_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!((lines[0]["anomalous"].as_bool(), lines[1]["anomalous"].as_bool()), (Some(false), Some(true)), "{lines:?}");
+
     // A retrain continues from the bundle's network and statistics.
     let out = dir.path().join("v2");
     let exported = retrain(

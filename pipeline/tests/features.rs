@@ -349,7 +349,11 @@ fn the_feature_discriminator_detects_defects_and_its_graph_is_the_network() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!((lines[0]["anomalous"].as_bool(), lines[1]["anomalous"].as_bool()), (Some(false), Some(true)), "{lines:?}");
+    assert_eq!(
+        (lines[0]["anomalous"].as_bool(), lines[1]["anomalous"].as_bool()),
+        (Some(false), Some(true)),
+        "{lines:?}"
+    );
 
     // A retrain continues from the bundle's network and statistics.
     let out = dir.path().join("v2");

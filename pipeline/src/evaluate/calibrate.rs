@@ -118,17 +118,14 @@ pub fn threshold(normal_scores: &[f32], defect_scores: &[f32], op: OperatingPoin
         tracing::warn!(
             "recall_target {share} needs labelled validation defects (--val-abnormal); the threshold is the {q} quantile of normals instead"
         );
-        return Some(Threshold {
-            value: by_quantile,
-            method: ThresholdMethod::Quantile,
-            quantile: Some(q),
-            false_alarms_per_1000: None,
-            recall: None,
-            calibrated_on: Some(format!(
+        return Some(quantile_threshold(
+            by_quantile,
+            q,
+            format!(
                 "validation normals: {} images; {how} (recall_target {share} was asked for, but no labelled defects were given: pass --val-abnormal)",
                 normal_scores.len()
-            )),
-        });
+            ),
+        ));
     }
     if !defect_scores.is_empty() {
         let scores: Vec<f32> = normal_scores.iter().chain(defect_scores).copied().collect();
@@ -148,18 +145,24 @@ pub fn threshold(normal_scores: &[f32], defect_scores: &[f32], op: OperatingPoin
             });
         }
     }
-    Some(Threshold {
-        value: by_quantile,
+    let how = format!(
+        "validation normals: {} images; {how}; {}",
+        normal_scores.len(),
+        per_1000(above(by_quantile), normal_scores.len())
+    );
+    Some(quantile_threshold(by_quantile, q, how))
+}
+
+/// The threshold at the `q` quantile of normals, as found by `how`.
+fn quantile_threshold(value: f32, q: f64, how: String) -> Threshold {
+    Threshold {
+        value,
         method: ThresholdMethod::Quantile,
         quantile: Some(q),
         false_alarms_per_1000: None,
         recall: None,
-        calibrated_on: Some(format!(
-            "validation normals: {} images; {how}; {}",
-            normal_scores.len(),
-            per_1000(above(by_quantile), normal_scores.len())
-        )),
-    })
+        calibrated_on: Some(how),
+    }
 }
 
 /// Fewest samples beyond the quantile for the empirical quantile to be trusted alone.

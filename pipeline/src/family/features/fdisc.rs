@@ -177,6 +177,16 @@ pub fn moved_cells(f: &Features, corrupted: &[f32], std: &[f32], noise: f32) -> 
     out
 }
 
+/// The synthetic anomalies: the corrupted pool (one block per training image) and the cells
+/// of it that count as anomalous ([`moved_cells`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Synthetic<'a> {
+    /// Features of the training images with synthetic defects pasted on.
+    pub pool: &'a [f32],
+    /// `(image, cell)` pairs of the pool taken as anomalous.
+    pub moved: &'a [(usize, usize)],
+}
+
 /// Trains the adaptor and discriminator on the standardised cells of `f` against noisy copies,
 /// the `moved` cells of the `corrupted` pool (see [`moved_cells`]) and, when given, the most
 /// anomalous cells of the confirmed `defects`; `None` when stopped. Returns the network and
@@ -184,7 +194,7 @@ pub fn moved_cells(f: &Features, corrupted: &[f32], std: &[f32], noise: f32) -> 
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     f: &Features,
-    synthetic: Option<(&[f32], &[(usize, usize)])>,
+    synthetic: Option<Synthetic>,
     defects: Option<&Features>,
     (mean, std): (&[f32], &[f32]),
     t: FdiscTraining,
@@ -226,7 +236,7 @@ pub fn train(
         let normal = model.discriminate(a);
         let anomalous = model.discriminate(noisy);
         let mut loss = relu(normal + MARGIN).mean() + relu(anomalous.neg() + MARGIN).mean();
-        if let Some((pool, moved)) = synthetic.filter(|(_, moved)| !moved.is_empty()) {
+        if let Some(Synthetic { pool, moved }) = synthetic.filter(|s| !s.moved.is_empty()) {
             let mut data = Vec::with_capacity(m * c);
             for _ in 0..m {
                 let (i, cell) = moved[rng.below(moved.len())];

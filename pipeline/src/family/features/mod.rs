@@ -332,10 +332,7 @@ fn fit_head(
                 kl_weight: cfg.autoencoder.kl_weight,
                 seed: cfg.seed,
             };
-            let pool = match cfg.corruption {
-                Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
-                Corruption::Gaussian | Corruption::None | Corruption::CycleGan(_) => None,
-            };
+            let pool = synthetic_pool(cfg, extractor, &features)?;
             let input = match cfg.corruption {
                 Corruption::Synthetic => pool.as_deref(),
                 Corruption::Gaussian | Corruption::CycleGan(_) => None,
@@ -372,10 +369,7 @@ fn fit_head(
                 noise: cfg.fdisc.noise,
                 seed: cfg.seed,
             };
-            let pool = match cfg.corruption {
-                Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
-                Corruption::Gaussian | Corruption::None | Corruption::CycleGan(_) => None,
-            };
+            let pool = synthetic_pool(cfg, extractor, &features)?;
             let moved = pool.as_deref().map(|p| fdisc::moved_cells(&features, p, &full_std, cfg.fdisc.noise));
             if let Some(m) = &moved {
                 tracing::info!(
@@ -384,7 +378,7 @@ fn fit_head(
                     features.len() * features.shape.cells()
                 );
             }
-            let synthetic = pool.as_deref().zip(moved.as_deref());
+            let synthetic = pool.as_deref().zip(moved.as_deref()).map(|(pool, moved)| fdisc::Synthetic { pool, moved });
             let Some((model, losses)) =
                 fdisc::train(&features, synthetic, defects, (&full_mean, &full_std), t, device, stop, init)?
             else {
@@ -398,6 +392,20 @@ fn fit_head(
     };
     state.save(&head_path)?;
     Ok(Some(Fitted { images: features.len(), skipped, history, engine: extractor.engine() }))
+}
+
+/// With `corruption = "synthetic"`, the features of the training images with synthetic
+/// defects pasted on (one block per image, in `features`' order): what `fae` restores and
+/// `fdisc` learns as anomalous.
+fn synthetic_pool(
+    cfg: &TrainConfig,
+    extractor: &Extractor,
+    features: &extract::Features,
+) -> anyhow::Result<Option<Vec<f32>>> {
+    Ok(match cfg.corruption {
+        Corruption::Synthetic => Some(extractor.extract_corrupted(&features.paths, cfg.seed)?),
+        Corruption::Gaussian | Corruption::None | Corruption::CycleGan(_) => None,
+    })
 }
 
 /// One log entry per epoch (fae) or tenth of the steps (fdisc).

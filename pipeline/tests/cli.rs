@@ -217,8 +217,10 @@ fn bench_quality_trains_and_evaluates_every_family_with_its_defaults() {
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let models: Vec<&str> = lines.iter().map(|l| l["model"].as_str().unwrap()).collect();
-    assert_eq!(models, ["padim", "patchcore", "fae", "dae", "vae", "gan", "wgan"]);
+    assert_eq!(models, ["padim", "fdisc", "patchcore", "fae", "dae", "vae", "gan", "wgan"]);
     for l in &lines {
+        let fa = l["false_alarms_per_1000"].as_f64().unwrap_or_else(|| panic!("false alarms missing in {l}"));
+        assert!((0.0..=1000.0).contains(&fa) && l["recall_at_1_in_100"].is_number(), "{l}");
         for key in ["image_auroc", "pixel_auroc", "f1", "train_s"] {
             let v = l[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {l}"));
             assert!((0.0..=1.0).contains(&v) || key == "train_s", "{key} = {v} in {l}");

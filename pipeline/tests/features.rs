@@ -17,7 +17,7 @@ use vigil_model::onnx::features::{cells_model, extractor_model};
 use vigil_model::onnx::graph::encode;
 use vigil_model::preprocess::Preprocessor;
 use vigil_model::synth::{SynthConfig, generate};
-use vigil_pipeline::backbone::{self, Variant};
+use vigil_pipeline::backbone;
 use vigil_pipeline::config::{Corruption, TrainConfig};
 use vigil_pipeline::data::sets::{DataSource, load_image};
 use vigil_pipeline::device::DeviceChoice;
@@ -48,7 +48,7 @@ fn net() -> EfficientNetLite {
         std::env::var_os("VIGIL_BACKBONE_WHEEL").is_some(),
         "VIGIL_BACKBONE_WHEEL is not set: run the tests through scripts/test, whose set-up fetches it"
     );
-    backbone::ensure(Variant::Lite0).unwrap().0
+    backbone::ensure(FeatureConfig::default().backbone).unwrap().0
 }
 
 fn small(model: ModelKind) -> TrainConfig {

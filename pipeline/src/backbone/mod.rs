@@ -267,10 +267,13 @@ pub fn ensure(variant: Variant) -> anyhow::Result<(EfficientNetLite, BackboneInf
         // way, or another converting at the same time, never leaves a half-written backbone.
         let staging = dir.with_extension(format!("partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
-        // The wheel named by VIGIL_BACKBONE_WHEEL serves only the variant it is.
+        // VIGIL_BACKBONE_WHEEL names a pinned wheel; another variant's wheel is looked for
+        // beside it (a folder of the pinned wheels, as scripts/setup fetches them).
         let given = std::env::var_os("VIGIL_BACKBONE_WHEEL")
+            .filter(|w| !w.is_empty())
             .map(PathBuf::from)
-            .filter(|w| w.file_name().is_some_and(|n| n == variant.source().wheel));
+            .map(|w| w.with_file_name(variant.source().wheel))
+            .filter(|w| w.is_file());
         let wheel = match given {
             Some(w) => w,
             None => {

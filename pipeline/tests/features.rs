@@ -27,7 +27,8 @@ use vigil_pipeline::family::features::fae::FaeConfig;
 use vigil_pipeline::family::features::fdisc::{FdiscConfig, FeatureDisc, Standardise, per_cell};
 use vigil_pipeline::family::features::padim::PadimConfig;
 use vigil_pipeline::family::features::patchcore::PatchcoreConfig;
-use vigil_pipeline::family::features::{FDISC_FILE, HEAD_FILE, HeadState, padim, patchcore};
+use vigil_pipeline::family::features::student::{Student, StudentConfig};
+use vigil_pipeline::family::features::{FDISC_FILE, HEAD_FILE, HeadState, STUDENT_FILE, padim, patchcore};
 use vigil_pipeline::family::kind::ModelKind;
 use vigil_pipeline::retrain::finetune::{RetrainRequest, retrain};
 use vigil_pipeline::train::RunDir;
@@ -105,7 +106,9 @@ fn engines_agree(bundle: &Bundle) {
 
 fn detects(bundle: &Bundle, family: Family) {
     let m = &bundle.manifest;
-    assert_eq!((m.family, m.score.source, m.schema_version), (family, ScoreSource::Features, family.schema_version()));
+    assert_eq!((m.family, m.score.source), (family, ScoreSource::Features));
+    assert_eq!(m.schema_version, m.required_schema_version(), "the oldest schema that describes it");
+    assert!(m.schema_version >= family.schema_version());
     let auroc = m.metrics["image_auroc"];
     eprintln!("{family:?} metrics: {:?}", m.metrics);
     assert!(auroc >= 0.85, "{family:?}: image AUROC {auroc} on the synthetic test set");
@@ -159,6 +162,30 @@ fn padim_detects_defects_and_its_graph_is_the_mahalanobis_distance() {
             assert!((g - want).abs() <= 1e-3 * want.max(1.0), "image {img} cell {cell}: graph {g}, here {want}");
         }
     }
+
+    // The bundle carries the covariances once, in the graph, as upper triangles; a retrain
+    // rebuilds the scatter matrices from them.
+    let m = &bundle.manifest;
+    assert!(m.training.as_ref().unwrap().head_in_graph);
+    assert_eq!(m.schema_version, 5, "older vigils cannot retrain from it, and say so");
+    let weights = backbone::read_tensors(&bundle.path.join("weights.safetensors")).unwrap();
+    assert!(!weights.contains_key("padim.scatter"), "the scatter matrices are not stored twice");
+    let proto = read_graph(&bundle.path.join("model.onnx"));
+    let packed = proto.graph.unwrap().initializer.into_iter().max_by_key(|t| t.raw_data.len()).unwrap();
+    assert_eq!(packed.dims, [p as i64, (d * (d + 1) / 2) as i64], "the largest constant is the packed inverses");
+    let HeadState::Padim(rebuilt) =
+        HeadState::load(ModelKind::Padim, &bundle.path.join("weights.safetensors")).unwrap()
+    else {
+        panic!("a PaDiM head")
+    };
+    assert_eq!((rebuilt.count, &rebuilt.dims, rebuilt.cells), (stats.count, &stats.dims, stats.cells));
+    let largest = stats.scatter.iter().fold(0f64, |a, v| a.max(v.abs()));
+    let worst = rebuilt.scatter.iter().zip(&stats.scatter).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    assert!(worst <= 1e-3 * largest, "scatter rebuilt from the graph off by {worst} (largest entry {largest})");
+}
+
+fn read_graph(path: &Path) -> vigil_model::onnx::pb::ModelProto {
+    vigil_model::onnx::graph::decode(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -360,6 +387,64 @@ fn the_feature_discriminator_detects_defects_and_its_graph_is_the_network() {
     let exported = retrain_on_test_normals(&bundle, &dir.path().join("v2"));
     assert_eq!(exported.bundle.manifest.version, 2);
     assert_eq!(exported.bundle.manifest.family, Family::Fdisc);
+    engines_agree(&exported.bundle);
+}
+
+#[test]
+fn the_student_detects_defects_its_graph_is_the_network_and_a_retrain_continues_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        student: StudentConfig { width: 16, steps: 300, ..StudentConfig::default() },
+        ..small(ModelKind::Student)
+    };
+    let (run, bundle) = train_and_export(cfg.clone(), dir.path());
+    let state = vigil_pipeline::train::RunState::load(&run).unwrap();
+    let losses: Vec<f64> = state.history.iter().map(|e| e.losses[0].1).collect();
+    assert_eq!(losses.len(), 10, "one entry per tenth of the steps");
+    assert!(losses[9] < 0.8 * losses[0], "the student should learn the teacher's features: {losses:?}");
+    detects(&bundle, Family::Student);
+    assert_eq!(bundle.manifest.schema_version, 5, "the family that needs it writes the newer schema");
+    engines_agree(&bundle);
+    assert!(bundle.path.join(STUDENT_FILE).is_file(), "the student travels with the bundle for retraining");
+
+    // The graph's cells: the student run here on the same images against the graph's own
+    // teacher features, standardised as the head says.
+    let (features, cells) = features_and_cells(&net(), &bundle, &run.0.join("checkpoint"));
+    let HeadState::Student { mean, std } =
+        HeadState::load(ModelKind::Student, &run.0.join("checkpoint").join(HEAD_FILE)).unwrap()
+    else {
+        panic!("a student head")
+    };
+    let device = burn::tensor::Device::flex();
+    use burn::module::Module;
+    let student = Student::new(152, 16, &device).try_load_file(run.0.join("checkpoint").join(STUDENT_FILE)).unwrap();
+    let x = batch(&bundle);
+    let shape: [usize; 4] = x.shape().try_into().unwrap();
+    let x = burn::tensor::Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(x.into_raw_vec_and_offset().0, shape),
+        &device,
+    );
+    let predicted = student.forward(x).try_into_vec_as::<f32>().unwrap();
+    let n_cells = cells.len() / 3;
+    for img in 0..3 {
+        for cell in 0..n_cells {
+            let want: f32 = (0..152)
+                .map(|ch| {
+                    let at = (img * 152 + ch) * n_cells + cell;
+                    (predicted[at] - (features[at] - mean[ch]) / std[ch]).powi(2)
+                })
+                .sum::<f32>()
+                / 152.0;
+            let got = cells[img * n_cells + cell];
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                "image {img} cell {cell}: graph {got}, network {want}"
+            );
+        }
+    }
+
+    let exported = retrain_on_test_normals(&bundle, &dir.path().join("v2"));
+    assert_eq!((exported.bundle.manifest.version, exported.bundle.manifest.family), (2, Family::Student));
     engines_agree(&exported.bundle);
 }
 

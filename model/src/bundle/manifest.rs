@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// conditional models (`conditioning`: a class input and a threshold per class), 4 the
 /// feature discriminator (`fdisc`) and the thresholds set by an operating point
 /// (`false_alarms`, `recall`).
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 /// The oldest schema it reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
@@ -111,6 +111,9 @@ pub enum Family {
     /// A discriminator trained on a pretrained backbone's features against synthetic
     /// anomalies (and confirmed defects, when there are some).
     Fdisc,
+    /// A student network trained to predict a pretrained backbone's features from the image;
+    /// scored by their difference.
+    Student,
     /// A model made elsewhere; its graph already outputs a score.
     External,
 }
@@ -122,6 +125,7 @@ impl Family {
         match self {
             Family::Padim | Family::Patchcore | Family::Fae => 2,
             Family::Fdisc => 4,
+            Family::Student => 5,
             _ => 1,
         }
     }
@@ -137,6 +141,7 @@ impl Family {
             Family::Patchcore => "patchcore",
             Family::Fae => "fae",
             Family::Fdisc => "fdisc",
+            Family::Student => "student",
             Family::External => "external",
         }
     }
@@ -460,6 +465,11 @@ pub struct Training {
     /// Everything else worth keeping (hyper-parameters), as free JSON.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// What a retrain extends is partly in the graph: `weights.safetensors` holds only what
+    /// `model.onnx` does not (PaDiM's means and image count; its covariances are rebuilt from
+    /// the graph's inverses), so the bundle carries them once. Schema 5.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub head_in_graph: bool,
 }
 
 /// The bundle a retrained bundle came from.
@@ -490,13 +500,15 @@ fn is_plain_name(name: &str) -> bool {
 }
 
 impl Manifest {
-    /// The oldest schema that can describe this manifest: its family's, or 3 for a
-    /// conditional model.
+    /// The oldest schema that can describe this manifest: its family's, 3 for a conditional
+    /// model, 4 for an operating-point threshold, 5 when the graph holds part of what a retrain
+    /// extends.
     pub fn required_schema_version(&self) -> u32 {
         let conditional = if self.conditioning.is_some() { 3 } else { 1 };
         let classes = self.conditioning.iter().flat_map(|c| c.classes.iter().map(|k| &k.threshold));
         let operating_point = std::iter::once(&self.threshold).chain(classes).map(Threshold::schema_version).max();
-        self.family.schema_version().max(conditional).max(operating_point.unwrap_or(1))
+        let head_in_graph = if self.training.as_ref().is_some_and(|t| t.head_in_graph) { 5 } else { 1 };
+        self.family.schema_version().max(conditional).max(operating_point.unwrap_or(1)).max(head_in_graph)
     }
 
     /// The class names of a conditional model, in index order (empty for other models).

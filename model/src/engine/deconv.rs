@@ -14,7 +14,7 @@
 use tract_onnx::pb;
 
 use crate::onnx::graph::{
-    Tensor, attr_int, attr_ints, attr_string, default_opset, f32_tensor_proto, i64_tensor_proto, node_proto,
+    Tensor, attr_int, attr_ints, attr_string, default_opset, f32_tensor_proto, floats, i64_tensor_proto, node_proto,
 };
 
 /// Kernel rows (or columns) that feed output phase 0 and phase 1, for the window's first and
@@ -134,20 +134,6 @@ fn phase_form(node: &pb::NodeProto, initializers: &[pb::TensorProto]) -> Option<
         }
     };
     Some(Phases { weight: phases, bias, inputs: c, outputs: o })
-}
-
-/// The values of a float initializer stored in the file (raw little-endian or `float_data`).
-fn floats(t: &pb::TensorProto) -> Option<Vec<f32>> {
-    if t.data_type != pb::tensor_proto::DataType::Float as i32 || !t.external_data.is_empty() {
-        return None;
-    }
-    let n: usize = t.dims.iter().map(|&d| usize::try_from(d).ok()).product::<Option<usize>>()?;
-    let v: Vec<f32> = if t.raw_data.is_empty() {
-        t.float_data.clone()
-    } else {
-        t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-    };
-    (v.len() == n).then_some(v)
 }
 
 /// The nodes that replace `node`: the phase convolution, a crop per phase, their

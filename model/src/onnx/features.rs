@@ -2,8 +2,9 @@
 //! its stages (1/8 and 1/16 of the input) are brought to one grid and averaged over each
 //! 3x3 neighbourhood, and a head scores every grid cell in that feature space: the
 //! Mahalanobis distance to the cell's Gaussian (PaDiM), the distance to the nearest patch of
-//! a memory bank (PatchCore), a feature autoencoder's reconstruction error or a
-//! discriminator's logit. The grid's
+//! a memory bank (PatchCore), a feature autoencoder's reconstruction error, a
+//! discriminator's logit, or how far a student network's prediction from the image is from
+//! them. The grid's
 //! scores are upsampled to the input, smoothed, and reduced to the image score, as in the
 //! other families, so the daemon serves these bundles like any other.
 
@@ -111,6 +112,18 @@ pub enum FeatureHead {
         /// Adaptor and discriminator, batch norm folded; one output channel.
         net: Sequential,
     },
+    /// Student–teacher: the backbone's features standardised per channel (`mean`, `std`
+    /// `[C]`) are the teacher's answer; `net` (the student, convolutions from the input image
+    /// to the features' grid) predicts them from the image; the score is the squared
+    /// difference averaged over channels.
+    Student {
+        /// Per-channel mean of the training features.
+        mean: Tensor,
+        /// Per-channel standard deviation.
+        std: Tensor,
+        /// The student, from the image `[N, 3, h, w]` to `[N, C, gh, gw]`.
+        net: Sequential,
+    },
 }
 
 /// Emits `(f - mean) / std`: per channel (`mean`, `std` of `C` values) or per channel and grid
@@ -132,15 +145,21 @@ fn standardise(
     g.mul(&centred, &s)
 }
 
-/// Emits `head` on the features `f`; `one_hot` (`[N, k]`) picks each image's head of a
-/// [`FeatureHead::PerClass`].
-fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureHead, one_hot: Option<&str>) -> String {
+/// Emits `head` on the features `f` of the image `x`; `one_hot` (`[N, k]`) picks each image's
+/// head of a [`FeatureHead::PerClass`].
+fn emit_head(
+    g: &mut GraphBuilder,
+    (x, f): (&str, &str),
+    shape: FeatureShape,
+    head: &FeatureHead,
+    one_hot: Option<&str>,
+) -> String {
     let [gh, gw] = shape.grid;
     let cells = shape.cells() as i64;
     match head {
         FeatureHead::PerClass(heads) => {
             let one_hot = one_hot.expect("a per-class head is emitted with the class input");
-            let maps: Vec<String> = heads.iter().map(|h| emit_head(g, f, shape, h, None)).collect();
+            let maps: Vec<String> = heads.iter().map(|h| emit_head(g, (x, f), shape, h, None)).collect();
             let refs: Vec<&str> = maps.iter().map(String::as_str).collect();
             let stacked = g.concat(&refs, 1); // [N, k, gh, gw]
             g.select_class(&stacked, one_hot, heads.len())
@@ -152,7 +171,7 @@ fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureH
             let m = g.constant("padim_mean", mean);
             let diff = g.sub(&x, &m);
             let diff = g.transpose(&diff, &[2, 0, 1]); // [P, N, d]
-            let inv = g.constant("padim_inv_cov", inv_cov);
+            let inv = emit_packed_symmetric(g, inv_cov);
             let t = g.matmul(&diff, &inv); // [P, N, d]
             let q = g.mul(&t, &diff);
             let q = g.reduce_sum(&q, &[2], false); // [P, N]
@@ -195,7 +214,66 @@ fn emit_head(g: &mut GraphBuilder, f: &str, shape: FeatureShape, head: &FeatureH
             let z = standardise(g, f, shape, mean, std, "fdisc");
             net.emit(g, &z) // [N, 1, gh, gw]
         }
+        FeatureHead::Student { mean, std, net } => {
+            let z = standardise(g, f, shape, mean, std, "student");
+            let predicted = net.emit(g, x);
+            let diff = g.sub(&predicted, &z);
+            let sq = g.mul(&diff, &diff);
+            g.reduce_mean(&sq, &[1], true) // [N, 1, gh, gw]
+        }
     }
+}
+
+/// The name prefix of PaDiM's packed inverse covariances in the graph.
+const PADIM_PACKED: &str = "padim_inv_cov_packed";
+
+/// Where `(i, j)` of a symmetric `d x d` matrix is in its packed upper triangle (row by row).
+fn packed_index(i: usize, j: usize, d: usize) -> usize {
+    let (i, j) = if i <= j { (i, j) } else { (j, i) };
+    // Rows before `i` hold d, d-1, …, d-i+1 values.
+    i * d - i * i.saturating_sub(1) / 2 + (j - i)
+}
+
+/// Emits the symmetric matrices `m` (`[k, d, d]`) stored as their upper triangles
+/// (`[k, d(d+1)/2]`, half the bytes of the bundle's largest constant) and unpacked by a
+/// `Gather` of constants, which both engines fold once at load.
+fn emit_packed_symmetric(g: &mut GraphBuilder, m: &Tensor) -> String {
+    let (k, d) = (m.shape[0], m.shape[1]);
+    let per = d * (d + 1) / 2;
+    let mut packed = Vec::with_capacity(k * per);
+    for block in m.data.chunks(d * d) {
+        for i in 0..d {
+            packed.extend_from_slice(&block[i * d + i..(i + 1) * d]);
+        }
+    }
+    let c = g.constant(PADIM_PACKED, &Tensor::new(vec![k, per], packed));
+    let index: Vec<i64> = (0..d).flat_map(|i| (0..d).map(move |j| packed_index(i, j, d) as i64)).collect();
+    let full = g.gather(&c, &index, 1); // [k, d·d]
+    g.reshape(&full, &[k as i64, d as i64, d as i64])
+}
+
+/// PaDiM's inverse covariances (`[cells, d, d]`) as a graph written by this module holds them,
+/// for a retrain that rebuilds its statistics from a bundle; `None` when the graph has none
+/// (another family, or an older bundle, whose weights carry the statistics themselves).
+pub fn padim_inverse_covariances(model: &pb::ModelProto) -> Option<Tensor> {
+    let graph = model.graph.as_ref()?;
+    let t = graph.initializer.iter().find(|t| t.name.starts_with(PADIM_PACKED))?;
+    let (k, per) = match t.dims[..] {
+        [k, per] => (usize::try_from(k).ok()?, usize::try_from(per).ok()?),
+        _ => return None,
+    };
+    let packed = super::graph::floats(t)?;
+    let d = (((8 * per + 1) as f64).sqrt() as usize - 1) / 2;
+    if d * (d + 1) / 2 != per {
+        return None;
+    }
+    let mut out = Vec::with_capacity(k * d * d);
+    for block in packed.chunks(per) {
+        for i in 0..d {
+            out.extend((0..d).map(|j| block[packed_index(i, j, d)]));
+        }
+    }
+    Some(Tensor::new(vec![k, d, d], out))
 }
 
 /// Declares the class input of a conditional model (`[N]` int64) when `head` has one head per
@@ -214,7 +292,7 @@ pub fn cells_model(net: &EfficientNetLite, input: [usize; 2], head: &FeatureHead
     let x = g.input("image", &[n.clone(), Dim::Fixed(3), Dim::Fixed(input[0]), Dim::Fixed(input[1])]);
     let one_hot = class_input(&mut g, head, CLASS_INPUT);
     let (f, shape) = emit_features(&mut g, net, &x, input);
-    let cells = emit_head(&mut g, &f, shape, head, one_hot.as_deref());
+    let cells = emit_head(&mut g, (&x, &f), shape, head, one_hot.as_deref());
     g.output(&cells, "cells", &[n, Dim::Fixed(1), Dim::Fixed(shape.grid[0]), Dim::Fixed(shape.grid[1])]);
     g.finish()
 }
@@ -242,11 +320,36 @@ pub fn feature_scoring_model(
     let x = g.input(&input.name, &[n.clone(), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)]);
     let one_hot = class_input(&mut g, head, CLASS_INPUT);
     let (f, shape) = emit_features(&mut g, net, &x, [h, w]);
-    let cells = emit_head(&mut g, &f, shape, head, one_hot.as_deref());
+    let cells = emit_head(&mut g, (&x, &f), shape, head, one_hot.as_deref());
     let up = g.upsample(&cells, [h / shape.grid[0], w / shape.grid[1]], Interpolation::Bilinear);
     let smooth = g.gaussian_blur(&up, map.smoothing_sigma, h.min(w) - 1);
     g.output(&smooth, MAP_OUTPUT, &[n.clone(), Dim::Fixed(1), Dim::Fixed(h), Dim::Fixed(w)]);
     let score = reduce_map(&mut g, &smooth, map.reduction);
     g.output(&score, SCORE_OUTPUT, &[n]);
     g.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_symmetric_matrices_read_back_as_they_were_written() {
+        let d = 4;
+        let m: Vec<f32> = (0..2 * d * d)
+            .map(|n| {
+                let (k, i, j) = (n / (d * d), n / d % d, n % d);
+                (k * 100 + i.min(j) * 10 + i.max(j)) as f32
+            })
+            .collect();
+        let m = Tensor::new(vec![2, d, d], m);
+        let mut g = GraphBuilder::new("t", OPSET);
+        emit_packed_symmetric(&mut g, &m);
+        let model = g.finish();
+        let packed = &model.graph.as_ref().unwrap().initializer[0];
+        assert_eq!(packed.dims, [2, 10], "the upper triangles only");
+        assert_eq!(padim_inverse_covariances(&model), Some(m));
+        let all: Vec<usize> = (0..d).flat_map(|i| (i..d).map(move |j| packed_index(i, j, d))).collect();
+        assert_eq!(all, (0..10).collect::<Vec<_>>(), "row by row, each place once");
+    }
 }

@@ -165,6 +165,20 @@ pub(crate) fn f32_tensor_proto(name: &str, t: &Tensor) -> pb::TensorProto {
     }
 }
 
+/// The values of a float initializer stored in the file (raw little-endian or `float_data`).
+pub(crate) fn floats(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != pb::tensor_proto::DataType::Float as i32 || !t.external_data.is_empty() {
+        return None;
+    }
+    let n: usize = t.dims.iter().map(|&d| usize::try_from(d).ok()).product::<Option<usize>>()?;
+    let v: Vec<f32> = if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    };
+    (v.len() == n).then_some(v)
+}
+
 pub(crate) fn i64_tensor_proto(name: &str, values: &[i64]) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),

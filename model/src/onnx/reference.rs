@@ -169,7 +169,7 @@ pub fn scoring_net(
                 ScoreNet::Discriminator { critic }
             }
         }
-        Family::Padim | Family::Patchcore | Family::Fae | Family::Fdisc => {
+        Family::Padim | Family::Patchcore | Family::Fae | Family::Fdisc | Family::Student => {
             return Err(format!("{} needs a pretrained backbone; it has no reference architecture", family.as_str()));
         }
         Family::External => return Err("external models are not built by vigil".into()),

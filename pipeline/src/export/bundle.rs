@@ -161,6 +161,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
                 serde_json::Value::Object(m) => m,
                 _ => serde_json::Map::new(),
             },
+            head_in_graph: crate::family::features::head_in_graph(&cfg),
         }),
         parent: req.parent.clone(),
         conditioning: (!cfg.classes.is_empty()).then(|| Conditioning {
@@ -265,10 +266,13 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
             };
             for (from, to) in folders {
                 std::fs::create_dir_all(&to)?;
-                std::fs::copy(
-                    from.join(crate::family::features::HEAD_FILE),
-                    to.join(crate::family::trained::WEIGHTS_FILE),
-                )?;
+                let (head, weights) =
+                    (from.join(crate::family::features::HEAD_FILE), to.join(crate::family::trained::WEIGHTS_FILE));
+                if crate::family::features::head_in_graph(&cfg) {
+                    crate::family::features::write_slim_head(cfg.model, &head, &weights)?;
+                } else {
+                    std::fs::copy(head, weights)?;
+                }
                 for name in crate::family::features::NETWORK_FILES {
                     if from.join(name).is_file() {
                         std::fs::copy(from.join(name), to.join(name))?;

@@ -25,6 +25,9 @@ pub enum ModelKind {
     /// A discriminator trained on pretrained backbone features against synthetic anomalies
     /// (and confirmed defects), its logit.
     Fdisc,
+    /// A student network trained to predict pretrained backbone features from the image
+    /// (student–teacher), their difference.
+    Student,
 }
 
 impl ModelKind {
@@ -39,12 +42,13 @@ impl ModelKind {
             ModelKind::Patchcore => Family::Patchcore,
             ModelKind::Fae => Family::Fae,
             ModelKind::Fdisc => Family::Fdisc,
+            ModelKind::Student => Family::Student,
         }
     }
 
     /// Whether the family scores in a pretrained backbone's feature space.
     pub fn is_feature(self) -> bool {
-        matches!(self, ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae | ModelKind::Fdisc)
+        matches!(self, ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae | ModelKind::Fdisc | ModelKind::Student)
     }
 
     /// Whether the family is a GAN (generator + discriminator).

@@ -78,7 +78,11 @@ impl Nets {
                     opt_e: load_opt(cfg, run, "adam_encoder", resume)?,
                 }
             }
-            kind @ (ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae | ModelKind::Fdisc) => {
+            kind @ (ModelKind::Padim
+            | ModelKind::Patchcore
+            | ModelKind::Fae
+            | ModelKind::Fdisc
+            | ModelKind::Student) => {
                 anyhow::bail!("{kind:?} is fitted on backbone features, not trained as a network from scratch")
             }
         })
@@ -142,7 +146,7 @@ pub fn load_trained(run: &RunDir, cfg: &TrainConfig, channels: usize) -> anyhow:
                 encoder: load_module(g.encoder, run, "encoder", true)?.valid(),
             })
         }
-        kind @ (ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae | ModelKind::Fdisc) => {
+        kind @ (ModelKind::Padim | ModelKind::Patchcore | ModelKind::Fae | ModelKind::Fdisc | ModelKind::Student) => {
             anyhow::bail!("{kind:?} has a fitted head, not trained networks; export it through the feature families")
         }
     })

@@ -142,6 +142,21 @@ impl Extractor {
         Ok(out)
     }
 
+    /// The preprocessed input tensors (`[3, h, w]`, one block per image) of images that
+    /// [`Extractor::extract`] read: what the student family learns from.
+    pub fn inputs(&self, paths: &[PathBuf]) -> anyhow::Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(paths.len() * 3 * self.input[0] * self.input[1]);
+        for p in paths {
+            out.extend(self.load(p).map_err(|reason| anyhow::anyhow!("{}: {reason}", p.display()))?);
+        }
+        Ok(out)
+    }
+
+    /// The input `[height, width]`.
+    pub fn input(&self) -> [usize; 2] {
+        self.input
+    }
+
     fn load(&self, path: &Path) -> Result<Vec<f32>, String> {
         let mut tensors = load_image(&self.pre, path)?;
         tensors.pop().ok_or_else(|| "no input".to_owned())

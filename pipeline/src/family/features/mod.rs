@@ -8,10 +8,12 @@
 //! - [`fae`]: an autoencoder trained on the features, reconstruction error.
 //! - [`fdisc`]: a discriminator trained on the features against noisy copies of them (and
 //!   confirmed defects), its logit.
+//! - [`student`]: a student network trained to predict the features from the image, the
+//!   difference.
 //!
 //! A run folder of these families holds `train.toml`, `state.json` and
-//! `checkpoint/head.safetensors` (the fitted head; for `fae` and `fdisc` also their network,
-//! `checkpoint/fae.bpk` or `checkpoint/fdisc.bpk`); the
+//! `checkpoint/head.safetensors` (the fitted head; for `fae`, `fdisc` and `student` also their
+//! network, `checkpoint/fae.bpk`, `checkpoint/fdisc.bpk` or `checkpoint/student.bpk`); the
 //! exported bundle is one ONNX graph (backbone, head, map, score) like any other.
 
 pub mod config;
@@ -20,6 +22,7 @@ pub mod fae;
 pub mod fdisc;
 pub mod padim;
 pub mod patchcore;
+pub mod student;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,8 +53,10 @@ pub const HEAD_FILE: &str = "head.safetensors";
 pub const FAE_FILE: &str = "fae.bpk";
 /// The feature discriminator's weights in a run's `checkpoint/` folder.
 pub const FDISC_FILE: &str = "fdisc.bpk";
+/// The student's weights in a run's `checkpoint/` folder.
+pub const STUDENT_FILE: &str = "student.bpk";
 /// The files beside the head that hold a trained network, copied into bundles.
-pub const NETWORK_FILES: [&str; 2] = [FAE_FILE, FDISC_FILE];
+pub const NETWORK_FILES: [&str; 3] = [FAE_FILE, FDISC_FILE, STUDENT_FILE];
 
 /// The input `[height, width]` of a config: `size` × `size`, or, for images of another
 /// shape (`aspect` = height / width, measured on the training images), about as many pixels
@@ -87,6 +92,47 @@ pub fn measure_aspect(paths: &[std::path::PathBuf]) -> Option<f32> {
     (!(0.8..=1.25).contains(&median)).then_some(median)
 }
 
+/// Whether a bundle of `cfg` keeps part of its head only in the graph (see
+/// `Training::head_in_graph`): PaDiM's covariances, whose inverses the graph holds; a
+/// conditional model keeps its full statistics per class, as it cannot be retrained yet.
+pub fn head_in_graph(cfg: &TrainConfig) -> bool {
+    cfg.model == ModelKind::Padim && cfg.classes.is_empty()
+}
+
+/// Writes the bundle's weights for a head kept partly in the graph: the run's `head` without
+/// what [`padim_scatter_from_graph`] rebuilds (PaDiM's scatter matrices, the size of the
+/// graph's inverse covariances).
+pub fn write_slim_head(kind: ModelKind, head: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut t = backbone::read_tensors(head)?;
+    anyhow::ensure!(kind == ModelKind::Padim, "only PaDiM's head is kept in the graph");
+    t.remove("padim.scatter");
+    backbone::write_tensors(&t, out)
+}
+
+/// PaDiM's scatter matrices rebuilt from the inverse covariances in the bundle graph `model`:
+/// `(Σ⁻¹)⁻¹ - ridge`, times the images less one. Exact up to the float32 rounding of the
+/// inverses, amplified by the covariance's condition (at most its largest variance over the
+/// ridge); a retrain merges its new images into these.
+fn padim_scatter_from_graph(model: &Path, stats: &padim::Stats) -> anyhow::Result<Vec<f64>> {
+    let bytes = std::fs::read(model).with_context(|| {
+        format!("{}: a PaDiM bundle's covariances are in its graph, and it cannot be read", model.display())
+    })?;
+    let proto =
+        vigil_model::onnx::graph::decode(&bytes).with_context(|| format!("{}: not an ONNX model", model.display()))?;
+    let inv = vigil_model::onnx::features::padim_inverse_covariances(&proto).with_context(|| {
+        format!("{}: no PaDiM inverse covariances in the graph; export the bundle again from its run", model.display())
+    })?;
+    let d = stats.dims.len();
+    anyhow::ensure!(
+        inv.shape == [stats.cells, d, d],
+        "{}: the graph's covariances are {:?}, the weights describe {} cells over {d} channels: the files are from different bundles",
+        model.display(),
+        inv.shape,
+        stats.cells
+    );
+    padim::scatter_from_inverses(&inv.data, d, stats.count)
+}
+
 /// What a fitted head holds, as stored in `head.safetensors`.
 #[derive(Debug, Clone)]
 pub enum HeadState {
@@ -103,6 +149,13 @@ pub enum HeadState {
     },
     /// The feature discriminator's standardisation (its network is in `fdisc.bpk`).
     Fdisc {
+        /// Per-channel means.
+        mean: Vec<f32>,
+        /// Per-channel standard deviations.
+        std: Vec<f32>,
+    },
+    /// The teacher's standardisation (the student is in `student.bpk`).
+    Student {
         /// Per-channel means.
         mean: Vec<f32>,
         /// Per-channel standard deviations.
@@ -137,6 +190,10 @@ impl HeadState {
                 tensors.insert("fdisc.mean".into(), Tensor::new(vec![mean.len()], mean.clone()));
                 tensors.insert("fdisc.std".into(), Tensor::new(vec![std.len()], std.clone()));
             }
+            HeadState::Student { mean, std } => {
+                tensors.insert("student.mean".into(), Tensor::new(vec![mean.len()], mean.clone()));
+                tensors.insert("student.std".into(), Tensor::new(vec![std.len()], std.clone()));
+            }
         }
         backbone::write_tensors(&tensors, path)
     }
@@ -150,13 +207,19 @@ impl HeadState {
         Ok(match kind {
             ModelKind::Padim => {
                 let mean = get("padim.mean")?;
-                HeadState::Padim(padim::Stats {
+                let mut stats = padim::Stats {
                     dims: get("padim.dims")?.data.iter().map(|&v| v as usize).collect(),
                     cells: mean.shape[0],
                     count: get("padim.count")?.data[0] as usize,
                     mean: mean.data.iter().map(|&v| v as f64).collect(),
-                    scatter: get("padim.scatter")?.data.iter().map(|&v| v as f64).collect(),
-                })
+                    scatter: vec![],
+                };
+                stats.scatter = match t.get("padim.scatter") {
+                    Some(s) => s.data.iter().map(|&v| v as f64).collect(),
+                    // A bundle's weights (`head_in_graph`): the covariances come from the graph.
+                    None => padim_scatter_from_graph(&path.with_file_name(vigil_model::bundle::MODEL_FILE), &stats)?,
+                };
+                HeadState::Padim(stats)
             }
             ModelKind::Patchcore => {
                 let b = get("patchcore.bank")?;
@@ -165,6 +228,9 @@ impl HeadState {
             ModelKind::Fae => HeadState::Fae { mean: get("fae.mean")?.data.clone(), std: get("fae.std")?.data.clone() },
             ModelKind::Fdisc => {
                 HeadState::Fdisc { mean: get("fdisc.mean")?.data.clone(), std: get("fdisc.std")?.data.clone() }
+            }
+            ModelKind::Student => {
+                HeadState::Student { mean: get("student.mean")?.data.clone(), std: get("student.std")?.data.clone() }
             }
             other => bail!("{other:?} is not a feature family"),
         })
@@ -388,6 +454,39 @@ fn fit_head(
             history = loss_history(phase, &losses);
             HeadState::Fdisc { mean, std }
         }
+        ModelKind::Student => {
+            let (mean, std) = match previous.map(|p| HeadState::load(ModelKind::Student, p)).transpose()? {
+                Some(HeadState::Student { mean, std }) => (mean, std),
+                _ => fae::channel_stats(&features),
+            };
+            anyhow::ensure!(
+                mean.len() == features.shape.channels,
+                "the fitted standardisation has {} channels, the features {}: they come from another backbone",
+                mean.len(),
+                features.shape.channels
+            );
+            let init = match previous {
+                Some(p) => Some(load_student(cfg, features.shape.channels, &p.with_file_name(STUDENT_FILE), device)?),
+                None => None,
+            };
+            let images = extractor.inputs(&features.paths)?;
+            let t = student::StudentTraining {
+                width: cfg.student.width,
+                steps: cfg.student.steps,
+                batch: cfg.student.batch,
+                lr: cfg.student.lr,
+                hard_share: cfg.student.hard_share,
+                seed: cfg.seed,
+            };
+            let Some((model, losses)) =
+                student::train(&features, &images, extractor.input(), (&mean, &std), t, device, stop, init)?
+            else {
+                return Ok(None);
+            };
+            model.clone().save_file(dir.join(STUDENT_FILE)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            history = loss_history(phase, &losses);
+            HeadState::Student { mean, std }
+        }
         other => bail!("{other:?} is not a feature family"),
     };
     state.save(&head_path)?;
@@ -408,7 +507,7 @@ fn synthetic_pool(
     })
 }
 
-/// One log entry per epoch (fae) or tenth of the steps (fdisc).
+/// One log entry per epoch (fae) or tenth of the steps (fdisc, student).
 fn loss_history(phase: &str, losses: &[f64]) -> Vec<EpochLog> {
     losses
         .iter()
@@ -424,6 +523,12 @@ fn loss_history(phase: &str, losses: &[f64]) -> Vec<EpochLog> {
 
 fn load_fdisc(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) -> anyhow::Result<fdisc::FeatureDisc> {
     fdisc::FeatureDisc::new(channels, cfg.fdisc.hidden, device)
+        .try_load_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+}
+
+fn load_student(cfg: &TrainConfig, channels: usize, path: &Path, device: &Device) -> anyhow::Result<student::Student> {
+    student::Student::new(channels, cfg.student.width, device)
         .try_load_file(path)
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
 }
@@ -460,6 +565,14 @@ fn head_of(cfg: &TrainConfig, dir: &Path, channels: usize) -> anyhow::Result<Fea
                 mean: Tensor::new(vec![mean.len()], mean),
                 std: Tensor::new(vec![std.len()], std),
                 net,
+            }
+        }
+        HeadState::Student { mean, std } => {
+            let model = load_student(cfg, channels, &dir.join(STUDENT_FILE), &Device::flex())?;
+            FeatureHead::Student {
+                mean: Tensor::new(vec![mean.len()], mean),
+                std: Tensor::new(vec![std.len()], std),
+                net: model.valid().to_sequential(),
             }
         }
     })

@@ -2,6 +2,7 @@
 //! cell scores by its Mahalanobis distance. The statistics (count, means, scatter matrices)
 //! are kept so that a retrain adds new normal images to them without the old ones.
 
+use anyhow::Context;
 use rayon::prelude::*;
 use vigil_model::onnx::features::FeatureHead;
 use vigil_model::onnx::graph::Tensor;
@@ -155,6 +156,27 @@ fn inverse_spd(a: &[f64], d: usize) -> Option<Vec<f64>> {
         }
     }
     Some(inv)
+}
+
+/// The scatter matrices (`[cells, d, d]`) of `count` images whose regularised covariances have
+/// the inverses `inv` (`[cells, d, d]`, as [`head`] writes them).
+pub fn scatter_from_inverses(inv: &[f32], d: usize, count: usize) -> anyhow::Result<Vec<f64>> {
+    anyhow::ensure!(count >= 2, "PaDiM statistics of fewer than 2 images cannot be rebuilt");
+    let per: Vec<anyhow::Result<Vec<f64>>> = inv
+        .par_chunks(d * d)
+        .enumerate()
+        .map(|(cell, m)| {
+            let m: Vec<f64> = m.iter().map(|&v| v as f64).collect();
+            let mut cov = inverse_spd(&m, d).with_context(|| {
+                format!("cell {cell}: the inverse covariance is not positive definite; the bundle's graph is damaged")
+            })?;
+            for i in 0..d {
+                cov[i * d + i] -= RIDGE;
+            }
+            Ok(cov.into_iter().map(|v| v * (count - 1) as f64).collect())
+        })
+        .collect();
+    Ok(per.into_iter().collect::<anyhow::Result<Vec<_>>>()?.concat())
 }
 
 /// The graph head of the statistics: means `[d, cells]` and inverse covariances.

@@ -52,6 +52,9 @@ pub struct Config {
     /// What the daemon keeps for retraining: alert frames, verdicts, sampled normals.
     #[serde(default)]
     pub dataset: DatasetConfig,
+    /// Whether each camera's scores still look like its bundle's calibration.
+    #[serde(default)]
+    pub drift: crate::decide::drift::DriftConfig,
     /// Bundles rolled out over MQTT by `vigil publish`: the keys this box trusts. Absent:
     /// bundles are not taken over MQTT.
     #[serde(default)]
@@ -225,6 +228,7 @@ impl Config {
         self.alerts.validate(self.mqtt.is_some(), &mut p);
         self.http.validate(&mut p);
         self.dataset.validate(&mut p);
+        self.drift.validate(&mut p);
         if let Some(f) = &self.fleet {
             f.validate(self.mqtt.is_some(), &mut p);
         }

@@ -185,6 +185,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         snapshot_dir: config.alerts.snapshot_dir(&config.state_dir),
         cooldowns: config.cameras.iter().map(|c| c.cooldown).collect(),
         sample_normal: config.dataset.sample_normal > 0,
+        drift: config.drift.clone(),
         policy: policy.clone(),
         metrics: metrics.clone(),
         decisions: config.alerts.decisions_jsonl.as_deref().map(|p| Jsonl::open(p, false)).transpose()?,

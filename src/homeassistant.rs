@@ -38,8 +38,13 @@ const THRESHOLD_LIMIT: f64 = 1e9;
 const THRESHOLD_STEP: f64 = 0.001;
 
 /// The entities of each camera: the component id's suffix and Home Assistant's platform.
-const KINDS: [(&str, &str); 4] =
-    [("anomaly", "binary_sensor"), ("score", "sensor"), ("threshold", "number"), ("snapshot", "image")];
+const KINDS: [(&str, &str); 5] = [
+    ("anomaly", "binary_sensor"),
+    ("score", "sensor"),
+    ("threshold", "number"),
+    ("snapshot", "image"),
+    ("drift", "binary_sensor"),
+];
 
 /// The cameras announced: those with an id of their own. An MQTT group that takes camera
 /// ids from topics or payloads has no fixed topics to announce.
@@ -148,6 +153,16 @@ impl Discovery {
                 "entity_category": "config",
             }),
             "snapshot" => json!({ "image_topic": topic("snapshot"), "content_type": "image/jpeg" }),
+            // On while the camera's scores no longer look like its calibration (`[drift]`).
+            "drift" => json!({
+                "state_topic": topic("drift"),
+                "value_template": "{{ value_json.state }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "device_class": "problem",
+                "entity_category": "diagnostic",
+                "json_attributes_topic": topic("drift"),
+            }),
             _ => unreachable!("KINDS lists every kind"),
         };
         c["platform"] = platform.into();

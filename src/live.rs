@@ -64,6 +64,8 @@ struct Camera {
     history: VecDeque<Point>,
     latest: Option<Latest>,
     alerts: VecDeque<Alert>,
+    /// The camera's drift state as the page shows it (`decide::drift`), once judged.
+    drift: Option<serde_json::Value>,
 }
 
 /// The live state of every camera and the event stream.
@@ -86,7 +88,7 @@ fn millis(t: SystemTime) -> u64 {
 
 impl Board {
     /// Follows the events: each is a JSON object with `type` (`score`, `alert`, `threshold`,
-    /// `verdict`) and `camera`.
+    /// `verdict`, `drift`) and `camera`.
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.events.subscribe()
     }
@@ -167,6 +169,22 @@ impl Board {
     /// The latest frame of `camera`.
     pub fn latest(&self, camera: &str) -> Option<Latest> {
         self.cameras.lock().expect("board lock").get(camera).and_then(|c| c.latest.clone())
+    }
+
+    /// Records a camera's drift state (`state` `ON` or `OFF`, with the reading) and tells the
+    /// pages.
+    pub fn drift(&self, camera: &str, state: serde_json::Value) {
+        {
+            let mut cameras = self.cameras.lock().expect("board lock");
+            let Some(c) = entry(&mut cameras, camera) else { return };
+            c.drift = Some(state.clone());
+        }
+        self.event("drift", camera, serde_json::json!({ "drift": state }));
+    }
+
+    /// A camera's drift state, once judged.
+    pub fn drift_state(&self, camera: &str) -> Option<serde_json::Value> {
+        self.cameras.lock().expect("board lock").get(camera).and_then(|c| c.drift.clone())
     }
 
     /// Every camera seen so far.

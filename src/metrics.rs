@@ -73,6 +73,17 @@ const HELP: &[(&str, &str, &str)] = &[
     ("vigil_alerts_total", "counter", "Alerts emitted by camera."),
     ("vigil_alerts_suppressed_total", "counter", "Anomalous frames not alerted because of cooldown or hysteresis."),
     (
+        "vigil_drift",
+        "gauge",
+        "1 while the camera's scores no longer look like its bundle's calibration (drift), else 0.",
+    ),
+    (
+        "vigil_drift_shift",
+        "gauge",
+        "Median of the camera's recent scores, in calibration standard deviations from the calibration's median.",
+    ),
+    ("vigil_drift_raised_total", "counter", "Times drift was raised, by camera."),
+    (
         "vigil_frames_dropped_total",
         "counter",
         "Frames of live cameras dropped by camera and reason (busy, decoder_behind).",

@@ -69,7 +69,7 @@ fn home_assistant_discovers_each_camera_on_the_topics_the_daemon_serves_and_forg
     let discovery = ha.wait_for(DISCOVERY, 1, WAIT)[0].json();
     assert_eq!(schema_verdicts(SCHEMA, std::slice::from_ref(&discovery)), ["ok"], "{discovery:#}");
     let components = discovery["components"].as_object().unwrap().clone();
-    assert_eq!(components.len(), 8, "{discovery:#}");
+    assert_eq!(components.len(), 10, "{discovery:#}");
     assert_eq!(discovery["device"]["identifiers"], json!(["vigil_box1"]));
 
     // Availability reads vigil's own words: `online` is available, the Last-Will `offline`
@@ -123,6 +123,14 @@ fn home_assistant_discovers_each_camera_on_the_topics_the_daemon_serves_and_forg
     assert_eq!(snapshot["content_type"], "image/jpeg");
     let images = sub.wait_for(&topic(snapshot, "image_topic"), 1, WAIT);
     assert!(images[0].payload.starts_with(&[0xFF, 0xD8]), "the snapshot is a JPEG");
+    // Drift: a problem sensor on the state the daemon retains per camera (tests/drift.rs).
+    let drift = &components["cam1_drift"];
+    assert_eq!((&drift["platform"], &drift["device_class"]), (&json!("binary_sensor"), &json!("problem")));
+    assert_eq!(topic(drift, "state_topic"), "vigil/box1/cam1/drift");
+    for state in ["ON", "OFF"] {
+        let payload = json!({ "state": state, "shift": 0.1 }).to_string();
+        assert_eq!(render(&drift["value_template"], payload.as_bytes()), state);
+    }
 
     // A value on the threshold's command topic, as Home Assistant sends it, changes the
     // threshold: the state follows, and the same frame no longer alerts.

@@ -9,6 +9,7 @@ mod conditional;
 mod config_docs;
 mod daemon;
 mod demo;
+mod drift;
 mod engines;
 mod faults;
 mod fleet;

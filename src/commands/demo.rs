@@ -126,6 +126,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         },
         http: HttpConfig { listen: page, page: page.is_some(), ..Default::default() },
         dataset: Default::default(),
+        drift: Default::default(),
         fleet: None,
         cameras: vec![CameraConfig {
             id: "demo-cam".into(),

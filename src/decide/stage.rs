@@ -1,6 +1,7 @@
 //! The decide stage's task: each scored frame's decision, counters, score message, alert and
 //! snapshot, the decisions log, and the frame's source told it is done.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use ndarray::Array2;
 use tokio::sync::mpsc;
 
 use super::decider::{Decider, Decision, region};
+use super::drift::{self, Change, DriftConfig, Tracker};
 use super::policy::{Policy, class_key};
 use super::record::{DecisionRecord, ScoreMessage, Scored};
 use crate::alert::{ALERT_SCHEMA, Alert, ModelRef, SnapshotRef, alert_id, rfc3339};
@@ -31,6 +33,8 @@ pub struct Stage {
     pub cooldowns: Vec<Option<Duration>>,
     /// Whether normal frames are offered to the data set (`dataset.sample_normal` > 0).
     pub sample_normal: bool,
+    /// `[drift]`.
+    pub drift: DriftConfig,
     /// Thresholds in force.
     pub policy: Arc<Policy>,
     /// Counters.
@@ -61,6 +65,7 @@ impl Stage {
             self.metrics.clone(),
         );
         let mut decider = Decider::default();
+        let mut drift: HashMap<String, Tracker> = HashMap::new();
         while let Some(finished) = results.recv().await {
             #[cfg(feature = "fuzzing")]
             if crate::health::faults::take(&self.device, "decide") {
@@ -86,7 +91,10 @@ impl Stage {
                     // every camera: a panic is counted and logged, and the next frame goes on.
                     let camera = prepared.frame.camera.clone();
                     let source = prepared.frame.origin.describe();
-                    let decided = crate::guard::catch(|| self.scored(&mut decider, &snapshots, prepared, score, map));
+                    let decided = crate::guard::catch(|| {
+                        self.judge_drift(&mut drift, &prepared, score);
+                        self.scored(&mut decider, &snapshots, prepared, score, map)
+                    });
                     if let Err(message) = decided {
                         self.metrics.rejected(
                             &camera,
@@ -262,6 +270,74 @@ impl Stage {
             trigger: frame.trigger.clone(),
         };
         (alert, snapshot)
+    }
+
+    /// Adds a scored frame to its camera's drift window (every frame, alerts too); on a change
+    /// of state, says so: log, metrics, `<camera>/drift`, the page.
+    fn judge_drift(&self, trackers: &mut HashMap<String, Tracker>, prepared: &Prepared, score: f32) {
+        if !self.drift.enabled {
+            return;
+        }
+        let camera = &prepared.frame.camera;
+        let bundle = &prepared.model.bundle;
+        // A bundle without calibration statistics (a foreign model with a hand-set threshold)
+        // has nothing to compare with.
+        let (threshold, n) = bundle.manifest.calibration(prepared.class);
+        let Some(n) = n else { return };
+        let Some(z) = drift::standardise(score, n) else { return };
+        // The calibrated threshold, not one set at run time: the tail is judged against what
+        // the calibration lets through.
+        let above = score > threshold.value;
+        if !trackers.contains_key(camera.as_str()) && trackers.len() >= crate::live::MAX_CAMERAS {
+            return;
+        }
+        let tracker = trackers.entry(camera.clone()).or_insert_with(|| Tracker::new(self.drift.window));
+        let Some(change) = tracker.observe(&self.drift, &bundle.model_sha256, z, above, n.count) else { return };
+        let (on, r) = match change {
+            Change::Raised(r) => (true, r),
+            Change::Cleared(r) | Change::Quiet(r) => (false, r),
+        };
+        let direction = if r.shift > 0.0 { "above" } else { "below" };
+        let message = if on {
+            format!(
+                "The scores of {camera} have drifted: of its last {} frames, {:.1} % scored above the calibrated threshold (drift from {:.1} %), and their median is {:.2} calibration standard deviations {direction} the calibration's (drift from {:.2}). The view may have changed (camera moved, lighting, dirty lens, new material): check the camera, or retrain on current good parts (`vigil retrain --camera {camera}`).",
+                r.frames,
+                100.0 * r.tail,
+                100.0 * self.drift.tail_share,
+                r.shift.abs(),
+                r.bound
+            )
+        } else {
+            String::new()
+        };
+        match change {
+            Change::Raised(_) => {
+                tracing::warn!(camera = camera.as_str(), "drift: {message}");
+                self.metrics.inc("vigil_drift_raised_total", &[("camera", camera)]);
+            }
+            Change::Cleared(_) => tracing::info!(
+                camera = camera.as_str(),
+                "drift cleared: of the last {} frames {:.1} % scored above the calibrated threshold, their median {:+.2} calibration standard deviations from the calibration's",
+                r.frames,
+                100.0 * r.tail,
+                r.shift
+            ),
+            Change::Quiet(_) => {}
+        }
+        self.metrics.set("vigil_drift", &[("camera", camera)], if on { 1.0 } else { 0.0 });
+        self.metrics.set("vigil_drift_shift", &[("camera", camera)], r.shift);
+        let state = serde_json::json!({
+            "state": if on { "ON" } else { "OFF" },
+            "shift": r.shift,
+            "bound": r.bound,
+            "tail": r.tail,
+            "tail_bound": self.drift.tail_share,
+            "frames": r.frames,
+            "message": message,
+            "time": rfc3339(std::time::SystemTime::now()),
+        });
+        self.sinks.publisher.drift_state(camera, &state);
+        self.board.drift(camera, state);
     }
 
     /// Appends a frame's decision to `decisions_jsonl`, if configured.

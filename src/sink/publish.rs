@@ -76,6 +76,17 @@ impl Publisher {
         }
     }
 
+    /// A camera's drift state, retained on `<camera>/drift` (QoS 1, sent in the background: the
+    /// decide stage does not wait on the broker).
+    pub fn drift_state(&self, camera: &str, state: &serde_json::Value) {
+        if let Some(m) = self.mqtt.clone() {
+            let (topic, body) = (m.topics.camera(camera, "drift"), state.to_string().into_bytes());
+            tokio::spawn(async move {
+                let _ = m.publish(topic, true, body).await;
+            });
+        }
+    }
+
     /// `stopped`, retained on `available` (QoS 1), at a clean stop while connected.
     pub async fn stopped(&self) {
         if let Some(m) = self.mqtt.as_ref().filter(|m| m.is_connected()) {

@@ -81,6 +81,7 @@ pub fn camera_state(app: &App, camera: &str) -> serde_json::Value {
             "alerts": app.metrics.count("vigil_alerts_total", &[("camera", camera)]),
         },
         "latest": app.board.latest(camera).map(|l| l.seq),
+        "drift": app.board.drift_state(camera),
         "alerts": alerts,
     })
 }

@@ -130,6 +130,7 @@ fn camera_card(c: &serde_json::Value) -> String {
     format!(
         "<section class=\"camera\" id=\"camera-{id}\" data-camera=\"{id}\">\
          <h2>{id} <small class=\"model\">{model}</small></h2>\
+         <p class=\"drift\" role=\"alert\"{drift_hidden}>{drift}</p>\
          <div class=\"row\"><figure class=\"latest\"><img class=\"latest-img\" alt=\"latest frame of {id} with its anomaly map\" src=\"/api/cameras/{id}/latest.jpg\"><figcaption>Latest frame, anomaly map over it</figcaption></figure>\
          <figure class=\"chart\"><svg class=\"score-chart\" role=\"img\" aria-label=\"score of {id} over time\"></svg></figure></div>\
          <form class=\"threshold\"><label>Threshold <input type=\"number\" step=\"any\" name=\"threshold\" value=\"{threshold}\"></label>\
@@ -146,6 +147,8 @@ fn camera_card(c: &serde_json::Value) -> String {
         anomalous = counters["anomalous"],
         rejected = counters["rejected"],
         nalerts = counters["alerts"],
+        drift_hidden = if c["drift"]["state"] == "ON" { "" } else { " hidden" },
+        drift = esc(c["drift"]["message"].as_str().unwrap_or("")),
     )
 }
 

@@ -8,6 +8,7 @@
 
 pub mod install;
 pub mod manifest;
+pub mod view;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -160,7 +161,7 @@ pub fn parse_manifest(bytes: &[u8], origin: &str) -> Result<Manifest, BundleErro
 }
 
 /// The manifest JSON embedded in a model, if any.
-pub fn embedded_manifest(model: &pb::ModelProto) -> Option<&str> {
+pub fn embedded_manifest(model: &view::ModelView) -> Option<&str> {
     model.metadata_props.iter().find(|p| p.key == METADATA_KEY).map(|p| p.value.as_str())
 }
 
@@ -173,12 +174,12 @@ pub fn embed_manifest(model: &mut pb::ModelProto, manifest: &Manifest) {
 
 /// The first tensor of `model` (initializers and constant attributes, in subgraphs too) whose
 /// data lives in an external file, if any.
-fn external_tensor(model: &pb::ModelProto) -> Option<String> {
-    fn external(t: &pb::TensorProto) -> bool {
+fn external_tensor(model: &view::ModelView) -> Option<String> {
+    fn external(t: &view::TensorView) -> bool {
         !t.external_data.is_empty() || t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
     }
-    fn in_graph(g: &pb::GraphProto) -> Option<String> {
-        let named = |t: &pb::TensorProto| if t.name.is_empty() { "(unnamed)".to_owned() } else { t.name.clone() };
+    fn in_graph(g: &view::GraphView) -> Option<String> {
+        let named = |t: &view::TensorView| if t.name.is_empty() { "(unnamed)".to_owned() } else { t.name.clone() };
         if let Some(t) = g.initializer.iter().find(|t| external(t)) {
             return Some(named(t));
         }
@@ -224,7 +225,7 @@ impl Bundle {
         };
         let model_bytes: Arc<[u8]> = fs::read(&model_path).map_err(io_err(&model_path))?.into();
         // Still refuse a model file that is not ONNX, even with a good manifest.
-        let model = pb::ModelProto::decode(&model_bytes[..])
+        let model = view::ModelView::decode(&model_bytes[..])
             .map_err(|e| BundleError::BadOnnx { path: model_path.clone(), reason: e.to_string() })?;
         if let Some(tensor) = external_tensor(&model) {
             return Err(BundleError::ExternalData { path: model_path, tensor });
@@ -268,6 +269,13 @@ impl Bundle {
         write_atomic(&dir.join(MANIFEST_FILE), &json)?;
         write_atomic(&dir.join(MODEL_FILE), &bytes)?;
         Bundle::load(dir)
+    }
+
+    /// The model's interface, metadata and tensor names, decoded without copying its weights
+    /// (see [`view`]).
+    pub fn model_view(&self) -> Result<view::ModelView, BundleError> {
+        view::ModelView::decode(&self.model_bytes[..])
+            .map_err(|e| BundleError::BadOnnx { path: self.model_path.clone(), reason: e.to_string() })
     }
 
     /// The model decoded as ONNX protobuf (for inspection; engines read `model_bytes`).

@@ -2,7 +2,7 @@
 
 use super::EngineError;
 use crate::bundle::Bundle;
-use crate::onnx::graph::{declared_dims, format_dims, image_inputs};
+use crate::onnx::graph::{declared_dims, format_dims};
 
 /// The largest batch vigil sends to a model whose batch dimension is free.
 pub const MAX_BATCH: usize = 64;
@@ -27,7 +27,7 @@ pub struct ModelIo {
 /// Reads the model's declared interface and checks it against the manifest.
 pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
     let path = bundle.model_path.clone();
-    let model = bundle.model_proto().map_err(|e| EngineError::Load {
+    let model = bundle.model_view().map_err(|e| EngineError::Load {
         engine: "vigil",
         path: path.clone(),
         reason: e.to_string(),
@@ -38,7 +38,7 @@ pub fn check_model(bundle: &Bundle) -> Result<ModelIo, EngineError> {
         reason: "the file holds no graph".into(),
     })?;
     let m = &bundle.manifest;
-    let inputs = image_inputs(graph);
+    let inputs = graph.image_inputs();
     let input_err = |problem: String| EngineError::Input { path: path.clone(), problem };
     let Some(input) = inputs.iter().find(|i| i.name == m.input.name) else {
         let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();

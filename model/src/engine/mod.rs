@@ -255,11 +255,31 @@ fn load_with(bundle: &mut Bundle, config: &EngineConfig, release: bool) -> Resul
         }
         Ok(Box::new(tract::TractEngine::load(bundle, proto, &io, config)?))
     };
+    let onnx_runtime = |bundle: &mut Bundle| -> Result<Box<dyn Engine>, EngineError> {
+        let env = ort::OrtEngine::environment(config)?;
+        if !release {
+            return Ok(Box::new(ort::OrtEngine::load_in(&env, bundle, &io, config)?));
+        }
+        // Serving: ONNX Runtime reads the file itself while vigil holds no copy (the load's
+        // memory peak is the model's size lower), then the file is hashed again, so the model
+        // served is the one checked and reported in alerts.
+        bundle.model_bytes = Arc::from(Vec::new());
+        let engine = ort::OrtEngine::load_in(&env, bundle, &io, config)?;
+        let load_err = |reason: String| EngineError::Load { engine: "ort", path: bundle.model_path.clone(), reason };
+        let now = crate::digest::sha256_file_hex(&bundle.model_path).map_err(|e| load_err(e.to_string()))?;
+        if now != bundle.model_sha256 {
+            return Err(load_err(format!(
+                "the file changed while it was loaded (SHA-256 {now}, checked as {}); load the bundle again once it is written whole",
+                bundle.model_sha256
+            )));
+        }
+        Ok(Box::new(engine))
+    };
     let engine: Box<dyn Engine> = match config.kind {
         EngineChoice::Tract => tract(bundle)?,
-        EngineChoice::Ort => Box::new(ort::OrtEngine::load(bundle, &io, config)?),
-        EngineChoice::Auto => match ort::OrtEngine::load(bundle, &io, config) {
-            Ok(e) => Box::new(e),
+        EngineChoice::Ort => onnx_runtime(bundle)?,
+        EngineChoice::Auto => match onnx_runtime(bundle) {
+            Ok(e) => e,
             Err(e @ (EngineError::OrtNotFound { .. } | EngineError::OrtUnusable { .. })) => {
                 tracing::info!("engine auto: using tract, because {e}");
                 tract(bundle)?

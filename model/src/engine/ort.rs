@@ -135,12 +135,29 @@ pub struct OrtEngine {
 impl OrtEngine {
     /// Loads the library (once per process), then builds an optimised session.
     pub fn load(bundle: &Bundle, io: &ModelIo, config: &EngineConfig) -> Result<Self, EngineError> {
-        let library = find_library(config.ort_library.as_deref())?;
-        let env = environment(&library)?;
+        let env = Self::environment(config)?;
+        Self::load_in(&env, bundle, io, config)
+    }
+
+    /// The library loaded (once per process) and its environment: where a missing or unusable
+    /// library is found out, before anything is done with the model.
+    pub fn environment(config: &EngineConfig) -> Result<Environment, EngineError> {
+        environment(&find_library(config.ort_library.as_deref())?)
+    }
+
+    /// Builds an optimised session of the bundle in `env`: from the bundle's bytes, or, when a
+    /// server has released them ([`crate::engine::load_releasing`]), from its file, so that the
+    /// model is not held twice while ONNX Runtime builds its own copy.
+    pub fn load_in(
+        env: &Environment,
+        bundle: &Bundle,
+        io: &ModelIo,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
         let load_err =
             |e: ort::Error| EngineError::Load { engine: "ort", path: bundle.model_path.clone(), reason: e.to_string() };
         let threads = config.effective_threads();
-        let session = Session::builder(&env)
+        let mut builder = Session::builder(env)
             .map_err(load_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| load_err(e.into()))?
@@ -154,8 +171,17 @@ impl OrtEngine {
             // frames/s, at a cost of 0.2-0.3 ms on a lone frame's engine call.
             .with_intra_op_spinning(false)
             .map_err(|e| load_err(e.into()))?
-            .commit_from_memory(&bundle.model_bytes)
-            .map_err(load_err)?;
+            // ONNX Runtime otherwise keeps, per batch size seen, a plan of every intermediate
+            // buffer it allocated: a burst of batches of 8 left 76 MiB more resident on the
+            // default bundle than with this off, at no measured cost in time a frame.
+            .with_memory_pattern(false)
+            .map_err(|e| load_err(e.into()))?;
+        let session = if bundle.model_bytes.is_empty() {
+            builder.commit_from_file(&bundle.model_path)
+        } else {
+            builder.commit_from_memory(&bundle.model_bytes)
+        }
+        .map_err(load_err)?;
         Ok(OrtEngine {
             session: Mutex::new(session),
             score: io.score.clone(),

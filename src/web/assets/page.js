@@ -175,11 +175,20 @@ async function loadState() {
       if (s) s.textContent = v;
     }
     showThreshold(cam.id, cam.threshold);
+    showDrift(cam.id, cam.drift);
     for (const a of cam.alerts) {
       insertAlert(cam.id, a.alert.id, a.verdict);
       markVerdict(cam.id, a.alert.id, a.verdict);
     }
   }
+}
+
+// The banner that says a camera's view no longer matches its model (drift), or nothing.
+function showDrift(camera, drift) {
+  const p = card(camera)?.querySelector("p.drift");
+  if (!p) return;
+  p.hidden = !(drift && drift.state === "ON");
+  p.textContent = p.hidden ? "" : drift.message;
 }
 
 function markVerdict(camera, id, verdict) {
@@ -332,6 +341,8 @@ function follow() {
       showThreshold(e.camera, e.state);
     } else if (e.type === "verdict") {
       markVerdict(e.camera, e.id, e.verdict);
+    } else if (e.type === "drift") {
+      showDrift(e.camera, e.drift);
     }
   };
 }

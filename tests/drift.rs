@@ -55,6 +55,9 @@ fn scores(bundle: &Bundle, images: &[GrayImage]) -> Vec<f32> {
     out
 }
 
+/// A change of the view, `step` steps along.
+type Transform = fn(&GrayImage, u32) -> GrayImage;
+
 fn brighten(img: &GrayImage, step: u32) -> GrayImage {
     GrayImage::from_fn(img.width(), img.height(), |x, y| {
         image::Luma([img.get_pixel(x, y)[0].saturating_add((4 * step) as u8)])
@@ -79,8 +82,7 @@ fn drift_rises_before_the_alert_rate_explodes_as_the_view_degrades_step_by_step(
     let n = m.normalization.as_ref().expect("the shipped bundle has its calibration statistics");
     let cfg = DriftConfig::default();
     let threshold = m.threshold.value;
-    let transforms: [(&str, fn(&GrayImage, u32) -> GrayImage); 3] =
-        [("brightened", brighten), ("shifted", shift), ("blurred", blur)];
+    let transforms: [(&str, Transform); 3] = [("brightened", brighten), ("shifted", shift), ("blurred", blur)];
     let mut results = vec![];
     for (name, transform) in transforms {
         // One camera whose view degrades a step every 200 frames: the window slides on.

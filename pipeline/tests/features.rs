@@ -163,16 +163,18 @@ fn padim_detects_defects_and_its_graph_is_the_mahalanobis_distance() {
         }
     }
 
-    // The bundle carries the covariances once, in the graph, as upper triangles; a retrain
-    // rebuilds the scatter matrices from them.
+    // The bundle carries the covariances once, in the graph, in half precision; the weights
+    // hold their rounding error, and a retrain rebuilds the scatter matrices from both.
     let m = &bundle.manifest;
     assert!(m.training.as_ref().unwrap().head_in_graph);
     assert_eq!(m.schema_version, 5, "older vigils cannot retrain from it, and say so");
     let weights = backbone::read_tensors(&bundle.path.join("weights.safetensors")).unwrap();
     assert!(!weights.contains_key("padim.scatter"), "the scatter matrices are not stored twice");
     let proto = read_graph(&bundle.path.join("model.onnx"));
-    let packed = proto.graph.unwrap().initializer.into_iter().max_by_key(|t| t.raw_data.len()).unwrap();
-    assert_eq!(packed.dims, [p as i64, (d * (d + 1) / 2) as i64], "the largest constant is the packed inverses");
+    let inverses = proto.graph.unwrap().initializer.into_iter().find(|t| t.name.starts_with("padim_inv_cov")).unwrap();
+    assert_eq!(inverses.dims, [p as i64, d as i64, d as i64]);
+    assert_eq!(inverses.data_type, vigil_model::onnx::pb::tensor_proto::DataType::Float16 as i32, "in half precision");
+    assert!(weights.contains_key("padim.inv_cov_residual"), "with their rounding error, for a retrain");
     let HeadState::Padim(rebuilt) =
         HeadState::load(ModelKind::Padim, &bundle.path.join("weights.safetensors")).unwrap()
     else {

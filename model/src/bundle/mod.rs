@@ -5,7 +5,13 @@
 //! ONNX file's `metadata_props` under [`METADATA_KEY`], so a lone `.onnx` file written by
 //! vigil is a complete bundle too. When both exist, `manifest.json` wins: it is the copy a
 //! person edits (a hand-tuned threshold, say).
+//!
+//! - [`manifest`]: the manifest's types and checks; [`calibration`] its threshold and score
+//!   statistics.
+//! - [`view`]: a light reading of the ONNX file (interface, metadata), weights not copied.
+//! - [`install`]: putting a bundle in place on a box.
 
+pub mod calibration;
 pub mod install;
 pub mod manifest;
 pub mod view;

@@ -11,6 +11,7 @@ pub mod graph;
 pub mod io;
 pub mod ort;
 pub mod tract;
+pub mod widen;
 
 use std::path::PathBuf;
 use std::sync::Arc;

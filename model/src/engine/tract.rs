@@ -33,6 +33,7 @@ impl TractEngine {
             reason: format!("{e:#}"),
         };
         let mut proto = proto;
+        super::widen::widen_half_constants(&mut proto);
         let rewritten = super::deconv::rewrite_for_tract(&mut proto);
         if rewritten > 0 {
             tracing::debug!(rewritten, "transposed convolutions run as phase convolutions on tract");

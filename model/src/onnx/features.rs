@@ -171,7 +171,11 @@ fn emit_head(
             let m = g.constant("padim_mean", mean);
             let diff = g.sub(&x, &m);
             let diff = g.transpose(&diff, &[2, 0, 1]); // [P, N, d]
-            let inv = emit_packed_symmetric(g, inv_cov);
+            // Half precision: the bundle's largest constant at half the bytes, widened once by
+            // both engines at load (ONNX Runtime's peak memory stays as with float32, measured);
+            // the scores move by about 1e-3 of their value, the image AUROC not at all
+            // (docs/performance.md).
+            let inv = g.constant_f16(PADIM_INV_COV, inv_cov);
             let t = g.matmul(&diff, &inv); // [P, N, d]
             let q = g.mul(&t, &diff);
             let q = g.reduce_sum(&q, &[2], false); // [P, N]
@@ -224,56 +228,17 @@ fn emit_head(
     }
 }
 
-/// The name prefix of PaDiM's packed inverse covariances in the graph.
-const PADIM_PACKED: &str = "padim_inv_cov_packed";
+/// The name prefix of PaDiM's inverse covariances in the graph.
+const PADIM_INV_COV: &str = "padim_inv_cov";
 
-/// Where `(i, j)` of a symmetric `d x d` matrix is in its packed upper triangle (row by row).
-fn packed_index(i: usize, j: usize, d: usize) -> usize {
-    let (i, j) = if i <= j { (i, j) } else { (j, i) };
-    // Rows before `i` hold d, d-1, …, d-i+1 values.
-    i * d - i * i.saturating_sub(1) / 2 + (j - i)
-}
-
-/// Emits the symmetric matrices `m` (`[k, d, d]`) stored as their upper triangles
-/// (`[k, d(d+1)/2]`, half the bytes of the bundle's largest constant) and unpacked by a
-/// `Gather` of constants, which both engines fold once at load.
-fn emit_packed_symmetric(g: &mut GraphBuilder, m: &Tensor) -> String {
-    let (k, d) = (m.shape[0], m.shape[1]);
-    let per = d * (d + 1) / 2;
-    let mut packed = Vec::with_capacity(k * per);
-    for block in m.data.chunks(d * d) {
-        for i in 0..d {
-            packed.extend_from_slice(&block[i * d + i..(i + 1) * d]);
-        }
-    }
-    let c = g.constant(PADIM_PACKED, &Tensor::new(vec![k, per], packed));
-    let index: Vec<i64> = (0..d).flat_map(|i| (0..d).map(move |j| packed_index(i, j, d) as i64)).collect();
-    let full = g.gather(&c, &index, 1); // [k, d·d]
-    g.reshape(&full, &[k as i64, d as i64, d as i64])
-}
-
-/// PaDiM's inverse covariances (`[cells, d, d]`) as a graph written by this module holds them,
-/// for a retrain that rebuilds its statistics from a bundle; `None` when the graph has none
-/// (another family, or an older bundle, whose weights carry the statistics themselves).
+/// PaDiM's inverse covariances (`[cells, d, d]`) as a graph written by this module holds them
+/// (half precision), for a retrain that rebuilds its statistics from a bundle; `None` when the
+/// graph has none in that form (another family, or an older bundle, whose weights carry the
+/// statistics themselves).
 pub fn padim_inverse_covariances(model: &pb::ModelProto) -> Option<Tensor> {
     let graph = model.graph.as_ref()?;
-    let t = graph.initializer.iter().find(|t| t.name.starts_with(PADIM_PACKED))?;
-    let (k, per) = match t.dims[..] {
-        [k, per] => (usize::try_from(k).ok()?, usize::try_from(per).ok()?),
-        _ => return None,
-    };
-    let packed = super::graph::floats(t)?;
-    let d = (((8 * per + 1) as f64).sqrt() as usize - 1) / 2;
-    if d * (d + 1) / 2 != per {
-        return None;
-    }
-    let mut out = Vec::with_capacity(k * d * d);
-    for block in packed.chunks(per) {
-        for i in 0..d {
-            out.extend((0..d).map(|j| block[packed_index(i, j, d)]));
-        }
-    }
-    Some(Tensor::new(vec![k, d, d], out))
+    let t = graph.initializer.iter().find(|t| t.name.starts_with(PADIM_INV_COV))?;
+    super::graph::halves(t)
 }
 
 /// Declares the class input of a conditional model (`[N]` int64) when `head` has one head per
@@ -334,22 +299,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn packed_symmetric_matrices_read_back_as_they_were_written() {
-        let d = 4;
-        let m: Vec<f32> = (0..2 * d * d)
-            .map(|n| {
-                let (k, i, j) = (n / (d * d), n / d % d, n % d);
-                (k * 100 + i.min(j) * 10 + i.max(j)) as f32
-            })
-            .collect();
-        let m = Tensor::new(vec![2, d, d], m);
+    fn inverse_covariances_read_back_as_the_graph_holds_them() {
+        let m = Tensor::new(vec![2, 2, 2], vec![1.0, 0.1, 0.1, 2.0, 3.0, 1e-4, 1e-4, 40.0]);
         let mut g = GraphBuilder::new("t", OPSET);
-        emit_packed_symmetric(&mut g, &m);
-        let model = g.finish();
-        let packed = &model.graph.as_ref().unwrap().initializer[0];
-        assert_eq!(packed.dims, [2, 10], "the upper triangles only");
-        assert_eq!(padim_inverse_covariances(&model), Some(m));
-        let all: Vec<usize> = (0..d).flat_map(|i| (i..d).map(move |j| packed_index(i, j, d))).collect();
-        assert_eq!(all, (0..10).collect::<Vec<_>>(), "row by row, each place once");
+        g.constant_f16(PADIM_INV_COV, &m);
+        let back = padim_inverse_covariances(&g.finish()).unwrap();
+        assert_eq!(back.shape, m.shape);
+        for (a, b) in back.data.iter().zip(&m.data) {
+            assert!((a - b).abs() <= 1e-3 * b.abs(), "{a} vs {b}");
+        }
     }
 }

@@ -179,6 +179,16 @@ pub(crate) fn floats(t: &pb::TensorProto) -> Option<Vec<f32>> {
     (v.len() == n).then_some(v)
 }
 
+/// The values of a half-precision initializer stored in the file, widened to f32.
+pub(crate) fn halves(t: &pb::TensorProto) -> Option<Tensor> {
+    if t.data_type != pb::tensor_proto::DataType::Float16 as i32 || !t.external_data.is_empty() {
+        return None;
+    }
+    let shape: Vec<usize> = t.dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+    let v: Vec<f32> = t.raw_data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    (v.len() == shape.iter().product::<usize>()).then(|| Tensor::new(shape, v))
+}
+
 pub(crate) fn i64_tensor_proto(name: &str, values: &[i64]) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
@@ -300,6 +310,21 @@ impl GraphBuilder {
         let name = self.fresh(hint);
         self.graph.initializer.push(f32_tensor_proto(&name, t));
         name
+    }
+
+    /// Adds `t` as a half-precision initializer widened to f32 by a `Cast` (which engines fold
+    /// at load), and returns the f32 value's name: half the bytes in the file.
+    pub fn constant_f16(&mut self, hint: &str, t: &Tensor) -> String {
+        let name = self.fresh(hint);
+        let raw = t.data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.clone(),
+            dims: t.shape.iter().map(|&d| d as i64).collect(),
+            data_type: pb::tensor_proto::DataType::Float16 as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        self.op("Cast", &[&name], vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)])
     }
 
     /// Adds an i64 initializer (shapes, axes, k) and returns its name.

@@ -231,28 +231,47 @@ pub fn classifier(net: &EfficientNetLite, size: usize) -> vigil_model::onnx::pb:
 
 /// Writes named f32 tensors as a safetensors file.
 pub fn write_tensors(state: &BTreeMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
+    write_tensors_with_half(state, &BTreeMap::new(), path)
+}
+
+/// Writes named f32 tensors, and `half` ones stored in half precision, as a safetensors file.
+pub fn write_tensors_with_half(
+    state: &BTreeMap<String, Tensor>,
+    half: &BTreeMap<String, Tensor>,
+    path: &Path,
+) -> anyhow::Result<()> {
     use safetensors::tensor::{Dtype, TensorView};
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = state
-        .iter()
-        .map(|(k, t)| (k.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
+    let full = state.iter().map(|(k, t)| {
+        (k.clone(), Dtype::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+    });
+    let halves = half.iter().map(|(k, t)| {
+        let b = t.data.iter().flat_map(|v| ::half::f16::from_f32(*v).to_le_bytes()).collect::<Vec<u8>>();
+        (k.clone(), Dtype::F16, t.shape.clone(), b)
+    });
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = full.chain(halves).collect();
     let views = bytes
         .iter()
-        .map(|(k, shape, b)| Ok((k.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .map(|(k, dtype, shape, b)| Ok((k.clone(), TensorView::new(*dtype, shape.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     safetensors::serialize_to_file(views, None, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Reads a safetensors file of f32 tensors.
+/// Reads a safetensors file of f32 tensors (half-precision ones widened to f32).
 pub fn read_tensors(path: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    use safetensors::tensor::Dtype;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{}", path.display()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::tensor::Dtype::F32 {
-            bail!("{}: tensor {name} is not f32", path.display());
-        }
-        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let data = match view.dtype() {
+            Dtype::F32 => {
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
+            }
+            Dtype::F16 => {
+                view.data().chunks_exact(2).map(|c| ::half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            other => bail!("{}: tensor {name} is {other:?}, not f32 or f16", path.display()),
+        };
         out.insert(name, Tensor::new(view.shape().to_vec(), data));
     }
     Ok(out)

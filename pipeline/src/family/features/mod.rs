@@ -100,20 +100,31 @@ pub fn head_in_graph(cfg: &TrainConfig) -> bool {
 }
 
 /// Writes the bundle's weights for a head kept partly in the graph: the run's `head` without
-/// what [`padim_scatter_from_graph`] rebuilds (PaDiM's scatter matrices, the size of the
-/// graph's inverse covariances).
+/// PaDiM's scatter matrices (the size of the graph's inverse covariances), and instead what
+/// the graph's half-precision inverses lack to be float32 ones again: their rounding error,
+/// in half precision, upper triangles only (a quarter of the size). With it a retrain
+/// rebuilds the scatter matrices ([`padim_scatter_from_graph`]).
 pub fn write_slim_head(kind: ModelKind, head: &Path, out: &Path) -> anyhow::Result<()> {
-    let mut t = backbone::read_tensors(head)?;
     anyhow::ensure!(kind == ModelKind::Padim, "only PaDiM's head is kept in the graph");
+    let HeadState::Padim(stats) = HeadState::load(kind, head)? else { bail!("{}: not a PaDiM head", head.display()) };
+    let FeatureHead::Padim { inv_cov, .. } = padim::head(&stats)? else { bail!("PaDiM's head is not PaDiM's") };
+    let d = stats.dims.len();
+    let residual = padim::pack_upper(&padim::half_residual(&inv_cov.data), d);
+    let mut t = backbone::read_tensors(head)?;
     t.remove("padim.scatter");
-    backbone::write_tensors(&t, out)
+    let half = BTreeMap::from([(RESIDUAL.to_owned(), Tensor::new(vec![stats.cells, d * (d + 1) / 2], residual))]);
+    backbone::write_tensors_with_half(&t, &half, out)
 }
 
-/// PaDiM's scatter matrices rebuilt from the inverse covariances in the bundle graph `model`:
-/// `(Σ⁻¹)⁻¹ - ridge`, times the images less one. Exact up to the float32 rounding of the
-/// inverses, amplified by the covariance's condition (at most its largest variance over the
-/// ridge); a retrain merges its new images into these.
-fn padim_scatter_from_graph(model: &Path, stats: &padim::Stats) -> anyhow::Result<Vec<f64>> {
+/// The weights' tensor of the graph's inverse covariances' rounding error.
+const RESIDUAL: &str = "padim.inv_cov_residual";
+
+/// PaDiM's scatter matrices rebuilt from the half-precision inverse covariances in the bundle
+/// graph `model` and their rounding error `residual` (from the weights): `(Σ⁻¹)⁻¹ - ridge`,
+/// times the images less one. Exact up to the float32 rounding of the inverses, amplified by
+/// the covariance's condition (at most its largest variance over the ridge); a retrain merges
+/// its new images into these.
+fn padim_scatter_from_graph(model: &Path, stats: &padim::Stats, residual: &Tensor) -> anyhow::Result<Vec<f64>> {
     let bytes = std::fs::read(model).with_context(|| {
         format!("{}: a PaDiM bundle's covariances are in its graph, and it cannot be read", model.display())
     })?;
@@ -130,7 +141,18 @@ fn padim_scatter_from_graph(model: &Path, stats: &padim::Stats) -> anyhow::Resul
         inv.shape,
         stats.cells
     );
-    padim::scatter_from_inverses(&inv.data, d, stats.count)
+    anyhow::ensure!(
+        residual.data.len() == stats.cells * d * (d + 1) / 2,
+        "{}: the weights' `{RESIDUAL}` does not match the graph's covariances: the files are from different bundles",
+        model.display()
+    );
+    let full: Vec<f32> = inv
+        .data
+        .chunks(d * d)
+        .zip(residual.data.chunks(d * (d + 1) / 2))
+        .flat_map(|(hi, lo)| hi.iter().zip(padim::unpack_upper(lo, d)).map(|(h, l)| h + l).collect::<Vec<f32>>())
+        .collect();
+    padim::scatter_from_inverses(&full, d, stats.count)
 }
 
 /// What a fitted head holds, as stored in `head.safetensors`.
@@ -214,10 +236,16 @@ impl HeadState {
                     mean: mean.data.iter().map(|&v| v as f64).collect(),
                     scatter: vec![],
                 };
-                stats.scatter = match t.get("padim.scatter") {
-                    Some(s) => s.data.iter().map(|&v| v as f64).collect(),
+                stats.scatter = match (t.get("padim.scatter"), t.get(RESIDUAL)) {
+                    (Some(s), _) => s.data.iter().map(|&v| v as f64).collect(),
                     // A bundle's weights (`head_in_graph`): the covariances come from the graph.
-                    None => padim_scatter_from_graph(&path.with_file_name(vigil_model::bundle::MODEL_FILE), &stats)?,
+                    (None, Some(r)) => {
+                        padim_scatter_from_graph(&path.with_file_name(vigil_model::bundle::MODEL_FILE), &stats, r)?
+                    }
+                    (None, None) => bail!(
+                        "{}: neither `padim.scatter` nor `{RESIDUAL}`: this is not a PaDiM head or bundle",
+                        path.display()
+                    ),
                 };
                 HeadState::Padim(stats)
             }
@@ -479,7 +507,7 @@ fn fit_head(
                 seed: cfg.seed,
             };
             let Some((model, losses)) =
-                student::train(&features, &images, extractor.input(), (&mean, &std), t, device, stop, init)?
+                student::train(&features, (&images, extractor.input()), (&mean, &std), t, device, stop, init)?
             else {
                 return Ok(None);
             };

@@ -179,6 +179,27 @@ pub fn scatter_from_inverses(inv: &[f32], d: usize, count: usize) -> anyhow::Res
     Ok(per.into_iter().collect::<anyhow::Result<Vec<_>>>()?.concat())
 }
 
+/// What half precision loses of each value: `v - f32(f16(v))`, itself as near as half
+/// precision holds it (so `f16(v) + f16(residual)` is `v` to about float32's precision).
+pub fn half_residual(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x - half::f16::from_f32(x).to_f32()).to_f32()).collect()
+}
+
+/// The upper triangles (row by row) of symmetric `d x d` matrices, one after another.
+pub fn pack_upper(m: &[f32], d: usize) -> Vec<f32> {
+    m.chunks(d * d).flat_map(|block| (0..d).flat_map(move |i| block[i * d + i..(i + 1) * d].iter().copied())).collect()
+}
+
+/// One symmetric `d x d` matrix from its packed upper triangle.
+pub fn unpack_upper(p: &[f32], d: usize) -> Vec<f32> {
+    let at = |i: usize, j: usize| {
+        let (i, j) = if i <= j { (i, j) } else { (j, i) };
+        // Rows before `i` hold d, d-1, …, d-i+1 values.
+        i * d - i * i.saturating_sub(1) / 2 + (j - i)
+    };
+    (0..d * d).map(|k| p[at(k / d, k % d)]).collect()
+}
+
 /// The graph head of the statistics: means `[d, cells]` and inverse covariances.
 pub fn head(stats: &Stats) -> anyhow::Result<FeatureHead> {
     let (d, cells) = (stats.dims.len(), stats.cells);
@@ -273,6 +294,19 @@ mod tests {
             err.contains("2 feature cells") && err.contains("3 cells") && err.contains("another input size"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_packed_upper_triangle_unpacks_to_the_matrix_and_half_precision_plus_its_residual_is_float() {
+        let d = 4;
+        let m: Vec<f32> = (0..d * d).map(|k| (k / d).min(k % d) as f32 * 10.0 + (k / d).max(k % d) as f32).collect();
+        let packed = pack_upper(&m, d);
+        assert_eq!(packed.len(), 10);
+        assert_eq!(unpack_upper(&packed, d), m);
+        for v in [1.0f32 / 3.0, 123.456, -7.0e-3, 0.0] {
+            let back = half::f16::from_f32(v).to_f32() + half_residual(&[v])[0];
+            assert!((back - v).abs() <= 1e-6 * v.abs().max(1e-3), "{v} -> {back}");
+        }
     }
 
     #[test]

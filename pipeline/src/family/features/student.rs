@@ -94,12 +94,12 @@ pub struct StudentTraining {
 }
 
 /// Trains the student to predict the standardised features `f` of `images` (`[3, h, w]`
-/// preprocessed tensors, one block per image, in `f`'s order); `None` when stopped. Returns
+/// preprocessed tensors of `input` = `[h, w]`, one block per image, in `f`'s order); `None`
+/// when stopped. Returns
 /// the network and the mean loss of each tenth of the steps.
 pub fn train(
     f: &Features,
-    images: &[f32],
-    input: [usize; 2],
+    (images, input): (&[f32], [usize; 2]),
     (mean, std): (&[f32], &[f32]),
     t: StudentTraining,
     device: &Device,

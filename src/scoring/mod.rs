@@ -36,7 +36,8 @@ pub struct ScoringConfig {
     /// Each waiting frame holds its encoded bytes (150 KB for a 640x480 JPEG): 16 keep the
     /// decoder and the engine busy (64 scored no faster here) at a quarter of the memory.
     pub queue: usize,
-    /// Most frames scored in one engine call when frames queue up.
+    /// Most frames scored in one engine call when frames queue up. ONNX Runtime's memory grows
+    /// with the batch: 4 keeps most of batching's speed at a bounded peak (docs/performance.md).
     pub max_batch: usize,
     /// How long the engine waits for a batch to fill once a frame is ready (`0ms`: never).
     #[serde(with = "humantime_serde")]
@@ -48,7 +49,7 @@ pub struct ScoringConfig {
 
 impl Default for ScoringConfig {
     fn default() -> Self {
-        ScoringConfig { queue: 16, max_batch: 8, max_wait: Duration::from_millis(2), decode_workers: 1 }
+        ScoringConfig { queue: 16, max_batch: 4, max_wait: Duration::from_millis(2), decode_workers: 1 }
     }
 }
 

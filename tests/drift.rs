@@ -154,6 +154,16 @@ fn a_camera_week_of_unchanged_frames_raises_drift_at_most_once() {
     assert!(raised <= 1, "{raised} false drifts in a camera-week");
 }
 
+/// A child process killed when it goes out of scope, a failed assertion included.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_daemon_raises_drift_everywhere_and_clears_it_when_the_view_comes_back() {
     let plant = Plant::new();
@@ -168,7 +178,7 @@ fn the_daemon_raises_drift_everywhere_and_clears_it_when_the_view_comes_back() {
         plant.path("frames/x").parent().unwrap().display()
     ));
     // The binary itself, for its log.
-    let mut daemon = run_binary(&cfg, std::process::Stdio::from(std::fs::File::create(&log).unwrap()));
+    let _daemon = Killed(run_binary(&cfg, std::process::Stdio::from(std::fs::File::create(&log).unwrap())));
     crate::common::wait_until("the daemon ready", WAIT, || {
         std::net::TcpStream::connect(("127.0.0.1", plant.http)).is_ok() && http_get(plant.http, "/healthz").0 == 200
     });
@@ -233,6 +243,4 @@ fn the_daemon_raises_drift_everywhere_and_clears_it_when_the_view_comes_back() {
     assert_eq!(metric(&plant.metrics(), "vigil_drift{camera=\"cam1\"}"), 0.0);
     assert!(http_get(plant.http, "/").1.contains("class=\"drift\" role=\"alert\" hidden>"), "the banner is gone");
     assert!(std::fs::read_to_string(&log).unwrap().contains("drift cleared"));
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
 }

@@ -13,8 +13,10 @@
 
 use tract_onnx::pb;
 
+use crate::onnx::values::floats;
+
 use crate::onnx::graph::{
-    Tensor, attr_int, attr_ints, attr_string, default_opset, f32_tensor_proto, floats, i64_tensor_proto, node_proto,
+    Tensor, attr_int, attr_ints, attr_string, default_opset, f32_tensor_proto, i64_tensor_proto, node_proto,
 };
 
 /// Kernel rows (or columns) that feed output phase 0 and phase 1, for the window's first and

@@ -8,7 +8,8 @@
 
 use tract_onnx::pb;
 
-use crate::onnx::graph::{f32_tensor_proto, halves};
+use crate::onnx::graph::f32_tensor_proto;
+use crate::onnx::values::halves;
 
 /// Rewrites every `Cast` to float32 of a half-precision initializer of `model`'s main graph
 /// into a float32 initializer, and returns how many it rewrote.
@@ -66,6 +67,6 @@ mod tests {
         assert_eq!(graph.initializer.len(), 1, "the half-precision copy is gone");
         let t = &graph.initializer[0];
         assert_eq!((t.name.as_str(), t.data_type), (c.as_str(), pb::tensor_proto::DataType::Float as i32));
-        assert_eq!(crate::onnx::graph::floats(t), Some(vec![1.5, -0.25]));
+        assert_eq!(crate::onnx::values::floats(t), Some(vec![1.5, -0.25]));
     }
 }

@@ -238,7 +238,7 @@ const PADIM_INV_COV: &str = "padim_inv_cov";
 pub fn padim_inverse_covariances(model: &pb::ModelProto) -> Option<Tensor> {
     let graph = model.graph.as_ref()?;
     let t = graph.initializer.iter().find(|t| t.name.starts_with(PADIM_INV_COV))?;
-    super::graph::halves(t)
+    super::values::halves(t)
 }
 
 /// Declares the class input of a conditional model (`[N]` int64) when `head` has one head per

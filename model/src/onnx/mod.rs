@@ -7,6 +7,7 @@
 //! - [`net`]: networks as layer lists, batch-norm folding.
 //! - [`reference`]: the reference architectures, with seeded random weights.
 //! - [`head`]: the score head and the complete scoring graph of each family.
+//! - [`values`]: initializers' values read back from a file.
 //! - [`wrap`]: the score head on a foreign autoencoder, checks for foreign scorers.
 
 pub mod backbone;
@@ -15,6 +16,7 @@ pub mod graph;
 pub mod head;
 pub mod net;
 pub mod reference;
+pub mod values;
 pub mod wrap;
 
 pub use tract_onnx::pb;

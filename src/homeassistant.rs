@@ -1,6 +1,6 @@
 //! Home Assistant MQTT discovery (`mqtt.homeassistant`): one retained device-discovery message
-//! that shows this box as a Home Assistant device with four entities per camera (anomaly,
-//! last score, threshold, snapshot), sent after each connect and again whenever Home
+//! that shows this box as a Home Assistant device with five entities per camera (anomaly,
+//! last score, threshold, snapshot, drift), sent after each connect and again whenever Home
 //! Assistant announces itself on `<discovery prefix>/status`. The entities of a camera that
 //! left the config are removed as Home Assistant documents it, across restarts too: what was
 //! announced is kept in `<state_dir>/homeassistant.json`.
@@ -384,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn the_payload_has_four_components_per_camera_on_the_daemons_topics() {
+    fn the_payload_has_five_components_per_camera_on_the_daemons_topics() {
         let dir = tempfile::tempdir().unwrap();
         let d = discovery(&config(dir.path(), &["cam1", "cam-2"], true)).unwrap();
         assert_eq!(d.topic(), "homeassistant/device/vigil_box1/config");
@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(p["availability"][0]["topic"], "vigil/box1/available");
         let c = p["components"].as_object().unwrap();
         // The MQTT group names its cameras per message: not announced.
-        assert_eq!(c.len(), 8, "{p}");
+        assert_eq!(c.len(), 10, "{p}");
         let a = &c["cam-2_anomaly"];
         assert_eq!(
             (&a["platform"], &a["state_topic"], &a["off_delay"], &a["device_class"]),
@@ -405,10 +405,11 @@ mod tests {
         assert_eq!(c["cam1_threshold"]["command_topic"], "vigil/box1/cam1/threshold/set");
         assert_eq!(c["cam1_threshold"]["state_topic"], "vigil/box1/cam1/threshold/state");
         assert_eq!(c["cam1_snapshot"]["image_topic"], "vigil/box1/cam1/snapshot");
+        assert_eq!(c["cam1_drift"]["state_topic"], "vigil/box1/cam1/drift");
         let mut ids: Vec<&str> = c.values().map(|v| v["unique_id"].as_str().unwrap()).collect();
         ids.sort();
         ids.dedup();
-        assert_eq!(ids.len(), 8);
+        assert_eq!(ids.len(), 10);
         assert!(ids.contains(&"vigil_box1_cam1_threshold"));
     }
 
@@ -420,7 +421,7 @@ mod tests {
             .unwrap();
         let sent = first.on_connect();
         assert_eq!(sent.len(), 1);
-        assert_eq!(json(&sent[0])["components"].as_object().unwrap().len(), 8);
+        assert_eq!(json(&sent[0])["components"].as_object().unwrap().len(), 10);
         // Home Assistant restarts: the discovery again; anything else on its status topic: nothing.
         assert_eq!(first.on_status(b"online"), sent);
         assert!(first.on_status(b"offline").is_empty());
@@ -434,7 +435,7 @@ mod tests {
         assert_eq!(removal["components"]["cam2_score"], json!({ "platform": "sensor" }));
         assert_eq!(removal["components"]["cam1_score"]["platform"], "sensor");
         let clean = json(&sent[1]);
-        assert_eq!(clean["components"].as_object().unwrap().len(), 4);
+        assert_eq!(clean["components"].as_object().unwrap().len(), 5);
         assert!(clean["components"].get("cam2_score").is_none());
         // A reconnect announces without removing again.
         assert_eq!(second.on_connect().len(), 1);

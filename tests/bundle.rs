@@ -70,8 +70,8 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
         ),
         (
             "newer schema",
-            Box::new(|v| v["schema_version"] = 5.into()),
-            &["schema_version 5 is newer than this vigil reads (4)", "upgrade vigil"],
+            Box::new(|v| v["schema_version"] = 6.into()),
+            &["schema_version 6 is newer than this vigil reads (5)", "upgrade vigil"],
         ),
         (
             "no schema",

@@ -78,7 +78,7 @@ fn every_manifest_mistake_is_named_with_its_key_and_fix() {
             Box::new(|v| {
                 v.as_object_mut().unwrap().remove("schema_version");
             }),
-            &["missing `schema_version`", "add \"schema_version\": 4"],
+            &["missing `schema_version`", "add \"schema_version\": 5"],
         ),
         (
             "missing key",

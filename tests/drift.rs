@@ -110,8 +110,8 @@ fn drift_rises_before_the_alert_rate_explodes_as_the_view_degrades_step_by_step(
                     exploded_at.get_or_insert((step, frame));
                 }
             }
-            let r = tracker.reading();
-            rows.push(format!("step {step}: median shift {:+.2}, share above the threshold {alert_rate:.3}", r.shift));
+            let shift = tracker.last().map_or(0.0, |r| r.shift);
+            rows.push(format!("step {step}: median shift {shift:+.2}, share above the threshold {alert_rate:.3}"));
         }
         let table = rows.join("\n  ");
         eprintln!(

@@ -85,6 +85,8 @@ pub enum Change {
     Cleared(Reading),
     /// The first judgement of a window (after a start or a new bundle): no drift.
     Quiet(Reading),
+    /// A drifting camera got a new bundle: its state is unknown until a new window is full.
+    Reset,
 }
 
 /// Where a camera's scores stand.
@@ -111,6 +113,19 @@ impl Reading {
     pub fn settled(&self, cfg: &DriftConfig) -> bool {
         self.shift.abs() <= self.bound / 2.0 && self.tail <= cfg.tail_share / 2.0
     }
+
+    /// What an operator reads when `camera` drifts: what moved, and what to do.
+    pub fn message(&self, camera: &str, cfg: &DriftConfig) -> String {
+        let direction = if self.shift > 0.0 { "above" } else { "below" };
+        format!(
+            "The scores of {camera} have drifted: of its last {} frames, {:.1} % scored above the calibrated threshold (drift beyond {:.1} %), and their median is {:.2} calibration standard deviations {direction} the calibration's (drift beyond {:.2}). The view may have changed (camera moved, lighting, dirty lens, new material): check the camera, or retrain on current good parts (`vigil retrain --camera {camera}`).",
+            self.frames,
+            100.0 * self.tail,
+            100.0 * cfg.tail_share,
+            self.shift.abs(),
+            self.bound
+        )
+    }
 }
 
 /// One camera's recent scores, in calibration units, and its drift state.
@@ -120,12 +135,17 @@ pub struct Tracker {
     /// Each frame: its score in calibration units, and whether it was above the calibrated
     /// threshold.
     recent: VecDeque<(f32, bool)>,
+    /// How many of `recent` were above the threshold.
+    above: usize,
+    /// Reused for the median, so that a frame allocates nothing.
+    scratch: Vec<f32>,
     /// The bundle whose calibration the window is in (its model's SHA-256): a new bundle
     /// starts a new window.
     model: String,
     bound: f64,
     drifting: bool,
-    judged: bool,
+    /// The reading of the last frame, once the window is full.
+    last: Option<Reading>,
 }
 
 impl Tracker {
@@ -134,16 +154,23 @@ impl Tracker {
         Tracker {
             window,
             recent: VecDeque::with_capacity(window),
+            above: 0,
+            scratch: Vec::with_capacity(window),
             model: String::new(),
             bound: 0.0,
             drifting: false,
-            judged: false,
+            last: None,
         }
     }
 
     /// Whether the camera is drifting now.
     pub fn drifting(&self) -> bool {
         self.drifting
+    }
+
+    /// The reading after the last frame, once a window is full.
+    pub fn last(&self) -> Option<Reading> {
+        self.last
     }
 
     /// Adds one scored frame of the bundle `model`: `z`, its score in the units of a calibration
@@ -153,27 +180,36 @@ impl Tracker {
     pub fn observe(&mut self, cfg: &DriftConfig, model: &str, z: f32, above: bool, count: usize) -> Option<Change> {
         let mut change = None;
         if self.model != model {
-            if self.drifting && !self.model.is_empty() {
-                change = Some(Change::Cleared(Reading { shift: 0.0, bound: self.bound, tail: 0.0, frames: 0 }));
+            if self.drifting {
+                change = Some(Change::Reset);
             }
             self.model = model.to_owned();
             self.recent.clear();
+            self.above = 0;
             self.drifting = false;
-            self.judged = false;
+            self.last = None;
         }
         self.bound = cfg.bound(count);
         if !z.is_finite() {
             return change;
         }
-        if self.recent.len() == self.window {
-            self.recent.pop_front();
+        if self.recent.len() == self.window
+            && let Some((_, was_above)) = self.recent.pop_front()
+        {
+            self.above -= usize::from(was_above);
         }
         self.recent.push_back((z, above));
+        self.above += usize::from(above);
         if self.recent.len() < self.window {
             return change;
         }
-        let reading = self.reading();
-        let first = !std::mem::replace(&mut self.judged, true);
+        let reading = Reading {
+            shift: self.median(),
+            bound: self.bound,
+            tail: self.above as f64 / self.recent.len() as f64,
+            frames: self.recent.len(),
+        };
+        let first = self.last.replace(reading).is_none();
         if !self.drifting && reading.beyond(cfg) {
             self.drifting = true;
             return Some(Change::Raised(reading));
@@ -188,25 +224,15 @@ impl Tracker {
         change
     }
 
-    /// The window now.
-    pub fn reading(&self) -> Reading {
-        let above = self.recent.iter().filter(|(_, a)| *a).count();
-        Reading {
-            shift: self.median(),
-            bound: self.bound,
-            tail: above as f64 / self.recent.len().max(1) as f64,
-            frames: self.recent.len(),
-        }
-    }
-
     /// The window's median now (0 when empty).
-    pub fn median(&self) -> f64 {
+    pub fn median(&mut self) -> f64 {
         if self.recent.is_empty() {
             return 0.0;
         }
-        let mut v: Vec<f32> = self.recent.iter().map(|(z, _)| *z).collect();
-        let mid = v.len() / 2;
-        let (_, m, _) = v.select_nth_unstable_by(mid, f32::total_cmp);
+        self.scratch.clear();
+        self.scratch.extend(self.recent.iter().map(|(z, _)| *z));
+        let mid = self.scratch.len() / 2;
+        let (_, m, _) = self.scratch.select_nth_unstable_by(mid, f32::total_cmp);
         *m as f64
     }
 }
@@ -247,8 +273,8 @@ mod tests {
         let down = feed(&mut t, &mut rng, -2.0, 400);
         assert!(matches!(down[..], [Change::Raised(r)] if r.shift < -r.bound), "{down:?}");
         // A new bundle: judged afresh.
-        assert!(matches!(t.observe(&cfg, "other", 0.0, false, 120), Some(Change::Cleared(_))));
-        assert!(!t.drifting());
+        assert_eq!(t.observe(&cfg, "other", 0.0, false, 120), Some(Change::Reset));
+        assert!(!t.drifting() && t.last().is_none());
     }
 
     #[test]

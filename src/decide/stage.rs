@@ -292,48 +292,47 @@ impl Stage {
             return;
         }
         let tracker = trackers.entry(camera.clone()).or_insert_with(|| Tracker::new(self.drift.window));
-        let Some(change) = tracker.observe(&self.drift, &bundle.model_sha256, z, above, n.count) else { return };
-        let (on, r) = match change {
-            Change::Raised(r) => (true, r),
-            Change::Cleared(r) | Change::Quiet(r) => (false, r),
-        };
-        let direction = if r.shift > 0.0 { "above" } else { "below" };
-        let message = if on {
-            format!(
-                "The scores of {camera} have drifted: of its last {} frames, {:.1} % scored above the calibrated threshold (drift from {:.1} %), and their median is {:.2} calibration standard deviations {direction} the calibration's (drift from {:.2}). The view may have changed (camera moved, lighting, dirty lens, new material): check the camera, or retrain on current good parts (`vigil retrain --camera {camera}`).",
-                r.frames,
-                100.0 * r.tail,
-                100.0 * self.drift.tail_share,
-                r.shift.abs(),
-                r.bound
-            )
-        } else {
-            String::new()
-        };
-        match change {
-            Change::Raised(_) => {
+        let change = tracker.observe(&self.drift, &bundle.model_sha256, z, above, n.count);
+        if let Some(r) = tracker.last() {
+            self.metrics.set("vigil_drift_shift", &[("camera", camera)], r.shift);
+        }
+        let (on, reading) = match change {
+            None => return,
+            Some(Change::Raised(r)) => {
+                let message = r.message(camera, &self.drift);
                 tracing::warn!(camera = camera.as_str(), "drift: {message}");
                 self.metrics.inc("vigil_drift_raised_total", &[("camera", camera)]);
+                (Some(message), Some(r))
             }
-            Change::Cleared(_) => tracing::info!(
-                camera = camera.as_str(),
-                "drift cleared: of the last {} frames {:.1} % scored above the calibrated threshold, their median {:+.2} calibration standard deviations from the calibration's",
-                r.frames,
-                100.0 * r.tail,
-                r.shift
-            ),
-            Change::Quiet(_) => {}
-        }
-        self.metrics.set("vigil_drift", &[("camera", camera)], if on { 1.0 } else { 0.0 });
-        self.metrics.set("vigil_drift_shift", &[("camera", camera)], r.shift);
+            Some(Change::Cleared(r)) => {
+                tracing::info!(
+                    camera = camera.as_str(),
+                    "drift cleared: of the last {} frames {:.1} % scored above the calibrated threshold, their median {:+.2} calibration standard deviations from the calibration's",
+                    r.frames,
+                    100.0 * r.tail,
+                    r.shift
+                );
+                (None, Some(r))
+            }
+            Some(Change::Quiet(r)) => (None, Some(r)),
+            Some(Change::Reset) => {
+                tracing::info!(
+                    camera = camera.as_str(),
+                    "drift: a new bundle; judged afresh once {} frames are scored",
+                    self.drift.window
+                );
+                (None, None)
+            }
+        };
+        self.metrics.set("vigil_drift", &[("camera", camera)], if on.is_some() { 1.0 } else { 0.0 });
         let state = serde_json::json!({
-            "state": if on { "ON" } else { "OFF" },
-            "shift": r.shift,
-            "bound": r.bound,
-            "tail": r.tail,
+            "state": if on.is_some() { "ON" } else { "OFF" },
+            "shift": reading.map(|r| r.shift),
+            "bound": reading.map(|r| r.bound),
+            "tail": reading.map(|r| r.tail),
             "tail_bound": self.drift.tail_share,
-            "frames": r.frames,
-            "message": message,
+            "frames": reading.map_or(0, |r| r.frames),
+            "message": on.unwrap_or_default(),
             "time": rfc3339(std::time::SystemTime::now()),
         });
         self.sinks.publisher.drift_state(camera, &state);

@@ -93,7 +93,6 @@ impl GraphView {
     /// The graph's real inputs: declared inputs that are not initializers (older exporters
     /// list every weight as an input too).
     pub fn image_inputs(&self) -> Vec<&pb::ValueInfoProto> {
-        let inits: std::collections::HashSet<&str> = self.initializer.iter().map(|t| t.name.as_str()).collect();
-        self.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
+        crate::onnx::graph::inputs_besides(&self.input, self.initializer.iter().map(|t| t.name.as_str()))
     }
 }

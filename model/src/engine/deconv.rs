@@ -57,7 +57,7 @@ pub fn rewrite_for_tract(model: &mut pb::ModelProto) -> usize {
 }
 
 /// Every value name a node of `graph` or of its subgraphs reads.
-fn inputs_read(graph: &pb::GraphProto, read: &mut std::collections::HashSet<String>) {
+pub(crate) fn inputs_read(graph: &pb::GraphProto, read: &mut std::collections::HashSet<String>) {
     for node in &graph.node {
         read.extend(node.input.iter().cloned());
         for a in &node.attribute {

@@ -33,12 +33,10 @@ pub fn widen_half_constants(model: &mut pb::ModelProto) -> usize {
     }
     graph.node = kept;
     let count = widened.len();
-    let still_read: std::collections::HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .chain(graph.output.iter().map(|o| o.name.clone()))
-        .collect();
+    // The half-precision copy goes unless something else still reads it.
+    let mut still_read = std::collections::HashSet::new();
+    super::deconv::inputs_read(graph, &mut still_read);
+    still_read.extend(graph.input.iter().chain(&graph.output).map(|v| v.name.clone()));
     for (half_name, wide) in widened {
         if !still_read.contains(&half_name) {
             graph.initializer.retain(|t| t.name != half_name);

@@ -172,9 +172,8 @@ fn emit_head(
             let diff = g.sub(&x, &m);
             let diff = g.transpose(&diff, &[2, 0, 1]); // [P, N, d]
             // Half precision: the bundle's largest constant at half the bytes, widened once by
-            // both engines at load (ONNX Runtime's peak memory stays as with float32, measured);
-            // the scores move by about 1e-3 of their value, the image AUROC not at all
-            // (docs/performance.md).
+            // both engines at load; what that costs in scores and memory is measured in
+            // docs/performance.md.
             let inv = g.constant_f16(PADIM_INV_COV, inv_cov);
             let t = g.matmul(&diff, &inv); // [P, N, d]
             let q = g.mul(&t, &diff);

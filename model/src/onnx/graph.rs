@@ -731,6 +731,14 @@ pub fn format_dims(dims: &Option<Vec<Option<i64>>>) -> String {
 /// The graph's real inputs: its declared inputs that are not initializers (older exporters
 /// list every weight as an input too).
 pub fn image_inputs(graph: &pb::GraphProto) -> Vec<&pb::ValueInfoProto> {
-    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
+    inputs_besides(&graph.input, graph.initializer.iter().map(|t| t.name.as_str()))
+}
+
+/// The declared `inputs` not named in `initializers` (as [`image_inputs`] reads a graph).
+pub fn inputs_besides<'a>(
+    inputs: &'a [pb::ValueInfoProto],
+    initializers: impl Iterator<Item = &'a str>,
+) -> Vec<&'a pb::ValueInfoProto> {
+    let inits: std::collections::HashSet<&str> = initializers.collect();
+    inputs.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
 }

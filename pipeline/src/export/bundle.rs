@@ -109,8 +109,8 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let data = discover(&state.data.source()?, cfg.val_fraction, cfg.seed)?;
     let (model, input, score, weights, backbone) = if cfg.model.is_feature() {
         let checkpoint = run.0.join("checkpoint");
-        let (model, input, score, backbone) = crate::family::features::model(&cfg, &checkpoint)?;
-        (model, input, score, Weights::Features(checkpoint), Some(backbone))
+        let f = crate::family::features::model(&cfg, &checkpoint)?;
+        (f.model, f.input, f.score, Weights::Features { checkpoint, head: f.head }, Some(f.backbone))
     } else {
         let spec = cfg.arch(state.channels);
         let trained = load_trained(run, &cfg, state.channels)?;
@@ -251,7 +251,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     match weights {
         Weights::Networks(trained) => crate::family::trained::BundleWeights::from(*trained)
             .save(&req.out.join(crate::family::trained::WEIGHTS_FILE))?,
-        Weights::Features(checkpoint) => {
+        Weights::Features { checkpoint, head: graph_head } => {
             // The head's state as the bundle's weights (what a retrain extends), and the
             // trained network of `fae` and `fdisc`; a conditional model's per class in its folder.
             let folders: Vec<(PathBuf, PathBuf)> = if cfg.classes.is_empty() {
@@ -269,7 +269,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
                 let (head, weights) =
                     (from.join(crate::family::features::HEAD_FILE), to.join(crate::family::trained::WEIGHTS_FILE));
                 if crate::family::features::head_in_graph(&cfg) {
-                    crate::family::features::write_slim_head(cfg.model, &head, &weights)?;
+                    crate::family::features::write_slim_head(&graph_head, &head, &weights)?;
                 } else {
                     std::fs::copy(head, weights)?;
                 }
@@ -328,8 +328,13 @@ fn validation_scores(
 enum Weights {
     /// The networks of a family trained from scratch.
     Networks(Box<crate::family::trained::Trained>),
-    /// The fitted head of a feature family, in this checkpoint folder.
-    Features(PathBuf),
+    /// The fitted head of a feature family, in this checkpoint folder, and as the graph has it.
+    Features {
+        /// The run's `checkpoint/`.
+        checkpoint: PathBuf,
+        /// The head the graph was built from.
+        head: vigil_model::onnx::features::FeatureHead,
+    },
 }
 
 /// A model card with Hugging Face-style YAML front matter.

@@ -93,6 +93,28 @@ impl Extractor {
     /// Features of image files; unreadable ones are skipped and listed. `what` names the set
     /// on the progress bar.
     pub fn extract(&self, paths: &[PathBuf], what: &str) -> anyhow::Result<(Features, Vec<Skipped>)> {
+        self.extract_keeping(paths, what, None)
+    }
+
+    /// As [`Extractor::extract`], also returning the preprocessed input tensors (`[3, h, w]`,
+    /// one block per kept image, in the features' order): what the student family learns
+    /// from, decoded once with its features.
+    pub fn extract_with_inputs(
+        &self,
+        paths: &[PathBuf],
+        what: &str,
+    ) -> anyhow::Result<(Features, Vec<f32>, Vec<Skipped>)> {
+        let mut inputs = Vec::with_capacity(paths.len() * 3 * self.input[0] * self.input[1]);
+        let (features, skipped) = self.extract_keeping(paths, what, Some(&mut inputs))?;
+        Ok((features, inputs, skipped))
+    }
+
+    fn extract_keeping(
+        &self,
+        paths: &[PathBuf],
+        what: &str,
+        mut inputs: Option<&mut Vec<f32>>,
+    ) -> anyhow::Result<(Features, Vec<Skipped>)> {
         let bar = progress(paths.len(), what);
         let per = self.shape.channels * self.shape.cells();
         let mut data = Vec::with_capacity(paths.len() * per);
@@ -100,6 +122,9 @@ impl Extractor {
         for p in paths {
             match self.load(p) {
                 Ok(t) => {
+                    if let Some(inputs) = inputs.as_deref_mut() {
+                        inputs.extend_from_slice(&t);
+                    }
                     data.extend(self.features_of(t)?);
                     kept.push(p.clone());
                 }
@@ -139,16 +164,6 @@ impl Extractor {
             }
         }
         bar.finish_and_clear();
-        Ok(out)
-    }
-
-    /// The preprocessed input tensors (`[3, h, w]`, one block per image) of images that
-    /// [`Extractor::extract`] read: what the student family learns from.
-    pub fn inputs(&self, paths: &[PathBuf]) -> anyhow::Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(paths.len() * 3 * self.input[0] * self.input[1]);
-        for p in paths {
-            out.extend(self.load(p).map_err(|reason| anyhow::anyhow!("{}: {reason}", p.display()))?);
-        }
         Ok(out)
     }
 

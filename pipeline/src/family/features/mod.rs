@@ -99,20 +99,19 @@ pub fn head_in_graph(cfg: &TrainConfig) -> bool {
     cfg.model == ModelKind::Padim && cfg.classes.is_empty()
 }
 
-/// Writes the bundle's weights for a head kept partly in the graph: the run's `head` without
+/// Writes the bundle's weights for a head kept partly in the graph (`graph_head`, as the graph
+/// was built from it): the run's `head` file without
 /// PaDiM's scatter matrices (the size of the graph's inverse covariances), and instead what
 /// the graph's half-precision inverses lack to be float32 ones again: their rounding error,
 /// in half precision, upper triangles only (a quarter of the size). With it a retrain
 /// rebuilds the scatter matrices ([`padim_scatter_from_graph`]).
-pub fn write_slim_head(kind: ModelKind, head: &Path, out: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(kind == ModelKind::Padim, "only PaDiM's head is kept in the graph");
-    let HeadState::Padim(stats) = HeadState::load(kind, head)? else { bail!("{}: not a PaDiM head", head.display()) };
-    let FeatureHead::Padim { inv_cov, .. } = padim::head(&stats)? else { bail!("PaDiM's head is not PaDiM's") };
-    let d = stats.dims.len();
+pub fn write_slim_head(graph_head: &FeatureHead, head: &Path, out: &Path) -> anyhow::Result<()> {
+    let FeatureHead::Padim { inv_cov, .. } = graph_head else { bail!("only PaDiM's head is kept in the graph") };
+    let (cells, d) = (inv_cov.shape[0], inv_cov.shape[1]);
     let residual = padim::pack_upper(&padim::half_residual(&inv_cov.data), d);
     let mut t = backbone::read_tensors(head)?;
     t.remove("padim.scatter");
-    let half = BTreeMap::from([(RESIDUAL.to_owned(), Tensor::new(vec![stats.cells, d * (d + 1) / 2], residual))]);
+    let half = BTreeMap::from([(RESIDUAL.to_owned(), Tensor::new(vec![cells, d * (d + 1) / 2], residual))]);
     backbone::write_tensors_with_half(&t, &half, out)
 }
 
@@ -356,7 +355,13 @@ fn fit_head(
     phase: &str,
 ) -> anyhow::Result<Option<Fitted>> {
     let started = Instant::now();
-    let (features, skipped) = extractor.extract(train, "features")?;
+    // The student learns from the images themselves too: kept as they are decoded.
+    let (features, images, skipped) = if cfg.model == ModelKind::Student {
+        extractor.extract_with_inputs(train, "features")?
+    } else {
+        let (features, skipped) = extractor.extract(train, "features")?;
+        (features, vec![], skipped)
+    };
     tracing::info!(
         "features of {} training images in {:.1}s on {} ({} channels on a {}x{} grid)",
         features.len(),
@@ -497,7 +502,6 @@ fn fit_head(
                 Some(p) => Some(load_student(cfg, features.shape.channels, &p.with_file_name(STUDENT_FILE), device)?),
                 None => None,
             };
-            let images = extractor.inputs(&features.paths)?;
             let t = student::StudentTraining {
                 width: cfg.student.width,
                 steps: cfg.student.steps,
@@ -617,11 +621,22 @@ pub fn score_spec(cfg: &TrainConfig) -> ScoreSpec {
     }
 }
 
+/// A finished run's bundle graph and what goes with it.
+pub struct FeatureModel {
+    /// The scoring graph.
+    pub model: pb::ModelProto,
+    /// Its input.
+    pub input: InputSpec,
+    /// Its score settings.
+    pub score: ScoreSpec,
+    /// The backbone it runs.
+    pub backbone: BackboneInfo,
+    /// The head it was built from (what the bundle's weights are written from).
+    pub head: FeatureHead,
+}
+
 /// The bundle's graph, input and score settings of a finished run.
-pub fn model(
-    cfg: &TrainConfig,
-    checkpoint: &Path,
-) -> anyhow::Result<(pb::ModelProto, InputSpec, ScoreSpec, BackboneInfo)> {
+pub fn model(cfg: &TrainConfig, checkpoint: &Path) -> anyhow::Result<FeatureModel> {
     let (net, info): (EfficientNetLite, BackboneInfo) = backbone::ensure(cfg.features.backbone)?;
     let [h, w] = input_size(cfg);
     let input = extract::input_spec(h, w);
@@ -630,5 +645,6 @@ pub fn model(
     let head = head(cfg, checkpoint, channels)?;
     let score = score_spec(cfg);
     let map = MapSpec { smoothing_sigma: cfg.smoothing_sigma, reduction: cfg.reduction };
-    Ok((feature_scoring_model(&net, &input, &head, map), input, score, info))
+    let model = feature_scoring_model(&net, &input, &head, map);
+    Ok(FeatureModel { model, input, score, backbone: info, head })
 }

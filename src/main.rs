@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use vigil::commands::{inspect, score, wrap};
 use vigil_model::bundle::Bundle;
 use vigil_model::bundle::manifest::Reduction;
-use vigil_model::engine::{EngineChoice, EngineConfig};
+use vigil_model::engine::{EngineChoice, EngineConfig, Precision};
 
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Edge anomaly detection for factory cameras")]
@@ -19,9 +19,16 @@ struct Cli {
 
 #[derive(Args)]
 struct EngineArgs {
-    /// Inference engine: auto prefers ONNX Runtime and falls back to tract.
+    /// Inference engine: auto takes OpenVINO where the CPU computes in bfloat16, else ONNX
+    /// Runtime, else tract.
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
     engine: EngineChoice,
+    /// `auto`: bfloat16 through OpenVINO where the CPU has it; `f32`: float32 everywhere.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
+    /// OpenVINO's C library (default: VIGIL_OPENVINO_LIBRARY, then the usual system places).
+    #[arg(long)]
+    openvino_library: Option<PathBuf>,
     /// Threads per inference (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -32,7 +39,13 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn config(&self) -> EngineConfig {
-        EngineConfig { kind: self.engine, threads: self.threads, ort_library: self.ort_library.clone() }
+        EngineConfig {
+            kind: self.engine,
+            precision: self.precision,
+            threads: self.threads,
+            ort_library: self.ort_library.clone(),
+            openvino_library: self.openvino_library.clone(),
+        }
     }
 }
 
@@ -96,6 +109,10 @@ enum Command {
         /// Most frames per engine call when frames queue up (`scoring.max_batch`).
         #[arg(long)]
         max_batch: Option<usize>,
+        /// Then where tract's plan spends a frame: one line per operator (`"mode":"profile"`),
+        /// the slowest first.
+        #[arg(long)]
+        profile: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -281,7 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Bench { model, frames, class, repeat, decode_workers, max_batch, engine } => {
+        Command::Bench { model, frames, class, repeat, decode_workers, max_batch, profile, engine } => {
             let config = engine.config();
             let defaults = vigil::scoring::ScoringConfig::default();
             let scoring = vigil::scoring::ScoringConfig {
@@ -306,6 +323,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let calls = (200 / batch).max(10);
                 let r = vigil::commands::bench::engine_only(&model.engine, batch, calls, macs)?;
                 println!("{}", serde_json::to_string(&r)?);
+            }
+            if profile {
+                for line in vigil::commands::bench::tract_profile(&model.bundle, &config, 20)? {
+                    println!("{}", serde_json::to_string(&line)?);
+                }
             }
         }
         Command::Validate { config } => {

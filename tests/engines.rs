@@ -1,10 +1,10 @@
-//! The engines: tract and ONNX Runtime agree on vigil bundles, batch correctly, and refuse
-//! models and libraries that cannot serve with the documented error, never a panic.
+//! The engines: tract, ONNX Runtime and OpenVINO agree on vigil bundles, batch correctly, and
+//! refuse models and libraries that cannot serve with the documented error, never a panic.
 
 use ndarray::{Array4, Axis, Ix4};
 use vigil_model::bundle::manifest::{ColorMode, Family, InputSpec, Reduction, ScoreSource};
 use vigil_model::bundle::{Bundle, MANIFEST_FILE};
-use vigil_model::engine::{self, EngineChoice, EngineConfig, EngineError};
+use vigil_model::engine::{self, EngineChoice, EngineConfig, EngineError, Precision};
 use vigil_model::onnx::graph::{Dim, GraphBuilder, OPSET};
 
 use crate::common::{default_score_spec, engine_config, manifest, random, reference_bundle};
@@ -116,6 +116,7 @@ fn a_missing_onnx_runtime_library_is_an_error_for_ort_and_a_fallback_for_auto() 
         kind: EngineChoice::Ort,
         threads: Some(1),
         ort_library: Some("/nonexistent/libonnxruntime.so.1.31.1".into()),
+        ..EngineConfig::default()
     };
     let err = engine::load(&bundle, &absent).unwrap_err();
     assert!(matches!(err, EngineError::OrtNotFound { .. }), "{err}");
@@ -222,4 +223,76 @@ fn a_model_loaded_for_serving_releases_the_file_bytes_and_still_scores_as_loaded
             assert!((s - t).abs() <= 1e-5, "{kind:?}: {s} vs {t}");
         }
     }
+}
+
+#[test]
+fn openvino_in_float32_scores_as_onnx_runtime_does_one_image_at_a_time_and_per_class() {
+    for (family, color) in
+        [(Family::Dae, ColorMode::Rgb), (Family::Vae, ColorMode::Gray), (Family::Wgan, ColorMode::Gray)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = reference_bundle(dir.path(), family, color, 64);
+        let ort = engine::load(&bundle, &engine_config(EngineChoice::Ort)).unwrap();
+        let config = EngineConfig { precision: Precision::F32, ..engine_config(EngineChoice::Openvino) };
+        let ov = engine::load(&bundle, &config).unwrap();
+        assert_eq!(ov.name(), "openvino");
+        let x = batch(3, color.channels(), 64, 2);
+        let (a, b) = (ort.run(x.view()).unwrap(), ov.run(x.view()).unwrap());
+        assert_eq!(b.scores.len(), 3);
+        for (s, t) in a.scores.iter().zip(&b.scores) {
+            assert!((s - t).abs() <= 1e-4 * s.abs().max(1.0), "{family:?}: ort {s} vs openvino {t}");
+        }
+        match (a.maps, b.maps) {
+            (Some(ma), Some(mb)) => {
+                assert_eq!(mb.shape(), [3, 1, 64, 64]);
+                let d = ma.iter().zip(mb.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                assert!(d <= 1e-4, "{family:?}: maps differ by {d}");
+            }
+            (None, None) => assert_eq!(family, Family::Wgan),
+            _ => panic!("{family:?}: one engine returned a map, the other none"),
+        }
+        // A batch is its images one at a time.
+        let one = ov.run(x.slice(ndarray::s![1..2, .., .., ..])).unwrap();
+        assert!((one.scores[0] - b.scores[1]).abs() <= 1e-6 * b.scores[1].abs().max(1.0));
+    }
+}
+
+#[test]
+fn a_missing_openvino_library_is_an_error_for_openvino_and_auto_goes_on_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Gray, 32);
+    let absent = EngineConfig {
+        kind: EngineChoice::Openvino,
+        threads: Some(1),
+        openvino_library: Some("/nonexistent/libopenvino_c.so".into()),
+        ..EngineConfig::default()
+    };
+    let err = engine::load(&bundle, &absent).unwrap_err();
+    assert!(matches!(err, EngineError::OpenVinoNotFound { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/libopenvino_c.so from engine.openvino_library, which does not exist"), "{msg}");
+    assert!(msg.contains("pip install openvino==2026.4.1") && msg.contains("VIGIL_OPENVINO_LIBRARY"), "{msg}");
+    // Auto on any CPU: without OpenVINO it serves with ONNX Runtime, as before.
+    let auto = EngineConfig { kind: EngineChoice::Auto, ..absent.clone() };
+    let auto =
+        engine::load(&bundle, &EngineConfig { ort_library: Some(crate::common::ort_library()), ..auto }).unwrap();
+    assert_eq!(auto.name(), "ort");
+}
+
+#[test]
+fn auto_takes_openvino_in_bfloat16_only_where_the_cpu_computes_in_it_and_f32_forces_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Gray, 32);
+    let both = EngineConfig {
+        kind: EngineChoice::Auto,
+        threads: Some(1),
+        ort_library: Some(crate::common::ort_library()),
+        openvino_library: Some(crate::common::openvino_library()),
+        ..EngineConfig::default()
+    };
+    let auto = engine::load(&bundle, &both).unwrap();
+    let bf16 = vigil_model::engine::openvino::cpu_has_bf16();
+    assert_eq!(auto.name(), if bf16 { "openvino" } else { "ort" }, "this CPU has bfloat16: {bf16}");
+    let f32 = engine::load(&bundle, &EngineConfig { precision: Precision::F32, ..both }).unwrap();
+    assert_eq!(f32.name(), "ort");
 }

@@ -396,6 +396,11 @@ fn verdicts_over_mqtt_land_in_the_data_set_once_and_unknown_ids_write_nothing() 
         plant.drop_frame(&format!("n{i}.png"), &plant.normal);
     }
     plant.wait_frames("cam1", "normal", 4.0);
+    // A frame is counted when it is decided, and its sample written just after: wait for it.
+    let deadline = Instant::now() + WAIT;
+    while dataset_files(&plant, "normal").len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let sampled = dataset_files(&plant, "normal");
     assert_eq!(sampled.len(), 2, "{sampled:?}");
     assert!(sampled.iter().all(|p| p.file_name().unwrap().to_str().unwrap().starts_with("sample-")));

@@ -226,3 +226,36 @@ pub fn engine_only(
         gflop_per_s: 2.0 * multiply_adds / (ms * 1e6),
     })
 }
+
+/// One operator of tract's plan in `vigil bench --profile`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileLine {
+    /// Always `profile`.
+    pub mode: &'static str,
+    /// The operator, its node count and milliseconds a frame.
+    #[serde(flatten)]
+    pub op: vigil_model::engine::tract::OpProfile,
+    /// Its share of the plan's time.
+    pub share: f64,
+}
+
+/// Where tract's plan for `bundle` spends a frame, operator by operator (`runs` runs of a
+/// blank frame after one to warm up), the slowest first.
+pub fn tract_profile(
+    bundle: &Bundle,
+    config: &vigil_model::engine::EngineConfig,
+    runs: usize,
+) -> anyhow::Result<Vec<ProfileLine>> {
+    let io = vigil_model::engine::io::check_model(bundle)?;
+    let engine = vigil_model::engine::tract::TractEngine::load(bundle, bundle.model_proto()?, &io, config)?;
+    let m = &bundle.manifest.input;
+    let batch = if io.batch_is_free { 1 } else { io.max_batch };
+    let blank = ndarray::Array4::<f32>::zeros((batch, m.channels, m.height, m.width));
+    engine.profile(blank.view(), 1)?;
+    let ops = engine.profile(blank.view(), runs)?;
+    let total: f64 = ops.iter().map(|o| o.ms).sum();
+    Ok(ops
+        .into_iter()
+        .map(|op| ProfileLine { mode: "profile", share: op.ms / total.max(f64::MIN_POSITIVE), op })
+        .collect())
+}

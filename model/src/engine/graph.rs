@@ -66,7 +66,8 @@ impl GraphRunner {
         let runner = match config.kind {
             EngineChoice::Ort => ort()?,
             EngineChoice::Tract => tract()?,
-            EngineChoice::Auto => match ort() {
+            // Training extracts features in float32: OpenVINO's bfloat16 is for serving.
+            EngineChoice::Auto | EngineChoice::Openvino => match ort() {
                 Ok(r) => r,
                 Err(EngineError::OrtNotFound { .. } | EngineError::OrtUnusable { .. }) => tract()?,
                 Err(e) => return Err(e),

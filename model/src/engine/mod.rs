@@ -1,14 +1,16 @@
 //! Inference engines: load a bundle's model once, then score batches from many workers.
 //!
-//! Two engines run the same ONNX graph: ONNX Runtime (fastest where its library is
-//! installed) and tract (pure Rust, always built in). `auto` prefers ONNX Runtime and falls
-//! back to tract with one log line saying why. Before an engine is handed out, the model's
+//! Three engines run the same ONNX graph: ONNX Runtime (fast in float32 where its library is
+//! installed), OpenVINO (fastest where the CPU computes in bfloat16 and its library is
+//! installed) and tract (pure Rust, always built in). `auto` takes OpenVINO on such CPUs, else
+//! ONNX Runtime, else tract, with one log line saying why. Before an engine is handed out, the model's
 //! inputs and outputs are checked against the manifest and a test batch is run, so a model
 //! that cannot serve is refused at load time, not on the first camera frame.
 
 pub mod deconv;
 pub mod graph;
 pub mod io;
+pub mod openvino;
 pub mod ort;
 pub mod tract;
 pub mod widen;
@@ -25,22 +27,41 @@ use crate::bundle::Bundle;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineChoice {
-    /// ONNX Runtime when its library loads, else tract.
+    /// OpenVINO where the CPU computes in bfloat16 and OpenVINO's library loads (unless
+    /// `precision = "f32"`), else ONNX Runtime when its library loads, else tract.
     #[default]
     Auto,
     /// ONNX Runtime only; an error when its library is missing.
     Ort,
     /// tract only.
     Tract,
+    /// OpenVINO only (its C library, `libopenvino_c.so`); an error when it is missing.
+    Openvino,
+}
+
+/// The arithmetic an engine may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bfloat16 through OpenVINO where the CPU has it (AVX-512 BF16, AMX): image AUROC within
+    /// 0.002 of float32 on the sets measured, single scores within a few per cent
+    /// (docs/performance.md); float32 elsewhere.
+    #[default]
+    Auto,
+    /// float32 everywhere (OpenVINO too).
+    F32,
 }
 
 /// Engine settings (`[engine]` in the daemon config).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// `auto`, `ort` or `tract`.
+    /// `auto`, `ort`, `tract` or `openvino`.
     #[serde(default)]
     pub kind: EngineChoice,
+    /// `auto` (bfloat16 through OpenVINO where the CPU computes in it) or `f32`.
+    #[serde(default)]
+    pub precision: Precision,
     /// Threads one inference may use; default: the machine's cores.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -48,6 +69,11 @@ pub struct EngineConfig {
     /// `ORT_DYLIB_PATH` variable, then the usual system locations.
     #[serde(default)]
     pub ort_library: Option<PathBuf>,
+    /// OpenVINO's C library (`libopenvino_c.so.2641` in the `openvino` wheel's
+    /// `openvino/libs`, say); default: the `VIGIL_OPENVINO_LIBRARY` variable, then the usual
+    /// system locations.
+    #[serde(default)]
+    pub openvino_library: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -113,6 +139,24 @@ pub enum EngineError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// No OpenVINO library was found.
+    #[error(
+        "OpenVINO's C library not found (looked in: {searched}); install it with `pip install openvino==2026.4.1` and set VIGIL_OPENVINO_LIBRARY (or engine.openvino_library) to its openvino/libs/libopenvino_c.so.2641, or use another engine"
+    )]
+    OpenVinoNotFound {
+        /// Every place looked at, in order.
+        searched: String,
+    },
+    /// An OpenVINO library was found but cannot be used.
+    #[error(
+        "OpenVINO library {path}: {reason}; vigil needs OpenVINO 2025.0 or newer (`pip install openvino==2026.4.1`), or use another engine"
+    )]
+    OpenVinoUnusable {
+        /// The library file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A conditional model was run without a valid class for every image.
     #[error("{0}")]
     Class(String),
@@ -142,7 +186,7 @@ pub enum EngineError {
 
 /// A loaded model that scores batches; shared by workers (`&self`, `Send + Sync`).
 pub trait Engine: Send + Sync {
-    /// `ort` or `tract`.
+    /// `ort`, `tract` or `openvino`.
     fn name(&self) -> &'static str;
     /// Runs the graph on `[N, C, H, W]` (and, for a conditional model, each image's class
     /// index) and returns what the manifest's outputs hold.
@@ -165,7 +209,7 @@ impl std::fmt::Debug for LoadedEngine {
 }
 
 impl LoadedEngine {
-    /// `ort` or `tract`.
+    /// `ort`, `tract` or `openvino`.
     pub fn name(&self) -> &'static str {
         self.engine.name()
     }
@@ -276,17 +320,41 @@ fn load_with(bundle: &mut Bundle, config: &EngineConfig, release: bool) -> Resul
         }
         Ok(Box::new(engine))
     };
+    let openvino = |bundle: &mut Bundle| -> Result<Box<dyn Engine>, EngineError> {
+        if release {
+            bundle.model_bytes = Arc::from(Vec::new());
+        }
+        let engine = openvino::OpenVinoEngine::load(bundle, &io, config)?;
+        tracing::info!("engine openvino: computing in {}", engine.precision);
+        Ok(Box::new(engine))
+    };
+    let ort_or_tract = |bundle: &mut Bundle| -> Result<Box<dyn Engine>, EngineError> {
+        match onnx_runtime(bundle) {
+            Ok(e) => Ok(e),
+            Err(e @ (EngineError::OrtNotFound { .. } | EngineError::OrtUnusable { .. })) => {
+                tracing::info!("engine auto: using tract, because {e}");
+                tract(bundle)
+            }
+            Err(e) => Err(e),
+        }
+    };
     let engine: Box<dyn Engine> = match config.kind {
         EngineChoice::Tract => tract(bundle)?,
         EngineChoice::Ort => onnx_runtime(bundle)?,
-        EngineChoice::Auto => match onnx_runtime(bundle) {
-            Ok(e) => e,
-            Err(e @ (EngineError::OrtNotFound { .. } | EngineError::OrtUnusable { .. })) => {
-                tracing::info!("engine auto: using tract, because {e}");
-                tract(bundle)?
+        EngineChoice::Openvino => openvino(bundle)?,
+        // bfloat16 is where OpenVINO outruns ONNX Runtime; in float32 it does not
+        // (docs/performance.md), so auto takes it only where the CPU computes in bfloat16.
+        EngineChoice::Auto if config.precision == Precision::Auto && openvino::cpu_has_bf16() => {
+            match openvino(bundle) {
+                Ok(e) => e,
+                Err(e @ (EngineError::OpenVinoNotFound { .. } | EngineError::OpenVinoUnusable { .. })) => {
+                    tracing::info!("engine auto: this CPU computes in bfloat16 but OpenVINO is not used, because {e}");
+                    ort_or_tract(bundle)?
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        },
+        }
+        EngineChoice::Auto => ort_or_tract(bundle)?,
     };
     if release {
         bundle.model_bytes = Arc::from(Vec::new());

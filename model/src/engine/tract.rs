@@ -155,6 +155,60 @@ impl TractEngine {
     }
 }
 
+/// One kind of operator in tract's optimised plan and the time a frame spends in it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpProfile {
+    /// The operator as tract names it (`OptMatMul`, `DepthWise`, `Im2col`, ...).
+    pub op: String,
+    /// How many nodes of the plan share it.
+    pub nodes: usize,
+    /// Milliseconds a frame, averaged over the runs.
+    pub ms: f64,
+}
+
+impl TractEngine {
+    /// Runs the plan `runs` times on `batch` (of the plan's batch) and returns where the time
+    /// goes, operator by operator, the slowest first: the profile that says what a rewrite at
+    /// load (as [`super::deconv`]) would have to win.
+    pub fn profile(&self, batch: ArrayView4<'_, f32>, runs: usize) -> Result<Vec<OpProfile>, EngineError> {
+        let run_err = |e: anyhow::Error| EngineError::Run { engine: "tract", reason: format!("{e:#}") };
+        let input: Tensor = batch.to_owned().into_tensor();
+        let mut totals: std::collections::BTreeMap<String, (std::collections::BTreeSet<usize>, f64)> =
+            Default::default();
+        let plan = self.plan.clone();
+        let mut profile_once = || -> TractResult<()> {
+            let mut state = TypedSimpleState::new(&plan)?;
+            state.run_plan_with_eval(tvec!(input.clone().into()), |ctx, op_state, node, inputs| {
+                let started = std::time::Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                let entry = totals.entry(node.op().name().to_string()).or_default();
+                entry.0.insert(node.id);
+                entry.1 += started.elapsed().as_secs_f64() * 1e3;
+                out
+            })?;
+            Ok(())
+        };
+        for _ in 0..runs.max(1) {
+            let mut run = || multithread_tract_scope(self.executor.clone(), &mut profile_once);
+            match &self.executor {
+                Executor::MultiThread(pool) => pool.install(run),
+                _ => run(),
+            }
+            .map_err(run_err)?;
+        }
+        let mut out: Vec<OpProfile> = totals
+            .into_iter()
+            .map(|(op, (nodes, ms))| OpProfile {
+                op,
+                nodes: nodes.len(),
+                ms: ms / runs.max(1) as f64 / self.plan_batch as f64,
+            })
+            .collect();
+        out.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(out)
+    }
+}
+
 /// Multiply-adds of one frame through the bundle's graph (tract's cost model over the typed,
 /// decluttered graph at batch 1): what an engine's GFLOP/s are measured against.
 pub fn multiply_adds(bundle: &Bundle) -> anyhow::Result<f64> {

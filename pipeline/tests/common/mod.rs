@@ -38,9 +38,31 @@ pub fn export_run(run: &RunDir, out: &Path) -> vigil_model::bundle::Bundle {
     vigil_pipeline::export::bundle::export(&req).unwrap().bundle
 }
 
+/// The folder of OpenVINO's C library in the `openvino` wheel scripts/setup installs into
+/// .venv (or `VIGIL_OPENVINO_LIBRARY`).
+pub fn openvino_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("VIGIL_OPENVINO_LIBRARY") {
+        return p.into();
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path().join("site-packages/openvino/libs"))
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(|| panic!("no OpenVINO in {}: run scripts/test, which installs it", lib.display()))
+}
+
 /// One engine, one thread (the tests run side by side).
 pub fn engine_config(kind: EngineChoice) -> EngineConfig {
-    EngineConfig { kind, threads: Some(1), ort_library: (kind == EngineChoice::Ort).then(ort_library) }
+    EngineConfig {
+        kind,
+        threads: Some(1),
+        ort_library: (kind == EngineChoice::Ort).then(ort_library),
+        openvino_library: (kind == EngineChoice::Openvino).then(openvino_library),
+        ..EngineConfig::default()
+    }
 }
 
 /// Trains `cfg` on the MVTec-layout `data` into `dir` on the CPU, to the end.

@@ -5,9 +5,10 @@
 //! the training images with synthetic defects pasted on (as `fae` learns from) that the
 //! defect moved at least as far as the noise does. The discriminator learns to tell those
 //! from the normal cells; a cell scores by its logit. Confirmed defects, when there are some, add real
-//! anomalous cells: in each defect image the cells the network already finds most anomalous
-//! (the image is labelled, its cells are not), so that it learns what the line's defects look
-//! like without being told that the rest of the part is defective.
+//! anomalous cells: where a mask came with the image, the cells it covers (and the rest of
+//! that image as normal cells); else the cells the network already finds most anomalous (the
+//! image is labelled, its cells are not), so that it learns what the line's defects look like
+//! without being told that the rest of the part is defective.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -31,6 +32,76 @@ const MARGIN: f64 = 0.5;
 /// Of each confirmed defect image, the share of its cells taken as anomalous (the most
 /// anomalous ones by the network's current logits), at least one.
 pub const DEFECT_CELL_SHARE: f64 = 0.02;
+
+/// Of a mask's cells, the share of a cell's pixels the defect must cover for the cell to be
+/// taken as anomalous.
+pub const MASK_CELL_COVER: f32 = 0.1;
+
+/// Confirmed defects to learn from: their features and, for each image that came with a mask,
+/// which of its grid cells the defect covers.
+pub struct Confirmed {
+    /// Features of the defect images.
+    pub features: Features,
+    /// Per image (in `features`' order): the cells its mask covers, or `None` without a mask.
+    pub cells: Vec<Option<Vec<bool>>>,
+}
+
+impl Confirmed {
+    /// The images' masks, looked for as `<stem>_mask.png` (or `<stem>.png`) in `masks`,
+    /// brought to the feature grid: a cell is covered when [`MASK_CELL_COVER`] of its pixels
+    /// are (at least the most covered cell of a mask that covers anything). An unreadable mask
+    /// is an error that names it; an empty one labels nothing.
+    pub fn with_masks(features: Features, masks: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let [gh, gw] = features.shape.grid;
+        let mut cells = Vec::with_capacity(features.len());
+        for path in &features.paths {
+            let found = masks.and_then(|dir| {
+                let stem = path.file_stem()?.to_string_lossy().into_owned();
+                [format!("{stem}_mask.png"), format!("{stem}.png")]
+                    .into_iter()
+                    .map(|n| dir.join(n))
+                    .find(|p| p.is_file())
+            });
+            let Some(mask) = found else {
+                cells.push(None);
+                continue;
+            };
+            let gray = image::open(&mask)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "mask {}: {e}; give a PNG the size of its image, white where the defect is",
+                        mask.display()
+                    )
+                })?
+                .into_luma8();
+            // The image is stretched onto the grid; each cell's share of defect pixels.
+            let (w, h) = (gray.width() as usize, gray.height() as usize);
+            let mut cover = vec![0f32; gh * gw];
+            for (k, share) in cover.iter_mut().enumerate() {
+                let (r, col) = (k / gw, k % gw);
+                let (y0, y1) = (r * h / gh, ((r + 1) * h / gh).max(r * h / gh + 1).min(h));
+                let (x0, x1) = (col * w / gw, ((col + 1) * w / gw).max(col * w / gw + 1).min(w));
+                let on = (y0..y1)
+                    .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                    .filter(|&(x, y)| gray.get_pixel(x as u32, y as u32).0[0] > 127)
+                    .count();
+                *share = on as f32 / ((y1 - y0) * (x1 - x0)).max(1) as f32;
+            }
+            let mut covered: Vec<bool> = cover.iter().map(|&v| v >= MASK_CELL_COVER).collect();
+            let (best, top) = cover.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+            if top > 0.0 && !covered.iter().any(|&c| c) {
+                covered[best] = true;
+            }
+            cells.push(covered.iter().any(|&c| c).then_some(covered));
+        }
+        Ok(Confirmed { features, cells })
+    }
+
+    /// Images that came with a mask that covers something.
+    pub fn masked(&self) -> usize {
+        self.cells.iter().filter(|c| c.is_some()).count()
+    }
+}
 
 /// Adaptor (`C → C`, linear, starting as the identity) and discriminator (`C → hidden`, leaky
 /// ReLU, `→ 1`), applied to every grid cell alone.
@@ -189,14 +260,14 @@ pub struct Synthetic<'a> {
 }
 
 /// Trains the adaptor and discriminator on the standardised cells of `f` against noisy copies,
-/// the `moved` cells of the `corrupted` pool (see [`moved_cells`]) and, when given, the most
-/// anomalous cells of the confirmed `defects`; `None` when stopped. Returns the network and
+/// the `moved` cells of the `corrupted` pool (see [`moved_cells`]) and, when given, the cells
+/// of the confirmed `defects` (see [`defect_loss`]); `None` when stopped. Returns the network and
 /// the mean loss of each tenth of the steps.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     f: &Features,
     synthetic: Option<Synthetic>,
-    defects: Option<&Features>,
+    defects: Option<&Confirmed>,
     (mean, std): (&[f32], &[f32]),
     t: FdiscTraining,
     device: &Device,
@@ -219,7 +290,7 @@ pub fn train(
     let bar = progress(t.steps, "fdisc");
     let (mut sum, mut count) = (0f64, 0usize);
     // Defect images per step, so that each is seen about as often as a normal one.
-    let defect_images = defects.map(|d| d.len().min((m / cells).max(1)));
+    let defect_images = defects.map(|d| d.features.len().min((m / cells).max(1)));
     for step in 0..t.steps {
         if stop.load(Ordering::SeqCst) {
             bar.abandon();
@@ -268,20 +339,26 @@ pub fn train(
     Ok(Some((model, history)))
 }
 
-/// The loss on `k` random confirmed defect images: each one's most anomalous cells (by the
-/// current logits, [`DEFECT_CELL_SHARE`] of them) should score above the margin.
+/// The loss on `k` random confirmed defect images. An image with a mask: the cells it covers
+/// should score above the margin and the others, normal parts of a defective image, below
+/// it. An image without: its most anomalous cells (by the current logits,
+/// [`DEFECT_CELL_SHARE`] of them) above the margin, nothing said of the rest.
 fn defect_loss(
     model: &FeatureDisc,
-    d: &Features,
+    d: &Confirmed,
     k: usize,
     (mean, std): (&[f32], &[f32]),
     rng: &mut Rng,
     device: &Device,
 ) -> Tensor<1> {
-    let (c, cells) = (d.shape.channels, d.shape.cells());
+    let f = &d.features;
+    let (c, cells) = (f.shape.channels, f.shape.cells());
     let mut data = Vec::with_capacity(k * cells * c);
+    let mut picked = Vec::with_capacity(k);
     for _ in 0..k {
-        let img = d.image(rng.below(d.len()));
+        let i = rng.below(f.len());
+        picked.push(i);
+        let img = f.image(i);
         for cell in 0..cells {
             data.extend((0..c).map(|ch| (img[ch * cells + cell] - mean[ch * cells + cell]) / std[ch * cells + cell]));
         }
@@ -290,14 +367,27 @@ fn defect_loss(
     let logits = model.forward(x); // [k * cells, 1]
     let values = logits.clone().detach().try_into_vec_as::<f32>().expect("float logits");
     let top = ((cells as f64 * DEFECT_CELL_SHARE).round() as usize).max(1);
-    let mut mask = vec![0f32; k * cells];
-    for (i, image) in values.chunks(cells).enumerate() {
-        let mut order: Vec<usize> = (0..cells).collect();
-        order.sort_unstable_by(|&a, &b| image[b].total_cmp(&image[a]));
-        order[..top].iter().for_each(|&j| mask[i * cells + j] = 1.0);
+    let (mut positive, mut negative) = (vec![0f32; k * cells], vec![0f32; k * cells]);
+    for (slot, (&i, image)) in picked.iter().zip(values.chunks(cells)).enumerate() {
+        let row = slot * cells;
+        match &d.cells[i] {
+            Some(covered) => {
+                for (j, &on) in covered.iter().enumerate() {
+                    if on { positive[row + j] = 1.0 } else { negative[row + j] = 1.0 }
+                }
+            }
+            None => {
+                let mut order: Vec<usize> = (0..cells).collect();
+                order.sort_unstable_by(|&a, &b| image[b].total_cmp(&image[a]));
+                order[..top].iter().for_each(|&j| positive[row + j] = 1.0);
+            }
+        }
     }
-    let mask = Tensor::<2>::from_data(TensorData::new(mask, [k * cells, 1]), device);
-    (relu(logits.neg() + MARGIN) * mask).sum() / (k * top) as f64
+    let count = |m: &[f32]| m.iter().sum::<f32>().max(1.0) as f64;
+    let (np, nn) = (count(&positive), count(&negative));
+    let positive = Tensor::<2>::from_data(TensorData::new(positive, [k * cells, 1]), device);
+    let negative = Tensor::<2>::from_data(TensorData::new(negative, [k * cells, 1]), device);
+    (relu(logits.clone().neg() + MARGIN) * positive).sum() / np + (relu(logits + MARGIN) * negative).sum() / nn
 }
 
 /// The feature discriminator's own options (`train.toml`'s `fdisc_hidden`, `fdisc_steps`,
@@ -322,5 +412,46 @@ pub struct FdiscConfig {
 impl Default for FdiscConfig {
     fn default() -> Self {
         FdiscConfig { hidden: 256, steps: 1000, cells: 2048, lr: 1e-3, noise: 0.5, standardise: Standardise::Channel }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_model::onnx::features::FeatureShape;
+
+    #[test]
+    fn a_mask_labels_the_cells_it_covers_and_an_image_without_one_is_left_to_the_network() {
+        let dir = std::env::temp_dir().join(format!("vigil-fdisc-masks-{}", std::process::id()));
+        let masks = dir.join("masks");
+        std::fs::create_dir_all(&masks).unwrap();
+        // A 32x32 mask on a 4x4 grid of 8x8 cells: the top-left cell whole, and 4 pixels
+        // (6 %) of the cell right of it.
+        let mut m = image::GrayImage::new(32, 32);
+        for y in 0..8 {
+            for x in 0..8 {
+                m.put_pixel(x, y, image::Luma([255]));
+            }
+        }
+        for y in 0..4 {
+            m.put_pixel(8, y, image::Luma([255]));
+        }
+        m.save(masks.join("a_mask.png")).unwrap();
+        image::GrayImage::new(32, 32).save(masks.join("empty_mask.png")).unwrap();
+        std::fs::write(masks.join("broken_mask.png"), b"not a png").unwrap();
+        let features = |names: &[&str]| Features {
+            shape: FeatureShape { channels: 1, grid: [4, 4] },
+            data: vec![0.0; 16 * names.len()],
+            paths: names.iter().map(|n| dir.join(n)).collect(),
+        };
+        let c = Confirmed::with_masks(features(&["a.png", "b.png", "empty.png"]), Some(&masks)).unwrap();
+        let a = c.cells[0].as_ref().expect("a has a mask");
+        assert_eq!(a.iter().filter(|&&v| v).count(), 1, "{a:?}");
+        assert!(a[0], "the covered cell, not the sliver: {a:?}");
+        assert!(c.cells[1].is_none() && c.cells[2].is_none(), "no mask, and a mask that covers nothing");
+        assert_eq!(c.masked(), 1);
+        let err = Confirmed::with_masks(features(&["broken.png"]), Some(&masks)).err().unwrap().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("broken_mask.png") && err.contains("white where the defect is"), "{err}");
     }
 }

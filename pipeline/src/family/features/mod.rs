@@ -284,7 +284,8 @@ pub fn class_dir(i: usize) -> String {
 /// Computes the training images' features and fits the family's head into `run`'s
 /// `checkpoint/` (a conditional model: one head per class, each fitted on its class's images
 /// alone, in `checkpoint/class-<i>/`); `previous` (a retrain) is a bundle's head to extend
-/// with these images; `defects` (fdisc) a folder of confirmed defects to learn from. `None`
+/// with these images; `defects` (fdisc) a folder of confirmed defects to learn from (with
+/// their masks in its `masks/` where there are some). `None`
 /// when stopped.
 pub fn fit(
     cfg: &TrainConfig,
@@ -312,8 +313,15 @@ pub fn fit(
             for s in &skipped {
                 tracing::warn!("confirmed defect {} skipped: {}", s.path.display(), s.reason);
             }
-            tracing::info!("learning from {} confirmed defect images", f.len());
-            Some(f)
+            // Masks, where the operator or a labelled set gave them, beside the images.
+            let confirmed = fdisc::Confirmed::with_masks(f, Some(&dir.join("masks")))?;
+            tracing::info!(
+                "learning from {} confirmed defect images, {} with a mask ({}/masks/<stem>_mask.png)",
+                confirmed.features.len(),
+                confirmed.masked(),
+                dir.display()
+            );
+            Some(confirmed)
         }
         None => None,
     };
@@ -351,7 +359,7 @@ fn fit_head(
     device: &Device,
     stop: &AtomicBool,
     previous: Option<&Path>,
-    defects: Option<&extract::Features>,
+    defects: Option<&fdisc::Confirmed>,
     phase: &str,
 ) -> anyhow::Result<Option<Fitted>> {
     let started = Instant::now();

@@ -42,14 +42,11 @@ pub fn openvino_library() -> PathBuf {
     if let Some(p) = std::env::var_os("VIGIL_OPENVINO_LIBRARY") {
         return p.into();
     }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
-    std::fs::read_dir(&lib)
+    let libs = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib"))
         .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.path().join("site-packages/openvino/libs"))
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(|| panic!("no OpenVINO in {}: run scripts/test, which installs it", lib.display()))
+        .and_then(|mut d| d.next()?.ok())
+        .map(|e| e.path().join("site-packages/openvino/libs"));
+    libs.filter(|d| d.is_dir()).unwrap_or_else(|| panic!("no OpenVINO in .venv: run scripts/test, which installs it"))
 }
 
 /// Engine settings for one engine, single-threaded so tests running side by side stay fast.

@@ -10,6 +10,7 @@
 pub mod deconv;
 pub mod graph;
 pub mod io;
+mod library;
 pub mod openvino;
 pub mod ort;
 pub mod tract;

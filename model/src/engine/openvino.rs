@@ -101,16 +101,11 @@ impl Drop for Api {
 /// The process-wide library, loaded on first use (a failed attempt is not remembered).
 static LIBRARY: Mutex<Option<Arc<Api>>> = Mutex::new(None);
 
-/// Places to look for the library when neither the config nor `VIGIL_OPENVINO_LIBRARY` names
-/// one: beside vigil, then where Intel's archive and distributions install it.
-fn default_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        dirs.push(dir.to_path_buf());
-        dirs.push(dir.join("../lib/vigil"));
-    }
+/// Finds the library: the configured path, else `VIGIL_OPENVINO_LIBRARY`, else beside vigil,
+/// then where Intel's archive and distributions install it; every place looked at when
+/// nothing is found.
+pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, EngineError> {
+    let mut dirs = super::library::beside_binary();
     for d in [
         "/usr/lib/vigil",
         "/opt/intel/openvino/runtime/lib/intel64",
@@ -122,58 +117,13 @@ fn default_dirs() -> Vec<PathBuf> {
     ] {
         dirs.push(PathBuf::from(d));
     }
-    dirs
-}
-
-/// The library in `dir`: the plain name, else the highest numbered one.
-fn library_in(dir: &Path) -> Option<PathBuf> {
-    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let rest = name.strip_prefix(LIB_PREFIX)?;
-            let version: Option<Vec<u32>> = if rest.is_empty() {
-                Some(vec![u32::MAX])
-            } else {
-                rest.strip_prefix('.')?.split('.').map(|p| p.parse().ok()).collect()
-            };
-            Some((version?, e.path()))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
-}
-
-/// Finds the library: the configured path, else `VIGIL_OPENVINO_LIBRARY`, else the usual
-/// places; every place looked at when nothing is found.
-pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, EngineError> {
-    let explicit = configured.map(|p| (p.to_path_buf(), "engine.openvino_library")).or_else(|| {
-        std::env::var_os("VIGIL_OPENVINO_LIBRARY")
-            .filter(|v| !v.is_empty())
-            .map(|v| (PathBuf::from(v), "VIGIL_OPENVINO_LIBRARY"))
-    });
-    if let Some((path, origin)) = explicit {
-        if path.is_file() {
-            return Ok(path);
-        }
-        if path.is_dir()
-            && let Some(lib) = library_in(&path)
-        {
-            return Ok(lib);
-        }
-        return Err(EngineError::OpenVinoNotFound {
-            searched: format!("{} from {origin}, which does not exist", path.display()),
-        });
-    }
-    let dirs = default_dirs();
-    for dir in &dirs {
-        if let Some(lib) = library_in(dir) {
-            return Ok(lib);
-        }
-    }
-    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    Err(EngineError::OpenVinoNotFound { searched: format!("VIGIL_OPENVINO_LIBRARY (unset), {}", searched.join(", ")) })
+    let search = super::library::Search {
+        prefix: LIB_PREFIX,
+        key: "engine.openvino_library",
+        env: "VIGIL_OPENVINO_LIBRARY",
+        dirs,
+    };
+    search.find(configured).map_err(|searched| EngineError::OpenVinoNotFound { searched })
 }
 
 /// Whether this CPU computes in bfloat16 natively (x86: AVX-512 BF16 or AMX), where
@@ -468,41 +418,29 @@ fn compile(
         }
         let threads = CString::new(config.effective_threads().to_string()).expect("digits");
         let mut compiled: Handle = std::ptr::null_mut();
-        let cpu = c"CPU";
-        // One stream, latency first: one frame at a time on every configured thread. Without a
-        // precision hint OpenVINO picks its own: bfloat16 where the CPU computes in it.
+        // One stream, latency first: one frame at a time on every configured thread; bfloat16
+        // only where asked for and the CPU computes in it (OpenVINO's own default there).
+        let precision = match config.precision {
+            Precision::Auto if cpu_has_bf16() => c"bf16",
+            _ => c"f32",
+        };
         // SAFETY: each property is a key and a value, both NUL-terminated; the count is of both.
         let status = unsafe {
-            match config.precision {
-                Precision::F32 => (api.compile_model)(
-                    api.core,
-                    model,
-                    cpu.as_ptr(),
-                    8,
-                    &mut compiled,
-                    c"INFERENCE_NUM_THREADS".as_ptr(),
-                    threads.as_ptr(),
-                    c"PERFORMANCE_HINT".as_ptr(),
-                    c"LATENCY".as_ptr(),
-                    c"NUM_STREAMS".as_ptr(),
-                    c"1".as_ptr(),
-                    c"INFERENCE_PRECISION_HINT".as_ptr(),
-                    c"f32".as_ptr(),
-                ),
-                Precision::Auto => (api.compile_model)(
-                    api.core,
-                    model,
-                    cpu.as_ptr(),
-                    6,
-                    &mut compiled,
-                    c"INFERENCE_NUM_THREADS".as_ptr(),
-                    threads.as_ptr(),
-                    c"PERFORMANCE_HINT".as_ptr(),
-                    c"LATENCY".as_ptr(),
-                    c"NUM_STREAMS".as_ptr(),
-                    c"1".as_ptr(),
-                ),
-            }
+            (api.compile_model)(
+                api.core,
+                model,
+                c"CPU".as_ptr(),
+                8,
+                &mut compiled,
+                c"INFERENCE_NUM_THREADS".as_ptr(),
+                threads.as_ptr(),
+                c"PERFORMANCE_HINT".as_ptr(),
+                c"LATENCY".as_ptr(),
+                c"NUM_STREAMS".as_ptr(),
+                c"1".as_ptr(),
+                c"INFERENCE_PRECISION_HINT".as_ptr(),
+                precision.as_ptr(),
+            )
         };
         api.check(status, "compiling for the CPU").map_err(Problem::Load)?;
         let mut value: *mut c_char = std::ptr::null_mut();
@@ -640,17 +578,5 @@ mod tests {
             find_library(Some(&dir.join("nothing"))).err().map(|e| e.to_string().contains("which does not exist")),
             Some(true)
         );
-    }
-
-    #[test]
-    fn the_newest_numbered_library_in_a_folder_is_taken() {
-        let dir = std::env::temp_dir().join(format!("vigil-openvino-names-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for name in ["libopenvino_c.so.2541", "libopenvino_c.so.2641", "libopenvino.so.2641", "libopenvino_c.so.x"] {
-            std::fs::write(dir.join(name), b"").unwrap();
-        }
-        let found = library_in(&dir);
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(found.unwrap().file_name().unwrap(), "libopenvino_c.so.2641");
     }
 }

@@ -22,15 +22,11 @@ const LIB_PREFIX: &str = "libonnxruntime.so";
 /// path can be tried again.
 static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
 
-/// Places to look for the library when neither the config nor `ORT_DYLIB_PATH` names one.
-fn default_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        dirs.push(dir.to_path_buf());
-        dirs.push(dir.join("../lib/vigil"));
-    }
+/// Finds the library: the configured path, else `ORT_DYLIB_PATH`, else beside vigil, the
+/// usual system places and a `.venv` in the working directory (how the tests install it).
+/// Returns every place looked at when nothing is found.
+pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, EngineError> {
+    let mut dirs = super::library::beside_binary();
     for d in [
         "/usr/lib/vigil",
         "/usr/local/lib",
@@ -41,62 +37,13 @@ fn default_dirs() -> Vec<PathBuf> {
     ] {
         dirs.push(PathBuf::from(d));
     }
-    // A Python virtual environment in the working directory (how the tests install it).
     if let Ok(entries) = std::fs::read_dir(".venv/lib") {
         for e in entries.flatten() {
             dirs.push(e.path().join("site-packages/onnxruntime/capi"));
         }
     }
-    dirs
-}
-
-/// The best library file in `dir`: the plain `libonnxruntime.so`, else the highest version.
-fn library_in(dir: &Path) -> Option<PathBuf> {
-    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let rest = name.strip_prefix(LIB_PREFIX)?;
-            let version: Option<Vec<u32>> = if rest.is_empty() {
-                Some(vec![u32::MAX])
-            } else {
-                rest.strip_prefix('.')?.split('.').map(|p| p.parse().ok()).collect()
-            };
-            Some((version?, e.path()))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
-}
-
-/// Finds the library: the configured path, else `ORT_DYLIB_PATH`, else the usual places.
-/// Returns every place looked at when nothing is found.
-pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, EngineError> {
-    let explicit = configured.map(|p| (p.to_path_buf(), "engine.ort_library")).or_else(|| {
-        std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(|v| (PathBuf::from(v), "ORT_DYLIB_PATH"))
-    });
-    if let Some((path, origin)) = explicit {
-        if path.is_file() {
-            return Ok(path);
-        }
-        if path.is_dir()
-            && let Some(lib) = library_in(&path)
-        {
-            return Ok(lib);
-        }
-        return Err(EngineError::OrtNotFound {
-            searched: format!("{} from {origin}, which does not exist", path.display()),
-        });
-    }
-    let dirs = default_dirs();
-    for dir in &dirs {
-        if let Some(lib) = library_in(dir) {
-            return Ok(lib);
-        }
-    }
-    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    Err(EngineError::OrtNotFound { searched: format!("ORT_DYLIB_PATH (unset), {}", searched.join(", ")) })
+    let search = super::library::Search { prefix: LIB_PREFIX, key: "engine.ort_library", env: "ORT_DYLIB_PATH", dirs };
+    search.find(configured).map_err(|searched| EngineError::OrtNotFound { searched })
 }
 
 /// The process-wide environment for `library`, loading the library on first use.

@@ -13,16 +13,7 @@ use vigil_pipeline::train::{RunDir, TrainRequest, train};
 
 /// The ONNX Runtime library `scripts/setup` installs into the workspace's `.venv`.
 pub fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return p.into();
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.path().join("site-packages/onnxruntime/capi"))
-        .unwrap_or_else(|| panic!("no ONNX Runtime in {}: run scripts/test, which installs it", lib.display()))
+    std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| in_venv("onnxruntime/capi"), PathBuf::from)
 }
 
 /// Exports a run as version 1 into `out`, calibrating and evaluating on tract.
@@ -41,17 +32,19 @@ pub fn export_run(run: &RunDir, out: &Path) -> vigil_model::bundle::Bundle {
 /// The folder of OpenVINO's C library in the `openvino` wheel scripts/setup installs into
 /// .venv (or `VIGIL_OPENVINO_LIBRARY`).
 pub fn openvino_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("VIGIL_OPENVINO_LIBRARY") {
-        return p.into();
-    }
+    std::env::var_os("VIGIL_OPENVINO_LIBRARY").map_or_else(|| in_venv("openvino/libs"), PathBuf::from)
+}
+
+/// A folder of a package in the workspace's .venv (`onnxruntime/capi`).
+fn in_venv(folder: &str) -> PathBuf {
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
     std::fs::read_dir(&lib)
         .ok()
         .and_then(|mut d| d.next())
         .and_then(|e| e.ok())
-        .map(|e| e.path().join("site-packages/openvino/libs"))
+        .map(|e| e.path().join("site-packages").join(folder))
         .filter(|d| d.is_dir())
-        .unwrap_or_else(|| panic!("no OpenVINO in {}: run scripts/test, which installs it", lib.display()))
+        .unwrap_or_else(|| panic!("no {folder} in {}: run scripts/test, which installs it", lib.display()))
 }
 
 /// One engine, one thread (the tests run side by side).

@@ -214,8 +214,10 @@ fn a_model_loaded_for_serving_releases_the_file_bytes_and_still_scores_as_loaded
     let bundle = reference_bundle(dir.path(), Family::Dae, ColorMode::Gray, 32);
     let plain = engine::load(&bundle, &engine_config(EngineChoice::Tract)).unwrap();
     assert!(!bundle.model_bytes.is_empty(), "a plain load leaves the bundle as it was");
-    for kind in [EngineChoice::Tract, EngineChoice::Ort] {
-        let model = vigil::scoring::Model::load(dir.path(), &engine_config(kind)).unwrap();
+    for kind in [EngineChoice::Tract, EngineChoice::Ort, EngineChoice::Openvino] {
+        // OpenVINO in float32: the comparison is with a float32 engine.
+        let config = EngineConfig { precision: Precision::F32, ..engine_config(kind) };
+        let model = vigil::scoring::Model::load(dir.path(), &config).unwrap();
         assert!(model.bundle.model_bytes.is_empty(), "{kind:?}: the file's bytes stay resident");
         let x = batch(2, 1, 32, 4);
         let (a, b) = (model.engine.run(x.view()).unwrap(), plain.run(x.view()).unwrap());

@@ -301,17 +301,11 @@ fn load_with(bundle: &mut Bundle, config: &EngineConfig, release: bool) -> Resul
         }
         Ok(Box::new(tract::TractEngine::load(bundle, proto, &io, config)?))
     };
-    let onnx_runtime = |bundle: &mut Bundle| -> Result<Box<dyn Engine>, EngineError> {
-        let env = ort::OrtEngine::environment(config)?;
-        if !release {
-            return Ok(Box::new(ort::OrtEngine::load_in(&env, bundle, &io, config)?));
-        }
-        // Serving: ONNX Runtime reads the file itself while vigil holds no copy (the load's
-        // memory peak is the model's size lower), then the file is hashed again, so the model
-        // served is the one checked and reported in alerts.
-        bundle.model_bytes = Arc::from(Vec::new());
-        let engine = ort::OrtEngine::load_in(&env, bundle, &io, config)?;
-        let load_err = |reason: String| EngineError::Load { engine: "ort", path: bundle.model_path.clone(), reason };
+    // Serving: ONNX Runtime and OpenVINO read the file themselves while vigil holds no copy
+    // (the load's memory peak is the model's size lower), then the file is hashed again, so
+    // the model served is the one checked and reported in alerts.
+    let unchanged = |bundle: &Bundle, engine: &'static str| -> Result<(), EngineError> {
+        let load_err = |reason: String| EngineError::Load { engine, path: bundle.model_path.clone(), reason };
         let now = crate::digest::sha256_file_hex(&bundle.model_path).map_err(|e| load_err(e.to_string()))?;
         if now != bundle.model_sha256 {
             return Err(load_err(format!(
@@ -319,6 +313,16 @@ fn load_with(bundle: &mut Bundle, config: &EngineConfig, release: bool) -> Resul
                 bundle.model_sha256
             )));
         }
+        Ok(())
+    };
+    let onnx_runtime = |bundle: &mut Bundle| -> Result<Box<dyn Engine>, EngineError> {
+        let env = ort::OrtEngine::environment(config)?;
+        if !release {
+            return Ok(Box::new(ort::OrtEngine::load_in(&env, bundle, &io, config)?));
+        }
+        bundle.model_bytes = Arc::from(Vec::new());
+        let engine = ort::OrtEngine::load_in(&env, bundle, &io, config)?;
+        unchanged(bundle, "ort")?;
         Ok(Box::new(engine))
     };
     let openvino = |bundle: &mut Bundle| -> Result<Box<dyn Engine>, EngineError> {
@@ -326,6 +330,9 @@ fn load_with(bundle: &mut Bundle, config: &EngineConfig, release: bool) -> Resul
             bundle.model_bytes = Arc::from(Vec::new());
         }
         let engine = openvino::OpenVinoEngine::load(bundle, &io, config)?;
+        if release {
+            unchanged(bundle, "openvino")?;
+        }
         tracing::info!("engine openvino: computing in {}", engine.precision);
         Ok(Box::new(engine))
     };

@@ -387,9 +387,12 @@ fn compile(
                 let named = api.check((api.port_get_any_name)(port, &mut raw), "an input's name");
                 let typed = api.check((api.port_get_element_type)(port, &mut element), "an input's type");
                 (api.output_const_port_free)(port);
+                let name = (!raw.is_null()).then(|| CStr::from_ptr(raw).to_owned());
+                if !raw.is_null() {
+                    (api.free)(raw);
+                }
                 named.and(typed).map_err(Problem::Load)?;
-                let name = CStr::from_ptr(raw).to_owned();
-                (api.free)(raw);
+                let name = name.ok_or_else(|| Problem::Load("an input has no name".into()))?;
                 let (dims, expected) = if name.to_bytes() == io.input.as_bytes() {
                     (vec![1, c as i64, h as i64, w as i64], F32)
                 } else {

@@ -173,7 +173,8 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(v)
 }
 
-fn find_mask(dir: &Path, image: &Path) -> Option<PathBuf> {
+/// The mask of `image` in `dir`: `<stem>_mask.png`, else `<stem>.png`.
+pub(crate) fn find_mask(dir: &Path, image: &Path) -> Option<PathBuf> {
     let stem = image.file_stem()?.to_string_lossy().into_owned();
     [format!("{stem}_mask.png"), format!("{stem}.png")].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
 }

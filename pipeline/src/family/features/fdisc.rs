@@ -55,14 +55,7 @@ impl Confirmed {
         let [gh, gw] = features.shape.grid;
         let mut cells = Vec::with_capacity(features.len());
         for path in &features.paths {
-            let found = masks.and_then(|dir| {
-                let stem = path.file_stem()?.to_string_lossy().into_owned();
-                [format!("{stem}_mask.png"), format!("{stem}.png")]
-                    .into_iter()
-                    .map(|n| dir.join(n))
-                    .find(|p| p.is_file())
-            });
-            let Some(mask) = found else {
+            let Some(mask) = masks.and_then(|dir| crate::data::sets::find_mask(dir, path)) else {
                 cells.push(None);
                 continue;
             };
